@@ -1,0 +1,162 @@
+//! Limits shared by the in-memory hubs.
+
+use std::time::Duration;
+
+/// What a hub does with a message a connection sends ([`Hub::receive`](crate::Hub::receive)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InboundPolicy {
+    /// Refuse it with [`HubError::InboundRejected`](crate::error::HubError::InboundRejected).
+    Reject,
+    /// Publish it to every topic or room the connection is in, the sender included, with the
+    /// sender's user id and connection recorded.
+    Publish,
+    /// Like [`Publish`](Self::Publish), but the sending connection doesn't receive it.
+    PublishExceptSender,
+}
+
+/// Limits and retention of an in-memory hub ([`PubSub`](crate::PubSub), [`Rooms`](crate::Rooms)).
+///
+/// ```
+/// use std::time::Duration;
+/// use salvo_realtime::{HubConfig, PubSub};
+///
+/// let hub = PubSub::with_config(
+///     HubConfig::new()
+///         .history(1_000)
+///         .history_age(Duration::from_secs(60))
+///         .max_payload(16 * 1024),
+/// );
+/// # drop(hub);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    pub(crate) history: usize,
+    pub(crate) history_bytes: Option<usize>,
+    pub(crate) history_age: Option<Duration>,
+    pub(crate) channel_capacity: usize,
+    pub(crate) direct_capacity: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) max_topics: usize,
+    pub(crate) max_payload: usize,
+    pub(crate) max_subscriptions: usize,
+    pub(crate) inbound: Option<InboundPolicy>,
+    pub(crate) presence: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HubConfig {
+    /// The defaults, as listed on each setter.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            history: 256,
+            history_bytes: None,
+            history_age: None,
+            channel_capacity: 256,
+            direct_capacity: 16,
+            idle_ttl: Duration::from_secs(300),
+            max_topics: 100_000,
+            max_payload: 64 * 1024,
+            max_subscriptions: 64,
+            inbound: None,
+            presence: true,
+        }
+    }
+
+    /// Messages each topic retains for replay and resume. `0` keeps no history: resuming then
+    /// always resets. Default: 256.
+    #[must_use]
+    pub fn history(mut self, messages: usize) -> Self {
+        self.history = messages;
+        self
+    }
+
+    /// Caps the payload bytes each topic's history holds; the oldest messages leave first.
+    /// Default: no byte cap (the message cap and [`max_payload`](Self::max_payload) bound it).
+    #[must_use]
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.history_bytes = Some(bytes);
+        self
+    }
+
+    /// Drops messages from history once they are older than `age`. Default: no age limit.
+    #[must_use]
+    pub fn history_age(mut self, age: Duration) -> Self {
+        self.history_age = Some(age);
+        self
+    }
+
+    /// Messages buffered per topic for live subscribers before a slow one has to be refilled from
+    /// history. Each topic allocates this many slots up front. Default: 256 (at least 1).
+    #[must_use]
+    pub fn channel_capacity(mut self, messages: usize) -> Self {
+        self.channel_capacity = messages.max(1);
+        self
+    }
+
+    /// Live buffer of each user's direct-message log in [`Rooms`](crate::Rooms); small, because
+    /// every signed-in user has one. Default: 16 (at least 1).
+    #[must_use]
+    pub fn direct_capacity(mut self, messages: usize) -> Self {
+        self.direct_capacity = messages.max(1);
+        self
+    }
+
+    /// How long a topic with history but no subscribers is kept, so that clients reconnecting
+    /// within it can resume. After it, the topic and its history are freed, and a later resume
+    /// gets a reset (new epoch). A topic with no subscribers and no history is freed at once.
+    /// Default: 5 minutes.
+    #[must_use]
+    pub fn idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Most topics (or rooms) the hub holds at once; past it, publishing to or joining a new one
+    /// fails with [`HubError::TooManyTopics`](crate::error::HubError::TooManyTopics).
+    /// Default: 100,000.
+    #[must_use]
+    pub fn max_topics(mut self, topics: usize) -> Self {
+        self.max_topics = topics;
+        self
+    }
+
+    /// Largest payload accepted by publish and receive, in bytes; larger ones fail with
+    /// [`HubError::PayloadTooLarge`](crate::error::HubError::PayloadTooLarge). Default: 64 KiB.
+    #[must_use]
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Most topics or rooms one connection may be in. Default: 64.
+    #[must_use]
+    pub fn max_subscriptions(mut self, count: usize) -> Self {
+        self.max_subscriptions = count;
+        self
+    }
+
+    /// What to do with messages connections send. Default: [`InboundPolicy::Reject`] for
+    /// [`PubSub`](crate::PubSub) (a subscriber may not publish), [`InboundPolicy::Publish`] for
+    /// [`Rooms`](crate::Rooms) (a member talks to its rooms).
+    #[must_use]
+    pub fn inbound(mut self, policy: InboundPolicy) -> Self {
+        self.inbound = Some(policy);
+        self
+    }
+
+    /// Whether [`Rooms`](crate::Rooms) logs `presence.join` / `presence.leave` events and sends a
+    /// presence snapshot on joining a room. Default: `true`.
+    #[must_use]
+    pub fn presence(mut self, enabled: bool) -> Self {
+        self.presence = enabled;
+        self
+    }
+}

@@ -1,0 +1,542 @@
+//! One topic's message log: id assignment, bounded history, live fan-out and the per-subscriber
+//! stream that replays, refills after lag and continues live without gap or duplicate.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::config::HubConfig;
+use super::rooms::Members;
+use super::{
+    ConnectionId, Delivery, Epoch, Message, MessageId, Offset, Position, Publication, Reset,
+    ResetReason, Topic,
+};
+use crate::error::HubError;
+
+/// Messages copied from history per refill, so a long replay holds the log lock only briefly.
+const REPLAY_CHUNK: usize = 64;
+
+/// Retention and buffering limits of the logs in one registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) history: usize,
+    pub(crate) history_bytes: Option<usize>,
+    pub(crate) history_age: Option<Duration>,
+    pub(crate) channel_capacity: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) max_topics: usize,
+}
+
+impl Limits {
+    pub(crate) fn topics(config: &HubConfig) -> Self {
+        Self {
+            history: config.history,
+            history_bytes: config.history_bytes,
+            history_age: config.history_age,
+            channel_capacity: config.channel_capacity,
+            idle_ttl: config.idle_ttl,
+            max_topics: config.max_topics,
+        }
+    }
+
+    pub(crate) fn direct(config: &HubConfig) -> Self {
+        Self {
+            channel_capacity: config.direct_capacity,
+            ..Self::topics(config)
+        }
+    }
+}
+
+pub(crate) struct TopicLog {
+    topic: Topic,
+    epoch: Epoch,
+    state: Mutex<LogState>,
+}
+
+pub(crate) struct LogState {
+    next: Offset,
+    history: VecDeque<Message>,
+    history_bytes: usize,
+    sender: Option<broadcast::Sender<Message>>,
+    subscribers: usize,
+    idle_since: Option<Instant>,
+    pub(crate) members: Members,
+}
+
+impl LogState {
+    fn first_available(&self) -> Offset {
+        self.history.front().map_or(self.next, |m| m.id().offset())
+    }
+
+    fn last(&self) -> Offset {
+        self.next - 1
+    }
+
+    fn evict_expired(&mut self, limits: &Limits) {
+        if let Some(age) = limits.history_age {
+            while let Some(front) = self.history.front() {
+                if front.logged_at().elapsed() <= age {
+                    break;
+                }
+                self.pop_front();
+            }
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(m) = self.history.pop_front() {
+            self.history_bytes -= m.payload().len();
+        }
+    }
+
+    fn removable(&self, limits: &Limits) -> bool {
+        self.subscribers == 0
+            && self.members.is_empty()
+            && (self.history.is_empty()
+                || limits.idle_ttl.is_zero()
+                || self
+                    .idle_since
+                    .is_some_and(|t| t.elapsed() >= limits.idle_ttl))
+    }
+}
+
+/// A log locked for one atomic step (publish, or a subscribe plus membership change).
+pub(crate) struct Locked<'a> {
+    log: &'a Arc<TopicLog>,
+    state: &'a mut LogState,
+    limits: &'a Limits,
+}
+
+impl Locked<'_> {
+    pub(crate) fn publish(&mut self, publication: Publication) -> Message {
+        let offset = self.state.next;
+        self.state.next += 1;
+        let message = Message::new(
+            self.log.topic.clone(),
+            MessageId::new(self.log.epoch, offset),
+            publication,
+        );
+        if self.limits.history > 0 {
+            self.state.history_bytes += message.payload().len();
+            self.state.history.push_back(message.clone());
+            while self.state.history.len() > self.limits.history
+                || self
+                    .limits
+                    .history_bytes
+                    .is_some_and(|cap| self.state.history_bytes > cap)
+            {
+                self.state.pop_front();
+            }
+            self.state.evict_expired(self.limits);
+        }
+        if self.state.subscribers == 0 {
+            // An active topic keeps its history for late joiners: the idle clock restarts.
+            self.state.idle_since = Some(Instant::now());
+        }
+        if let Some(sender) = &self.state.sender {
+            // No receivers is not an error: the history keeps the message.
+            let _ = sender.send(message.clone());
+        }
+        message
+    }
+
+    pub(crate) fn state(&mut self) -> &mut LogState {
+        self.state
+    }
+
+    pub(crate) fn topic(&self) -> &Topic {
+        &self.log.topic
+    }
+}
+
+/// The logs of one namespace (topics, rooms, or users' direct messages).
+pub(crate) struct Registry {
+    topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
+    limits: Limits,
+    last_sweep: Mutex<Instant>,
+}
+
+impl Registry {
+    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            topics: RwLock::new(HashMap::new()),
+            limits,
+            last_sweep: Mutex::new(Instant::now()),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.topics.read().len()
+    }
+
+    pub(crate) fn names(&self) -> Vec<Topic> {
+        self.topics.read().keys().cloned().collect()
+    }
+
+    /// Runs `f` on the topic's log under its lock, creating the log if needed and `create` says
+    /// so. The registry lock is held throughout, so the log can't be freed meanwhile.
+    pub(crate) fn with_log<R>(
+        &self,
+        topic: &Topic,
+        create: bool,
+        f: impl FnOnce(&mut Locked<'_>) -> R,
+    ) -> Result<Option<R>, HubError> {
+        {
+            let map = self.topics.read();
+            if let Some(log) = map.get(topic) {
+                let mut state = log.state.lock();
+                let mut locked = Locked {
+                    log,
+                    state: &mut state,
+                    limits: &self.limits,
+                };
+                return Ok(Some(f(&mut locked)));
+            }
+        }
+        if !create {
+            return Ok(None);
+        }
+        self.maybe_sweep();
+        let mut map = self.topics.write();
+        if !map.contains_key(topic) && map.len() >= self.limits.max_topics {
+            return Err(HubError::TooManyTopics {
+                limit: self.limits.max_topics,
+            });
+        }
+        let log = map
+            .entry(topic.clone())
+            .or_insert_with(|| Arc::new(TopicLog::new(topic.clone())));
+        let mut state = log.state.lock();
+        let mut locked = Locked {
+            log,
+            state: &mut state,
+            limits: &self.limits,
+        };
+        let result = f(&mut locked);
+        let removable = state.removable(&self.limits);
+        drop(state);
+        if removable {
+            // Published to a topic nobody follows and that keeps no history: nothing to retain.
+            map.remove(topic);
+        }
+        Ok(Some(result))
+    }
+
+    pub(crate) fn publish(&self, topic: &Topic, p: Publication) -> Result<Message, HubError> {
+        self.with_log(topic, true, |log| log.publish(p))
+            .map(|m| m.expect("created on demand"))
+    }
+
+    /// Subscribes `conn` to `topic` from `from`; `on_join` runs under the log lock after the seam
+    /// between replay and live is fixed, and its result (e.g. a presence snapshot) is delivered
+    /// once the replay is done.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        topic: &Topic,
+        from: Position,
+        conn: ConnectionId,
+        left: Option<Arc<AtomicBool>>,
+        on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
+    ) -> Result<TopicStream, HubError> {
+        let stream = self.with_log(topic, true, |locked| {
+            let state = &mut *locked.state;
+            state.evict_expired(&self.limits);
+            state.subscribers += 1;
+            state.idle_since = None;
+            let first = state.first_available();
+            let last = state.last();
+            let mut front = VecDeque::new();
+            let start = match from {
+                Position::Live => last,
+                Position::Recent(n) => last.saturating_sub(n as u64).max(first - 1),
+                Position::After(id) => {
+                    let reason = if id.epoch() != locked.log.epoch {
+                        Some(ResetReason::EpochChanged)
+                    } else if id.offset() > last {
+                        Some(ResetReason::Ahead)
+                    } else if id.offset() + 1 < first {
+                        Some(ResetReason::Expired)
+                    } else {
+                        None
+                    };
+                    match reason {
+                        None => id.offset(),
+                        Some(reason) => {
+                            front.push_back(Delivery::Reset(Reset {
+                                topic: topic.clone(),
+                                requested: id,
+                                epoch: locked.log.epoch,
+                                reason,
+                            }));
+                            first - 1
+                        }
+                    }
+                }
+            };
+            let sender = state
+                .sender
+                .get_or_insert_with(|| broadcast::channel(self.limits.channel_capacity).0);
+            let rx = BroadcastStream::new(sender.subscribe());
+            let after_replay = on_join(locked);
+            TopicStream {
+                registry: Arc::clone(self),
+                log: Arc::clone(locked.log),
+                conn,
+                rx,
+                front,
+                buf: VecDeque::new(),
+                last: start,
+                replay_end: last,
+                held: None,
+                after_replay,
+                left,
+            }
+        })?;
+        Ok(stream.expect("created on demand"))
+    }
+
+    /// Called when a subscriber goes away; frees the log if nothing keeps it.
+    fn release(&self, log: &Arc<TopicLog>) {
+        let now_unused = {
+            let mut state = log.state.lock();
+            state.subscribers -= 1;
+            if state.subscribers == 0 {
+                state.idle_since = Some(Instant::now());
+            }
+            state.removable(&self.limits)
+        };
+        if now_unused {
+            self.remove_if_unused(&log.topic, Some(log));
+        }
+        self.maybe_sweep();
+    }
+
+    pub(crate) fn remove_if_unused(&self, topic: &Topic, expected: Option<&Arc<TopicLog>>) {
+        let mut map = self.topics.write();
+        if let Some(current) = map.get(topic) {
+            if expected.is_some_and(|e| !Arc::ptr_eq(e, current)) {
+                return;
+            }
+            if current.state.lock().removable(&self.limits) {
+                map.remove(topic);
+            }
+        }
+    }
+
+    /// Frees every log that nothing keeps any more (idle for longer than the TTL).
+    pub(crate) fn sweep(&self) {
+        *self.last_sweep.lock() = Instant::now();
+        let mut map = self.topics.write();
+        map.retain(|_, log| {
+            let mut state = log.state.lock();
+            state.evict_expired(&self.limits);
+            !state.removable(&self.limits)
+        });
+    }
+
+    fn maybe_sweep(&self) {
+        let every = (self.limits.idle_ttl / 4).max(Duration::from_secs(1));
+        let due = self.last_sweep.lock().elapsed() >= every;
+        if due {
+            self.sweep();
+        }
+    }
+
+    /// Closes a topic: its subscribers' streams end after what they have buffered, and the log
+    /// is freed. Returns whether it existed.
+    pub(crate) fn close(&self, topic: &Topic) -> bool {
+        let removed = self.topics.write().remove(topic);
+        match removed {
+            Some(log) => {
+                let sender = log.state.lock().sender.take();
+                drop(sender);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn last_id(&self, topic: &Topic) -> Option<MessageId> {
+        let map = self.topics.read();
+        let log = map.get(topic)?;
+        let state = log.state.lock();
+        (state.next > 1).then(|| MessageId::new(log.epoch, state.last()))
+    }
+
+    pub(crate) fn history(&self, topic: &Topic) -> Vec<Message> {
+        let map = self.topics.read();
+        map.get(topic).map_or_else(Vec::new, |log| {
+            let mut state = log.state.lock();
+            state.evict_expired(&self.limits);
+            state.history.iter().cloned().collect()
+        })
+    }
+}
+
+impl TopicLog {
+    fn new(topic: Topic) -> Self {
+        Self {
+            topic,
+            epoch: Epoch::random(),
+            state: Mutex::new(LogState {
+                next: 1,
+                history: VecDeque::new(),
+                history_bytes: 0,
+                sender: None,
+                subscribers: 0,
+                idle_since: Some(Instant::now()),
+                members: Members::default(),
+            }),
+        }
+    }
+}
+
+/// One subscriber's view of one topic: replay, then live, refilled from history after lag.
+pub(crate) struct TopicStream {
+    registry: Arc<Registry>,
+    log: Arc<TopicLog>,
+    conn: ConnectionId,
+    rx: BroadcastStream<Message>,
+    /// Notices that go before everything else (a reset, a lag count).
+    front: VecDeque<Delivery>,
+    /// Messages copied from history, about to be delivered.
+    buf: VecDeque<Message>,
+    /// Offset of the last message delivered or skipped.
+    last: Offset,
+    /// Replay from history until `last` reaches this offset; live after.
+    replay_end: Offset,
+    /// A live message that arrived ahead of a gap; delivered once the gap is replayed.
+    held: Option<Message>,
+    after_replay: Option<Delivery>,
+    /// Set when the connection left the room: the stream ends without delivering more.
+    left: Option<Arc<AtomicBool>>,
+}
+
+impl TopicStream {
+    pub(crate) fn topic(&self) -> &Topic {
+        &self.log.topic
+    }
+
+    /// Copies the next chunk of the replay range from history, noting a lag for whatever has
+    /// already left it.
+    fn refill(&mut self) {
+        let limits = &self.registry.limits;
+        let mut state = self.log.state.lock();
+        state.evict_expired(limits);
+        let first = state.first_available();
+        if self.last + 1 < first {
+            let gone_until = (first - 1).min(self.replay_end);
+            self.front.push_back(Delivery::Lagged {
+                topic: self.log.topic.clone(),
+                missed: gone_until - self.last,
+            });
+            self.last = gone_until;
+        }
+        if self.last < self.replay_end {
+            let skip = usize::try_from(self.last + 1 - first).unwrap_or(usize::MAX);
+            let take = usize::try_from(self.replay_end - self.last)
+                .unwrap_or(usize::MAX)
+                .min(REPLAY_CHUNK);
+            self.buf
+                .extend(state.history.iter().skip(skip).take(take).cloned());
+        }
+        if self.buf.is_empty() && self.last < self.replay_end {
+            // History holds nothing more of the range (capacity 0): count it as lost.
+            self.front.push_back(Delivery::Lagged {
+                topic: self.log.topic.clone(),
+                missed: self.replay_end - self.last,
+            });
+            self.last = self.replay_end;
+        }
+    }
+
+    fn has_left(&self) -> bool {
+        self.left
+            .as_ref()
+            .is_some_and(|l| l.load(Ordering::Acquire))
+    }
+}
+
+impl Stream for TopicStream {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = &mut *self;
+        loop {
+            if this.has_left() {
+                return Poll::Ready(None);
+            }
+            if let Some(notice) = this.front.pop_front() {
+                return Poll::Ready(Some(notice));
+            }
+            if let Some(m) = this.buf.pop_front() {
+                this.last = m.id().offset();
+                if m.is_for(this.conn) {
+                    return Poll::Ready(Some(Delivery::Message(m)));
+                }
+                continue;
+            }
+            if this.last < this.replay_end {
+                this.refill();
+                continue;
+            }
+            if let Some(after) = this.after_replay.take() {
+                return Poll::Ready(Some(after));
+            }
+            if let Some(m) = this.held.take() {
+                this.last = m.id().offset();
+                if m.is_for(this.conn) {
+                    return Poll::Ready(Some(Delivery::Message(m)));
+                }
+                continue;
+            }
+            match Pin::new(&mut this.rx).poll_next(cx) {
+                Poll::Ready(Some(Ok(m))) => {
+                    let offset = m.id().offset();
+                    if offset <= this.last {
+                        continue; // already delivered from history
+                    }
+                    if offset > this.last + 1 {
+                        // A gap the channel didn't report: fill it from history first.
+                        this.replay_end = offset - 1;
+                        this.held = Some(m);
+                        continue;
+                    }
+                    this.last = offset;
+                    if m.is_for(this.conn) && !this.has_left() {
+                        return Poll::Ready(Some(Delivery::Message(m)));
+                    }
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                    this.replay_end = this.log.state.lock().last();
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for TopicStream {
+    fn drop(&mut self) {
+        self.registry.release(&self.log);
+    }
+}
+
+impl std::fmt::Debug for TopicStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicStream")
+            .field("topic", &self.log.topic)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,817 @@
+//! Messages, payloads, names and ids.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ConnectionId;
+use crate::error::{HubError, InvalidEvent, InvalidTopic, ParseIdError};
+
+/// The name of a topic (in [`PubSub`](crate::PubSub)) or a room (in [`Rooms`](crate::Rooms)).
+///
+/// A valid name is 1 to [`Topic::MAX_LEN`] bytes of UTF-8 without control characters. Cloning is
+/// one reference-count increment.
+///
+/// ```
+/// use salvo_realtime::Topic;
+///
+/// let topic = Topic::new("news.sport")?;
+/// assert_eq!(topic.as_str(), "news.sport");
+/// assert!(Topic::new("").is_err());
+/// assert!(Topic::new("a\nb").is_err());
+/// # Ok::<(), salvo_realtime::error::InvalidTopic>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// The longest accepted name, in bytes.
+    pub const MAX_LEN: usize = 256;
+
+    /// Validates `name` as a topic name.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidTopic`] if the name is empty, longer than [`Topic::MAX_LEN`] bytes or contains
+    /// a control character.
+    pub fn new(name: &str) -> Result<Self, InvalidTopic> {
+        if name.is_empty() {
+            return Err(InvalidTopic::Empty);
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(InvalidTopic::TooLong {
+                len: name.len(),
+                limit: Self::MAX_LEN,
+            });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(InvalidTopic::ControlCharacter);
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The name as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Topic {
+    type Err = InvalidTopic;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// The name of an event, such as `"chat"` or `"presence.join"`.
+///
+/// Over SSE it becomes the `event:` field, so it can't hold control characters. 1 to
+/// [`EventName::MAX_LEN`] bytes.
+///
+/// ```
+/// use salvo_realtime::EventName;
+///
+/// assert_eq!(EventName::new("alert")?.as_str(), "alert");
+/// assert!(EventName::new("a\rb").is_err());
+/// # Ok::<(), salvo_realtime::error::InvalidEvent>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventName(Arc<str>);
+
+impl EventName {
+    /// The longest accepted name, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates `name` as an event name.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidEvent`] if the name is empty, longer than [`EventName::MAX_LEN`] bytes or
+    /// contains a control character.
+    pub fn new(name: &str) -> Result<Self, InvalidEvent> {
+        if name.is_empty() {
+            return Err(InvalidEvent::Empty);
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(InvalidEvent::TooLong {
+                len: name.len(),
+                limit: Self::MAX_LEN,
+            });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(InvalidEvent::ControlCharacter);
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The name as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A name the crate itself defines, known to be valid.
+    pub(crate) fn from_static(name: &'static str) -> Self {
+        debug_assert!(Self::new(name).is_ok());
+        Self(Arc::from(name))
+    }
+}
+
+impl fmt::Debug for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Names one instance of a topic's log.
+///
+/// A topic gets a fresh, random epoch whenever its log starts anew: on process restart, or when
+/// an idle topic was freed and later used again. A resume position from another epoch is
+/// therefore recognised as stale instead of being misread as an offset into the new log.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(u64);
+
+impl Epoch {
+    /// A new epoch, distinct (with overwhelming probability) from every other epoch, in this
+    /// process or another.
+    #[must_use]
+    pub fn random() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(nanos);
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        // Zero is kept free so that no valid id ever prints as "0-..".
+        Self(h.finish().max(1))
+    }
+
+    /// An epoch with a given value, as a remote backend stores it. Zero is not a valid epoch and
+    /// gives `None`.
+    #[must_use]
+    pub fn from_u64(value: u64) -> Option<Self> {
+        (value != 0).then_some(Self(value))
+    }
+
+    /// The epoch's numeric value.
+    #[must_use]
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({:x})", self.0)
+    }
+}
+
+/// Position of a message in its topic's log: the first message of an epoch has offset 1, and
+/// each message after it one more. Offset 0 means "before the first message".
+pub type Offset = u64;
+
+/// The id of a message: the epoch of its topic's log and its offset in that log.
+///
+/// Its string form is `<epoch as lowercase hex>-<offset in decimal>`, for example
+/// `"3f9a0c1de2b47781-42"`: ASCII letters, digits and `-` only, at most [`MessageId::MAX_LEN`]
+/// bytes, short enough for an SSE `id:` that needs no CORS preflight. Only the canonical form
+/// parses (no leading zeros, no upper case), so `parse(to_string(id)) == id` and every accepted
+/// string prints back unchanged.
+///
+/// ```
+/// use salvo_realtime::MessageId;
+///
+/// let id: MessageId = "3f9a0c1de2b47781-42".parse()?;
+/// assert_eq!(id.offset(), 42);
+/// assert_eq!(id.to_string(), "3f9a0c1de2b47781-42");
+/// assert!("3F9A-42".parse::<MessageId>().is_err());
+/// assert!("not an id".parse::<MessageId>().is_err());
+/// # Ok::<(), salvo_realtime::error::ParseIdError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    epoch: Epoch,
+    offset: Offset,
+}
+
+impl MessageId {
+    /// The longest string form accepted by [`FromStr`], in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// An id from its parts.
+    #[must_use]
+    pub fn new(epoch: Epoch, offset: Offset) -> Self {
+        Self { epoch, offset }
+    }
+
+    /// The epoch of the log the message belongs to.
+    #[must_use]
+    pub fn epoch(self) -> Epoch {
+        self.epoch
+    }
+
+    /// The offset of the message in its log.
+    #[must_use]
+    pub fn offset(self) -> Offset {
+        self.offset
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}-{}", self.epoch.0, self.offset)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(ParseIdError::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(ParseIdError::TooLong {
+                limit: Self::MAX_LEN,
+            });
+        }
+        let (epoch, offset) = s.split_once('-').ok_or(ParseIdError::Malformed)?;
+        let canonical = |part: &str, digit: fn(&u8) -> bool| {
+            !part.is_empty()
+                && part.bytes().all(|b| digit(&b))
+                && (part == "0" || !part.starts_with('0'))
+        };
+        if !canonical(epoch, |b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            || !canonical(offset, u8::is_ascii_digit)
+        {
+            return Err(ParseIdError::Malformed);
+        }
+        let epoch = u64::from_str_radix(epoch, 16)
+            .ok()
+            .and_then(Epoch::from_u64)
+            .ok_or(ParseIdError::Malformed)?;
+        let offset = offset.parse().map_err(|_| ParseIdError::Malformed)?;
+        Ok(Self { epoch, offset })
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The body of a message: UTF-8 text or binary, in one shared allocation.
+///
+/// Cloning a payload, like cloning a [`Message`], never copies its bytes: every subscriber of a
+/// topic reads the same buffer.
+///
+/// ```
+/// use salvo_realtime::Payload;
+///
+/// let text = Payload::from("hello");
+/// assert_eq!(text.as_text(), Some("hello"));
+/// let binary = Payload::from(vec![0u8, 159, 146, 150]);
+/// assert!(binary.as_text().is_none());
+/// assert_eq!(binary.len(), 4);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    bytes: Bytes,
+    text: bool,
+}
+
+impl Payload {
+    /// A text payload.
+    #[must_use]
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            bytes: Bytes::from(text.into()),
+            text: true,
+        }
+    }
+
+    /// A binary payload.
+    #[must_use]
+    pub fn binary(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            text: false,
+        }
+    }
+
+    /// A text payload from bytes that must be UTF-8.
+    ///
+    /// # Errors
+    ///
+    /// Gives the bytes back if they are not valid UTF-8.
+    pub fn text_from_bytes(bytes: Bytes) -> Result<Self, Bytes> {
+        if std::str::from_utf8(&bytes).is_ok() {
+            Ok(Self { bytes, text: true })
+        } else {
+            Err(bytes)
+        }
+    }
+
+    /// A text payload holding `value` encoded as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Json`] if `value` can't be encoded.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, HubError> {
+        Ok(Self {
+            bytes: Bytes::from(serde_json::to_vec(value)?),
+            text: true,
+        })
+    }
+
+    /// Whether this is a text payload.
+    #[must_use]
+    pub fn is_text(&self) -> bool {
+        self.text
+    }
+
+    /// The text, if this is a text payload.
+    #[must_use]
+    pub fn as_text(&self) -> Option<&str> {
+        if self.text {
+            // Text payloads are validated on construction, so this never fails.
+            std::str::from_utf8(&self.bytes).ok()
+        } else {
+            None
+        }
+    }
+
+    /// The raw bytes (for text, its UTF-8 encoding).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The shared buffer; cloning it copies nothing.
+    #[must_use]
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Size in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the payload is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Decodes the payload as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Json`] if the bytes are not JSON of type `T`.
+    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T, HubError> {
+        Ok(serde_json::from_slice(&self.bytes)?)
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_text() {
+            Some(text) => f.debug_tuple("Text").field(&text).finish(),
+            None => f.debug_tuple("Binary").field(&self.bytes.len()).finish(),
+        }
+    }
+}
+
+impl From<&str> for Payload {
+    fn from(text: &str) -> Self {
+        Self::text(text)
+    }
+}
+
+impl From<String> for Payload {
+    fn from(text: String) -> Self {
+        Self::text(text)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::binary(bytes)
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Self {
+        Self::binary(bytes)
+    }
+}
+
+/// What to publish: a payload, an optional event name and who sent it.
+///
+/// Anything that converts into a [`Payload`] converts into a `Publication` too, so
+/// `hub.publish("topic", "text")` works; use the builder for the rest.
+///
+/// ```
+/// use salvo_realtime::Publication;
+///
+/// let p = Publication::new("disk almost full").event("alert")?;
+/// assert_eq!(p.event_name().map(|e| e.as_str()), Some("alert"));
+/// # Ok::<(), salvo_realtime::error::InvalidEvent>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub(crate) payload: Payload,
+    pub(crate) event: Option<EventName>,
+    pub(crate) sender: Option<Arc<str>>,
+    pub(crate) origin: Option<ConnectionId>,
+    pub(crate) skip_origin: bool,
+}
+
+impl Publication {
+    /// A publication of `payload` with no event name.
+    #[must_use]
+    pub fn new(payload: impl Into<Payload>) -> Self {
+        Self {
+            payload: payload.into(),
+            event: None,
+            sender: None,
+            origin: None,
+            skip_origin: false,
+        }
+    }
+
+    /// A publication of `value` encoded as a JSON text payload.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Json`] if `value` can't be encoded.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, HubError> {
+        Ok(Self::new(Payload::json(value)?))
+    }
+
+    /// Names the event (SSE `event:`; the `event` field of the WebSocket envelope). Default: none.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidEvent`] if the name is empty, too long or holds control characters.
+    pub fn event(mut self, name: &str) -> Result<Self, InvalidEvent> {
+        self.event = Some(EventName::new(name)?);
+        Ok(self)
+    }
+
+    /// Sets an already validated event name. Default: none.
+    #[must_use]
+    pub fn event_name_checked(mut self, name: EventName) -> Self {
+        self.event = Some(name);
+        self
+    }
+
+    /// Records the user id of the sender, delivered with the message. Default: none.
+    #[must_use]
+    pub fn sender(mut self, user: impl Into<Arc<str>>) -> Self {
+        self.sender = Some(user.into());
+        self
+    }
+
+    /// Records the connection that sent the message. Default: none.
+    #[must_use]
+    pub fn origin(mut self, connection: ConnectionId) -> Self {
+        self.origin = Some(connection);
+        self
+    }
+
+    /// Don't deliver the message to its [`origin`](Self::origin) connection ("all but the
+    /// sender"). It is still logged, and other connections of the same user receive it.
+    /// Default: `false`.
+    #[must_use]
+    pub fn skip_origin(mut self, skip: bool) -> Self {
+        self.skip_origin = skip;
+        self
+    }
+
+    /// The event name, if any.
+    #[must_use]
+    pub fn event_name(&self) -> Option<&EventName> {
+        self.event.as_ref()
+    }
+
+    /// The payload.
+    #[must_use]
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+}
+
+impl<T: Into<Payload>> From<T> for Publication {
+    fn from(payload: T) -> Self {
+        Self::new(payload)
+    }
+}
+
+/// A published message, as subscribers receive it.
+///
+/// Cloning is one reference-count increment: all subscribers of a topic share one message.
+#[derive(Clone)]
+pub struct Message(Arc<MessageInner>);
+
+struct MessageInner {
+    topic: Topic,
+    id: MessageId,
+    event: Option<EventName>,
+    payload: Payload,
+    sender: Option<Arc<str>>,
+    origin: Option<ConnectionId>,
+    skip_origin: bool,
+    timestamp_ms: u64,
+    logged_at: Instant,
+    json: OnceLock<Bytes>,
+}
+
+impl Message {
+    pub(crate) fn new(topic: Topic, id: MessageId, p: Publication) -> Self {
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self(Arc::new(MessageInner {
+            topic,
+            id,
+            event: p.event,
+            payload: p.payload,
+            sender: p.sender,
+            origin: p.origin,
+            skip_origin: p.skip_origin,
+            timestamp_ms,
+            logged_at: Instant::now(),
+            json: OnceLock::new(),
+        }))
+    }
+
+    /// The topic or room it was published to.
+    #[must_use]
+    pub fn topic(&self) -> &Topic {
+        &self.0.topic
+    }
+
+    /// Its id: the epoch and offset in its topic's log.
+    #[must_use]
+    pub fn id(&self) -> MessageId {
+        self.0.id
+    }
+
+    /// Its event name, if any.
+    #[must_use]
+    pub fn event(&self) -> Option<&EventName> {
+        self.0.event.as_ref()
+    }
+
+    /// Its payload.
+    #[must_use]
+    pub fn payload(&self) -> &Payload {
+        &self.0.payload
+    }
+
+    /// The user id of the sender, if the publisher recorded one.
+    #[must_use]
+    pub fn sender(&self) -> Option<&str> {
+        self.0.sender.as_deref()
+    }
+
+    /// The connection that sent it, if the publisher recorded one.
+    #[must_use]
+    pub fn origin(&self) -> Option<ConnectionId> {
+        self.0.origin
+    }
+
+    /// When the hub logged it, in milliseconds since the Unix epoch.
+    #[must_use]
+    pub fn timestamp_ms(&self) -> u64 {
+        self.0.timestamp_ms
+    }
+
+    /// Decodes the payload as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Json`] if the payload is not JSON of type `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HubError> {
+        self.0.payload.decode_json()
+    }
+
+    /// Whether `connection` should receive this message (false only for the origin of an
+    /// "all but the sender" message).
+    pub(crate) fn is_for(&self, connection: ConnectionId) -> bool {
+        !(self.0.skip_origin && self.0.origin == Some(connection))
+    }
+
+    pub(crate) fn logged_at(&self) -> Instant {
+        self.0.logged_at
+    }
+
+    /// The message as one JSON object, encoded once and shared by every connection that sends it:
+    ///
+    /// ```json
+    /// {"type":"message","topic":"lobby","id":"3f9a0c1de2b47781-7","event":"chat",
+    ///  "from":"alice","ts":1764277200000,"data":"hello"}
+    /// ```
+    ///
+    /// `event` and `from` are left out when absent. A text payload that is itself JSON is
+    /// embedded as is; other text becomes a JSON string; binary becomes an array of numbers
+    /// (send binary as binary frames instead when size matters).
+    #[must_use]
+    pub fn envelope_json(&self) -> &Bytes {
+        self.0
+            .json
+            .get_or_init(|| Bytes::from(self.encode_envelope()))
+    }
+
+    fn encode_envelope(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            topic: &'a Topic,
+            id: MessageId,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            event: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            from: Option<&'a str>,
+            ts: u64,
+            data: Data<'a>,
+        }
+        enum Data<'a> {
+            Raw(&'a serde_json::value::RawValue),
+            Text(&'a str),
+            Binary(&'a [u8]),
+        }
+        impl Serialize for Data<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    Data::Raw(raw) => raw.serialize(s),
+                    Data::Text(text) => s.serialize_str(text),
+                    Data::Binary(bytes) => bytes.serialize(s),
+                }
+            }
+        }
+        let payload = &self.0.payload;
+        let data = match payload.as_text() {
+            Some(text) => match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+                Ok(raw) => Data::Raw(raw),
+                Err(_) => Data::Text(text),
+            },
+            None => Data::Binary(payload.as_bytes()),
+        };
+        let envelope = Envelope {
+            kind: "message",
+            topic: &self.0.topic,
+            id: self.0.id,
+            event: self.0.event.as_ref().map(EventName::as_str),
+            from: self.0.sender.as_deref(),
+            ts: self.0.timestamp_ms,
+            data,
+        };
+        // Serializing borrowed strings and numbers into a Vec can't fail.
+        serde_json::to_vec(&envelope).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("topic", &self.0.topic)
+            .field("id", &self.0.id)
+            .field("event", &self.0.event)
+            .field("payload", &self.0.payload)
+            .field("sender", &self.0.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_round_trips_and_rejects_non_canonical_forms() {
+        let id = MessageId::new(Epoch::random(), 12345);
+        let s = id.to_string();
+        assert!(s.len() <= MessageId::MAX_LEN);
+        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_eq!(s.parse::<MessageId>(), Ok(id));
+        for bad in [
+            "",
+            "-",
+            "a-",
+            "-1",
+            "0-1",
+            "00a-1",
+            "a-01",
+            "A-1",
+            "a-1-2",
+            "a_1",
+            "g-1",
+            " a-1",
+            "a-1 ",
+            "a-+1",
+            "fffffffffffffffff-1",
+            "a-99999999999999999999",
+        ] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(
+            "x".repeat(65).parse::<MessageId>(),
+            Err(ParseIdError::TooLong { limit: 64 })
+        );
+        assert_eq!("a-0".parse::<MessageId>().map(MessageId::offset), Ok(0));
+    }
+
+    #[test]
+    fn topic_and_event_validation() {
+        assert_eq!(Topic::new(""), Err(InvalidTopic::Empty));
+        assert!(matches!(
+            Topic::new(&"t".repeat(257)),
+            Err(InvalidTopic::TooLong { len: 257, .. })
+        ));
+        assert!(Topic::new(&"t".repeat(256)).is_ok());
+        assert_eq!(Topic::new("a\0b"), Err(InvalidTopic::ControlCharacter));
+        assert_eq!(EventName::new("a\nb"), Err(InvalidEvent::ControlCharacter));
+        assert!(EventName::new(&"e".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn envelope_embeds_json_and_escapes_text() {
+        let topic = Topic::new("room").expect("valid");
+        let epoch = Epoch::from_u64(0xab).expect("nonzero");
+        let m = Message::new(
+            topic.clone(),
+            MessageId::new(epoch, 3),
+            Publication::new(r#"{"n":1}"#).sender("alice"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(m.envelope_json()).expect("json");
+        assert_eq!(v["data"]["n"], 1);
+        assert_eq!(v["id"], "ab-3");
+        assert_eq!(v["from"], "alice");
+        assert!(v.get("event").is_none());
+        let m = Message::new(
+            topic,
+            MessageId::new(epoch, 4),
+            Publication::new("a \"quote\""),
+        );
+        let v: serde_json::Value = serde_json::from_slice(m.envelope_json()).expect("json");
+        assert_eq!(v["data"], "a \"quote\"");
+    }
+}

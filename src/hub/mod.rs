@@ -1,0 +1,520 @@
+//! The transport-agnostic hub core: what a connection attaches to.
+//!
+//! Nothing in this module knows about Salvo, HTTP, WebSocket or SSE. Transport adapters drive
+//! any [`Hub`]; a remote backend implements the same trait.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::Stream;
+use serde::Serialize;
+
+pub(crate) mod config;
+pub(crate) mod counter;
+pub(crate) mod log;
+pub(crate) mod message;
+pub(crate) mod pubsub;
+pub(crate) mod rooms;
+pub(crate) mod subscription;
+
+pub use config::{HubConfig, InboundPolicy};
+pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
+pub use message::{Epoch, EventName, Message, MessageId, Offset, Payload, Publication, Topic};
+pub use pubsub::PubSub;
+pub use rooms::{DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, Rooms};
+pub use subscription::Subscription;
+
+use crate::error::HubError;
+
+/// What a connection attaches to: the contract between transports and message routing.
+///
+/// A transport adapter (WebSocket, SSE, or your own) drives one connection through three steps:
+///
+/// 1. [`join`](Hub::join) with a [`Connection`] describing it (id, identity, requested topics or
+///    rooms with a start [`Position`] each, remote address). The hub answers with a
+///    [`Subscription`](Hub::Subscription): a [`Stream`] of [`Delivery`] items for this connection
+///    alone.
+/// 2. While connected, the adapter forwards every delivery to the client, and hands every
+///    message the client sends to [`receive`](Hub::receive) (WebSocket; SSE has no inbound side).
+/// 3. [`leave`](Hub::leave), which takes the subscription back, so a connection leaves at most
+///    once by construction. A connection that vanishes without `leave` (its task panicked or was
+///    cancelled) is cleaned up when its subscription is dropped: every implementation must free
+///    what a connection held in the subscription's `Drop`, and treat `leave` as the orderly,
+///    awaitable version of the same.
+///
+/// # Deliveries, ids and resume
+///
+/// Every message published to a topic gets a [`MessageId`]: the topic log's [`Epoch`] and an
+/// offset one higher than the previous message's. A subscription delivers each topic's messages in
+/// offset order, without gaps and without duplicates, and says so when it can't:
+///
+/// * [`Delivery::Message`]: the next message.
+/// * [`Delivery::Reset`]: the requested resume position can't be honoured: it belongs to another
+///   epoch (the log was lost, e.g. the server restarted), it is older than the retained history,
+///   or it lies ahead of the log. The reset comes first; then everything the history still holds
+///   for the topic; then live messages. The client should treat its view of the topic as stale.
+/// * [`Delivery::Lagged`]: the subscriber fell so far behind that messages left both the live
+///   channel and the history before it read them; `missed` counts them exactly. Delivery goes on
+///   with the oldest retained message.
+/// * [`Delivery::Presence`]: the members of a room, sent once after joining it (and after its
+///   replay), for hubs with presence.
+///
+/// A [`Position`] says where a topic's delivery starts: [`Position::Live`] (only what is published
+/// from now on), [`Position::After`] an id the client saw last (what it missed, then live), or
+/// [`Position::Recent`] (the last *n* retained messages, then live).
+///
+/// # Lag and backpressure
+///
+/// Publishing never waits for subscribers. Each topic buffers a bounded number of messages for its
+/// live subscribers and retains a bounded history. A subscriber that falls behind the live buffer
+/// is refilled from the history, so a brief stall costs nothing; only when the history has moved
+/// past it too does it see [`Delivery::Lagged`]. Memory per topic is bounded by its buffer and
+/// history limits, never by how slow a subscriber is. How a transport treats a client that stays
+/// slow (disconnect or skip ahead) is the adapter's policy; it reports messages it dropped through
+/// [`note_dropped`](Hub::note_dropped) so a counter can count them.
+///
+/// # Implementing `Hub`
+///
+/// Methods return `impl Future + Send` so a remote backend can do network I/O in them. An
+/// implementation must
+///
+/// * never block the executor and never hold a lock across an `.await`;
+/// * keep each subscription's memory bounded, whatever the publish rate;
+/// * deliver each topic in id order, never silently skip: use `Lagged` and `Reset`;
+/// * free a connection's state exactly once, in `leave` or when the subscription is dropped,
+///   whichever comes first.
+///
+/// ```
+/// use futures_util::stream::{self, Empty};
+/// use salvo_realtime::{Connection, Delivery, Hub, Payload, error::HubError};
+///
+/// /// A hub that accepts everyone and never delivers anything.
+/// struct Silent;
+///
+/// impl Hub for Silent {
+///     type Subscription = Empty<Delivery>;
+///
+///     async fn join(&self, _conn: &Connection) -> Result<Self::Subscription, HubError> {
+///         Ok(stream::empty())
+///     }
+///
+///     async fn receive(&self, _conn: &Connection, _msg: Payload) -> Result<(), HubError> {
+///         Err(HubError::InboundRejected)
+///     }
+///
+///     async fn leave(&self, _conn: &Connection, _sub: Self::Subscription) {}
+/// }
+/// # let _ = Silent;
+/// ```
+///
+/// # Cloning and sharing
+///
+/// The hubs of this crate are handles: cloning one is cheap and every clone drives the same hub,
+/// so hand clones to handlers, background tasks and publishers freely. `Hub` is also implemented
+/// for `Arc<H>`.
+pub trait Hub: Send + Sync + 'static {
+    /// The stream of deliveries of one joined connection.
+    type Subscription: Stream<Item = Delivery> + Send + Unpin + 'static;
+
+    /// Attaches a connection and returns its stream of deliveries.
+    ///
+    /// # Errors
+    ///
+    /// A [`HubError`] if the connection's request is refused (an invalid or reserved topic name,
+    /// too many topics, a backend failure). A refused connection holds nothing.
+    fn join(
+        &self,
+        conn: &Connection,
+    ) -> impl Future<Output = Result<Self::Subscription, HubError>> + Send;
+
+    /// Handles a message the connection sent.
+    ///
+    /// # Errors
+    ///
+    /// A [`HubError`] if the message is refused; the connection stays joined.
+    fn receive(
+        &self,
+        conn: &Connection,
+        message: Payload,
+    ) -> impl Future<Output = Result<(), HubError>> + Send;
+
+    /// Detaches a connection, taking back its subscription.
+    fn leave(
+        &self,
+        conn: &Connection,
+        subscription: Self::Subscription,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Told by a transport that it dropped `count` messages meant for `conn` (slow-consumer
+    /// policy). The default does nothing; [`Counted`](crate::Counted) counts them.
+    fn note_dropped(&self, conn: &Connection, count: u64) {
+        let _ = (conn, count);
+    }
+}
+
+impl<H: Hub> Hub for Arc<H> {
+    type Subscription = H::Subscription;
+
+    fn join(
+        &self,
+        conn: &Connection,
+    ) -> impl Future<Output = Result<Self::Subscription, HubError>> + Send {
+        (**self).join(conn)
+    }
+
+    fn receive(
+        &self,
+        conn: &Connection,
+        message: Payload,
+    ) -> impl Future<Output = Result<(), HubError>> + Send {
+        (**self).receive(conn, message)
+    }
+
+    fn leave(
+        &self,
+        conn: &Connection,
+        subscription: Self::Subscription,
+    ) -> impl Future<Output = ()> + Send {
+        (**self).leave(conn, subscription)
+    }
+
+    fn note_dropped(&self, conn: &Connection, count: u64) {
+        (**self).note_dropped(conn, count);
+    }
+}
+
+/// Identifies one connection within a process.
+///
+/// ```
+/// use salvo_realtime::ConnectionId;
+///
+/// let (a, b) = (ConnectionId::next(), ConnectionId::next());
+/// assert_ne!(a, b);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    /// A new id, never handed out before in this process.
+    #[must_use]
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The numeric value.
+    #[must_use]
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionId({})", self.0)
+    }
+}
+
+/// Who is on the other end of a connection, as established by authentication.
+///
+/// ```
+/// use salvo_realtime::Identity;
+///
+/// let who = Identity::new("alice").data(serde_json::json!({ "role": "admin" }));
+/// assert_eq!(who.user_id(), "alice");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    user_id: Arc<str>,
+    data: Option<Arc<serde_json::Value>>,
+}
+
+impl Identity {
+    /// An identity for the user `user_id`.
+    #[must_use]
+    pub fn new(user_id: impl Into<Arc<str>>) -> Self {
+        Self {
+            user_id: user_id.into(),
+            data: None,
+        }
+    }
+
+    /// Attaches data the hub may use or share (rooms show it in presence). Default: none.
+    #[must_use]
+    pub fn data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(Arc::new(data));
+        self
+    }
+
+    /// The user id.
+    #[must_use]
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    /// The attached data, if any.
+    #[must_use]
+    pub fn user_data(&self) -> Option<&serde_json::Value> {
+        self.data.as_deref()
+    }
+
+    pub(crate) fn user_arc(&self) -> &Arc<str> {
+        &self.user_id
+    }
+
+    pub(crate) fn data_arc(&self) -> Option<&Arc<serde_json::Value>> {
+        self.data.as_ref()
+    }
+}
+
+/// Where a topic's delivery starts for a joining connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Position {
+    /// Only messages published from now on.
+    #[default]
+    Live,
+    /// Everything after this id (the last one the client saw), then live. If the id can't be
+    /// honoured the subscriber gets a [`Delivery::Reset`] first.
+    After(MessageId),
+    /// The last `n` retained messages, then live.
+    Recent(usize),
+}
+
+/// A connection as a hub sees it: who it is and what it asks for.
+///
+/// ```
+/// use salvo_realtime::{Connection, Identity, Position, Topic};
+///
+/// let conn = Connection::new()
+///     .authenticated(Identity::new("alice"))
+///     .subscribe(Topic::new("lobby")?, Position::Recent(20));
+/// assert_eq!(conn.user_id(), Some("alice"));
+/// assert_eq!(conn.topics().len(), 1);
+/// # Ok::<(), salvo_realtime::error::InvalidTopic>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Connection {
+    id: ConnectionId,
+    identity: Option<Identity>,
+    topics: Vec<(Topic, Position)>,
+    remote_addr: Option<SocketAddr>,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Connection {
+    /// A connection with a fresh [`ConnectionId`], anonymous, asking for nothing yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_id(ConnectionId::next())
+    }
+
+    /// A connection with a given id.
+    #[must_use]
+    pub fn with_id(id: ConnectionId) -> Self {
+        Self {
+            id,
+            identity: None,
+            topics: Vec::new(),
+            remote_addr: None,
+        }
+    }
+
+    /// Sets who the connection belongs to. Default: anonymous.
+    #[must_use]
+    pub fn authenticated(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Asks for `topic` (a room, for [`Rooms`](crate::Rooms)) starting at `from`. Asking for
+    /// the same topic twice keeps the last position.
+    #[must_use]
+    pub fn subscribe(mut self, topic: Topic, from: Position) -> Self {
+        match self.topics.iter_mut().find(|(t, _)| *t == topic) {
+            Some(entry) => entry.1 = from,
+            None => self.topics.push((topic, from)),
+        }
+        self
+    }
+
+    /// Records the client's address. Default: unknown.
+    #[must_use]
+    pub fn remote_addr(mut self, addr: SocketAddr) -> Self {
+        self.remote_addr = Some(addr);
+        self
+    }
+
+    /// The connection's id.
+    #[must_use]
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The identity, if the connection is authenticated.
+    #[must_use]
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// The user id, if the connection is authenticated.
+    #[must_use]
+    pub fn user_id(&self) -> Option<&str> {
+        self.identity.as_ref().map(Identity::user_id)
+    }
+
+    /// The requested topics with their start positions.
+    #[must_use]
+    pub fn topics(&self) -> &[(Topic, Position)] {
+        &self.topics
+    }
+
+    /// The client's address, if known.
+    #[must_use]
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+}
+
+/// One item of a [`Hub::Subscription`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The next message of a topic.
+    Message(Message),
+    /// Messages of `topic` were lost to this subscriber: it fell behind both the live buffer and
+    /// the history. `missed` is exact.
+    Lagged {
+        /// The topic.
+        topic: Topic,
+        /// How many messages were lost.
+        missed: u64,
+    },
+    /// A resume position could not be honoured; what the history holds follows.
+    Reset(Reset),
+    /// The members of a room, once after joining it.
+    Presence(Presence),
+}
+
+impl Delivery {
+    /// The topic this delivery belongs to.
+    #[must_use]
+    pub fn topic(&self) -> &Topic {
+        match self {
+            Self::Message(m) => m.topic(),
+            Self::Lagged { topic, .. } => topic,
+            Self::Reset(r) => &r.topic,
+            Self::Presence(p) => &p.room,
+        }
+    }
+
+    /// The delivery as one JSON object, the form the WebSocket adapter sends. A message gives
+    /// [`Message::envelope_json`]; the others give
+    /// `{"type":"lagged","topic":..,"missed":..}`, `{"type":"reset","topic":..,"requested":..,
+    /// "epoch":..,"reason":..}` and `{"type":"presence","topic":..,"members":[{"user":..,
+    /// "connections":..,"data":..}]}`.
+    #[must_use]
+    pub fn envelope_json(&self) -> bytes::Bytes {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        enum Notice<'a> {
+            Lagged {
+                topic: &'a Topic,
+                missed: u64,
+            },
+            Reset {
+                topic: &'a Topic,
+                requested: MessageId,
+                epoch: String,
+                reason: ResetReason,
+            },
+            Presence {
+                topic: &'a Topic,
+                members: &'a [Member],
+            },
+        }
+        let notice = match self {
+            Self::Message(m) => return m.envelope_json().clone(),
+            Self::Lagged { topic, missed } => Notice::Lagged {
+                topic,
+                missed: *missed,
+            },
+            Self::Reset(r) => Notice::Reset {
+                topic: &r.topic,
+                requested: r.requested,
+                epoch: format!("{:x}", r.epoch.as_u64()),
+                reason: r.reason,
+            },
+            Self::Presence(p) => Notice::Presence {
+                topic: &p.room,
+                members: &p.members,
+            },
+        };
+        // Plain strings and numbers always encode.
+        bytes::Bytes::from(serde_json::to_vec(&notice).unwrap_or_default())
+    }
+}
+
+/// A resume position that can't be honoured, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reset {
+    /// The topic.
+    pub topic: Topic,
+    /// The position the client asked for.
+    pub requested: MessageId,
+    /// The topic log's current epoch; ids of the messages that follow carry it.
+    pub epoch: Epoch,
+    /// Why the position can't be honoured.
+    pub reason: ResetReason,
+}
+
+/// Why a resume position can't be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// The id belongs to another instance of the log: it was lost (restart, eviction).
+    EpochChanged,
+    /// Messages after the id have already left the history.
+    Expired,
+    /// The id is ahead of the log's last message.
+    Ahead,
+}
+
+/// The members of a room at one moment.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Presence {
+    /// The room.
+    pub room: Topic,
+    /// One entry per user, sorted by user id. Anonymous connections are not listed.
+    pub members: Vec<Member>,
+}
+
+/// One user present in a room.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Member {
+    /// The user id.
+    pub user: Arc<str>,
+    /// How many of the user's connections are in the room (tabs, devices).
+    pub connections: usize,
+    /// The data of the identity the user's first connection joined with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Arc<serde_json::Value>>,
+}

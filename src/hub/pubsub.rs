@@ -1,0 +1,218 @@
+//! Topics on broadcast channels with a bounded history.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::config::{HubConfig, InboundPolicy};
+use super::log::{Limits, Registry};
+use super::subscription::Subscription;
+use super::{Connection, Hub, Message, MessageId, Payload, Position, Publication, Topic};
+use crate::error::HubError;
+
+/// Publish/subscribe over named topics: the simplest [`Hub`].
+///
+/// * A topic is created on first use (publish or subscribe) and gets a fresh [`Epoch`](crate::Epoch).
+/// * Each publish gets the next [`MessageId`] of its topic; live subscribers receive it through
+///   a tokio broadcast channel and the topic's history retains the last
+///   [`history`](HubConfig::history) messages (optionally capped by bytes and age).
+/// * A subscriber starting from a [`Position`] gets what it missed from history, then the live
+///   messages, with no gap and no duplicate at the seam, even while others publish.
+/// * A topic with no subscribers is freed once its history is empty or it has been idle for
+///   [`idle_ttl`](HubConfig::idle_ttl); a later use starts a new epoch.
+///
+/// Connections subscribe to the topics in [`Connection::topics`]. By default they may not
+/// publish ([`InboundPolicy::Reject`]); server code publishes with [`PubSub::publish`].
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use salvo_realtime::{Connection, Delivery, Hub, Position, PubSub, Topic};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = PubSub::new();
+/// let first = hub.publish("news", "one").await?;
+///
+/// // A client that saw `first` reconnects and resumes after it.
+/// let conn = Connection::new().subscribe(Topic::new("news")?, Position::After(first));
+/// let mut sub = hub.join(&conn).await?;
+/// hub.publish("news", "two").await?;
+///
+/// let Some(Delivery::Message(m)) = sub.next().await else { panic!("expected a message") };
+/// assert_eq!(m.payload().as_text(), Some("two"));
+/// assert_eq!(m.id().offset(), first.offset() + 1);
+/// hub.leave(&conn, sub).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PubSub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<Registry>,
+    config: HubConfig,
+}
+
+impl Default for PubSub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PubSub {
+    /// A hub with the default [`HubConfig`].
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_config(HubConfig::new())
+    }
+
+    /// A hub with the given limits.
+    #[must_use]
+    pub fn with_config(config: HubConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: Registry::new(Limits::topics(&config)),
+                config,
+            }),
+        }
+    }
+
+    /// Publishes to `topic` and returns the id the message got.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::InvalidTopic`] for a bad topic name, [`HubError::PayloadTooLarge`] over
+    /// [`max_payload`](HubConfig::max_payload), [`HubError::TooManyTopics`] if a new topic
+    /// would pass [`max_topics`](HubConfig::max_topics).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        publication: impl Into<Publication>,
+    ) -> Result<MessageId, HubError> {
+        let topic = Topic::new(topic)?;
+        self.publish_to(&topic, publication.into()).map(|m| m.id())
+    }
+
+    fn publish_to(&self, topic: &Topic, publication: Publication) -> Result<Message, HubError> {
+        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        self.inner.registry.publish(topic, publication)
+    }
+
+    /// Subscribes to one topic without a [`Connection`] (for server-side consumers).
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::InvalidTopic`] for a bad name, [`HubError::TooManyTopics`] if the topic is
+    /// new and the hub is full.
+    pub async fn subscribe(&self, topic: &str, from: Position) -> Result<Subscription, HubError> {
+        let conn = Connection::new().subscribe(Topic::new(topic)?, from);
+        self.join(&conn).await
+    }
+
+    /// The messages the topic's history holds now, oldest first.
+    #[must_use]
+    pub fn history(&self, topic: &str) -> Vec<Message> {
+        Topic::new(topic).map_or_else(|_| Vec::new(), |t| self.inner.registry.history(&t))
+    }
+
+    /// The id of the topic's last message, if the topic exists and has one.
+    #[must_use]
+    pub fn last_id(&self, topic: &str) -> Option<MessageId> {
+        Topic::new(topic)
+            .ok()
+            .and_then(|t| self.inner.registry.last_id(&t))
+    }
+
+    /// How many topics the hub holds (with subscribers, or idle with history).
+    #[must_use]
+    pub fn topic_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Closes a topic: subscribers' streams end once they have read what was sent, and the
+    /// history is dropped. Returns whether the topic existed.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "an action; the result is informational"
+    )]
+    pub fn close(&self, topic: &str) -> bool {
+        Topic::new(topic).is_ok_and(|t| self.inner.registry.close(&t))
+    }
+
+    /// Frees idle topics now instead of waiting for the next periodic check.
+    pub fn sweep(&self) {
+        self.inner.registry.sweep();
+    }
+}
+
+pub(crate) fn check_payload(payload: &Payload, limit: usize) -> Result<(), HubError> {
+    if payload.len() > limit {
+        Err(HubError::PayloadTooLarge {
+            size: payload.len(),
+            limit,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn inbound_publication(
+    conn: &Connection,
+    payload: Payload,
+    policy: InboundPolicy,
+) -> Result<Publication, HubError> {
+    let mut p = Publication::new(payload).origin(conn.id());
+    if let Some(identity) = conn.identity() {
+        p = p.sender(Arc::clone(identity.user_arc()));
+    }
+    match policy {
+        InboundPolicy::Publish => Ok(p),
+        InboundPolicy::PublishExceptSender => Ok(p.skip_origin(true)),
+        InboundPolicy::Reject => Err(HubError::InboundRejected),
+    }
+}
+
+impl Hub for PubSub {
+    type Subscription = Subscription;
+
+    async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
+        let limit = self.inner.config.max_subscriptions;
+        if conn.topics().len() > limit {
+            return Err(HubError::TooManySubscriptions { limit });
+        }
+        let streams = conn
+            .topics()
+            .iter()
+            .map(|(topic, from)| {
+                self.inner
+                    .registry
+                    .subscribe(topic, *from, conn.id(), None, |_| None)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Subscription::new(streams, None, None))
+    }
+
+    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+        let policy = self.inner.config.inbound.unwrap_or(InboundPolicy::Reject);
+        check_payload(&message, self.inner.config.max_payload)?;
+        let publication = inbound_publication(conn, message, policy)?;
+        for (topic, _) in conn.topics() {
+            self.publish_to(topic, publication.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, _conn: &Connection, subscription: Subscription) {
+        drop(subscription);
+    }
+}
+
+impl fmt::Debug for PubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubSub")
+            .field("topics", &self.inner.registry.len())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}

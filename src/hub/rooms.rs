@@ -1,0 +1,597 @@
+//! Rooms: membership, presence, broadcast, direct messages.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use serde_json::json;
+
+use super::config::{HubConfig, InboundPolicy};
+use super::log::{Limits, Locked, Registry, TopicStream};
+use super::pubsub::{check_payload, inbound_publication};
+use super::subscription::{Control, Subscription};
+use super::{
+    Connection, ConnectionId, Delivery, Hub, Identity, Member, Message, MessageId, Payload,
+    Position, Presence, Publication, Topic,
+};
+use crate::error::{HubError, InvalidTopic};
+
+/// Event name of the message logged when a user's first connection enters a room.
+pub const PRESENCE_JOIN: &str = "presence.join";
+/// Event name of the message logged when a user's last connection leaves a room.
+pub const PRESENCE_LEAVE: &str = "presence.leave";
+/// Prefix of the topics of users' direct-message logs; room names can't start with it.
+pub const DIRECT_PREFIX: &str = "@";
+
+/// Rooms with membership and presence: the [`Hub`] for chats, games and collaborative pages.
+///
+/// * A connection is in the rooms named in its [`Connection::topics`] and any it is put in
+///   later with [`join_room`](Rooms::join_room); it may be in up to
+///   [`max_subscriptions`](HubConfig::max_subscriptions) rooms.
+/// * Each room has a log like a [`PubSub`](crate::PubSub) topic: ids, history, resume.
+/// * **Presence is per user**: several connections (tabs, devices) of one user are one member.
+///   When a user's first connection enters a room, a `presence.join` message is logged; when
+///   their last one leaves, a `presence.leave` message. Both carry the JSON payload
+///   `{"user": .., "data": ..}`, have ids, and are replayed on resume like any message. After
+///   joining a room (and after its replay) a connection receives one [`Delivery::Presence`]
+///   with the current members; it does not receive its own `presence.join`. Anonymous
+///   connections are members but not listed.
+/// * [`broadcast`](Rooms::broadcast) reaches every connection in a room,
+///   [`broadcast_except`](Rooms::broadcast_except) all but one, and
+///   [`send_to_user`](Rooms::send_to_user) every connection of one user, whatever rooms they
+///   are in (through the user's own log, topic `@<user id>`, resumable too).
+/// * After [`leave_room`](Rooms::leave_room) returns, the connection receives nothing more from
+///   that room. A room with no members is freed like an idle topic: at once if it holds no
+///   history, else after [`idle_ttl`](HubConfig::idle_ttl).
+/// * By default a connection's messages are published to all its rooms
+///   ([`InboundPolicy::Publish`]).
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use salvo_realtime::{Connection, Delivery, Hub, Identity, Position, Rooms, Topic};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rooms = Rooms::new();
+/// let lobby = Topic::new("lobby")?;
+/// let alice = Connection::new()
+///     .authenticated(Identity::new("alice"))
+///     .subscribe(lobby.clone(), Position::Live);
+/// let mut alice_sub = rooms.join(&alice).await?;
+///
+/// // First comes the presence snapshot: alice alone.
+/// let Some(Delivery::Presence(p)) = alice_sub.next().await else { panic!() };
+/// assert_eq!(p.members.len(), 1);
+///
+/// let bob = Connection::new()
+///     .authenticated(Identity::new("bob"))
+///     .subscribe(lobby, Position::Live);
+/// let bob_sub = rooms.join(&bob).await?;
+/// // alice sees bob arrive...
+/// let Some(Delivery::Message(m)) = alice_sub.next().await else { panic!() };
+/// assert_eq!(m.event().map(|e| e.as_str()), Some("presence.join"));
+/// // ...and what bob says.
+/// rooms.receive(&bob, "hi".into()).await?;
+/// let Some(Delivery::Message(m)) = alice_sub.next().await else { panic!() };
+/// assert_eq!((m.sender(), m.payload().as_text()), (Some("bob"), Some("hi")));
+///
+/// rooms.leave(&bob, bob_sub).await;
+/// rooms.leave(&alice, alice_sub).await;
+/// assert_eq!(rooms.room_count(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rooms: Arc<Registry>,
+    direct: Arc<Registry>,
+    conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
+    config: HubConfig,
+}
+
+struct ConnEntry {
+    identity: Option<Identity>,
+    rooms: HashMap<Topic, Arc<AtomicBool>>,
+    control: Arc<Control>,
+}
+
+/// Who is in a room, kept with the room's log so that membership changes and the presence
+/// events they cause are one atomic step.
+#[derive(Default)]
+pub(crate) struct Members {
+    users: HashMap<Arc<str>, (usize, Option<Arc<serde_json::Value>>)>,
+    anonymous: usize,
+}
+
+impl Members {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.anonymous == 0
+    }
+
+    /// Adds a connection; true if it is the user's first in the room.
+    fn add(&mut self, identity: Option<&Identity>) -> bool {
+        match identity {
+            None => {
+                self.anonymous += 1;
+                false
+            }
+            Some(id) => {
+                let entry = self
+                    .users
+                    .entry(Arc::clone(id.user_arc()))
+                    .or_insert_with(|| (0, id.data_arc().cloned()));
+                entry.0 += 1;
+                entry.0 == 1
+            }
+        }
+    }
+
+    /// Removes a connection; true if it was the user's last in the room.
+    fn remove(&mut self, identity: Option<&Identity>) -> bool {
+        match identity {
+            None => {
+                self.anonymous = self.anonymous.saturating_sub(1);
+                false
+            }
+            Some(id) => match self.users.get_mut(id.user_id()) {
+                Some(entry) if entry.0 > 1 => {
+                    entry.0 -= 1;
+                    false
+                }
+                Some(_) => {
+                    self.users.remove(id.user_id());
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn list(&self) -> Vec<Member> {
+        let mut members: Vec<Member> = self
+            .users
+            .iter()
+            .map(|(user, (connections, data))| Member {
+                user: Arc::clone(user),
+                connections: *connections,
+                data: data.clone(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        members
+    }
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn room_topic(room: &str) -> Result<Topic, HubError> {
+    let topic = Topic::new(room)?;
+    check_room(&topic)?;
+    Ok(topic)
+}
+
+fn check_room(topic: &Topic) -> Result<(), HubError> {
+    if topic.as_str().starts_with(DIRECT_PREFIX) {
+        return Err(InvalidTopic::Reserved {
+            prefix: DIRECT_PREFIX,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn direct_topic(user: &str) -> Result<Topic, HubError> {
+    Ok(Topic::new(&format!("{DIRECT_PREFIX}{user}"))?)
+}
+
+fn presence_event(event: &'static str, conn: ConnectionId, identity: &Identity) -> Publication {
+    let payload = json!({ "user": identity.user_id(), "data": identity.user_data() });
+    Publication::new(Payload::text(payload.to_string()))
+        .event_name_checked(super::EventName::from_static(event))
+        .sender(Arc::clone(identity.user_arc()))
+        .origin(conn)
+        .skip_origin(true)
+}
+
+impl Rooms {
+    /// A hub with the default [`HubConfig`].
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_config(HubConfig::new())
+    }
+
+    /// A hub with the given limits.
+    #[must_use]
+    pub fn with_config(config: HubConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                rooms: Registry::new(Limits::topics(&config)),
+                direct: Registry::new(Limits::direct(&config)),
+                conns: Mutex::new(HashMap::new()),
+                config,
+            }),
+        }
+    }
+
+    /// Publishes to every connection in `room` and returns the message's id.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::InvalidTopic`] for a bad or reserved room name,
+    /// [`HubError::PayloadTooLarge`], [`HubError::TooManyTopics`].
+    pub async fn broadcast(
+        &self,
+        room: &str,
+        publication: impl Into<Publication>,
+    ) -> Result<MessageId, HubError> {
+        let room = room_topic(room)?;
+        self.publish_room(&room, publication.into()).map(|m| m.id())
+    }
+
+    /// Publishes to every connection in `room` but `except` (usually the sender).
+    ///
+    /// # Errors
+    ///
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn broadcast_except(
+        &self,
+        room: &str,
+        except: ConnectionId,
+        publication: impl Into<Publication>,
+    ) -> Result<MessageId, HubError> {
+        let p = publication.into().origin(except).skip_origin(true);
+        self.broadcast(room, p).await
+    }
+
+    /// Sends to every connection of `user`, in whatever rooms. Retained in the user's direct log
+    /// (topic `@<user>`) like room messages, so a reconnecting connection can resume it.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::InvalidTopic`] if `@<user>` is not a valid topic name,
+    /// [`HubError::PayloadTooLarge`].
+    pub async fn send_to_user(
+        &self,
+        user: &str,
+        publication: impl Into<Publication>,
+    ) -> Result<MessageId, HubError> {
+        let publication = publication.into();
+        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        let topic = direct_topic(user)?;
+        self.inner
+            .direct
+            .publish(&topic, publication)
+            .map(|m| m.id())
+    }
+
+    /// Puts a joined connection into `room`, delivering from `from`.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::NotJoined`] if the connection isn't joined, [`HubError::InvalidTopic`],
+    /// [`HubError::TooManySubscriptions`], [`HubError::TooManyTopics`].
+    pub async fn join_room(
+        &self,
+        conn: ConnectionId,
+        room: &str,
+        from: Position,
+    ) -> Result<(), HubError> {
+        let room = room_topic(room)?;
+        let (identity, control) = {
+            let conns = self.inner.conns.lock();
+            let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
+            if entry.rooms.contains_key(&room) {
+                return Ok(());
+            }
+            let limit = self.inner.config.max_subscriptions;
+            if entry.rooms.len() >= limit {
+                return Err(HubError::TooManySubscriptions { limit });
+            }
+            (entry.identity.clone(), Arc::clone(&entry.control))
+        };
+        let (stream, left) = self.enter(conn, identity.as_ref(), &room, from)?;
+        let registered = {
+            let mut conns = self.inner.conns.lock();
+            match conns.get_mut(&conn) {
+                Some(entry) if !entry.rooms.contains_key(&room) => {
+                    entry.rooms.insert(room.clone(), Arc::clone(&left));
+                    true
+                }
+                _ => false,
+            }
+        };
+        if registered {
+            control.add(stream);
+        } else {
+            // The connection left (or entered the room) meanwhile: undo this entry.
+            drop(stream);
+            self.exit(conn, identity.as_ref(), &room, &left);
+        }
+        Ok(())
+    }
+
+    /// Takes a connection out of `room`. Returns whether it was in it. When this returns, the
+    /// connection receives nothing more from the room.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::NotJoined`] if the connection isn't joined, [`HubError::InvalidTopic`].
+    pub async fn leave_room(&self, conn: ConnectionId, room: &str) -> Result<bool, HubError> {
+        let room = room_topic(room)?;
+        let (identity, left, control) = {
+            let mut conns = self.inner.conns.lock();
+            let entry = conns.get_mut(&conn).ok_or(HubError::NotJoined(conn))?;
+            let Some(left) = entry.rooms.remove(&room) else {
+                return Ok(false);
+            };
+            (entry.identity.clone(), left, Arc::clone(&entry.control))
+        };
+        self.exit(conn, identity.as_ref(), &room, &left);
+        control.wake();
+        Ok(true)
+    }
+
+    /// Ends a connection's subscription from the server side (a kick); it leaves every room.
+    /// Returns whether it was joined.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "an action; the result is informational"
+    )]
+    pub fn disconnect(&self, conn: ConnectionId) -> bool {
+        self.inner.forget(conn)
+    }
+
+    /// The users in `room`, sorted by user id.
+    pub async fn presence(&self, room: &str) -> Vec<Member> {
+        let Ok(room) = room_topic(room) else {
+            return Vec::new();
+        };
+        self.inner
+            .rooms
+            .with_log(&room, false, |log| log.state().members.list())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The rooms a connection is in.
+    #[must_use]
+    pub fn rooms_of(&self, conn: ConnectionId) -> Vec<Topic> {
+        self.inner
+            .conns
+            .lock()
+            .get(&conn)
+            .map(|e| e.rooms.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many rooms have at least one member.
+    #[must_use]
+    pub fn room_count(&self) -> usize {
+        self.inner
+            .rooms
+            .names()
+            .iter()
+            .filter(|room| {
+                self.inner
+                    .rooms
+                    .with_log(room, false, |log| !log.state().members.is_empty())
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+
+    /// How many logs the hub holds: rooms with members, idle rooms whose history is retained,
+    /// and users' direct logs.
+    #[must_use]
+    pub fn log_count(&self) -> usize {
+        self.inner.rooms.len() + self.inner.direct.len()
+    }
+
+    /// How many connections are joined.
+    #[must_use]
+    pub fn connection_count(&self) -> usize {
+        self.inner.conns.lock().len()
+    }
+
+    /// The messages the room's history holds now, oldest first.
+    #[must_use]
+    pub fn history(&self, room: &str) -> Vec<Message> {
+        room_topic(room).map_or_else(|_| Vec::new(), |t| self.inner.rooms.history(&t))
+    }
+
+    /// Frees idle rooms and direct logs now instead of at the next periodic check.
+    pub fn sweep(&self) {
+        self.inner.rooms.sweep();
+        self.inner.direct.sweep();
+    }
+
+    fn publish_room(&self, room: &Topic, publication: Publication) -> Result<Message, HubError> {
+        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        self.inner.rooms.publish(room, publication)
+    }
+
+    /// Adds a membership and subscribes, as one step under the room's lock.
+    fn enter(
+        &self,
+        conn: ConnectionId,
+        identity: Option<&Identity>,
+        room: &Topic,
+        from: Position,
+    ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
+        let presence = self.inner.config.presence;
+        let left = Arc::new(AtomicBool::new(false));
+        let stream =
+            self.inner
+                .rooms
+                .subscribe(room, from, conn, Some(Arc::clone(&left)), |log| {
+                    let first = log.state().members.add(identity);
+                    if !presence {
+                        return None;
+                    }
+                    if let (true, Some(identity)) = (first, identity) {
+                        log.publish(presence_event(PRESENCE_JOIN, conn, identity));
+                    }
+                    Some(snapshot(log))
+                })?;
+        Ok((stream, left))
+    }
+
+    fn exit(
+        &self,
+        conn: ConnectionId,
+        identity: Option<&Identity>,
+        room: &Topic,
+        left: &AtomicBool,
+    ) {
+        self.inner.exit(conn, identity, room, left);
+    }
+}
+
+fn snapshot(log: &mut Locked<'_>) -> Delivery {
+    Delivery::Presence(Presence {
+        room: log.topic().clone(),
+        members: log.state().members.list(),
+    })
+}
+
+impl Inner {
+    fn exit(
+        &self,
+        conn: ConnectionId,
+        identity: Option<&Identity>,
+        room: &Topic,
+        left: &AtomicBool,
+    ) {
+        left.store(true, Ordering::Release);
+        let presence = self.config.presence;
+        // The room exists while it has members, so this finds it.
+        let _ = self.rooms.with_log(room, false, |log| {
+            let last = log.state().members.remove(identity);
+            if let (true, true, Some(identity)) = (presence, last, identity) {
+                log.publish(presence_event(PRESENCE_LEAVE, conn, identity));
+            }
+        });
+        // If the connection's stream is already gone (dropped subscription), this was the last
+        // thing holding the room.
+        self.rooms.remove_if_unused(room, None);
+    }
+
+    /// Removes a connection and all its memberships; false if it was already gone.
+    fn forget(&self, conn: ConnectionId) -> bool {
+        let Some(entry) = self.conns.lock().remove(&conn) else {
+            return false;
+        };
+        for (room, left) in &entry.rooms {
+            self.exit(conn, entry.identity.as_ref(), room, left);
+        }
+        entry.control.close();
+        true
+    }
+}
+
+impl Hub for Rooms {
+    type Subscription = Subscription;
+
+    async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
+        let limit = self.inner.config.max_subscriptions;
+        let own_direct = conn.user_id().map(direct_topic).transpose()?;
+        let mut direct_from = Position::Live;
+        let mut rooms = Vec::with_capacity(conn.topics().len());
+        for (topic, from) in conn.topics() {
+            if own_direct.as_ref() == Some(topic) {
+                direct_from = *from;
+            } else {
+                check_room(topic)?;
+                rooms.push((topic, *from));
+            }
+        }
+        if rooms.len() > limit {
+            return Err(HubError::TooManySubscriptions { limit });
+        }
+        let control = Arc::new(Control::default());
+        {
+            let mut conns = self.inner.conns.lock();
+            if conns.contains_key(&conn.id()) {
+                return Err(HubError::AlreadyJoined(conn.id()));
+            }
+            conns.insert(
+                conn.id(),
+                ConnEntry {
+                    identity: conn.identity().cloned(),
+                    rooms: HashMap::new(),
+                    control: Arc::clone(&control),
+                },
+            );
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let id = conn.id();
+        let on_drop: Box<dyn FnOnce() + Send> = Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.forget(id);
+            }
+        });
+        // From here on, dropping `subscription` undoes everything done so far.
+        let mut subscription =
+            Subscription::new(Vec::new(), Some(Arc::clone(&control)), Some(on_drop));
+        for (room, from) in rooms {
+            let (stream, left) = self.enter(id, conn.identity(), room, from)?;
+            let mut conns = self.inner.conns.lock();
+            if let Some(entry) = conns.get_mut(&id) {
+                entry.rooms.insert(room.clone(), left);
+            }
+            drop(conns);
+            control.add(stream);
+        }
+        if let Some(direct) = own_direct {
+            let stream = self
+                .inner
+                .direct
+                .subscribe(&direct, direct_from, id, None, |_| None)?;
+            control.add(stream);
+        }
+        // Fold the added streams in now so `topic_count` is right from the start.
+        subscription.absorb_added();
+        Ok(subscription)
+    }
+
+    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+        let policy = self.inner.config.inbound.unwrap_or(InboundPolicy::Publish);
+        check_payload(&message, self.inner.config.max_payload)?;
+        let publication = inbound_publication(conn, message, policy)?;
+        let rooms = self.rooms_of(conn.id());
+        if rooms.is_empty() && !self.inner.conns.lock().contains_key(&conn.id()) {
+            return Err(HubError::NotJoined(conn.id()));
+        }
+        for room in &rooms {
+            self.publish_room(room, publication.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, conn: &Connection, subscription: Subscription) {
+        self.inner.forget(conn.id());
+        drop(subscription);
+    }
+}
+
+impl fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rooms")
+            .field("connections", &self.connection_count())
+            .field("logs", &self.log_count())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,146 @@
+//! A connection's stream of deliveries, merged over its topics.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+
+use super::Delivery;
+use super::log::TopicStream;
+
+/// The deliveries of one connection joined to a [`PubSub`](crate::PubSub) or
+/// [`Rooms`](crate::Rooms) hub, over all its topics or rooms.
+///
+/// Topics are polled in turn so that a busy one can't starve the others. The stream ends when
+/// every topic it follows is closed, or when the hub disconnects the connection. Dropping it
+/// leaves the hub, as [`Hub::leave`](crate::Hub::leave) would.
+pub struct Subscription {
+    streams: Vec<TopicStream>,
+    next: usize,
+    control: Option<Arc<Control>>,
+    on_drop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// Lets a hub change a live subscription from outside: add rooms, end it.
+#[derive(Default)]
+pub(crate) struct Control {
+    added: Mutex<Vec<TopicStream>>,
+    dirty: AtomicBool,
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Control {
+    pub(crate) fn add(&self, stream: TopicStream) {
+        self.added.lock().push(stream);
+        self.dirty.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        streams: Vec<TopicStream>,
+        control: Option<Arc<Control>>,
+        on_drop: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Self {
+        Self {
+            streams,
+            next: 0,
+            control,
+            on_drop,
+        }
+    }
+
+    pub(crate) fn absorb_added(&mut self) {
+        if let Some(control) = &self.control
+            && control.dirty.swap(false, Ordering::AcqRel)
+        {
+            let added = std::mem::take(&mut *control.added.lock());
+            self.streams.extend(added);
+        }
+    }
+
+    /// How many topics or rooms the subscription follows now.
+    #[must_use]
+    pub fn topic_count(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = &mut *self;
+        if let Some(control) = &this.control {
+            control.waker.register(cx.waker());
+            if control.closed.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+        }
+        this.absorb_added();
+        let mut i = 0;
+        while i < this.streams.len() {
+            let idx = (this.next + i) % this.streams.len();
+            match Pin::new(&mut this.streams[idx]).poll_next(cx) {
+                Poll::Ready(Some(delivery)) => {
+                    this.next = idx + 1;
+                    return Poll::Ready(Some(delivery));
+                }
+                Poll::Ready(None) => {
+                    // Closed topic or left room: forget it (its drop releases the log), then
+                    // start the round again so that no stream goes unpolled.
+                    this.streams.swap_remove(idx);
+                    this.next = idx;
+                    i = 0;
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        if this.streams.is_empty() && this.control.is_none() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Release the topic streams first, then let the hub forget the connection.
+        self.streams.clear();
+        if let Some(on_drop) = self.on_drop.take() {
+            on_drop();
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field(
+                "topics",
+                &self
+                    .streams
+                    .iter()
+                    .map(TopicStream::topic)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,69 @@
+//! Real-time building blocks for [Salvo]: a transport-agnostic hub with resumable history, and
+//! (in coming releases) WebSocket and Server-Sent-Events endpoints driven by it.
+//!
+//! # The hub core
+//!
+//! A [`Hub`] is what a connection attaches to. The crate ships three:
+//!
+//! * [`PubSub`]: named topics on tokio broadcast channels, each with a bounded history;
+//! * [`Rooms`]: membership, per-user presence with first-join / last-leave events, broadcast to
+//!   a room or to all but the sender, and direct messages to all of one user's connections;
+//! * [`Counted`]: wraps any hub and counts connections and messages, with a stream of snapshots
+//!   for dashboards.
+//!
+//! One message log serves every transport: each message gets a [`MessageId`] (the topic log's
+//! [`Epoch`] and an offset), each topic keeps a bounded history, and a connection that comes back
+//! with the last id it saw ([`Position::After`]) gets exactly what it missed, or a
+//! [`Delivery::Reset`] first when that can't be done. Falling behind is never silent: a
+//! subscriber is refilled from history, or told how many messages it lost
+//! ([`Delivery::Lagged`]).
+//!
+//! # Quick start
+//!
+//! ```
+//! use futures_util::StreamExt;
+//! use salvo_realtime::{Connection, Delivery, Hub, Position, PubSub, Topic};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let hub = PubSub::new();
+//! let conn = Connection::new().subscribe(Topic::new("prices")?, Position::Live);
+//! let mut deliveries = hub.join(&conn).await?;
+//!
+//! let id = hub.publish("prices", r#"{"eur":1.08}"#).await?;
+//! match deliveries.next().await {
+//!     Some(Delivery::Message(m)) => assert_eq!(m.id(), id),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! hub.leave(&conn, deliveries).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | *(none yet)* | | the hub core needs no feature |
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95.
+//!
+//! [Salvo]: https://salvo.rs
+#![doc(test(attr(deny(warnings))))]
+
+pub mod error;
+mod hub;
+
+pub use hub::{
+    Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Epoch,
+    EventName, Hub, HubConfig, Identity, InboundPolicy, Member, Message, MessageId, Offset,
+    PRESENCE_JOIN, PRESENCE_LEAVE, Payload, Position, Presence, PubSub, Publication, Reset,
+    ResetReason, Rooms, Snapshot, Subscription, Topic, TopicCount,
+};
+
+/// Compiles the README's code blocks as doc-tests, so its quick start can't rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
