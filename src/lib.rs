@@ -53,9 +53,14 @@
 //! [Salvo]: https://salvo.rs
 #![doc(test(attr(deny(warnings))))]
 
+pub mod client;
+mod endpoint;
 pub mod error;
 mod hub;
+pub mod sse;
+pub mod ws;
 
+pub use endpoint::{Drain, Rejection};
 pub use hub::{
     Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Epoch,
     EventName, Hub, HubConfig, Identity, InboundPolicy, Member, Message, MessageId, Offset,

@@ -275,6 +275,7 @@ impl Registry {
                                 topic: topic.clone(),
                                 requested: id,
                                 epoch: locked.log.epoch,
+                                replay_after: MessageId::new(locked.log.epoch, first - 1),
                                 reason,
                             }));
                             first - 1

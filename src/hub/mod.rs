@@ -425,7 +425,7 @@ impl Delivery {
     /// The delivery as one JSON object, the form the WebSocket adapter sends. A message gives
     /// [`Message::envelope_json`]; the others give
     /// `{"type":"lagged","topic":..,"missed":..}`, `{"type":"reset","topic":..,"requested":..,
-    /// "epoch":..,"reason":..}` and `{"type":"presence","topic":..,"members":[{"user":..,
+    /// "epoch":..,"replay_after":..,"reason":..}` and `{"type":"presence","topic":..,"members":[{"user":..,
     /// "connections":..,"data":..}]}`.
     #[must_use]
     pub fn envelope_json(&self) -> bytes::Bytes {
@@ -440,6 +440,7 @@ impl Delivery {
                 topic: &'a Topic,
                 requested: MessageId,
                 epoch: String,
+                replay_after: MessageId,
                 reason: ResetReason,
             },
             Presence {
@@ -457,6 +458,7 @@ impl Delivery {
                 topic: &r.topic,
                 requested: r.requested,
                 epoch: format!("{:x}", r.epoch.as_u64()),
+                replay_after: r.replay_after,
                 reason: r.reason,
             },
             Self::Presence(p) => Notice::Presence {
@@ -479,6 +481,9 @@ pub struct Reset {
     pub requested: MessageId,
     /// The topic log's current epoch; ids of the messages that follow carry it.
     pub epoch: Epoch,
+    /// The position the replay that follows starts after: a client that saves it (as an SSE
+    /// `id`, say) and reconnects before the next message resumes without another reset.
+    pub replay_after: MessageId,
     /// Why the position can't be honoured.
     pub reason: ResetReason,
 }

@@ -40,3 +40,55 @@ pub fn offsets(deliveries: &[Delivery]) -> Vec<u64> {
         .map(|m| m.id().offset())
         .collect()
 }
+
+/// A Salvo server on 127.0.0.1 with an ephemeral port, for tests over real sockets.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub handle: salvo::server::ServerHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Serves `router` until stopped (or the test's runtime ends).
+    pub async fn start(router: salvo::Router) -> Self {
+        use salvo::conn::{Acceptor, Listener};
+        let acceptor = salvo::conn::TcpListener::new("127.0.0.1:0").bind().await;
+        let addr = acceptor
+            .holdings()
+            .first()
+            .and_then(|h| h.local_addr.clone().into_std())
+            .expect("bound address");
+        let server = salvo::Server::new(acceptor);
+        let handle = server.handle();
+        let task = tokio::spawn(async move { server.serve(router).await });
+        Self { addr, handle, task }
+    }
+
+    /// `http://127.0.0.1:port` + `path`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `ws://127.0.0.1:port` + `path`.
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Stops the server at once and waits for it.
+    pub async fn stop(self) {
+        self.handle.stop_forceful();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Polls `check` every 10 ms until it holds or 10 s pass; returns whether it held. For state that
+/// settles asynchronously (a server noticing a disconnect), never for timing assertions.
+pub async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    check()
+}

@@ -1,0 +1,1 @@
+//! The browser client script (in progress).
