@@ -1,1 +1,456 @@
-//! Server-Sent Events endpoint (in progress).
+//! A Server-Sent-Events endpoint: one `GET` request becomes one hub connection whose deliveries
+//! stream to the browser as `text/event-stream`.
+//!
+//! [`SseEndpoint`] is a Salvo [`Handler`]. Per request it establishes who is connecting and which
+//! topic it wants (see the shared builder methods), admits it under the connection caps, joins the
+//! [`Hub`] and streams until the client goes away, the hub ends the subscription, or a graceful
+//! [`Drain`](crate::Drain) asks it to close. Whatever ends it, the connection leaves the hub
+//! exactly once and gives its slot back.
+//!
+//! ```
+//! use salvo::prelude::*;
+//! use salvo_realtime::{PubSub, sse::SseEndpoint};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let hub = PubSub::new();
+//! let router = Router::new()
+//!     .push(Router::with_path("events/{topic}").get(SseEndpoint::new(hub.clone())));
+//!
+//! // Elsewhere in the server: every client on `/events/prices` receives this.
+//! hub.publish("prices", r#"{"eur":1.08}"#).await?;
+//! # let _ = router;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What the client receives
+//!
+//! The response carries `Content-Type: text/event-stream`, `Cache-Control: no-store` and
+//! `X-Accel-Buffering: no` (so nginx doesn't buffer it). The stream opens with a `retry:` hint
+//! ([`SseEndpoint::retry`]), then one event per [`Delivery`] (see [`encode`]):
+//!
+//! | delivery | `event:` | `data:` | `id:` |
+//! |---|---|---|---|
+//! | [`Delivery::Message`] | the message's event name, if any (else the browser's `message`) | the text payload; a binary payload in base64 | the [`MessageId`](crate::MessageId) |
+//! | [`Delivery::Reset`] | `reset` | [`Delivery::envelope_json`] | the reset's `replay_after` |
+//! | [`Delivery::Lagged`] | `lagged` | [`Delivery::envelope_json`] | none |
+//! | [`Delivery::Presence`] | `presence` | [`Delivery::envelope_json`] | none |
+//!
+//! A payload spanning several lines (LF, CR or CRLF) becomes one `data:` line per line, so the
+//! browser's `event.data` holds the text with its line breaks normalised to LF. Binary payloads
+//! travel as standard base64 with padding (SSE is a text protocol); a topic that mixes text and
+//! binary should tell them apart by event name. A comment line (`:`) goes out whenever the
+//! stream has been idle for [`SseEndpoint::keep_alive`], so proxies don't cut it.
+//!
+//! Messages published with the event names `reset`, `lagged` or `presence` can't be told from
+//! the endpoint's own events by name alone; their JSON `type` field tells them apart.
+//!
+//! # Resume
+//!
+//! The browser keeps the `id` of the last event it saw and sends it as `Last-Event-ID` when it
+//! reconnects; clients that can't set headers may pass `?lastEventId=` instead (the header wins).
+//! For a request naming one topic, that id becomes [`Position::After`](crate::Position::After):
+//! the client receives exactly what it missed, then live messages, with no gap and no duplicate.
+//! When the hub can't honour it (the id belongs to another epoch because the server restarted,
+//! or history has moved past it), a `reset` event comes first, then what history holds, then
+//! live messages. The reset's `id:` is the position that replay starts after, so a client that
+//! reconnects before the next message resumes cleanly instead of being reset again. An id that
+//! doesn't parse is refused with 400 before anything joins. With several topics an id can't say
+//! where each one was, so it is ignored and `?recent=N` applies instead.
+//!
+//! # Lag
+//!
+//! The hub refills a subscriber that fell behind its live buffer from history, so a brief stall
+//! loses nothing. [`Delivery::Lagged`] only arrives when history no longer holds what the client
+//! missed. The endpoint then sends a `lagged` event (with the exact count) and keeps streaming
+//! from the oldest retained message, rather than ending the stream: a reconnect could not replay
+//! what history no longer has, so closing would only add a reconnect storm to the loss.
+//!
+//! # Compression
+//!
+//! Salvo's [`Compression`](https://docs.rs/salvo-compression) middleware compresses
+//! `text/event-stream` like any `text/*` response, and it flushes its encoder after every chunk
+//! the body yields. Each event is one chunk, so behind `Compression` every event still reaches
+//! the client as soon as it is sent, just compressed (the test suite checks this with gzip over
+//! a real socket). The per-event flush limits how much compression gains on small events; to
+//! serve the stream uncompressed, mount the endpoint outside the `Compression` hoop, or narrow
+//! the middleware's `content_types` so they don't match `text/event-stream`.
+//!
+//! # Logging
+//!
+//! Each connection gets a `tracing` span `sse` with its id, peer address and user; connects,
+//! disconnects (with the reason and how long the stream lasted) and rejections are logged.
+//!
+//! [`Handler`]: salvo::Handler
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use salvo::http::header::{CACHE_CONTROL, HeaderName, HeaderValue};
+use salvo::http::{Request, Response, StatusError};
+use salvo::sse::{SseEvent, SseKeepAlive};
+use salvo::{Depot, FlowCtrl, Handler};
+use tracing::{Instrument, Span};
+
+use crate::endpoint::{Admission, Common, common_builders};
+use crate::error::HubError;
+use crate::{Connection, Delivery, Hub, Payload};
+
+/// The request header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: &str = "last-event-id";
+/// The query parameter that stands in for the header.
+const LAST_EVENT_ID_QUERY: &str = "lastEventId";
+
+/// Serves a hub over Server-Sent Events; see the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use salvo::prelude::*;
+/// use salvo_realtime::{Identity, PubSub, Rejection, sse::SseEndpoint};
+///
+/// let events = SseEndpoint::new(PubSub::new())
+///     .keep_alive(Duration::from_secs(20))
+///     .max_connections_per_ip(16)
+///     .identify(|req, _depot| match req.query::<String>("token") {
+///         Some(token) if token == "secret" => Ok(Some(Identity::new("alice"))),
+///         Some(_) => Err(Rejection::forbidden("bad token")),
+///         None => Err(Rejection::unauthorized("token missing")),
+///     });
+/// let router = Router::with_path("events/{topic}").get(events);
+/// # let _ = router;
+/// ```
+pub struct SseEndpoint<H> {
+    hub: Arc<H>,
+    common: Common,
+    keep_alive: Duration,
+    retry: Duration,
+}
+
+/// Clones serve the same hub and share the connection caps, the open-connection count and the
+/// drain (so a cap set on one applies to all); the other settings are copied.
+impl<H> Clone for SseEndpoint<H> {
+    fn clone(&self) -> Self {
+        Self {
+            hub: Arc::clone(&self.hub),
+            common: self.common.clone(),
+            keep_alive: self.keep_alive,
+            retry: self.retry,
+        }
+    }
+}
+
+impl<H> fmt::Debug for SseEndpoint<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseEndpoint")
+            .field("common", &self.common)
+            .field("keep_alive", &self.keep_alive)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hub> SseEndpoint<H> {
+    /// An endpoint serving `hub`, with the defaults documented on each builder method.
+    #[must_use]
+    pub fn new(hub: H) -> Self {
+        Self {
+            hub: Arc::new(hub),
+            common: Common::new(),
+            keep_alive: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
+        }
+    }
+
+    /// Sends a comment line when the stream has been idle this long, so that proxies and load
+    /// balancers don't close it and a vanished client is noticed. Default: 15 s.
+    #[must_use]
+    pub fn keep_alive(mut self, every: Duration) -> Self {
+        self.keep_alive = every;
+        self
+    }
+
+    /// The reconnection delay the stream advises first (`retry:`), which the browser waits
+    /// before reconnecting after the stream ends. Default: 3 s.
+    #[must_use]
+    pub fn retry(mut self, delay: Duration) -> Self {
+        self.retry = delay;
+        self
+    }
+
+    common_builders!();
+}
+
+#[salvo::async_trait]
+impl<H: Hub> Handler for SseEndpoint<H> {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        let resume = last_event_id(req);
+        let conn = match self.common.connection(req, depot, resume.as_deref()) {
+            Ok(conn) => conn,
+            Err(rejection) => {
+                tracing::info!(
+                    peer = ?req.remote_addr(),
+                    status = rejection.status().as_u16(),
+                    %rejection,
+                    "sse request rejected"
+                );
+                rejection.write(res);
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "sse",
+            conn = %conn.id(),
+            peer = ?conn.peer_addr(),
+            user = conn.user_id(),
+        );
+        let Some(admission) = self.common.admit(req, conn.id(), res) else {
+            return;
+        };
+        let subscription = match self.hub.join(&conn).await {
+            Ok(subscription) => subscription,
+            Err(e) => {
+                let status = match e {
+                    HubError::InvalidTopic(_) | HubError::TooManySubscriptions { .. } => {
+                        StatusError::bad_request()
+                    }
+                    _ => StatusError::service_unavailable(),
+                };
+                tracing::warn!(parent: &span, error = %e, "sse join refused by the hub");
+                res.render(status.brief(e.to_string()));
+                return;
+            }
+        };
+        tracing::info!(
+            parent: &span,
+            topics = ?conn.topics(),
+            "sse connected"
+        );
+        let live = Live {
+            hub: Arc::clone(&self.hub),
+            conn,
+            subscription: Some(subscription),
+            admission,
+            span,
+            opened: Instant::now(),
+            retry: Some(self.retry),
+        };
+        SseKeepAlive::new(events(live))
+            .max_interval(self.keep_alive)
+            .stream(res);
+        // Salvo sets `no-cache`; an event stream must never be stored at all.
+        let headers = res.headers_mut();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+    }
+}
+
+/// The resume position the client sent: the `Last-Event-ID` header, else the `lastEventId`
+/// query parameter. A header that isn't UTF-8 is passed on lossily so that it fails to parse
+/// (400) after identity has been checked, like any other bad id.
+fn last_event_id(req: &Request) -> Option<String> {
+    req.headers()
+        .get(LAST_EVENT_ID)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| req.query::<String>(LAST_EVENT_ID_QUERY))
+}
+
+/// Encodes one delivery as the SSE event the endpoint sends (see the table in the
+/// [module docs](self)). Every event name and id the hub produces is free of CR, LF and NUL,
+/// so this never panics; multi-line data is split into one `data:` line per line.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use salvo_realtime::{Publication, PubSub, sse};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = PubSub::new();
+/// let mut sub = hub.subscribe("news", salvo_realtime::Position::Live).await?;
+/// let id = hub
+///     .publish("news", Publication::new("line one\nline two").event("headline")?)
+///     .await?;
+///
+/// let delivery = sub.next().await.ok_or("no delivery")?;
+/// assert_eq!(
+///     sse::encode(&delivery).to_string(),
+///     format!("event: headline\ndata: line one\ndata: line two\nid: {id}\n\n"),
+/// );
+/// # Ok(())
+/// # }
+/// ```
+#[must_use]
+pub fn encode(delivery: &Delivery) -> SseEvent {
+    match delivery {
+        Delivery::Message(m) => {
+            let event = SseEvent::default()
+                .id(m.id().to_string())
+                .text(payload_text(m.payload()));
+            match m.event() {
+                Some(name) => event.name(name.as_str()),
+                None => event,
+            }
+        }
+        Delivery::Reset(reset) => notice("reset", delivery).id(reset.replay_after.to_string()),
+        Delivery::Lagged { .. } => notice("lagged", delivery),
+        Delivery::Presence(_) => notice("presence", delivery),
+    }
+}
+
+/// A named event carrying the delivery's JSON envelope.
+fn notice(name: &'static str, delivery: &Delivery) -> SseEvent {
+    SseEvent::default()
+        .name(name)
+        .text(String::from_utf8_lossy(&delivery.envelope_json()).into_owned())
+}
+
+/// A payload as event data: text as is, binary as base64.
+fn payload_text(payload: &Payload) -> String {
+    match payload.as_text() {
+        Some(text) => text.to_owned(),
+        None => base64(payload.as_bytes()),
+    }
+}
+
+/// Standard base64 (RFC 4648 alphabet, `=` padding), small enough not to need a dependency.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
+        out.push(sextet(18));
+        out.push(sextet(12));
+        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    out
+}
+
+/// Everything one open stream holds. Salvo drops the body stream when the client disconnects,
+/// so this is dropped on every end path: `Drop` hands the subscription back to the hub and the
+/// admission (cap slot, drain registration) goes with it.
+struct Live<H: Hub> {
+    hub: Arc<H>,
+    conn: Connection,
+    subscription: Option<H::Subscription>,
+    admission: Admission,
+    span: Span,
+    opened: Instant,
+    /// The `retry:` hint, until it has been sent.
+    retry: Option<Duration>,
+}
+
+impl<H: Hub> Live<H> {
+    /// Leaves the hub, the first time it is called: spawns `leave` (it is async and `Drop`
+    /// can't wait) and returns its handle so a graceful end can await it.
+    fn leave(&mut self, reason: &'static str) -> Option<tokio::task::JoinHandle<()>> {
+        let subscription = self.subscription.take()?;
+        tracing::info!(
+            parent: &self.span,
+            reason,
+            duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "sse disconnected"
+        );
+        let hub = Arc::clone(&self.hub);
+        let conn = self.conn.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Some(runtime.spawn(
+                async move { hub.leave(&conn, subscription).await }.instrument(self.span.clone()),
+            )),
+            // No runtime left (process shutdown): dropping the subscription frees it too.
+            Err(_) => None,
+        }
+    }
+}
+
+impl<H: Hub> Drop for Live<H> {
+    fn drop(&mut self) {
+        let _ = self.leave("client disconnected");
+    }
+}
+
+/// What ended the wait for the next event.
+enum Next {
+    Event(SseEvent),
+    Drained,
+    HubClosed,
+}
+
+/// The event stream of one connection: the `retry:` hint, then one event per delivery, until
+/// the drain asks it to close or the hub ends the subscription.
+fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+    futures_util::stream::unfold(live, |mut live| async move {
+        if let Some(retry) = live.retry.take() {
+            return Some((Ok(SseEvent::default().retry(retry)), live));
+        }
+        let next = match live.subscription.as_mut() {
+            Some(subscription) => tokio::select! {
+                biased;
+                () = live.admission.drain.requested() => Next::Drained,
+                delivery = subscription.next() => match delivery {
+                    Some(delivery) => {
+                        if let Delivery::Lagged { topic, missed } = &delivery {
+                            tracing::warn!(parent: &live.span, %topic, missed, "sse subscriber lagged");
+                        }
+                        Next::Event(encode(&delivery))
+                    }
+                    None => Next::HubClosed,
+                },
+            },
+            None => Next::HubClosed,
+        };
+        let reason = match next {
+            Next::Event(event) => return Some((Ok(event), live)),
+            Next::Drained => "drained",
+            Next::HubClosed => "hub closed the subscription",
+        };
+        // Leave before the body ends, so that a finished drain means the hub saw every leave;
+        // `live` (and its slot) drops after that.
+        if let Some(leaving) = live.leave(reason) {
+            let _ = leaving.await;
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(base64(&[0xfb, 0xef]), "++8=");
+    }
+}

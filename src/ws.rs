@@ -555,7 +555,16 @@ async fn serve<H: Hub>(
     let started = Instant::now();
     let (mut sink, mut stream) = ws.split();
     tracing::info!("connected");
-    let end = pump(&mut sink, &mut stream, &*hub, &conn, &mut sub, &admission, &settings).await;
+    let end = pump(
+        &mut sink,
+        &mut stream,
+        &*hub,
+        &conn,
+        &mut sub,
+        &admission,
+        &settings,
+    )
+    .await;
     if let End::Close(code, reason) = end {
         close(&mut sink, code, reason, &settings).await;
     }

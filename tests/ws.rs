@@ -104,7 +104,9 @@ async fn close_code(ws: &mut Client) -> Option<u16> {
         }
         None
     };
-    tokio::time::timeout(WAIT, read).await.expect("closed in time")
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("closed in time")
 }
 
 async fn back_to_baseline(hub: &Hub, endpoint: &WsEndpoint<Hub>) {
@@ -121,7 +123,10 @@ async fn back_to_baseline(hub: &Hub, endpoint: &WsEndpoint<Hub>) {
 async fn still_serves(server: &TestServer) {
     let mut speaker = connect(server, "/ws/health?user=speaker").await;
     let mut hearer = connect(server, "/ws/health?user=hearer").await;
-    speaker.send(Message::text("still there?")).await.expect("send");
+    speaker
+        .send(Message::text("still there?"))
+        .await
+        .expect("send");
     assert_eq!(next_message(&mut hearer).await["data"], "still there?");
     drop((speaker, hearer));
 }
@@ -146,7 +151,10 @@ async fn echo_and_broadcast_to_the_room() {
         assert_eq!(m["topic"], "lobby");
         assert!(m["id"].as_str().is_some_and(|id| id.contains('-')));
     }
-    hub.inner().broadcast("other", "for carol").await.expect("broadcast");
+    hub.inner()
+        .broadcast("other", "for carol")
+        .await
+        .expect("broadcast");
     assert_eq!(next_message(&mut carol).await["data"], "for carol");
     for ws in [&mut alice, &mut bob, &mut carol] {
         ws.close(None).await.expect("close");
@@ -164,7 +172,9 @@ async fn all_but_the_sender_and_raw_binary_frames() {
     let server = serve(ep.clone()).await;
     let mut a = connect(&server, "/ws/r?user=a").await;
     let mut b = connect(&server, "/ws/r?user=b").await;
-    a.send(Message::binary(vec![0u8, 1, 2, 255])).await.expect("send");
+    a.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .expect("send");
     a.send(Message::text("text")).await.expect("send");
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -177,7 +187,9 @@ async fn all_but_the_sender_and_raw_binary_frames() {
     }
     assert_eq!(got, ["bin:[0, 1, 2, 255]", "txt:text"]);
     // The sender got nothing but presence envelopes.
-    a.send(Message::Ping(Default::default())).await.expect("ping");
+    a.send(Message::Ping(Default::default()))
+        .await
+        .expect("ping");
     loop {
         match tokio::time::timeout(WAIT, a.next()).await.expect("in time") {
             Some(Ok(Message::Pong(_))) => break,
@@ -198,7 +210,10 @@ async fn reconnect_and_resume_without_loss_or_duplicate() {
     let server = serve(ep.clone()).await;
     let mut ws = connect(&server, "/ws/feed?user=u").await;
     for i in 0..5 {
-        hub.inner().broadcast("feed", format!("m{i}")).await.expect("broadcast");
+        hub.inner()
+            .broadcast("feed", format!("m{i}"))
+            .await
+            .expect("broadcast");
     }
     let mut last = String::new();
     for i in 0..5 {
@@ -209,7 +224,10 @@ async fn reconnect_and_resume_without_loss_or_duplicate() {
     drop(ws);
     back_to_baseline(&hub, &ep).await;
     for i in 5..10 {
-        hub.inner().broadcast("feed", format!("m{i}")).await.expect("broadcast");
+        hub.inner()
+            .broadcast("feed", format!("m{i}"))
+            .await
+            .expect("broadcast");
     }
     let mut ws = connect(&server, &format!("/ws/feed?user=u&last={last}")).await;
     let mut seen = Vec::new();
@@ -218,7 +236,10 @@ async fn reconnect_and_resume_without_loss_or_duplicate() {
         seen.push(m["data"].as_str().expect("text").to_owned());
     }
     assert_eq!(seen, ["m5", "m6", "m7", "m8", "m9"]);
-    hub.inner().broadcast("feed", "m10").await.expect("broadcast");
+    hub.inner()
+        .broadcast("feed", "m10")
+        .await
+        .expect("broadcast");
     assert_eq!(next_message(&mut ws).await["data"], "m10");
 
     // A position from another epoch: reset first, then the history.
@@ -268,7 +289,10 @@ async fn cross_origin_requests_are_refused() {
             .insert("origin", origin.parse().expect("header"));
         req
     };
-    assert_eq!(refused(&server, with_origin("https://evil.example")).await, 403);
+    assert_eq!(
+        refused(&server, with_origin("https://evil.example")).await,
+        403
+    );
     // Substring tricks don't pass.
     assert_eq!(
         refused(&server, with_origin("https://app.example.evil.example")).await,
@@ -292,7 +316,9 @@ async fn oversized_and_invalid_utf8_messages_close_with_their_codes() {
     let ep = endpoint(&hub).max_message_size(1024);
     let server = serve(ep.clone()).await;
     let mut ws = connect(&server, "/ws/r?user=x").await;
-    ws.send(Message::text("x".repeat(2048))).await.expect("send");
+    ws.send(Message::text("x".repeat(2048)))
+        .await
+        .expect("send");
     assert_eq!(close_code(&mut ws).await, Some(CLOSE_TOO_BIG));
 
     let mut ws = connect(&server, "/ws/r?user=y").await;
@@ -313,7 +339,10 @@ async fn a_flood_past_the_rate_limit_is_dropped_or_closed() {
     let mut flooder = connect(&server, "/ws/r?user=f").await;
     let mut listener = connect(&server, "/ws/r?user=l").await;
     for i in 0..50 {
-        flooder.send(Message::text(format!("m{i}"))).await.expect("send");
+        flooder
+            .send(Message::text(format!("m{i}")))
+            .await
+            .expect("send");
     }
     let mut rate_limited = 0;
     while rate_limited < 40 {
@@ -366,7 +395,10 @@ async fn a_client_that_stops_reading_is_dropped_and_others_keep_receiving() {
         reader
     });
     for _ in 0..5_000 {
-        hub.inner().broadcast("r", payload.as_str()).await.expect("broadcast");
+        hub.inner()
+            .broadcast("r", payload.as_str())
+            .await
+            .expect("broadcast");
         tokio::task::yield_now().await;
     }
     let reader = tokio::time::timeout(Duration::from_secs(30), reading)
@@ -394,7 +426,10 @@ async fn skip_ahead_tells_the_client_how_many_it_missed() {
     assert_eq!(next_json(&mut ws).await["type"], "presence");
     // Publish far more than the hub retains, faster than the connection task runs.
     for i in 0..2_000 {
-        hub.inner().broadcast("r", format!("{i}")).await.expect("broadcast");
+        hub.inner()
+            .broadcast("r", format!("{i}"))
+            .await
+            .expect("broadcast");
     }
     let mut missed = 0;
     let mut last = -1i64;
@@ -430,14 +465,21 @@ async fn a_client_that_never_answers_pings_is_closed() {
     let mut alive = connect(&server, "/ws/r?user=alive").await;
     let mut pings = 0;
     while pings < 5 {
-        match tokio::time::timeout(WAIT, alive.next()).await.expect("in time") {
+        match tokio::time::timeout(WAIT, alive.next())
+            .await
+            .expect("in time")
+        {
             Some(Ok(Message::Ping(_))) => pings += 1,
             Some(Ok(_)) => {}
             other => panic!("closed after {pings} pings: {other:?}"),
         }
     }
     assert_eq!(hub.snapshot().open, 1);
-    assert_eq!(hub.snapshot().messages_in, 0, "pings and pongs never reach the hub");
+    assert_eq!(
+        hub.snapshot().messages_in,
+        0,
+        "pings and pongs never reach the hub"
+    );
     drop(alive);
     back_to_baseline(&hub, &ep).await;
     server.stop().await;
@@ -450,7 +492,10 @@ async fn the_per_ip_and_total_caps_answer_429_and_503() {
     let server = serve(ep.clone()).await;
     let a = connect(&server, "/ws/r?user=a").await;
     let b = connect(&server, "/ws/r?user=b").await;
-    let req = server.ws("/ws/r?user=c").into_client_request().expect("request");
+    let req = server
+        .ws("/ws/r?user=c")
+        .into_client_request()
+        .expect("request");
     match tokio_tungstenite::connect_async(req).await {
         Err(tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 429);
@@ -465,7 +510,10 @@ async fn the_per_ip_and_total_caps_answer_429_and_503() {
     let ep = endpoint(&hub).max_connections(1);
     let server2 = serve(ep.clone()).await;
     let a = connect(&server2, "/ws/r?user=a").await;
-    let req = server2.ws("/ws/r?user=b").into_client_request().expect("request");
+    let req = server2
+        .ws("/ws/r?user=b")
+        .into_client_request()
+        .expect("request");
     assert_eq!(refused(&server2, req).await, 503);
     drop(a);
     back_to_baseline(&hub, &ep).await;
@@ -493,8 +541,15 @@ async fn graceful_drain_closes_every_socket_with_1001() {
     }
     assert_eq!(drained.await.expect("drain"), 0);
     back_to_baseline(&hub, &ep).await;
-    assert_eq!(hub.snapshot().total, 20, "each connection joined and left once");
-    let req = server.ws("/ws/r?user=late").into_client_request().expect("request");
+    assert_eq!(
+        hub.snapshot().total,
+        20,
+        "each connection joined and left once"
+    );
+    let req = server
+        .ws("/ws/r?user=late")
+        .into_client_request()
+        .expect("request");
     assert_eq!(refused(&server, req).await, 503);
     server.stop().await;
 }
