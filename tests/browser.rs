@@ -1,0 +1,699 @@
+//! The example pages and the browser client in headless Chromium, driven over chromedriver's
+//! WebDriver HTTP API. Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (or `CHROMIUM` and
+//! `CHROMEDRIVER`); without them every test fails. Run with
+//! `cargo test --features browser-tests --test browser`; screenshots go to
+//! `target/browser-screenshots/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[allow(dead_code)]
+#[path = "../examples/chat.rs"]
+mod chat;
+#[allow(dead_code)]
+#[path = "../examples/echo.rs"]
+mod echo;
+#[allow(dead_code)]
+#[path = "../examples/notifications.rs"]
+mod notifications;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
+use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
+use salvo::conn::{Acceptor, Listener};
+use salvo::prelude::*;
+use salvo_realtime::error::HubError;
+use salvo_realtime::{
+    Connection, ConnectionId, Delivery, Drain, Hub, Payload, PubSub, Publication, Rooms,
+};
+use serde_json::{Value, json};
+
+/// One browser test at a time: two cores, and each starts Chromium.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// WebDriver over plain HTTP
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    let path = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.to_owned()));
+    assert!(
+        path.exists(),
+        "browser tests need {} (set {env} or run .ci/browser, which installs the Debian packages \
+         `chromium` and `chromium-driver`)",
+        path.display()
+    );
+    path
+}
+
+/// A chromedriver process (in its own process group, killed with it on drop).
+struct Driver {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let chromedriver = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
+        tool("CHROMIUM", "/usr/bin/chromium");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = {
+            use std::os::unix::process::CommandExt;
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .args(std::env::var("CHROMEDRIVER_LOG").map(|p| format!("--log-path={p}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("chromedriver starts")
+        };
+        let driver = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(res) = driver
+                .http
+                .get(format!("{}/status", driver.base))
+                .send()
+                .await
+                && let Ok(v) = res.json::<Value>().await
+                && v["value"]["ready"] == json!(true)
+            {
+                return driver;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn session(&self) -> Session {
+        let profile = std::env::temp_dir().join(format!(
+            "rt-browser-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let chromium = tool("CHROMIUM", "/usr/bin/chromium");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--disable-breakpad", "--disable-crash-reporter", "--window-size=1100,720",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        }}});
+        let res: Value = self
+            .http
+            .post(format!("{}/session", self.base))
+            .json(&caps)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .unwrap();
+        let id = res["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {res}"));
+        Session {
+            http: self.http.clone(),
+            url: format!("{}/session/{id}", self.base),
+            profile,
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    ConnectionId::next().as_u64() ^ (Instant::now().elapsed().as_nanos() as u64)
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // chromedriver and the browsers it started share the group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--"])
+            .arg(format!("-{}", self.child.id()))
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser.
+struct Session {
+    http: reqwest::Client,
+    url: String,
+    profile: PathBuf,
+}
+
+impl Session {
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let res: Value = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("webdriver request")
+            .json()
+            .await
+            .expect("webdriver answer");
+        if res["value"].get("error").is_some() {
+            panic!("webdriver {path}: {res}");
+        }
+        res["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `script` (a function body; `return` a value) in the page.
+    async fn js(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": [] }))
+            .await
+    }
+
+    /// Polls `script` until it returns something truthy (returned), or fails after [`WAIT`].
+    async fn wait_for(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.js(script).await;
+            if !(v.is_null() || v == json!(false) || v == json!(0) || v == json!("")) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let state = self.js("return document.body.innerText").await;
+                panic!(
+                    "timed out waiting for {what}; page text:\n{}",
+                    state.as_str().unwrap_or("")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let res: Value = self
+            .http
+            .get(format!("{}/screenshot", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let png = base64_decode(res["value"].as_str().expect("screenshot data"));
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn quit(self) {
+        let _ = self.http.delete(&self.url).send().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        .map(value)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+/// A server on `addr` (port 0: any) until stopped.
+struct Running {
+    addr: SocketAddr,
+    handle: salvo::server::ServerHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(addr: SocketAddr, router: Router) -> Self {
+        let acceptor = TcpListener::new(addr).bind().await;
+        let addr = acceptor.holdings()[0]
+            .local_addr
+            .clone()
+            .into_std()
+            .unwrap();
+        let server = Server::new(acceptor);
+        let handle = server.handle();
+        let task = tokio::spawn(async move { server.serve(router).await });
+        Self { addr, handle, task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn stop(self) {
+        self.handle.stop_forceful();
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+    }
+}
+
+/// Wraps a hub to let a test end chosen connections from the server side.
+#[derive(Clone)]
+struct Spy<H> {
+    hub: H,
+    conns: Arc<Mutex<Vec<Tracked>>>,
+    joins: Arc<AtomicUsize>,
+}
+
+/// A joined connection: its id, user and kill switch.
+type Tracked = (ConnectionId, Option<String>, Arc<Kill>);
+
+#[derive(Default)]
+struct Kill {
+    killed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// A subscription that ends when killed: the endpoint then closes the connection.
+struct Killable<S> {
+    inner: S,
+    kill: Arc<Kill>,
+}
+
+impl<S: Stream<Item = Delivery> + Unpin> Stream for Killable<S> {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.kill.waker.register(cx.waker());
+        if self.kill.killed.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl<H> Spy<H> {
+    fn new(hub: H) -> Self {
+        Self {
+            hub,
+            conns: Arc::default(),
+            joins: Arc::default(),
+        }
+    }
+
+    /// Ends the subscriptions of `user`'s connections (`None`: anonymous ones); returns how many.
+    fn kill(&self, user: Option<&str>) -> usize {
+        let conns = self.conns.lock();
+        let mut n = 0;
+        for (_, _, kill) in conns.iter().filter(|(_, who, _)| who.as_deref() == user) {
+            kill.killed.store(true, Ordering::Release);
+            kill.waker.wake();
+            n += 1;
+        }
+        n
+    }
+
+    fn joins(&self) -> usize {
+        self.joins.load(Ordering::Relaxed)
+    }
+}
+
+impl<H: Hub> Hub for Spy<H> {
+    type Subscription = Killable<H::Subscription>;
+
+    async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
+        let inner = self.hub.join(conn).await?;
+        let kill = Arc::new(Kill::default());
+        self.conns.lock().push((
+            conn.id(),
+            conn.user_id().map(str::to_owned),
+            Arc::clone(&kill),
+        ));
+        self.joins.fetch_add(1, Ordering::Relaxed);
+        Ok(Killable { inner, kill })
+    }
+
+    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+        self.hub.receive(conn, message).await
+    }
+
+    async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
+        self.conns.lock().retain(|(id, _, _)| *id != conn.id());
+        self.hub.leave(conn, subscription.inner).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page helpers
+
+const MEMBERS: &str =
+    "return [...document.querySelectorAll('#members li')].map(li => li.dataset.user)";
+const TEXTS: &str =
+    "return [...document.querySelectorAll('#log li.msg .text')].map(s => s.textContent)";
+
+/// Fills in the login form and joins.
+async fn log_in(page: &Session, server: &Running, name: &str, room: &str) {
+    page.goto(&server.url("/")).await;
+    page.wait_for(
+        "the login form",
+        "return document.getElementById('name') !== null",
+    )
+    .await;
+    page.js(&format!(
+        "document.getElementById('name').value = {name:?}; document.getElementById('room').value = {room:?}; \
+         document.getElementById('login').requestSubmit()"
+    ))
+    .await;
+    page.wait_for(
+        "the connection",
+        "return document.getElementById('status').dataset.state === 'open'",
+    )
+    .await;
+}
+
+async fn say(page: &Session, text: &str) {
+    page.js(&format!(
+        "document.getElementById('text').value = {text:?}; document.getElementById('composer').requestSubmit()"
+    ))
+    .await;
+}
+
+async fn wait_members(page: &Session, expected: &[&str]) {
+    let script = format!(
+        "const m = {}; return JSON.stringify(m) === {:?}",
+        MEMBERS.trim_start_matches("return "),
+        serde_json::to_string(expected).unwrap()
+    );
+    page.wait_for(&format!("members {expected:?}"), &script)
+        .await;
+}
+
+async fn texts(page: &Session) -> Vec<String> {
+    serde_json::from_value(page.js(TEXTS).await).unwrap()
+}
+
+async fn wait_text(page: &Session, text: &str) {
+    let script = format!("{TEXTS}.includes({text:?})");
+    page.wait_for(&format!("message {text:?}"), &script).await;
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_two_pages_see_each_others_messages_and_presence() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let (alice, bob) = (driver.session().await, driver.session().await);
+
+    log_in(&alice, &server, "alice", "lobby").await;
+    // Bob comes in through the page's `#name=..&room=..` link.
+    bob.goto(&server.url("/#name=bob&room=lobby")).await;
+    wait_members(&alice, &["alice", "bob"]).await;
+    wait_members(&bob, &["alice", "bob"]).await;
+
+    say(&alice, "hello bob").await;
+    wait_text(&bob, "hello bob").await;
+    say(&bob, "hi alice").await;
+    wait_text(&alice, "hi alice").await;
+    assert_eq!(texts(&alice).await, ["hello bob", "hi alice"]);
+    assert_eq!(texts(&bob).await, ["hello bob", "hi alice"]);
+    alice
+        .wait_for(
+            "bob's arrival line",
+            "return document.querySelector('#log li.event')?.textContent === 'bob joined'",
+        )
+        .await;
+    alice.screenshot("chat-alice").await;
+    bob.screenshot("chat-bob").await;
+
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_closing_a_page_shows_the_user_leaving() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let (alice, bob) = (driver.session().await, driver.session().await);
+    log_in(&alice, &server, "alice", "lobby").await;
+    log_in(&bob, &server, "bob", "lobby").await;
+    wait_members(&alice, &["alice", "bob"]).await;
+
+    bob.quit().await; // closes the browser, and with it the socket
+    wait_members(&alice, &["alice"]).await;
+    alice.wait_for("bob's departure line", "return [...document.querySelectorAll('#log li.event')].some(li => li.textContent === 'bob left')").await;
+    alice.screenshot("chat-bob-left").await;
+    alice.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_reconnects_after_its_socket_drops_and_shows_each_message_once() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(rooms.clone());
+    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let alice = driver.session().await;
+    log_in(&alice, &server, "alice", "lobby").await;
+
+    let expected: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+    for (i, text) in expected.iter().enumerate() {
+        if i == 15 || i == 40 {
+            assert_eq!(spy.kill(Some("alice")), 1, "alice's one connection");
+        }
+        let publication = Publication::new(json!({ "text": text }).to_string()).sender("bot");
+        rooms.broadcast("lobby", publication).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    wait_text(&alice, "m59").await;
+    alice
+        .wait_for(
+            "the socket to be open",
+            "return document.getElementById('status').dataset.state === 'open'",
+        )
+        .await;
+    assert_eq!(
+        texts(&alice).await,
+        expected,
+        "every message exactly once, in order"
+    );
+    let duplicates = alice
+        .js("return window.chat.rooms.get('lobby').socket.duplicates")
+        .await;
+    assert_eq!(
+        duplicates,
+        json!(0),
+        "resume was exact: the dedup net caught nothing"
+    );
+    assert!(spy.joins() >= 3, "the page reconnected after each drop");
+    alice.screenshot("chat-after-drops").await;
+    alice.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
+    let _serial = SERIAL.lock().await;
+    let drain = Drain::new();
+    let server = Running::start(any_port(), chat::router(Rooms::new(), drain.clone())).await;
+    let addr = server.addr;
+    let driver = Driver::start().await;
+    let alice = driver.session().await;
+    log_in(&alice, &server, "alice", "lobby").await;
+    say(&alice, "before the restart").await;
+    wait_text(&alice, "before the restart").await;
+
+    // What the example does on Ctrl-C, then a new process: a new hub (new epoch), same port.
+    assert_eq!(drain.close_all(Duration::from_secs(5)).await, 0);
+    server.stop().await;
+    let server = Running::start(addr, chat::router(Rooms::new(), Drain::new())).await;
+
+    alice
+        .wait_for(
+            "the reset notice",
+            "return document.querySelector('#log li.notice.reset')?.textContent",
+        )
+        .await;
+    let notice = alice
+        .js("return document.querySelector('#log li.notice.reset').textContent")
+        .await;
+    assert_eq!(
+        notice,
+        json!("The server restarted: earlier messages are unavailable.")
+    );
+    alice
+        .wait_for(
+            "the socket to be open",
+            "return document.getElementById('status').dataset.state === 'open'",
+        )
+        .await;
+    say(&alice, "after the restart").await;
+    wait_text(&alice, "after the restart").await;
+    assert_eq!(
+        texts(&alice).await,
+        ["before the restart", "after the restart"]
+    );
+    alice.screenshot("chat-after-restart").await;
+    alice.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_refuses_empty_and_long_nicknames() {
+    let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
+    let http = reqwest::Client::new();
+    let status = |name: &str| {
+        let url = server.url(&format!("/ws?room=lobby&name={name}"));
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("").await, 401);
+    assert_eq!(status(&"x".repeat(25)).await, 400);
+    assert_eq!(
+        status("alice").await,
+        400,
+        "a named plain GET is not an upgrade"
+    );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_returns_text_and_binary_as_sent() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(any_port(), echo::router()).await;
+    let driver = Driver::start().await;
+    let page = driver.session().await;
+    // Any page of the server's origin (this one answers 400): the endpoint checks `Origin`.
+    page.goto(&server.url("/ws")).await;
+    let script = format!(
+        "const ws = new WebSocket('ws://{}/ws'); ws.binaryType = 'arraybuffer'; window.got = [];
+         ws.onmessage = (e) => window.got.push(typeof e.data === 'string' ? e.data : [...new Uint8Array(e.data)]);
+         ws.onopen = () => {{ ws.send('héllo'); ws.send(new Uint8Array([0, 1, 255])); ws.send('{{\"a\":1}}'); }};",
+        server.addr
+    );
+    page.js(&script).await;
+    let got = page
+        .wait_for(
+            "three echoes",
+            "return window.got.length === 3 && window.got",
+        )
+        .await;
+    assert_eq!(got, json!(["héllo", [0, 1, 255], "{\"a\":1}"]));
+    page.quit().await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications (SSE)
+
+const FEED_TEXTS: &str =
+    "return [...document.querySelectorAll('#feed li.item .text')].map(s => s.textContent)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_page_resumes_with_last_event_id_after_the_stream_drops() {
+    let _serial = SERIAL.lock().await;
+    let hub = PubSub::new();
+    let spy = Spy::new(hub.clone());
+    let server = Running::start(
+        any_port(),
+        notifications::router(hub.clone(), spy.clone(), Drain::new()),
+    )
+    .await;
+    let driver = Driver::start().await;
+    let page = driver.session().await;
+    page.goto(&server.url("/")).await;
+    page.wait_for(
+        "the stream",
+        "return document.getElementById('status').dataset.state === 'open'",
+    )
+    .await;
+
+    // Through the page's own form and the HTTP endpoint, with an event name.
+    page.js("document.getElementById('event').value = 'alert'; document.getElementById('text').value = 'n0'; \
+             document.getElementById('publish').requestSubmit()").await;
+    page.wait_for("n0", &format!("{FEED_TEXTS}.includes('n0')"))
+        .await;
+    let http = reqwest::Client::new();
+    let mut expected = vec!["n0".to_owned()];
+    for i in 1..30 {
+        let text = format!("n{i}");
+        if i == 10 {
+            assert_eq!(spy.kill(None), 1, "the page's one stream");
+        }
+        let res = http
+            .post(server.url("/publish"))
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+        expected.push(text);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    page.wait_for("n29", &format!("{FEED_TEXTS}.includes('n29')"))
+        .await;
+    let shown: Vec<String> = serde_json::from_value(page.js(FEED_TEXTS).await).unwrap();
+    assert_eq!(shown, expected, "every event exactly once, in order");
+    assert_eq!(page.js("return window.feed.duplicates").await, json!(0));
+    assert!(spy.joins() >= 2, "the page reconnected");
+    let alert = page
+        .js("return document.querySelector('#feed li.alert .text')?.textContent")
+        .await;
+    assert_eq!(alert, json!("n0"), "the named event arrived as one");
+    page.screenshot("notifications").await;
+    page.quit().await;
+    server.stop().await;
+}
