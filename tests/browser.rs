@@ -9,6 +9,9 @@
 #[path = "../examples/chat.rs"]
 mod chat;
 #[allow(dead_code)]
+#[path = "../examples/dashboard.rs"]
+mod dashboard;
+#[allow(dead_code)]
 #[path = "../examples/echo.rs"]
 mod echo;
 #[allow(dead_code)]
@@ -604,6 +607,45 @@ async fn chat_refuses_empty_and_long_nicknames() {
         400,
         "a named plain GET is not an upgrade"
     );
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboard
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_charts_live_counts_while_page_clients_chat() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(any_port(), dashboard::router(Drain::new())).await;
+    let driver = Driver::start().await;
+    let page = driver.session().await;
+    page.goto(&server.url("/")).await;
+    page.wait_for(
+        "the stats stream",
+        "return document.getElementById('status').textContent === 'live'",
+    )
+    .await;
+    page.js("document.getElementById('add').click()").await;
+    page.wait_for(
+        "ten connections counted by the hub",
+        "return Number(document.getElementById('open').textContent) >= 10",
+    )
+    .await;
+    page.wait_for(
+        "a message rate",
+        "return Number(document.getElementById('out-rate').textContent) > 0",
+    )
+    .await;
+    // Let the chart draw a few seconds of traffic for the screenshot.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    page.screenshot("dashboard").await;
+    page.js("document.getElementById('remove').click()").await;
+    page.wait_for(
+        "the connections closed",
+        "return document.getElementById('open').textContent === '0'",
+    )
+    .await;
+    page.quit().await;
     server.stop().await;
 }
 

@@ -116,7 +116,7 @@ async fn counts_per_topic_and_messages_in_out_lagged_dropped() {
 #[tokio::test]
 async fn watch_yields_a_snapshot_when_counts_change() {
     let hub = Counted::new(PubSub::new());
-    let mut watch = Box::pin(hub.watch(Duration::from_millis(5)));
+    let mut watch = hub.watch(Duration::from_millis(5));
     let first = watch.next().await.expect("initial snapshot");
     assert_eq!(first.open, 0);
     let c = conn(&["t"]);

@@ -147,11 +147,11 @@ impl<H: Hub> Counted<H> {
     /// A stream of snapshots: the current one at once, then a new one whenever the counts have
     /// changed, checked every `every` (a dashboard's refresh rate). It needs a tokio runtime with
     /// the time driver; it ends when every handle of the hub has been dropped.
-    pub fn watch(&self, every: Duration) -> impl Stream<Item = Snapshot> + Send + 'static {
+    pub fn watch(&self, every: Duration) -> impl Stream<Item = Snapshot> + Send + Unpin + 'static {
         let weak = Arc::downgrade(&self.stats);
         let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        futures_util::stream::unfold(
+        Box::pin(futures_util::stream::unfold(
             (weak, interval, None::<Snapshot>),
             |(weak, mut interval, last)| async move {
                 loop {
@@ -162,7 +162,7 @@ impl<H: Hub> Counted<H> {
                     }
                 }
             },
-        )
+        ))
     }
 }
 
