@@ -44,7 +44,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | *(none yet)* | | the hub core needs no feature |
+//! | `redis` | no | the `redis` module: a Redis [`Backend`], so that several server processes behave as one hub |
 //!
 //! # Minimum supported Rust version
 //!
@@ -57,15 +57,17 @@ pub mod client;
 mod endpoint;
 pub mod error;
 mod hub;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod sse;
 pub mod ws;
 
 pub use endpoint::{Drain, Rejection};
 pub use hub::{
-    Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Epoch,
-    EventName, Hub, HubConfig, Identity, InboundPolicy, Member, Message, MessageId, Offset,
-    PRESENCE_JOIN, PRESENCE_LEAVE, Payload, Position, Presence, PubSub, Publication, Reset,
-    ResetReason, Rooms, Snapshot, Subscription, Topic, TopicCount,
+    Applied, Backend, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
+    Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, Local, Member, Message,
+    MessageId, Mirror, Offset, PRESENCE_JOIN, PRESENCE_LEAVE, Payload, Position, Presence, PubSub,
+    Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic, TopicCount, WeakMirror,
 };
 
 /// Compiles the README's code blocks as doc-tests, so its quick start can't rot.

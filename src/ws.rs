@@ -22,7 +22,9 @@
 //! 1. **Origin.** A browser's `Origin` must name the request's own `Host`, or be on the
 //!    [`allowed_origins`](WsEndpoint::allowed_origins) list (exact match, no wildcards): else 403.
 //!    Requests without `Origin` (non-browser clients) pass unless
-//!    [`require_origin`](WsEndpoint::require_origin) is set.
+//!    [`require_origin`](WsEndpoint::require_origin) is set. Pages with an opaque origin
+//!    (`file://`, sandboxed frames) send `Origin: null`, which never matches: serve the page
+//!    from an allowed origin.
 //! 2. **Request.** The topics (path or query parameter `topic`, or a closure) and the resume
 //!    position (`last=<id>`, or `recent=<n>`); malformed ones: 400.
 //! 3. **Identity.** The [`identify`](WsEndpoint::identify) closure: 401/403 on rejection.
@@ -427,6 +429,16 @@ impl<H: Hub> Handler for WsEndpoint<H> {
                 return;
             }
         };
+        if !is_upgrade_request(req) {
+            // Let Salvo answer what's wrong (400) before anything is joined or counted.
+            if let Err(e) = WebSocketUpgrade::new()
+                .upgrade(req, res, |_| async {})
+                .await
+            {
+                res.render(e);
+            }
+            return;
+        }
         let Some(admission) = self.common.admit(req, conn.id(), res) else {
             return;
         };
@@ -471,6 +483,19 @@ impl<H: Hub> Handler for WsEndpoint<H> {
             res.render(e);
         }
     }
+}
+
+/// Whether the request asks for a WebSocket upgrade at all (GET with `Upgrade: websocket` and a
+/// key). A plain GET (a crawler, a health check) must not join the hub: a room would announce a
+/// member that never was.
+fn is_upgrade_request(req: &Request) -> bool {
+    let headers = req.headers();
+    req.method() == salvo::http::Method::GET
+        && headers
+            .get(salvo::http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && headers.contains_key(salvo::http::header::SEC_WEBSOCKET_KEY)
 }
 
 fn join_refused(e: &HubError) -> StatusError {

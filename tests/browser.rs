@@ -131,19 +131,27 @@ impl Driver {
                 ],
             },
         }}});
-        let res: Value = self
-            .http
-            .post(format!("{}/session", self.base))
-            .json(&caps)
-            .send()
-            .await
-            .expect("new session")
-            .json()
-            .await
-            .unwrap();
-        let id = res["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {res}"));
+        // Chromium can fail to start on a loaded two-core machine: a few attempts, each
+        // reported, before giving up.
+        let mut attempts = Vec::new();
+        let id = loop {
+            let res: Value = self
+                .http
+                .post(format!("{}/session", self.base))
+                .json(&caps)
+                .send()
+                .await
+                .expect("new session")
+                .json()
+                .await
+                .unwrap();
+            if let Some(id) = res["value"]["sessionId"].as_str() {
+                break id.to_owned();
+            }
+            attempts.push(res);
+            assert!(attempts.len() < 3, "no browser session: {attempts:?}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
         Session {
             http: self.http.clone(),
             url: format!("{}/session/{id}", self.base),

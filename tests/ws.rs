@@ -276,6 +276,24 @@ async fn identity_is_checked_before_the_upgrade() {
 }
 
 #[tokio::test]
+async fn a_plain_get_is_refused_without_joining() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    let resp = reqwest::get(server.http("/ws/r?user=crawler"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(hub.snapshot().total, 0, "a plain GET never joins");
+    assert!(
+        hub.inner().history("r").is_empty(),
+        "no presence event was logged"
+    );
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn cross_origin_requests_are_refused() {
     let hub = hub(HubConfig::new());
     let ep = endpoint(&hub).allowed_origins(&["https://app.example"]);

@@ -25,6 +25,40 @@ use crate::error::HubError;
 /// Messages copied from history per refill, so a long replay holds the log lock only briefly.
 const REPLAY_CHUNK: usize = 64;
 
+/// What became of a message a remote backend handed to a mirror log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// It was the next message: logged and delivered to the local subscribers.
+    Appended,
+    /// The log already holds it (or something later): ignored.
+    Duplicate,
+    /// Messages are missing between the log's last message and it: nothing was applied. Fetch
+    /// the missing range and [`sync`](crate::Mirror::sync).
+    Gap {
+        /// The offset of the log's last message.
+        last: Offset,
+    },
+    /// It belongs to another epoch than the local log: nothing was applied. If the remote log
+    /// has a new epoch, [`sync`](crate::Mirror::sync) replaces the local one.
+    OtherEpoch {
+        /// The local log's epoch.
+        current: Epoch,
+    },
+    /// This node has no log for the topic (nobody here follows it): ignored.
+    NotAttached,
+}
+
+/// What a mirror registry tells its hub and backend.
+pub(crate) enum MirrorEvent<'a> {
+    /// A topic's log was freed: nobody on this node follows it any more.
+    Removed(&'a Topic),
+    /// A topic's log was replaced by one of a new epoch: its subscribers' streams ended.
+    Replaced(&'a Topic),
+}
+
+pub(crate) type MirrorHook = Box<dyn Fn(MirrorEvent<'_>) + Send + Sync>;
+
 /// Retention and buffering limits of the logs in one registry.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
@@ -125,6 +159,14 @@ impl Locked<'_> {
             MessageId::new(self.log.epoch, offset),
             publication,
         );
+        self.push(&message);
+        message
+    }
+
+    /// Appends a message whose offset is `next - 1` (already counted): history, idle clock and
+    /// live fan-out.
+    #[inline]
+    fn push(&mut self, message: &Message) {
         if self.limits.history > 0 {
             self.state.history_bytes += message.payload().len();
             self.state.history.push_back(message.clone());
@@ -146,7 +188,51 @@ impl Locked<'_> {
             // No receivers is not an error: the history keeps the message.
             let _ = sender.send(message.clone());
         }
-        message
+    }
+
+    /// Mirror: appends a message published elsewhere if it is the next one of this log.
+    fn apply(&mut self, message: &Message) -> Applied {
+        let id = message.id();
+        if id.epoch() != self.log.epoch {
+            return Applied::OtherEpoch {
+                current: self.log.epoch,
+            };
+        }
+        let last = self.state.last();
+        if id.offset() <= last {
+            Applied::Duplicate
+        } else if id.offset() > last + 1 {
+            Applied::Gap { last }
+        } else {
+            self.state.next += 1;
+            self.push(message);
+            Applied::Appended
+        }
+    }
+
+    /// Mirror: moves the log forward to `next` without the messages in between (they are
+    /// gone); the history is cleared so it stays contiguous, and subscribers behind count the
+    /// skipped messages as lag.
+    fn skip_to(&mut self, next: Offset) {
+        if next > self.state.next {
+            self.state.history.clear();
+            self.state.history_bytes = 0;
+            self.state.next = next;
+        }
+    }
+
+    /// Mirror: brings the log up to `last` with `history` (ascending, this epoch's messages).
+    fn catch_up(&mut self, last: Offset, history: &[Message]) {
+        for message in history {
+            if message.id().epoch() != self.log.epoch {
+                continue;
+            }
+            if let Applied::Gap { .. } = self.apply(message) {
+                self.skip_to(message.id().offset());
+                self.apply(message);
+            }
+        }
+        self.skip_to(last + 1);
     }
 
     pub(crate) fn state(&mut self) -> &mut LogState {
@@ -163,6 +249,9 @@ pub(crate) struct Registry {
     topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
     limits: Limits,
     last_sweep: Mutex<Instant>,
+    /// Set for the mirror of a remote backend: logs are created only by [`Registry::sync`],
+    /// and the hook hears when one is freed or replaced. `None` for the in-memory hubs.
+    mirror: Option<MirrorHook>,
 }
 
 impl Registry {
@@ -171,7 +260,107 @@ impl Registry {
             topics: RwLock::new(HashMap::new()),
             limits,
             last_sweep: Mutex::new(Instant::now()),
+            mirror: None,
         })
+    }
+
+    /// A registry mirroring a remote backend's logs (unwrapped, for `Arc::new_cyclic`). The
+    /// remote side keeps the history, so a log nobody here follows is freed at once (no idle
+    /// TTL).
+    pub(crate) fn mirror_value(mut limits: Limits, hook: MirrorHook) -> Self {
+        limits.idle_ttl = Duration::ZERO;
+        Self {
+            topics: RwLock::new(HashMap::new()),
+            limits,
+            last_sweep: Mutex::new(Instant::now()),
+            mirror: Some(hook),
+        }
+    }
+
+    fn removed(&self, topic: &Topic) {
+        if let Some(hook) = &self.mirror {
+            hook(MirrorEvent::Removed(topic));
+        }
+    }
+
+    pub(crate) fn contains(&self, topic: &Topic) -> bool {
+        self.topics.read().contains_key(topic)
+    }
+
+    /// The epoch and last offset of the topic's log (offset 0 if it has none yet).
+    pub(crate) fn position(&self, topic: &Topic) -> Option<MessageId> {
+        let map = self.topics.read();
+        let log = map.get(topic)?;
+        let last = log.state.lock().last();
+        Some(MessageId::new(log.epoch, last))
+    }
+
+    /// Mirror: applies a message published elsewhere to its topic's log.
+    pub(crate) fn apply(&self, message: &Message) -> Applied {
+        let map = self.topics.read();
+        let Some(log) = map.get(message.topic()) else {
+            return Applied::NotAttached;
+        };
+        let mut state = log.state.lock();
+        Locked {
+            log,
+            state: &mut state,
+            limits: &self.limits,
+        }
+        .apply(message)
+    }
+
+    /// Mirror: makes the topic's log the remote log `epoch` up to `last`, creating it, catching
+    /// it up with `history` (ascending), or replacing it if its epoch differs (its subscribers'
+    /// streams end). Returns whether it replaced a log.
+    pub(crate) fn sync(
+        &self,
+        topic: &Topic,
+        epoch: Epoch,
+        last: Offset,
+        history: &[Message],
+    ) -> Result<bool, HubError> {
+        let mut map = self.topics.write();
+        let replaced = match map.get(topic) {
+            Some(log) if log.epoch == epoch => {
+                let mut state = log.state.lock();
+                Locked {
+                    log,
+                    state: &mut state,
+                    limits: &self.limits,
+                }
+                .catch_up(last, history);
+                return Ok(false);
+            }
+            Some(_) => map.remove(topic),
+            None => None,
+        };
+        if replaced.is_none() && map.len() >= self.limits.max_topics {
+            return Err(HubError::TooManyTopics {
+                limit: self.limits.max_topics,
+            });
+        }
+        let log = Arc::new(TopicLog::new_with(topic.clone(), epoch));
+        {
+            let mut state = log.state.lock();
+            Locked {
+                log: &log,
+                state: &mut state,
+                limits: &self.limits,
+            }
+            .catch_up(last, history);
+        }
+        map.insert(topic.clone(), log);
+        drop(map);
+        let Some(old) = replaced else {
+            return Ok(false);
+        };
+        // Ending the old log's live channel ends its subscribers' streams.
+        drop(old.state.lock().sender.take());
+        if let Some(hook) = &self.mirror {
+            hook(MirrorEvent::Replaced(topic));
+        }
+        Ok(true)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -227,6 +416,8 @@ impl Registry {
         if removable {
             // Published to a topic nobody follows and that keeps no history: nothing to retain.
             map.remove(topic);
+            drop(map);
+            self.removed(topic);
         }
         Ok(Some(result))
     }
@@ -247,7 +438,33 @@ impl Registry {
         left: Option<Arc<AtomicBool>>,
         on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
     ) -> Result<TopicStream, HubError> {
-        let stream = self.with_log(topic, true, |locked| {
+        let stream = self.subscribe_with(true, topic, from, conn, left, on_join)?;
+        Ok(stream.expect("created on demand"))
+    }
+
+    /// Mirror: like [`subscribe`](Self::subscribe), but only to a log that exists (one that
+    /// [`sync`](Self::sync) created); `None` if there is none.
+    pub(crate) fn subscribe_existing(
+        self: &Arc<Self>,
+        topic: &Topic,
+        from: Position,
+        conn: ConnectionId,
+        left: Option<Arc<AtomicBool>>,
+        on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
+    ) -> Result<Option<TopicStream>, HubError> {
+        self.subscribe_with(false, topic, from, conn, left, on_join)
+    }
+
+    fn subscribe_with(
+        self: &Arc<Self>,
+        create: bool,
+        topic: &Topic,
+        from: Position,
+        conn: ConnectionId,
+        left: Option<Arc<AtomicBool>>,
+        on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
+    ) -> Result<Option<TopicStream>, HubError> {
+        self.with_log(topic, create, |locked| {
             let state = &mut *locked.state;
             state.evict_expired(&self.limits);
             state.subscribers += 1;
@@ -301,8 +518,7 @@ impl Registry {
                 after_replay,
                 left,
             }
-        })?;
-        Ok(stream.expect("created on demand"))
+        })
     }
 
     /// Called when a subscriber goes away; frees the log if nothing keeps it.
@@ -329,6 +545,8 @@ impl Registry {
             }
             if current.state.lock().removable(&self.limits) {
                 map.remove(topic);
+                drop(map);
+                self.removed(topic);
             }
         }
     }
@@ -337,11 +555,20 @@ impl Registry {
     pub(crate) fn sweep(&self) {
         *self.last_sweep.lock() = Instant::now();
         let mut map = self.topics.write();
-        map.retain(|_, log| {
+        let mut removed = Vec::new();
+        map.retain(|topic, log| {
             let mut state = log.state.lock();
             state.evict_expired(&self.limits);
-            !state.removable(&self.limits)
+            let keep = !state.removable(&self.limits);
+            if !keep && self.mirror.is_some() {
+                removed.push(topic.clone());
+            }
+            keep
         });
+        drop(map);
+        for topic in &removed {
+            self.removed(topic);
+        }
     }
 
     fn maybe_sweep(&self) {
@@ -360,6 +587,7 @@ impl Registry {
             Some(log) => {
                 let sender = log.state.lock().sender.take();
                 drop(sender);
+                self.removed(topic);
                 true
             }
             None => false,
@@ -385,9 +613,13 @@ impl Registry {
 
 impl TopicLog {
     fn new(topic: Topic) -> Self {
+        Self::new_with(topic, Epoch::random())
+    }
+
+    fn new_with(topic: Topic, epoch: Epoch) -> Self {
         Self {
             topic,
-            epoch: Epoch::random(),
+            epoch,
             state: Mutex::new(LogState {
                 next: 1,
                 history: VecDeque::new(),
@@ -425,6 +657,12 @@ pub(crate) struct TopicStream {
 impl TopicStream {
     pub(crate) fn topic(&self) -> &Topic {
         &self.log.topic
+    }
+
+    /// Sets what is delivered once the replay is done (a presence snapshot fetched after
+    /// subscribing, for a remote backend).
+    pub(crate) fn set_after_replay(&mut self, delivery: Delivery) {
+        self.after_replay = Some(delivery);
     }
 
     /// Copies the next chunk of the replay range from history, noting a lag for whatever has

@@ -555,6 +555,24 @@ impl Publication {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+
+    /// The sender's user id, if recorded (a [`Backend`](crate::Backend) encodes it).
+    #[must_use]
+    pub fn sender_id(&self) -> Option<&str> {
+        self.sender.as_deref()
+    }
+
+    /// The connection that sent it, if recorded (a [`Backend`](crate::Backend) encodes it).
+    #[must_use]
+    pub fn origin_id(&self) -> Option<ConnectionId> {
+        self.origin
+    }
+
+    /// Whether the [`origin`](Self::origin) connection is to be skipped.
+    #[must_use]
+    pub fn skips_origin(&self) -> bool {
+        self.skip_origin
+    }
 }
 
 impl<T: Into<Payload>> From<T> for Publication {
@@ -595,6 +613,38 @@ impl Message {
             sender: p.sender,
             origin: p.origin,
             skip_origin: p.skip_origin,
+            timestamp_ms,
+            logged_at: Instant::now(),
+            json: OnceLock::new(),
+        }))
+    }
+
+    /// A message another node published, as a remote [`Backend`](crate::Backend) hands it to
+    /// a [`Mirror`](crate::Mirror): its id and timestamp were assigned there.
+    ///
+    /// ```
+    /// use salvo_realtime::{Epoch, Message, MessageId, Topic};
+    ///
+    /// let epoch = Epoch::from_u64(7).expect("nonzero");
+    /// let m = Message::remote(Topic::new("t")?, MessageId::new(epoch, 1), "hi".into(), 1_000);
+    /// assert_eq!((m.id().offset(), m.timestamp_ms()), (1, 1_000));
+    /// # Ok::<(), salvo_realtime::error::InvalidTopic>(())
+    /// ```
+    #[must_use]
+    pub fn remote(
+        topic: Topic,
+        id: MessageId,
+        publication: Publication,
+        timestamp_ms: u64,
+    ) -> Self {
+        Self(Arc::new(MessageInner {
+            topic,
+            id,
+            event: publication.event,
+            payload: publication.payload,
+            sender: publication.sender,
+            origin: publication.origin,
+            skip_origin: publication.skip_origin,
             timestamp_ms,
             logged_at: Instant::now(),
             json: OnceLock::new(),

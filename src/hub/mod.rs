@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::Stream;
 use serde::Serialize;
 
+pub(crate) mod backend;
 pub(crate) mod config;
 pub(crate) mod counter;
 pub(crate) mod log;
@@ -20,8 +21,10 @@ pub(crate) mod pubsub;
 pub(crate) mod rooms;
 pub(crate) mod subscription;
 
+pub use backend::{Backend, Local, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
+pub use log::Applied;
 pub use message::{Epoch, EventName, Message, MessageId, Offset, Payload, Publication, Topic};
 pub use pubsub::PubSub;
 pub use rooms::{DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, Rooms};
@@ -209,6 +212,12 @@ impl ConnectionId {
     #[must_use]
     pub fn as_u64(self) -> u64 {
         self.0
+    }
+
+    /// The id of a connection of this process, as a backend's wire format carries it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_u64(value: u64) -> Self {
+        Self(value)
     }
 }
 

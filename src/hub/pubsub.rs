@@ -3,10 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::backend::{Backend, Local, Mirror};
 use super::config::{HubConfig, InboundPolicy};
-use super::log::{Limits, Registry};
+use super::log::{Limits, Locked, MirrorEvent, MirrorHook, Registry, TopicStream};
 use super::subscription::Subscription;
-use super::{Connection, Hub, Message, MessageId, Payload, Position, Publication, Topic};
+use super::{
+    Connection, ConnectionId, Delivery, Hub, Message, MessageId, Payload, Position, Publication,
+    Topic,
+};
 use crate::error::HubError;
 
 /// Publish/subscribe over named topics: the simplest [`Hub`].
@@ -22,6 +26,12 @@ use crate::error::HubError;
 ///
 /// Connections subscribe to the topics in [`Connection::topics`]. By default they may not
 /// publish ([`InboundPolicy::Reject`]); server code publishes with [`PubSub::publish`].
+///
+/// The backend `B` decides where ids and history live: in this process ([`Local`], the
+/// default), or in a server shared by several processes ([`with_backend`](Self::with_backend)),
+/// in which case this hub's logs mirror the remote ones, and the methods that read them
+/// ([`history`](Self::history), [`last_id`](Self::last_id), [`topic_count`](Self::topic_count))
+/// tell what this node holds for its own subscribers.
 ///
 /// ```
 /// use futures_util::StreamExt;
@@ -44,20 +54,80 @@ use crate::error::HubError;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct PubSub {
-    inner: Arc<Inner>,
+pub struct PubSub<B: Backend = Local> {
+    inner: Arc<Inner<B>>,
 }
 
-struct Inner {
-    registry: Arc<Registry>,
+struct Inner<B> {
+    mirror: Mirror,
+    backend: Arc<B>,
     config: HubConfig,
+}
+
+impl<B: Backend> Clone for PubSub<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 impl Default for PubSub {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The registry of a hub's namespace: in-memory for [`Local`], else a mirror whose freed logs
+/// are reported to the backend and whose replaced logs to `on_replaced`.
+pub(crate) fn registry_for<B: Backend>(
+    limits: Limits,
+    namespace: &'static str,
+    backend: &Arc<B>,
+    on_replaced: impl Fn(&Topic) + Send + Sync + 'static,
+) -> Mirror {
+    if !B::MIRRORED {
+        return Mirror::new(Registry::new(limits), namespace);
+    }
+    let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Registry>| {
+        let (weak, backend) = (weak.clone(), Arc::clone(backend));
+        let hook: MirrorHook = Box::new(move |event| match event {
+            MirrorEvent::Removed(topic) => {
+                if let Some(registry) = weak.upgrade() {
+                    backend.detach(&Mirror::new(registry, namespace), topic);
+                }
+            }
+            MirrorEvent::Replaced(topic) => on_replaced(topic),
+        });
+        Registry::mirror_value(limits, hook)
+    });
+    Mirror::new(registry, namespace)
+}
+
+/// Subscribes through the backend: attach (the mirror's log is created and synced), then
+/// subscribe locally; retried if the log was freed in between.
+pub(crate) async fn open_stream<B: Backend>(
+    backend: &B,
+    mirror: &Mirror,
+    topic: &Topic,
+    from: Position,
+    conn: ConnectionId,
+    left: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    on_join: impl Fn(&mut Locked<'_>) -> Option<Delivery>,
+) -> Result<TopicStream, HubError> {
+    for _ in 0..3 {
+        backend.attach(mirror, topic).await?;
+        if let Some(stream) =
+            mirror
+                .registry()
+                .subscribe_existing(topic, from, conn, left.cloned(), &on_join)?
+        {
+            return Ok(stream);
+        }
+    }
+    Err(HubError::Backend(
+        format!("topic {topic} could not be attached").into(),
+    ))
 }
 
 impl PubSub {
@@ -70,12 +140,33 @@ impl PubSub {
     /// A hub with the given limits.
     #[must_use]
     pub fn with_config(config: HubConfig) -> Self {
+        Self::with_backend(config, Local)
+    }
+}
+
+impl<B: Backend> PubSub<B> {
+    /// A hub with the given limits whose ids and history live in `backend`: several processes
+    /// with hubs on one remote backend behave as one hub. See [`Backend`].
+    ///
+    /// `config` sets the limits of this node's mirror (history kept locally for replay, live
+    /// buffer, payload size...); a remote backend has its own retention settings.
+    #[must_use]
+    pub fn with_backend(config: HubConfig, backend: B) -> Self {
+        let backend = Arc::new(backend);
+        let mirror = registry_for(Limits::topics(&config), "topics", &backend, |_| {});
         Self {
             inner: Arc::new(Inner {
-                registry: Registry::new(Limits::topics(&config)),
+                mirror,
+                backend,
                 config,
             }),
         }
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
     }
 
     /// Publishes to `topic` and returns the id the message got.
@@ -84,19 +175,27 @@ impl PubSub {
     ///
     /// [`HubError::InvalidTopic`] for a bad topic name, [`HubError::PayloadTooLarge`] over
     /// [`max_payload`](HubConfig::max_payload), [`HubError::TooManyTopics`] if a new topic
-    /// would pass [`max_topics`](HubConfig::max_topics).
+    /// would pass [`max_topics`](HubConfig::max_topics), [`HubError::Backend`] if a remote
+    /// backend fails or times out.
     pub async fn publish(
         &self,
         topic: &str,
         publication: impl Into<Publication>,
     ) -> Result<MessageId, HubError> {
         let topic = Topic::new(topic)?;
-        self.publish_to(&topic, publication.into()).map(|m| m.id())
+        self.publish_to(&topic, publication.into()).await
     }
 
-    fn publish_to(&self, topic: &Topic, publication: Publication) -> Result<Message, HubError> {
+    async fn publish_to(
+        &self,
+        topic: &Topic,
+        publication: Publication,
+    ) -> Result<MessageId, HubError> {
         check_payload(publication.payload(), self.inner.config.max_payload)?;
-        self.inner.registry.publish(topic, publication)
+        self.inner
+            .backend
+            .publish(&self.inner.mirror, topic, publication)
+            .await
     }
 
     /// Subscribes to one topic without a [`Connection`] (for server-side consumers).
@@ -104,7 +203,7 @@ impl PubSub {
     /// # Errors
     ///
     /// [`HubError::InvalidTopic`] for a bad name, [`HubError::TooManyTopics`] if the topic is
-    /// new and the hub is full.
+    /// new and the hub is full, [`HubError::Backend`] if a remote backend fails.
     pub async fn subscribe(&self, topic: &str, from: Position) -> Result<Subscription, HubError> {
         let conn = Connection::new().subscribe(Topic::new(topic)?, from);
         self.join(&conn).await
@@ -113,7 +212,7 @@ impl PubSub {
     /// The messages the topic's history holds now, oldest first.
     #[must_use]
     pub fn history(&self, topic: &str) -> Vec<Message> {
-        Topic::new(topic).map_or_else(|_| Vec::new(), |t| self.inner.registry.history(&t))
+        Topic::new(topic).map_or_else(|_| Vec::new(), |t| self.inner.mirror.registry().history(&t))
     }
 
     /// The id of the topic's last message, if the topic exists and has one.
@@ -121,13 +220,13 @@ impl PubSub {
     pub fn last_id(&self, topic: &str) -> Option<MessageId> {
         Topic::new(topic)
             .ok()
-            .and_then(|t| self.inner.registry.last_id(&t))
+            .and_then(|t| self.inner.mirror.registry().last_id(&t))
     }
 
     /// How many topics the hub holds (with subscribers, or idle with history).
     #[must_use]
     pub fn topic_count(&self) -> usize {
-        self.inner.registry.len()
+        self.inner.mirror.registry().len()
     }
 
     /// Closes a topic: subscribers' streams end once they have read what was sent, and the
@@ -137,12 +236,12 @@ impl PubSub {
         reason = "an action; the result is informational"
     )]
     pub fn close(&self, topic: &str) -> bool {
-        Topic::new(topic).is_ok_and(|t| self.inner.registry.close(&t))
+        Topic::new(topic).is_ok_and(|t| self.inner.mirror.registry().close(&t))
     }
 
     /// Frees idle topics now instead of waiting for the next periodic check.
     pub fn sweep(&self) {
-        self.inner.registry.sweep();
+        self.inner.mirror.registry().sweep();
     }
 }
 
@@ -173,7 +272,7 @@ pub(crate) fn inbound_publication(
     }
 }
 
-impl Hub for PubSub {
+impl<B: Backend> Hub for PubSub<B> {
     type Subscription = Subscription;
 
     async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
@@ -181,15 +280,26 @@ impl Hub for PubSub {
         if conn.topics().len() > limit {
             return Err(HubError::TooManySubscriptions { limit });
         }
-        let streams = conn
-            .topics()
-            .iter()
-            .map(|(topic, from)| {
-                self.inner
-                    .registry
-                    .subscribe(topic, *from, conn.id(), None, |_| None)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let streams = if B::MIRRORED {
+            let (backend, mirror) = (&*self.inner.backend, &self.inner.mirror);
+            let mut streams = Vec::with_capacity(conn.topics().len());
+            for (topic, from) in conn.topics() {
+                let stream =
+                    open_stream(backend, mirror, topic, *from, conn.id(), None, |_| None).await?;
+                streams.push(stream);
+            }
+            streams
+        } else {
+            conn.topics()
+                .iter()
+                .map(|(topic, from)| {
+                    self.inner
+                        .mirror
+                        .registry()
+                        .subscribe(topic, *from, conn.id(), None, |_| None)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
         Ok(Subscription::new(streams, None, None))
     }
 
@@ -198,7 +308,7 @@ impl Hub for PubSub {
         check_payload(&message, self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         for (topic, _) in conn.topics() {
-            self.publish_to(topic, publication.clone())?;
+            self.publish_to(topic, publication.clone()).await?;
         }
         Ok(())
     }
@@ -208,10 +318,11 @@ impl Hub for PubSub {
     }
 }
 
-impl fmt::Debug for PubSub {
+impl<B: Backend> fmt::Debug for PubSub<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PubSub")
-            .field("topics", &self.inner.registry.len())
+            .field("topics", &self.inner.mirror.registry().len())
+            .field("mirrored", &B::MIRRORED)
             .field("config", &self.inner.config)
             .finish()
     }

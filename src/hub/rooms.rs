@@ -8,9 +8,10 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::backend::{Backend, Local, Mirror};
 use super::config::{HubConfig, InboundPolicy};
-use super::log::{Limits, Locked, Registry, TopicStream};
-use super::pubsub::{check_payload, inbound_publication};
+use super::log::{Limits, Locked, TopicStream};
+use super::pubsub::{check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
 use super::{
     Connection, ConnectionId, Delivery, Hub, Identity, Member, Message, MessageId, Payload,
@@ -47,6 +48,14 @@ pub const DIRECT_PREFIX: &str = "@";
 ///   history, else after [`idle_ttl`](HubConfig::idle_ttl).
 /// * By default a connection's messages are published to all its rooms
 ///   ([`InboundPolicy::Publish`]).
+/// * With a remote [`Backend`] ([`with_backend`](Self::with_backend)), rooms, presence and
+///   direct messages span every node on it: first join and last leave are per user across
+///   nodes, and [`presence`](Self::presence) lists everyone. The connection counts
+///   ([`room_count`](Self::room_count), [`connection_count`](Self::connection_count)...) are
+///   this node's. The presence snapshot after joining is read after the join, so it may
+///   already include a join or leave that also arrives as an event. If the remote log of a
+///   room is lost (a new epoch), the node disconnects its connections in the room, so that
+///   clients reconnect, resume with their last id and get a [`Delivery::Reset`].
 ///
 /// ```
 /// use futures_util::StreamExt;
@@ -83,14 +92,22 @@ pub const DIRECT_PREFIX: &str = "@";
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct Rooms {
-    inner: Arc<Inner>,
+pub struct Rooms<B: Backend = Local> {
+    inner: Arc<Inner<B>>,
 }
 
-struct Inner {
-    rooms: Arc<Registry>,
-    direct: Arc<Registry>,
+impl<B: Backend> Clone for Rooms<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<B> {
+    rooms: Mirror,
+    direct: Mirror,
+    backend: Arc<B>,
     conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
     config: HubConfig,
 }
@@ -115,7 +132,7 @@ impl Members {
     }
 
     /// Adds a connection; true if it is the user's first in the room.
-    fn add(&mut self, identity: Option<&Identity>) -> bool {
+    pub(crate) fn add(&mut self, identity: Option<&Identity>) -> bool {
         match identity {
             None => {
                 self.anonymous += 1;
@@ -133,7 +150,7 @@ impl Members {
     }
 
     /// Removes a connection; true if it was the user's last in the room.
-    fn remove(&mut self, identity: Option<&Identity>) -> bool {
+    pub(crate) fn remove(&mut self, identity: Option<&Identity>) -> bool {
         match identity {
             None => {
                 self.anonymous = self.anonymous.saturating_sub(1);
@@ -153,7 +170,7 @@ impl Members {
         }
     }
 
-    fn list(&self) -> Vec<Member> {
+    pub(crate) fn list(&self) -> Vec<Member> {
         let mut members: Vec<Member> = self
             .users
             .iter()
@@ -213,14 +230,44 @@ impl Rooms {
     /// A hub with the given limits.
     #[must_use]
     pub fn with_config(config: HubConfig) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                rooms: Registry::new(Limits::topics(&config)),
-                direct: Registry::new(Limits::direct(&config)),
+        Self::with_backend(config, Local)
+    }
+}
+
+impl<B: Backend> Rooms<B> {
+    /// A hub with the given limits whose rooms, presence and direct messages live in
+    /// `backend`: several processes with hubs on one remote backend behave as one hub. See
+    /// [`Backend`].
+    #[must_use]
+    pub fn with_backend(config: HubConfig, backend: B) -> Self {
+        let backend = Arc::new(backend);
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner<B>>| {
+            let kick_room = weak.clone();
+            let kick_user = weak.clone();
+            Inner {
+                rooms: registry_for(Limits::topics(&config), "rooms", &backend, move |room| {
+                    if let Some(inner) = kick_room.upgrade() {
+                        inner.kick(|entry| entry.rooms.contains_key(room));
+                    }
+                }),
+                direct: registry_for(Limits::direct(&config), "direct", &backend, move |topic| {
+                    let user = topic.as_str().strip_prefix(DIRECT_PREFIX);
+                    if let Some(inner) = kick_user.upgrade() {
+                        inner.kick(|entry| entry.identity.as_ref().map(Identity::user_id) == user);
+                    }
+                }),
+                backend,
                 conns: Mutex::new(HashMap::new()),
                 config,
-            }),
-        }
+            }
+        });
+        Self { inner }
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
     }
 
     /// Publishes to every connection in `room` and returns the message's id.
@@ -228,14 +275,15 @@ impl Rooms {
     /// # Errors
     ///
     /// [`HubError::InvalidTopic`] for a bad or reserved room name,
-    /// [`HubError::PayloadTooLarge`], [`HubError::TooManyTopics`].
+    /// [`HubError::PayloadTooLarge`], [`HubError::TooManyTopics`], [`HubError::Backend`] if
+    /// a remote backend fails or times out.
     pub async fn broadcast(
         &self,
         room: &str,
         publication: impl Into<Publication>,
     ) -> Result<MessageId, HubError> {
         let room = room_topic(room)?;
-        self.publish_room(&room, publication.into()).map(|m| m.id())
+        self.publish_room(&room, publication.into()).await
     }
 
     /// Publishes to every connection in `room` but `except` (usually the sender).
@@ -259,7 +307,7 @@ impl Rooms {
     /// # Errors
     ///
     /// [`HubError::InvalidTopic`] if `@<user>` is not a valid topic name,
-    /// [`HubError::PayloadTooLarge`].
+    /// [`HubError::PayloadTooLarge`], [`HubError::Backend`].
     pub async fn send_to_user(
         &self,
         user: &str,
@@ -269,9 +317,9 @@ impl Rooms {
         check_payload(publication.payload(), self.inner.config.max_payload)?;
         let topic = direct_topic(user)?;
         self.inner
-            .direct
-            .publish(&topic, publication)
-            .map(|m| m.id())
+            .backend
+            .publish(&self.inner.direct, &topic, publication)
+            .await
     }
 
     /// Puts a joined connection into `room`, delivering from `from`.
@@ -279,7 +327,7 @@ impl Rooms {
     /// # Errors
     ///
     /// [`HubError::NotJoined`] if the connection isn't joined, [`HubError::InvalidTopic`],
-    /// [`HubError::TooManySubscriptions`], [`HubError::TooManyTopics`].
+    /// [`HubError::TooManySubscriptions`], [`HubError::TooManyTopics`], [`HubError::Backend`].
     pub async fn join_room(
         &self,
         conn: ConnectionId,
@@ -299,7 +347,7 @@ impl Rooms {
             }
             (entry.identity.clone(), Arc::clone(&entry.control))
         };
-        let (stream, left) = self.enter(conn, identity.as_ref(), &room, from)?;
+        let (stream, left) = self.enter(conn, identity.as_ref(), &room, from).await?;
         let registered = {
             let mut conns = self.inner.conns.lock();
             match conns.get_mut(&conn) {
@@ -351,13 +399,27 @@ impl Rooms {
         self.inner.forget(conn)
     }
 
-    /// The users in `room`, sorted by user id.
+    /// The users in `room`, sorted by user id (across all nodes with a remote backend; empty if
+    /// it fails, which is logged).
     pub async fn presence(&self, room: &str) -> Vec<Member> {
         let Ok(room) = room_topic(room) else {
             return Vec::new();
         };
+        if B::MIRRORED {
+            return match self.inner.backend.members(&self.inner.rooms, &room).await {
+                Ok(mut members) => {
+                    members.sort_by(|a, b| a.user.cmp(&b.user));
+                    members
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "presence: backend failed");
+                    Vec::new()
+                }
+            };
+        }
         self.inner
             .rooms
+            .registry()
             .with_log(&room, false, |log| log.state().members.list())
             .ok()
             .flatten()
@@ -380,11 +442,13 @@ impl Rooms {
     pub fn room_count(&self) -> usize {
         self.inner
             .rooms
+            .registry()
             .names()
             .iter()
             .filter(|room| {
                 self.inner
                     .rooms
+                    .registry()
                     .with_log(room, false, |log| !log.state().members.is_empty())
                     .ok()
                     .flatten()
@@ -397,7 +461,7 @@ impl Rooms {
     /// and users' direct logs.
     #[must_use]
     pub fn log_count(&self) -> usize {
-        self.inner.rooms.len() + self.inner.direct.len()
+        self.inner.rooms.registry().len() + self.inner.direct.registry().len()
     }
 
     /// How many connections are joined.
@@ -409,43 +473,109 @@ impl Rooms {
     /// The messages the room's history holds now, oldest first.
     #[must_use]
     pub fn history(&self, room: &str) -> Vec<Message> {
-        room_topic(room).map_or_else(|_| Vec::new(), |t| self.inner.rooms.history(&t))
+        room_topic(room).map_or_else(|_| Vec::new(), |t| self.inner.rooms.registry().history(&t))
     }
 
     /// Frees idle rooms and direct logs now instead of at the next periodic check.
     pub fn sweep(&self) {
-        self.inner.rooms.sweep();
-        self.inner.direct.sweep();
+        self.inner.rooms.registry().sweep();
+        self.inner.direct.registry().sweep();
     }
 
-    fn publish_room(&self, room: &Topic, publication: Publication) -> Result<Message, HubError> {
+    async fn publish_room(
+        &self,
+        room: &Topic,
+        publication: Publication,
+    ) -> Result<MessageId, HubError> {
         check_payload(publication.payload(), self.inner.config.max_payload)?;
-        self.inner.rooms.publish(room, publication)
+        self.inner
+            .backend
+            .publish(&self.inner.rooms, room, publication)
+            .await
     }
 
-    /// Adds a membership and subscribes, as one step under the room's lock.
-    fn enter(
+    /// Adds a membership and subscribes, as one step under the room's lock (in memory), or
+    /// through the backend.
+    async fn enter(
         &self,
         conn: ConnectionId,
         identity: Option<&Identity>,
         room: &Topic,
         from: Position,
     ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
+        if B::MIRRORED {
+            return self.enter_remote(conn, identity, room, from).await;
+        }
         let presence = self.inner.config.presence;
         let left = Arc::new(AtomicBool::new(false));
-        let stream =
-            self.inner
-                .rooms
-                .subscribe(room, from, conn, Some(Arc::clone(&left)), |log| {
-                    let first = log.state().members.add(identity);
-                    if !presence {
-                        return None;
-                    }
-                    if let (true, Some(identity)) = (first, identity) {
-                        log.publish(presence_event(PRESENCE_JOIN, conn, identity));
-                    }
-                    Some(snapshot(log))
-                })?;
+        let stream = self.inner.rooms.registry().subscribe(
+            room,
+            from,
+            conn,
+            Some(Arc::clone(&left)),
+            |log| {
+                let first = log.state().members.add(identity);
+                if !presence {
+                    return None;
+                }
+                if let (true, Some(identity)) = (first, identity) {
+                    log.publish(presence_event(PRESENCE_JOIN, conn, identity));
+                }
+                Some(snapshot(log))
+            },
+        )?;
+        Ok((stream, left))
+    }
+
+    /// [`enter`](Self::enter) with a remote backend: subscribe to the mirror (counting the
+    /// connection locally, so the room's log stays while it is here), then count the user
+    /// remotely, which announces a first join, then read the members for the snapshot.
+    async fn enter_remote(
+        &self,
+        conn: ConnectionId,
+        identity: Option<&Identity>,
+        room: &Topic,
+        from: Position,
+    ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
+        let inner = &*self.inner;
+        let presence = inner.config.presence;
+        let left = Arc::new(AtomicBool::new(false));
+        let mut stream = open_stream(
+            &*inner.backend,
+            &inner.rooms,
+            room,
+            from,
+            conn,
+            Some(&left),
+            |log| {
+                log.state().members.add(identity);
+                None
+            },
+        )
+        .await?;
+        let remote = async {
+            if let Some(identity) = identity {
+                let announce = presence.then(|| presence_event(PRESENCE_JOIN, conn, identity));
+                inner
+                    .backend
+                    .presence_add(&inner.rooms, room, identity, announce)
+                    .await?;
+            }
+            if presence {
+                let mut members = inner.backend.members(&inner.rooms, room).await?;
+                members.sort_by(|a, b| a.user.cmp(&b.user));
+                stream.set_after_replay(Delivery::Presence(Presence {
+                    room: room.clone(),
+                    members,
+                }));
+            }
+            Ok::<_, HubError>(())
+        };
+        if let Err(e) = remote.await {
+            drop(stream);
+            inner.exit(conn, identity, room, &left);
+            return Err(e);
+        }
         Ok((stream, left))
     }
 
@@ -467,7 +597,7 @@ fn snapshot(log: &mut Locked<'_>) -> Delivery {
     })
 }
 
-impl Inner {
+impl<B: Backend> Inner<B> {
     fn exit(
         &self,
         conn: ConnectionId,
@@ -476,9 +606,13 @@ impl Inner {
         left: &AtomicBool,
     ) {
         left.store(true, Ordering::Release);
+        if B::MIRRORED {
+            self.exit_remote(conn, identity, room);
+            return;
+        }
         let presence = self.config.presence;
         // The room exists while it has members, so this finds it.
-        let _ = self.rooms.with_log(room, false, |log| {
+        let _ = self.rooms.registry().with_log(room, false, |log| {
             let last = log.state().members.remove(identity);
             if let (true, true, Some(identity)) = (presence, last, identity) {
                 log.publish(presence_event(PRESENCE_LEAVE, conn, identity));
@@ -486,7 +620,49 @@ impl Inner {
         });
         // If the connection's stream is already gone (dropped subscription), this was the last
         // thing holding the room.
-        self.rooms.remove_if_unused(room, None);
+        self.rooms.registry().remove_if_unused(room, None);
+    }
+
+    /// [`exit`](Self::exit) with a remote backend. This runs in drop paths, so the remote
+    /// count (and the last-leave announcement) is updated by a spawned task; without a runtime
+    /// it is left to expire with this node's heartbeat.
+    fn exit_remote(&self, conn: ConnectionId, identity: Option<&Identity>, room: &Topic) {
+        let registry = self.rooms.registry();
+        let _ = registry.with_log(room, false, |log| log.state().members.remove(identity));
+        registry.remove_if_unused(room, None);
+        let (Some(identity), Ok(runtime)) = (identity, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let announce = self
+            .config
+            .presence
+            .then(|| presence_event(PRESENCE_LEAVE, conn, identity));
+        let (backend, mirror) = (Arc::clone(&self.backend), self.rooms.clone());
+        let (room, identity) = (room.clone(), identity.clone());
+        runtime.spawn(async move {
+            if let Err(e) = backend
+                .presence_remove(&mirror, &room, &identity, announce)
+                .await
+            {
+                tracing::warn!(room = %room, user = identity.user_id(), error = %e,
+                    "presence: could not record a leave; it expires with the node");
+            }
+        });
+    }
+
+    /// Disconnects the connections `which` selects (their room's log was replaced).
+    fn kick(&self, which: impl Fn(&ConnEntry) -> bool) {
+        let ids: Vec<ConnectionId> = self
+            .conns
+            .lock()
+            .iter()
+            .filter(|(_, entry)| which(entry))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.forget(id);
+        }
     }
 
     /// Removes a connection and all its memberships; false if it was already gone.
@@ -502,7 +678,7 @@ impl Inner {
     }
 }
 
-impl Hub for Rooms {
+impl<B: Backend> Hub for Rooms<B> {
     type Subscription = Subscription;
 
     async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
@@ -536,7 +712,7 @@ impl Hub for Rooms {
                 },
             );
         }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let weak: Weak<Inner<B>> = Arc::downgrade(&self.inner);
         let id = conn.id();
         let on_drop: Box<dyn FnOnce() + Send> = Box::new(move || {
             if let Some(inner) = weak.upgrade() {
@@ -547,7 +723,7 @@ impl Hub for Rooms {
         let mut subscription =
             Subscription::new(Vec::new(), Some(Arc::clone(&control)), Some(on_drop));
         for (room, from) in rooms {
-            let (stream, left) = self.enter(id, conn.identity(), room, from)?;
+            let (stream, left) = self.enter(id, conn.identity(), room, from).await?;
             let mut conns = self.inner.conns.lock();
             if let Some(entry) = conns.get_mut(&id) {
                 entry.rooms.insert(room.clone(), left);
@@ -556,10 +732,15 @@ impl Hub for Rooms {
             control.add(stream);
         }
         if let Some(direct) = own_direct {
-            let stream = self
-                .inner
-                .direct
-                .subscribe(&direct, direct_from, id, None, |_| None)?;
+            let stream = if B::MIRRORED {
+                let (backend, mirror) = (&*self.inner.backend, &self.inner.direct);
+                open_stream(backend, mirror, &direct, direct_from, id, None, |_| None).await?
+            } else {
+                self.inner
+                    .direct
+                    .registry()
+                    .subscribe(&direct, direct_from, id, None, |_| None)?
+            };
             control.add(stream);
         }
         // Fold the added streams in now so `topic_count` is right from the start.
@@ -576,7 +757,7 @@ impl Hub for Rooms {
             return Err(HubError::NotJoined(conn.id()));
         }
         for room in &rooms {
-            self.publish_room(room, publication.clone())?;
+            self.publish_room(room, publication.clone()).await?;
         }
         Ok(())
     }
@@ -587,7 +768,7 @@ impl Hub for Rooms {
     }
 }
 
-impl fmt::Debug for Rooms {
+impl<B: Backend> fmt::Debug for Rooms<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rooms")
             .field("connections", &self.connection_count())

@@ -1,0 +1,189 @@
+//! The wire form of a message, as published and kept in the history stream.
+//!
+//! `<epoch hex>-<offset> <body>`: the id (the Lua script prepends it, as it assigns it), a
+//! space, then the body the publishing node encoded:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | version (1) |
+//! | 1 | flags: 1 text, 2 skip origin, 4 origin, 8 sender, 16 event |
+//! | 8 | publishing node (big-endian) |
+//! | 8 | origin connection on that node (0 if none) |
+//! | 8 | timestamp, ms since the Unix epoch |
+//! | 2 + n | topic |
+//! | 2 + n | sender, if flagged |
+//! | 1 + n | event, if flagged |
+//! | rest | payload |
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::hub::{ConnectionId, EventName, Message, MessageId, Payload, Publication, Topic};
+
+const VERSION: u8 = 1;
+const TEXT: u8 = 1;
+const SKIP_ORIGIN: u8 = 2;
+const ORIGIN: u8 = 4;
+const SENDER: u8 = 8;
+const EVENT: u8 = 16;
+
+/// Encodes what the Lua script needs to prepend an id to.
+pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64) -> Vec<u8> {
+    let sender = p.sender_id().map(str::as_bytes);
+    let event = p.event_name().map(|e| e.as_str().as_bytes());
+    let payload = p.payload();
+    let mut flags = 0;
+    for (set, flag) in [
+        (payload.is_text(), TEXT),
+        (p.skips_origin(), SKIP_ORIGIN),
+        (p.origin_id().is_some(), ORIGIN),
+        (sender.is_some(), SENDER),
+        (event.is_some(), EVENT),
+    ] {
+        if set {
+            flags |= flag;
+        }
+    }
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut out = Vec::with_capacity(32 + topic.as_str().len() + payload.len());
+    out.push(VERSION);
+    out.push(flags);
+    out.extend_from_slice(&node.to_be_bytes());
+    let origin = p.origin_id().map_or(0, ConnectionId::as_u64);
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&ts.to_be_bytes());
+    // Topic names are at most 256 bytes, user ids are capped below, event names 64 bytes.
+    put_u16(&mut out, topic.as_str().as_bytes());
+    if let Some(sender) = sender {
+        put_u16(&mut out, &sender[..sender.len().min(usize::from(u16::MAX))]);
+    }
+    if let Some(event) = event {
+        out.push(u8::try_from(event.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&event[..event.len().min(usize::from(u8::MAX))]);
+    }
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+fn put_u16(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&bytes[..usize::from(len)]);
+}
+
+/// Decodes a wire message. Origin and skip-origin are kept only for messages this node
+/// published: connection ids mean nothing on another node.
+pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<Message> {
+    let space = wire.iter().position(|&b| b == b' ')?;
+    let id: MessageId = std::str::from_utf8(&wire[..space]).ok()?.parse().ok()?;
+    let mut r = Reader(&wire[space + 1..]);
+    if r.take(1)?[0] != VERSION {
+        return None;
+    }
+    let flags = r.take(1)?[0];
+    let node = r.u64()?;
+    let origin = r.u64()?;
+    let ts = r.u64()?;
+    let topic = Topic::new(std::str::from_utf8(r.sized(2)?).ok()?).ok()?;
+    let sender = if flags & SENDER != 0 {
+        Some(std::str::from_utf8(r.sized(2)?).ok()?)
+    } else {
+        None
+    };
+    let event = if flags & EVENT != 0 {
+        Some(EventName::new(std::str::from_utf8(r.sized(1)?).ok()?).ok()?)
+    } else {
+        None
+    };
+    let bytes = Bytes::copy_from_slice(r.0);
+    let payload = if flags & TEXT != 0 {
+        Payload::text_from_bytes(bytes).ok()?
+    } else {
+        Payload::binary(bytes)
+    };
+    let mut p = Publication::new(payload);
+    if let Some(event) = event {
+        p = p.event_name_checked(event);
+    }
+    if let Some(sender) = sender {
+        p = p.sender(sender);
+    }
+    if node == this_node && flags & ORIGIN != 0 {
+        p = p
+            .origin(ConnectionId::from_u64(origin))
+            .skip_origin(flags & SKIP_ORIGIN != 0);
+    }
+    Some(Message::remote(topic, id, p, ts))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn sized(&mut self, width: usize) -> Option<&'a [u8]> {
+        let len = match width {
+            1 => usize::from(self.take(1)?[0]),
+            _ => usize::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+        };
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Epoch;
+
+    fn wire(id: &str, body: &[u8]) -> Vec<u8> {
+        let mut w = format!("{id} ").into_bytes();
+        w.extend_from_slice(body);
+        w
+    }
+
+    #[test]
+    fn round_trips_text_and_binary_and_strips_foreign_origins() {
+        let topic = Topic::new("room:1").expect("valid");
+        let conn = ConnectionId::next();
+        let p = Publication::new("héllo")
+            .event("chat")
+            .expect("valid")
+            .sender("alice")
+            .origin(conn)
+            .skip_origin(true);
+        let epoch = Epoch::from_u64(0xabc).expect("nonzero");
+        let w = wire("abc-7", &encode_body(&topic, &p, 42));
+        let m = decode(&w, 42).expect("decodes");
+        assert_eq!(m.id(), MessageId::new(epoch, 7));
+        assert_eq!(m.topic(), &topic);
+        assert_eq!(m.payload().as_text(), Some("héllo"));
+        assert_eq!(m.event().map(EventName::as_str), Some("chat"));
+        assert_eq!(m.sender(), Some("alice"));
+        assert_eq!(m.origin(), Some(conn));
+        assert!(!m.is_for(conn));
+        let other = decode(&w, 43).expect("decodes");
+        assert_eq!(other.origin(), None);
+        assert!(other.is_for(conn));
+
+        let bin = Publication::new(vec![0u8, 255, b' ']);
+        let m = decode(&wire("abc-8", &encode_body(&topic, &bin, 1)), 1).expect("decodes");
+        assert_eq!(m.payload().as_bytes(), &[0, 255, b' ']);
+        assert!(!m.payload().is_text());
+        assert!(decode(b"abc-8", 1).is_none());
+        assert!(decode(b"abc-8 \x02", 1).is_none());
+    }
+}

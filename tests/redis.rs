@@ -1,0 +1,477 @@
+//! The Redis backend: nodes on one Redis server behave as one hub; faults heal by themselves.
+//!
+//! Each test starts its own `redis-server` (persistence off) on a free port and kills it at the
+//! end. `redis-server` must be installed (`apt-get install -y redis-server`; `.ci/redis` does
+//! it): without it these tests fail, they never pass silently.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use salvo_realtime::error::HubError;
+use salvo_realtime::redis::{RedisBackend, RedisConfig};
+use salvo_realtime::{
+    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, PRESENCE_JOIN,
+    PRESENCE_LEAVE, Position, PubSub, ResetReason, Rooms, Subscription, Topic,
+};
+
+/// A `redis-server` child process on 127.0.0.1, killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+            listener.local_addr().expect("local addr").port()
+        };
+        let dir = std::env::temp_dir().join(format!("salvo-realtime-redis-{port}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not start `redis-server` ({e}): these tests need it on the PATH \
+                     (Debian/Ubuntu: apt-get install -y redis-server; see .ci/redis)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.try_command(&["PING"]).is_some_and(|r| r == "+PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command and returns the first line of the reply.
+    fn try_command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        Some(line.trim_end().to_owned())
+    }
+
+    fn command(&self, args: &[&str]) -> String {
+        self.try_command(args)
+            .unwrap_or_else(|| panic!("redis command {args:?} failed"))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts it again on the same port; with `keep_data` it saves first
+    /// (so it reloads its data), otherwise everything is lost.
+    fn restart(&mut self, keep_data: bool) {
+        if keep_data {
+            assert_eq!(self.command(&["SAVE"]), "+OK");
+        } else {
+            let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        }
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(server: &RedisServer) -> RedisConfig {
+    RedisConfig::new(server.url())
+        .timeout(Duration::from_millis(500))
+        .heartbeat(Duration::from_millis(100))
+        .node_ttl(Duration::from_millis(600))
+}
+
+async fn pubsub_node(server: &RedisServer) -> PubSub<RedisBackend> {
+    let backend = RedisBackend::connect(config(server))
+        .await
+        .expect("connect");
+    PubSub::with_backend(HubConfig::new().history(1_000), backend)
+}
+
+async fn rooms_node(server: &RedisServer) -> Rooms<RedisBackend> {
+    let backend = RedisBackend::connect(config(server))
+        .await
+        .expect("connect");
+    Rooms::with_backend(HubConfig::new(), backend)
+}
+
+fn conn(topic: &str, from: Position) -> Connection {
+    Connection::new().subscribe(Topic::new(topic).expect("valid"), from)
+}
+
+/// The next delivery, or a panic after `within`.
+async fn next<S: futures_util::Stream<Item = Delivery> + Unpin>(
+    sub: &mut S,
+    within: Duration,
+) -> Option<Delivery> {
+    tokio::time::timeout(within, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing delivered within {within:?}"))
+}
+
+/// The next `n` messages (other deliveries are a failure), each within `within`.
+async fn messages(sub: &mut Subscription, n: usize, within: Duration) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match next(sub, within).await {
+            Some(Delivery::Message(m)) => out.push(m),
+            other => panic!(
+                "expected a message, got {other:?} after {} messages",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+/// The next message with an event name, skipping others.
+async fn next_event(sub: &mut Subscription, within: Duration) -> (String, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next(sub, left).await {
+            Some(Delivery::Message(m)) if m.event().is_some() => {
+                let v: serde_json::Value = m.json().expect("presence payload");
+                let user = v["user"].as_str().expect("user").to_owned();
+                return (m.event().expect("event").as_str().to_owned(), user);
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+}
+
+async fn publish_retrying(hub: &PubSub<RedisBackend>, topic: &str, text: &str) -> MessageId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match hub.publish(topic, text).await {
+            Ok(id) => return id,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish kept failing: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_everything_in_order_with_the_same_ids() {
+    let server = RedisServer::start();
+    let nodes = [pubsub_node(&server).await, pubsub_node(&server).await];
+    let mut readers = Vec::new();
+    for i in 0..20 {
+        let mut sub = nodes[i % 2]
+            .subscribe("orders", Position::Live)
+            .await
+            .expect("subscribe");
+        readers.push(tokio::spawn(async move {
+            messages(&mut sub, 500, Duration::from_secs(20)).await
+        }));
+    }
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, hub)| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    hub.publish("orders", format!("{n}:{i}"))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    let mut first: Option<Vec<MessageId>> = None;
+    for reader in readers {
+        let got = reader.await.expect("reader");
+        let ids: Vec<MessageId> = got.iter().map(Message::id).collect();
+        let start = ids[0].offset();
+        for (k, id) in ids.iter().enumerate() {
+            assert_eq!(id.offset(), start + k as u64, "gap or duplicate at {k}");
+            assert_eq!(id.epoch(), ids[0].epoch());
+        }
+        // Each publisher's messages arrive in the order it published them.
+        for n in 0..2 {
+            let seq: Vec<u32> = got
+                .iter()
+                .filter_map(|m| {
+                    let text = m.payload().as_text()?;
+                    let (node, i) = text.split_once(':')?;
+                    (node == n.to_string()).then(|| i.parse().ok())?
+                })
+                .collect();
+            assert_eq!(seq, (0..250).collect::<Vec<_>>());
+        }
+        match &first {
+            None => first = Some(ids),
+            Some(expected) => assert_eq!(&ids, expected, "every subscriber sees the same ids"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_the_other_node() {
+    let server = RedisServer::start();
+    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    let c = conn("feed", Position::Live);
+    let mut on_a = a.join(&c).await.expect("join a");
+    for i in 1..=10 {
+        a.publish("feed", format!("m{i}")).await.expect("publish");
+    }
+    let seen = messages(&mut on_a, 5, Duration::from_secs(5)).await;
+    let last = seen[4].id();
+    a.leave(&c, on_a).await;
+
+    // The client reconnects to node b with the last id it saw.
+    let c = conn("feed", Position::After(last));
+    let mut on_b = b.join(&c).await.expect("join b");
+    a.publish("feed", "m11").await.expect("publish");
+    let got = messages(&mut on_b, 6, Duration::from_secs(5)).await;
+    let texts: Vec<_> = got.iter().filter_map(|m| m.payload().as_text()).collect();
+    assert_eq!(texts, ["m6", "m7", "m8", "m9", "m10", "m11"]);
+    assert_eq!(got[0].id().offset(), last.offset() + 1);
+    assert_eq!(got[0].id().epoch(), last.epoch());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
+    let server = RedisServer::start();
+    let a = rooms_node(&server).await;
+    let member = |user: &str| {
+        Connection::new()
+            .authenticated(Identity::new(user))
+            .subscribe(Topic::new("x").expect("valid"), Position::Live)
+    };
+    let watcher = member("w");
+    let mut w = a.join(&watcher).await.expect("join");
+    assert!(matches!(
+        next(&mut w, Duration::from_secs(5)).await,
+        Some(Delivery::Presence(_))
+    ));
+
+    // Node b runs in a runtime of its own, so that it can die without saying goodbye.
+    let url = config(&server);
+    let (to_b, b_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let node_b = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let held = rt.block_on(async move {
+            let b = Rooms::with_backend(
+                HubConfig::new(),
+                RedisBackend::connect(url).await.expect("connect"),
+            );
+            let mut subs = Vec::new();
+            for user in ["alice", "bob"] {
+                let c = Connection::new()
+                    .authenticated(Identity::new(user))
+                    .subscribe(Topic::new("x").expect("valid"), Position::Live);
+                subs.push(b.join(&c).await.expect("join b"));
+            }
+            (b, subs)
+        });
+        let _ = ready_tx.send(());
+        let _ = b_rx.recv();
+        rt.shutdown_background();
+        // A crash: nothing is cleaned up.
+        std::mem::forget(held);
+    });
+    ready.await.expect("node b up");
+    let mut joined = vec![
+        next_event(&mut w, Duration::from_secs(5)).await,
+        next_event(&mut w, Duration::from_secs(5)).await,
+    ];
+    joined.sort();
+    assert_eq!(
+        joined,
+        [
+            (PRESENCE_JOIN.to_owned(), "alice".to_owned()),
+            (PRESENCE_JOIN.to_owned(), "bob".to_owned())
+        ]
+    );
+
+    // alice opens a second tab on node a: not a first join.
+    let alice_a = member("alice");
+    let mut alice_sub = a.join(&alice_a).await.expect("join");
+    let Some(Delivery::Presence(p)) = next(&mut alice_sub, Duration::from_secs(5)).await else {
+        panic!("expected a presence snapshot");
+    };
+    let listed: Vec<_> = p
+        .members
+        .iter()
+        .map(|m| (&*m.user, m.connections))
+        .collect();
+    assert_eq!(listed, [("alice", 2), ("bob", 1), ("w", 1)]);
+
+    // Node b dies: bob leaves within the node TTL (600 ms) plus a heartbeat; alice stays.
+    let died = Instant::now();
+    to_b.send(()).expect("signal b");
+    node_b.join().expect("node b thread");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        (PRESENCE_LEAVE.to_owned(), "bob".to_owned())
+    );
+    let took = died.elapsed();
+    assert!(took < Duration::from_secs(3), "bob left after {took:?}");
+    let present: Vec<_> = a
+        .presence("x")
+        .await
+        .iter()
+        .map(|m| (m.user.to_string(), m.connections))
+        .collect();
+    assert_eq!(present, [("alice".to_owned(), 1), ("w".to_owned(), 1)]);
+    println!("a dead node's member left after {took:?}");
+
+    // alice's last tab closes: now she leaves.
+    a.leave(&alice_a, alice_sub).await;
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        (PRESENCE_LEAVE.to_owned(), "alice".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_subscription_and_restarts_heal_without_loss_or_end_in_a_reset() {
+    let mut server = RedisServer::start();
+    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    let mut sub = a.subscribe("k", Position::Live).await.expect("subscribe");
+    for i in 1..=50 {
+        b.publish("k", format!("m{i}")).await.expect("publish");
+    }
+    let got = messages(&mut sub, 50, Duration::from_secs(5)).await;
+    let epoch = got[0].id().epoch();
+
+    // Redis kills every pub/sub connection; b goes on publishing meanwhile.
+    let killed = Instant::now();
+    let reply = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(reply.starts_with(':'), "CLIENT KILL answered {reply}");
+    for i in 51..=100 {
+        b.publish("k", format!("m{i}")).await.expect("publish");
+    }
+    let got = messages(&mut sub, 50, Duration::from_secs(10)).await;
+    let healed = killed.elapsed();
+    let offsets: Vec<u64> = got.iter().map(|m| m.id().offset()).collect();
+    assert_eq!(offsets, (51..=100).collect::<Vec<_>>());
+    assert!(healed < Duration::from_secs(10), "took {healed:?}");
+    println!("after CLIENT KILL TYPE pubsub, caught up in {healed:?}");
+
+    // Redis restarts with its data (saved): nothing is lost, same epoch.
+    let restarted = Instant::now();
+    server.restart(true);
+    for i in 101..=120 {
+        publish_retrying(&b, "k", &format!("m{i}")).await;
+    }
+    let got = messages(&mut sub, 20, Duration::from_secs(10)).await;
+    let offsets: Vec<u64> = got.iter().map(|m| m.id().offset()).collect();
+    assert_eq!(offsets, (101..=120).collect::<Vec<_>>());
+    assert!(got.iter().all(|m| m.id().epoch() == epoch));
+    println!(
+        "after a restart keeping data, caught up in {:?}",
+        restarted.elapsed()
+    );
+    let last = got[19].id();
+
+    // Redis restarts and loses everything: a new epoch; the stream ends, and the client that
+    // comes back with its last id gets a reset.
+    server.restart(false);
+    publish_retrying(&b, "k", "after the loss").await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(d) = sub.next().await {
+            assert!(matches!(d, Delivery::Message(_)), "unexpected {d:?}");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of the lost epoch should end");
+    let c = conn("k", Position::After(last));
+    let mut again = a.join(&c).await.expect("rejoin");
+    match next(&mut again, Duration::from_secs(5)).await {
+        Some(Delivery::Reset(r)) => {
+            assert_eq!(r.reason, ResetReason::EpochChanged);
+            assert_ne!(r.epoch, epoch);
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let got = messages(&mut again, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].payload().as_text(), Some("after the loss"));
+}
+
+#[tokio::test]
+async fn while_redis_is_down_publish_fails_fast_and_subscribers_stay() {
+    let mut server = RedisServer::start();
+    let hub = pubsub_node(&server).await;
+    let mut sub = hub.subscribe("d", Position::Live).await.expect("subscribe");
+    hub.publish("d", "before").await.expect("publish");
+    messages(&mut sub, 1, Duration::from_secs(5)).await;
+
+    server.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = hub.publish("d", "lost").await.expect_err("redis is down");
+        let took = started.elapsed();
+        assert!(matches!(err, HubError::Backend(_)), "{err:?}");
+        assert!(took < Duration::from_millis(1_500), "took {took:?}");
+        println!("publish failed after {took:?}: {err}");
+    }
+    let refused = hub.subscribe("other", Position::Live).await;
+    assert!(matches!(refused, Err(HubError::Backend(_))), "{refused:?}");
+    // The subscriber is still there, waiting.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err()
+    );
+}
