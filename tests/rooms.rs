@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{messages, ready, texts};
+use futures_util::StreamExt;
 use salvo_realtime::error::{HubError, InvalidTopic};
 use salvo_realtime::{
     Connection, Delivery, Hub, HubConfig, Identity, InboundPolicy, PRESENCE_JOIN, PRESENCE_LEAVE,
@@ -274,4 +275,30 @@ async fn a_reconnecting_member_resumes_the_room() {
     assert_eq!(plain, [Some("two".to_owned()), Some("three".to_owned())]);
     // The presence snapshot follows the replay.
     assert!(matches!(got.last(), Some(Delivery::Presence(_))));
+}
+
+#[tokio::test]
+async fn disconnect_user_ends_all_their_connections() {
+    let rooms = Rooms::new();
+    let tab1 = member("alice", &["x"]);
+    let tab2 = member("alice", &["y"]);
+    let bob = member("bob", &["x"]);
+    let mut s1 = join(&rooms, &tab1).await;
+    let mut s2 = join(&rooms, &tab2).await;
+    let mut sb = join(&rooms, &bob).await;
+    let mut found = rooms.connections_of("alice");
+    found.sort();
+    let mut expected = vec![tab1.id(), tab2.id()];
+    expected.sort();
+    assert_eq!(found, expected);
+    ready(&mut sb);
+    assert_eq!(rooms.disconnect_user("alice"), 2);
+    assert!(s1.next().await.is_none(), "first tab's stream ended");
+    assert!(s2.next().await.is_none(), "second tab's stream ended");
+    assert_eq!(
+        events(&ready(&mut sb)),
+        [(PRESENCE_LEAVE.to_owned(), "alice".to_owned())]
+    );
+    assert_eq!(rooms.connection_count(), 1);
+    assert_eq!(rooms.disconnect_user("alice"), 0);
 }

@@ -399,6 +399,31 @@ impl<B: Backend> Rooms<B> {
         self.inner.forget(conn)
     }
 
+    /// The connections of `user` joined to this hub (on this node), in no particular order.
+    #[must_use]
+    pub fn connections_of(&self, user: &str) -> Vec<ConnectionId> {
+        self.inner
+            .conns
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.identity.as_ref().is_some_and(|i| i.user_id() == user))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Disconnects every connection of `user` (on this node), as [`disconnect`](Self::disconnect)
+    /// does for one. Returns how many there were.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "an action; the result is informational"
+    )]
+    pub fn disconnect_user(&self, user: &str) -> usize {
+        self.connections_of(user)
+            .into_iter()
+            .filter(|conn| self.inner.forget(*conn))
+            .count()
+    }
+
     /// The users in `room`, sorted by user id (across all nodes with a remote backend; empty if
     /// it fails, which is logged).
     pub async fn presence(&self, room: &str) -> Vec<Member> {
