@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -478,9 +479,11 @@ pub(crate) struct DrainGuard {
 }
 
 impl DrainGuard {
-    /// Completes when the drain asks this connection to close.
-    pub(crate) async fn requested(&self) {
-        self.notify.notified().await;
+    /// Completes when the drain asks this connection to close. The future owns what it needs,
+    /// so a connection creates it once and keeps it pinned across all its waits.
+    pub(crate) fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let notify = Arc::clone(&self.notify);
+        async move { notify.notified().await }
     }
 }
 

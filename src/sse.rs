@@ -86,6 +86,8 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,11 +237,13 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             topics = ?conn.topics(),
             "sse connected"
         );
+        let drained = Box::pin(admission.drain.requested());
         let live = Live {
+            drained,
             hub: Arc::clone(&self.hub),
             conn,
             subscription: Some(subscription),
-            admission,
+            _admission: admission,
             span,
             opened: Instant::now(),
             retry: Some(self.retry),
@@ -352,11 +356,14 @@ struct Live<H: Hub> {
     hub: Arc<H>,
     conn: Connection,
     subscription: Option<H::Subscription>,
-    admission: Admission,
+    /// Held for its `Drop`: the cap slot and the drain registration go with the stream.
+    _admission: Admission,
     span: Span,
     opened: Instant,
     /// The `retry:` hint, until it has been sent.
     retry: Option<Duration>,
+    /// Completes when a graceful drain asks the stream to end; created once, not per event.
+    drained: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl<H: Hub> Live<H> {
@@ -405,7 +412,7 @@ fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<SseEvent, Infallib
         let next = match live.subscription.as_mut() {
             Some(subscription) => tokio::select! {
                 biased;
-                () = live.admission.drain.requested() => Next::Drained,
+                () = &mut live.drained => Next::Drained,
                 delivery = subscription.next() => match delivery {
                     Some(delivery) => {
                         if let Delivery::Lagged { topic, missed } = &delivery {

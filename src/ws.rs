@@ -70,9 +70,9 @@
 //! # Memory
 //!
 //! Tungstenite's default config gives every connection a 128 KiB read buffer. This endpoint
-//! uses 4 KiB read and write buffers (an idle connection costs a few KiB; a busy one is no
-//! slower, as buffers grow to fit a message and the writer batches frames), and caps the write
-//! buffer at 1 MiB so a stalled client can't hold more. Outbound messages are not queued per
+//! uses a 1 KiB read buffer (subscribers read little; the buffer grows to fit a larger message)
+//! and a 4 KiB write buffer (the writer batches frames into it), so an idle connection costs
+//! about 6 KiB; the write buffer is capped at 1 MiB so a stalled client can't hold more. Outbound messages are not queued per
 //! connection: a slow connection reads the hub's shared buffer and history at its own pace, so
 //! memory per connection stays bounded whatever the publish rate.
 
@@ -223,7 +223,7 @@ impl Default for Settings {
             origins: Vec::new(),
             require_origin: false,
             max_message: 64 * 1024,
-            read_buffer: 4 * 1024,
+            read_buffer: 1024,
             write_buffer: 4 * 1024,
             max_write_buffer: 1024 * 1024,
             ping_interval: Duration::from_secs(30),
@@ -310,7 +310,8 @@ impl<H: Hub> WsEndpoint<H> {
         self.set(|s| s.max_message = bytes)
     }
 
-    /// Initial read and write buffer sizes per connection, in bytes. Default: 4 KiB each.
+    /// Initial read and write buffer sizes per connection, in bytes. Default: 1 KiB read, 4 KiB
+    /// write.
     #[must_use]
     pub fn buffer_sizes(self, read: usize, write: usize) -> Self {
         self.set(|s| {
@@ -707,7 +708,9 @@ async fn pump<H: Hub>(
                 let Some(first) = delivery else {
                     return End::Close(CLOSE_NORMAL, "subscription ended");
                 };
-                if let Some(end) = send_burst(sink, sub, first, settings).await {
+                // Boxed: the burst future is large and only lives while sending, so it shouldn't
+                // be part of every idle connection's state.
+                if let Some(end) = Box::pin(send_burst(sink, sub, first, settings)).await {
                     return end;
                 }
             }

@@ -2,6 +2,7 @@
 //! stream that replays, refills after lag and continues live without gap or duplicate.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::Stream;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::config::HubConfig;
 use super::rooms::Members;
@@ -503,7 +503,7 @@ impl Registry {
             let sender = state
                 .sender
                 .get_or_insert_with(|| broadcast::channel(self.limits.channel_capacity).0);
-            let rx = BroadcastStream::new(sender.subscribe());
+            let rx = LiveRx::new(sender.subscribe());
             let after_replay = on_join(locked);
             TopicStream {
                 registry: Arc::clone(self),
@@ -638,7 +638,7 @@ pub(crate) struct TopicStream {
     registry: Arc<Registry>,
     log: Arc<TopicLog>,
     conn: ConnectionId,
-    rx: BroadcastStream<Message>,
+    rx: LiveRx,
     /// Notices that go before everything else (a reset, a lag count).
     front: VecDeque<Delivery>,
     /// Messages copied from history, about to be delivered.
@@ -738,8 +738,8 @@ impl Stream for TopicStream {
                 }
                 continue;
             }
-            match Pin::new(&mut this.rx).poll_next(cx) {
-                Poll::Ready(Some(Ok(m))) => {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Live::Message(m)) => {
                     let offset = m.id().offset();
                     if offset <= this.last {
                         continue; // already delivered from history
@@ -755,11 +755,70 @@ impl Stream for TopicStream {
                         return Poll::Ready(Some(Delivery::Message(m)));
                     }
                 }
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                Poll::Ready(Live::Lagged) => {
                     this.replay_end = this.log.state.lock().last();
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Live::Closed) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+type RecvFuture = Pin<
+    Box<dyn Future<Output = (Result<Message, RecvError>, broadcast::Receiver<Message>)> + Send>,
+>;
+
+/// What the live channel gave.
+enum Live {
+    Message(Message),
+    Lagged,
+    Closed,
+}
+
+/// The live side of a subscription. Buffered messages are taken with `try_recv`, with no future
+/// per message; only when the channel is empty is a `recv` future boxed (once per idle period)
+/// to wait for the next one.
+struct LiveRx {
+    rx: Option<broadcast::Receiver<Message>>,
+    waiting: Option<RecvFuture>,
+}
+
+impl LiveRx {
+    fn new(rx: broadcast::Receiver<Message>) -> Self {
+        Self {
+            rx: Some(rx),
+            waiting: None,
+        }
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Live> {
+        loop {
+            if let Some(waiting) = self.waiting.as_mut() {
+                let (result, rx) = std::task::ready!(waiting.as_mut().poll(cx));
+                self.waiting = None;
+                self.rx = Some(rx);
+                return Poll::Ready(match result {
+                    Ok(m) => Live::Message(m),
+                    Err(RecvError::Lagged(_)) => Live::Lagged,
+                    Err(RecvError::Closed) => Live::Closed,
+                });
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(Live::Closed);
+            };
+            match rx.try_recv() {
+                Ok(m) => return Poll::Ready(Live::Message(m)),
+                Err(TryRecvError::Lagged(_)) => return Poll::Ready(Live::Lagged),
+                Err(TryRecvError::Closed) => return Poll::Ready(Live::Closed),
+                Err(TryRecvError::Empty) => {
+                    if let Some(mut rx) = self.rx.take() {
+                        self.waiting = Some(Box::pin(async move {
+                            let result = rx.recv().await;
+                            (result, rx)
+                        }));
+                    }
+                }
             }
         }
     }

@@ -356,7 +356,11 @@ impl Connection {
     pub fn subscribe(mut self, topic: Topic, from: Position) -> Self {
         match self.topics.iter_mut().find(|(t, _)| *t == topic) {
             Some(entry) => entry.1 = from,
-            None => self.topics.push((topic, from)),
+            None => {
+                // Most connections ask for one topic: don't reserve room for four.
+                self.topics.reserve_exact(1);
+                self.topics.push((topic, from));
+            }
         }
         self
     }
