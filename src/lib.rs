@@ -1,5 +1,14 @@
 //! Real-time building blocks for [Salvo]: a transport-agnostic hub with resumable history, and
-//! (in coming releases) WebSocket and Server-Sent-Events endpoints driven by it.
+//! WebSocket and Server-Sent-Events endpoints that turn any hub into a Salvo handler.
+//!
+//! | module or type | what it is |
+//! |---|---|
+//! | [`Hub`], [`PubSub`], [`Rooms`], [`Counted`] | the hub core: what connections attach to; no Salvo or HTTP in it |
+//! | [`ws::WsEndpoint`] | a WebSocket endpoint over any hub: identity before upgrade, origin checks, limits, heartbeat, rate limit, slow-consumer policy, resume |
+//! | [`sse::SseEndpoint`] | an SSE endpoint over any hub: ids on every event, `Last-Event-ID` resume, keep-alive |
+//! | [`Drain`], [`Rejection`] | graceful shutdown and request refusal, shared by both endpoints |
+//! | [`client::ClientScript`] | the browser client (reconnect, resume, dedup) served at a path you pick |
+//! | [`Backend`] | where ids, history and presence live: in memory ([`Local`]) or remote (`redis` feature) |
 //!
 //! # The hub core
 //!
@@ -45,6 +54,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `redis` | no | the `redis` module: a Redis [`Backend`], so that several server processes behave as one hub |
+//! | `browser-tests` | no | builds the headless-Chromium tests of the example pages (CI only) |
 //!
 //! # Minimum supported Rust version
 //!
