@@ -3,22 +3,28 @@
 //!
 //! Run `cargo run --example echo` and connect to `ws://127.0.0.1:8080/ws` (`BIND=host:port` to
 //! listen elsewhere). Each connection gets a topic of its own on a `PubSub` that publishes
-//! what it receives, and raw framing sends messages back without an envelope.
+//! what it receives, and raw framing sends messages back without an envelope. Ctrl-C closes the
+//! sockets with 1001 and stops.
+use std::time::Duration;
+
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
 use salvo_realtime::ws::{Framing, WsEndpoint};
-use salvo_realtime::{ConnectionId, HubConfig, InboundPolicy, PubSub, Rejection, Topic};
+use salvo_realtime::{ConnectionId, Drain, HubConfig, InboundPolicy, PubSub, Rejection, Topic};
 
 /// The echo endpoint at `/ws`.
-pub(crate) fn router() -> Router {
+pub(crate) fn router(drain: Drain) -> Router {
     // No history: a connection's topic is freed as soon as it closes.
     let hub = PubSub::with_config(HubConfig::new().inbound(InboundPolicy::Publish).history(0));
-    let ws = WsEndpoint::new(hub).framing(Framing::Raw).topics(|_, _| {
-        let own = Topic::new(&ConnectionId::next().to_string());
-        Ok(vec![
-            own.map_err(|e| Rejection::bad_request(e.to_string()))?,
-        ])
-    });
+    let ws = WsEndpoint::new(hub)
+        .drain(drain)
+        .framing(Framing::Raw)
+        .topics(|_, _| {
+            let own = Topic::new(&ConnectionId::next().to_string());
+            Ok(vec![
+                own.map_err(|e| Rejection::bad_request(e.to_string()))?,
+            ])
+        });
     Router::with_path("ws").goal(ws)
 }
 
@@ -31,6 +37,13 @@ async fn main() {
         .clone()
         .into_std()
         .expect("a TCP address");
-    println!("echo: ws://{addr}/ws");
-    Server::new(acceptor).serve(router()).await;
+    println!("echo: ws://{addr}/ws (Ctrl-C stops)");
+    let (drain, server) = (Drain::new(), Server::new(acceptor));
+    let (handle, closing) = (server.handle(), drain.clone());
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        closing.close_all(Duration::from_secs(5)).await;
+        handle.stop_graceful(Duration::from_secs(5));
+    });
+    server.serve(router(drain)).await;
 }

@@ -663,7 +663,7 @@ async fn dashboard_charts_live_counts_while_page_clients_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_returns_text_and_binary_as_sent() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(any_port(), echo::router()).await;
+    let server = Running::start(any_port(), echo::router(Drain::new())).await;
     let driver = Driver::start().await;
     let page = driver.session().await;
     // Any page of the server's origin (this one answers 400): the endpoint checks `Origin`.
