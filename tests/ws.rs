@@ -394,12 +394,14 @@ async fn a_flood_past_the_rate_limit_is_dropped_or_closed() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_others_keep_receiving() {
-    let hub = hub(HubConfig::new().history(64).channel_capacity(64));
+    // 5,000 x 8 KB is far more than loopback socket buffers hold, so the stalled client's
+    // sends block; the history covers any reader that falls briefly behind the live buffer.
+    let hub = hub(HubConfig::new().history(1024).channel_capacity(64));
     let ep = endpoint(&hub).send_timeout(Duration::from_millis(500));
     let server = serve(ep.clone()).await;
     let stalled = connect(&server, "/ws/r?user=stalled").await;
     let mut reader = connect(&server, "/ws/r?user=reader").await;
-    let payload = "x".repeat(1000);
+    let payload = "x".repeat(8000);
     let reading = tokio::spawn(async move {
         let mut n = 0;
         while n < 5_000 {
@@ -473,7 +475,8 @@ async fn skip_ahead_tells_the_client_how_many_it_missed() {
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed() {
     let hub = hub(HubConfig::new());
-    let ep = endpoint(&hub).heartbeat(Duration::from_millis(50), Duration::from_millis(100));
+    // A short interval, and a pong timeout long enough for a busy CI machine.
+    let ep = endpoint(&hub).heartbeat(Duration::from_millis(50), Duration::from_secs(1));
     let server = serve(ep.clone()).await;
     // Never polling the client means it never reads the pings, so never answers them.
     let silent = connect(&server, "/ws/r?user=silent").await;
