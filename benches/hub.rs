@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use futures_util::{FutureExt, Stream, StreamExt};
 use salvo_realtime::{
     Connection, Counted, Delivery, Hub, HubConfig, Identity, Payload, Position, PubSub,
@@ -161,37 +164,47 @@ fn pubsub_setup(rt: &Runtime, n: usize, round: &Arc<Round>) -> PubSub {
     hub
 }
 
+/// The baseline of every fan-out figure: one bare broadcast channel, `n` receiving tasks.
+fn bench_raw_broadcast(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    make_rt: fn() -> Runtime,
+    n: usize,
+) {
+    let bytes = payload().bytes().clone();
+    let rt = make_rt();
+    let round = Round::new();
+    let tx = raw_setup(&rt, n, &round);
+    group.bench_function(BenchmarkId::new("raw_broadcast", n), |b| {
+        b.iter_custom(|iters| {
+            time_rounds(&rt, &round, n, iters, || {
+                let _ = tx.send(bytes.clone());
+                std::future::ready(())
+            })
+        });
+    });
+}
+
+/// `PubSub` publishing to `n` subscribers, measured like the baseline.
+fn bench_pubsub(group: &mut BenchmarkGroup<'_, WallTime>, make_rt: fn() -> Runtime, n: usize) {
+    let payload = payload();
+    let rt = make_rt();
+    let round = Round::new();
+    let hub = pubsub_setup(&rt, n, &round);
+    group.bench_function(BenchmarkId::new("pubsub", n), |b| {
+        b.iter_custom(|iters| {
+            time_rounds(&rt, &round, n, iters, || async {
+                hub.publish(TOPIC, payload.clone()).await.expect("publish");
+            })
+        });
+    });
+}
+
 fn fanout(c: &mut Criterion, group_name: &str, make_rt: fn() -> Runtime) {
     let mut group = c.benchmark_group(group_name);
-    let bytes = payload().bytes().clone();
-    let payload = payload();
     for n in SIZES {
         group.throughput(Throughput::Elements((n * ROUND) as u64));
-        {
-            let rt = make_rt();
-            let round = Round::new();
-            let tx = raw_setup(&rt, n, &round);
-            group.bench_function(BenchmarkId::new("raw_broadcast", n), |b| {
-                b.iter_custom(|iters| {
-                    time_rounds(&rt, &round, n, iters, || {
-                        let _ = tx.send(bytes.clone());
-                        std::future::ready(())
-                    })
-                });
-            });
-        }
-        {
-            let rt = make_rt();
-            let round = Round::new();
-            let hub = pubsub_setup(&rt, n, &round);
-            group.bench_function(BenchmarkId::new("pubsub", n), |b| {
-                b.iter_custom(|iters| {
-                    time_rounds(&rt, &round, n, iters, || async {
-                        hub.publish(TOPIC, payload.clone()).await.expect("publish");
-                    })
-                });
-            });
-        }
+        bench_raw_broadcast(&mut group, make_rt, n);
+        bench_pubsub(&mut group, make_rt, n);
     }
     group.finish();
 }
@@ -253,34 +266,10 @@ fn rooms_broadcast(c: &mut Criterion) {
 fn counter(c: &mut Criterion) {
     let mut group = c.benchmark_group("counter");
     let n = 1_000;
-    let bytes = payload().bytes().clone();
     let payload = payload();
     group.throughput(Throughput::Elements((n * ROUND) as u64));
-    {
-        let rt = current_thread();
-        let round = Round::new();
-        let tx = raw_setup(&rt, n, &round);
-        group.bench_function(BenchmarkId::new("raw_broadcast", n), |b| {
-            b.iter_custom(|iters| {
-                time_rounds(&rt, &round, n, iters, || {
-                    let _ = tx.send(bytes.clone());
-                    std::future::ready(())
-                })
-            });
-        });
-    }
-    {
-        let rt = current_thread();
-        let round = Round::new();
-        let hub = pubsub_setup(&rt, n, &round);
-        group.bench_function(BenchmarkId::new("pubsub", n), |b| {
-            b.iter_custom(|iters| {
-                time_rounds(&rt, &round, n, iters, || async {
-                    hub.publish(TOPIC, payload.clone()).await.expect("publish");
-                })
-            });
-        });
-    }
+    bench_raw_broadcast(&mut group, current_thread, n);
+    bench_pubsub(&mut group, current_thread, n);
     {
         let rt = current_thread();
         let round = Round::new();
