@@ -7,8 +7,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use salvo_realtime::backend::Backend;
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
-use salvo_realtime::{Backend, Delivery, HubConfig, Position, PubSub};
+use salvo_realtime::{Delivery, HubConfig, Position, PubSub};
 
 const LATENCY_ROUNDS: usize = 2_000;
 const MESSAGES: usize = 64 * 320;

@@ -1,5 +1,7 @@
-//! What both transport endpoints share: what a request attaches to, identity before upgrade,
-//! connection caps, graceful drain.
+//! The one connection lifecycle both transports share. A request is validated completely
+//! (handshake, origin, topics, resume positions, identity, caps) into an admitted connection or
+//! one typed [`Refusal`] with one status map; only then does it join the hub. The transports
+//! (`ws`, `sse`) then only frame and pump.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,11 +13,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use salvo::http::StatusCode;
-use salvo::http::header::{HeaderValue, RETRY_AFTER};
+use salvo::http::header::{HOST, HeaderValue, ORIGIN, RETRY_AFTER};
 use salvo::{Depot, Request, Response};
 use tokio::sync::Notify;
 
-use crate::hub::{ConnectionId, Identity, Position, Topic};
+use crate::error::HubError;
+use crate::hub::{ConnectionId, DIRECT_PREFIX, Hub, Identity, Position, Topic};
 use crate::{Connection, MessageId};
 
 /// Why a request was refused before it became a connection; mapped to an HTTP status.
@@ -69,22 +72,382 @@ impl Rejection {
         }
     }
 
-    fn reason(&self) -> &str {
+    pub(crate) fn reason(&self) -> &str {
         match self {
             Self::Unauthorized(r) | Self::Forbidden(r) | Self::BadRequest(r) => r,
         }
-    }
-
-    pub(crate) fn write(&self, res: &mut Response) {
-        res.status_code(self.status());
-        res.render(self.reason().to_owned());
     }
 }
 
 type TopicsFn = dyn Fn(&Request, &Depot) -> Result<Vec<Topic>, Rejection> + Send + Sync;
 type IdentifyFn = dyn Fn(&Request, &Depot) -> Result<Option<Identity>, Rejection> + Send + Sync;
 
-/// Settings both endpoints share; set through the endpoint's builder methods.
+/// Why a request did not become a connection: every check of the lifecycle ends in one of
+/// these, and [`Refusal::status`] is the one map from refusal to HTTP status, the same for
+/// both transports by construction.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The endpoint is draining for shutdown: 503 with `Retry-After`.
+    Draining,
+    /// Not a valid WebSocket handshake (RFC 6455 §4.2.1): 400.
+    Handshake(&'static str),
+    /// A `Sec-WebSocket-Version` other than 13: 426 with `Sec-WebSocket-Version: 13`.
+    Version,
+    /// The `Origin` is not allowed (or missing when required, or sent twice): 403.
+    Origin,
+    /// Refused by the request's own data or the application's closures: 400, 401 or 403.
+    Rejected(Rejection),
+    /// A connection cap is full: 503 (total) or 429 (per client address), with `Retry-After`.
+    Cap(CapExceeded),
+    /// The hub refused the join; see [`Refusal::status`] for the map.
+    Hub(HubError),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        Self::Rejected(r)
+    }
+}
+
+impl Refusal {
+    /// The one status map. Hub errors: bad names, too many subscriptions, bad payloads and
+    /// JSON are 400 (the client can fix the request); `InboundRejected` and `NotJoined` (the
+    /// server ended the connection while it joined) 403; `TooManyCreated` 429 (that client's
+    /// own limit); `TooManyTopics` and `Backend` 503 (try later); `AlreadyJoined` 500.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Handshake(_) => StatusCode::BAD_REQUEST,
+            Self::Version => StatusCode::UPGRADE_REQUIRED,
+            Self::Origin => StatusCode::FORBIDDEN,
+            Self::Rejected(r) => r.status(),
+            Self::Cap(CapExceeded::Total) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Cap(CapExceeded::PerIp) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Hub(e) => match e {
+                HubError::InvalidTopic(_)
+                | HubError::InvalidEvent(_)
+                | HubError::PayloadTooLarge { .. }
+                | HubError::TooManySubscriptions { .. }
+                | HubError::JsonTooDeep { .. }
+                | HubError::Json(_) => StatusCode::BAD_REQUEST,
+                HubError::InboundRejected | HubError::NotJoined(_) => StatusCode::FORBIDDEN,
+                HubError::TooManyCreated { .. } => StatusCode::TOO_MANY_REQUESTS,
+                HubError::TooManyTopics { .. } | HubError::Backend(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                HubError::AlreadyJoined(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// What the client is told. Never a backend's own error text (it may hold addresses or
+    /// credentials): that goes to the log only.
+    fn brief(&self) -> String {
+        match self {
+            Self::Draining => "the server is shutting down".into(),
+            Self::Handshake(why) => (*why).into(),
+            Self::Version => "unsupported websocket version (this server speaks 13)".into(),
+            Self::Origin => "origin not allowed".into(),
+            Self::Rejected(r) => r.reason().into(),
+            Self::Cap(CapExceeded::Total) => "too many connections".into(),
+            Self::Cap(CapExceeded::PerIp) => "too many connections from this address".into(),
+            Self::Hub(HubError::Backend(_)) => "service unavailable, try again later".into(),
+            Self::Hub(HubError::TooManyTopics { .. }) => "the server is full".into(),
+            Self::Hub(HubError::InboundRejected) => "this hub refused the connection".into(),
+            Self::Hub(HubError::NotJoined(_)) => "the server ended this connection".into(),
+            Self::Hub(HubError::AlreadyJoined(_)) => "internal error".into(),
+            Self::Hub(other) => other.to_string(),
+        }
+    }
+
+    /// Answers the request: status, a short text body, and `Retry-After` (503, 429) or
+    /// `Sec-WebSocket-Version` (426).
+    pub(crate) fn respond(&self, res: &mut Response, retry_after: Duration) {
+        let status = self.status();
+        res.status_code(status);
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) && let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+        {
+            res.headers_mut().insert(RETRY_AFTER, v);
+        }
+        if let Self::Version = self {
+            res.headers_mut().insert(
+                salvo::http::header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        res.render(self.brief());
+    }
+
+    /// Logs the refusal: backend failures as errors with their detail, the rest briefly.
+    pub(crate) fn log(&self, transport: &'static str, peer: Option<IpAddr>) {
+        let status = self.status().as_u16();
+        match self {
+            Self::Hub(e @ HubError::Backend(_)) => {
+                tracing::error!(transport, ?peer, status, error = %e, "connection refused: backend failed");
+            }
+            Self::Cap(which) => {
+                tracing::warn!(transport, ?peer, status, cap = ?which, "connection refused: cap reached");
+            }
+            other => {
+                tracing::info!(transport, ?peer, status, reason = %other.brief(), "connection refused");
+            }
+        }
+    }
+}
+
+/// Which transport a request is for: what the handshake must look like and where the resume
+/// position comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A WebSocket upgrade; resume from `?last=`.
+    WebSocket,
+    /// A `GET` for `text/event-stream`; resume from `Last-Event-ID` or `?lastEventId=`.
+    EventStream,
+}
+
+/// A request that passed every check: the hub connection to join and what it holds (slot,
+/// drain registration) until it ends.
+pub(crate) struct Admitted {
+    pub(crate) conn: Connection,
+    pub(crate) admission: Admission,
+}
+
+/// Which `Origin`s may connect: the request's own host, or an exact allowlist.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OriginPolicy {
+    allowed: Vec<String>,
+    require: bool,
+}
+
+impl OriginPolicy {
+    pub(crate) fn set_allowed(&mut self, origins: &[&str]) {
+        self.allowed = origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
+    }
+
+    pub(crate) fn set_required(&mut self, require: bool) {
+        self.require = require;
+    }
+
+    /// Exact, case-insensitive; one `Origin` header at most (a second one could smuggle a
+    /// foreign origin past a check that reads only the first).
+    pub(crate) fn check(&self, req: &Request) -> Result<(), Refusal> {
+        let mut values = req.headers().get_all(ORIGIN).iter();
+        let (Some(origin), None) = (values.next(), values.next()) else {
+            return if req.headers().contains_key(ORIGIN) || self.require {
+                Err(Refusal::Origin)
+            } else {
+                Ok(())
+            };
+        };
+        let origin = origin
+            .to_str()
+            .map_err(|_| Refusal::Origin)?
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        if self.allowed.contains(&origin) {
+            return Ok(());
+        }
+        // Same host: the origin's authority equals the Host header.
+        let authority = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        match (authority, host) {
+            (Some(a), Some(h)) if a == h => Ok(()),
+            _ => Err(Refusal::Origin),
+        }
+    }
+}
+
+/// An address range (`10.0.0.0/8`, `::1`, `fd00::/8`) of trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `addr` or `addr/prefix`.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (
+                a.trim().parse::<IpAddr>().ok()?,
+                Some(p.trim().parse::<u8>().ok()?),
+            ),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+/// The key the per-client cap counts: the address, with IPv6 grouped by /64 (one subscriber
+/// line or host usually holds a whole /64).
+pub(crate) fn cap_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the address it
+/// forwarded (`Forwarded: for=`, else the right-most untrusted `X-Forwarded-For` entry, else
+/// `X-Real-IP`). Headers from anyone else are ignored, so they can't be spoofed around a cap.
+pub(crate) fn client_ip(req: &Request, trusted: &[IpRange]) -> Option<IpAddr> {
+    let peer = canonical(req.remote_addr().ip()?);
+    if !trusted.iter().any(|r| r.contains(peer)) {
+        return Some(peer);
+    }
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
+    let headers = req.headers();
+    let joined = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let forwarded: Vec<IpAddr> = joined("forwarded")
+        .split(',')
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_node(v))?
+            })
+        })
+        .collect();
+    let chain = if forwarded.is_empty() {
+        joined("x-forwarded-for")
+            .split(',')
+            .filter_map(parse_node)
+            .collect()
+    } else {
+        forwarded
+    };
+    if let Some(ip) = chain.iter().rev().copied().find(|ip| !is_trusted(*ip)) {
+        return Some(ip);
+    }
+    if let Some(real) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_node)
+    {
+        return Some(real);
+    }
+    Some(chain.first().copied().unwrap_or(peer))
+}
+
+/// One address of a forwarding header: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:443"`,
+/// `2001:db8::1`; `unknown` and obfuscated names give `None`.
+fn parse_node(v: &str) -> Option<IpAddr> {
+    let v = v.trim().trim_matches('"');
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok().map(canonical);
+    }
+    v.rsplit_once(':')
+        .and_then(|(host, _port)| host.parse().ok())
+        .map(canonical)
+}
+
+/// Checks the WebSocket handshake of RFC 6455 §4.2.1 completely, before anything joins or is
+/// counted: GET over HTTP/1.1 or later, `Connection` with the `upgrade` token, `Upgrade:
+/// websocket`, a `Sec-WebSocket-Key` of 16 base64-encoded bytes, and version 13.
+pub(crate) fn check_handshake(req: &Request) -> Result<(), Refusal> {
+    use salvo::http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+    if req.method() != salvo::http::Method::GET {
+        return Err(Refusal::Handshake("a websocket handshake must be a GET"));
+    }
+    if req.version() < salvo::http::Version::HTTP_11 {
+        return Err(Refusal::Handshake("a websocket handshake needs HTTP/1.1"));
+    }
+    let headers = req.headers();
+    let has_token = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(CONNECTION, "upgrade") {
+        return Err(Refusal::Handshake("missing `Connection: upgrade`"));
+    }
+    if !has_token(UPGRADE, "websocket") {
+        return Err(Refusal::Handshake("missing `Upgrade: websocket`"));
+    }
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let key_ok = match (keys.next(), keys.next()) {
+        (Some(key), None) => {
+            let key = key.as_bytes();
+            key.len() == 24
+                && key.ends_with(b"==")
+                && key[..22]
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        }
+        _ => false,
+    };
+    if !key_ok {
+        return Err(Refusal::Handshake(
+            "missing or malformed `Sec-WebSocket-Key`",
+        ));
+    }
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (None, _) => Err(Refusal::Handshake("missing `Sec-WebSocket-Version`")),
+        (Some(v), None) if v.as_bytes() == b"13" => Ok(()),
+        _ => Err(Refusal::Version),
+    }
+}
+
+/// Settings both endpoints share; set through the endpoint's builder methods. Cloning copies
+/// every setting; the live state (open-connection counts, the drain) is shared.
 #[derive(Clone)]
 pub(crate) struct Common {
     topic_param: Arc<str>,
@@ -92,6 +455,8 @@ pub(crate) struct Common {
     identify: Option<Arc<IdentifyFn>>,
     pub(crate) caps: Caps,
     pub(crate) drain: Drain,
+    pub(crate) origins: OriginPolicy,
+    trusted_proxies: Vec<IpRange>,
     max_recent: usize,
 }
 
@@ -103,6 +468,8 @@ impl Common {
             identify: None,
             caps: Caps::new(10_000, 64),
             drain: Drain::new(),
+            origins: OriginPolicy::default(),
+            trusted_proxies: Vec::new(),
             max_recent: 1_000,
         }
     }
@@ -123,6 +490,17 @@ impl Common {
         F: Fn(&Request, &Depot) -> Result<Option<Identity>, Rejection> + Send + Sync + 'static,
     {
         self.identify = Some(Arc::new(f));
+    }
+
+    #[track_caller]
+    pub(crate) fn set_trusted_proxies(&mut self, ranges: &[&str]) {
+        self.trusted_proxies = ranges
+            .iter()
+            .map(|r| match IpRange::parse(r) {
+                Some(range) => range,
+                None => panic!("trusted proxy {r:?} is not an IP address or CIDR range"),
+            })
+            .collect();
     }
 
     /// The topics a request asks for: the closure's answer, else the path parameter named
@@ -151,45 +529,145 @@ impl Common {
             .collect()
     }
 
-    /// Builds the hub connection for a request: identity, topics and start position. `resume` is
-    /// the last id the client saw (header or query); it applies when the request names one
-    /// topic. Otherwise `recent=N` asks for the last N retained messages.
-    pub(crate) fn connection(
+    /// The whole lifecycle up to the join: handshake, origin, topics, resume positions,
+    /// identity, caps. Either every check passes and the connection holds its slot and drain
+    /// registration, or one [`Refusal`] says why and nothing is held or joined.
+    pub(crate) fn admit(
         &self,
         req: &Request,
         depot: &Depot,
-        resume: Option<&str>,
-    ) -> Result<Connection, Rejection> {
+        transport: Transport,
+    ) -> Result<Admitted, Refusal> {
+        if self.drain.is_draining() {
+            return Err(Refusal::Draining);
+        }
+        if transport == Transport::WebSocket {
+            check_handshake(req)?;
+        }
+        self.origins.check(req)?;
+        let topics = self.topics(req, depot)?;
+        let base = match req.query::<String>("recent") {
+            Some(n) => Position::Recent(
+                n.parse::<usize>()
+                    .map_err(|_| Rejection::bad_request("`recent` must be a number"))?
+                    .min(self.max_recent),
+            ),
+            None => Position::Live,
+        };
         let identity = match &self.identify {
             Some(f) => f(req, depot)?,
             None => None,
         };
-        let topics = self.topics(req, depot)?;
-        let position = match resume.filter(|s| !s.is_empty()) {
-            Some(last) if topics.len() == 1 => Position::After(
-                last.parse::<MessageId>()
-                    .map_err(|e| Rejection::bad_request(format!("resume position: {e}")))?,
-            ),
-            _ => match req.query::<String>("recent") {
-                Some(n) => Position::Recent(
-                    n.parse::<usize>()
-                        .map_err(|_| Rejection::bad_request("`recent` must be a number"))?
-                        .min(self.max_recent),
-                ),
-                None => Position::Live,
-            },
-        };
+        let resume = resume_values(req, transport);
         let mut conn = Connection::new();
+        let own_direct = identity
+            .as_ref()
+            .and_then(|i| Topic::new(&format!("{DIRECT_PREFIX}{}", i.user_id())).ok());
         if let Some(identity) = identity {
             conn = conn.authenticated(identity);
         }
-        if let Some(addr) = req.remote_addr().clone().into_std() {
-            conn = conn.remote_addr(addr);
+        let ip = client_ip(req, &self.trusted_proxies);
+        if let Some(ip) = ip {
+            let port = req.remote_addr().clone().into_std().map_or(0, |a| a.port());
+            conn = conn.with_remote_addr(std::net::SocketAddr::new(ip, port));
         }
-        Ok(topics
-            .into_iter()
-            .fold(conn, |c, topic| c.subscribe(topic, position)))
+        for (topic, from) in positions(&topics, own_direct.as_ref(), base, &resume) {
+            conn = conn.subscribe(topic, from);
+        }
+        let slot = self.caps.acquire(ip.map(cap_key)).map_err(Refusal::Cap)?;
+        let drain = self.drain.register(conn.id()).ok_or(Refusal::Draining)?;
+        Ok(Admitted {
+            conn,
+            admission: Admission { _slot: slot, drain },
+        })
     }
+
+    /// Admits and joins: the connection's subscription, or the refusal to answer with.
+    pub(crate) async fn connect<H: Hub>(
+        &self,
+        hub: &H,
+        req: &Request,
+        depot: &Depot,
+        transport: Transport,
+    ) -> Result<(Admitted, H::Subscription), Refusal> {
+        let admitted = self.admit(req, depot, transport)?;
+        match hub.join(&admitted.conn).await {
+            Ok(sub) => Ok((admitted, sub)),
+            Err(e) => Err(Refusal::Hub(e)),
+        }
+    }
+
+    /// Answers and logs a refusal.
+    pub(crate) fn refuse(
+        &self,
+        refusal: &Refusal,
+        req: &Request,
+        res: &mut Response,
+        transport: Transport,
+    ) {
+        let name = match transport {
+            Transport::WebSocket => "websocket",
+            Transport::EventStream => "sse",
+        };
+        refusal.log(name, req.remote_addr().ip());
+        refusal.respond(res, self.caps.retry_after());
+    }
+}
+
+/// The resume ids a request carries, each with the topic it names, if it names one.
+fn resume_values(req: &Request, transport: Transport) -> Vec<String> {
+    match transport {
+        Transport::WebSocket => req.queries().get_vec("last").cloned().unwrap_or_default(),
+        Transport::EventStream => req
+            .headers()
+            .get(LAST_EVENT_ID)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| req.query::<String>(LAST_EVENT_ID_QUERY))
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The request header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: &str = "last-event-id";
+/// The query parameter that stands in for it.
+const LAST_EVENT_ID_QUERY: &str = "lastEventId";
+
+/// Where each topic starts. `resume` holds ids as clients send them: `<topic>:<id>` names its
+/// topic (any requested topic, or the connection's own direct log `@<user>`, which is then
+/// added); a bare `<id>` (or one whose prefix names no such topic) applies when the request
+/// has exactly one topic. An id that doesn't parse gives [`Position::Invalid`] (a reset, never
+/// a refusal: a stale id must not lock a client out). Topics without an id start at `base`.
+pub(crate) fn positions(
+    topics: &[Topic],
+    own_direct: Option<&Topic>,
+    base: Position,
+    resume: &[String],
+) -> Vec<(Topic, Position)> {
+    let mut out: Vec<(Topic, Position)> = topics.iter().map(|t| (t.clone(), base)).collect();
+    let parse = |id: &str| {
+        id.parse::<MessageId>()
+            .map_or(Position::Invalid, Position::After)
+    };
+    for value in resume.iter().filter(|v| !v.is_empty()) {
+        let named = value.rsplit_once(':').and_then(|(name, id)| {
+            let known = topics
+                .iter()
+                .chain(own_direct)
+                .find(|t| t.as_str() == name)?;
+            Some((known.clone(), id))
+        });
+        match named {
+            Some((topic, id)) => match out.iter_mut().find(|(t, _)| *t == topic) {
+                Some(entry) => entry.1 = parse(id),
+                None => out.push((topic, parse(id))),
+            },
+            None if topics.len() == 1 => out[0].1 = parse(value),
+            None => {}
+        }
+    }
+    out
 }
 
 impl fmt::Debug for Common {
@@ -199,20 +677,23 @@ impl fmt::Debug for Common {
             .field("custom_topics", &self.topics.is_some())
             .field("identify", &self.identify.is_some())
             .field("caps", &self.caps)
+            .field("origins", &self.origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
 
-/// Caps on open connections, in total and per client IP; shared by clones of an endpoint.
+/// Caps on open connections, in total and per client address. The limits are settings (a
+/// clone has its own); the counts are shared by clones.
 #[derive(Clone)]
 pub(crate) struct Caps {
-    inner: Arc<CapsInner>,
+    max_total: usize,
+    max_per_ip: usize,
+    retry_after: Duration,
+    counts: Arc<Counts>,
 }
 
-struct CapsInner {
-    max_total: AtomicUsize,
-    max_per_ip: AtomicUsize,
-    retry_after: Mutex<Duration>,
+struct Counts {
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -227,38 +708,43 @@ pub(crate) enum CapExceeded {
 impl Caps {
     pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Self {
         Self {
-            inner: Arc::new(CapsInner {
-                max_total: AtomicUsize::new(max_total),
-                max_per_ip: AtomicUsize::new(max_per_ip),
-                retry_after: Mutex::new(Duration::from_secs(5)),
+            max_total,
+            max_per_ip,
+            retry_after: Duration::from_secs(5),
+            counts: Arc::new(Counts {
                 open: AtomicUsize::new(0),
                 per_ip: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    pub(crate) fn set_max_total(&self, n: usize) {
-        self.inner.max_total.store(n, Ordering::Relaxed);
+    pub(crate) fn set_max_total(&mut self, n: usize) {
+        self.max_total = n;
     }
 
-    pub(crate) fn set_max_per_ip(&self, n: usize) {
-        self.inner.max_per_ip.store(n, Ordering::Relaxed);
+    pub(crate) fn set_max_per_ip(&mut self, n: usize) {
+        self.max_per_ip = n;
     }
 
-    pub(crate) fn set_retry_after(&self, d: Duration) {
-        *self.inner.retry_after.lock() = d;
+    pub(crate) fn set_retry_after(&mut self, d: Duration) {
+        self.retry_after = d;
+    }
+
+    pub(crate) fn retry_after(&self) -> Duration {
+        self.retry_after
     }
 
     /// Connections holding a slot now.
     pub(crate) fn open(&self) -> usize {
-        self.inner.open.load(Ordering::Relaxed)
+        self.counts.open.load(Ordering::Relaxed)
     }
 
-    /// Takes a slot for a connection from `ip`, or says which cap is full.
+    /// Takes a slot for a connection from `ip` (already grouped by [`cap_key`]), or says which
+    /// cap is full.
     pub(crate) fn acquire(&self, ip: Option<IpAddr>) -> Result<Slot, CapExceeded> {
-        let inner = &self.inner;
-        let max_total = inner.max_total.load(Ordering::Relaxed);
-        if inner
+        let counts = &self.counts;
+        let max_total = self.max_total;
+        if counts
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max_total).then_some(n + 1)
@@ -268,14 +754,13 @@ impl Caps {
             return Err(CapExceeded::Total);
         }
         let mut slot = Slot {
-            caps: self.clone(),
+            counts: Arc::clone(&self.counts),
             ip: None,
         };
         if let Some(ip) = ip {
-            let max = inner.max_per_ip.load(Ordering::Relaxed);
-            let mut map = inner.per_ip.lock();
+            let mut map = counts.per_ip.lock();
             let count = map.entry(ip).or_insert(0);
-            if *count >= max {
+            if *count >= self.max_per_ip {
                 if *count == 0 {
                     map.remove(&ip);
                 }
@@ -288,47 +773,28 @@ impl Caps {
         }
         Ok(slot)
     }
-
-    /// Answers a refused request: 503 when the server is full, 429 when this client has too
-    /// many connections, both with `Retry-After`.
-    pub(crate) fn reject(&self, which: CapExceeded, res: &mut Response) {
-        let (status, reason) = match which {
-            CapExceeded::Total => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
-            CapExceeded::PerIp => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address",
-            ),
-        };
-        let secs = self.inner.retry_after.lock().as_secs().max(1);
-        res.status_code(status);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            res.headers_mut().insert(RETRY_AFTER, v);
-        }
-        res.render(reason);
-    }
 }
 
 impl fmt::Debug for Caps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Caps")
             .field("open", &self.open())
-            .field("max_total", &self.inner.max_total.load(Ordering::Relaxed))
-            .field("max_per_ip", &self.inner.max_per_ip.load(Ordering::Relaxed))
+            .field("max_total", &self.max_total)
+            .field("max_per_ip", &self.max_per_ip)
             .finish()
     }
 }
 
 /// A held connection slot; dropping it gives the slot back, on every path.
 pub(crate) struct Slot {
-    caps: Caps,
+    counts: Arc<Counts>,
     ip: Option<IpAddr>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let inner = &self.caps.inner;
         if let Some(ip) = self.ip {
-            let mut map = inner.per_ip.lock();
+            let mut map = self.counts.per_ip.lock();
             if let Some(count) = map.get_mut(&ip) {
                 *count -= 1;
                 if *count == 0 {
@@ -336,7 +802,7 @@ impl Drop for Slot {
                 }
             }
         }
-        inner.open.fetch_sub(1, Ordering::AcqRel);
+        self.counts.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -506,35 +972,6 @@ pub(crate) struct Admission {
     pub(crate) drain: DrainGuard,
 }
 
-impl Common {
-    /// Admits a request as a connection or answers it (503/429 with `Retry-After`). Nothing is
-    /// held when this fails.
-    pub(crate) fn admit(
-        &self,
-        req: &Request,
-        conn: ConnectionId,
-        res: &mut Response,
-    ) -> Option<Admission> {
-        if self.drain.is_draining() {
-            self.caps.reject(CapExceeded::Total, res);
-            return None;
-        }
-        let slot = match self.caps.acquire(req.remote_addr().ip()) {
-            Ok(slot) => slot,
-            Err(which) => {
-                tracing::warn!(peer = ?req.remote_addr(), cap = ?which, "connection refused: cap reached");
-                self.caps.reject(which, res);
-                return None;
-            }
-        };
-        let Some(drain) = self.drain.register(conn) else {
-            self.caps.reject(CapExceeded::Total, res);
-            return None;
-        };
-        Some(Admission { _slot: slot, drain })
-    }
-}
-
 /// The builder methods both endpoints share.
 macro_rules! common_builders {
     () => {
@@ -582,23 +1019,62 @@ macro_rules! common_builders {
         /// Most connections open at once on this endpoint; past it, 503 with `Retry-After`.
         /// Default: 10,000.
         #[must_use]
-        pub fn max_connections(self, n: usize) -> Self {
+        pub fn max_connections(mut self, n: usize) -> Self {
             self.common.caps.set_max_total(n);
             self
         }
 
-        /// Most connections open at once from one client IP; past it, 429 with `Retry-After`.
-        /// Default: 64.
+        /// Most connections open at once from one client address (IPv6: one /64); past it,
+        /// 429 with `Retry-After`. Behind a reverse proxy, set
+        /// [`trusted_proxies`](Self::trusted_proxies) so that this counts clients, not the
+        /// proxy. Default: 64.
         #[must_use]
-        pub fn max_connections_per_ip(self, n: usize) -> Self {
+        pub fn max_connections_per_ip(mut self, n: usize) -> Self {
             self.common.caps.set_max_per_ip(n);
             self
         }
 
         /// The `Retry-After` sent with 503 and 429. Default: 5 s.
         #[must_use]
-        pub fn retry_after(self, d: std::time::Duration) -> Self {
+        pub fn retry_after(mut self, d: std::time::Duration) -> Self {
             self.common.caps.set_retry_after(d);
+            self
+        }
+
+        /// Proxies (addresses or CIDR ranges: `"127.0.0.1"`, `"10.0.0.0/8"`, `"fd00::/8"`)
+        /// whose forwarding headers are believed. A request whose TCP peer is one of them
+        /// counts as coming from the address it forwarded: `Forwarded: for=`, else the
+        /// right-most `X-Forwarded-For` entry that isn't a trusted proxy, else `X-Real-IP`.
+        /// From any other peer those headers are ignored, so a client can't spoof its way
+        /// around the per-address cap. Default: none (right for a server that faces clients
+        /// directly; behind nginx on the same host, trust `"127.0.0.1"` and `"::1"`).
+        ///
+        /// # Panics
+        ///
+        /// If an entry is not an IP address or a CIDR range: a configuration mistake, caught
+        /// at startup.
+        #[must_use]
+        #[track_caller]
+        pub fn trusted_proxies(mut self, ranges: &[&str]) -> Self {
+            self.common.set_trusted_proxies(ranges);
+            self
+        }
+
+        /// Origins (scheme, host and port, e.g. `https://app.example.com`) allowed besides the
+        /// request's own host; compared exactly, case-insensitively, no wildcards. A request
+        /// with another `Origin`, or with two `Origin` headers, gets 403 before anything else
+        /// happens. Default: none (same host only).
+        #[must_use]
+        pub fn allowed_origins(mut self, origins: &[&str]) -> Self {
+            self.common.origins.set_allowed(origins);
+            self
+        }
+
+        /// Refuses requests without an `Origin` header (403). Default: `false`: only browsers
+        /// send `Origin`, and cross-site hijacking needs a browser.
+        #[must_use]
+        pub fn require_origin(mut self, require: bool) -> Self {
+            self.common.origins.set_required(require);
             self
         }
 

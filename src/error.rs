@@ -96,6 +96,22 @@ pub enum HubError {
         /// The configured limit.
         limit: usize,
     },
+    /// The connection's owner (its user, or for an anonymous connection its client address)
+    /// already created [`max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) topics
+    /// or rooms that the hub still holds: one client can't fill the hub for everyone.
+    #[error("this user or address created {limit} topics that still exist")]
+    TooManyCreated {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A text payload from a connection is JSON nested deeper than
+    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH): relaying it would break other clients'
+    /// parsers.
+    #[error("json nested deeper than {limit} levels")]
+    JsonTooDeep {
+        /// The limit.
+        limit: usize,
+    },
     /// A connection asked for more topics or rooms than one connection may hold.
     #[error("a connection may hold at most {limit} topics or rooms")]
     TooManySubscriptions {

@@ -8,7 +8,7 @@
 //! | [`sse::SseEndpoint`] | an SSE endpoint over any hub: ids on every event, `Last-Event-ID` resume, keep-alive |
 //! | [`Drain`], [`Rejection`] | graceful shutdown and request refusal, shared by both endpoints |
 //! | [`client::ClientScript`] | the browser client (reconnect, resume, dedup) served at a path you pick |
-//! | [`Backend`] | where ids, history and presence live: in memory ([`Local`]) or remote (`redis` feature) |
+//! | [`backend`] | where ids, history and presence live: in memory ([`backend::Local`]) or remote (`redis` feature) |
 //!
 //! # The hub core
 //!
@@ -53,7 +53,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `redis` | no | the `redis` module: a Redis [`Backend`], so that several server processes behave as one hub |
+//! | `redis` | no | the `redis` module: a Redis [`backend::Backend`], so that several server processes behave as one hub |
 //! | `browser-tests` | no | builds the headless-Chromium tests of the example pages (CI only) |
 //!
 //! # Minimum supported Rust version
@@ -74,11 +74,19 @@ pub mod ws;
 
 pub use endpoint::{Drain, Rejection};
 pub use hub::{
-    Applied, Backend, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
-    Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, Local, Member, Message,
-    MessageId, Mirror, Offset, PRESENCE_JOIN, PRESENCE_LEAVE, Payload, Position, Presence, PubSub,
-    Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic, TopicCount, WeakMirror,
+    Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Epoch,
+    EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member, Message, MessageId,
+    Offset, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position, Presence, PubSub,
+    Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic, TopicCount,
 };
+
+/// Where a hub's ids, history and presence live: the [`Backend`](backend::Backend) seam, its
+/// in-memory implementation [`Local`](backend::Local), and the [`Mirror`](backend::Mirror)
+/// through which a remote backend feeds a node's local logs. Needed only to write a backend or
+/// to name a hub's backend type (`Rooms<B>`).
+pub mod backend {
+    pub use crate::hub::{Applied, Backend, Local, Mirror, WeakMirror};
+}
 
 /// Compiles the README's code blocks as doc-tests, so its quick start can't rot.
 #[cfg(doctest)]

@@ -32,10 +32,10 @@
 //!
 //! | delivery | `event:` | `data:` | `id:` |
 //! |---|---|---|---|
-//! | [`Delivery::Message`] | the message's event name, if any (else the browser's `message`) | the text payload; a binary payload in base64 | the [`MessageId`](crate::MessageId) |
+//! | [`Delivery::Message`] | the message's event name, if any (else the browser's `message`) | the text payload; a binary payload in base64 | the [`MessageId`](crate::MessageId); none for a live-only notice ([`Message::is_ephemeral`](crate::Message::is_ephemeral)) |
 //! | [`Delivery::Reset`] | `reset` | [`Delivery::envelope_json`] | the reset's `replay_after` |
 //! | [`Delivery::Lagged`] | `lagged` | [`Delivery::envelope_json`] | none |
-//! | [`Delivery::Presence`] | `presence` | [`Delivery::envelope_json`] | none |
+//! | [`Delivery::Presence`] | `presence` | [`Delivery::envelope_json`] (a big room's snapshot in several events; `"more":false` on the last) | none |
 //!
 //! A payload spanning several lines (LF, CR or CRLF) becomes one `data:` line per line, so the
 //! browser's `event.data` holds the text with its line breaks normalised to LF. Binary payloads
@@ -54,10 +54,23 @@
 //! the client receives exactly what it missed, then live messages, with no gap and no duplicate.
 //! When the hub can't honour it (the id belongs to another epoch because the server restarted,
 //! or history has moved past it), a `reset` event comes first, then what history holds, then
-//! live messages. The reset's `id:` is the position that replay starts after, so a client that
-//! reconnects before the next message resumes cleanly instead of being reset again. An id that
-//! doesn't parse is refused with 400 before anything joins. With several topics an id can't say
-//! where each one was, so it is ignored and `?recent=N` applies instead.
+//! live messages. An id that can't be read at all (another app on the same origin, an old id
+//! format) gets the same, with reason `invalid`: the stream still opens with 200, because an
+//! `EventSource` gives up for good after any other status. The reset's `id:` is the position
+//! that replay starts after, so a client that reconnects before the next message resumes
+//! cleanly instead of being reset again. With several topics one id can't say where each one
+//! was, so it is ignored and `?recent=N` applies instead. Presence notices (`presence.join`,
+//! `presence.leave`) carry no `id:` line, so they never move the browser's resume position.
+//!
+//! # Refusals
+//!
+//! The request goes through the same checks as a WebSocket (see [`ws`](crate::ws), "What a
+//! connection goes through"), with the same status for each refusal: origin (403: the same
+//! policy, [`allowed_origins`](SseEndpoint::allowed_origins) and
+//! [`require_origin`](SseEndpoint::require_origin), so a third-party page can't open a
+//! credentialed `EventSource` and join in the victim's name), bad topic or `recent` (400),
+//! identity (401/403), caps (503/429 with `Retry-After`), the hub's refusal (400, 403, 429,
+//! 503). Nothing joins until every check has passed.
 //!
 //! # Lag
 //!
@@ -93,19 +106,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use salvo::http::header::{CACHE_CONTROL, HeaderName, HeaderValue};
-use salvo::http::{Request, Response, StatusError};
+use salvo::http::{Request, Response};
 use salvo::sse::{SseEvent, SseKeepAlive};
 use salvo::{Depot, FlowCtrl, Handler};
 use tracing::{Instrument, Span};
 
-use crate::endpoint::{Admission, Common, common_builders};
-use crate::error::HubError;
+use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
+use crate::hub::message::base64;
 use crate::{Connection, Delivery, Hub, Payload};
-
-/// The request header a reconnecting `EventSource` sends.
-const LAST_EVENT_ID: &str = "last-event-id";
-/// The query parameter that stands in for the header.
-const LAST_EVENT_ID_QUERY: &str = "lastEventId";
 
 /// Serves a hub over Server-Sent Events; see the [module docs](self).
 ///
@@ -132,8 +140,9 @@ pub struct SseEndpoint<H> {
     retry: Duration,
 }
 
-/// Clones serve the same hub and share the connection caps, the open-connection count and the
-/// drain (so a cap set on one applies to all); the other settings are copied.
+/// Clones serve the same hub. Each clone has its own settings (changing a clone's never
+/// changes the original's); the live state is shared: the open-connection count and the
+/// [`Drain`](crate::Drain).
 impl<H> Clone for SseEndpoint<H> {
     fn clone(&self) -> Self {
         Self {
@@ -195,43 +204,25 @@ impl<H: Hub> Handler for SseEndpoint<H> {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
-        let resume = last_event_id(req);
-        let conn = match self.common.connection(req, depot, resume.as_deref()) {
-            Ok(conn) => conn,
-            Err(rejection) => {
-                tracing::info!(
-                    peer = ?req.remote_addr(),
-                    status = rejection.status().as_u16(),
-                    %rejection,
-                    "sse request rejected"
-                );
-                rejection.write(res);
+        let (admitted, subscription) = match self
+            .common
+            .connect(&*self.hub, req, depot, Transport::EventStream)
+            .await
+        {
+            Ok(joined) => joined,
+            Err(refusal) => {
+                self.common
+                    .refuse(&refusal, req, res, Transport::EventStream);
                 return;
             }
         };
+        let Admitted { conn, admission } = admitted;
         let span = tracing::info_span!(
             "sse",
             conn = %conn.id(),
-            peer = ?conn.peer_addr(),
+            peer = ?conn.remote_addr(),
             user = conn.user_id(),
         );
-        let Some(admission) = self.common.admit(req, conn.id(), res) else {
-            return;
-        };
-        let subscription = match self.hub.join(&conn).await {
-            Ok(subscription) => subscription,
-            Err(e) => {
-                let status = match e {
-                    HubError::InvalidTopic(_) | HubError::TooManySubscriptions { .. } => {
-                        StatusError::bad_request()
-                    }
-                    _ => StatusError::service_unavailable(),
-                };
-                tracing::warn!(parent: &span, error = %e, "sse join refused by the hub");
-                res.render(status.brief(e.to_string()));
-                return;
-            }
-        };
         tracing::info!(
             parent: &span,
             topics = ?conn.topics(),
@@ -259,17 +250,6 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             HeaderValue::from_static("no"),
         );
     }
-}
-
-/// The resume position the client sent: the `Last-Event-ID` header, else the `lastEventId`
-/// query parameter. A header that isn't UTF-8 is passed on lossily so that it fails to parse
-/// (400) after identity has been checked, like any other bad id.
-fn last_event_id(req: &Request) -> Option<String> {
-    req.headers()
-        .get(LAST_EVENT_ID)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| req.query::<String>(LAST_EVENT_ID_QUERY))
 }
 
 /// Encodes one delivery as the SSE event the endpoint sends (see the table in the
@@ -300,9 +280,10 @@ fn last_event_id(req: &Request) -> Option<String> {
 pub fn encode(delivery: &Delivery) -> SseEvent {
     match delivery {
         Delivery::Message(m) => {
-            let event = SseEvent::default()
-                .id(m.id().to_string())
-                .text(payload_text(m.payload()));
+            let mut event = SseEvent::default().text(payload_text(m.payload()));
+            if !m.is_ephemeral() {
+                event = event.id(m.id().to_string());
+            }
             match m.event() {
                 Some(name) => event.name(name.as_str()),
                 None => event,
@@ -327,26 +308,6 @@ fn payload_text(payload: &Payload) -> String {
         Some(text) => text.to_owned(),
         None => base64(payload.as_bytes()),
     }
-}
-
-/// Standard base64 (RFC 4648 alphabet, `=` padding), small enough not to need a dependency.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
 }
 
 /// Everything one open stream holds. Salvo drops the body stream when the client disconnects,
@@ -437,27 +398,4 @@ fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<SseEvent, Infallib
         }
         None
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in cases {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
-        assert_eq!(base64(&[0xfb, 0xef]), "++8=");
-    }
 }

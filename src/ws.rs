@@ -17,24 +17,45 @@
 //!
 //! # What a connection goes through
 //!
-//! Before the upgrade (answered with an HTTP status, nothing joined):
+//! Before the upgrade, every check runs, in this order, and the first that fails answers with
+//! an HTTP status; nothing is joined or counted until all have passed (the same lifecycle as
+//! the SSE endpoint, with the same status for the same refusal):
 //!
-//! 1. **Origin.** A browser's `Origin` must name the request's own `Host`, or be on the
-//!    [`allowed_origins`](WsEndpoint::allowed_origins) list (exact match, no wildcards): else 403.
-//!    Requests without `Origin` (non-browser clients) pass unless
-//!    [`require_origin`](WsEndpoint::require_origin) is set. Pages with an opaque origin
-//!    (`file://`, sandboxed frames) send `Origin: null`, which never matches: serve the page
-//!    from an allowed origin.
-//! 2. **Request.** The topics (path or query parameter `topic`, or a closure) and the resume
-//!    position (`last=<id>`, or `recent=<n>`); malformed ones: 400.
-//! 3. **Identity.** The [`identify`](WsEndpoint::identify) closure: 401/403 on rejection.
-//! 4. **Caps.** Open connections in total (503) and per client IP (429), with `Retry-After`.
+//! 1. **Drain.** A draining endpoint answers 503.
+//! 2. **Handshake** (RFC 6455 §4.2.1): `GET` over HTTP/1.1 or later, `Connection: upgrade`,
+//!    `Upgrade: websocket`, a well-formed `Sec-WebSocket-Key`: else 400.
+//!    `Sec-WebSocket-Version` other than 13: 426 with `Sec-WebSocket-Version: 13`.
+//! 3. **Origin.** A browser's `Origin` must name the request's own `Host`, or be on the
+//!    [`allowed_origins`](WsEndpoint::allowed_origins) list (exact match, no wildcards): else
+//!    403; two `Origin` headers: 403. Requests without `Origin` (non-browser clients) pass
+//!    unless [`require_origin`](WsEndpoint::require_origin) is set. Pages with an opaque origin
+//!    (`file://`, sandboxed frames) send `Origin: null`, which never matches.
+//! 4. **Request.** The topics (path or query parameter `topic`, or a closure; a bad name is
+//!    400) and where each starts: `recent=<n>` (not a number: 400), and `last=` ids (below).
+//! 5. **Identity.** The [`identify`](WsEndpoint::identify) closure: 401/403 on rejection.
+//! 6. **Caps.** Open connections in total (503) and per client address (429, IPv6 per /64,
+//!    behind [`trusted_proxies`](WsEndpoint::trusted_proxies) the forwarded address), with
+//!    `Retry-After`.
+//! 7. **Join.** The hub's refusal maps to a status: 400 (bad topic, too many subscriptions),
+//!    403 (the hub refuses connections, or the server ended this one while it joined), 429
+//!    (this client created too many topics), 503 (hub full, backend down; details are
+//!    logged, never sent).
 //!
 //! The connection joins the hub before the `101` is sent, so everything published after the
-//! client sees the upgrade reaches it. Then one task serves it: it sends every
-//! delivery that is ready and flushes once per burst, reads client frames into
-//! [`Hub::receive`], pings, and enforces the limits below. On every way out it leaves the hub
-//! exactly once and frees its slot.
+//! client sees the upgrade reaches it. Then one task serves it: it sends every delivery that
+//! is ready and flushes once per burst, reads client frames into [`Hub::receive`], pings, and
+//! enforces the limits below. On every way out it completes the closing handshake, leaves the
+//! hub exactly once and frees its slot.
+//!
+//! # Resume
+//!
+//! A client keeps the `id` of the last message per topic and reconnects with `?last=<id>` (a
+//! request with one topic) or one `?last=<topic>:<id>` per topic (any number of topics; the
+//! id never contains `:`, so the last `:` splits). `last=@<user>:<id>` resumes the
+//! connection's own direct-message log of [`Rooms`](crate::Rooms). Each topic then gets
+//! exactly what it missed, or a `reset` first when that can't be done (another epoch, expired,
+//! ahead), and an id that can't be read at all gets a `reset` with reason `invalid`: a stale
+//! id never locks a client out.
 //!
 //! # Wire format
 //!
@@ -43,15 +64,39 @@
 //!
 //! ```text
 //! {"type":"message","topic":"lobby","id":"3f9a0c1de2b47781-7","event":"chat","from":"alice","ts":1764277200000,"data":"hi"}
-//! {"type":"presence","topic":"lobby","members":[{"user":"alice","connections":2}]}
+//! {"type":"message","topic":"lobby","event":"presence.join","from":"bob","ts":1764277200000,"data":{"user":"bob","data":null}}
+//! {"type":"message","topic":"files","id":"3f9a0c1de2b47781-8","ts":1764277200000,"data":"AAEC","binary":true}
+//! {"type":"presence","topic":"lobby","members":[{"user":"alice","connections":2}],"more":false}
 //! {"type":"reset","topic":"lobby","requested":"..","epoch":"..","replay_after":"..","reason":"epoch_changed"}
 //! {"type":"lagged","topic":"lobby","missed":12}
 //! {"type":"error","error":"rate_limited","message":".."}
 //! ```
 //!
-//! A client keeps the `id` of the last message per topic and reconnects with `?last=<id>`.
+//! Presence notices (`presence.join`, `presence.leave`) have no `id`: they are live-only and
+//! never resumed from. A presence snapshot of a big room comes in several frames; the one with
+//! `"more":false` completes it. A binary payload travels as base64 with `"binary":true`. A
+//! reset's `requested` is `null` when the id sent couldn't be read (reason `invalid`).
+//!
+//! `error` frames tell the sender about a message of its own that was not delivered:
+//!
+//! | `error` | meaning |
+//! |---|---|
+//! | `rate_limited` | over the inbound rate limit ([`RatePolicy::Reject`]); dropped |
+//! | `unavailable` | the hub's backend failed or timed out; not delivered, safe to retry |
+//! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); dropped |
+//! | `refused` | the hub refused it (for example [`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//!
+//! Order: an `error` frame is sent after every delivery the connection had ready when its
+//! message was refused, so with an in-memory hub the echo of an earlier accepted message
+//! always comes before the error for a later one. With a remote backend, deliveries travel
+//! through it and may come after.
+//!
 //! Client frames (text or binary) go to the hub as they are. With [`Framing::Raw`] messages
-//! travel as bare payloads (text as text frames, binary as binary frames), without ids.
+//! travel as bare payloads (text as text frames, binary as binary frames), without ids, and
+//! the connection carries nothing else, so a member's text can never pass for a server notice:
+//! no presence, reset or `error` frames. What those would tell becomes a close: lost messages
+//! (lag) close 1008 whatever the slow-consumer policy, a refused or rate-limited message closes
+//! 1008, a backend failure 1011.
 //!
 //! # Limits and close codes
 //!
@@ -59,31 +104,41 @@
 //! |---|---|---|
 //! | message size | 64 KiB | close 1009 |
 //! | text that isn't UTF-8 | | close 1007 |
-//! | protocol violation | | close 1002 |
-//! | inbound rate (token bucket) | 50 msg/s, burst 100 | [`RatePolicy::Reject`]: dropped, client told (`error` frame); [`RatePolicy::Close`]: close 1008 |
+//! | protocol violation (bad frame, close code 1005/1006/1015/<1000 from the client) | | close 1002 |
+//! | inbound rate (token bucket; every frame counts, pings and pongs too) | 50 msg/s, burst 100 | [`RatePolicy::Reject`]: dropped, client told (`error` frame); [`RatePolicy::Close`]: close 1008. A ping or pong past the limit always closes 1008: there is no message to refuse |
 //! | heartbeat | ping every 30 s | no pong within 20 s: close 1008 |
 //! | idle | off | no client message within it: close 1000 |
 //! | slow consumer | lost messages / 10 s stuck send | [`SlowConsumerPolicy::Disconnect`]: close 1008; [`SlowConsumerPolicy::SkipAhead`]: `lagged` frame, continue |
 //! | graceful drain | | close 1001 |
-//! | hub refuses the join | | 400 (bad request for this hub) or 503 (hub full, backend down), before the upgrade |
+//! | backend down when the client sends | | `error` frame `unavailable`; the connection stays up |
+//!
+//! # Closing
+//!
+//! The closing handshake follows RFC 6455 §5.5.1 and §7. When the client sends Close, the
+//! server answers with Close (echoing the code, or 1002 for a code that may not be sent:
+//! 1005, 1006, 1015, below 1000) and then closes TCP. When the server closes (the codes above),
+//! it sends Close, waits up to 2 s for the client's Close, then closes TCP. Codes are in
+//! [`close_code`].
 //!
 //! # Memory
 //!
 //! Tungstenite's default config gives every connection a 128 KiB read buffer. This endpoint
 //! uses a 1 KiB read buffer (subscribers read little; the buffer grows to fit a larger message)
 //! and a 4 KiB write buffer (the writer batches frames into it), so an idle connection costs
-//! about 6 KiB; the write buffer is capped at 1 MiB so a stalled client can't hold more. Outbound messages are not queued per
-//! connection: a slow connection reads the hub's shared buffer and history at its own pace, so
-//! memory per connection stays bounded whatever the publish rate.
+//! about 6 KiB. A burst is flushed whenever it has buffered 1 MiB
+//! ([`max_write_buffer`](WsEndpoint::max_write_buffer)), so a stalled client can't hold more
+//! than that plus one frame; a frame larger than it is still sent whole (no frame the server
+//! produces can end a connection). Outbound messages are not queued per connection: a slow
+//! connection reads the hub's shared buffer and history at its own pace, so memory per
+//! connection stays bounded whatever the publish rate.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use salvo::http::StatusError;
-use salvo::http::header::{HOST, ORIGIN};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use salvo::websocket::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use tokio::time::Instant;
@@ -91,24 +146,34 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tracing::Instrument;
 
-use crate::endpoint::{Admission, Common, common_builders};
+use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload};
 
-/// Close code: the server is going away (graceful drain).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: the client broke the WebSocket protocol.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-/// Close code: a text frame was not valid UTF-8.
-pub const CLOSE_INVALID_DATA: u16 = 1007;
-/// Close code: a policy was violated (rate limit, slow consumer, heartbeat, join refused).
-pub const CLOSE_POLICY: u16 = 1008;
-/// Close code: a message exceeded the size limit.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code: the hub failed (backend error).
-pub const CLOSE_INTERNAL: u16 = 1011;
-/// Close code: normal closure (idle timeout, subscription ended).
-pub const CLOSE_NORMAL: u16 = 1000;
+/// The close codes this endpoint sends (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// Normal closure: idle timeout, or the hub ended the subscription.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going away (graceful drain).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (a bad frame, a close code it may not send).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A policy was violated: rate limit, slow consumer, heartbeat timeout; and under
+    /// [`Framing::Raw`](super::Framing::Raw), a refused message.
+    pub const POLICY: u16 = 1008;
+    /// A message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The hub failed (under [`Framing::Raw`](super::Framing::Raw) only: with envelopes a
+    /// failed send is an `error` frame and the connection stays up).
+    pub const INTERNAL: u16 = 1011;
+}
+
+use close_code::{GOING_AWAY, INTERNAL, INVALID_DATA, NORMAL, POLICY, PROTOCOL_ERROR, TOO_BIG};
+
+/// How long a closing connection waits for the client's Close after sending its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What a slow connection gets when it loses messages (it fell behind the hub's buffer and
 /// history) or a send stays stuck for the send timeout.
@@ -119,6 +184,7 @@ pub enum SlowConsumerPolicy {
     #[default]
     Disconnect,
     /// Send a `lagged` frame with the count, then go on from the oldest retained message.
+    /// Under [`Framing::Raw`] there is no `lagged` frame: it disconnects.
     SkipAhead,
 }
 
@@ -126,7 +192,8 @@ pub enum SlowConsumerPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RatePolicy {
-    /// Drop the message and send an `error` frame with `"error":"rate_limited"`.
+    /// Drop the message and send an `error` frame with `"error":"rate_limited"` (under
+    /// [`Framing::Raw`]: close 1008).
     #[default]
     Reject,
     /// Close with 1008.
@@ -140,8 +207,8 @@ pub enum Framing {
     /// Every delivery is a JSON text frame with type, topic, id, event, sender and data.
     #[default]
     Envelope,
-    /// Messages are bare payloads: text as text frames, binary as binary frames. Resets, lag
-    /// and presence still come as JSON envelopes.
+    /// Messages are bare payloads: text as text frames, binary as binary frames; nothing else
+    /// is sent in-band (see the [module docs](self#wire-format)).
     Raw,
 }
 
@@ -200,8 +267,6 @@ impl Bucket {
 
 #[derive(Debug, Clone)]
 struct Settings {
-    origins: Vec<String>,
-    require_origin: bool,
     max_message: usize,
     read_buffer: usize,
     write_buffer: usize,
@@ -220,8 +285,6 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            origins: Vec::new(),
-            require_origin: false,
             max_message: 64 * 1024,
             read_buffer: 1024,
             write_buffer: 4 * 1024,
@@ -241,6 +304,10 @@ impl Default for Settings {
 
 /// A Salvo handler that serves WebSocket connections attached to a [`Hub`]. See the
 /// [module docs](self) for the whole behaviour, limits and close codes.
+///
+/// Clones serve the same hub. Each clone has its own settings (changing a clone's never
+/// changes the original's); the live state is shared: the open-connection count and the
+/// [`Drain`](crate::Drain).
 pub struct WsEndpoint<H> {
     hub: Arc<H>,
     common: Common,
@@ -285,24 +352,6 @@ impl<H: Hub> WsEndpoint<H> {
 
     common_builders!();
 
-    /// Origins (scheme, host and port, e.g. `https://app.example.com`) allowed besides the
-    /// request's own host; compared exactly, case-insensitively. Default: none.
-    #[must_use]
-    pub fn allowed_origins(self, origins: &[&str]) -> Self {
-        let origins = origins
-            .iter()
-            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-            .collect();
-        self.set(|s| s.origins = origins)
-    }
-
-    /// Refuses requests without an `Origin` header (403). Default: `false`, since only browsers
-    /// send `Origin` and cross-site hijacking needs a browser.
-    #[must_use]
-    pub fn require_origin(self, require: bool) -> Self {
-        self.set(|s| s.require_origin = require)
-    }
-
     /// Largest message (and frame) accepted from a client, in bytes; larger ones close the
     /// connection with 1009. Default: 64 KiB.
     #[must_use]
@@ -320,7 +369,8 @@ impl<H: Hub> WsEndpoint<H> {
         })
     }
 
-    /// Most bytes a connection's write buffer may hold before sends wait. Default: 1 MiB.
+    /// Most bytes a burst buffers before it flushes and waits for the client to take them.
+    /// A single frame larger than this is still sent. Default: 1 MiB.
     #[must_use]
     pub fn max_write_buffer(self, bytes: usize) -> Self {
         self.set(|s| s.max_write_buffer = bytes)
@@ -349,7 +399,8 @@ impl<H: Hub> WsEndpoint<H> {
         self.set(|s| s.send_timeout = timeout)
     }
 
-    /// Limits inbound messages per connection (`None`: unlimited). Default: 50/s, burst 100.
+    /// Limits inbound frames per connection (`None`: unlimited). Every frame counts: messages,
+    /// pings and pongs. Default: 50/s, burst 100.
     #[must_use]
     pub fn rate_limit(self, limit: Option<RateLimit>) -> Self {
         self.set(|s| s.rate = limit)
@@ -373,35 +424,14 @@ impl<H: Hub> WsEndpoint<H> {
         self.set(|s| s.framing = framing)
     }
 
-    fn origin_allowed(&self, req: &Request) -> bool {
-        let Some(origin) = req.headers().get(ORIGIN) else {
-            return !self.settings.require_origin;
-        };
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self.settings.origins.contains(&origin) {
-            return true;
-        }
-        // Same host: the origin's authority equals the Host header.
-        let authority = origin
-            .strip_prefix("https://")
-            .or_else(|| origin.strip_prefix("http://"));
-        let host = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_ascii_lowercase);
-        matches!((authority, host), (Some(a), Some(h)) if a == h)
-    }
-
     fn config(&self) -> WebSocketConfig {
         let s = &self.settings;
+        // The write-buffer cap is ours (a burst flushes at `max_write_buffer`), so tungstenite's
+        // hard cap never refuses a frame the server produced.
         WebSocketConfig::default()
             .read_buffer_size(s.read_buffer)
             .write_buffer_size(s.write_buffer)
-            .max_write_buffer_size(s.max_write_buffer.max(s.write_buffer + s.max_message + 1))
+            .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(s.max_message))
             .max_frame_size(Some(s.max_message))
     }
@@ -416,40 +446,16 @@ impl<H: Hub> Handler for WsEndpoint<H> {
         res: &mut Response,
         _ctrl: &mut FlowCtrl,
     ) {
-        if !self.origin_allowed(req) {
-            tracing::warn!(peer = ?req.remote_addr(), origin = ?req.headers().get(ORIGIN), "websocket refused: origin not allowed");
-            res.render(StatusError::forbidden().brief("origin not allowed"));
-            return;
-        }
-        let resume = req.query::<String>("last");
-        let conn = match self.common.connection(req, depot, resume.as_deref()) {
-            Ok(conn) => conn,
-            Err(rejection) => {
-                tracing::info!(peer = ?req.remote_addr(), %rejection, "websocket refused");
-                rejection.write(res);
-                return;
-            }
-        };
-        if !is_upgrade_request(req) {
-            // Let Salvo answer what's wrong (400) before anything is joined or counted.
-            if let Err(e) = WebSocketUpgrade::new()
-                .upgrade(req, res, |_| async {})
-                .await
-            {
-                res.render(e);
-            }
-            return;
-        }
-        let Some(admission) = self.common.admit(req, conn.id(), res) else {
-            return;
-        };
-        // Join before answering 101, so that everything published after the client sees the
-        // upgrade reaches it, and a refused join is an HTTP status.
-        let sub = match self.hub.join(&conn).await {
-            Ok(sub) => sub,
-            Err(e) => {
-                tracing::warn!(conn = %conn.id(), error = %e, "hub refused the connection");
-                res.render(join_refused(&e));
+        // Every check, then the join, before the 101: everything published after the client
+        // sees the upgrade reaches it, and any refusal is an HTTP status.
+        let (admitted, sub) = match self
+            .common
+            .connect(&*self.hub, req, depot, Transport::WebSocket)
+            .await
+        {
+            Ok(joined) => joined,
+            Err(refusal) => {
+                self.common.refuse(&refusal, req, res, Transport::WebSocket);
                 return;
             }
         };
@@ -457,61 +463,43 @@ impl<H: Hub> Handler for WsEndpoint<H> {
         let settings = Arc::clone(&self.settings);
         let span = tracing::info_span!(
             "websocket",
-            conn = %conn.id(),
-            user = conn.user_id().unwrap_or("-"),
-            peer = ?conn.peer_addr(),
+            conn = %admitted.conn.id(),
+            user = admitted.conn.user_id().unwrap_or("-"),
+            peer = ?admitted.conn.remote_addr(),
         );
-        // Handed to the connection task; taken back if the upgrade is refused.
-        let joined = Arc::new(parking_lot::Mutex::new(Some((conn, sub, admission))));
+        // Handed to the connection task; taken back if the upgrade fails. If the client
+        // vanishes mid-upgrade, the task's closure is dropped with it, and so is this: the
+        // subscription's drop leaves the hub and the admission frees the slot.
+        let joined = Arc::new(parking_lot::Mutex::new(Some((admitted, sub))));
         let handoff = Arc::clone(&joined);
         let upgraded = WebSocketUpgrade::with_config(self.config())
             .upgrade(req, res, move |ws| {
                 let taken = handoff.lock().take();
                 async move {
-                    if let Some((conn, sub, admission)) = taken {
-                        serve(ws, hub, conn, sub, admission, settings).await;
+                    if let Some((admitted, sub)) = taken {
+                        serve(ws, hub, admitted, sub, settings).await;
                     }
                 }
                 .instrument(span)
             })
             .await;
         if let Err(e) = upgraded {
-            tracing::info!(error = %e, "websocket upgrade refused");
+            tracing::info!(error = %e, "websocket upgrade failed after the join");
             let taken = joined.lock().take();
-            if let Some((conn, sub, _admission)) = taken {
-                self.hub.leave(&conn, sub).await;
+            if let Some((admitted, sub)) = taken {
+                self.hub.leave(&admitted.conn, sub).await;
             }
             res.render(e);
         }
     }
 }
 
-/// Whether the request asks for a WebSocket upgrade at all (GET with `Upgrade: websocket` and a
-/// key). A plain GET (a crawler, a health check) must not join the hub: a room would announce a
-/// member that never was.
-fn is_upgrade_request(req: &Request) -> bool {
-    let headers = req.headers();
-    req.method() == salvo::http::Method::GET
-        && headers
-            .get(salvo::http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && headers.contains_key(salvo::http::header::SEC_WEBSOCKET_KEY)
-}
-
-fn join_refused(e: &HubError) -> StatusError {
-    match e {
-        HubError::Backend(_) | HubError::TooManyTopics { .. } => {
-            StatusError::service_unavailable().brief("the hub can't take this connection now")
-        }
-        other => StatusError::bad_request().brief(other.to_string()),
-    }
-}
-
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
-    /// Send this close frame, then stop.
+    /// The client sent Close; tungstenite queued the answer: send it, then close TCP.
+    ClientClosed,
+    /// Send this Close, wait (bounded) for the client's, then close TCP.
     Close(u16, &'static str),
     /// The socket is gone or unusable: just stop.
     Gone(&'static str),
@@ -520,6 +508,7 @@ enum End {
 impl End {
     fn reason(&self) -> &'static str {
         match self {
+            Self::ClientClosed => "client closed",
             Self::Close(_, r) | Self::Gone(r) => r,
         }
     }
@@ -530,13 +519,25 @@ fn classify(error: &salvo::Error) -> End {
         && let Some(e) = e.downcast_ref::<tungstenite::Error>()
     {
         return match e {
-            tungstenite::Error::Capacity(_) => End::Close(CLOSE_TOO_BIG, "message too big"),
-            tungstenite::Error::Utf8(_) => End::Close(CLOSE_INVALID_DATA, "invalid utf-8"),
-            tungstenite::Error::Protocol(_) => End::Close(CLOSE_PROTOCOL_ERROR, "protocol error"),
+            tungstenite::Error::Capacity(_) => End::Close(TOO_BIG, "message too big"),
+            tungstenite::Error::Utf8(_) => End::Close(INVALID_DATA, "invalid utf-8"),
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => End::Gone("connection reset"),
+            tungstenite::Error::Protocol(_) => End::Close(PROTOCOL_ERROR, "protocol error"),
             _ => End::Gone("connection error"),
         };
     }
     End::Gone("connection error")
+}
+
+/// The `error` code for a message the hub refused.
+fn refusal_code(e: &HubError) -> &'static str {
+    match e {
+        HubError::Backend(_) | HubError::TooManyTopics { .. } => "unavailable",
+        HubError::JsonTooDeep { .. } => "json_too_deep",
+        _ => "refused",
+    }
 }
 
 fn notice(kind: &str, message: &str) -> WsMessage {
@@ -552,60 +553,72 @@ fn json_frame(bytes: bytes::Bytes) -> WsMessage {
     }
 }
 
-fn frame(delivery: &Delivery, framing: Framing) -> WsMessage {
+/// The frame a delivery travels as; `None` for what [`Framing::Raw`] doesn't carry.
+fn frame(delivery: &Delivery, framing: Framing) -> Option<WsMessage> {
     match (delivery, framing) {
-        (Delivery::Message(m), Framing::Envelope) => json_frame(m.envelope_json().clone()),
-        (Delivery::Message(m), Framing::Raw) => {
+        (Delivery::Message(m), Framing::Envelope) => Some(json_frame(m.envelope_json().clone())),
+        (Delivery::Message(m), Framing::Raw) if !m.is_ephemeral() => {
             let payload = m.payload();
-            if payload.is_text() {
+            Some(if payload.is_text() {
                 json_frame(payload.bytes().clone())
             } else {
                 WsMessage::binary(payload.bytes().clone())
-            }
+            })
         }
-        (other, _) => json_frame(other.envelope_json()),
+        (_, Framing::Raw) => None,
+        (other, Framing::Envelope) => Some(json_frame(other.envelope_json())),
     }
 }
 
 type Sink = SplitSink<WebSocket, WsMessage>;
+type Source = SplitStream<WebSocket>;
 
 /// One connection's whole life after the upgrade.
 async fn serve<H: Hub>(
     ws: WebSocket,
     hub: Arc<H>,
-    conn: Connection,
+    admitted: Admitted,
     mut sub: H::Subscription,
-    admission: Admission,
     settings: Arc<Settings>,
 ) {
     let started = Instant::now();
-    let (mut sink, mut stream) = ws.split();
+    let Admitted { conn, admission } = admitted;
+    let (sink, mut source) = ws.split();
     tracing::info!("connected");
-    let end = pump(
-        &mut sink,
-        &mut stream,
-        &*hub,
-        &conn,
-        &mut sub,
-        &admission,
-        &settings,
-    )
-    .await;
-    if let End::Close(code, reason) = end {
-        close(&mut sink, code, reason, &settings).await;
-    }
+    let mut pump = Pump::new(sink, &*hub, &conn, &settings);
+    let end = pump.run(&mut source, &mut sub, &admission).await;
+    finish(&mut pump.sink, &mut source, &end).await;
     hub.leave(&conn, sub).await;
     drop(admission);
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(reason = end.reason(), duration_ms, "disconnected");
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &'static str, settings: &Settings) {
-    let send = async {
-        let _ = sink.send(WsMessage::close_with(code, reason)).await;
-        let _ = sink.close().await;
+/// The closing handshake (RFC 6455 §5.5.1, §7), in one place: after the client's Close, send
+/// the answer tungstenite queued; after our own, wait for the client's. Either way the server
+/// then closes TCP (the socket drops when this returns). Bounded by [`CLOSE_WAIT`].
+async fn finish(sink: &mut Sink, source: &mut Source, end: &End) {
+    let closing = async {
+        match end {
+            End::ClientClosed => {
+                // Writes the queued Close answer; tungstenite then reports the socket closed.
+                let _ = sink.flush().await;
+            }
+            End::Close(code, reason) => {
+                if sink
+                    .send(WsMessage::close_with(*code, *reason))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Read until the client's Close (or anything that ends the stream).
+                while let Some(Ok(_)) = source.next().await {}
+            }
+            End::Gone(_) => {}
+        }
     };
-    let _ = tokio::time::timeout(settings.send_timeout.min(Duration::from_secs(2)), send).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
 }
 
 /// Heartbeat and idle deadlines.
@@ -625,162 +638,269 @@ impl Clock {
     }
 }
 
-async fn pump<H: Hub>(
-    sink: &mut Sink,
-    stream: &mut SplitStream<WebSocket>,
-    hub: &H,
-    conn: &Connection,
-    sub: &mut H::Subscription,
-    admission: &Admission,
-    settings: &Settings,
-) -> End {
-    let mut bucket = settings.rate.map(Bucket::new);
-    let now = Instant::now();
-    let mut clock = Clock {
-        next_ping: now + settings.ping_interval,
-        pong_due: None,
-        idle_due: settings.idle_timeout.map(|t| now + t),
-    };
-    let timer = tokio::time::sleep_until(clock.next());
-    tokio::pin!(timer);
-    let drain = admission.drain.requested();
-    tokio::pin!(drain);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut drain => return End::Close(CLOSE_GOING_AWAY, "server shutting down"),
-            frame = stream.next() => {
-                let msg = match frame {
-                    None => return End::Gone("client went away"),
-                    Some(Err(e)) => return classify(&e),
-                    Some(Ok(msg)) => msg,
-                };
-                if msg.is_pong() {
-                    clock.pong_due = None;
-                } else if msg.is_close() {
-                    return End::Gone("client closed");
-                } else if msg.is_ping() {
-                    // Tungstenite answers pings itself.
-                } else {
-                    if let Some(t) = settings.idle_timeout {
-                        clock.idle_due = Some(Instant::now() + t);
-                    }
-                    if bucket.as_mut().is_some_and(|b| !b.take()) {
-                        match settings.rate_policy {
-                            RatePolicy::Close => return End::Close(CLOSE_POLICY, "rate limit exceeded"),
-                            RatePolicy::Reject => {
-                                tracing::debug!("message dropped: rate limit");
-                                hub.note_dropped(conn, 1);
-                                if !send_now(sink, notice("rate_limited", "message dropped: rate limit exceeded"), settings).await {
-                                    return End::Gone("send failed");
-                                }
-                                timer.as_mut().reset(clock.next());
-                                continue;
-                            }
-                        }
-                    }
-                    let payload = if msg.is_text() {
-                        match msg.as_str() {
-                            Ok(text) => Payload::text(text),
-                            Err(_) => return End::Close(CLOSE_INVALID_DATA, "invalid utf-8"),
-                        }
-                    } else {
-                        Payload::binary(bytes::Bytes::copy_from_slice(msg.as_bytes()))
-                    };
-                    match hub.receive(conn, payload).await {
-                        Ok(()) => {}
-                        Err(HubError::Backend(e)) => {
-                            tracing::error!(error = %e, "hub failed to receive");
-                            return End::Close(CLOSE_INTERNAL, "hub failure");
-                        }
-                        Err(HubError::PayloadTooLarge { .. }) => return End::Close(CLOSE_TOO_BIG, "message too big"),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "message refused by the hub");
-                            if !send_now(sink, notice("refused", &e.to_string()), settings).await {
-                                return End::Gone("send failed");
-                            }
-                        }
-                    }
+/// A connection's outbound side and per-connection state; each step of the loop is a method
+/// returning whether to go on.
+struct Pump<'a, H> {
+    sink: Sink,
+    hub: &'a H,
+    conn: &'a Connection,
+    settings: &'a Settings,
+    bucket: Option<Bucket>,
+    clock: Clock,
+}
+
+impl<'a, H: Hub> Pump<'a, H> {
+    fn new(sink: Sink, hub: &'a H, conn: &'a Connection, settings: &'a Settings) -> Self {
+        let now = Instant::now();
+        Self {
+            sink,
+            hub,
+            conn,
+            settings,
+            bucket: settings.rate.map(Bucket::new),
+            clock: Clock {
+                next_ping: now + settings.ping_interval,
+                pong_due: None,
+                idle_due: settings.idle_timeout.map(|t| now + t),
+            },
+        }
+    }
+
+    /// Runs the connection until something ends it: the drain, a client frame, the
+    /// subscription, or a deadline.
+    async fn run(
+        &mut self,
+        source: &mut Source,
+        sub: &mut H::Subscription,
+        admission: &Admission,
+    ) -> End {
+        let timer = tokio::time::sleep_until(self.clock.next());
+        tokio::pin!(timer);
+        let drain = admission.drain.requested();
+        tokio::pin!(drain);
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = &mut drain => ControlFlow::Break(End::Close(GOING_AWAY, "server shutting down")),
+                frame = source.next() => {
+                    let step = self.inbound(frame, sub).await;
+                    timer.as_mut().reset(self.clock.next());
+                    step
                 }
-                timer.as_mut().reset(clock.next());
-            }
-            delivery = sub.next() => {
-                let Some(first) = delivery else {
-                    return End::Close(CLOSE_NORMAL, "subscription ended");
-                };
-                // Boxed: the burst future is large and only lives while sending, so it shouldn't
-                // be part of every idle connection's state.
-                if let Some(end) = Box::pin(send_burst(sink, sub, first, settings)).await {
-                    return end;
+                delivery = sub.next() => self.deliver(delivery, sub).await,
+                () = &mut timer => {
+                    let step = self.tick().await;
+                    timer.as_mut().reset(self.clock.next());
+                    step
                 }
-            }
-            () = &mut timer => {
-                let now = Instant::now();
-                if clock.pong_due.is_some_and(|due| now >= due) {
-                    tracing::info!("no pong within the heartbeat timeout");
-                    return End::Close(CLOSE_POLICY, "heartbeat timeout");
-                }
-                if clock.idle_due.is_some_and(|due| now >= due) {
-                    return End::Close(CLOSE_NORMAL, "idle timeout");
-                }
-                if now >= clock.next_ping {
-                    if !send_now(sink, WsMessage::ping(bytes::Bytes::new()), settings).await {
-                        return End::Gone("send failed");
-                    }
-                    clock.pong_due.get_or_insert(now + settings.pong_timeout);
-                    clock.next_ping = now + settings.ping_interval;
-                }
-                timer.as_mut().reset(clock.next());
+            };
+            if let ControlFlow::Break(end) = step {
+                return end;
             }
         }
     }
-}
 
-/// Sends one frame and flushes, within the send timeout.
-async fn send_now(sink: &mut Sink, msg: WsMessage, settings: &Settings) -> bool {
-    matches!(
-        tokio::time::timeout(settings.send_timeout, sink.send(msg)).await,
-        Ok(Ok(()))
-    )
-}
-
-/// Feeds `first` and every delivery ready after it (up to a batch), then flushes once.
-async fn send_burst<S: futures_util::Stream<Item = Delivery> + Unpin>(
-    sink: &mut Sink,
-    sub: &mut S,
-    first: Delivery,
-    settings: &Settings,
-) -> Option<End> {
-    let burst = async {
-        let mut next = Some(first);
-        let mut sent = 0;
-        while let Some(delivery) = next.take() {
-            if let Delivery::Lagged { missed, .. } = &delivery {
-                if settings.slow == SlowConsumerPolicy::Disconnect {
-                    tracing::warn!(missed, "slow consumer disconnected");
-                    let _ = sink.flush().await;
-                    return Some(End::Close(CLOSE_POLICY, "slow consumer"));
-                }
-                tracing::info!(missed, "slow consumer skipped ahead");
+    /// A frame from the client: heartbeat bookkeeping, the rate limit, then the hub.
+    async fn inbound(
+        &mut self,
+        frame: Option<Result<WsMessage, salvo::Error>>,
+        sub: &mut H::Subscription,
+    ) -> ControlFlow<End> {
+        let msg = match frame {
+            None => return ControlFlow::Break(End::Gone("client went away")),
+            Some(Err(e)) => return ControlFlow::Break(classify(&e)),
+            Some(Ok(msg)) => msg,
+        };
+        if msg.is_close() {
+            return ControlFlow::Break(End::ClientClosed);
+        }
+        let within_rate = self.bucket.as_mut().is_none_or(Bucket::take);
+        if msg.is_ping() || msg.is_pong() {
+            if msg.is_pong() {
+                self.clock.pong_due = None;
             }
-            if sink.feed(frame(&delivery, settings.framing)).await.is_err() {
+            // Tungstenite answers pings itself; past the limit there is no message to refuse,
+            // and answering each would feed the flood.
+            return if within_rate {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"))
+            };
+        }
+        if let Some(t) = self.settings.idle_timeout {
+            self.clock.idle_due = Some(Instant::now() + t);
+        }
+        if !within_rate {
+            tracing::debug!("message dropped: rate limit");
+            self.hub.note_dropped(self.conn, 1);
+            if self.settings.rate_policy == RatePolicy::Close {
+                return ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"));
+            }
+            return self
+                .tell(
+                    sub,
+                    "rate_limited",
+                    "message dropped: rate limit exceeded",
+                    POLICY,
+                )
+                .await;
+        }
+        let payload = if msg.is_text() {
+            match msg.as_str() {
+                Ok(text) => Payload::text(text),
+                Err(_) => return ControlFlow::Break(End::Close(INVALID_DATA, "invalid utf-8")),
+            }
+        } else {
+            Payload::binary(bytes::Bytes::copy_from_slice(msg.as_bytes()))
+        };
+        match self.hub.receive(self.conn, payload).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(HubError::PayloadTooLarge { .. }) => {
+                ControlFlow::Break(End::Close(TOO_BIG, "message too big"))
+            }
+            Err(e) => {
+                let (message, raw_close) = match &e {
+                    HubError::Backend(detail) => {
+                        tracing::error!(error = %detail, "hub failed to receive a message");
+                        (
+                            "the message was not delivered: service unavailable".to_owned(),
+                            INTERNAL,
+                        )
+                    }
+                    other => {
+                        tracing::debug!(error = %other, "message refused by the hub");
+                        (other.to_string(), POLICY)
+                    }
+                };
+                self.tell(sub, refusal_code(&e), &message, raw_close).await
+            }
+        }
+    }
+
+    /// Tells the client about a message of its own that wasn't delivered: an `error` frame,
+    /// after every delivery that is ready now (so it never overtakes the echo of an earlier
+    /// accepted message). Under [`Framing::Raw`] there are no notices: close with `raw_close`.
+    async fn tell(
+        &mut self,
+        sub: &mut H::Subscription,
+        code: &str,
+        message: &str,
+        raw_close: u16,
+    ) -> ControlFlow<End> {
+        if self.settings.framing == Framing::Raw {
+            let reason = if raw_close == INTERNAL {
+                "hub failure: message not delivered"
+            } else {
+                "message refused"
+            };
+            return ControlFlow::Break(End::Close(raw_close, reason));
+        }
+        if let Some(first) = sub.next().now_or_never().flatten()
+            && let Some(end) = Box::pin(self.burst(sub, first)).await
+        {
+            return ControlFlow::Break(end);
+        }
+        self.send_now(notice(code, message)).await
+    }
+
+    /// Deliveries are ready: send them in one burst.
+    async fn deliver(
+        &mut self,
+        delivery: Option<Delivery>,
+        sub: &mut H::Subscription,
+    ) -> ControlFlow<End> {
+        let Some(first) = delivery else {
+            return ControlFlow::Break(End::Close(NORMAL, "subscription ended"));
+        };
+        // Boxed: the burst future is large and only lives while sending, so it shouldn't be
+        // part of every idle connection's state.
+        match Box::pin(self.burst(sub, first)).await {
+            Some(end) => ControlFlow::Break(end),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// A deadline passed: pong overdue, idle, or time to ping.
+    async fn tick(&mut self) -> ControlFlow<End> {
+        let now = Instant::now();
+        if self.clock.pong_due.is_some_and(|due| now >= due) {
+            tracing::info!("no pong within the heartbeat timeout");
+            return ControlFlow::Break(End::Close(POLICY, "heartbeat timeout"));
+        }
+        if self.clock.idle_due.is_some_and(|due| now >= due) {
+            return ControlFlow::Break(End::Close(NORMAL, "idle timeout"));
+        }
+        if now >= self.clock.next_ping {
+            let sent = self.send_now(WsMessage::ping(bytes::Bytes::new())).await;
+            self.clock
+                .pong_due
+                .get_or_insert(now + self.settings.pong_timeout);
+            self.clock.next_ping = now + self.settings.ping_interval;
+            return sent;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Sends one frame and flushes, within the send timeout.
+    async fn send_now(&mut self, msg: WsMessage) -> ControlFlow<End> {
+        match tokio::time::timeout(self.settings.send_timeout, self.sink.send(msg)).await {
+            Ok(Ok(())) => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(End::Gone("send failed")),
+        }
+    }
+
+    /// Feeds `first` and every delivery ready after it (up to a batch), flushing whenever
+    /// [`max_write_buffer`](WsEndpoint::max_write_buffer) bytes are buffered and at the end,
+    /// all within the send timeout.
+    async fn burst<S: Stream<Item = Delivery> + Unpin>(
+        &mut self,
+        sub: &mut S,
+        first: Delivery,
+    ) -> Option<End> {
+        let settings = self.settings;
+        let sink = &mut self.sink;
+        let burst = async {
+            let mut next = Some(first);
+            let (mut sent, mut buffered) = (0, 0);
+            while let Some(delivery) = next.take() {
+                if let Delivery::Lagged { missed, .. } = &delivery {
+                    if settings.slow == SlowConsumerPolicy::Disconnect
+                        || settings.framing == Framing::Raw
+                    {
+                        tracing::warn!(missed, "slow consumer disconnected");
+                        let _ = sink.flush().await;
+                        return Some(End::Close(POLICY, "slow consumer"));
+                    }
+                    tracing::info!(missed, "slow consumer skipped ahead");
+                }
+                if let Some(frame) = frame(&delivery, settings.framing) {
+                    buffered += frame.as_bytes().len();
+                    if sink.feed(frame).await.is_err() {
+                        return Some(End::Gone("send failed"));
+                    }
+                    if buffered >= settings.max_write_buffer {
+                        if sink.flush().await.is_err() {
+                            return Some(End::Gone("send failed"));
+                        }
+                        buffered = 0;
+                    }
+                }
+                sent += 1;
+                if sent < settings.max_batch {
+                    next = sub.next().now_or_never().flatten();
+                }
+            }
+            if sink.flush().await.is_err() {
                 return Some(End::Gone("send failed"));
             }
-            sent += 1;
-            if sent < settings.max_batch {
-                next = sub.next().now_or_never().flatten();
+            None
+        };
+        match tokio::time::timeout(settings.send_timeout, burst).await {
+            Ok(end) => end,
+            Err(_) => {
+                tracing::warn!("send timed out: slow consumer dropped");
+                Some(End::Gone("send timed out"))
             }
-        }
-        if sink.flush().await.is_err() {
-            return Some(End::Gone("send failed"));
-        }
-        None
-    };
-    match tokio::time::timeout(settings.send_timeout, burst).await {
-        Ok(end) => end,
-        Err(_) => {
-            tracing::warn!("send timed out: slow consumer dropped");
-            Some(End::Gone("send timed out"))
         }
     }
 }

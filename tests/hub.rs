@@ -120,7 +120,7 @@ async fn unusable_positions_reset_then_replay_history() {
         match &got[0] {
             Delivery::Reset(r) => {
                 assert_eq!(r.reason, reason);
-                assert_eq!(r.requested, position);
+                assert_eq!(r.requested, Some(position));
                 assert_eq!(r.epoch, epoch);
             }
             other => panic!("expected a reset, got {other:?}"),

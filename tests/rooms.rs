@@ -265,8 +265,12 @@ async fn a_reconnecting_member_resumes_the_room() {
         .subscribe(Topic::new("x").expect("valid"), Position::After(last));
     let mut s = rooms.join(&again).await.expect("join");
     let got = ready(&mut s);
-    // What happened while away, in order: its own departure, then the two messages.
-    assert_eq!(events(&got), [(PRESENCE_LEAVE.to_owned(), "a".to_owned())]);
+    // What was said while away, in order; presence notices are live-only, never replayed (the
+    // snapshot after the replay says who is there now).
+    assert!(
+        events(&got).is_empty(),
+        "no presence notice replayed: {got:?}"
+    );
     let plain: Vec<_> = messages(&got)
         .iter()
         .filter(|m| m.event().is_none())

@@ -351,15 +351,27 @@ async fn last_event_id_resumes_exactly_and_resets_when_it_cannot() {
     let mut again = Client::open(&url, &[("Last-Event-ID", notice.id.as_str())]).await;
     assert_eq!(again.take(1).await, history[..1].to_vec());
 
-    // A malformed id is refused before anything joins.
-    let total = hub.snapshot().total;
-    let resp = get(&url, &[("Last-Event-ID", "not-an-id")]).await;
-    assert_eq!(resp.status(), 400);
-    let resp = get(&format!("{url}?lastEventId=3F-1"), &[]).await;
-    assert_eq!(resp.status(), 400);
-    assert_eq!(hub.snapshot().total, total);
+    // An id that can't be read (another app's, an old format) must not kill the EventSource
+    // (it never reconnects after a non-200): the stream opens with a reset, reason `invalid`,
+    // then the whole history, then live messages.
+    for bad in [
+        format!("{url}?lastEventId=3F-1"),
+        format!("{url}?lastEventId=zzz-999999"),
+    ] {
+        let mut invalid = Client::open(&bad, &[]).await;
+        let notice = invalid.next().await;
+        assert_eq!(notice.event, "reset");
+        let json: serde_json::Value = serde_json::from_str(&notice.data).expect("JSON reset");
+        assert_eq!(json["reason"], "invalid");
+        assert!(json["requested"].is_null());
+        assert_eq!(notice.id, MessageId::new(ids[0].epoch(), 0).to_string());
+        assert_eq!(invalid.take(8).await[..7], history[..]);
+    }
+    let mut invalid = Client::open(&url, &[("Last-Event-ID", "not-an-id")]).await;
+    assert_eq!(invalid.next().await.event, "reset");
+    assert_eq!(invalid.take(1).await, history[..1].to_vec());
 
-    drop((by_header, by_query, reset, again));
+    drop((by_header, by_query, reset, again, invalid));
     settled(&hub).await;
     server.stop().await;
 }

@@ -7,10 +7,8 @@ use std::time::Duration;
 use common::{TestServer, eventually};
 use futures_util::{SinkExt, StreamExt};
 use salvo::Router;
-use salvo_realtime::ws::{
-    CLOSE_GOING_AWAY, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_TOO_BIG, Framing, RateLimit,
-    RatePolicy, SlowConsumerPolicy, WsEndpoint,
-};
+use salvo_realtime::ws::close_code::{GOING_AWAY, INVALID_DATA, POLICY, TOO_BIG};
+use salvo_realtime::ws::{Framing, RateLimit, RatePolicy, SlowConsumerPolicy, WsEndpoint};
 use salvo_realtime::{Counted, HubConfig, Identity, InboundPolicy, Rejection, Rooms};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -264,11 +262,11 @@ async fn identity_is_checked_before_the_upgrade() {
         .into_client_request()
         .expect("request");
     assert_eq!(refused(&server, bad).await, 403);
-    let bad_resume = server
-        .ws("/ws/r?user=x&last=not-an-id!")
+    let bad_recent = server
+        .ws("/ws/r?user=x&recent=lots")
         .into_client_request()
         .expect("request");
-    assert_eq!(refused(&server, bad_resume).await, 400);
+    assert_eq!(refused(&server, bad_recent).await, 400);
     assert_eq!(hub.snapshot().total, 0, "a refused request never joins");
     back_to_baseline(&hub, &ep).await;
     still_serves(&server).await;
@@ -337,12 +335,12 @@ async fn oversized_and_invalid_utf8_messages_close_with_their_codes() {
     ws.send(Message::text("x".repeat(2048)))
         .await
         .expect("send");
-    assert_eq!(close_code(&mut ws).await, Some(CLOSE_TOO_BIG));
+    assert_eq!(close_code(&mut ws).await, Some(TOO_BIG));
 
     let mut ws = connect(&server, "/ws/r?user=y").await;
     let invalid = Frame::message(vec![0xffu8, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
     ws.send(Message::Frame(invalid)).await.expect("send");
-    assert_eq!(close_code(&mut ws).await, Some(CLOSE_INVALID_DATA));
+    assert_eq!(close_code(&mut ws).await, Some(INVALID_DATA));
     assert_eq!(hub.snapshot().messages_in, 0, "nothing bad reached the hub");
     back_to_baseline(&hub, &ep).await;
     still_serves(&server).await;
@@ -385,7 +383,7 @@ async fn a_flood_past_the_rate_limit_is_dropped_or_closed() {
     for i in 0..10 {
         let _ = flooder.send(Message::text(format!("{i}"))).await;
     }
-    assert_eq!(close_code(&mut flooder).await, Some(CLOSE_POLICY));
+    assert_eq!(close_code(&mut flooder).await, Some(POLICY));
     back_to_baseline(&hub, &ep).await;
     still_serves(&server2).await;
     server.stop().await;
@@ -558,7 +556,7 @@ async fn graceful_drain_closes_every_socket_with_1001() {
         async move { drain.close_all(WAIT).await }
     });
     for ws in &mut clients {
-        assert_eq!(close_code(ws).await, Some(CLOSE_GOING_AWAY));
+        assert_eq!(close_code(ws).await, Some(GOING_AWAY));
     }
     assert_eq!(drained.await.expect("drain"), 0);
     back_to_baseline(&hub, &ep).await;

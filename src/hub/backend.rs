@@ -63,10 +63,11 @@ use crate::error::HubError;
 /// use std::collections::HashMap;
 /// use futures_util::StreamExt;
 /// use parking_lot::Mutex;
+/// use salvo_realtime::backend::{Backend, Mirror};
 /// use salvo_realtime::error::HubError;
 /// use salvo_realtime::{
-///     Backend, Delivery, Epoch, HubConfig, Identity, Member, Message, MessageId, Mirror,
-///     Position, PubSub, Publication, Topic,
+///     Delivery, Epoch, HubConfig, Identity, Member, Message, MessageId, Position, PubSub,
+///     Publication, Topic,
 /// };
 ///
 /// #[derive(Default)]
@@ -202,7 +203,8 @@ pub trait Backend: Send + Sync + 'static {
 /// history, and rooms keep presence next to it.
 ///
 /// ```
-/// use salvo_realtime::{HubConfig, Local, PubSub};
+/// use salvo_realtime::backend::Local;
+/// use salvo_realtime::{HubConfig, PubSub};
 ///
 /// let hub: PubSub<Local> = PubSub::with_backend(HubConfig::new(), Local);
 /// # drop(hub);
@@ -238,7 +240,7 @@ impl Backend for Local {
         let first = mirror.registry.with_log(room, true, |log| {
             let first = log.state().members.add(Some(identity));
             if let (true, Some(p)) = (first, announce) {
-                log.publish(p);
+                log.announce(p);
             }
             first
         })?;
@@ -255,7 +257,7 @@ impl Backend for Local {
         let last = mirror.registry.with_log(room, false, |log| {
             let last = log.state().members.remove(Some(identity));
             if let (true, Some(p)) = (last, announce) {
-                log.publish(p);
+                log.announce(p);
             }
             last
         })?;

@@ -39,6 +39,7 @@ pub struct HubConfig {
     pub(crate) direct_capacity: usize,
     pub(crate) idle_ttl: Duration,
     pub(crate) max_topics: usize,
+    pub(crate) max_topics_per_owner: usize,
     pub(crate) max_payload: usize,
     pub(crate) max_subscriptions: usize,
     pub(crate) inbound: Option<InboundPolicy>,
@@ -63,6 +64,7 @@ impl HubConfig {
             direct_capacity: 16,
             idle_ttl: Duration::from_secs(300),
             max_topics: 100_000,
+            max_topics_per_owner: 1_000,
             max_payload: 64 * 1024,
             max_subscriptions: 64,
             inbound: None,
@@ -128,6 +130,18 @@ impl HubConfig {
         self
     }
 
+    /// Most topics (or rooms) that one owner may have created and the hub still holds: a
+    /// connection's owner is its user id, or for an anonymous connection its client address
+    /// (IPv6 grouped by /64). Past it, joining a new topic fails with
+    /// [`HubError::TooManyCreated`](crate::error::HubError::TooManyCreated) for that owner
+    /// alone, so one client can't fill [`max_topics`](Self::max_topics) and lock everyone out.
+    /// Topics created by server code (publish, broadcast) count for no one. Default: 1,000.
+    #[must_use]
+    pub fn max_topics_per_owner(mut self, topics: usize) -> Self {
+        self.max_topics_per_owner = topics;
+        self
+    }
+
     /// Largest payload accepted by publish and receive, in bytes; larger ones fail with
     /// [`HubError::PayloadTooLarge`](crate::error::HubError::PayloadTooLarge). Default: 64 KiB.
     #[must_use]
@@ -152,8 +166,10 @@ impl HubConfig {
         self
     }
 
-    /// Whether [`Rooms`](crate::Rooms) logs `presence.join` / `presence.leave` events and sends a
-    /// presence snapshot on joining a room. Default: `true`.
+    /// Whether [`Rooms`](crate::Rooms) sends `presence.join` / `presence.leave` notices and a
+    /// presence snapshot on joining a room. The notices are live-only: they never enter a
+    /// room's history, so they can't push chat messages out of it, and `recent=20` gives the
+    /// last 20 messages. Default: `true`.
     #[must_use]
     pub fn presence(mut self, enabled: bool) -> Self {
         self.presence = enabled;

@@ -34,13 +34,13 @@ pub enum Applied {
     /// The log already holds it (or something later): ignored.
     Duplicate,
     /// Messages are missing between the log's last message and it: nothing was applied. Fetch
-    /// the missing range and [`sync`](crate::Mirror::sync).
+    /// the missing range and [`sync`](crate::backend::Mirror::sync).
     Gap {
         /// The offset of the log's last message.
         last: Offset,
     },
     /// It belongs to another epoch than the local log: nothing was applied. If the remote log
-    /// has a new epoch, [`sync`](crate::Mirror::sync) replaces the local one.
+    /// has a new epoch, [`sync`](crate::backend::Mirror::sync) replaces the local one.
     OtherEpoch {
         /// The local log's epoch.
         current: Epoch,
@@ -68,6 +68,7 @@ pub(crate) struct Limits {
     pub(crate) channel_capacity: usize,
     pub(crate) idle_ttl: Duration,
     pub(crate) max_topics: usize,
+    pub(crate) max_topics_per_owner: usize,
 }
 
 impl Limits {
@@ -79,6 +80,7 @@ impl Limits {
             channel_capacity: config.channel_capacity,
             idle_ttl: config.idle_ttl,
             max_topics: config.max_topics,
+            max_topics_per_owner: config.max_topics_per_owner,
         }
     }
 
@@ -93,6 +95,9 @@ impl Limits {
 pub(crate) struct TopicLog {
     topic: Topic,
     epoch: Epoch,
+    /// Who created it (a user, or an anonymous client's address), counted against
+    /// [`Limits::max_topics_per_owner`] while the log exists.
+    owner: Option<Arc<str>>,
     state: Mutex<LogState>,
 }
 
@@ -161,6 +166,17 @@ impl Locked<'_> {
         );
         self.push(&message);
         message
+    }
+
+    /// Sends a live-only notice (a presence change) to the log's subscribers of the moment:
+    /// no offset, no history, no effect on the idle clock, so it can neither evict a message
+    /// nor keep an empty log alive.
+    pub(crate) fn announce(&mut self, publication: Publication) {
+        if let Some(sender) = &self.state.sender {
+            let after = MessageId::new(self.log.epoch, self.state.last());
+            // No receivers is not an error: nobody is there to be told.
+            let _ = sender.send(Message::notice(self.log.topic.clone(), after, publication));
+        }
     }
 
     /// Appends a message whose offset is `next - 1` (already counted): history, idle clock and
@@ -245,8 +261,13 @@ impl Locked<'_> {
 }
 
 /// The logs of one namespace (topics, rooms, or users' direct messages).
+///
+/// Lock order: `topics` (read or write), then one log's `state`, then `owners`. Nothing is
+/// awaited while any of them is held.
 pub(crate) struct Registry {
     topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
+    /// How many of the logs each owner created.
+    owners: Mutex<HashMap<Arc<str>, usize>>,
     limits: Limits,
     last_sweep: Mutex<Instant>,
     /// Set for the mirror of a remote backend: logs are created only by [`Registry::sync`],
@@ -258,6 +279,7 @@ impl Registry {
     pub(crate) fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             topics: RwLock::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
             limits,
             last_sweep: Mutex::new(Instant::now()),
             mirror: None,
@@ -271,10 +293,25 @@ impl Registry {
         limits.idle_ttl = Duration::ZERO;
         Self {
             topics: RwLock::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
             limits,
             last_sweep: Mutex::new(Instant::now()),
             mirror: Some(hook),
         }
+    }
+
+    /// Bookkeeping for a log taken out of the map.
+    fn removed_log(&self, log: &TopicLog) {
+        if let Some(owner) = &log.owner {
+            let mut owners = self.owners.lock();
+            if let Some(n) = owners.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    owners.remove(owner);
+                }
+            }
+        }
+        self.removed(&log.topic);
     }
 
     fn removed(&self, topic: &Topic) {
@@ -340,7 +377,7 @@ impl Registry {
                 limit: self.limits.max_topics,
             });
         }
-        let log = Arc::new(TopicLog::new_with(topic.clone(), epoch));
+        let log = Arc::new(TopicLog::new_with(topic.clone(), epoch, None));
         {
             let mut state = log.state.lock();
             Locked {
@@ -379,6 +416,18 @@ impl Registry {
         create: bool,
         f: impl FnOnce(&mut Locked<'_>) -> R,
     ) -> Result<Option<R>, HubError> {
+        self.with_log_by(topic, create, None, f)
+    }
+
+    /// [`with_log`](Self::with_log), recording `owner` as the creator of a new log; refused if
+    /// the owner already created [`Limits::max_topics_per_owner`] logs that still exist.
+    fn with_log_by<R>(
+        &self,
+        topic: &Topic,
+        create: bool,
+        owner: Option<&Arc<str>>,
+        f: impl FnOnce(&mut Locked<'_>) -> R,
+    ) -> Result<Option<R>, HubError> {
         {
             let map = self.topics.read();
             if let Some(log) = map.get(topic) {
@@ -396,17 +445,33 @@ impl Registry {
         }
         self.maybe_sweep();
         let mut map = self.topics.write();
-        if !map.contains_key(topic) && map.len() >= self.limits.max_topics {
-            return Err(HubError::TooManyTopics {
-                limit: self.limits.max_topics,
-            });
+        if !map.contains_key(topic) {
+            if map.len() >= self.limits.max_topics {
+                return Err(HubError::TooManyTopics {
+                    limit: self.limits.max_topics,
+                });
+            }
+            if let Some(owner) = owner {
+                let limit = self.limits.max_topics_per_owner;
+                let mut owners = self.owners.lock();
+                let created = owners.entry(Arc::clone(owner)).or_insert(0);
+                if *created >= limit {
+                    if *created == 0 {
+                        owners.remove(owner);
+                    }
+                    return Err(HubError::TooManyCreated { limit });
+                }
+                *created += 1;
+            }
+            let log = TopicLog::new(topic.clone(), owner.cloned());
+            map.insert(topic.clone(), Arc::new(log));
         }
-        let log = map
-            .entry(topic.clone())
-            .or_insert_with(|| Arc::new(TopicLog::new(topic.clone())));
+        let Some(log) = map.get(topic).map(Arc::clone) else {
+            return Ok(None);
+        };
         let mut state = log.state.lock();
         let mut locked = Locked {
-            log,
+            log: &log,
             state: &mut state,
             limits: &self.limits,
         };
@@ -417,29 +482,34 @@ impl Registry {
             // Published to a topic nobody follows and that keeps no history: nothing to retain.
             map.remove(topic);
             drop(map);
-            self.removed(topic);
+            self.removed_log(&log);
         }
         Ok(Some(result))
     }
 
     pub(crate) fn publish(&self, topic: &Topic, p: Publication) -> Result<Message, HubError> {
-        self.with_log(topic, true, |log| log.publish(p))
-            .map(|m| m.expect("created on demand"))
+        self.with_log(topic, true, |log| log.publish(p))?
+            .ok_or_else(|| HubError::Backend("topic log vanished while publishing".into()))
     }
 
     /// Subscribes `conn` to `topic` from `from`; `on_join` runs under the log lock after the seam
     /// between replay and live is fixed, and its result (e.g. a presence snapshot) is delivered
     /// once the replay is done.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "crate-private; each is one piece of the join"
+    )]
     pub(crate) fn subscribe(
         self: &Arc<Self>,
         topic: &Topic,
         from: Position,
         conn: ConnectionId,
+        owner: Option<&Arc<str>>,
         left: Option<Arc<AtomicBool>>,
-        on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
+        on_join: impl FnOnce(&mut Locked<'_>) -> VecDeque<Delivery>,
     ) -> Result<TopicStream, HubError> {
-        let stream = self.subscribe_with(true, topic, from, conn, left, on_join)?;
-        Ok(stream.expect("created on demand"))
+        self.subscribe_with(Some(owner), topic, from, conn, left, on_join)?
+            .ok_or(HubError::NotJoined(conn))
     }
 
     /// Mirror: like [`subscribe`](Self::subscribe), but only to a log that exists (one that
@@ -450,21 +520,23 @@ impl Registry {
         from: Position,
         conn: ConnectionId,
         left: Option<Arc<AtomicBool>>,
-        on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
+        on_join: impl FnOnce(&mut Locked<'_>) -> VecDeque<Delivery>,
     ) -> Result<Option<TopicStream>, HubError> {
-        self.subscribe_with(false, topic, from, conn, left, on_join)
+        self.subscribe_with(None, topic, from, conn, left, on_join)
     }
 
+    /// `create`: `None` to subscribe only to an existing log, else create it, recording the
+    /// owner given.
     fn subscribe_with(
         self: &Arc<Self>,
-        create: bool,
+        create: Option<Option<&Arc<str>>>,
         topic: &Topic,
         from: Position,
         conn: ConnectionId,
         left: Option<Arc<AtomicBool>>,
-        on_join: impl FnOnce(&mut Locked<'_>) -> Option<Delivery>,
+        on_join: impl FnOnce(&mut Locked<'_>) -> VecDeque<Delivery>,
     ) -> Result<Option<TopicStream>, HubError> {
-        self.with_log(topic, create, |locked| {
+        self.with_log_by(topic, create.is_some(), create.flatten(), |locked| {
             let state = &mut *locked.state;
             state.evict_expired(&self.limits);
             state.subscribers += 1;
@@ -475,6 +547,16 @@ impl Registry {
             let start = match from {
                 Position::Live => last,
                 Position::Recent(n) => last.saturating_sub(n as u64).max(first - 1),
+                Position::Invalid => {
+                    front.push_back(Delivery::Reset(Reset {
+                        topic: topic.clone(),
+                        requested: None,
+                        epoch: locked.log.epoch,
+                        replay_after: MessageId::new(locked.log.epoch, first - 1),
+                        reason: ResetReason::Invalid,
+                    }));
+                    first - 1
+                }
                 Position::After(id) => {
                     let reason = if id.epoch() != locked.log.epoch {
                         Some(ResetReason::EpochChanged)
@@ -490,7 +572,7 @@ impl Registry {
                         Some(reason) => {
                             front.push_back(Delivery::Reset(Reset {
                                 topic: topic.clone(),
-                                requested: id,
+                                requested: Some(id),
                                 epoch: locked.log.epoch,
                                 replay_after: MessageId::new(locked.log.epoch, first - 1),
                                 reason,
@@ -543,10 +625,11 @@ impl Registry {
             if expected.is_some_and(|e| !Arc::ptr_eq(e, current)) {
                 return;
             }
-            if current.state.lock().removable(&self.limits) {
-                map.remove(topic);
+            if current.state.lock().removable(&self.limits)
+                && let Some(log) = map.remove(topic)
+            {
                 drop(map);
-                self.removed(topic);
+                self.removed_log(&log);
             }
         }
     }
@@ -556,18 +639,18 @@ impl Registry {
         *self.last_sweep.lock() = Instant::now();
         let mut map = self.topics.write();
         let mut removed = Vec::new();
-        map.retain(|topic, log| {
+        map.retain(|_, log| {
             let mut state = log.state.lock();
             state.evict_expired(&self.limits);
             let keep = !state.removable(&self.limits);
-            if !keep && self.mirror.is_some() {
-                removed.push(topic.clone());
+            if !keep {
+                removed.push(Arc::clone(log));
             }
             keep
         });
         drop(map);
-        for topic in &removed {
-            self.removed(topic);
+        for log in &removed {
+            self.removed_log(log);
         }
     }
 
@@ -587,7 +670,7 @@ impl Registry {
             Some(log) => {
                 let sender = log.state.lock().sender.take();
                 drop(sender);
-                self.removed(topic);
+                self.removed_log(&log);
                 true
             }
             None => false,
@@ -612,14 +695,15 @@ impl Registry {
 }
 
 impl TopicLog {
-    fn new(topic: Topic) -> Self {
-        Self::new_with(topic, Epoch::random())
+    fn new(topic: Topic, owner: Option<Arc<str>>) -> Self {
+        Self::new_with(topic, Epoch::random(), owner)
     }
 
-    fn new_with(topic: Topic, epoch: Epoch) -> Self {
+    fn new_with(topic: Topic, epoch: Epoch, owner: Option<Arc<str>>) -> Self {
         Self {
             topic,
             epoch,
+            owner,
             state: Mutex::new(LogState {
                 next: 1,
                 history: VecDeque::new(),
@@ -649,7 +733,8 @@ pub(crate) struct TopicStream {
     replay_end: Offset,
     /// A live message that arrived ahead of a gap; delivered once the gap is replayed.
     held: Option<Message>,
-    after_replay: Option<Delivery>,
+    /// Delivered once the replay is done (the pages of a presence snapshot).
+    after_replay: VecDeque<Delivery>,
     /// Set when the connection left the room: the stream ends without delivering more.
     left: Option<Arc<AtomicBool>>,
 }
@@ -661,8 +746,8 @@ impl TopicStream {
 
     /// Sets what is delivered once the replay is done (a presence snapshot fetched after
     /// subscribing, for a remote backend).
-    pub(crate) fn set_after_replay(&mut self, delivery: Delivery) {
-        self.after_replay = Some(delivery);
+    pub(crate) fn set_after_replay(&mut self, deliveries: VecDeque<Delivery>) {
+        self.after_replay = deliveries;
     }
 
     /// Copies the next chunk of the replay range from history, noting a lag for whatever has
@@ -728,7 +813,7 @@ impl Stream for TopicStream {
                 this.refill();
                 continue;
             }
-            if let Some(after) = this.after_replay.take() {
+            if let Some(after) = this.after_replay.pop_front() {
                 return Poll::Ready(Some(after));
             }
             if let Some(m) = this.held.take() {
@@ -739,6 +824,13 @@ impl Stream for TopicStream {
                 continue;
             }
             match this.rx.poll_recv(cx) {
+                Poll::Ready(Live::Message(m)) if m.is_ephemeral() => {
+                    // A live-only notice: sent after everything logged before it, which this
+                    // stream has delivered (it reads the channel only once caught up).
+                    if m.is_for(this.conn) && !this.has_left() {
+                        return Poll::Ready(Some(Delivery::Message(m)));
+                    }
+                }
                 Poll::Ready(Live::Message(m)) => {
                     let offset = m.id().offset();
                     if offset <= this.last {

@@ -556,13 +556,13 @@ impl Publication {
         &self.payload
     }
 
-    /// The sender's user id, if recorded (a [`Backend`](crate::Backend) encodes it).
+    /// The sender's user id, if recorded (a [`Backend`](crate::backend::Backend) encodes it).
     #[must_use]
     pub fn sender_id(&self) -> Option<&str> {
         self.sender.as_deref()
     }
 
-    /// The connection that sent it, if recorded (a [`Backend`](crate::Backend) encodes it).
+    /// The connection that sent it, if recorded (a [`Backend`](crate::backend::Backend) encodes it).
     #[must_use]
     pub fn origin_id(&self) -> Option<ConnectionId> {
         self.origin
@@ -597,14 +597,29 @@ struct MessageInner {
     skip_origin: bool,
     timestamp_ms: u64,
     logged_at: Instant,
+    /// A live-only notice (presence change): not in history, no offset of its own.
+    ephemeral: bool,
     json: OnceLock<Bytes>,
 }
 
 impl Message {
     pub(crate) fn new(topic: Topic, id: MessageId, p: Publication) -> Self {
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self::build(topic, id, p, now_ms(), false)
+    }
+
+    /// A live-only notice: delivered to the subscribers of the moment, never logged. Its id is
+    /// that of the last logged message before it (`after`), so it can't be resumed from.
+    pub(crate) fn notice(topic: Topic, after: MessageId, p: Publication) -> Self {
+        Self::build(topic, after, p, now_ms(), true)
+    }
+
+    fn build(
+        topic: Topic,
+        id: MessageId,
+        p: Publication,
+        timestamp_ms: u64,
+        ephemeral: bool,
+    ) -> Self {
         Self(Arc::new(MessageInner {
             topic,
             id,
@@ -615,12 +630,13 @@ impl Message {
             skip_origin: p.skip_origin,
             timestamp_ms,
             logged_at: Instant::now(),
+            ephemeral,
             json: OnceLock::new(),
         }))
     }
 
-    /// A message another node published, as a remote [`Backend`](crate::Backend) hands it to
-    /// a [`Mirror`](crate::Mirror): its id and timestamp were assigned there.
+    /// A message another node published, as a remote [`Backend`](crate::backend::Backend) hands it to
+    /// a [`Mirror`](crate::backend::Mirror): its id and timestamp were assigned there.
     ///
     /// ```
     /// use salvo_realtime::{Epoch, Message, MessageId, Topic};
@@ -637,18 +653,7 @@ impl Message {
         publication: Publication,
         timestamp_ms: u64,
     ) -> Self {
-        Self(Arc::new(MessageInner {
-            topic,
-            id,
-            event: publication.event,
-            payload: publication.payload,
-            sender: publication.sender,
-            origin: publication.origin,
-            skip_origin: publication.skip_origin,
-            timestamp_ms,
-            logged_at: Instant::now(),
-            json: OnceLock::new(),
-        }))
+        Self::build(topic, id, publication, timestamp_ms, false)
     }
 
     /// The topic or room it was published to.
@@ -657,10 +662,20 @@ impl Message {
         &self.0.topic
     }
 
-    /// Its id: the epoch and offset in its topic's log.
+    /// Its id: the epoch and offset in its topic's log. For an
+    /// [ephemeral](Self::is_ephemeral) notice, the id of the last logged message before it.
     #[must_use]
     pub fn id(&self) -> MessageId {
         self.0.id
+    }
+
+    /// Whether this is a live-only notice (the `presence.join` / `presence.leave` events of
+    /// [`Rooms`](crate::Rooms)): delivered to whoever is subscribed at the moment, never kept in
+    /// history, without an id of its own (the envelope and the SSE event carry none), so a
+    /// client must not resume from it.
+    #[must_use]
+    pub fn is_ephemeral(&self) -> bool {
+        self.0.ephemeral
     }
 
     /// Its event name, if any.
@@ -719,9 +734,10 @@ impl Message {
     ///  "from":"alice","ts":1764277200000,"data":"hello"}
     /// ```
     ///
-    /// `event` and `from` are left out when absent. A text payload that is itself JSON is
-    /// embedded as is; other text becomes a JSON string; binary becomes an array of numbers
-    /// (send binary as binary frames instead when size matters).
+    /// `event` and `from` are left out when absent, and so is `id` for an
+    /// [ephemeral](Self::is_ephemeral) notice. A text payload that is itself JSON (nested at most
+    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) deep) is embedded as is; other text becomes a
+    /// JSON string; binary becomes a standard base64 string with `"binary":true` beside it.
     #[must_use]
     pub fn envelope_json(&self) -> &Bytes {
         self.0
@@ -735,48 +751,126 @@ impl Message {
             #[serde(rename = "type")]
             kind: &'static str,
             topic: &'a Topic,
-            id: MessageId,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<MessageId>,
             #[serde(skip_serializing_if = "Option::is_none")]
             event: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             from: Option<&'a str>,
             ts: u64,
             data: Data<'a>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            binary: bool,
         }
         enum Data<'a> {
             Raw(&'a serde_json::value::RawValue),
             Text(&'a str),
-            Binary(&'a [u8]),
+            Binary(String),
         }
         impl Serialize for Data<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 match self {
                     Data::Raw(raw) => raw.serialize(s),
                     Data::Text(text) => s.serialize_str(text),
-                    Data::Binary(bytes) => bytes.serialize(s),
+                    Data::Binary(b64) => s.serialize_str(b64),
                 }
             }
         }
         let payload = &self.0.payload;
         let data = match payload.as_text() {
-            Some(text) => match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-                Ok(raw) => Data::Raw(raw),
-                Err(_) => Data::Text(text),
+            Some(text) => match embeddable_json(text) {
+                Some(raw) => Data::Raw(raw),
+                None => Data::Text(text),
             },
-            None => Data::Binary(payload.as_bytes()),
+            None => Data::Binary(base64(payload.as_bytes())),
         };
         let envelope = Envelope {
             kind: "message",
             topic: &self.0.topic,
-            id: self.0.id,
+            id: (!self.0.ephemeral).then_some(self.0.id),
             event: self.0.event.as_ref().map(EventName::as_str),
             from: self.0.sender.as_deref(),
             ts: self.0.timestamp_ms,
+            binary: matches!(data, Data::Binary(_)),
             data,
         };
         // Serializing borrowed strings and numbers into a Vec can't fail.
         serde_json::to_vec(&envelope).unwrap_or_default()
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How deep JSON may nest to travel as JSON: a text payload nested deeper is refused from
+/// clients ([`HubError::JsonTooDeep`]) and embedded in envelopes as a plain string. Many JSON
+/// parsers give up at a few hundred levels; 64 is far beyond what real data needs.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// `text` as raw JSON to embed, if it is JSON nested at most [`MAX_JSON_DEPTH`] deep.
+fn embeddable_json(text: &str) -> Option<&serde_json::value::RawValue> {
+    if json_depth(text) > MAX_JSON_DEPTH {
+        return None;
+    }
+    serde_json::from_str::<&serde_json::value::RawValue>(text).ok()
+}
+
+/// The deepest nesting of `[` and `{` in `text` outside strings: an upper bound of its depth
+/// as JSON, found without parsing (and without recursion).
+pub(crate) fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Whether `payload` is JSON text nested deeper than [`MAX_JSON_DEPTH`].
+pub(crate) fn too_deep(payload: &Payload) -> bool {
+    payload.as_text().is_some_and(|text| {
+        json_depth(text) > MAX_JSON_DEPTH
+            && serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok()
+    })
+}
+
+/// Standard base64 (RFC 4648 alphabet, `=` padding), small enough not to need a dependency.
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
+        out.push(sextet(18));
+        out.push(sextet(12));
+        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    out
 }
 
 impl fmt::Debug for Message {
@@ -794,6 +888,37 @@ impl fmt::Debug for Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(base64(&[0xfb, 0xef]), "++8=");
+    }
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(r#"["[[[[", "\"[["]"#), 1);
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(too_deep(&Payload::text(deep)));
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(!too_deep(&Payload::text(ok)));
+        // Not JSON: plain text full of brackets is just text.
+        assert!(!too_deep(&Payload::text("[".repeat(100))));
+    }
 
     #[test]
     fn id_round_trips_and_rejects_non_canonical_forms() {

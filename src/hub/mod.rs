@@ -25,9 +25,11 @@ pub use backend::{Backend, Local, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
 pub use log::Applied;
-pub use message::{Epoch, EventName, Message, MessageId, Offset, Payload, Publication, Topic};
+pub use message::{
+    Epoch, EventName, MAX_JSON_DEPTH, Message, MessageId, Offset, Payload, Publication, Topic,
+};
 pub use pubsub::PubSub;
-pub use rooms::{DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, Rooms};
+pub use rooms::{DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Rooms};
 pub use subscription::Subscription;
 
 use crate::error::HubError;
@@ -297,6 +299,11 @@ pub enum Position {
     After(MessageId),
     /// The last `n` retained messages, then live.
     Recent(usize),
+    /// The client sent a resume position that can't be read (an id of another format, from an
+    /// older deployment or another app): it gets a [`Delivery::Reset`] with
+    /// [`ResetReason::Invalid`], then everything the history holds, then live messages, as
+    /// for an id of another epoch.
+    Invalid,
 }
 
 /// A connection as a hub sees it: who it is and what it asks for.
@@ -367,7 +374,7 @@ impl Connection {
 
     /// Records the client's address. Default: unknown.
     #[must_use]
-    pub fn remote_addr(mut self, addr: SocketAddr) -> Self {
+    pub fn with_remote_addr(mut self, addr: SocketAddr) -> Self {
         self.remote_addr = Some(addr);
         self
     }
@@ -396,10 +403,32 @@ impl Connection {
         &self.topics
     }
 
-    /// The client's address, if known.
+    /// The client's address, if known (behind trusted proxies, the address they forwarded).
     #[must_use]
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote_addr
+    }
+
+    /// Who is charged for the topics this connection creates
+    /// ([`HubConfig::max_topics_per_owner`]): its user, else its client address, IPv6 grouped
+    /// by /64.
+    pub(crate) fn owner(&self) -> Option<Arc<str>> {
+        if let Some(user) = self.user_id() {
+            return Some(Arc::from(format!("user:{user}")));
+        }
+        let ip = match self.remote_addr?.ip() {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
+                    ))
+                }
+            },
+            v4 => v4,
+        };
+        Some(Arc::from(format!("ip:{ip}")))
     }
 }
 
@@ -439,7 +468,7 @@ impl Delivery {
     /// [`Message::envelope_json`]; the others give
     /// `{"type":"lagged","topic":..,"missed":..}`, `{"type":"reset","topic":..,"requested":..,
     /// "epoch":..,"replay_after":..,"reason":..}` and `{"type":"presence","topic":..,"members":[{"user":..,
-    /// "connections":..,"data":..}]}`.
+    /// "connections":..,"data":..}],"more":false}`.
     #[must_use]
     pub fn envelope_json(&self) -> bytes::Bytes {
         #[derive(Serialize)]
@@ -451,7 +480,7 @@ impl Delivery {
             },
             Reset {
                 topic: &'a Topic,
-                requested: MessageId,
+                requested: Option<MessageId>,
                 epoch: String,
                 replay_after: MessageId,
                 reason: ResetReason,
@@ -459,6 +488,7 @@ impl Delivery {
             Presence {
                 topic: &'a Topic,
                 members: &'a [Member],
+                more: bool,
             },
         }
         let notice = match self {
@@ -477,6 +507,7 @@ impl Delivery {
             Self::Presence(p) => Notice::Presence {
                 topic: &p.room,
                 members: &p.members,
+                more: p.more,
             },
         };
         // Plain strings and numbers always encode.
@@ -490,8 +521,9 @@ impl Delivery {
 pub struct Reset {
     /// The topic.
     pub topic: Topic,
-    /// The position the client asked for.
-    pub requested: MessageId,
+    /// The position the client asked for; `None` if it couldn't be read
+    /// ([`ResetReason::Invalid`]).
+    pub requested: Option<MessageId>,
     /// The topic log's current epoch; ids of the messages that follow carry it.
     pub epoch: Epoch,
     /// The position the replay that follows starts after: a client that saves it (as an SSE
@@ -512,6 +544,8 @@ pub enum ResetReason {
     Expired,
     /// The id is ahead of the log's last message.
     Ahead,
+    /// The id could not be read at all ([`Position::Invalid`]).
+    Invalid,
 }
 
 /// The members of a room at one moment.
@@ -522,6 +556,10 @@ pub struct Presence {
     pub room: Topic,
     /// One entry per user, sorted by user id. Anonymous connections are not listed.
     pub members: Vec<Member>,
+    /// More pages of the same snapshot follow: a big room's members come in pages of at most
+    /// [`PRESENCE_PAGE`](crate::PRESENCE_PAGE), so no frame grows with the room. The snapshot
+    /// is complete at the page with `more == false`.
+    pub more: bool,
 }
 
 /// One user present in a room.

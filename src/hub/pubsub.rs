@@ -1,5 +1,6 @@
 //! Topics on broadcast channels with a bounded history.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -113,7 +114,7 @@ pub(crate) async fn open_stream<B: Backend>(
     from: Position,
     conn: ConnectionId,
     left: Option<&Arc<std::sync::atomic::AtomicBool>>,
-    on_join: impl Fn(&mut Locked<'_>) -> Option<Delivery>,
+    on_join: impl Fn(&mut Locked<'_>) -> VecDeque<Delivery>,
 ) -> Result<TopicStream, HubError> {
     for _ in 0..3 {
         backend.attach(mirror, topic).await?;
@@ -256,6 +257,18 @@ pub(crate) fn check_payload(payload: &Payload, limit: usize) -> Result<(), HubEr
     }
 }
 
+/// [`check_payload`] for what a connection sends, which also may not be JSON nested deeper
+/// than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH).
+pub(crate) fn check_inbound(payload: &Payload, limit: usize) -> Result<(), HubError> {
+    check_payload(payload, limit)?;
+    if super::message::too_deep(payload) {
+        return Err(HubError::JsonTooDeep {
+            limit: super::message::MAX_JSON_DEPTH,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn inbound_publication(
     conn: &Connection,
     payload: Payload,
@@ -284,17 +297,27 @@ impl<B: Backend> Hub for PubSub<B> {
             let (backend, mirror) = (&*self.inner.backend, &self.inner.mirror);
             let mut streams = Vec::with_capacity(conn.topics().len());
             for (topic, from) in conn.topics() {
-                let stream =
-                    open_stream(backend, mirror, topic, *from, conn.id(), None, |_| None).await?;
+                let stream = open_stream(backend, mirror, topic, *from, conn.id(), None, |_| {
+                    VecDeque::new()
+                })
+                .await?;
                 streams.push(stream);
             }
             streams
         } else {
             // Sized exactly: a collected Vec starts at 4 slots, most connections need 1.
             let registry = self.inner.mirror.registry();
+            let owner = conn.owner();
             let mut streams = Vec::with_capacity(conn.topics().len());
             for (topic, from) in conn.topics() {
-                streams.push(registry.subscribe(topic, *from, conn.id(), None, |_| None)?);
+                streams.push(registry.subscribe(
+                    topic,
+                    *from,
+                    conn.id(),
+                    owner.as_ref(),
+                    None,
+                    |_| VecDeque::new(),
+                )?);
             }
             streams
         };
@@ -303,7 +326,7 @@ impl<B: Backend> Hub for PubSub<B> {
 
     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
         let policy = self.inner.config.inbound.unwrap_or(InboundPolicy::Reject);
-        check_payload(&message, self.inner.config.max_payload)?;
+        check_inbound(&message, self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         for (topic, _) in conn.topics() {
             self.publish_to(topic, publication.clone()).await?;

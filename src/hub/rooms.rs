@@ -1,6 +1,6 @@
 //! Rooms: membership, presence, broadcast, direct messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::backend::{Backend, Local, Mirror};
 use super::config::{HubConfig, InboundPolicy};
-use super::log::{Limits, Locked, TopicStream};
-use super::pubsub::{check_payload, inbound_publication, open_stream, registry_for};
+use super::log::{Limits, TopicStream};
+use super::pubsub::{check_inbound, check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
 use super::{
     Connection, ConnectionId, Delivery, Hub, Identity, Member, Message, MessageId, Payload,
@@ -25,6 +25,8 @@ pub const PRESENCE_JOIN: &str = "presence.join";
 pub const PRESENCE_LEAVE: &str = "presence.leave";
 /// Prefix of the topics of users' direct-message logs; room names can't start with it.
 pub const DIRECT_PREFIX: &str = "@";
+/// Most members in one [`Presence`] delivery; a bigger room's snapshot comes in several pages.
+pub const PRESENCE_PAGE: usize = 256;
 
 /// Rooms with membership and presence: the [`Hub`] for chats, games and collaborative pages.
 ///
@@ -33,12 +35,15 @@ pub const DIRECT_PREFIX: &str = "@";
 ///   [`max_subscriptions`](HubConfig::max_subscriptions) rooms.
 /// * Each room has a log like a [`PubSub`](crate::PubSub) topic: ids, history, resume.
 /// * **Presence is per user**: several connections (tabs, devices) of one user are one member.
-///   When a user's first connection enters a room, a `presence.join` message is logged; when
-///   their last one leaves, a `presence.leave` message. Both carry the JSON payload
-///   `{"user": .., "data": ..}`, have ids, and are replayed on resume like any message. After
-///   joining a room (and after its replay) a connection receives one [`Delivery::Presence`]
-///   with the current members; it does not receive its own `presence.join`. Anonymous
-///   connections are members but not listed.
+///   When a user's first connection enters a room, the room's connections get a
+///   `presence.join` notice; when their last one leaves, a `presence.leave` notice. Both carry
+///   the JSON payload `{"user": .., "data": ..}`. They are live-only
+///   ([`Message::is_ephemeral`]): never kept in history, without ids, so they can't evict chat
+///   messages, don't keep an empty room alive, and are not replayed. After joining a room (and
+///   after its replay) a connection receives the current members instead: one
+///   [`Delivery::Presence`], in pages of at most [`PRESENCE_PAGE`] members for a big room. A
+///   connection does not receive its own `presence.join`. Anonymous connections are members
+///   but not listed.
 /// * [`broadcast`](Rooms::broadcast) reaches every connection in a room,
 ///   [`broadcast_except`](Rooms::broadcast_except) all but one, and
 ///   [`send_to_user`](Rooms::send_to_user) every connection of one user, whatever rooms they
@@ -53,7 +58,8 @@ pub const DIRECT_PREFIX: &str = "@";
 ///   nodes, and [`presence`](Self::presence) lists everyone. The connection counts
 ///   ([`room_count`](Self::room_count), [`connection_count`](Self::connection_count)...) are
 ///   this node's. The presence snapshot after joining is read after the join, so it may
-///   already include a join or leave that also arrives as an event. If the remote log of a
+///   already include a join or leave that also arrives as an event; presence notices travel
+///   through the remote log there (with ids, in history). If the remote log of a
 ///   room is lost (a new epoch), the node disconnects its connections in the room, so that
 ///   clients reconnect, resume with their last id and get a [`Delivery::Reset`].
 ///
@@ -78,9 +84,10 @@ pub const DIRECT_PREFIX: &str = "@";
 ///     .authenticated(Identity::new("bob"))
 ///     .subscribe(lobby, Position::Live);
 /// let bob_sub = rooms.join(&bob).await?;
-/// // alice sees bob arrive...
+/// // alice sees bob arrive (a live-only notice)...
 /// let Some(Delivery::Message(m)) = alice_sub.next().await else { panic!() };
 /// assert_eq!(m.event().map(|e| e.as_str()), Some("presence.join"));
+/// assert!(m.is_ephemeral());
 /// // ...and what bob says.
 /// rooms.receive(&bob, "hi".into()).await?;
 /// let Some(Delivery::Message(m)) = alice_sub.next().await else { panic!() };
@@ -347,7 +354,12 @@ impl<B: Backend> Rooms<B> {
             }
             (entry.identity.clone(), Arc::clone(&entry.control))
         };
-        let (stream, left) = self.enter(conn, identity.as_ref(), &room, from).await?;
+        let owner = identity
+            .as_ref()
+            .map(|i| Arc::from(format!("user:{}", i.user_id())));
+        let (stream, left) = self
+            .enter(conn, identity.as_ref(), owner.as_ref(), &room, from)
+            .await?;
         let registered = {
             let mut conns = self.inner.conns.lock();
             match conns.get_mut(&conn) {
@@ -525,6 +537,7 @@ impl<B: Backend> Rooms<B> {
         &self,
         conn: ConnectionId,
         identity: Option<&Identity>,
+        owner: Option<&Arc<str>>,
         room: &Topic,
         from: Position,
     ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
@@ -537,16 +550,18 @@ impl<B: Backend> Rooms<B> {
             room,
             from,
             conn,
+            owner,
             Some(Arc::clone(&left)),
             |log| {
                 let first = log.state().members.add(identity);
                 if !presence {
-                    return None;
+                    return VecDeque::new();
                 }
                 if let (true, Some(identity)) = (first, identity) {
-                    log.publish(presence_event(PRESENCE_JOIN, conn, identity));
+                    log.announce(presence_event(PRESENCE_JOIN, conn, identity));
                 }
-                Some(snapshot(log))
+                let members = log.state().members.list();
+                snapshot(log.topic(), members)
             },
         )?;
         Ok((stream, left))
@@ -574,7 +589,7 @@ impl<B: Backend> Rooms<B> {
             Some(&left),
             |log| {
                 log.state().members.add(identity);
-                None
+                VecDeque::new()
             },
         )
         .await?;
@@ -589,10 +604,7 @@ impl<B: Backend> Rooms<B> {
             if presence {
                 let mut members = inner.backend.members(&inner.rooms, room).await?;
                 members.sort_by(|a, b| a.user.cmp(&b.user));
-                stream.set_after_replay(Delivery::Presence(Presence {
-                    room: room.clone(),
-                    members,
-                }));
+                stream.set_after_replay(snapshot(room, members));
             }
             Ok::<_, HubError>(())
         };
@@ -615,11 +627,20 @@ impl<B: Backend> Rooms<B> {
     }
 }
 
-fn snapshot(log: &mut Locked<'_>) -> Delivery {
-    Delivery::Presence(Presence {
-        room: log.topic().clone(),
-        members: log.state().members.list(),
-    })
+/// A presence snapshot as deliveries of at most [`PRESENCE_PAGE`] members each; an empty room
+/// still gets one (empty) page.
+fn snapshot(room: &Topic, members: Vec<Member>) -> VecDeque<Delivery> {
+    let pages = members.len().div_ceil(PRESENCE_PAGE).max(1);
+    let mut members = members.into_iter();
+    (0..pages)
+        .map(|page| {
+            Delivery::Presence(Presence {
+                room: room.clone(),
+                members: members.by_ref().take(PRESENCE_PAGE).collect(),
+                more: page + 1 < pages,
+            })
+        })
+        .collect()
 }
 
 impl<B: Backend> Inner<B> {
@@ -640,7 +661,7 @@ impl<B: Backend> Inner<B> {
         let _ = self.rooms.registry().with_log(room, false, |log| {
             let last = log.state().members.remove(identity);
             if let (true, true, Some(identity)) = (presence, last, identity) {
-                log.publish(presence_event(PRESENCE_LEAVE, conn, identity));
+                log.announce(presence_event(PRESENCE_LEAVE, conn, identity));
             }
         });
         // If the connection's stream is already gone (dropped subscription), this was the last
@@ -747,24 +768,43 @@ impl<B: Backend> Hub for Rooms<B> {
         // From here on, dropping `subscription` undoes everything done so far.
         let mut subscription =
             Subscription::new(Vec::new(), Some(Arc::clone(&control)), Some(on_drop));
+        let owner = conn.owner();
         for (room, from) in rooms {
-            let (stream, left) = self.enter(id, conn.identity(), room, from).await?;
-            let mut conns = self.inner.conns.lock();
-            if let Some(entry) = conns.get_mut(&id) {
-                entry.rooms.insert(room.clone(), left);
+            let (stream, left) = self
+                .enter(id, conn.identity(), owner.as_ref(), room, from)
+                .await?;
+            let registered = match self.inner.conns.lock().get_mut(&id) {
+                Some(entry) => {
+                    entry.rooms.insert(room.clone(), Arc::clone(&left));
+                    true
+                }
+                None => false,
+            };
+            if !registered {
+                // Disconnected by the server while joining (a ban racing a reconnect): the
+                // membership just added has no entry to be undone through, so undo it here.
+                drop(stream);
+                self.exit(id, conn.identity(), room, &left);
+                return Err(HubError::NotJoined(id));
             }
-            drop(conns);
             control.add(stream);
         }
         if let Some(direct) = own_direct {
             let stream = if B::MIRRORED {
                 let (backend, mirror) = (&*self.inner.backend, &self.inner.direct);
-                open_stream(backend, mirror, &direct, direct_from, id, None, |_| None).await?
+                open_stream(backend, mirror, &direct, direct_from, id, None, |_| {
+                    VecDeque::new()
+                })
+                .await?
             } else {
-                self.inner
-                    .direct
-                    .registry()
-                    .subscribe(&direct, direct_from, id, None, |_| None)?
+                self.inner.direct.registry().subscribe(
+                    &direct,
+                    direct_from,
+                    id,
+                    None,
+                    None,
+                    |_| VecDeque::new(),
+                )?
             };
             control.add(stream);
         }
@@ -775,7 +815,7 @@ impl<B: Backend> Hub for Rooms<B> {
 
     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
         let policy = self.inner.config.inbound.unwrap_or(InboundPolicy::Publish);
-        check_payload(&message, self.inner.config.max_payload)?;
+        check_inbound(&message, self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         let rooms = self.rooms_of(conn.id());
         if rooms.is_empty() && !self.inner.conns.lock().contains_key(&conn.id()) {
