@@ -572,3 +572,563 @@ async fn graceful_drain_closes_every_socket_with_1001() {
     assert_eq!(refused(&server, req).await, 503);
     server.stop().await;
 }
+
+// ---- Hardening (issue 9): each test names the defect it pins. ----
+
+/// Every message envelope until the presence snapshot completes (`more == false`).
+async fn until_presence_done(ws: &mut Client) -> (Vec<Value>, Vec<Value>) {
+    let (mut messages, mut pages) = (Vec::new(), Vec::new());
+    loop {
+        let v = next_json(ws).await;
+        match v["type"].as_str() {
+            Some("presence") => {
+                let done = v["more"] == false;
+                pages.push(v);
+                if done {
+                    return (messages, pages);
+                }
+            }
+            Some("message") => messages.push(v),
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+}
+
+// Defect 1: a named user joining a room whose history is full must not make its own replay
+// lag (its join used to push out the oldest message: 1008 "slow consumer", no history).
+#[tokio::test]
+async fn resume_into_a_busy_room_replays_history_instead_of_closing() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    for i in 0..300 {
+        hub.inner()
+            .broadcast("busy", format!("m{i}"))
+            .await
+            .expect("broadcast");
+    }
+    // The history is full (256). At its edge, expired, `recent` past it, and once more.
+    for (case, reset) in [
+        ("edge", None),
+        ("expired", Some("expired")),
+        ("recent", None),
+        ("edge", None),
+    ] {
+        let history = hub.inner().history("busy");
+        assert_eq!(history.len(), 256);
+        let first = history[0].id();
+        let at = |back: u64| salvo_realtime::MessageId::new(first.epoch(), first.offset() - back);
+        let query = match case {
+            "edge" => format!("last={}", at(1)),
+            "expired" => format!("last={}", at(30)),
+            _ => "recent=1000".to_owned(),
+        };
+        let mut ws = connect(&server, &format!("/ws/busy?user=newcomer&{query}")).await;
+        if let Some(reason) = reset {
+            let first = next_json(&mut ws).await;
+            assert_eq!(
+                (first["type"].as_str(), first["reason"].as_str()),
+                (Some("reset"), Some(reason))
+            );
+        }
+        let (messages, pages) = until_presence_done(&mut ws).await;
+        let texts: Vec<_> = messages
+            .iter()
+            .map(|m| m["data"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        let expected: Vec<_> = history
+            .iter()
+            .map(|m| m.payload().as_text().unwrap_or("?").to_owned())
+            .collect();
+        assert_eq!(texts, expected, "{query}");
+        assert_eq!(pages.len(), 1);
+        hub.inner()
+            .broadcast("busy", "live")
+            .await
+            .expect("broadcast");
+        assert_eq!(next_message(&mut ws).await["data"], "live");
+        drop(ws);
+        back_to_baseline(&hub, &ep).await;
+    }
+    server.stop().await;
+}
+
+/// A raw WebSocket: the handshake by hand, then bytes.
+async fn raw_ws(server: &TestServer, path: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.expect("handshake");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A masked close frame from a client with `code`.
+fn client_close(code: u16) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let [hi, lo] = code.to_be_bytes();
+    vec![
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        hi ^ mask[0],
+        lo ^ mask[1],
+    ]
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+async fn server_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).await.expect("frame header");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                tcp.read_exact(&mut ext).await.expect("length");
+                usize::from(u16::from_be_bytes(ext))
+            }
+            127 => panic!("unexpectedly large frame"),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.expect("payload");
+        (head[0] & 0x0f, payload)
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a frame in time")
+}
+
+/// The close frame the server sends, skipping other frames; its code.
+async fn server_close_code(tcp: &mut TcpStream) -> u16 {
+    loop {
+        let (opcode, payload) = server_frame(tcp).await;
+        if opcode == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// Whether the server closes TCP (EOF or reset) within `within`.
+async fn closes_tcp(tcp: &mut TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+// Defect 2: a client's Close is answered with a Close (echoing a valid code, 1002 for one that
+// may not be sent) before the server closes TCP.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_before_tcp_ends() {
+    use tokio::io::AsyncWriteExt;
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    // An independent client's view (tokio-tungstenite): a clean close, code echoed.
+    let mut ws = connect(&server, "/ws/r?user=u").await;
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close sent");
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => {}
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+    .expect("answer in time");
+    match answer {
+        Ok(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the server's close, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("end in time")
+            .is_none(),
+        "a clean end after the handshake"
+    );
+    // Raw bytes: valid codes are echoed, forbidden ones get 1002; then TCP closes.
+    for (sent, expected) in [
+        (1000, 1000),
+        (4000, 4000),
+        (999, 1002),
+        (1005, 1002),
+        (1006, 1002),
+    ] {
+        let mut tcp = raw_ws(&server, "/ws/r?user=raw").await;
+        tcp.write_all(&client_close(sent)).await.expect("close");
+        assert_eq!(
+            server_close_code(&mut tcp).await,
+            expected,
+            "client sent {sent}"
+        );
+        assert!(
+            closes_tcp(&mut tcp, WAIT).await,
+            "TCP closed after the handshake"
+        );
+    }
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 2: a server-initiated close sends Close, then waits for the client's before it
+// closes TCP.
+#[tokio::test]
+async fn a_server_close_waits_for_the_clients_close() {
+    use tokio::io::AsyncWriteExt;
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let drain = ep.drain_handle();
+    let server = serve(ep.clone()).await;
+    let mut tcp = raw_ws(&server, "/ws/r?user=u").await;
+    assert!(eventually(|| hub.snapshot().open == 1).await);
+    let drained = tokio::spawn(async move { drain.close_all(WAIT).await });
+    assert_eq!(server_close_code(&mut tcp).await, GOING_AWAY);
+    assert!(
+        !closes_tcp(&mut tcp, Duration::from_millis(300)).await,
+        "the server waits for the client's close"
+    );
+    tcp.write_all(&client_close(1000)).await.expect("close");
+    assert!(closes_tcp(&mut tcp, WAIT).await, "then it closes TCP");
+    assert_eq!(drained.await.expect("drain"), 0);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 3: an id that can't be read opens the socket with a reset (reason `invalid`), then
+// history, then live; never a 400 that a client retries forever.
+#[tokio::test]
+async fn an_unreadable_last_id_gets_a_reset_then_history() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    for i in 0..3 {
+        hub.inner()
+            .broadcast("feed", format!("m{i}"))
+            .await
+            .expect("broadcast");
+    }
+    for bad in ["zzz-999999", "not-an-id!", "feed:zzz", "3F-1"] {
+        let mut ws = connect(&server, &format!("/ws/feed?user=u&last={bad}")).await;
+        let reset = next_json(&mut ws).await;
+        assert_eq!(reset["type"], "reset", "{bad}");
+        assert_eq!(reset["reason"], "invalid");
+        assert!(reset["requested"].is_null());
+        let (messages, _) = until_presence_done(&mut ws).await;
+        let texts: Vec<_> = messages.iter().map(|m| m["data"].clone()).collect();
+        assert_eq!(texts, ["m0", "m1", "m2"], "{bad}");
+        drop(ws);
+    }
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 9: a presence snapshot bigger than the write buffer is paged, and a frame bigger than
+// it (a 256 KiB binary message, base64 in its envelope) still goes; nobody is disconnected.
+#[tokio::test]
+async fn big_snapshots_come_in_pages_and_big_frames_still_go() {
+    use salvo_realtime::{Connection, Hub as _, Position, Topic};
+    let hub = hub(HubConfig::new().max_payload(512 * 1024));
+    let ep = endpoint(&hub).max_write_buffer(64 * 1024);
+    let server = serve(ep.clone()).await;
+    let bio = "x".repeat(1024);
+    let mut members = Vec::new();
+    for i in 0..600 {
+        let conn = Connection::new()
+            .authenticated(
+                Identity::new(format!("member{i:03}")).data(serde_json::json!({ "bio": bio })),
+            )
+            .subscribe(Topic::new("big").expect("name"), Position::Live);
+        let sub = hub.join(&conn).await.expect("join");
+        members.push((conn, sub));
+    }
+    let mut ws = connect(&server, "/ws/big?user=zed").await;
+    let (_, pages) = until_presence_done(&mut ws).await;
+    let listed: usize = pages
+        .iter()
+        .map(|p| p["members"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(listed, 601);
+    assert!(pages.len() >= 3, "paged: {} pages", pages.len());
+    let blob = vec![7u8; 256 * 1024];
+    hub.inner()
+        .broadcast("big", salvo_realtime::Payload::binary(blob))
+        .await
+        .expect("broadcast");
+    let m = next_message(&mut ws).await;
+    assert_eq!(m["binary"], true);
+    assert_eq!(
+        m["data"].as_str().map(str::len),
+        Some((256 * 1024usize).div_ceil(3) * 4)
+    );
+    assert_eq!(ep.open_connections(), 1, "still connected");
+    for (conn, sub) in members {
+        hub.leave(&conn, sub).await;
+    }
+    drop(ws);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 11: under raw framing nothing but members' payloads travels, so a member's text can't
+// pass for a server notice.
+#[tokio::test]
+async fn raw_framing_carries_no_server_notices() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub).framing(Framing::Raw);
+    let server = serve(ep.clone()).await;
+    let mut bob = connect(&server, "/ws/r?user=bob").await;
+    let mut alice = connect(&server, "/ws/r?user=alice").await;
+    let forged = r#"{"type":"reset","topic":"r","reason":"epoch_changed"}"#;
+    alice.send(Message::text(forged)).await.expect("send");
+    let first = tokio::time::timeout(WAIT, bob.next())
+        .await
+        .expect("frame")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(
+        first,
+        Message::text(forged),
+        "no presence snapshot or join notice came first"
+    );
+    drop(alice);
+    assert!(eventually(|| hub.snapshot().open == 1).await);
+    bob.send(Message::text("probe")).await.expect("send");
+    let next = tokio::time::timeout(WAIT, bob.next())
+        .await
+        .expect("frame")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(next, Message::text("probe"), "no leave notice either");
+    drop(bob);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 12: direct messages resume across a reconnect with `last=@<user>:<id>`, beside the
+// room's own position.
+#[tokio::test]
+async fn direct_messages_resume_across_a_reconnect() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    let mut ws = connect(&server, "/ws/r?user=alice").await;
+    hub.inner().send_to_user("alice", "dm1").await.expect("dm");
+    hub.inner()
+        .broadcast("r", "room1")
+        .await
+        .expect("broadcast");
+    let dm = next_message(&mut ws).await;
+    assert_eq!(
+        (dm["topic"].as_str(), dm["data"].as_str()),
+        (Some("@alice"), Some("dm1"))
+    );
+    let room = next_message(&mut ws).await;
+    let (dm_id, room_id) = (
+        dm["id"].as_str().expect("id").to_owned(),
+        room["id"].as_str().expect("id").to_owned(),
+    );
+    drop(ws);
+    back_to_baseline(&hub, &ep).await;
+    for text in ["dm2", "dm3"] {
+        hub.inner().send_to_user("alice", text).await.expect("dm");
+    }
+    hub.inner()
+        .broadcast("r", "room2")
+        .await
+        .expect("broadcast");
+    let mut ws = connect(
+        &server,
+        &format!("/ws/r?user=alice&last=r:{room_id}&last=@alice:{dm_id}"),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = next_message(&mut ws).await;
+        got.push(format!(
+            "{}/{}",
+            m["topic"].as_str().unwrap_or("?"),
+            m["data"].as_str().unwrap_or("?")
+        ));
+    }
+    got.sort();
+    assert_eq!(got, ["@alice/dm2", "@alice/dm3", "r/room2"]);
+    drop(ws);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+/// Rooms whose `receive` fails like a backend that is down for payloads starting with `fail`.
+#[derive(Clone)]
+struct Flaky(Hub);
+
+impl salvo_realtime::Hub for Flaky {
+    type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
+
+    async fn join(
+        &self,
+        conn: &salvo_realtime::Connection,
+    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
+        self.0.join(conn).await
+    }
+
+    async fn receive(
+        &self,
+        conn: &salvo_realtime::Connection,
+        message: salvo_realtime::Payload,
+    ) -> Result<(), salvo_realtime::error::HubError> {
+        if message.as_text().is_some_and(|t| t.starts_with("fail")) {
+            return Err(salvo_realtime::error::HubError::Backend(
+                "redis://user:password@10.0.0.1 timed out".into(),
+            ));
+        }
+        self.0.receive(conn, message).await
+    }
+
+    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
+        self.0.leave(conn, subscription).await;
+    }
+}
+
+// Defect 13 and 15 (order): a failed send is an `error` frame (`unavailable`), after the echo
+// of the earlier accepted message; the socket stays up.
+#[tokio::test]
+async fn a_failing_backend_gets_an_error_frame_and_the_socket_stays_up() {
+    let hub = hub(HubConfig::new());
+    let ep = WsEndpoint::new(Flaky(hub.clone())).identify(|req, _| {
+        Ok(req
+            .query::<String>("user")
+            .map(|u| Identity::new(u.as_str())))
+    });
+    let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep)).await;
+    let mut ws = connect(&server, "/ws/r?user=u").await;
+    for _ in 0..3 {
+        ws.send(Message::text("ok")).await.expect("send");
+        ws.send(Message::text("fail")).await.expect("send");
+    }
+    for _ in 0..3 {
+        let echo = next_json(&mut ws).await;
+        let echo = if echo["type"] == "presence" {
+            next_json(&mut ws).await
+        } else {
+            echo
+        };
+        assert_eq!(
+            (echo["type"].as_str(), echo["data"].as_str()),
+            (Some("message"), Some("ok"))
+        );
+        let error = next_json(&mut ws).await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["error"], "unavailable");
+        assert!(!error.to_string().contains("password"));
+    }
+    ws.send(Message::text("still here")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await["data"], "still here");
+    drop(ws);
+    assert!(eventually(|| hub.snapshot().open == 0).await);
+    server.stop().await;
+}
+
+// Defect 15: an error frame never overtakes the echo of an earlier accepted message.
+#[tokio::test]
+async fn an_error_frame_never_overtakes_an_earlier_echo() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub).rate_limit(Some(RateLimit::new(0, 1)));
+    let server = serve(ep.clone()).await;
+    let mut ws = connect(&server, "/ws/r?user=u").await;
+    assert_eq!(next_json(&mut ws).await["type"], "presence");
+    ws.send(Message::text("accepted")).await.expect("send");
+    ws.send(Message::text("dropped")).await.expect("send");
+    let first = next_json(&mut ws).await;
+    assert_eq!(
+        (first["type"].as_str(), first["data"].as_str()),
+        (Some("message"), Some("accepted"))
+    );
+    let second = next_json(&mut ws).await;
+    assert_eq!(
+        (second["type"].as_str(), second["error"].as_str()),
+        (Some("error"), Some("rate_limited"))
+    );
+    drop(ws);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 15: pings count against the rate limit; an unpaced ping flood is closed.
+#[tokio::test]
+async fn a_ping_flood_closes_with_1008() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub).rate_limit(Some(RateLimit::new(1, 5)));
+    let server = serve(ep.clone()).await;
+    let mut ws = connect(&server, "/ws/r?user=u").await;
+    for _ in 0..50 {
+        if ws
+            .send(Message::Ping(bytes::Bytes::from_static(b"p")))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut ws).await, Some(POLICY));
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// Defect 15: JSON nested deeper than the limit is refused, not relayed to other members.
+#[tokio::test]
+async fn deeply_nested_json_is_refused_not_relayed() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    let mut sender = connect(&server, "/ws/r?user=s").await;
+    let mut other = connect(&server, "/ws/r?user=o").await;
+    let deep = format!("{}{}", "[".repeat(32_000), "]".repeat(32_000));
+    sender.send(Message::text(deep)).await.expect("send");
+    let error = loop {
+        let v = next_json(&mut sender).await;
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(error["error"], "json_too_deep");
+    sender.send(Message::text("after")).await.expect("send");
+    assert_eq!(
+        next_message(&mut other).await["data"],
+        "after",
+        "the deep one never arrived"
+    );
+    drop((sender, other));
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}

@@ -1,0 +1,324 @@
+//! The one connection lifecycle both endpoints share: every check before the join, the same
+//! status for the same refusal on both transports, origins, proxies, independent clones.
+//! Over real loopback sockets, with raw HTTP requests where the handshake itself is the test.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use futures_util::stream::Empty;
+use salvo::Router;
+use salvo_realtime::error::{HubError, InvalidTopic};
+use salvo_realtime::sse::SseEndpoint;
+use salvo_realtime::ws::WsEndpoint;
+use salvo_realtime::{
+    Connection, Counted, Delivery, Hub, HubConfig, Identity, Payload, PubSub, Rooms,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(5);
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Sends `head` (request line and headers, without the final blank line) and returns the
+/// response's status and head.
+async fn raw(server: &TestServer, head: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(format!("{head}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("answer in time");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn upgrade(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {KEY}{extra}"
+    )
+}
+
+fn named<H: Hub>(ep: WsEndpoint<H>) -> WsEndpoint<H> {
+    ep.identify(|req, _| {
+        Ok(req
+            .query::<String>("user")
+            .map(|u| Identity::new(u.as_str())))
+    })
+}
+
+// Defect 4: a bad handshake is refused before the connection joins or is counted, so the room
+// never sees a member that never was.
+#[tokio::test]
+async fn bad_handshakes_are_refused_before_anything_joins() {
+    let hub = Counted::new(Rooms::new());
+    let ep = named(WsEndpoint::new(hub.clone()));
+    let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep.clone())).await;
+    let path = "/ws/room?user=ghost";
+    let cases = [
+        (upgrade(path, "\r\nSec-WebSocket-Version: 8"), 426),
+        (upgrade(path, "\r\nSec-WebSocket-Version: 14"), 426),
+        (upgrade(path, ""), 400),
+        (
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13"
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13"
+            ),
+            400,
+        ),
+        (
+            upgrade(
+                path,
+                "\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: again",
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13"
+            ),
+            400,
+        ),
+    ];
+    for (request, expected) in &cases {
+        let (status, head) = raw(&server, request).await;
+        assert_eq!(status, *expected, "{request}\n=> {head}");
+        if *expected == 426 {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("sec-websocket-version: 13"),
+                "426 names the version: {head}"
+            );
+        }
+    }
+    assert_eq!(hub.snapshot().total, 0, "no bad handshake joined");
+    assert!(hub.inner().presence("room").await.is_empty());
+    assert_eq!(ep.open_connections(), 0);
+    // A correct handshake still goes through.
+    let (status, _) = raw(&server, &upgrade(path, "\r\nSec-WebSocket-Version: 13")).await;
+    assert_eq!(status, 101);
+    server.stop().await;
+}
+
+/// A hub whose join always fails with the error `make` builds.
+struct Refuses(fn() -> HubError);
+
+impl Hub for Refuses {
+    type Subscription = Empty<Delivery>;
+
+    async fn join(&self, _conn: &Connection) -> Result<Self::Subscription, HubError> {
+        Err((self.0)())
+    }
+
+    async fn receive(&self, _conn: &Connection, _message: Payload) -> Result<(), HubError> {
+        Err(HubError::InboundRejected)
+    }
+
+    async fn leave(&self, _conn: &Connection, _subscription: Self::Subscription) {}
+}
+
+fn secret_backend() -> HubError {
+    HubError::Backend("redis://user:password@10.1.2.3:6379 refused".into())
+}
+
+// Defect 5: one map from hub refusal to status, shared by both transports; a backend's error
+// text never reaches the client.
+#[tokio::test]
+async fn the_same_hub_refusal_gets_the_same_status_on_both_transports() {
+    let cases: [(fn() -> HubError, u16); 7] = [
+        (|| HubError::InboundRejected, 403),
+        (secret_backend, 503),
+        (|| HubError::TooManyTopics { limit: 1 }, 503),
+        (|| HubError::TooManyCreated { limit: 1 }, 429),
+        (|| HubError::TooManySubscriptions { limit: 1 }, 400),
+        (|| HubError::InvalidTopic(InvalidTopic::Empty), 400),
+        (
+            || HubError::NotJoined(salvo_realtime::ConnectionId::next()),
+            403,
+        ),
+    ];
+    for (make, expected) in cases {
+        let router = Router::new()
+            .push(Router::with_path("ws/{topic}").goal(WsEndpoint::new(Refuses(make))))
+            .push(Router::with_path("sse/{topic}").get(SseEndpoint::new(Refuses(make))));
+        let server = TestServer::start(router).await;
+        let (ws, ws_head) = raw(&server, &upgrade("/ws/t", "\r\nSec-WebSocket-Version: 13")).await;
+        let sse = reqwest::get(server.http("/sse/t"))
+            .await
+            .expect("sse answer");
+        let sse_status = sse.status().as_u16();
+        let sse_body = sse.text().await.expect("body");
+        assert_eq!((ws, sse_status), (expected, expected), "{:?}", make());
+        for text in [&ws_head, &sse_body] {
+            assert!(!text.contains("password"), "backend detail leaked: {text}");
+        }
+        server.stop().await;
+    }
+}
+
+// Defect 6: forwarding headers count only from trusted proxies; IPv6 clients share a cap per
+// /64 (unit-tested in src/endpoint.rs).
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let hub = PubSub::new();
+    let behind = SseEndpoint::new(hub.clone())
+        .max_connections_per_ip(1)
+        .trusted_proxies(&["127.0.0.1"]);
+    let direct = SseEndpoint::new(hub.clone()).max_connections_per_ip(1);
+    let wrong_proxy = SseEndpoint::new(hub)
+        .max_connections_per_ip(1)
+        .trusted_proxies(&["10.0.0.0/8"]);
+    let router = Router::new()
+        .push(Router::with_path("behind/{topic}").get(behind))
+        .push(Router::with_path("direct/{topic}").get(direct))
+        .push(Router::with_path("wrong/{topic}").get(wrong_proxy));
+    let server = TestServer::start(router).await;
+    let client = reqwest::Client::new();
+    let open = |path: &'static str, forwarded: &'static str| {
+        let req = client
+            .get(server.http(path))
+            .header("x-forwarded-for", forwarded)
+            .header("forwarded", format!("for=\"{forwarded}\""));
+        async move { req.send().await.expect("answer") }
+    };
+    // Behind a trusted proxy: two clients, two slots, though both come from 127.0.0.1.
+    let a = open("/behind/t", "203.0.113.1").await;
+    let b = open("/behind/t", "203.0.113.2").await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let again = open("/behind/t", "203.0.113.1").await;
+    assert_eq!(again.status(), 429, "the same forwarded client is capped");
+    // Facing clients directly (no proxy trusted), or trusting another proxy: the headers are
+    // a spoof and change nothing.
+    let c = open("/direct/t", "198.51.100.1").await;
+    let d = open("/direct/t", "198.51.100.2").await;
+    assert_eq!((c.status().as_u16(), d.status().as_u16()), (200, 429));
+    let e = open("/wrong/t", "198.51.100.3").await;
+    let f = open("/wrong/t", "198.51.100.4").await;
+    assert_eq!((e.status().as_u16(), f.status().as_u16()), (200, 429));
+    drop((a, b, c, e));
+    server.stop().await;
+}
+
+// Defect 7 and 15: SSE has the WebSocket's origin policy; two Origin headers never pass.
+#[tokio::test]
+async fn both_transports_share_one_origin_policy() {
+    let hub = Counted::new(PubSub::new());
+    let router = Router::new()
+        .push(
+            Router::with_path("ws/{topic}")
+                .goal(WsEndpoint::new(hub.clone()).allowed_origins(&["https://app.example"])),
+        )
+        .push(
+            Router::with_path("sse/{topic}")
+                .get(SseEndpoint::new(hub.clone()).allowed_origins(&["https://app.example"])),
+        );
+    let server = TestServer::start(router).await;
+    let host = format!("{}", server.addr);
+    let cases = [
+        (vec!["https://evil.example".to_owned()], 403),
+        (vec!["https://app.example.evil".to_owned()], 403),
+        (
+            vec![format!("http://{host}"), "https://evil.example".to_owned()],
+            403,
+        ),
+        (vec!["null".to_owned()], 403),
+        (vec!["https://APP.example".to_owned()], 200),
+        (vec![format!("http://{host}")], 200),
+        (vec![], 200),
+    ];
+    for (origins, expected) in &cases {
+        let lines: String = origins.iter().map(|o| format!("\r\nOrigin: {o}")).collect();
+        let ws_req = format!(
+            "GET /ws/t HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13{lines}"
+        );
+        let sse_req = format!("GET /sse/t HTTP/1.1\r\nHost: {host}{lines}");
+        let (ws, _) = raw(&server, &ws_req).await;
+        let (sse, _) = raw(&server, &sse_req).await;
+        let ws_expected = if *expected == 200 { 101 } else { 403 };
+        assert_eq!((ws, sse), (ws_expected, *expected), "origins {origins:?}");
+    }
+    // Refused requests never joined: only the 3 admitted pairs did.
+    assert!(
+        eventually(|| hub.snapshot().total == 6).await,
+        "{:?}",
+        hub.snapshot()
+    );
+    server.stop().await;
+}
+
+// Defect 14: a clone's settings are its own.
+#[tokio::test]
+async fn a_clone_has_its_own_settings() {
+    let hub = PubSub::new();
+    let original = SseEndpoint::new(hub.clone()).max_connections(2);
+    let _strict = original.clone().max_connections(0);
+    let ws_original = WsEndpoint::new(hub).max_connections(2);
+    let _ws_strict = ws_original.clone().max_connections(0);
+    let router = Router::new()
+        .push(Router::with_path("sse/{topic}").get(original.clone()))
+        .push(Router::with_path("ws/{topic}").goal(ws_original.clone()));
+    let server = TestServer::start(router).await;
+    let a = reqwest::get(server.http("/sse/t")).await.expect("answer");
+    let b = reqwest::get(server.http("/sse/t")).await.expect("answer");
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let c = reqwest::get(server.http("/sse/t")).await.expect("answer");
+    assert_eq!(c.status(), 503, "the original's own cap of 2");
+    let (ws, _) = raw(&server, &upgrade("/ws/t", "\r\nSec-WebSocket-Version: 13")).await;
+    assert_eq!(ws, 101, "the clone's cap of 0 did not reach the original");
+    assert_eq!(original.open_connections(), 2, "the live count is shared");
+    drop((a, b));
+    server.stop().await;
+}
+
+// Defect 10 over the wire: the per-owner creation cap is that client's own 429.
+#[tokio::test]
+async fn one_client_creating_rooms_gets_its_own_429() {
+    let hub = Rooms::with_config(HubConfig::new().max_topics_per_owner(3));
+    let ep = named(WsEndpoint::new(hub.clone()));
+    let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep)).await;
+    let mut held = Vec::new();
+    for room in ["a", "b", "c"] {
+        let path = format!("/ws/{room}?user=mallory");
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws(&path))
+            .await
+            .expect("within the cap");
+        held.push(ws);
+    }
+    let (status, _) = raw(
+        &server,
+        &upgrade("/ws/d?user=mallory", "\r\nSec-WebSocket-Version: 13"),
+    )
+    .await;
+    assert_eq!(status, 429);
+    let (status, _) = raw(
+        &server,
+        &upgrade("/ws/d?user=alice", "\r\nSec-WebSocket-Version: 13"),
+    )
+    .await;
+    assert_eq!(status, 101, "another user is not affected");
+    drop(held);
+    server.stop().await;
+}
