@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
+use salvo_realtime::error::HubError;
 use salvo_realtime::{
     Drain, Hub, PubSub, Publication, Rejection, Topic, client::ClientScript, sse::SseEndpoint,
 };
@@ -20,14 +21,20 @@ async fn page(res: &mut Response) {
     res.render(Text::Html(include_str!("notifications.html")));
 }
 
-/// `POST /publish`: publishes the body as text to the feed, answers with the message id.
+/// `POST /publish`: publishes the body as text to the feed, answers with the message id; a
+/// body over the hub's 64 KiB payload limit (or Salvo's request limit) gets 413.
 struct Publish(PubSub);
 
 #[async_trait]
 impl Handler for Publish {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        let text = String::from_utf8_lossy(req.payload().await.map(|b| &b[..]).unwrap_or_default())
-            .into_owned();
+        let text = match req.payload().await {
+            Ok(body) => String::from_utf8_lossy(body).into_owned(),
+            Err(_) => {
+                res.render(StatusError::payload_too_large().brief("body over 64 KiB"));
+                return;
+            }
+        };
         let publication = match req.query::<String>("event") {
             Some(event) => Publication::new(text)
                 .event(&event)
@@ -37,6 +44,9 @@ impl Handler for Publish {
         match publication.map(|p| self.0.publish(FEED, p)) {
             Ok(publishing) => match publishing.await {
                 Ok(id) => res.render(id.to_string()),
+                Err(HubError::PayloadTooLarge { .. }) => {
+                    res.render(StatusError::payload_too_large().brief("body over 64 KiB"));
+                }
                 Err(e) => res.render(StatusError::bad_request().brief(e.to_string())),
             },
             Err(e) => res.render(StatusError::bad_request().brief(e)),

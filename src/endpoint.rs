@@ -1100,3 +1100,170 @@ macro_rules! common_builders {
     };
 }
 pub(crate) use common_builders;
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use proptest::prelude::*;
+    use salvo::Request;
+    use salvo::http::HeaderValue;
+
+    use super::{IpRange, OriginPolicy, Refusal, cap_key, check_handshake, client_ip, positions};
+    use crate::hub::{Epoch, MessageId, Position, Topic};
+
+    fn request(peer: &str, headers: &[(&str, &str)]) -> Request {
+        let mut req = Request::new();
+        let addr: SocketAddr = peer.parse().expect("peer address");
+        *req.remote_addr_mut() = addr.into();
+        for (name, value) in headers {
+            if let (Ok(name), Ok(value)) = (
+                salvo::http::header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                req.headers_mut().append(name, value);
+            }
+        }
+        req
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_cap_per_64_and_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(cap_key(a), cap_key(b));
+        assert_ne!(cap_key(a), cap_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(cap_key(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn forwarding_headers_pick_the_rightmost_untrusted_address() {
+        let trusted = [
+            IpRange::parse("127.0.0.1").expect("range"),
+            IpRange::parse("10.0.0.0/8").expect("range"),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let req = request(
+            "127.0.0.1:9",
+            &[("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.1.1.1")],
+        );
+        assert_eq!(client_ip(&req, &trusted), Some(ip("203.0.113.5")));
+        let req = request(
+            "127.0.0.1:9",
+            &[("forwarded", "for=\"[2001:db8::7]:443\";proto=https")],
+        );
+        assert_eq!(client_ip(&req, &trusted), Some(ip("2001:db8::7")));
+        let req = request("127.0.0.1:9", &[("x-real-ip", "192.0.2.1")]);
+        assert_eq!(client_ip(&req, &trusted), Some(ip("192.0.2.1")));
+        let req = request("192.0.2.50:9", &[("x-forwarded-for", "203.0.113.5")]);
+        assert_eq!(
+            client_ip(&req, &trusted),
+            Some(ip("192.0.2.50")),
+            "spoofed by a client"
+        );
+    }
+
+    fn topic_name() -> impl Strategy<Value = String> {
+        "[a-z@:]{1,6}"
+    }
+
+    proptest! {
+        // Any resume input gives one position per requested topic (plus, at most, the
+        // connection's own direct log), never a panic and never a refusal.
+        #[test]
+        fn positions_cover_every_topic_whatever_the_resume_input(
+            names in proptest::collection::vec(topic_name(), 1..4),
+            resume in proptest::collection::vec(".{0,40}", 0..4),
+            recent in proptest::option::of(0usize..5),
+        ) {
+            let topics: Vec<Topic> = names.iter().filter_map(|n| Topic::new(n).ok()).collect();
+            prop_assume!(!topics.is_empty());
+            let own = Topic::new("@me").ok();
+            let base = recent.map_or(Position::Live, Position::Recent);
+            let out = positions(&topics, own.as_ref(), base, &resume);
+            for t in &topics {
+                prop_assert!(out.iter().any(|(o, _)| o == t));
+            }
+            for (t, _) in &out {
+                prop_assert!(topics.contains(t) || Some(t) == own.as_ref());
+            }
+        }
+
+        // A `<topic>:<id>` for a requested topic resumes exactly that topic.
+        #[test]
+        fn a_named_id_resumes_its_topic(offset in 0u64..1_000_000, which in 0usize..3) {
+            let topics: Vec<Topic> = ["a:b", "c", "@me"].iter().map(|n| Topic::new(n).expect("valid")).collect();
+            let id = MessageId::new(Epoch::random(), offset);
+            let resume = vec![format!("{}:{id}", topics[which])];
+            let out = positions(&topics, None, Position::Live, &resume);
+            for (t, p) in &out {
+                let expected = if *t == topics[which] { Position::After(id) } else { Position::Live };
+                prop_assert_eq!(*p, expected);
+            }
+        }
+
+        // Forwarding headers of any content never panic, and are ignored from untrusted peers.
+        #[test]
+        fn client_ip_never_panics(
+            xff in ".{0,60}",
+            fwd in ".{0,60}",
+            real in ".{0,30}",
+            trusted_peer in any::<bool>(),
+        ) {
+            let trusted = [IpRange::parse("127.0.0.0/8").expect("range")];
+            let peer = if trusted_peer { "127.0.0.1:1" } else { "192.0.2.1:1" };
+            let req = request(peer, &[("x-forwarded-for", &xff), ("forwarded", &fwd), ("x-real-ip", &real)]);
+            let ip = client_ip(&req, &trusted);
+            prop_assert!(ip.is_some());
+            if !trusted_peer {
+                prop_assert_eq!(ip, "192.0.2.1".parse().ok());
+            }
+        }
+
+        // Ranges: any string parses or not, never panics; a range contains its own address.
+        #[test]
+        fn ip_ranges_parse_safely(s in ".{0,40}", a in any::<[u8; 4]>(), prefix in 0u8..=32) {
+            let _ = IpRange::parse(&s);
+            let addr = IpAddr::from(a);
+            let range = IpRange::parse(&format!("{addr}/{prefix}")).expect("valid range");
+            prop_assert!(range.contains(addr));
+        }
+
+        // Origins: anything but the same host or an allowlisted origin is refused.
+        #[test]
+        fn only_exact_origins_pass(origin in ".{0,60}") {
+            let mut policy = OriginPolicy::default();
+            policy.set_allowed(&["https://app.example"]);
+            let req = request("127.0.0.1:1", &[("origin", &origin), ("host", "svc.example:8080")]);
+            let lowered = origin.trim_end_matches('/').to_ascii_lowercase();
+            let should_pass = lowered == "https://app.example"
+                || lowered == "http://svc.example:8080"
+                || lowered == "https://svc.example:8080"
+                || HeaderValue::from_str(&origin).is_err();
+            prop_assert_eq!(policy.check(&req).is_ok(), should_pass, "{:?}", origin);
+        }
+
+        // Handshake headers of any content: a typed refusal or success, never a panic.
+        #[test]
+        fn handshake_checks_never_panic(
+            connection in ".{0,20}",
+            upgrade in ".{0,20}",
+            key in ".{0,30}",
+            version in ".{0,4}",
+        ) {
+            let req = request("127.0.0.1:1", &[
+                ("connection", &connection),
+                ("upgrade", &upgrade),
+                ("sec-websocket-key", &key),
+                ("sec-websocket-version", &version),
+            ]);
+            match check_handshake(&req) {
+                Ok(()) => prop_assert_eq!(version.as_str(), "13"),
+                Err(Refusal::Handshake(_) | Refusal::Version) => {}
+                Err(other) => prop_assert!(false, "unexpected refusal {:?}", other),
+            }
+        }
+    }
+}

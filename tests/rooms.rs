@@ -306,3 +306,140 @@ async fn disconnect_user_ends_all_their_connections() {
     assert_eq!(rooms.connection_count(), 1);
     assert_eq!(rooms.disconnect_user("alice"), 0);
 }
+
+// ---- Hardening (issue 9) ----
+
+// Defect 1: a join into a room whose history is full never makes its own replay lag, wherever
+// the replay starts, and presence notices never evict chat messages.
+#[tokio::test]
+async fn a_join_into_a_full_history_never_lags_its_own_replay() {
+    let rooms = Rooms::new();
+    for i in 0..300 {
+        rooms
+            .broadcast("busy", format!("m{i}"))
+            .await
+            .expect("broadcast");
+    }
+    let history = rooms.history("busy");
+    assert_eq!(history.len(), 256);
+    let first = history[0].id();
+    let edge = salvo_realtime::MessageId::new(first.epoch(), first.offset() - 1);
+    let expired = salvo_realtime::MessageId::new(first.epoch(), 3);
+    let mut joined = Vec::new();
+    for (i, from) in [
+        Position::After(edge),
+        Position::After(expired),
+        Position::Recent(1000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let conn = Connection::new()
+            .authenticated(Identity::new(format!("new{i}")))
+            .subscribe(Topic::new("busy").expect("valid"), from);
+        let mut sub = rooms.join(&conn).await.expect("join");
+        let got = ready(&mut sub);
+        assert!(
+            !got.iter().any(|d| matches!(d, Delivery::Lagged { .. })),
+            "no lag: {:?}",
+            &got[..2]
+        );
+        assert_eq!(messages(&got).len(), 256, "the whole history, for {from:?}");
+        assert_eq!(rooms.history("busy")[0].id(), first, "nothing was evicted");
+        // Kept joined: the next joiner's notice reaches it live, not through history.
+        joined.push((conn, sub));
+    }
+    for (conn, sub) in joined {
+        rooms.leave(&conn, sub).await;
+    }
+}
+
+// Defect 8: a join racing `disconnect_user` leaves no membership behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_racing_disconnect_user_leaves_no_member_behind() {
+    let rooms = Rooms::new();
+    let names: Vec<String> = (0..64).map(|i| format!("room{i}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let banner = tokio::spawn({
+        let (rooms, stop) = (rooms.clone(), std::sync::Arc::clone(&stop));
+        async move {
+            let mut kicked = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                kicked += rooms.disconnect_user("mallory");
+                tokio::task::yield_now().await;
+            }
+            kicked
+        }
+    });
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for _ in 0..200 {
+        let conn = member("mallory", &refs);
+        if let Ok(sub) = rooms.join(&conn).await {
+            rooms.leave(&conn, sub).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kicked = banner.await.expect("banner");
+    for room in &names {
+        assert!(
+            rooms.presence(room).await.is_empty(),
+            "{room} still lists mallory"
+        );
+    }
+    assert_eq!(rooms.connection_count(), 0);
+    assert_eq!(
+        rooms.room_count(),
+        0,
+        "every room was freed (kicked {kicked})"
+    );
+}
+
+// Defect 10: presence alone keeps no room alive, and one owner can't fill the hub.
+#[tokio::test]
+async fn presence_keeps_no_empty_room_alive_and_one_owner_cannot_fill_the_hub() {
+    let rooms = Rooms::with_config(HubConfig::new().max_topics(100).max_topics_per_owner(10));
+    for round in 0..20 {
+        let names: Vec<String> = (0..8).map(|i| format!("r{round}-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let conn = member("drifter", &refs);
+        let sub = rooms.join(&conn).await.expect("join");
+        rooms.leave(&conn, sub).await;
+    }
+    assert_eq!(
+        rooms.log_count(),
+        0,
+        "join/leave alone leaves nothing behind"
+    );
+
+    // Rooms with history stay for the idle TTL; they count against their creator.
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let conn = member("mallory", &[&format!("m{i}")]);
+        let sub = rooms.join(&conn).await.expect("within the cap");
+        rooms.receive(&conn, "spam".into()).await.expect("sent");
+        held.push((conn, sub));
+    }
+    let over = member("mallory", &["m10"]);
+    assert!(matches!(
+        rooms.join(&over).await,
+        Err(HubError::TooManyCreated { limit: 10 })
+    ));
+    for (conn, sub) in held.drain(..) {
+        rooms.leave(&conn, sub).await;
+    }
+    assert_eq!(rooms.log_count(), 10, "kept for resume");
+    assert!(matches!(
+        rooms.join(&member("mallory", &["m11"])).await,
+        Err(HubError::TooManyCreated { .. })
+    ));
+    let alice = member("alice", &["fresh"]);
+    let sub = rooms
+        .join(&alice)
+        .await
+        .expect("another owner is not affected");
+    rooms.leave(&alice, sub).await;
+    // Joining an existing room creates nothing.
+    let again = member("mallory", &["m3"]);
+    let sub = rooms.join(&again).await.expect("existing room");
+    rooms.leave(&again, sub).await;
+}

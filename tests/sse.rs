@@ -2,6 +2,9 @@
 //! drain, the WHATWG encoding rules and Salvo's `Compression` middleware.
 
 mod common;
+#[allow(dead_code)]
+#[path = "../examples/notifications.rs"]
+mod notifications;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -774,5 +777,39 @@ async fn events_behind_compression_arrive_without_waiting_for_more() {
 
     drop(body);
     settled(&hub).await;
+    server.stop().await;
+}
+
+// Issue 9, defect 15: the notifications example answers 413 for a body over 64 KiB instead of
+// publishing an empty event with 200.
+#[tokio::test]
+async fn the_notifications_example_refuses_an_oversized_body_with_413() {
+    let hub = PubSub::new();
+    let server = TestServer::start(notifications::router(
+        hub.clone(),
+        hub.clone(),
+        salvo_realtime::Drain::new(),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let big = client
+        .post(server.http("/publish"))
+        .body(vec![b'x'; 70 * 1024])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(big.status().as_u16(), 413);
+    assert!(
+        hub.history("notifications").is_empty(),
+        "nothing was published"
+    );
+    let ok = client
+        .post(server.http("/publish"))
+        .body("fits")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(hub.history("notifications").len(), 1);
     server.stop().await;
 }
