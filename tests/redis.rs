@@ -93,6 +93,16 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis command {args:?} failed"))
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -473,5 +483,46 @@ async fn while_redis_is_down_publish_fails_fast_and_subscribers_stay() {
         tokio::time::timeout(Duration::from_millis(300), sub.next())
             .await
             .is_err()
+    );
+}
+
+// Issue 9, defect 13: a publish reported as failed while Redis is stalled (SIGSTOP) is never
+// delivered later; the ones after the stall go through.
+#[tokio::test]
+async fn a_publish_that_failed_during_a_stall_is_never_delivered_later() {
+    let server = RedisServer::start();
+    let hub = pubsub_node(&server).await;
+    let mut sub = hub.subscribe("s", Position::Live).await.expect("subscribe");
+    hub.publish("s", "before").await.expect("publish");
+    assert_eq!(messages(&mut sub, 1, Duration::from_secs(5)).await.len(), 1);
+
+    server.signal("-STOP");
+    let mut failed = 0;
+    for i in 0..4 {
+        match hub.publish("s", format!("stalled{i}")).await {
+            Err(HubError::Backend(_)) => failed += 1,
+            other => panic!("expected a backend error during the stall, got {other:?}"),
+        }
+    }
+    server.signal("-CONT");
+    assert_eq!(failed, 4);
+    let after = publish_retrying(&hub, "s", "after").await;
+    let got = messages(&mut sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got[0].payload().as_text(),
+        Some("after"),
+        "no failed publish came first"
+    );
+    assert_eq!(got[0].id(), after);
+    assert_eq!(
+        server.command(&["XLEN", "salvo-realtime:hist:topics:s"]),
+        ":2",
+        "only `before` and `after` are in the history"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "nothing else arrives"
     );
 }

@@ -47,10 +47,19 @@ local function total(p, room, user)
 end
 ";
 
-/// KEYS meta, hist; ARGV candidate epoch, body, maxlen, ttl, channel.
+/// KEYS meta, hist; ARGV candidate epoch, body, maxlen, ttl, channel, deadline (Unix ms).
+///
+/// A publish that reaches Redis after its deadline (Redis was stalled and the node's call has
+/// already timed out and reported the failure) does nothing and answers `EXPIRED`: a publish
+/// reported as failed is never delivered later.
 pub(crate) fn publish() -> String {
     format!(
-        "{PUBLISH_FN}\nreturn publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
+        "{PUBLISH_FN}
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then
+  return redis.error_reply('EXPIRED publish past its deadline')
+end
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
     )
 }
 

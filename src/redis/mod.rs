@@ -313,6 +313,14 @@ async fn within<T>(
     }
 }
 
+/// `timeout` from now, in Unix milliseconds.
+fn deadline_ms(timeout: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from((now + timeout).as_millis()).unwrap_or(u64::MAX)
+}
+
 fn candidate_epoch() -> String {
     format!("{:x}", Epoch::random().as_u64())
 }
@@ -361,6 +369,9 @@ impl Shared {
         topic: &Topic,
         p: &Publication,
     ) -> Result<MessageId, Failure> {
+        // The deadline goes with the script: if Redis runs it only after this call has timed
+        // out (a stalled server), it refuses, so "failed" always means "not delivered". This
+        // trusts the node's and Redis's clocks to agree to within the timeout.
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(self.key("meta", ns, topic))
             .key(self.key("hist", ns, topic))
@@ -368,7 +379,8 @@ impl Shared {
             .arg(wire::encode_body(topic, p, self.node))
             .arg(self.config.history)
             .arg(self.ttl_ms())
-            .arg(self.channel(ns, topic));
+            .arg(self.channel(ns, topic))
+            .arg(deadline_ms(self.config.timeout));
         let mut conn = self.conn.clone();
         let id: String = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
         id.parse().map_err(|_| Failure::Reply("publish"))
