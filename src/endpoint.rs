@@ -636,9 +636,11 @@ const LAST_EVENT_ID_QUERY: &str = "lastEventId";
 
 /// Where each topic starts. `resume` holds ids as clients send them: `<topic>:<id>` names its
 /// topic (any requested topic, or the connection's own direct log `@<user>`, which is then
-/// added); a bare `<id>` (or one whose prefix names no such topic) applies when the request
-/// has exactly one topic. An id that doesn't parse gives [`Position::Invalid`] (a reset, never
-/// a refusal: a stale id must not lock a client out). Topics without an id start at `base`.
+/// added); one naming another topic (a room the server put the connection in, say) is ignored.
+/// A bare `<id>`, or a value whose part after the last `:` is no id at all, applies when the
+/// request has exactly one topic. An id that doesn't parse gives [`Position::Invalid`] (a
+/// reset, never a refusal: a stale id must not lock a client out). Topics without an id start
+/// at `base`.
 pub(crate) fn positions(
     topics: &[Topic],
     own_direct: Option<&Topic>,
@@ -651,18 +653,20 @@ pub(crate) fn positions(
             .map_or(Position::Invalid, Position::After)
     };
     for value in resume.iter().filter(|v| !v.is_empty()) {
-        let named = value.rsplit_once(':').and_then(|(name, id)| {
-            let known = topics
-                .iter()
-                .chain(own_direct)
-                .find(|t| t.as_str() == name)?;
-            Some((known.clone(), id))
-        });
+        let named = value
+            .rsplit_once(':')
+            .filter(|(_, id)| id.parse::<MessageId>().is_ok());
         match named {
-            Some((topic, id)) => match out.iter_mut().find(|(t, _)| *t == topic) {
-                Some(entry) => entry.1 = parse(id),
-                None => out.push((topic, parse(id))),
-            },
+            Some((name, id)) => {
+                let Some(topic) = topics.iter().chain(own_direct).find(|t| t.as_str() == name)
+                else {
+                    continue;
+                };
+                match out.iter_mut().find(|(t, _)| t == topic) {
+                    Some(entry) => entry.1 = parse(id),
+                    None => out.push((topic.clone(), parse(id))),
+                }
+            }
             None if topics.len() == 1 => out[0].1 = parse(value),
             None => {}
         }
@@ -1202,6 +1206,18 @@ mod tests {
                 let expected = if *t == topics[which] { Position::After(id) } else { Position::Live };
                 prop_assert_eq!(*p, expected);
             }
+        }
+
+        // A named id for a topic this request doesn't ask for (a room the server added) is
+        // ignored, never read as a bad id for the one requested topic.
+        #[test]
+        fn a_named_id_of_another_topic_changes_nothing(offset in 0u64..1_000_000) {
+            let topics = vec![Topic::new("main").expect("valid")];
+            let id = MessageId::new(Epoch::random(), offset);
+            let out = positions(&topics, None, Position::Live, &[format!("elsewhere:{id}")]);
+            prop_assert_eq!(out, vec![(topics[0].clone(), Position::Live)]);
+            let out = positions(&topics, None, Position::Live, &["main:zzz".to_owned()]);
+            prop_assert_eq!(out, vec![(topics[0].clone(), Position::Invalid)]);
         }
 
         // Forwarding headers of any content never panic, and are ignored from untrusted peers.

@@ -52,7 +52,8 @@
 //! A client keeps the `id` of the last message per topic and reconnects with `?last=<id>` (a
 //! request with one topic) or one `?last=<topic>:<id>` per topic (any number of topics; the
 //! id never contains `:`, so the last `:` splits). `last=@<user>:<id>` resumes the
-//! connection's own direct-message log of [`Rooms`](crate::Rooms). Each topic then gets
+//! connection's own direct-message log of [`Rooms`](crate::Rooms); an id for a topic the
+//! request doesn't name (a room the server put the connection in) is ignored. Each topic then gets
 //! exactly what it missed, or a `reset` first when that can't be done (another epoch, expired,
 //! ahead), and an id that can't be read at all gets a `reset` with reason `invalid`: a stale
 //! id never locks a client out.
