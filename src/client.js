@@ -1,5 +1,5 @@
-// salvo-realtime browser client: a reconnecting WebSocket and EventSource with resume, reset
-// notices and dedup. One plain ES module, no build step; served by
+// salvo-realtime browser client: a reconnecting WebSocket and EventSource with per-topic
+// resume, reset notices and dedup. One plain ES module, no build step; served by
 // `salvo_realtime::client::ClientScript`. API: see the docs of `salvo_realtime::client`.
 
 /** Splits an id `"<epoch hex>-<offset>"`; null if it isn't one. */
@@ -19,6 +19,18 @@ function decode(text) {
   }
 }
 
+/** Standard base64 (as envelopes carry binary payloads) to bytes; null if it isn't base64. */
+function fromBase64(text) {
+  try {
+    const bytes = atob(text);
+    const out = new Uint8Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) out[i] = bytes.charCodeAt(i);
+    return out;
+  } catch {
+    return null;
+  }
+}
+
 class Client {
   constructor(url, options) {
     this.url = url;
@@ -26,8 +38,10 @@ class Client {
     this.state = "idle";
     this.duplicates = 0;
     this._handlers = new Map();
-    this._lastIds = new Map(); // topic -> last message id seen
+    this._lastIds = new Map(); // topic -> last message id seen (rooms and `@user` logs alike)
+    this._lastAny = null; // the last id seen on any topic
     this._seen = new Map(); // epoch -> highest offset seen (each log delivers in offset order)
+    this._pages = new Map(); // topic -> members of a presence snapshot still arriving
     this._attempt = 0;
     this._timer = null;
     this._closed = false;
@@ -45,7 +59,7 @@ class Client {
   /** The last message id seen on `topic` (or on any topic), or null. */
   lastId(topic) {
     if (topic !== undefined) return this._lastIds.get(topic) ?? null;
-    return [...this._lastIds.values()].pop() ?? null;
+    return this._lastAny;
   }
 
   /** Stops for good: closes the connection, cancels any reconnect. */
@@ -74,7 +88,16 @@ class Client {
     this._emit("status", { state, ...info });
   }
 
-  /** Emits a message unless its id was already seen (the dedup safety net). */
+  _remember(topic, id) {
+    if (topic != null) this._lastIds.set(topic, id);
+    this._lastAny = id;
+  }
+
+  /**
+   * Emits a message unless its id was already seen (the dedup safety net). A message without
+   * an id (a live-only notice such as `presence.join`) is emitted and changes nothing: it is
+   * never replayed, so it is no position to resume from.
+   */
   _message(msg) {
     const id = parseId(msg.id);
     if (id) {
@@ -84,7 +107,7 @@ class Client {
         return;
       }
       this._seen.set(id.epoch, id.offset);
-      if (msg.topic != null) this._lastIds.set(msg.topic, msg.id);
+      this._remember(msg.topic, msg.id);
     }
     this._emit("message", msg);
   }
@@ -92,9 +115,22 @@ class Client {
   /** Earlier messages are unavailable: what follows is replayed after `replay_after`. */
   _reset(reset) {
     const after = parseId(reset.replay_after);
-    if (after) this._seen.set(after.epoch, after.offset);
-    if (reset.topic != null && after) this._lastIds.set(reset.topic, reset.replay_after);
+    if (after) {
+      this._seen.set(after.epoch, after.offset);
+      this._remember(reset.topic, reset.replay_after);
+    }
     this._emit("reset", reset);
+  }
+
+  /** A page of a presence snapshot; the one without `more` completes it and is emitted whole. */
+  _presence(page) {
+    const members = [...(this._pages.get(page.topic) ?? []), ...(page.members ?? [])];
+    if (page.more === true) {
+      this._pages.set(page.topic, members);
+      return;
+    }
+    this._pages.delete(page.topic);
+    this._emit("presence", { type: "presence", topic: page.topic, members });
   }
 
   _scheduleReconnect(info) {
@@ -117,9 +153,10 @@ class Client {
 }
 
 /**
- * A WebSocket to a `WsEndpoint` that reconnects with backoff and resumes with `?last=<id>`.
- * Options: `recent` (ask for the last N messages when no id is known yet), `topic` (the topic
- * whose last id resumes; default: the one topic seen), `minDelay`, `maxDelay`, `queueLimit`.
+ * A WebSocket to a `WsEndpoint` that reconnects with backoff and resumes every topic it has
+ * seen (rooms and the user's `@user` direct log) with one `?last=<topic>:<id>` each.
+ * Options: `recent` (ask for the last N messages of topics without a known id), `minDelay`,
+ * `maxDelay`, `stableAfter`, `queueLimit`.
  */
 export class RealtimeSocket extends Client {
   constructor(url, options = {}) {
@@ -145,23 +182,15 @@ export class RealtimeSocket extends Client {
     return true;
   }
 
-  _resumeTopic() {
-    if (this.options.topic !== undefined) return this.options.topic;
-    const rooms = [...this._lastIds.keys()].filter((t) => !t.startsWith("@"));
-    return rooms.length === 1 ? rooms[0] : null;
-  }
-
   _connect() {
     const url = new URL(this.url, location.href);
     url.protocol = url.protocol.replace(/^http/, "ws");
-    const topic = this._resumeTopic();
-    const last = topic !== null ? this._lastIds.get(topic) : undefined;
-    if (last) {
-      url.searchParams.set("last", last);
-      url.searchParams.delete("recent");
-    } else if (this.options.recent) {
-      url.searchParams.set("recent", String(this.options.recent));
-    }
+    // One `last=<topic>:<id>` per topic seen (the server splits at the last `:`); `recent`
+    // applies to the topics without one.
+    url.searchParams.delete("last");
+    for (const [topic, id] of this._lastIds) url.searchParams.append("last", `${topic}:${id}`);
+    if (this.options.recent) url.searchParams.set("recent", String(this.options.recent));
+    const resumed = this._lastIds.size > 0;
     this._status("connecting", { attempt: this._attempt });
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
@@ -169,10 +198,11 @@ export class RealtimeSocket extends Client {
     let openedAt = 0;
     ws.onopen = () => {
       openedAt = Date.now();
-      this._status("open", { resumed: Boolean(last) });
+      this._pages.clear();
+      this._status("open", { resumed });
       for (const frame of this._queue.splice(0)) ws.send(frame);
     };
-    ws.onmessage = (e) => this._frame(e.data);
+    ws.onmessage = (e) => this._ws === ws && this._frame(e.data);
     ws.onclose = (e) => {
       if (this._ws !== ws) return;
       this._ws = null;
@@ -197,10 +227,15 @@ export class RealtimeSocket extends Client {
     }
     switch (msg && msg.type) {
       case "message":
+        if (msg.binary === true && typeof msg.data === "string") {
+          const bytes = fromBase64(msg.data);
+          if (bytes) msg.data = bytes;
+        }
         return this._message(msg);
       case "reset":
         return this._reset(msg);
       case "presence":
+        return this._presence(msg);
       case "lagged":
       case "error":
         return this._emit(msg.type, msg);
@@ -215,7 +250,7 @@ export class RealtimeSocket extends Client {
  * Last-Event-ID); if that fails, this backs off with jitter and reopens with `?lastEventId=`.
  * Options: `events` (message event names to listen for besides `message`; default the presence
  * events), `topic` (set as `msg.topic`, which SSE doesn't carry), `withCredentials`,
- * `minDelay`, `maxDelay`.
+ * `minDelay`, `maxDelay`, `stableAfter`.
  */
 export class RealtimeEvents extends Client {
   constructor(url, options = {}) {
@@ -239,6 +274,7 @@ export class RealtimeEvents extends Client {
     let openedAt = 0;
     es.onopen = () => {
       openedAt = Date.now();
+      this._pages.clear();
       this._status("open", { resumed: Boolean(this._lastEventId) });
     };
     es.onerror = () => {
@@ -255,29 +291,45 @@ export class RealtimeEvents extends Client {
       this._es = null;
       this._scheduleReconnect({});
     };
-    const message = (e) => {
-      if (e.lastEventId) this._lastEventId = e.lastEventId;
+    // `e.lastEventId` is the EventSource's last id, kept across events: an event without an
+    // `id:` line of its own (a presence notice, `lagged`, `presence`) repeats the previous one.
+    let previous = "";
+    const ownId = (e) => {
+      const id = e.lastEventId !== previous ? e.lastEventId : "";
+      previous = e.lastEventId;
+      return id;
+    };
+    const message = (e, id = ownId(e)) => {
+      if (this._es !== es) return;
+      if (id) this._lastEventId = id;
       this._message({
         type: "message",
         topic: this.options.topic ?? null,
-        id: e.lastEventId || null,
+        id: id || null,
         event: e.type === "message" ? undefined : e.type,
         data: decode(e.data),
       });
     };
     // A message published under one of these names has its own `type` (or none).
     const notice = (kind) => (e) => {
+      const id = ownId(e);
+      if (this._es !== es) return;
       const data = decode(e.data);
-      if (!data || data.type !== kind) return message(e);
+      if (!data || data.type !== kind) return message(e, id);
       if (kind === "reset") {
-        if (e.lastEventId) this._lastEventId = e.lastEventId;
+        if (id) this._lastEventId = id;
         return this._reset(data);
       }
+      if (kind === "presence") return this._presence(data);
       this._emit(kind, data);
     };
-    es.addEventListener("message", message);
-    for (const name of this.options.events) es.addEventListener(name, message);
-    for (const kind of ["reset", "lagged", "presence"]) es.addEventListener(kind, notice(kind));
+    const notices = ["reset", "lagged", "presence"];
+    es.addEventListener("message", (e) => message(e));
+    for (const name of new Set(this.options.events)) {
+      // One listener per name: `ownId` must see each event once.
+      if (name !== "message" && !notices.includes(name)) es.addEventListener(name, (e) => message(e));
+    }
+    for (const kind of notices) es.addEventListener(kind, notice(kind));
   }
 
   _disconnect() {

@@ -38,6 +38,7 @@
 //! chat.on("message", (m) => show(m.from, m.data));        // {type, topic, id, event, from, ts, data}
 //! chat.on("presence", (p) => setMembers(p.members));       // snapshot after (re)joining
 //! chat.on("reset", (r) => notice("earlier messages are unavailable: " + r.reason));
+//! chat.on("error", (e) => e.error === "unavailable" && retryLater());
 //! chat.on("status", (s) => setStatus(s.state));           // connecting | open | reconnecting | closed
 //! chat.send({ text: "hi" });                               // strings and binary as is, else JSON
 //! chat.close();
@@ -53,7 +54,7 @@
 //! |---|---|
 //! | `on(type, fn)` | calls `fn(detail)` on each event of `type`; returns a function that unsubscribes |
 //! | `close()` | closes the connection and cancels reconnecting, for good |
-//! | `lastId(topic?)` | the last message id seen (on `topic`), or `null` |
+//! | `lastId(topic?)` | the last message id seen on `topic` (a room, or a `@user` direct log), or on any topic; `null` if none |
 //! | `state` | `"connecting"`, `"open"`, `"reconnecting"` or `"closed"` |
 //! | `duplicates` | how many messages the dedup safety net dropped (0 when resume is exact) |
 //!
@@ -65,31 +66,45 @@
 //!
 //! | type | detail |
 //! |---|---|
-//! | `message` | a message: `{type: "message", topic, id, event, from, ts, data}` (SSE: `topic` is the `topic` option, no `from`/`ts`) |
-//! | `presence` | `{topic, members: [{user, connections, data}]}`, sent after each (re)join |
-//! | `reset` | `{topic, requested, epoch, replay_after, reason}`: the resume position was lost (`reason` is `epoch_changed` after a server restart, `expired`, or `ahead`); earlier messages are unavailable, what history holds follows |
+//! | `message` | a message: `{type: "message", topic, id, event, from, ts, data}`; a binary payload (sent as base64 with `binary: true`) arrives as a `Uint8Array` in `data`, with `binary: true`. Presence notices (`event` `presence.join` / `presence.leave`, `data` `{user, data}`) have no `id`. SSE: `topic` is the `topic` option, no `from`/`ts`, binary stays base64 text |
+//! | `presence` | `{type: "presence", topic, members: [{user, connections, data}]}`, once per (re)join: the complete member list (a big room's snapshot arrives in pages, which the client joins into one event) |
+//! | `reset` | `{topic, requested, epoch, replay_after, reason}`: the resume position was lost; earlier messages are unavailable, what history holds follows. `reason`: `epoch_changed` (server restart), `expired` (history moved past it), `ahead` (the log is behind the id), `invalid` (the id sent couldn't be read; `requested` is `null`) |
 //! | `lagged` | `{topic, missed}`: this client fell behind and lost `missed` messages |
-//! | `error` | `{error, message}` from the server (WebSocket: rate limited, refused message) |
+//! | `error` | `{type: "error", error, message}`: a message this socket sent was not delivered (WebSocket only; codes below) |
 //! | `status` | `{state, ...}`: `connecting` (`attempt`), `open` (`resumed`), `reconnecting` (`attempt`, `delay` in ms, WebSocket close `code`/`reason`), `closed` |
 //! | `raw` | a WebSocket frame that isn't an envelope ([`Framing::Raw`](crate::ws::Framing::Raw)) |
+//!
+//! `error` codes (the connection stays open):
+//!
+//! | `error` | meaning |
+//! |---|---|
+//! | `rate_limited` | sent faster than the endpoint's inbound rate limit; the message was dropped |
+//! | `unavailable` | the hub's backend is down or timed out; the message was **not** delivered and is safe to send again |
+//! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); dropped |
+//! | `refused` | the hub refused the message (for example [`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
 //!
 //! Options (all optional): `minDelay` (500 ms) and `maxDelay` (15 s) bound the reconnect delay,
 //! which doubles per failed attempt with random jitter (half to all of it) and starts over once
 //! a connection has lasted `stableAfter` (3 s); `recent` (WebSocket) asks for the last *n*
-//! retained messages while no id is known yet; `topic` names the topic whose last id resumes a
-//! WebSocket (default: the one room topic seen) and, for SSE, is reported as `msg.topic`;
-//! `queueLimit` (100); SSE `events` (message event names to listen for besides `message`;
-//! default `["presence.join", "presence.leave"]`) and `withCredentials`.
+//! retained messages of every topic without a known id; `queueLimit` (WebSocket, 100); SSE
+//! `topic` (reported as `msg.topic`, which SSE doesn't carry), `events` (message event names
+//! to listen for besides `message`; default `["presence.join", "presence.leave"]`) and
+//! `withCredentials`.
 //!
 //! # Resume and dedup
 //!
-//! The client keeps the last id it saw. A `RealtimeSocket` reconnects with `?last=<id>` (and
-//! asks for `recent` only while it has none); a `RealtimeEvents` lets the browser reconnect once
-//! with its own `Last-Event-ID`, and if that fails reopens after a backoff with `?lastEventId=`.
-//! Either way the server sends exactly what was missed. As a safety net, a message whose id is
-//! not past the last one seen from its log (ids are `<epoch>-<offset>`, each log in offset
-//! order) is dropped and counted in `duplicates`. After a `reset` the client continues from the
-//! reset's `replay_after`, so the replay that follows is shown.
+//! A `RealtimeSocket` keeps the last id it saw on every topic: each room of the connection and
+//! the user's direct-message log (`@<user>` of [`Rooms`](crate::Rooms)). Each reconnect
+//! replaces any `last` parameters of the URL with one `last=<topic>:<id>` per topic (the server
+//! splits at the last `:`), and sends `recent` for the topics without one. A
+//! `RealtimeEvents` lets the browser reconnect once with its own `Last-Event-ID`, and if that
+//! fails reopens after a backoff with `?lastEventId=`. Either way the server sends exactly what
+//! was missed. Presence notices carry no id (they are live-only, never replayed; the presence
+//! snapshot after a reconnect tells who is there), so they never move the resume position and
+//! are never taken for duplicates. As a safety net, a message whose id is not past the last one
+//! seen from its log (ids are `<epoch>-<offset>`, each log in offset order) is dropped and
+//! counted in `duplicates`. After a `reset` the client continues from the reset's
+//! `replay_after`, so the replay that follows is shown.
 //!
 //! Message payloads that are JSON text arrive as their value (`data` is an object, number...),
 //! other text as a string; SSE decodes the same way, so one page handles both transports.

@@ -552,6 +552,120 @@ async fn chat_page_reconnects_after_its_socket_drops_and_shows_each_message_once
     server.stop().await;
 }
 
+/// A chat message from the server side.
+fn bot(text: &str) -> Publication {
+    Publication::new(json!({ "text": text }).to_string()).sender("bot")
+}
+
+/// Waits until `user` has exactly one connection joined (an old one may still be leaving).
+async fn wait_one_connection(spy: &Spy<Rooms>, user: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = spy
+            .conns
+            .lock()
+            .iter()
+            .filter(|(_, who, _)| who.as_deref() == Some(user))
+            .count();
+        if n == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{user} has {n} connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_resumes_into_a_busy_room_with_full_history() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(rooms.clone());
+    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    // More than the room's 256 messages of history before anyone is in it.
+    for i in 0..300 {
+        rooms
+            .broadcast("busy", bot(&format!("h{i}")))
+            .await
+            .unwrap();
+    }
+    let driver = Driver::start().await;
+    let alice = driver.session().await;
+    log_in(&alice, &server, "alice", "busy").await;
+    alice
+        .js(
+            "window.codes = []; window.chat.rooms.get('busy').socket.on('status', \
+             (s) => s.state === 'reconnecting' && window.codes.push(s.code ?? null))",
+        )
+        .await;
+    // The page asks for the last 50; a direct message gives it a position in `@alice` too.
+    wait_text(&alice, "h299").await;
+    rooms.send_to_user("alice", bot("d0")).await.unwrap();
+    wait_text(&alice, "d0").await;
+    assert_eq!(
+        spy.joins(),
+        1,
+        "joining the full room kept the first connection"
+    );
+    let mut expected: Vec<String> = (250..300).map(|i| format!("h{i}")).collect();
+    let mut direct = vec!["d0".to_owned()];
+
+    // Twice: the socket drops, a burst fills most of the history before the page is back,
+    // and more arrives, paced, while it reconnects and replays. Each time the page misses
+    // fewer than 256 messages, so the resume is exact.
+    for round in 0..2 {
+        wait_one_connection(&spy, "alice").await;
+        assert_eq!(spy.kill(Some("alice")), 1, "alice's one connection");
+        for i in 0..150 {
+            let text = format!("r{round}-{i}");
+            rooms.broadcast("busy", bot(&text)).await.unwrap();
+            expected.push(text);
+        }
+        for i in 150..200 {
+            if i == 175 {
+                let text = format!("d{}", round + 1);
+                rooms.send_to_user("alice", bot(&text)).await.unwrap();
+                direct.push(text);
+            }
+            let text = format!("r{round}-{i}");
+            rooms.broadcast("busy", bot(&text)).await.unwrap();
+            expected.push(text);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_text(&alice, expected.last().unwrap()).await;
+        wait_text(&alice, direct.last().unwrap()).await;
+        alice
+            .wait_for(
+                "the socket to be open",
+                "return document.getElementById('status').dataset.state === 'open'",
+            )
+            .await;
+    }
+
+    let shown = texts(&alice).await;
+    let (dms, room): (Vec<String>, Vec<String>) =
+        shown.into_iter().partition(|t| t.starts_with('d'));
+    assert_eq!(room, expected, "every room message exactly once, in order");
+    assert_eq!(dms, direct, "every direct message exactly once, in order");
+    let duplicates = alice
+        .js("return window.chat.rooms.get('busy').socket.duplicates")
+        .await;
+    assert_eq!(duplicates, json!(0), "the dedup net caught nothing");
+    let notices = alice
+        .js("return document.querySelectorAll('#log li.notice').length")
+        .await;
+    assert_eq!(notices, json!(0), "no reset or lag notice");
+    let codes = alice.js("return window.codes").await;
+    assert_eq!(
+        codes,
+        json!([1000, 1000]),
+        "closed only by the test's two drops (never 1008)"
+    );
+    assert_eq!(spy.joins(), 3, "one reconnect per drop");
+    alice.screenshot("chat-busy-room-resume").await;
+    alice.quit().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
     let _serial = SERIAL.lock().await;
@@ -603,15 +717,25 @@ async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
 async fn chat_refuses_empty_and_long_nicknames() {
     let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
     let http = reqwest::Client::new();
-    let status = |name: &str| {
+    // The handshake is checked before identity: a request must be an upgrade to get as far as
+    // the nickname check.
+    let status = |name: &str, upgrade: bool| {
         let url = server.url(&format!("/ws?room=lobby&name={name}"));
-        let http = http.clone();
-        async move { http.get(url).send().await.unwrap().status().as_u16() }
+        let mut req = http.get(url);
+        if upgrade {
+            req = req
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(status("").await, 401);
-    assert_eq!(status(&"x".repeat(25)).await, 400);
+    assert_eq!(status("", true).await, 401);
+    assert_eq!(status(&"x".repeat(25), true).await, 400);
+    assert_eq!(status("alice", true).await, 101, "a good nickname upgrades");
     assert_eq!(
-        status("alice").await,
+        status("alice", false).await,
         400,
         "a named plain GET is not an upgrade"
     );
