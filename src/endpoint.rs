@@ -80,7 +80,9 @@ impl Rejection {
 }
 
 type TopicsFn = dyn Fn(&Request, &Depot) -> Result<Vec<Topic>, Rejection> + Send + Sync;
-type IdentifyFn = dyn Fn(&Request, &Depot) -> Result<Option<Identity>, Rejection> + Send + Sync;
+type IdentityFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<Identity>, Rejection>> + Send>>;
+type IdentifyFn = dyn Fn(&Request, &Depot) -> IdentityFuture + Send + Sync;
 
 /// Why a request did not become a connection: every check of the lifecycle ends in one of
 /// these, and [`Refusal::status`] is the one map from refusal to HTTP status, the same for
@@ -111,8 +113,9 @@ impl From<Rejection> for Refusal {
 
 impl Refusal {
     /// The one status map. Hub errors: bad names, too many subscriptions, bad payloads and
-    /// JSON are 400 (the client can fix the request); `InboundRejected` and `NotJoined` (the
-    /// server ended the connection while it joined) 403; `TooManyCreated` 429 (that client's
+    /// JSON, unsupported requests are 400 (the client can fix the request); `InboundRejected`,
+    /// `Refused` (an authorization rule), `NotSubscribed` and `NotJoined` (the server ended the
+    /// connection while it joined) 403; `TooManyCreated` 429 (that client's
     /// own limit); `TooManyTopics` and `Backend` 503 (try later); `AlreadyJoined` 500.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
@@ -130,11 +133,15 @@ impl Refusal {
                 | HubError::TooManySubscriptions { .. }
                 | HubError::JsonTooDeep { .. }
                 | HubError::Json(_) => StatusCode::BAD_REQUEST,
-                HubError::InboundRejected | HubError::NotJoined(_) => StatusCode::FORBIDDEN,
+                HubError::InboundRejected
+                | HubError::NotJoined(_)
+                | HubError::Refused(_)
+                | HubError::NotSubscribed(_) => StatusCode::FORBIDDEN,
+                HubError::Unsupported(_) => StatusCode::BAD_REQUEST,
                 HubError::TooManyCreated { .. } => StatusCode::TOO_MANY_REQUESTS,
-                HubError::TooManyTopics { .. } | HubError::Backend(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                HubError::TooManyTopics { .. }
+                | HubError::Backend(_)
+                | HubError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 HubError::AlreadyJoined(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -156,6 +163,7 @@ impl Refusal {
             Self::Hub(HubError::InboundRejected) => "this hub refused the connection".into(),
             Self::Hub(HubError::NotJoined(_)) => "the server ended this connection".into(),
             Self::Hub(HubError::AlreadyJoined(_)) => "internal error".into(),
+            Self::Hub(HubError::Refused(r)) => format!("{}: {}", r.code(), r.message()),
             Self::Hub(other) => other.to_string(),
         }
     }
@@ -204,6 +212,9 @@ impl Refusal {
 pub(crate) enum Transport {
     /// A WebSocket upgrade; resume from `?last=`.
     WebSocket,
+    /// A WebSocket upgrade that negotiated the channel protocol: as `WebSocket`, but it may ask
+    /// for no topic at connect time (it subscribes with commands).
+    Channels,
     /// A `GET` for `text/event-stream`; resume from `Last-Event-ID` or `?lastEventId=`.
     EventStream,
 }
@@ -489,7 +500,17 @@ impl Common {
     where
         F: Fn(&Request, &Depot) -> Result<Option<Identity>, Rejection> + Send + Sync + 'static,
     {
-        self.identify = Some(Arc::new(f));
+        self.identify = Some(Arc::new(move |req, depot| {
+            Box::pin(std::future::ready(f(req, depot)))
+        }));
+    }
+
+    pub(crate) fn set_identify_async<F, Fut>(&mut self, f: F)
+    where
+        F: Fn(&Request, &Depot) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Identity>, Rejection>> + Send + 'static,
+    {
+        self.identify = Some(Arc::new(move |req, depot| Box::pin(f(req, depot))));
     }
 
     #[track_caller]
@@ -529,10 +550,18 @@ impl Common {
             .collect()
     }
 
+    /// Whether the request names no topic at all (rather than a bad one), with the default
+    /// topic source (a `topics` closure decides for itself).
+    fn no_topic_asked(&self, req: &Request) -> bool {
+        self.topics.is_none()
+            && req.params().get(&*self.topic_param).is_none()
+            && req.queries().get_vec(&*self.topic_param).is_none()
+    }
+
     /// The whole lifecycle up to the join: handshake, origin, topics, resume positions,
     /// identity, caps. Either every check passes and the connection holds its slot and drain
     /// registration, or one [`Refusal`] says why and nothing is held or joined.
-    pub(crate) fn admit(
+    pub(crate) async fn admit(
         &self,
         req: &Request,
         depot: &Depot,
@@ -541,11 +570,14 @@ impl Common {
         if self.drain.is_draining() {
             return Err(Refusal::Draining);
         }
-        if transport == Transport::WebSocket {
+        if transport != Transport::EventStream {
             check_handshake(req)?;
         }
         self.origins.check(req)?;
-        let topics = self.topics(req, depot)?;
+        let topics = match self.topics(req, depot) {
+            Err(_) if transport == Transport::Channels && self.no_topic_asked(req) => Vec::new(),
+            other => other?,
+        };
         let base = match req.query::<String>("recent") {
             Some(n) => Position::Recent(
                 n.parse::<usize>()
@@ -555,7 +587,7 @@ impl Common {
             None => Position::Live,
         };
         let identity = match &self.identify {
-            Some(f) => f(req, depot)?,
+            Some(f) => f(req, depot).await?,
             None => None,
         };
         let resume = resume_values(req, transport);
@@ -590,7 +622,7 @@ impl Common {
         depot: &Depot,
         transport: Transport,
     ) -> Result<(Admitted, H::Subscription), Refusal> {
-        let admitted = self.admit(req, depot, transport)?;
+        let admitted = self.admit(req, depot, transport).await?;
         match hub.join(&admitted.conn).await {
             Ok(sub) => Ok((admitted, sub)),
             Err(e) => Err(Refusal::Hub(e)),
@@ -606,7 +638,7 @@ impl Common {
         transport: Transport,
     ) {
         let name = match transport {
-            Transport::WebSocket => "websocket",
+            Transport::WebSocket | Transport::Channels => "websocket",
             Transport::EventStream => "sse",
         };
         refusal.log(name, req.remote_addr().ip());
@@ -617,7 +649,9 @@ impl Common {
 /// The resume ids a request carries, each with the topic it names, if it names one.
 fn resume_values(req: &Request, transport: Transport) -> Vec<String> {
     match transport {
-        Transport::WebSocket => req.queries().get_vec("last").cloned().unwrap_or_default(),
+        Transport::WebSocket | Transport::Channels => {
+            req.queries().get_vec("last").cloned().unwrap_or_default()
+        }
         Transport::EventStream => req
             .headers()
             .get(LAST_EVENT_ID)
@@ -1017,6 +1051,22 @@ macro_rules! common_builders {
                 + 'static,
         {
             self.common.set_identify(f);
+            self
+        }
+
+        /// [`identify`](Self::identify) with an async answer, for a session or database
+        /// lookup: the closure reads what it needs from the request and returns a future that
+        /// owns it. What it resolves to is the identity every authorization rule and handler
+        /// sees.
+        #[must_use]
+        pub fn identify_async<F, Fut>(mut self, f: F) -> Self
+        where
+            F: Fn(&salvo::Request, &salvo::Depot) -> Fut + Send + Sync + 'static,
+            Fut: std::future::Future<Output = Result<Option<crate::Identity>, crate::Rejection>>
+                + Send
+                + 'static,
+        {
+            self.common.set_identify_async(f);
             self
         }
 

@@ -72,6 +72,55 @@ pub enum ParseIdError {
     Malformed,
 }
 
+/// A refusal an application handler gives (an authorization rule, a publish or call handler),
+/// with a machine-readable `code` the client can act on and a message for people. It travels to
+/// the client in the reply to the command that caused it.
+///
+/// ```
+/// use salvo_realtime::error::Refused;
+///
+/// let no = Refused::new("banned_word", "that word is not allowed here");
+/// assert_eq!((no.code(), no.message()), ("banned_word", "that word is not allowed here"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refused {
+    code: std::borrow::Cow<'static, str>,
+    message: String,
+}
+
+impl Refused {
+    /// A refusal with an application `code` (short, `snake_case` by convention) and a message.
+    #[must_use]
+    pub fn new(
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The `forbidden` refusal, the usual answer of an authorization rule.
+    #[must_use]
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new("forbidden", message)
+    }
+
+    /// The machine-readable code.
+    #[must_use]
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The message for people.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 /// Errors of [`Hub`](crate::Hub) operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -127,6 +176,22 @@ pub enum HubError {
     /// The hub does not accept inbound messages from connections.
     #[error("this hub does not accept messages from connections")]
     InboundRejected,
+    /// An application handler refused (authorization, a publish or call handler).
+    #[error("refused: {0}")]
+    Refused(Refused),
+    /// The connection is not subscribed to the topic it publishes to or leaves.
+    #[error("not subscribed to {0}")]
+    NotSubscribed(crate::Topic),
+    /// A connection's queue of server-initiated messages is full (it isn't reading).
+    #[error("the connection's queue of {limit} direct messages is full")]
+    QueueFull {
+        /// The queue's capacity.
+        limit: usize,
+    },
+    /// This hub does not offer the operation (for example a `PubSub` asked to add a topic to a
+    /// joined connection, or a call with no handler).
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
     /// A JSON payload could not be encoded or decoded.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

@@ -4,6 +4,7 @@
 //! | module or type | what it is |
 //! |---|---|
 //! | [`Hub`], [`PubSub`], [`Rooms`], [`Counted`] | the hub core: what connections attach to; no Salvo or HTTP in it |
+//! | [`channel::Channels`] | rooms with server handlers: per-topic authorization, publish handlers, request/reply, connect hooks, server-initiated sends |
 //! | [`ws::WsEndpoint`] | a WebSocket endpoint over any hub: identity before upgrade, origin checks, limits, heartbeat, rate limit, slow-consumer policy, resume |
 //! | [`sse::SseEndpoint`] | an SSE endpoint over any hub: ids on every event, `Last-Event-ID` resume, keep-alive |
 //! | [`Drain`], [`Rejection`] | graceful shutdown and request refusal, shared by both endpoints |
@@ -63,10 +64,12 @@
 //! [Salvo]: https://salvo.rs
 #![doc(test(attr(deny(warnings))))]
 
+pub mod channel;
 pub mod client;
 mod endpoint;
 pub mod error;
 mod hub;
+mod protocol;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod sse;
@@ -74,10 +77,11 @@ pub mod ws;
 
 pub use endpoint::{Drain, Rejection};
 pub use hub::{
-    Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Epoch,
-    EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member, Message, MessageId,
-    Offset, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position, Presence, PubSub,
-    Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic, TopicCount,
+    CONNECTION_TOPIC, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
+    Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member,
+    Message, MessageId, Offset, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position,
+    Presence, PubSub, Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic,
+    TopicCount,
 };
 
 /// Where a hub's ids, history and presence live: the [`Backend`](backend::Backend) seam, its

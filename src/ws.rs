@@ -138,7 +138,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use salvo::websocket::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
@@ -149,7 +149,8 @@ use tracing::Instrument;
 
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::error::HubError;
-use crate::hub::{Connection, Delivery, Hub, Payload};
+use crate::hub::{Connection, Delivery, Hub, Payload, Publication};
+use crate::protocol::{self, Command, SUBPROTOCOL};
 
 /// The close codes this endpoint sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -449,14 +450,16 @@ impl<H: Hub> Handler for WsEndpoint<H> {
     ) {
         // Every check, then the join, before the 101: everything published after the client
         // sees the upgrade reaches it, and any refusal is an HTTP status.
-        let (admitted, sub) = match self
-            .common
-            .connect(&*self.hub, req, depot, Transport::WebSocket)
-            .await
-        {
+        let channel = self.settings.framing == Framing::Envelope && offers_channel_protocol(req);
+        let transport = if channel {
+            Transport::Channels
+        } else {
+            Transport::WebSocket
+        };
+        let (admitted, sub) = match self.common.connect(&*self.hub, req, depot, transport).await {
             Ok(joined) => joined,
             Err(refusal) => {
-                self.common.refuse(&refusal, req, res, Transport::WebSocket);
+                self.common.refuse(&refusal, req, res, transport);
                 return;
             }
         };
@@ -473,12 +476,16 @@ impl<H: Hub> Handler for WsEndpoint<H> {
         // subscription's drop leaves the hub and the admission frees the slot.
         let joined = Arc::new(parking_lot::Mutex::new(Some((admitted, sub))));
         let handoff = Arc::clone(&joined);
-        let upgraded = WebSocketUpgrade::with_config(self.config())
+        let mut upgrade = WebSocketUpgrade::with_config(self.config());
+        if channel {
+            upgrade = upgrade.protocols(&[SUBPROTOCOL]);
+        }
+        let upgraded = upgrade
             .upgrade(req, res, move |ws| {
                 let taken = handoff.lock().take();
                 async move {
                     if let Some((admitted, sub)) = taken {
-                        serve(ws, hub, admitted, sub, settings).await;
+                        serve(ws, hub, admitted, sub, settings, channel).await;
                     }
                 }
                 .instrument(span)
@@ -493,6 +500,56 @@ impl<H: Hub> Handler for WsEndpoint<H> {
             res.render(e);
         }
     }
+}
+
+/// Whether the client offers the channel protocol in `Sec-WebSocket-Protocol`.
+fn offers_channel_protocol(req: &Request) -> bool {
+    req.headers()
+        .get_all(salvo::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
+}
+
+/// How many `call`s of one connection may run at once; past it, reading pauses.
+const MAX_CALLS: usize = 8;
+
+/// A command being handled: its `ref` and what the hub answered.
+type Done = (serde_json::Value, Result<serde_json::Value, HubError>);
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send + 'a>>;
+
+/// The hub operation a command stands for.
+fn handle<'a, H: Hub>(hub: &'a H, conn: &'a Connection, request: protocol::Request) -> Pending<'a> {
+    let reference = request.reference;
+    Box::pin(async move {
+        let result = match request.command {
+            Command::Subscribe { topic, from, data } => hub
+                .add_topic(conn, &topic, from, data.as_ref())
+                .await
+                .map(|()| serde_json::json!({ "topic": topic })),
+            Command::Unsubscribe { topic } => hub
+                .remove_topic(conn, &topic)
+                .await
+                .map(|was| serde_json::json!({ "topic": topic, "was_subscribed": was })),
+            Command::Publish {
+                topic,
+                event,
+                payload,
+                echo,
+            } => {
+                let mut publication = Publication::new(payload).skip_origin(!echo);
+                if let Some(event) = event {
+                    publication = publication.event_name_checked(event);
+                }
+                hub.publish_from(conn, &topic, publication)
+                    .await
+                    .map(|id| serde_json::json!({ "id": id }))
+            }
+            Command::Call { method, data } => hub.call(conn, &method, data).await,
+        };
+        (reference, result)
+    })
 }
 
 /// Why a connection ended.
@@ -541,11 +598,6 @@ fn refusal_code(e: &HubError) -> &'static str {
     }
 }
 
-fn notice(kind: &str, message: &str) -> WsMessage {
-    let json = serde_json::json!({ "type": "error", "error": kind, "message": message });
-    WsMessage::text(json.to_string())
-}
-
 fn json_frame(bytes: bytes::Bytes) -> WsMessage {
     // Our envelopes are serde_json output, so always UTF-8.
     match Utf8Bytes::try_from(bytes) {
@@ -581,12 +633,13 @@ async fn serve<H: Hub>(
     admitted: Admitted,
     mut sub: H::Subscription,
     settings: Arc<Settings>,
+    channel: bool,
 ) {
     let started = Instant::now();
     let Admitted { conn, admission } = admitted;
     let (sink, mut source) = ws.split();
-    tracing::info!("connected");
-    let mut pump = Pump::new(sink, &*hub, &conn, &settings);
+    tracing::info!(channel, "connected");
+    let mut pump = Pump::new(sink, &*hub, &conn, &settings, channel);
     let end = pump.run(&mut source, &mut sub, &admission).await;
     finish(&mut pump.sink, &mut source, &end).await;
     hub.leave(&conn, sub).await;
@@ -646,18 +699,27 @@ struct Pump<'a, H> {
     hub: &'a H,
     conn: &'a Connection,
     settings: &'a Settings,
+    /// Speaks the channel protocol (commands with refs, replies) instead of plain frames.
+    channel: bool,
     bucket: Option<Bucket>,
     clock: Clock,
 }
 
 impl<'a, H: Hub> Pump<'a, H> {
-    fn new(sink: Sink, hub: &'a H, conn: &'a Connection, settings: &'a Settings) -> Self {
+    fn new(
+        sink: Sink,
+        hub: &'a H,
+        conn: &'a Connection,
+        settings: &'a Settings,
+        channel: bool,
+    ) -> Self {
         let now = Instant::now();
         Self {
             sink,
             hub,
             conn,
             settings,
+            channel,
             bucket: settings.rate.map(Bucket::new),
             clock: Clock {
                 next_ping: now + settings.ping_interval,
@@ -668,23 +730,58 @@ impl<'a, H: Hub> Pump<'a, H> {
     }
 
     /// Runs the connection until something ends it: the drain, a client frame, the
-    /// subscription, or a deadline.
+    /// subscription, or a deadline. Channel commands run beside the deliveries: calls
+    /// concurrently (up to [`MAX_CALLS`]), the others one at a time in order; reading pauses
+    /// while one of those runs or the calls are at their limit.
     async fn run(
         &mut self,
         source: &mut Source,
         sub: &mut H::Subscription,
         admission: &Admission,
     ) -> End {
+        let (hub, conn) = (self.hub, self.conn);
         let timer = tokio::time::sleep_until(self.clock.next());
         tokio::pin!(timer);
         let drain = admission.drain.requested();
         tokio::pin!(drain);
+        let mut ordered: Option<Pending<'a>> = None;
+        let mut calls: FuturesUnordered<Pending<'a>> = FuturesUnordered::new();
+        let mut in_flight: Vec<String> = Vec::new();
         loop {
+            let reading = ordered.is_none() && calls.len() < MAX_CALLS;
             let step = tokio::select! {
                 biased;
                 () = &mut drain => ControlFlow::Break(End::Close(GOING_AWAY, "server shutting down")),
-                frame = source.next() => {
-                    let step = self.inbound(frame, sub).await;
+                done = async { ordered.as_mut().map_or_else(|| futures_util::future::pending().boxed(), |f| f.as_mut().boxed()).await }, if ordered.is_some() => {
+                    ordered = None;
+                    self.answer(sub, &mut in_flight, done).await
+                }
+                Some(done) = calls.next(), if !calls.is_empty() => {
+                    self.answer(sub, &mut in_flight, done).await
+                }
+                frame = source.next(), if reading => {
+                    let step = match self.inbound(frame, sub).await {
+                        ControlFlow::Continue(Some(request)) => {
+                            let key = request.key();
+                            if in_flight.contains(&key) {
+                                let message = "a command with this ref is still in flight";
+                                let text = protocol::error(Some(&request.reference), "duplicate_ref", message);
+                                self.send_now(WsMessage::text(text)).await
+                            } else {
+                                in_flight.push(key);
+                                let is_call = request.command.is_call();
+                                let pending = handle(hub, conn, request);
+                                if is_call {
+                                    calls.push(pending);
+                                } else {
+                                    ordered = Some(pending);
+                                }
+                                ControlFlow::Continue(())
+                            }
+                        }
+                        ControlFlow::Continue(None) => ControlFlow::Continue(()),
+                        ControlFlow::Break(end) => ControlFlow::Break(end),
+                    };
                     timer.as_mut().reset(self.clock.next());
                     step
                 }
@@ -701,12 +798,49 @@ impl<'a, H: Hub> Pump<'a, H> {
         }
     }
 
-    /// A frame from the client: heartbeat bookkeeping, the rate limit, then the hub.
+    /// Sends a command's reply, after every delivery that is ready (so a publish's own echo,
+    /// or a subscribe's replay so far, comes first).
+    async fn answer(
+        &mut self,
+        sub: &mut H::Subscription,
+        in_flight: &mut Vec<String>,
+        (reference, result): Done,
+    ) -> ControlFlow<End> {
+        let key = reference.to_string();
+        in_flight.retain(|k| *k != key);
+        let text = match result {
+            Ok(data) => protocol::ok(&reference, &data),
+            Err(e) => {
+                if let HubError::Backend(detail) = &e {
+                    tracing::error!(error = %detail, "a command failed in the backend");
+                }
+                let (code, message) = protocol::hub_error(&e);
+                protocol::error(Some(&reference), &code, &message)
+            }
+        };
+        if let ControlFlow::Break(end) = self.flush_ready(sub).await {
+            return ControlFlow::Break(end);
+        }
+        self.send_now(WsMessage::text(text)).await
+    }
+
+    /// Sends the deliveries that are ready now, if any.
+    async fn flush_ready(&mut self, sub: &mut H::Subscription) -> ControlFlow<End> {
+        if let Some(first) = sub.next().now_or_never().flatten()
+            && let Some(end) = Box::pin(self.burst(sub, first)).await
+        {
+            return ControlFlow::Break(end);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A frame from the client: heartbeat bookkeeping, the rate limit, then the hub; in the
+    /// channel protocol, the command it carries (handled by the caller).
     async fn inbound(
         &mut self,
         frame: Option<Result<WsMessage, salvo::Error>>,
         sub: &mut H::Subscription,
-    ) -> ControlFlow<End> {
+    ) -> ControlFlow<End, Option<protocol::Request>> {
         let msg = match frame {
             None => return ControlFlow::Break(End::Gone("client went away")),
             Some(Err(e)) => return ControlFlow::Break(classify(&e)),
@@ -723,7 +857,7 @@ impl<'a, H: Hub> Pump<'a, H> {
             // Tungstenite answers pings itself; past the limit there is no message to refuse,
             // and answering each would feed the flood.
             return if within_rate {
-                ControlFlow::Continue(())
+                ControlFlow::Continue(None)
             } else {
                 ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"))
             };
@@ -737,14 +871,33 @@ impl<'a, H: Hub> Pump<'a, H> {
             if self.settings.rate_policy == RatePolicy::Close {
                 return ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"));
             }
+            let message = "message dropped: rate limit exceeded";
             return self
-                .tell(
-                    sub,
-                    "rate_limited",
-                    "message dropped: rate limit exceeded",
-                    POLICY,
-                )
-                .await;
+                .tell(sub, None, "rate_limited", message, POLICY)
+                .await
+                .map_continue(|()| None);
+        }
+        if self.channel {
+            let parsed = match (msg.is_text(), msg.as_str()) {
+                (true, Ok(text)) => protocol::parse(text),
+                (true, Err(_)) => {
+                    return ControlFlow::Break(End::Close(INVALID_DATA, "invalid utf-8"));
+                }
+                (false, _) => Err(protocol::Invalid {
+                    reference: None,
+                    code: "bad_frame",
+                    message: "the channel protocol takes JSON text frames".to_owned(),
+                }),
+            };
+            return match parsed {
+                Ok(request) => ControlFlow::Continue(Some(request)),
+                Err(bad) => {
+                    let reference = bad.reference.as_ref();
+                    self.tell(sub, reference, bad.code, &bad.message, POLICY)
+                        .await
+                        .map_continue(|()| None)
+                }
+            };
         }
         let payload = if msg.is_text() {
             match msg.as_str() {
@@ -755,7 +908,7 @@ impl<'a, H: Hub> Pump<'a, H> {
             Payload::binary(bytes::Bytes::copy_from_slice(msg.as_bytes()))
         };
         match self.hub.receive(self.conn, payload).await {
-            Ok(()) => ControlFlow::Continue(()),
+            Ok(()) => ControlFlow::Continue(None),
             Err(HubError::PayloadTooLarge { .. }) => {
                 ControlFlow::Break(End::Close(TOO_BIG, "message too big"))
             }
@@ -773,17 +926,21 @@ impl<'a, H: Hub> Pump<'a, H> {
                         (other.to_string(), POLICY)
                     }
                 };
-                self.tell(sub, refusal_code(&e), &message, raw_close).await
+                self.tell(sub, None, refusal_code(&e), &message, raw_close)
+                    .await
+                    .map_continue(|()| None)
             }
         }
     }
 
-    /// Tells the client about a message of its own that wasn't delivered: an `error` frame,
-    /// after every delivery that is ready now (so it never overtakes the echo of an earlier
-    /// accepted message). Under [`Framing::Raw`] there are no notices: close with `raw_close`.
+    /// Tells the client about a message of its own that wasn't delivered: an `error` frame
+    /// (in the channel protocol, the reply to `reference` when there is one), after every
+    /// delivery that is ready now (so it never overtakes the echo of an earlier accepted
+    /// message). Under [`Framing::Raw`] there are no notices: close with `raw_close`.
     async fn tell(
         &mut self,
         sub: &mut H::Subscription,
+        reference: Option<&serde_json::Value>,
         code: &str,
         message: &str,
         raw_close: u16,
@@ -796,12 +953,11 @@ impl<'a, H: Hub> Pump<'a, H> {
             };
             return ControlFlow::Break(End::Close(raw_close, reason));
         }
-        if let Some(first) = sub.next().now_or_never().flatten()
-            && let Some(end) = Box::pin(self.burst(sub, first)).await
-        {
+        if let ControlFlow::Break(end) = self.flush_ready(sub).await {
             return ControlFlow::Break(end);
         }
-        self.send_now(notice(code, message)).await
+        self.send_now(WsMessage::text(protocol::error(reference, code, message)))
+            .await
     }
 
     /// Deliveries are ready: send them in one burst.

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{Connection, Delivery, Hub, Payload, Topic};
+use super::{Connection, Delivery, Hub, MessageId, Payload, Position, Publication, Topic};
 use crate::error::HubError;
 
 /// Wraps any [`Hub`] and counts what passes through it; itself a [`Hub`].
@@ -206,6 +206,39 @@ impl<H: Hub> Hub for Counted<H> {
     fn note_dropped(&self, conn: &Connection, count: u64) {
         self.stats.dropped.fetch_add(count, Ordering::Relaxed);
         self.hub.note_dropped(conn, count);
+    }
+
+    async fn add_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        from: Position,
+        data: Option<&serde_json::Value>,
+    ) -> Result<(), HubError> {
+        self.hub.add_topic(conn, topic, from, data).await
+    }
+
+    async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
+        self.hub.remove_topic(conn, topic).await
+    }
+
+    async fn publish_from(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> Result<MessageId, HubError> {
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.hub.publish_from(conn, topic, publication).await
+    }
+
+    async fn call(
+        &self,
+        conn: &Connection,
+        method: &str,
+        data: serde_json::Value,
+    ) -> Result<serde_json::Value, HubError> {
+        self.hub.call(conn, method, data).await
     }
 }
 

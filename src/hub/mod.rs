@@ -29,7 +29,9 @@ pub use message::{
     Epoch, EventName, MAX_JSON_DEPTH, Message, MessageId, Offset, Payload, Publication, Topic,
 };
 pub use pubsub::PubSub;
-pub use rooms::{DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Rooms};
+pub use rooms::{
+    CONNECTION_TOPIC, DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Rooms,
+};
 pub use subscription::Subscription;
 
 use crate::error::HubError;
@@ -158,6 +160,80 @@ pub trait Hub: Send + Sync + 'static {
     fn note_dropped(&self, conn: &Connection, count: u64) {
         let _ = (conn, count);
     }
+
+    /// Adds `topic` to a joined connection's subscription, delivering from `from` (the channel
+    /// protocol's `subscribe`). `data` is what the client sent with the request, for an
+    /// authorization rule to read. Deliveries of the topic arrive on the same subscription.
+    /// The default: [`HubError::Unsupported`]. [`Rooms`](crate::Rooms) and
+    /// [`Channels`](crate::channel::Channels) implement it.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Unsupported`], [`HubError::Refused`] (authorization),
+    /// [`HubError::TooManySubscriptions`], [`HubError::InvalidTopic`], [`HubError::NotJoined`],
+    /// and the errors of a join.
+    fn add_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        from: Position,
+        data: Option<&serde_json::Value>,
+    ) -> impl Future<Output = Result<(), HubError>> + Send {
+        let _ = (conn, topic, from, data);
+        std::future::ready(Err(HubError::Unsupported("adding topics to a connection")))
+    }
+
+    /// Takes `topic` out of a joined connection's subscription (the channel protocol's
+    /// `unsubscribe`); nothing more of it is delivered once this returns. Resolves to whether
+    /// it was subscribed. The default: [`HubError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Unsupported`], [`HubError::NotJoined`], [`HubError::InvalidTopic`].
+    fn remove_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<bool, HubError>> + Send {
+        let _ = (conn, topic);
+        std::future::ready(Err(HubError::Unsupported(
+            "removing topics from a connection",
+        )))
+    }
+
+    /// Publishes what a connection sent to one of its topics (the channel protocol's
+    /// `publish`) and resolves to the message's id. The default: [`HubError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::NotSubscribed`] if the connection isn't subscribed to `topic`,
+    /// [`HubError::Refused`] from a publish handler, [`HubError::PayloadTooLarge`],
+    /// [`HubError::JsonTooDeep`], [`HubError::Backend`], [`HubError::Unsupported`].
+    fn publish_from(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> impl Future<Output = Result<MessageId, HubError>> + Send {
+        let _ = (conn, topic, publication);
+        std::future::ready(Err(HubError::Unsupported("publishing to one topic")))
+    }
+
+    /// Calls the server method `method` with `data` for a connection (the channel protocol's
+    /// `call`) and resolves to its JSON result. The default: [`HubError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Unsupported`] for an unknown method, [`HubError::Refused`] from its handler.
+    fn call(
+        &self,
+        conn: &Connection,
+        method: &str,
+        data: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value, HubError>> + Send {
+        let _ = (conn, method, data);
+        std::future::ready(Err(HubError::Unsupported("calls")))
+    }
 }
 
 impl<H: Hub> Hub for Arc<H> {
@@ -188,6 +264,42 @@ impl<H: Hub> Hub for Arc<H> {
 
     fn note_dropped(&self, conn: &Connection, count: u64) {
         (**self).note_dropped(conn, count);
+    }
+
+    fn add_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        from: Position,
+        data: Option<&serde_json::Value>,
+    ) -> impl Future<Output = Result<(), HubError>> + Send {
+        (**self).add_topic(conn, topic, from, data)
+    }
+
+    fn remove_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<bool, HubError>> + Send {
+        (**self).remove_topic(conn, topic)
+    }
+
+    fn publish_from(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> impl Future<Output = Result<MessageId, HubError>> + Send {
+        (**self).publish_from(conn, topic, publication)
+    }
+
+    fn call(
+        &self,
+        conn: &Connection,
+        method: &str,
+        data: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value, HubError>> + Send {
+        (**self).call(conn, method, data)
     }
 }
 

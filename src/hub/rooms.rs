@@ -25,6 +25,11 @@ pub const PRESENCE_JOIN: &str = "presence.join";
 pub const PRESENCE_LEAVE: &str = "presence.leave";
 /// Prefix of the topics of users' direct-message logs; room names can't start with it.
 pub const DIRECT_PREFIX: &str = "@";
+/// Topic of the messages server code sends to one connection
+/// ([`Rooms::send_to_connection`]); room names can't start with `$`.
+pub const CONNECTION_TOPIC: &str = "$conn";
+/// Prefix reserved for the hub's own topics.
+const SYSTEM_PREFIX: &str = "$";
 /// Most members in one [`Presence`] delivery; a bigger room's snapshot comes in several pages.
 pub const PRESENCE_PAGE: usize = 256;
 
@@ -205,11 +210,10 @@ fn room_topic(room: &str) -> Result<Topic, HubError> {
 }
 
 fn check_room(topic: &Topic) -> Result<(), HubError> {
-    if topic.as_str().starts_with(DIRECT_PREFIX) {
-        return Err(InvalidTopic::Reserved {
-            prefix: DIRECT_PREFIX,
+    for prefix in [DIRECT_PREFIX, SYSTEM_PREFIX] {
+        if topic.as_str().starts_with(prefix) {
+            return Err(InvalidTopic::Reserved { prefix }.into());
         }
-        .into());
     }
     Ok(())
 }
@@ -327,6 +331,41 @@ impl<B: Backend> Rooms<B> {
             .backend
             .publish(&self.inner.direct, &topic, publication)
             .await
+    }
+
+    /// Sends to one connection (on this node) alone: a live-only message on the topic
+    /// [`CONNECTION_TOPIC`], not kept anywhere, so it is not resumable (a connection id doesn't
+    /// outlive its connection). At most 64 such messages wait for a connection that isn't
+    /// reading; past that the send fails rather than queue without bound.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::NotJoined`] if no such connection is joined here,
+    /// [`HubError::QueueFull`] if 64 messages already wait for it,
+    /// [`HubError::PayloadTooLarge`].
+    pub fn send_to_connection(
+        &self,
+        conn: ConnectionId,
+        publication: impl Into<Publication>,
+    ) -> Result<(), HubError> {
+        let publication = publication.into();
+        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        let control = {
+            let conns = self.inner.conns.lock();
+            let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
+            Arc::clone(&entry.control)
+        };
+        let topic = Topic::new(CONNECTION_TOPIC)?;
+        let message = Message::notice(
+            topic,
+            MessageId::new(super::Epoch::random(), 0),
+            publication,
+        );
+        control
+            .push(Delivery::Message(message))
+            .map_err(|_| HubError::QueueFull {
+                limit: super::subscription::PUSH_CAPACITY,
+            })
     }
 
     /// Puts a joined connection into `room`, delivering from `from`.
@@ -830,6 +869,44 @@ impl<B: Backend> Hub for Rooms<B> {
     async fn leave(&self, conn: &Connection, subscription: Subscription) {
         self.inner.forget(conn.id());
         drop(subscription);
+    }
+
+    async fn add_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        from: Position,
+        _data: Option<&serde_json::Value>,
+    ) -> Result<(), HubError> {
+        self.join_room(conn.id(), topic.as_str(), from).await
+    }
+
+    async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
+        self.leave_room(conn.id(), topic.as_str()).await
+    }
+
+    async fn publish_from(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> Result<MessageId, HubError> {
+        check_inbound(publication.payload(), self.inner.config.max_payload)?;
+        let member = self
+            .inner
+            .conns
+            .lock()
+            .get(&conn.id())
+            .map(|entry| entry.rooms.contains_key(topic))
+            .ok_or(HubError::NotJoined(conn.id()))?;
+        if !member {
+            return Err(HubError::NotSubscribed(topic.clone()));
+        }
+        let mut publication = publication.origin(conn.id());
+        if let Some(identity) = conn.identity() {
+            publication = publication.sender(Arc::clone(identity.user_arc()));
+        }
+        self.publish_room(topic, publication).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! A connection's stream of deliveries, merged over its topics.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,16 +27,35 @@ pub struct Subscription {
     on_drop: Option<Box<dyn FnOnce() + Send>>,
 }
 
-/// Lets a hub change a live subscription from outside: add rooms, end it.
+/// Lets a hub change a live subscription from outside: add rooms, push a message to this one
+/// connection, end it.
 #[derive(Default)]
 pub(crate) struct Control {
     added: Mutex<Vec<TopicStream>>,
+    /// Messages sent to this connection alone, at most [`PUSH_CAPACITY`].
+    pushed: Mutex<VecDeque<Delivery>>,
     dirty: AtomicBool,
     closed: AtomicBool,
     waker: AtomicWaker,
 }
 
+/// How many server-initiated messages may wait for one connection.
+pub(crate) const PUSH_CAPACITY: usize = 64;
+
 impl Control {
+    /// Queues a delivery for this connection alone; hands it back when the queue is full.
+    pub(crate) fn push(&self, delivery: Delivery) -> Result<(), Delivery> {
+        {
+            let mut pushed = self.pushed.lock();
+            if pushed.len() >= PUSH_CAPACITY {
+                return Err(delivery);
+            }
+            pushed.push_back(delivery);
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
     pub(crate) fn add(&self, stream: TopicStream) {
         self.added.lock().push(stream);
         self.dirty.store(true, Ordering::Release);
@@ -94,6 +114,11 @@ impl Stream for Subscription {
             }
         }
         this.absorb_added();
+        if let Some(control) = &this.control
+            && let Some(pushed) = control.pushed.lock().pop_front()
+        {
+            return Poll::Ready(Some(pushed));
+        }
         let mut i = 0;
         while i < this.streams.len() {
             let idx = (this.next + i) % this.streams.len();

@@ -1,0 +1,312 @@
+//! The channel protocol's frames: parsing client commands, encoding replies. The table of
+//! frames and error codes is in the `ws` module docs ("The channel protocol").
+
+use serde_json::{Value, json};
+
+use crate::error::HubError;
+use crate::hub::message::{MAX_JSON_DEPTH, json_depth};
+use crate::hub::{EventName, MessageId, Payload, Position, Topic};
+
+/// The `Sec-WebSocket-Protocol` name of version 1.
+pub(crate) const SUBPROTOCOL: &str = "salvo-realtime.v1";
+
+/// Longest `ref` accepted, as JSON text.
+const MAX_REF: usize = 64;
+/// Most messages a `recent` may ask for.
+const MAX_RECENT: usize = 1_000;
+
+/// A client command with the `ref` its reply echoes.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) reference: Value,
+    pub(crate) command: Command,
+}
+
+impl Request {
+    /// The `ref` as text, to tell commands in flight apart.
+    pub(crate) fn key(&self) -> String {
+        self.reference.to_string()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Subscribe {
+        topic: Topic,
+        from: Position,
+        data: Option<Value>,
+    },
+    Unsubscribe {
+        topic: Topic,
+    },
+    Publish {
+        topic: Topic,
+        event: Option<EventName>,
+        payload: Payload,
+        echo: bool,
+    },
+    Call {
+        method: String,
+        data: Value,
+    },
+}
+
+impl Command {
+    /// Calls run concurrently; the other commands one at a time, in order.
+    pub(crate) fn is_call(&self) -> bool {
+        matches!(self, Self::Call { .. })
+    }
+}
+
+/// A frame that isn't a valid command: answered with its code, as a reply when its `ref` could
+/// be read, else as an `error` frame.
+#[derive(Debug)]
+pub(crate) struct Invalid {
+    pub(crate) reference: Option<Value>,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+fn invalid(reference: Option<&Value>, code: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        reference: reference.cloned(),
+        code,
+        message: message.into(),
+    }
+}
+
+/// Parses one text frame as a command.
+pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
+    if json_depth(text) > MAX_JSON_DEPTH {
+        return Err(invalid(None, "json_too_deep", "the frame nests too deep"));
+    }
+    let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
+        return Err(invalid(None, "bad_frame", "a command is a JSON object"));
+    };
+    let reference = match frame.remove("ref") {
+        Some(r @ Value::String(_)) if r.to_string().len() <= MAX_REF => r,
+        Some(r @ Value::Number(_)) => r,
+        Some(_) => {
+            return Err(invalid(
+                None,
+                "missing_ref",
+                "`ref` must be a string of at most 62 characters or a number",
+            ));
+        }
+        None => return Err(invalid(None, "missing_ref", "every command needs a `ref`")),
+    };
+    let r = Some(&reference);
+    let kind = frame
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let topic = || -> Result<Topic, Invalid> {
+        let name = frame
+            .get("topic")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(r, "invalid_topic", "`topic` is missing"))?;
+        Topic::new(name).map_err(|e| invalid(r, "invalid_topic", e.to_string()))
+    };
+    let command = match kind {
+        "subscribe" => {
+            let from = match (frame.get("last"), frame.get("recent")) {
+                (Some(Value::String(last)), _) if !last.is_empty() => last
+                    .parse::<MessageId>()
+                    .map_or(Position::Invalid, Position::After),
+                (_, Some(n)) => match n.as_u64() {
+                    Some(n) => {
+                        Position::Recent(usize::try_from(n).unwrap_or(MAX_RECENT).min(MAX_RECENT))
+                    }
+                    None => return Err(invalid(r, "bad_frame", "`recent` must be a number")),
+                },
+                _ => Position::Live,
+            };
+            Command::Subscribe {
+                topic: topic()?,
+                from,
+                data: frame.get("data").cloned(),
+            }
+        }
+        "unsubscribe" => Command::Unsubscribe { topic: topic()? },
+        "publish" => {
+            let event = match frame.get("event") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(name)) => Some(
+                    EventName::new(name).map_err(|e| invalid(r, "invalid_event", e.to_string()))?,
+                ),
+                Some(_) => return Err(invalid(r, "invalid_event", "`event` must be a string")),
+            };
+            let payload = match frame.get("data") {
+                None => return Err(invalid(r, "invalid_data", "`data` is missing")),
+                Some(Value::String(text)) => Payload::text(text.clone()),
+                Some(other) => Payload::text(other.to_string()),
+            };
+            let echo = frame.get("echo").and_then(Value::as_bool).unwrap_or(true);
+            Command::Publish {
+                topic: topic()?,
+                event,
+                payload,
+                echo,
+            }
+        }
+        "call" => {
+            let method = frame
+                .get("method")
+                .and_then(Value::as_str)
+                .filter(|m| !m.is_empty() && m.len() <= 128)
+                .ok_or_else(|| invalid(r, "unknown_method", "`method` is missing"))?
+                .to_owned();
+            Command::Call {
+                method,
+                data: frame.remove("data").unwrap_or(Value::Null),
+            }
+        }
+        other => {
+            return Err(invalid(
+                r,
+                "unknown_command",
+                format!("unknown command type {other:?}"),
+            ));
+        }
+    };
+    Ok(Request { reference, command })
+}
+
+/// `{"type":"reply","ref":..,"status":"ok","data":..}`.
+pub(crate) fn ok(reference: &Value, data: &Value) -> String {
+    json!({ "type": "reply", "ref": reference, "status": "ok", "data": data }).to_string()
+}
+
+/// `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}`, or an
+/// `error` frame when there is no `ref` to answer.
+pub(crate) fn error(reference: Option<&Value>, code: &str, message: &str) -> String {
+    match reference {
+        Some(reference) => json!({
+            "type": "reply",
+            "ref": reference,
+            "status": "error",
+            "error": { "code": code, "message": message },
+        })
+        .to_string(),
+        None => json!({ "type": "error", "error": code, "message": message }).to_string(),
+    }
+}
+
+/// The code and message a command's hub error is answered with; a backend's own text stays in
+/// the log.
+pub(crate) fn hub_error(e: &HubError) -> (String, String) {
+    let code = match e {
+        HubError::Refused(r) => return (r.code().to_owned(), r.message().to_owned()),
+        HubError::Backend(_) | HubError::TooManyTopics { .. } | HubError::QueueFull { .. } => {
+            return (
+                "unavailable".to_owned(),
+                "the server can't do this now; not done, safe to retry".to_owned(),
+            );
+        }
+        HubError::InvalidTopic(_) => "invalid_topic",
+        HubError::InvalidEvent(_) => "invalid_event",
+        HubError::PayloadTooLarge { .. } => "too_large",
+        HubError::TooManySubscriptions { .. } => "too_many_subscriptions",
+        HubError::TooManyCreated { .. } => "too_many_created",
+        HubError::NotSubscribed(_) => "not_subscribed",
+        HubError::NotJoined(_) => "not_joined",
+        HubError::JsonTooDeep { .. } => "json_too_deep",
+        HubError::Json(_) => "invalid_data",
+        HubError::Unsupported(_) => "unsupported",
+        HubError::InboundRejected => "refused",
+        HubError::AlreadyJoined(_) => "internal",
+    };
+    (code.to_owned(), e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_their_fields() {
+        let r = parse(r#"{"type":"subscribe","ref":1,"topic":"room:1","recent":20}"#).expect("ok");
+        assert!(matches!(
+            r.command,
+            Command::Subscribe {
+                from: Position::Recent(20),
+                ..
+            }
+        ));
+        let r = parse(r#"{"type":"subscribe","ref":"a","topic":"t","last":"zz"}"#).expect("ok");
+        assert!(matches!(
+            r.command,
+            Command::Subscribe {
+                from: Position::Invalid,
+                ..
+            }
+        ));
+        let r = parse(r#"{"type":"publish","ref":2,"topic":"t","data":{"x":1},"echo":false}"#)
+            .expect("ok");
+        match r.command {
+            Command::Publish { payload, echo, .. } => {
+                assert_eq!((payload.as_text(), echo), (Some(r#"{"x":1}"#), false));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse(r#"{"type":"call","ref":3,"method":"add","data":[1,2]}"#).expect("ok");
+        assert!(r.command.is_call());
+        for (frame, code) in [
+            ("nope", "bad_frame"),
+            ("[1]", "bad_frame"),
+            (r#"{"type":"call","method":"m"}"#, "missing_ref"),
+            (
+                r#"{"type":"call","ref":{"a":1},"method":"m"}"#,
+                "missing_ref",
+            ),
+            (r#"{"type":"jump","ref":1}"#, "unknown_command"),
+            (r#"{"type":"subscribe","ref":1}"#, "invalid_topic"),
+            (
+                r#"{"type":"subscribe","ref":1,"topic":""}"#,
+                "invalid_topic",
+            ),
+            (r#"{"type":"publish","ref":1,"topic":"t"}"#, "invalid_data"),
+            (r#"{"type":"call","ref":1}"#, "unknown_method"),
+        ] {
+            assert_eq!(
+                parse(frame).map(|_| ()).expect_err(frame).code,
+                code,
+                "{frame}"
+            );
+        }
+    }
+
+    proptest! {
+        // Any text: a command or a coded refusal, never a panic; a readable ref is kept.
+        #[test]
+        fn any_frame_parses_or_is_refused_with_a_code(text in ".{0,200}") {
+            match parse(&text) {
+                Ok(req) => prop_assert!(!req.key().is_empty()),
+                Err(e) => prop_assert!(!e.code.is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_command_shape_parses_or_is_refused(
+            kind in "(subscribe|unsubscribe|publish|call|other)",
+            reference in proptest::option::of(0u32..10),
+            topic in proptest::option::of(".{0,10}"),
+            data in proptest::option::of(".{0,10}"),
+        ) {
+            let mut frame = serde_json::Map::new();
+            frame.insert("type".into(), kind.clone().into());
+            if let Some(r) = reference { frame.insert("ref".into(), r.into()); }
+            if let Some(t) = topic { frame.insert("topic".into(), t.into()); }
+            if let Some(d) = data { frame.insert("data".into(), d.into()); }
+            frame.insert("method".into(), "m".into());
+            let text = Value::Object(frame).to_string();
+            match parse(&text) {
+                Ok(req) => prop_assert_eq!(reference.map(Value::from), Some(req.reference)),
+                Err(e) if reference.is_none() => prop_assert_eq!(e.code, "missing_ref"),
+                Err(e) => prop_assert_eq!(e.reference, reference.map(Value::from)),
+            }
+        }
+    }
+}

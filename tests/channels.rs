@@ -1,0 +1,692 @@
+//! Channels over real sockets: the channel protocol (`salvo-realtime.v1`) spoken by
+//! tokio-tungstenite as an independent client, and the same authorization on SSE.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use futures_util::{SinkExt, StreamExt};
+use salvo::Router;
+use salvo_realtime::channel::{Channels, Inbound};
+use salvo_realtime::error::Refused;
+use salvo_realtime::sse::SseEndpoint;
+use salvo_realtime::ws::WsEndpoint;
+use salvo_realtime::{HubConfig, Identity, Position, Rooms};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+struct Said {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Stamped {
+    text: String,
+    by: String,
+    stamped: bool,
+}
+
+/// The channels most tests use: `room:*` for signed-in users, `staff` for the user "boss",
+/// moderation and stamping on `room:*`, a few methods.
+fn channels(rooms: Rooms) -> Channels {
+    Channels::new(rooms)
+        .authorize("room:*", |ctx, _req| async move {
+            ctx.user_id()
+                .map(|_| ())
+                .ok_or_else(|| Refused::forbidden("sign in first"))
+        })
+        .authorize("staff", |ctx, _req| async move {
+            if ctx.user_id() == Some("boss") {
+                Ok(())
+            } else {
+                Err(Refused::new("staff_only", "staff only"))
+            }
+        })
+        .allow("open:*")
+        .on_publish("room:*", |ctx, msg: Inbound<Said>| async move {
+            if msg.data.text.contains("darn") {
+                return Err(Refused::new("moderated", "keep it civil"));
+            }
+            Ok(Stamped {
+                text: msg.data.text,
+                by: ctx.user_id().unwrap_or("?").to_owned(),
+                stamped: true,
+            })
+        })
+        .on_call("add", |_ctx, (a, b): (i64, i64)| async move { Ok(a + b) })
+        .on_call("whoami", |ctx, ()| async move {
+            Ok(json!({ "user": ctx.user_id(), "conn": ctx.connection_id().as_u64() }))
+        })
+        .on_call("boom", |_ctx, ()| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(())
+        })
+        .on_call("slow", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        })
+        .handler_timeout(Duration::from_millis(500))
+}
+
+fn endpoint(channels: Channels) -> WsEndpoint<Channels> {
+    WsEndpoint::new(channels).identify(|req, _| {
+        Ok(req
+            .query::<String>("user")
+            .map(|u| Identity::new(u.as_str())))
+    })
+}
+
+async fn serve(channels: Channels) -> TestServer {
+    let sse = SseEndpoint::new(channels.clone()).identify(|req, _| {
+        Ok(req
+            .query::<String>("user")
+            .map(|u| Identity::new(u.as_str())))
+    });
+    let router = Router::new()
+        .push(Router::with_path("ws").goal(endpoint(channels)))
+        .push(Router::with_path("sse").get(sse));
+    TestServer::start(router).await
+}
+
+/// A client that negotiates the channel protocol.
+async fn connect(server: &TestServer, query: &str) -> Client {
+    let mut req = server
+        .ws(&format!("/ws?{query}"))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "salvo-realtime.v1".parse().expect("header"),
+    );
+    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("salvo-realtime.v1")
+    );
+    ws
+}
+
+async fn send(ws: &mut Client, frame: Value) {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .expect("send");
+}
+
+async fn next_json(ws: &mut Client) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("json"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// The reply to `reference`, collecting every other frame on the way.
+async fn reply(ws: &mut Client, reference: Value, others: &mut Vec<Value>) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == "reply" && v["ref"] == reference {
+            return v;
+        }
+        others.push(v);
+    }
+}
+
+/// Sends a command and returns its reply (other frames are dropped).
+async fn command(ws: &mut Client, frame: Value) -> Value {
+    let reference = frame["ref"].clone();
+    send(ws, frame).await;
+    reply(ws, reference, &mut Vec::new()).await
+}
+
+/// The next chat message (skipping presence snapshots and notices).
+async fn next_message(ws: &mut Client) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == "message" && v.get("event").is_none() {
+            return v;
+        }
+    }
+}
+
+fn code(reply: &Value) -> &str {
+    reply["error"]["code"].as_str().unwrap_or("<ok>")
+}
+
+#[tokio::test]
+async fn one_socket_many_topics_publish_to_one_and_join_another_later() {
+    let rooms = Rooms::new();
+    let server = serve(channels(rooms.clone())).await;
+    let mut alice = connect(&server, "user=alice").await;
+    let mut bob = connect(&server, "user=bob").await;
+    for (i, topic) in ["room:a", "room:b"].iter().enumerate() {
+        let r = command(
+            &mut alice,
+            json!({"type":"subscribe","ref":i,"topic":topic}),
+        )
+        .await;
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    let r = command(
+        &mut bob,
+        json!({"type":"subscribe","ref":"x","topic":"room:a"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok");
+    // Alice publishes to B only: bob (in A) doesn't get it; alice does (echo), stamped.
+    let mut others = Vec::new();
+    send(
+        &mut alice,
+        json!({"type":"publish","ref":10,"topic":"room:b","data":{"text":"to b"}}),
+    )
+    .await;
+    let r = reply(&mut alice, json!(10), &mut others).await;
+    assert_eq!(r["status"], "ok");
+    assert!(r["data"]["id"].is_string());
+    let echo = others
+        .iter()
+        .find(|m| m["type"] == "message" && m.get("event").is_none())
+        .expect("echo before the reply");
+    assert_eq!(echo["topic"], "room:b");
+    assert_eq!(
+        echo["data"],
+        json!({"text":"to b","by":"alice","stamped":true})
+    );
+    send(
+        &mut alice,
+        json!({"type":"publish","ref":11,"topic":"room:a","data":{"text":"to a"},"echo":false}),
+    )
+    .await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(
+        (m["topic"].as_str(), m["data"]["text"].as_str()),
+        (Some("room:a"), Some("to a"))
+    );
+    // Bob joins C later, on the same socket.
+    let r = command(
+        &mut bob,
+        json!({"type":"subscribe","ref":"c","topic":"room:c"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok");
+    rooms
+        .broadcast("room:c", "hello c")
+        .await
+        .expect("broadcast");
+    assert_eq!(next_message(&mut bob).await["data"], "hello c");
+    // Unsubscribe: nothing more from A.
+    let r = command(
+        &mut bob,
+        json!({"type":"unsubscribe","ref":"u","topic":"room:a"}),
+    )
+    .await;
+    assert_eq!(r["data"]["was_subscribed"], true);
+    rooms.broadcast("room:a", "gone").await.expect("broadcast");
+    rooms
+        .broadcast("room:c", "still c")
+        .await
+        .expect("broadcast");
+    assert_eq!(next_message(&mut bob).await["data"], "still c");
+    drop((alice, bob));
+    assert!(eventually(|| rooms.connection_count() == 0).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_topic_resumes_on_its_own_after_a_reconnect() {
+    let rooms = Rooms::new();
+    let server = serve(channels(rooms.clone())).await;
+    let mut ws = connect(&server, "user=alice").await;
+    for (i, topic) in ["room:a", "room:b", "room:c"].iter().enumerate() {
+        command(&mut ws, json!({"type":"subscribe","ref":i,"topic":topic})).await;
+    }
+    let mut last = std::collections::HashMap::new();
+    for topic in ["room:a", "room:b", "room:c"] {
+        rooms
+            .broadcast(topic, format!("{topic}-0"))
+            .await
+            .expect("broadcast");
+        let m = next_message(&mut ws).await;
+        last.insert(topic, m["id"].as_str().expect("id").to_owned());
+    }
+    drop(ws);
+    assert!(eventually(|| rooms.connection_count() == 0).await);
+    for i in 1..=3 {
+        for topic in ["room:a", "room:b", "room:c"] {
+            rooms
+                .broadcast(topic, format!("{topic}-{i}"))
+                .await
+                .expect("broadcast");
+        }
+    }
+    let mut ws = connect(&server, "user=alice").await;
+    let mut early = Vec::new();
+    for (i, (topic, last)) in [
+        ("room:a", last["room:a"].as_str()),
+        ("room:b", last["room:b"].as_str()),
+        ("room:c", "from-another-app"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        send(
+            &mut ws,
+            json!({"type":"subscribe","ref":i,"topic":topic,"last":last}),
+        )
+        .await;
+        let r = reply(&mut ws, json!(i), &mut early).await;
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    let mut got: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut resets = Vec::new();
+    let mut early = early.into_iter();
+    while got.values().map(Vec::len).sum::<usize>() < 3 + 3 + 4 {
+        let v = match early.next() {
+            Some(v) => v,
+            None => next_json(&mut ws).await,
+        };
+        match v["type"].as_str() {
+            Some("message") if v.get("event").is_none() => got
+                .entry(v["topic"].as_str().unwrap_or("?").to_owned())
+                .or_default()
+                .push(v["data"].as_str().unwrap_or("?").to_owned()),
+            Some("reset") => resets.push((v["topic"].clone(), v["reason"].clone())),
+            _ => {}
+        }
+    }
+    assert_eq!(got["room:a"], ["room:a-1", "room:a-2", "room:a-3"]);
+    assert_eq!(got["room:b"], ["room:b-1", "room:b-2", "room:b-3"]);
+    assert_eq!(
+        got["room:c"],
+        ["room:c-0", "room:c-1", "room:c-2", "room:c-3"]
+    );
+    assert_eq!(resets, [(json!("room:c"), json!("invalid"))]);
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn authorization_decides_subscribe_commands_and_connect_time_topics_on_both_transports() {
+    let rooms = Rooms::new();
+    let server = serve(channels(rooms.clone())).await;
+    let mut carol = connect(&server, "user=carol").await;
+    let r = command(
+        &mut carol,
+        json!({"type":"subscribe","ref":1,"topic":"staff"}),
+    )
+    .await;
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("error"), "staff_only")
+    );
+    let r = command(
+        &mut carol,
+        json!({"type":"subscribe","ref":2,"topic":"secret"}),
+    )
+    .await;
+    assert_eq!(code(&r), "forbidden", "no rule: closed by default");
+    assert!(rooms.presence("staff").await.is_empty(), "nothing joined");
+    assert!(rooms.rooms_of(rooms.connections_of("carol")[0]).is_empty());
+    let mut boss = connect(&server, "user=boss").await;
+    let r = command(
+        &mut boss,
+        json!({"type":"subscribe","ref":1,"topic":"staff"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok");
+    // Anonymous: `room:*` needs a user; `open:*` is for everyone.
+    let mut anon = connect(&server, "").await;
+    let r = command(
+        &mut anon,
+        json!({"type":"subscribe","ref":1,"topic":"room:x"}),
+    )
+    .await;
+    assert_eq!(code(&r), "forbidden");
+    let r = command(
+        &mut anon,
+        json!({"type":"subscribe","ref":2,"topic":"open:x"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok");
+    // The same rules at connect time, WebSocket and SSE alike.
+    let ws_status =
+        match tokio_tungstenite::connect_async(server.ws("/ws?user=carol&topic=staff")).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        };
+    let sse = reqwest::get(server.http("/sse?user=carol&topic=staff"))
+        .await
+        .expect("answer");
+    assert_eq!((ws_status, sse.status().as_u16()), (403, 403));
+    assert!(sse.text().await.expect("body").contains("staff_only"));
+    let ok = reqwest::get(server.http("/sse?user=boss&topic=staff"))
+        .await
+        .expect("answer");
+    assert_eq!(ok.status().as_u16(), 200);
+    drop((carol, boss, anon, ok));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn publish_handlers_refuse_or_rewrite_and_calls_reply() {
+    let rooms = Rooms::new();
+    let server = serve(channels(rooms.clone())).await;
+    let mut ws = connect(&server, "user=dave").await;
+    command(
+        &mut ws,
+        json!({"type":"subscribe","ref":0,"topic":"room:r"}),
+    )
+    .await;
+    command(
+        &mut ws,
+        json!({"type":"subscribe","ref":1,"topic":"open:o"}),
+    )
+    .await;
+    let r = command(
+        &mut ws,
+        json!({"type":"publish","ref":2,"topic":"room:r","data":{"text":"darn it"}}),
+    )
+    .await;
+    assert_eq!(code(&r), "moderated");
+    assert!(
+        rooms.history("room:r").is_empty(),
+        "a refused message is not published"
+    );
+    let r = command(
+        &mut ws,
+        json!({"type":"publish","ref":3,"topic":"room:r","data":{"nope":1}}),
+    )
+    .await;
+    assert_eq!(code(&r), "invalid_data");
+    // No handler on open:*: published as sent, with its event name.
+    let r = command(
+        &mut ws,
+        json!({"type":"publish","ref":4,"topic":"open:o","event":"note","data":"plain"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok");
+    let history = rooms.history("open:o");
+    assert_eq!(
+        (
+            history[0].payload().as_text(),
+            history[0].event().map(|e| e.as_str())
+        ),
+        (Some("plain"), Some("note"))
+    );
+    let r = command(
+        &mut ws,
+        json!({"type":"publish","ref":5,"topic":"room:elsewhere","data":{"text":"hi"}}),
+    )
+    .await;
+    assert_eq!(code(&r), "not_subscribed");
+    // Calls.
+    let r = command(
+        &mut ws,
+        json!({"type":"call","ref":6,"method":"add","data":[2,40]}),
+    )
+    .await;
+    assert_eq!((r["status"].as_str(), &r["data"]), (Some("ok"), &json!(42)));
+    let r = command(&mut ws, json!({"type":"call","ref":7,"method":"whoami"})).await;
+    assert_eq!(r["data"]["user"], "dave");
+    let r = command(
+        &mut ws,
+        json!({"type":"call","ref":8,"method":"add","data":"x"}),
+    )
+    .await;
+    assert_eq!(code(&r), "invalid_data");
+    let r = command(&mut ws, json!({"type":"call","ref":9,"method":"nope"})).await;
+    assert_eq!(code(&r), "unknown_method");
+    let r = command(&mut ws, json!({"type":"call","ref":10,"method":"boom"})).await;
+    assert_eq!(code(&r), "handler_failed");
+    let r = command(
+        &mut ws,
+        json!({"type":"call","ref":11,"method":"slow","data":2000}),
+    )
+    .await;
+    assert_eq!(code(&r), "timeout");
+    // Still up after all that.
+    let r = command(
+        &mut ws,
+        json!({"type":"call","ref":12,"method":"add","data":[1,1]}),
+    )
+    .await;
+    assert_eq!(r["data"], 2);
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_commands_each_get_one_coded_answer() {
+    let rooms = Rooms::with_config(HubConfig::new().max_subscriptions(2));
+    let server = serve(channels(rooms.clone())).await;
+    let mut ws = connect(&server, "user=eve").await;
+    send(&mut ws, json!("not an object")).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["error"].as_str()),
+        (Some("error"), Some("bad_frame"))
+    );
+    ws.send(Message::text("{oops")).await.expect("send");
+    assert_eq!(next_json(&mut ws).await["error"], "bad_frame");
+    send(&mut ws, json!({"type":"call","method":"add","data":[1,2]})).await;
+    assert_eq!(next_json(&mut ws).await["error"], "missing_ref");
+    let r = command(&mut ws, json!({"type":"teleport","ref":1})).await;
+    assert_eq!(code(&r), "unknown_command");
+    let r = command(
+        &mut ws,
+        json!({"type":"subscribe","ref":2,"topic":"@eve-not-mine"}),
+    )
+    .await;
+    assert_eq!(code(&r), "forbidden");
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(next_json(&mut ws).await["error"], "bad_frame");
+    // Two calls in flight with one ref: the second is refused, the first still answers.
+    send(
+        &mut ws,
+        json!({"type":"call","ref":"same","method":"slow","data":200}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type":"call","ref":"same","method":"add","data":[1,2]}),
+    )
+    .await;
+    let first = next_json(&mut ws).await;
+    assert_eq!(
+        (first["ref"].as_str(), code(&first)),
+        (Some("same"), "duplicate_ref")
+    );
+    let second = next_json(&mut ws).await;
+    assert_eq!(
+        (second["ref"].as_str(), &second["data"]),
+        (Some("same"), &json!(200))
+    );
+    // More subscriptions than the cap.
+    for (i, t) in ["room:1", "room:2"].iter().enumerate() {
+        assert_eq!(
+            command(&mut ws, json!({"type":"subscribe","ref":i,"topic":t})).await["status"],
+            "ok"
+        );
+    }
+    let r = command(
+        &mut ws,
+        json!({"type":"subscribe","ref":3,"topic":"room:3"}),
+    )
+    .await;
+    assert_eq!(code(&r), "too_many_subscriptions");
+    assert!(rooms.presence("room:3").await.is_empty());
+    drop(ws);
+    assert!(eventually(|| rooms.connection_count() == 0).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_sends_to_one_connection_a_user_a_topic_and_moves_connections() {
+    let rooms = Rooms::new();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let left = Arc::new(AtomicUsize::new(0));
+    let (c, l) = (Arc::clone(&connected), Arc::clone(&left));
+    let hub = channels(rooms.clone())
+        .on_connect(move |ctx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                ctx.subscribe("room:lobby", Position::Live)
+                    .await
+                    .map_err(|e| Refused::new("join_failed", e.to_string()))
+            }
+        })
+        .on_disconnect(move |_ctx| {
+            l.fetch_add(1, Ordering::SeqCst);
+            async {}
+        });
+    let server = serve(hub.clone()).await;
+    let mut tab1 = connect(&server, "user=frank").await;
+    let mut tab2 = connect(&server, "user=frank").await;
+    assert!(eventually(|| rooms.connections_of("frank").len() == 2).await);
+    assert_eq!(connected.load(Ordering::SeqCst), 2);
+    // on_connect put both in the lobby.
+    hub.broadcast("room:lobby", "welcome")
+        .await
+        .expect("broadcast");
+    assert_eq!(next_message(&mut tab1).await["data"], "welcome");
+    assert_eq!(next_message(&mut tab2).await["data"], "welcome");
+    // To one connection: find tab1's id through a call.
+    let who = command(&mut tab1, json!({"type":"call","ref":1,"method":"whoami"})).await;
+    let id = rooms
+        .connections_of("frank")
+        .into_iter()
+        .find(|c| c.as_u64() == who["data"]["conn"].as_u64().unwrap_or(0))
+        .expect("tab1's id");
+    hub.send_to_connection(id, "just you").expect("sent");
+    let m = next_json(&mut tab1).await;
+    assert_eq!(
+        (m["topic"].as_str(), m["data"].as_str()),
+        (Some("$conn"), Some("just you"))
+    );
+    // To the user: both tabs.
+    hub.send_to_user("frank", "both of you")
+        .await
+        .expect("sent");
+    assert_eq!(next_message(&mut tab1).await["data"], "both of you");
+    assert_eq!(next_message(&mut tab2).await["data"], "both of you");
+    // Moved by the server: tab2 is added to room:vip (no rule runs) and told so.
+    let tab2_id = rooms
+        .connections_of("frank")
+        .into_iter()
+        .find(|c| *c != id)
+        .expect("tab2");
+    hub.subscribe(tab2_id, "room:vip", Position::Live)
+        .await
+        .expect("moved");
+    let notice = loop {
+        let v = next_json(&mut tab2).await;
+        if v["event"] == "subscribed" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (notice["topic"].as_str(), notice["data"]["topic"].as_str()),
+        (Some("$conn"), Some("room:vip"))
+    );
+    hub.broadcast("room:vip", "vip only")
+        .await
+        .expect("broadcast");
+    assert_eq!(next_message(&mut tab2).await["data"], "vip only");
+    assert!(hub.unsubscribe(tab2_id, "room:vip").await.expect("removed"));
+    drop((tab1, tab2));
+    assert!(eventually(|| left.load(Ordering::SeqCst) == 2).await);
+    assert!(eventually(|| rooms.connection_count() == 0).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn plain_envelope_clients_go_through_the_same_handlers() {
+    let rooms = Rooms::new();
+    let server = serve(channels(rooms.clone())).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws("/ws?user=gail&topic=room:legacy"))
+            .await
+            .expect("connect without the channel protocol");
+    ws.send(Message::text(r#"{"text":"darn"}"#))
+        .await
+        .expect("send");
+    let v = loop {
+        let v = next_json(&mut ws).await;
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(v["error"], "refused");
+    ws.send(Message::text(r#"{"text":"fine"}"#))
+        .await
+        .expect("send");
+    let m = next_message(&mut ws).await;
+    assert_eq!(m["data"]["stamped"], true);
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn identity_may_come_from_an_async_lookup() {
+    let rooms = Rooms::new();
+    let sessions = Arc::new(std::collections::HashMap::from([(
+        "t0k3n".to_owned(),
+        "hana".to_owned(),
+    )]));
+    let ws = WsEndpoint::new(channels(rooms.clone())).identify_async(move |req, _| {
+        let token = req.query::<String>("token");
+        let sessions = Arc::clone(&sessions);
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await; // a database round trip
+            match token.and_then(|t| sessions.get(&t).cloned()) {
+                Some(user) => Ok(Some(Identity::new(user))),
+                None => Err(salvo_realtime::Rejection::unauthorized("bad token")),
+            }
+        }
+    });
+    let server = TestServer::start(Router::with_path("ws").goal(ws)).await;
+    let mut req = server
+        .ws("/ws?token=nope")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "salvo-realtime.v1".parse().expect("header"),
+    );
+    let bad = tokio_tungstenite::connect_async(req).await;
+    assert!(
+        matches!(bad, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 401)
+    );
+    let mut ok = connect(&server, "token=t0k3n").await;
+    let r = command(&mut ok, json!({"type":"call","ref":1,"method":"whoami"})).await;
+    assert_eq!(r["data"]["user"], "hana");
+    drop(ok);
+    server.stop().await;
+}
