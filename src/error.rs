@@ -199,3 +199,58 @@ pub enum HubError {
     #[error("backend: {0}")]
     Backend(#[source] Box<dyn StdError + Send + Sync + 'static>),
 }
+
+impl HubError {
+    /// The machine-readable code the channel protocol answers this error with (the
+    /// [`Refused`] code for [`HubError::Refused`]).
+    ///
+    /// ```
+    /// use salvo_realtime::error::{HubError, Refused};
+    ///
+    /// assert_eq!(HubError::TooManySubscriptions { limit: 2 }.code(), "too_many_subscriptions");
+    /// assert_eq!(HubError::Refused(Refused::new("moderated", "no")).code(), "moderated");
+    /// ```
+    #[must_use]
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Refused(r) => r.code(),
+            Self::Backend(_) | Self::TooManyTopics { .. } | Self::QueueFull { .. } => "unavailable",
+            Self::InvalidTopic(_) => "invalid_topic",
+            Self::InvalidEvent(_) => "invalid_event",
+            Self::PayloadTooLarge { .. } => "too_large",
+            Self::TooManySubscriptions { .. } => "too_many_subscriptions",
+            Self::TooManyCreated { .. } => "too_many_created",
+            Self::NotSubscribed(_) => "not_subscribed",
+            Self::NotJoined(_) => "not_joined",
+            Self::JsonTooDeep { .. } => "json_too_deep",
+            Self::Json(_) => "invalid_data",
+            Self::Unsupported(_) => "unsupported",
+            Self::InboundRejected => "refused",
+            Self::AlreadyJoined(_) => "internal",
+        }
+    }
+
+    /// What a client may be told: a backend's own error text (addresses, credentials) is
+    /// replaced by a generic message.
+    #[must_use]
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Refused(r) => r.message().to_owned(),
+            Self::Backend(_) | Self::TooManyTopics { .. } | Self::QueueFull { .. } => {
+                "the server can't do this now; not done, safe to retry".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A hub error inside a handler becomes the refusal its command is answered with, so `?`
+/// works on hub calls in handlers.
+impl From<HubError> for Refused {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::Refused(r) => r,
+            other => Self::new(other.code().to_owned(), other.public_message()),
+        }
+    }
+}

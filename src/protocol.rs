@@ -195,28 +195,7 @@ pub(crate) fn error(reference: Option<&Value>, code: &str, message: &str) -> Str
 /// The code and message a command's hub error is answered with; a backend's own text stays in
 /// the log.
 pub(crate) fn hub_error(e: &HubError) -> (String, String) {
-    let code = match e {
-        HubError::Refused(r) => return (r.code().to_owned(), r.message().to_owned()),
-        HubError::Backend(_) | HubError::TooManyTopics { .. } | HubError::QueueFull { .. } => {
-            return (
-                "unavailable".to_owned(),
-                "the server can't do this now; not done, safe to retry".to_owned(),
-            );
-        }
-        HubError::InvalidTopic(_) => "invalid_topic",
-        HubError::InvalidEvent(_) => "invalid_event",
-        HubError::PayloadTooLarge { .. } => "too_large",
-        HubError::TooManySubscriptions { .. } => "too_many_subscriptions",
-        HubError::TooManyCreated { .. } => "too_many_created",
-        HubError::NotSubscribed(_) => "not_subscribed",
-        HubError::NotJoined(_) => "not_joined",
-        HubError::JsonTooDeep { .. } => "json_too_deep",
-        HubError::Json(_) => "invalid_data",
-        HubError::Unsupported(_) => "unsupported",
-        HubError::InboundRejected => "refused",
-        HubError::AlreadyJoined(_) => "internal",
-    };
-    (code.to_owned(), e.to_string())
+    (e.code().to_owned(), e.public_message())
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@
 //! | `unavailable` | the hub's backend failed or timed out; not delivered, safe to retry |
 //! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); dropped |
 //! | `refused` | the hub refused it (for example [`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//! | any other code | the hub's error's [`code`](crate::error::HubError::code): a handler's own [`Refused`](crate::error::Refused) code (say `moderated`), `not_subscribed`, ... |
 //!
 //! Order: an `error` frame is sent after every delivery the connection had ready when its
 //! message was refused, so with an in-memory hub the echo of an earlier accepted message
@@ -98,6 +99,59 @@
 //! no presence, reset or `error` frames. What those would tell becomes a close: lost messages
 //! (lag) close 1008 whatever the slow-consumer policy, a refused or rate-limited message closes
 //! 1008, a backend failure 1011.
+//!
+//! # The channel protocol
+//!
+//! A client that offers `Sec-WebSocket-Protocol: salvo-realtime.v1` (and gets it back in the
+//! `101`) speaks version 1 of the channel protocol instead of plain frames: every text frame
+//! it sends is one JSON command with a client-chosen `ref` (a string of at most 62 characters,
+//! or a number), and the server answers each command with exactly one `reply` carrying that
+//! `ref`. Deliveries (`message`, `presence`, `reset`, `lagged`) are the envelopes above, each
+//! with its `topic`. Clients that don't offer the protocol keep the plain envelope framing.
+//! A channel connection may name no topic when it connects; it subscribes with commands.
+//! The hub decides what each command does; [`Channels`](crate::channel::Channels) runs the
+//! application's rules and handlers, [`Rooms`](crate::Rooms) accepts every subscribe and
+//! publish, and hubs without dynamic topics answer `unsupported`.
+//!
+//! | client sends | fields | `data` of an `ok` reply |
+//! |---|---|---|
+//! | `{"type":"subscribe",..}` | `ref`, `topic`, `last`? (the topic's last id) or `recent`? (n, at most 1,000), `data`? (for the authorization rule) | `{"topic":..}`; the topic's deliveries follow on the socket: a `reset` first if `last` can't be honoured (reason `invalid` if it can't be read), what was missed, the presence snapshot |
+//! | `{"type":"unsubscribe",..}` | `ref`, `topic` | `{"topic":..,"was_subscribed":bool}`; nothing more of the topic is delivered |
+//! | `{"type":"publish",..}` | `ref`, `topic` (one the socket is subscribed to), `data` (any JSON; a string is sent as text), `event`?, `echo`? (default `true`: the publisher gets its own message) | `{"id":..}`: the message's id |
+//! | `{"type":"call",..}` | `ref`, `method`, `data`? | the method's result |
+//!
+//! | server sends | when |
+//! |---|---|
+//! | `{"type":"reply","ref":..,"status":"ok","data":..}` | a command succeeded |
+//! | `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}` | a command failed; nothing of it took effect |
+//! | `{"type":"error","error":..,"message":..}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`), or a frame dropped by the rate limit (`rate_limited`) |
+//! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it |
+//!
+//! Error codes (a handler's own [`Refused`](crate::error::Refused) codes come on top):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | `bad_frame` | not a JSON object, or a binary frame |
+//! | `missing_ref` | no `ref`, or one that is neither a short string nor a number |
+//! | `duplicate_ref` | a command with the same `ref` is still in flight |
+//! | `unknown_command` | `type` is none of the four |
+//! | `invalid_topic`, `invalid_event`, `invalid_data` | a bad name, or `data` missing or not what the handler takes |
+//! | `forbidden` | no authorization rule allows the topic (or the rule's own code) |
+//! | `not_subscribed` | publish or unsubscribe on a topic the socket isn't subscribed to |
+//! | `too_many_subscriptions` | past [`HubConfig::max_subscriptions`](crate::HubConfig::max_subscriptions) |
+//! | `too_many_created` | past [`HubConfig::max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) |
+//! | `unknown_method` | no handler for the `call`'s method |
+//! | `handler_failed`, `timeout` | the handler panicked, or took longer than its timeout |
+//! | `too_large`, `json_too_deep` | the data is over the payload limit, or nested too deep |
+//! | `unavailable` | the backend failed or the hub is full: not done, safe to retry |
+//! | `unsupported` | this hub has no such operation |
+//! | `rate_limited` | over the inbound rate limit (an `error` frame; the command was not run) |
+//!
+//! Order: a connection's `subscribe`, `unsubscribe` and `publish` commands run one at a time,
+//! in the order sent; `call`s run concurrently with them and each other (up to 8 at once).
+//! While a command runs, reading pauses (the client's frames wait in TCP), deliveries go on.
+//! A reply is sent after every delivery that was ready when its command finished, so a
+//! publisher sees its own message before the reply, and a subscriber the start of the replay.
 //!
 //! # Limits and close codes
 //!
@@ -589,15 +643,6 @@ fn classify(error: &salvo::Error) -> End {
     End::Gone("connection error")
 }
 
-/// The `error` code for a message the hub refused.
-fn refusal_code(e: &HubError) -> &'static str {
-    match e {
-        HubError::Backend(_) | HubError::TooManyTopics { .. } => "unavailable",
-        HubError::JsonTooDeep { .. } => "json_too_deep",
-        _ => "refused",
-    }
-}
-
 fn json_frame(bytes: bytes::Bytes) -> WsMessage {
     // Our envelopes are serde_json output, so always UTF-8.
     match Utf8Bytes::try_from(bytes) {
@@ -926,7 +971,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                         (other.to_string(), POLICY)
                     }
                 };
-                self.tell(sub, None, refusal_code(&e), &message, raw_close)
+                self.tell(sub, None, e.code(), &message, raw_close)
                     .await
                     .map_continue(|()| None)
             }

@@ -57,7 +57,9 @@ pub const PRESENCE_PAGE: usize = 256;
 ///   that room. A room with no members is freed like an idle topic: at once if it holds no
 ///   history, else after [`idle_ttl`](HubConfig::idle_ttl).
 /// * By default a connection's messages are published to all its rooms
-///   ([`InboundPolicy::Publish`]).
+///   ([`InboundPolicy::Publish`]), and the sender gets its own message back (so it learns the
+///   id); [`InboundPolicy::PublishExceptSender`] skips the sender. Over the channel protocol a
+///   connection publishes to one room at a time, and chooses per publish (`"echo": false`).
 /// * With a remote [`Backend`] ([`with_backend`](Self::with_backend)), rooms, presence and
 ///   direct messages span every node on it: first join and last leave are per user across
 ///   nodes, and [`presence`](Self::presence) lists everyone. The connection counts
