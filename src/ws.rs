@@ -111,7 +111,9 @@
 //! A channel connection may name no topic when it connects; it subscribes with commands.
 //! The hub decides what each command does; [`Channels`](crate::channel::Channels) runs the
 //! application's rules and handlers, [`Rooms`](crate::Rooms) accepts every subscribe and
-//! publish, and hubs without dynamic topics answer `unsupported`.
+//! publish, and hubs without dynamic topics ([`PubSub`](crate::PubSub)) answer `unsupported`
+//! (a channel connection to one must name its topics when it connects: its subscription ends,
+//! and the socket closes 1000, when it follows nothing).
 //!
 //! | client sends | fields | `data` of an `ok` reply |
 //! |---|---|---|

@@ -690,3 +690,172 @@ async fn identity_may_come_from_an_async_lookup() {
     drop(ok);
     server.stop().await;
 }
+
+/// Rooms whose every publish fails as a backend that is down would.
+#[derive(Clone)]
+struct Down(Rooms);
+
+impl salvo_realtime::Hub for Down {
+    type Subscription = <Rooms as salvo_realtime::Hub>::Subscription;
+
+    async fn join(
+        &self,
+        conn: &salvo_realtime::Connection,
+    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
+        self.0.join(conn).await
+    }
+
+    async fn receive(
+        &self,
+        conn: &salvo_realtime::Connection,
+        message: salvo_realtime::Payload,
+    ) -> Result<(), salvo_realtime::error::HubError> {
+        self.0.receive(conn, message).await
+    }
+
+    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
+        self.0.leave(conn, subscription).await;
+    }
+
+    async fn add_topic(
+        &self,
+        conn: &salvo_realtime::Connection,
+        topic: &salvo_realtime::Topic,
+        from: Position,
+        data: Option<&Value>,
+    ) -> Result<(), salvo_realtime::error::HubError> {
+        self.0.add_topic(conn, topic, from, data).await
+    }
+
+    async fn remove_topic(
+        &self,
+        conn: &salvo_realtime::Connection,
+        topic: &salvo_realtime::Topic,
+    ) -> Result<bool, salvo_realtime::error::HubError> {
+        self.0.remove_topic(conn, topic).await
+    }
+
+    async fn publish_from(
+        &self,
+        _conn: &salvo_realtime::Connection,
+        _topic: &salvo_realtime::Topic,
+        _publication: salvo_realtime::Publication,
+    ) -> Result<salvo_realtime::MessageId, salvo_realtime::error::HubError> {
+        Err(salvo_realtime::error::HubError::Backend(
+            "redis://user:password@10.0.0.9 timed out".into(),
+        ))
+    }
+}
+
+async fn connect_to(server: &TestServer, path: &str) -> Client {
+    let mut req = server.ws(path).into_client_request().expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "salvo-realtime.v1".parse().expect("header"),
+    );
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
+        .0
+}
+
+#[tokio::test]
+async fn the_remaining_error_codes() {
+    use salvo_realtime::PubSub;
+    use salvo_realtime::ws::RateLimit;
+    let rooms = Rooms::with_config(HubConfig::new().max_payload(100).max_topics_per_owner(2));
+    let router = Router::new()
+        .push(Router::with_path("ws").goal(endpoint(channels(rooms.clone()))))
+        .push(Router::with_path("pubsub").goal(WsEndpoint::new(PubSub::new())))
+        .push(Router::with_path("down").goal(WsEndpoint::new(Down(Rooms::new()))))
+        .push(
+            Router::with_path("strict")
+                .goal(endpoint(channels(Rooms::new())).rate_limit(Some(RateLimit::new(0, 2)))),
+        );
+    let server = TestServer::start(router).await;
+    let mut ws = connect(&server, "user=ivy").await;
+    command(
+        &mut ws,
+        json!({"type":"subscribe","ref":0,"topic":"open:a"}),
+    )
+    .await;
+    let r = command(
+        &mut ws,
+        json!({"type":"publish","ref":1,"topic":"open:a","event":"","data":1}),
+    )
+    .await;
+    assert_eq!(code(&r), "invalid_event");
+    let r = command(
+        &mut ws,
+        json!({"type":"publish","ref":2,"topic":"open:a","data":"x".repeat(200)}),
+    )
+    .await;
+    assert_eq!(code(&r), "too_large");
+    let mut deep = json!(1);
+    for _ in 0..70 {
+        deep = json!([deep]);
+    }
+    send(
+        &mut ws,
+        json!({"type":"publish","ref":3,"topic":"open:a","data":deep}),
+    )
+    .await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["error"].as_str()),
+        (Some("error"), Some("json_too_deep"))
+    );
+    // open:a was the first topic ivy created; one more is allowed, then her own 429-like cap.
+    command(
+        &mut ws,
+        json!({"type":"subscribe","ref":4,"topic":"open:b"}),
+    )
+    .await;
+    let r = command(
+        &mut ws,
+        json!({"type":"subscribe","ref":5,"topic":"open:c"}),
+    )
+    .await;
+    assert_eq!(code(&r), "too_many_created");
+    // A hub without dynamic topics.
+    let mut plain = connect_to(&server, "/pubsub?topic=fixed").await;
+    let r = command(&mut plain, json!({"type":"subscribe","ref":1,"topic":"t"})).await;
+    assert_eq!(code(&r), "unsupported");
+    let r = command(&mut plain, json!({"type":"call","ref":2,"method":"m"})).await;
+    assert_eq!(code(&r), "unsupported");
+    // A backend that is down: `unavailable`, no detail leaked, the socket stays.
+    let mut down = connect_to(&server, "/down").await;
+    command(&mut down, json!({"type":"subscribe","ref":1,"topic":"r"})).await;
+    let r = command(
+        &mut down,
+        json!({"type":"publish","ref":2,"topic":"r","data":"x"}),
+    )
+    .await;
+    assert_eq!(code(&r), "unavailable");
+    assert!(!r.to_string().contains("password"));
+    let r = command(&mut down, json!({"type":"unsubscribe","ref":3,"topic":"r"})).await;
+    assert_eq!(r["status"], "ok");
+    // The rate limit bounds a command flood.
+    let mut strict = connect_to(&server, "/strict?user=flood").await;
+    for i in 0..6 {
+        send(
+            &mut strict,
+            json!({"type":"call","ref":i,"method":"add","data":[i,1]}),
+        )
+        .await;
+    }
+    let mut limited = 0;
+    let mut answered = 0;
+    while limited + answered < 6 {
+        let v = next_json(&mut strict).await;
+        match (v["type"].as_str(), v["error"].as_str()) {
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            (Some("reply"), _) => answered += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((answered, limited), (2, 4));
+    drop((ws, plain, down, strict));
+    server.stop().await;
+}
