@@ -792,18 +792,26 @@ impl<'a, H: Hub> Pump<'a, H> {
         let drain = admission.drain.requested();
         tokio::pin!(drain);
         let mut ordered: Option<Pending<'a>> = None;
-        let mut calls: FuturesUnordered<Pending<'a>> = FuturesUnordered::new();
+        // Created on the first call: most connections never make one, and an empty set still
+        // allocates.
+        let mut calls: Option<FuturesUnordered<Pending<'a>>> = None;
         let mut in_flight: Vec<String> = Vec::new();
         loop {
-            let reading = ordered.is_none() && calls.len() < MAX_CALLS;
+            let running = calls.as_ref().map_or(0, FuturesUnordered::len);
+            let reading = ordered.is_none() && running < MAX_CALLS;
             let step = tokio::select! {
                 biased;
                 () = &mut drain => ControlFlow::Break(End::Close(GOING_AWAY, "server shutting down")),
-                done = async { ordered.as_mut().map_or_else(|| futures_util::future::pending().boxed(), |f| f.as_mut().boxed()).await }, if ordered.is_some() => {
+                done = async {
+                    match ordered.as_mut() {
+                        Some(command) => command.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ordered.is_some() => {
                     ordered = None;
                     self.answer(sub, &mut in_flight, done).await
                 }
-                Some(done) = calls.next(), if !calls.is_empty() => {
+                Some(done) = async { calls.as_mut()?.next().await }, if running > 0 => {
                     self.answer(sub, &mut in_flight, done).await
                 }
                 frame = source.next(), if reading => {
@@ -819,7 +827,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                                 let is_call = request.command.is_call();
                                 let pending = handle(hub, conn, request);
                                 if is_call {
-                                    calls.push(pending);
+                                    calls.get_or_insert_with(FuturesUnordered::new).push(pending);
                                 } else {
                                     ordered = Some(pending);
                                 }
