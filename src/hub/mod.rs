@@ -94,6 +94,12 @@ use crate::error::HubError;
 /// * free a connection's state exactly once, in `leave` or when the subscription is dropped,
 ///   whichever comes first.
 ///
+/// The channel protocol's operations ([`add_topic`](Hub::add_topic),
+/// [`remove_topic`](Hub::remove_topic), [`publish_from`](Hub::publish_from),
+/// [`call`](Hub::call)) have defaults that answer [`HubError::Unsupported`]; a hub that can
+/// change a joined connection's topics, or answer calls, overrides them. A wrapper (like
+/// [`Counted`](crate::Counted)) should pass them on.
+///
 /// ```
 /// use futures_util::stream::{self, Empty};
 /// use salvo_realtime::{Connection, Delivery, Hub, Payload, error::HubError};
@@ -399,6 +405,11 @@ impl Identity {
     }
 }
 
+/// The owner key of a signed-in user ([`HubConfig::max_topics_per_owner`]).
+pub(crate) fn user_owner(user: &str) -> Arc<str> {
+    Arc::from(format!("user:{user}"))
+}
+
 /// Where a topic's delivery starts for a joining connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -526,7 +537,7 @@ impl Connection {
     /// by /64.
     pub(crate) fn owner(&self) -> Option<Arc<str>> {
         if let Some(user) = self.user_id() {
-            return Some(Arc::from(format!("user:{user}")));
+            return Some(user_owner(user));
         }
         let ip = match self.remote_addr?.ip() {
             std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -395,9 +395,7 @@ impl<B: Backend> Rooms<B> {
             }
             (entry.identity.clone(), Arc::clone(&entry.control))
         };
-        let owner = identity
-            .as_ref()
-            .map(|i| Arc::from(format!("user:{}", i.user_id())));
+        let owner = identity.as_ref().map(|i| super::user_owner(i.user_id()));
         let (stream, left) = self
             .enter(conn, identity.as_ref(), owner.as_ref(), &room, from)
             .await?;
