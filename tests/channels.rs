@@ -859,3 +859,84 @@ async fn the_remaining_error_codes() {
     drop((ws, plain, down, strict));
     server.stop().await;
 }
+
+// README's "server-authoritative game move" app, run: the server keeps the board, refuses a
+// move out of turn or onto a taken cell, and broadcasts each accepted board.
+#[tokio::test]
+async fn the_readme_game_move_is_server_authoritative() {
+    use salvo_realtime::Publication;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Deserialize)]
+    struct Move {
+        game: String,
+        cell: usize,
+    }
+    #[derive(Clone, Default, Serialize)]
+    struct Board {
+        cells: [Option<char>; 9],
+        o_to_play: bool,
+    }
+    let boards: Arc<Mutex<HashMap<String, Board>>> = Arc::default();
+    let games = Channels::new(Rooms::new())
+        .allow("game:*")
+        .on_call("move", move |ctx, m: Move| {
+            let (boards, mark) = (
+                Arc::clone(&boards),
+                if ctx.user_id() == Some("o") { 'O' } else { 'X' },
+            );
+            async move {
+                let board = {
+                    let mut all = boards
+                        .lock()
+                        .map_err(|_| Refused::new("internal", "poisoned"))?;
+                    let board = all.entry(m.game.clone()).or_default();
+                    if board.o_to_play != (mark == 'O') {
+                        return Err(Refused::new("not_your_turn", "wait"));
+                    }
+                    let Some(cell @ None) = board.cells.get_mut(m.cell) else {
+                        return Err(Refused::new("cell_taken", "taken"));
+                    };
+                    (*cell, board.o_to_play) = (Some(mark), mark == 'X');
+                    board.clone()
+                };
+                ctx.channels()
+                    .broadcast(&format!("game:{}", m.game), Publication::json(&board)?)
+                    .await?;
+                Ok(board)
+            }
+        });
+    let ws =
+        WsEndpoint::new(games).identify(|req, _| Ok(req.query::<String>("as").map(Identity::new)));
+    let server = TestServer::start(Router::with_path("ws").goal(ws)).await;
+    let mut x = connect(&server, "as=x").await;
+    let mut o = connect(&server, "as=o").await;
+    for ws in [&mut x, &mut o] {
+        command(ws, json!({"type":"subscribe","ref":0,"topic":"game:1"})).await;
+    }
+    let mv = |r: u32, cell: usize| json!({"type":"call","ref":r,"method":"move","data":{"game":"1","cell":cell}});
+    let r = command(&mut o, mv(1, 4)).await;
+    assert_eq!(code(&r), "not_your_turn");
+    let r = command(&mut x, mv(2, 4)).await;
+    assert_eq!(r["data"]["cells"][4], "X");
+    let seen = next_message(&mut o).await;
+    assert_eq!(
+        (seen["topic"].as_str(), &seen["data"]["cells"][4]),
+        (Some("game:1"), &json!("X"))
+    );
+    let r = command(&mut o, mv(3, 4)).await;
+    assert_eq!(code(&r), "cell_taken");
+    let r = command(&mut o, mv(4, 9)).await;
+    assert_eq!(code(&r), "cell_taken", "off the board");
+    let r = command(&mut o, mv(5, 0)).await;
+    assert_eq!(
+        (
+            r["data"]["cells"][0].as_str(),
+            r["data"]["o_to_play"].as_bool()
+        ),
+        (Some("O"), Some(false))
+    );
+    drop((x, o));
+    server.stop().await;
+}
