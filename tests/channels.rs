@@ -605,12 +605,10 @@ async fn the_server_sends_to_one_connection_a_user_a_topic_and_moves_connections
     hub.subscribe(tab2_id, "room:vip", Position::Live)
         .await
         .expect("moved");
-    let notice = loop {
-        let v = next_json(&mut tab2).await;
-        if v["event"] == "subscribed" {
-            break v;
-        }
-    };
+    // The notice comes first: nothing of the room (its presence snapshot) overtakes it.
+    let notice = next_json(&mut tab2).await;
+    assert_eq!(notice["event"], "subscribed", "{notice}");
+    assert_eq!(next_json(&mut tab2).await["type"], "presence");
     assert_eq!(
         (notice["topic"].as_str(), notice["data"]["topic"].as_str()),
         (Some("$conn"), Some("room:vip"))
@@ -938,5 +936,59 @@ async fn the_readme_game_move_is_server_authoritative() {
         (Some("O"), Some(false))
     );
     drop((x, o));
+    server.stop().await;
+}
+
+// A room the server already put the connection in (live, from `on_connect`) can still be
+// resumed: the client's `subscribe` with `last` restarts its delivery there.
+#[tokio::test]
+async fn resuming_a_room_the_server_already_joined_gets_what_was_missed() {
+    let rooms = Rooms::new();
+    let hub = channels(rooms.clone()).on_connect(|ctx| async move {
+        ctx.subscribe("room:auto", Position::Live)
+            .await
+            .map_err(Refused::from)
+    });
+    let server = serve(hub).await;
+    let mut ws = connect(&server, "user=jo").await;
+    rooms.broadcast("room:auto", "m0").await.expect("broadcast");
+    let last = next_message(&mut ws).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    drop(ws);
+    assert!(eventually(|| rooms.connection_count() == 0).await);
+    for text in ["m1", "m2"] {
+        rooms.broadcast("room:auto", text).await.expect("broadcast");
+    }
+    let mut ws = connect(&server, "user=jo").await;
+    let mut early = Vec::new();
+    send(
+        &mut ws,
+        json!({"type":"subscribe","ref":1,"topic":"room:auto","last":last}),
+    )
+    .await;
+    let r = reply(&mut ws, json!(1), &mut early).await;
+    assert_eq!(r["status"], "ok");
+    let mut texts: Vec<String> = early
+        .iter()
+        .filter(|v| v["type"] == "message" && v.get("event").is_none())
+        .map(|v| v["data"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    while texts.len() < 2 {
+        texts.push(
+            next_message(&mut ws).await["data"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+        );
+    }
+    assert_eq!(texts, ["m1", "m2"]);
+    assert_eq!(
+        rooms.presence("room:auto").await.len(),
+        1,
+        "still one member"
+    );
+    drop(ws);
     server.stop().await;
 }

@@ -103,8 +103,8 @@ use serde::de::DeserializeOwned;
 use crate::backend::{Backend, Local};
 use crate::error::{HubError, Refused};
 use crate::hub::{
-    Connection, ConnectionId, DIRECT_PREFIX, EventName, Hub, Identity, MessageId, Payload,
-    Position, Publication, Rooms, Subscription, Topic,
+    CONNECTION_TOPIC, Connection, ConnectionId, DIRECT_PREFIX, EventName, Hub, Identity, Message,
+    MessageId, Payload, Position, Publication, Rooms, Subscription, Topic,
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -547,10 +547,15 @@ impl<B: Backend> Channels<B> {
     ) -> Result<(), HubError> {
         let notice = Publication::json(&serde_json::json!({ "topic": topic }))?
             .event_name_checked(EventName::from_static("subscribed"));
-        self.rooms.join_room(conn, topic, from).await?;
-        // Told after the join succeeded; a full queue only loses the notice, not the room.
-        let _ = self.rooms.send_to_connection(conn, notice);
-        Ok(())
+        let notice = Message::notice(
+            Topic::new(CONNECTION_TOPIC)?,
+            MessageId::new(crate::Epoch::random(), 0),
+            notice,
+        );
+        // The notice travels first on the room's own stream: nothing of the room overtakes it.
+        self.rooms
+            .join_room_with(conn, topic, from, Some(crate::Delivery::Message(notice)))
+            .await
     }
 
     /// Takes a connection out of `topic` on its behalf; it gets an `unsubscribed` message on

@@ -744,6 +744,12 @@ impl TopicStream {
         &self.log.topic
     }
 
+    /// Puts a delivery before everything else this stream delivers (a notice that must come
+    /// before the topic's replay).
+    pub(crate) fn push_front(&mut self, delivery: Delivery) {
+        self.front.push_front(delivery);
+    }
+
     /// Sets what is delivered once the replay is done (a presence snapshot fetched after
     /// subscribing, for a remote backend).
     pub(crate) fn set_after_replay(&mut self, deliveries: VecDeque<Delivery>) {

@@ -370,7 +370,11 @@ impl<B: Backend> Rooms<B> {
             })
     }
 
-    /// Puts a joined connection into `room`, delivering from `from`.
+    /// Puts a joined connection into `room`, delivering from `from`. If it is in the room
+    /// already, a `from` other than [`Position::Live`] restarts its delivery there (its
+    /// membership is untouched), so a client resuming a room the server had already put it in
+    /// still gets what it missed; messages it received meanwhile may come again (the browser
+    /// client drops them by id).
     ///
     /// # Errors
     ///
@@ -382,23 +386,41 @@ impl<B: Backend> Rooms<B> {
         room: &str,
         from: Position,
     ) -> Result<(), HubError> {
+        self.join_room_with(conn, room, from, None).await
+    }
+
+    /// [`join_room`](Self::join_room), delivering `prelude` before anything of the room.
+    pub(crate) async fn join_room_with(
+        &self,
+        conn: ConnectionId,
+        room: &str,
+        from: Position,
+        prelude: Option<Delivery>,
+    ) -> Result<(), HubError> {
         let room = room_topic(room)?;
-        let (identity, control) = {
+        let (identity, control, member) = {
             let conns = self.inner.conns.lock();
             let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
-            if entry.rooms.contains_key(&room) {
-                return Ok(());
-            }
+            let member = entry.rooms.contains_key(&room);
             let limit = self.inner.config.max_subscriptions;
-            if entry.rooms.len() >= limit {
+            if !member && entry.rooms.len() >= limit {
                 return Err(HubError::TooManySubscriptions { limit });
             }
-            (entry.identity.clone(), Arc::clone(&entry.control))
+            (entry.identity.clone(), Arc::clone(&entry.control), member)
         };
+        if member {
+            return match from {
+                Position::Live => Ok(()),
+                from => self.reposition(conn, &room, from, &control).await,
+            };
+        }
         let owner = identity.as_ref().map(|i| super::user_owner(i.user_id()));
-        let (stream, left) = self
+        let (mut stream, left) = self
             .enter(conn, identity.as_ref(), owner.as_ref(), &room, from)
             .await?;
+        if let Some(prelude) = prelude {
+            stream.push_front(prelude);
+        }
         let registered = {
             let mut conns = self.inner.conns.lock();
             match conns.get_mut(&conn) {
@@ -415,6 +437,48 @@ impl<B: Backend> Rooms<B> {
             // The connection left (or entered the room) meanwhile: undo this entry.
             drop(stream);
             self.exit(conn, identity.as_ref(), &room, &left);
+        }
+        Ok(())
+    }
+
+    /// Restarts a member's delivery of `room` at `from`: its current stream ends, a new one
+    /// starts there; the membership (and presence) is untouched.
+    async fn reposition(
+        &self,
+        conn: ConnectionId,
+        room: &Topic,
+        from: Position,
+        control: &Control,
+    ) -> Result<(), HubError> {
+        let left = Arc::new(AtomicBool::new(false));
+        let stream = if B::MIRRORED {
+            let (backend, mirror) = (&*self.inner.backend, &self.inner.rooms);
+            open_stream(backend, mirror, room, from, conn, Some(&left), |_| {
+                VecDeque::new()
+            })
+            .await?
+        } else {
+            self.inner.rooms.registry().subscribe(
+                room,
+                from,
+                conn,
+                None,
+                Some(Arc::clone(&left)),
+                |_| VecDeque::new(),
+            )?
+        };
+        let old = self
+            .inner
+            .conns
+            .lock()
+            .get_mut(&conn)
+            .and_then(|entry| entry.rooms.get_mut(room).map(|flag| std::mem::replace(flag, left)));
+        match old {
+            Some(old) => {
+                old.store(true, Ordering::Release);
+                control.add(stream);
+            }
+            None => drop(stream), // left the room (or the hub) meanwhile
         }
         Ok(())
     }
