@@ -1,53 +1,70 @@
-//! Chat rooms over WebSocket: presence, recent history on joining, reconnect and resume without
-//! loss or duplicates, and a plain notice when a server restart lost earlier messages.
-//!
-//! Run `cargo run --example chat` and open the printed URL in two tabs (`BIND=host:port` to
-//! listen elsewhere). The page is `examples/chat.html`; it uses the client script at
-//! `/realtime.js`.
-use std::time::Duration;
+//! Chat rooms on one WebSocket (`Channels`): rooms joined and left without reconnecting, a
+//! banned word refused, messages stamped by the server, `staff*` rooms for "boss" only, and
+//! every room resumed after a reconnect. Run `cargo run --example chat` and open the printed
+//! URL in two tabs (`BIND=host:port` to listen elsewhere; Ctrl-C drains). The page is
+//! `examples/chat.html`; it uses the client script at `/realtime.js`.
+use std::time::{Duration, SystemTime};
 
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
-use salvo_realtime::{
-    Drain, Hub, Identity, Rejection, Rooms, client::ClientScript, ws::WsEndpoint,
-};
+use salvo_realtime::backend::Backend;
+use salvo_realtime::channel::{Channels, Inbound};
+use salvo_realtime::error::Refused;
+use salvo_realtime::{Drain, Hub, Identity, Rejection, Rooms};
+use salvo_realtime::{client::ClientScript, ws::WsEndpoint};
+use serde_json::json;
+
+#[derive(serde::Deserialize)]
+struct Said {
+    text: String,
+}
+
+/// Who may join which room, and what is published: the server's name and time, not the client's.
+pub(crate) fn channels<B: Backend>(rooms: Rooms<B>) -> Channels<B> {
+    Channels::new(rooms)
+        .authorize("staff*", |ctx, _| async move {
+            match ctx.user_id() {
+                Some("boss") => Ok(()),
+                _ => Err(Refused::forbidden("staff rooms are for boss")),
+            }
+        })
+        .allow("*")
+        .on_publish("*", |ctx, msg: Inbound<Said>| async move {
+            if msg.data.text.to_lowercase().contains("darn") {
+                return Err(Refused::new("moderated", "keep it civil"));
+            }
+            let since = SystemTime::UNIX_EPOCH.elapsed();
+            let at = since.map_or(0, |d| d.as_millis() as u64);
+            Ok(json!({ "text": msg.data.text, "from": ctx.user_id(), "at": at }))
+        })
+}
 
 #[handler]
 async fn page(res: &mut Response) {
     res.render(Text::Html(include_str!("chat.html")));
 }
 
-/// The page at `/`, the client at `/realtime.js`, chat at `/ws?room=<room>&name=<nickname>`.
+/// The page at `/`, the client at `/realtime.js`, the socket at `/ws?name=<nickname>`.
 pub(crate) fn router(hub: impl Hub, drain: Drain) -> Router {
-    let ws = WsEndpoint::new(hub)
-        .drain(drain)
-        .topic_param("room")
-        .identify(|req, _| {
-            let name = req.query::<String>("name").unwrap_or_default();
-            match name.trim().chars().count() {
-                0 => Err(Rejection::unauthorized("pick a nickname")),
-                1..=24 => Ok(Some(Identity::new(name.trim()))),
-                _ => Err(Rejection::bad_request(
-                    "nickname too long (24 characters at most)",
-                )),
-            }
-        });
+    let ws = WsEndpoint::new(hub).drain(drain).identify(|req, _| {
+        let name = req.query::<String>("name").unwrap_or_default();
+        match name.trim().chars().count() {
+            0 => Err(Rejection::unauthorized("pick a nickname")),
+            1..=24 => Ok(Some(Identity::new(name.trim()))),
+            _ => Err(Rejection::bad_request("nickname over 24 characters")),
+        }
+    });
     let script = Router::with_path("realtime.js").get(ClientScript);
-    Router::new()
-        .get(page)
-        .push(script)
-        .push(Router::with_path("ws").goal(ws))
+    let socket = Router::with_path("ws").goal(ws);
+    Router::new().get(page).push(script).push(socket)
 }
 
 #[tokio::main]
 async fn main() {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let acceptor = TcpListener::new(bind).bind().await;
-    let addr = acceptor.holdings()[0]
-        .local_addr
-        .clone()
-        .into_std()
-        .expect("a TCP address");
+    let addr = acceptor.holdings()[0].local_addr.clone();
+    let addr = addr.into_std().expect("a TCP address");
     println!("chat: open http://{addr}/ (Ctrl-C stops)");
     let (drain, server) = (Drain::new(), Server::new(acceptor));
     let (handle, closing) = (server.handle(), drain.clone());
@@ -56,5 +73,5 @@ async fn main() {
         closing.close_all(Duration::from_secs(5)).await; // sockets get 1001 "going away"
         handle.stop_graceful(Duration::from_secs(5));
     });
-    server.serve(router(Rooms::new(), drain)).await;
+    server.serve(router(channels(Rooms::new()), drain)).await;
 }

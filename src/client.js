@@ -1,5 +1,6 @@
 // salvo-realtime browser client: a reconnecting WebSocket and EventSource with per-topic
-// resume, reset notices and dedup. One plain ES module, no build step; served by
+// resume, reset notices and dedup, and the channel protocol (`salvo-realtime.v1`: subscribe,
+// publish and call over one socket). One plain ES module, no build step; served by
 // `salvo_realtime::client::ClientScript`. API: see the docs of `salvo_realtime::client`.
 
 /** Splits an id `"<epoch hex>-<offset>"`; null if it isn't one. */
@@ -31,13 +32,46 @@ function fromBase64(text) {
   }
 }
 
-class Client {
+/** Named events: `on(type, fn)` and `_emit(type, detail)`. */
+class Emitter {
+  constructor() {
+    this._handlers = new Map();
+  }
+
+  /** Calls `fn(detail)` on each `type` event; returns a function that unsubscribes. */
+  on(type, fn) {
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(fn);
+    return () => this._handlers.get(type).delete(fn);
+  }
+
+  _emit(type, detail) {
+    for (const fn of this._handlers.get(type) ?? []) {
+      try {
+        fn(detail);
+      } catch (e) {
+        console.error("salvo-realtime handler failed", e);
+      }
+    }
+  }
+}
+
+/** An envelope's base64 payload (`binary: true`) as bytes, in place. */
+function decodeBinary(msg) {
+  if (msg.binary === true && typeof msg.data === "string") {
+    const bytes = fromBase64(msg.data);
+    if (bytes) msg.data = bytes;
+  }
+  return msg;
+}
+
+class Client extends Emitter {
   constructor(url, options) {
+    super();
     this.url = url;
     this.options = { minDelay: 500, maxDelay: 15000, stableAfter: 3000, ...options };
     this.state = "idle";
     this.duplicates = 0;
-    this._handlers = new Map();
     this._lastIds = new Map(); // topic -> last message id seen (rooms and `@user` logs alike)
     this._lastAny = null; // the last id seen on any topic
     this._seen = new Map(); // epoch -> highest offset seen (each log delivers in offset order)
@@ -47,13 +81,6 @@ class Client {
     this._closed = false;
     this._online = () => this._state === "waiting" && this._retryNow();
     if (typeof window !== "undefined") window.addEventListener("online", this._online);
-  }
-
-  /** Calls `fn(detail)` on each `type` event; returns a function that unsubscribes. */
-  on(type, fn) {
-    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
-    this._handlers.get(type).add(fn);
-    return () => this._handlers.get(type).delete(fn);
   }
 
   /** The last message id seen on `topic` (or on any topic), or null. */
@@ -71,16 +98,6 @@ class Client {
     if (typeof window !== "undefined") window.removeEventListener("online", this._online);
     this._disconnect();
     this._status("closed");
-  }
-
-  _emit(type, detail) {
-    for (const fn of this._handlers.get(type) ?? []) {
-      try {
-        fn(detail);
-      } catch (e) {
-        console.error("salvo-realtime handler failed", e);
-      }
-    }
   }
 
   _status(state, info = {}) {
@@ -227,11 +244,7 @@ export class RealtimeSocket extends Client {
     }
     switch (msg && msg.type) {
       case "message":
-        if (msg.binary === true && typeof msg.data === "string") {
-          const bytes = fromBase64(msg.data);
-          if (bytes) msg.data = bytes;
-        }
-        return this._message(msg);
+        return this._message(decodeBinary(msg));
       case "reset":
         return this._reset(msg);
       case "presence":
@@ -339,7 +352,422 @@ export class RealtimeEvents extends Client {
   }
 }
 
+/** Why a command failed: `code` is the server's error code, or one of the client's own
+ * (`timeout`, `disconnected`, `closed`, `queue_full`, `unsubscribed`). */
+export class RealtimeError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = "RealtimeError";
+    this.code = code;
+  }
+}
+
+/** The WebSocket subprotocol of the channel protocol. */
+export const PROTOCOL = "salvo-realtime.v1";
+/** The topic of messages the server sends to one connection alone. */
+const CONNECTION_TOPIC = "$conn";
+/** Codes after which a refused resubscription is tried again (the rest end it). */
+const RETRYABLE = new Set(["unavailable", "timeout"]);
+
+/**
+ * One topic of a `RealtimeChannels` socket, from `channels.subscribe(topic)` or from the
+ * server (a `subscribed` notice). Events: `message`, `presence`, `reset`, `lagged`, `error`
+ * (a resubscription was refused), `unsubscribed` (by the server).
+ */
+class Subscription extends Emitter {
+  constructor(channels, topic, options) {
+    super();
+    this.topic = topic;
+    /** `"subscribing"`, `"subscribed"`, `"unsubscribed"` or `"refused"`. */
+    this.state = "subscribing";
+    this._channels = channels;
+    this._options = options;
+    this._settled = false;
+    this._retries = 0;
+    this._timer = null;
+    this.ready = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.ready.catch(() => {}); // a page that never awaits `ready` gets no unhandled rejection
+  }
+
+  /** The last message id seen on this topic, or null. */
+  get lastId() {
+    return this._channels.lastId(this.topic);
+  }
+
+  /** `channels.publish(this.topic, data, options)`. */
+  publish(data, options) {
+    return this._channels.publish(this.topic, data, options);
+  }
+
+  /** Leaves the topic; resolves to `{topic, was_subscribed}` once nothing more of it comes. */
+  unsubscribe() {
+    return this._channels._unsubscribe(this);
+  }
+
+  /** Settles `ready` (rejects with `error` if given); whether this was its first answer. */
+  _settle(error) {
+    if (this._settled) return false;
+    this._settled = true;
+    if (error) this._reject(error);
+    else this._resolve({ topic: this.topic });
+    return true;
+  }
+}
+
+/**
+ * A WebSocket to a `WsEndpoint` speaking the channel protocol (`salvo-realtime.v1`): any number
+ * of topics on one socket, publishes and calls with replies. Reconnects with backoff, then
+ * resubscribes every topic from its last id, then sends what was queued meanwhile.
+ * Options: `callTimeout` (ms, default 10000), `queueLimit` (100), `minDelay`, `maxDelay`,
+ * `stableAfter`.
+ */
+export class RealtimeChannels extends Client {
+  constructor(url, options = {}) {
+    super(url, { queueLimit: 100, callTimeout: 10000, ...options });
+    this._subs = new Map(); // topic -> Subscription, resubscribed on every reconnect
+    this._leaving = new Map(); // topic -> unsubscribes in flight (deliveries meanwhile: dropped)
+    this._pending = new Map(); // ref -> command sent, awaiting its reply
+    this._queue = []; // commands waiting for the socket
+    this._orphans = new Map(); // topic -> presence snapshot that came before its `subscribed`
+    this._seen = new Map(); // topic -> (epoch -> highest offset seen)
+    this._ref = 0;
+    this._ws = null;
+    this._state = "connecting";
+    this._connect();
+  }
+
+  /**
+   * Subscribes to `topic` (or returns the subscription it already has). `recent`: the last n
+   * messages on first subscribing; `data`: for the server's authorization rule. Await
+   * `subscription.ready` for the server's answer.
+   */
+  subscribe(topic, { recent, data } = {}) {
+    const known = this._subs.get(topic);
+    if (known) return known;
+    const sub = new Subscription(this, topic, { recent, data });
+    if (this._closed) {
+      sub.state = "refused";
+      sub._settle(new RealtimeError("closed", "this client was closed"));
+      return sub;
+    }
+    this._subs.set(topic, sub);
+    if (this._open()) this._sendSubscribe(sub);
+    return sub;
+  }
+
+  /** The subscription to `topic`, or null. */
+  subscription(topic) {
+    return this._subs.get(topic) ?? null;
+  }
+
+  /** Publishes `data` (any JSON) to a subscribed topic; resolves to `{id}`. */
+  publish(topic, data, { event, echo } = {}) {
+    const frame = { type: "publish", topic, data: data === undefined ? null : data };
+    if (event != null) frame.event = event;
+    if (echo != null) frame.echo = Boolean(echo);
+    return this._command("publish", frame);
+  }
+
+  /** Calls a server method; resolves to its result. Rejects with `timeout` after `timeout` ms,
+   * and with `disconnected` if the socket isn't open or drops before the reply. */
+  call(method, data, { timeout = this.options.callTimeout } = {}) {
+    const frame = { type: "call", method };
+    if (data !== undefined) frame.data = data;
+    return this._command("call", frame, { timeout });
+  }
+
+  _open() {
+    return this._ws !== null && this._ws.readyState === WebSocket.OPEN;
+  }
+
+  _connect() {
+    const url = new URL(this.url, location.href);
+    url.protocol = url.protocol.replace(/^http/, "ws");
+    // Topics that come without a subscribe (the user's `@user` direct log, topics the URL names)
+    // resume through the URL; the server ignores an id for a topic the request doesn't cover.
+    url.searchParams.delete("last");
+    for (const [topic, id] of this._lastIds) {
+      if (!this._subs.has(topic)) url.searchParams.append("last", `${topic}:${id}`);
+    }
+    const resumed = this._lastIds.size > 0;
+    this._status("connecting", { attempt: this._attempt });
+    const ws = new WebSocket(url, PROTOCOL);
+    this._ws = ws;
+    let openedAt = 0;
+    ws.onopen = () => {
+      if (ws.protocol !== PROTOCOL) {
+        this._emit("error", { type: "error", error: "unsupported", message: `the server doesn't speak ${PROTOCOL}` });
+        return this.close();
+      }
+      openedAt = Date.now();
+      this._pages.clear();
+      this._orphans.clear();
+      // Resubscriptions first, then what was queued: the server runs commands in order.
+      for (const sub of this._subs.values()) this._sendSubscribe(sub);
+      for (const entry of this._queue.splice(0)) this._send(entry);
+      this._status("open", { resumed });
+    };
+    ws.onmessage = (e) => this._ws === ws && this._frame(e.data);
+    ws.onclose = (e) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      this._dropped();
+      if (openedAt && Date.now() - openedAt >= this.options.stableAfter) this._attempt = 0;
+      this._scheduleReconnect({ code: e.code, reason: e.reason });
+    };
+  }
+
+  /** Closed for good (`close()`): the socket, and everything still waiting. */
+  _disconnect() {
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.close(1000);
+    this._dropped();
+    const closed = () => new RealtimeError("closed", "this client was closed");
+    for (const entry of this._queue.splice(0)) entry.reject(closed());
+    for (const sub of this._subs.values()) {
+      clearTimeout(sub._timer);
+      sub._settle(closed());
+    }
+  }
+
+  /** The socket is gone: commands awaiting a reply end (subscriptions are sent again). */
+  _dropped() {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    this._leaving.clear();
+    for (const entry of pending) {
+      clearTimeout(entry.timer);
+      if (entry.kind === "unsubscribe") entry.resolve({ topic: entry.frame.topic, was_subscribed: true });
+      else if (entry.kind !== "subscribe") {
+        entry.reject(new RealtimeError("disconnected", "the connection dropped before the reply"));
+      }
+    }
+  }
+
+  /** A command's promise: sent now, queued (not calls), or refused at once. */
+  _command(kind, frame, options = {}) {
+    return new Promise((resolve, reject) => {
+      if (this._closed) return reject(new RealtimeError("closed", "this client was closed"));
+      this._ref += 1;
+      const entry = { kind, frame: { ...frame, ref: this._ref }, resolve, reject, ...options };
+      if (this._open()) return this._send(entry);
+      if (kind === "call") return reject(new RealtimeError("disconnected", "not connected"));
+      if (this._queue.length >= this.options.queueLimit) {
+        return reject(new RealtimeError("queue_full", "too many commands waiting for the connection"));
+      }
+      this._queue.push(entry);
+    });
+  }
+
+  _send(entry) {
+    const ref = entry.frame.ref;
+    this._pending.set(ref, entry);
+    if (entry.timeout > 0) {
+      entry.timer = setTimeout(() => {
+        if (this._pending.get(ref) !== entry) return;
+        this._pending.delete(ref);
+        entry.reject(new RealtimeError("timeout", `no reply within ${entry.timeout} ms`));
+      }, entry.timeout);
+    }
+    this._ws.send(JSON.stringify(entry.frame));
+  }
+
+  /** Asks for `sub`'s topic from its last id (or its `recent` if it has none yet). */
+  _sendSubscribe(sub) {
+    clearTimeout(sub._timer);
+    sub._timer = null;
+    const frame = { type: "subscribe", topic: sub.topic };
+    const last = this._lastIds.get(sub.topic);
+    if (last) frame.last = last;
+    else if (sub._options.recent) frame.recent = sub._options.recent;
+    if (sub._options.data !== undefined) frame.data = sub._options.data;
+    this._ref += 1;
+    this._send({
+      kind: "subscribe",
+      frame: { ...frame, ref: this._ref },
+      resolve: () => {
+        if (this._subs.get(sub.topic) !== sub) return;
+        sub._retries = 0;
+        sub.state = "subscribed";
+        sub._settle(null);
+      },
+      reject: (error) => this._refused(sub, error),
+    });
+  }
+
+  /** The server refused `sub` (authorization re-runs on every resubscribe). */
+  _refused(sub, error) {
+    if (this._subs.get(sub.topic) !== sub) return;
+    const first = sub._settle(error);
+    if (!first && RETRYABLE.has(error.code)) {
+      // Not done, safe to retry: keep it and ask again after a backoff.
+      const { minDelay, maxDelay } = this.options;
+      const delay = Math.min(maxDelay, minDelay * 2 ** Math.min(sub._retries, 30));
+      sub._retries += 1;
+      sub._timer = setTimeout(() => this._open() && this._subs.get(sub.topic) === sub && this._sendSubscribe(sub), delay);
+      return sub._emit("error", error);
+    }
+    this._subs.delete(sub.topic);
+    this._forget(sub.topic);
+    sub.state = "refused";
+    if (!first) sub._emit("error", error);
+  }
+
+  _unsubscribe(sub) {
+    const topic = sub.topic;
+    if (this._subs.get(topic) !== sub) return Promise.resolve({ topic, was_subscribed: false });
+    this._subs.delete(topic);
+    clearTimeout(sub._timer);
+    this._forget(topic);
+    sub.state = "unsubscribed";
+    sub._settle(new RealtimeError("unsubscribed", "unsubscribed before the server answered"));
+    if (!this._open()) return Promise.resolve({ topic, was_subscribed: false });
+    this._leaving.set(topic, (this._leaving.get(topic) ?? 0) + 1);
+    const done = () => {
+      const n = (this._leaving.get(topic) ?? 1) - 1;
+      if (n > 0) this._leaving.set(topic, n);
+      else this._leaving.delete(topic);
+    };
+    return this._command("unsubscribe", { type: "unsubscribe", topic }).then(
+      (data) => (done(), data),
+      (error) => {
+        done();
+        if (error.code === "not_subscribed") return { topic, was_subscribed: false };
+        throw error;
+      },
+    );
+  }
+
+  /** Drops what the client knows of `topic`: a later subscribe starts afresh. */
+  _forget(topic) {
+    this._lastIds.delete(topic);
+    this._seen.delete(topic);
+    this._pages.delete(topic);
+  }
+
+  /** Where `topic`'s deliveries go: its subscription, else this object; null: drop them. */
+  _target(topic) {
+    return this._subs.get(topic) ?? (this._leaving.has(topic) ? null : this);
+  }
+
+  _frame(data) {
+    if (typeof data !== "string") return this._emit("raw", data);
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      return this._emit("raw", data);
+    }
+    switch (msg && msg.type) {
+      case "reply":
+        return this._reply(msg);
+      case "message":
+        decodeBinary(msg);
+        return msg.topic === CONNECTION_TOPIC ? this._direct(msg) : this._delivery(msg);
+      case "reset":
+        return this._resetOf(msg);
+      case "presence":
+        return this._presencePage(msg);
+      case "lagged":
+        return this._target(msg.topic)?._emit("lagged", msg);
+      case "error":
+        return this._emit("error", msg);
+      default:
+        return this._emit("raw", data);
+    }
+  }
+
+  _reply(msg) {
+    const entry = this._pending.get(msg.ref);
+    if (!entry) return; // timed out already
+    this._pending.delete(msg.ref);
+    clearTimeout(entry.timer);
+    if (msg.status === "ok") return entry.resolve(msg.data);
+    const error = msg.error ?? {};
+    entry.reject(new RealtimeError(error.code ?? "error", error.message));
+  }
+
+  /** A message of a topic: deduplicated per topic by id (messages without one never are). */
+  _delivery(msg) {
+    const target = this._target(msg.topic);
+    if (!target) return;
+    const id = parseId(msg.id);
+    if (id) {
+      let seen = this._seen.get(msg.topic);
+      if (!seen) this._seen.set(msg.topic, (seen = new Map()));
+      const last = seen.get(id.epoch);
+      if (last !== undefined && id.offset <= last) {
+        this.duplicates += 1;
+        return;
+      }
+      seen.set(id.epoch, id.offset);
+      this._remember(msg.topic, msg.id);
+    }
+    target._emit("message", msg);
+  }
+
+  _resetOf(reset) {
+    const target = this._target(reset.topic);
+    if (!target) return;
+    const after = parseId(reset.replay_after);
+    if (after) {
+      if (!this._seen.has(reset.topic)) this._seen.set(reset.topic, new Map());
+      this._seen.get(reset.topic).set(after.epoch, after.offset);
+      this._remember(reset.topic, reset.replay_after);
+    }
+    target._emit("reset", reset);
+  }
+
+  _presencePage(page) {
+    const members = [...(this._pages.get(page.topic) ?? []), ...(page.members ?? [])];
+    if (page.more === true) return this._pages.set(page.topic, members);
+    this._pages.delete(page.topic);
+    const target = this._target(page.topic);
+    const snapshot = { type: "presence", topic: page.topic, members };
+    if (target === this) this._orphans.set(page.topic, snapshot);
+    target?._emit("presence", snapshot);
+  }
+
+  /** A message on `$conn`: the server moved this connection, or wrote to it alone. */
+  _direct(msg) {
+    const topic = msg.data && typeof msg.data.topic === "string" ? msg.data.topic : null;
+    if (msg.event === "subscribed" && topic) {
+      if (this._subs.has(topic)) return;
+      const sub = new Subscription(this, topic, {});
+      sub.state = "subscribed";
+      sub._settle(null);
+      this._subs.set(topic, sub);
+      this._emit("subscribed", { topic, subscription: sub });
+      const snapshot = this._orphans.get(topic);
+      this._orphans.delete(topic);
+      if (snapshot) sub._emit("presence", snapshot);
+      return;
+    }
+    if (msg.event === "unsubscribed" && topic) {
+      this._orphans.delete(topic);
+      const sub = this._subs.get(topic);
+      if (!sub) return;
+      this._subs.delete(topic);
+      clearTimeout(sub._timer);
+      this._forget(topic);
+      sub.state = "unsubscribed";
+      sub._emit("unsubscribed", { topic });
+      this._emit("unsubscribed", { topic, subscription: sub });
+      return;
+    }
+    this._emit("direct", msg);
+  }
+}
+
 /** `new RealtimeSocket(url, options)`. */
 export const connect = (url, options) => new RealtimeSocket(url, options);
 /** `new RealtimeEvents(url, options)`. */
 export const subscribe = (url, options) => new RealtimeEvents(url, options);
+/** `new RealtimeChannels(url, options)`: the channel protocol over one WebSocket. */
+export function channels(url, options) {
+  return new RealtimeChannels(url, options);
+}

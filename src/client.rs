@@ -20,7 +20,9 @@
 //!     res.headers()["content-type"],
 //!     "text/javascript; charset=utf-8",
 //! );
-//! assert!(res.take_string().await.unwrap().contains("export class RealtimeSocket"));
+//! let script = res.take_string().await.unwrap();
+//! assert!(script.contains("export class RealtimeSocket"));
+//! assert!(script.contains("export function channels"));
 //! # }
 //! ```
 //!
@@ -48,7 +50,8 @@
 //! feed.on("message", (m) => show(m.event ?? "message", m.data));
 //! ```
 //!
-//! Both classes (also reachable as `connect(url, options)` and `subscribe(url, options)`) share:
+//! Both classes (also reachable as `connect(url, options)` and `subscribe(url, options)`), and
+//! `RealtimeChannels` [below](#channels-many-topics-on-one-socket), share:
 //!
 //! | member | what it does |
 //! |---|---|
@@ -90,6 +93,91 @@
 //! `topic` (reported as `msg.topic`, which SSE doesn't carry), `events` (message event names
 //! to listen for besides `message`; default `["presence.join", "presence.leave"]`) and
 //! `withCredentials`.
+//!
+//! # Channels: many topics on one socket
+//!
+//! `channels(url, options)` returns a `RealtimeChannels`: a WebSocket that speaks the
+//! [channel protocol](crate::ws#the-channel-protocol) (`salvo-realtime.v1`) to a
+//! [`WsEndpoint`](crate::ws::WsEndpoint) over a [`Channels`](crate::channel::Channels) hub (or
+//! [`Rooms`](crate::Rooms)). Topics are subscriptions on the one socket, joined and left
+//! without reconnecting; publishes and calls are answered, so a page learns what the server's
+//! rules decided.
+//!
+//! ```text
+//! import { channels } from "/realtime.js";
+//!
+//! const rt = channels("/ws?name=alice");                   // no topic needed in the URL
+//! const lobby = rt.subscribe("lobby", { recent: 50 });     // data: for the authorization rule
+//! lobby.on("message", (m) => show(m.data));                // presence, reset, lagged as above
+//! lobby.ready.catch((e) => notice(e.code));                // e.g. "forbidden"
+//! lobby.on("error", (e) => notice(e.code));                // refused when resubscribing
+//!
+//! try {
+//!   const { id } = await rt.publish("lobby", { text: "hi" });
+//! } catch (e) {
+//!   if (e.code === "moderated") notice(e.message);         // a publish handler refused it
+//! }
+//! const board = await rt.call("move", { game: "7", cell: 4 }, { timeout: 5000 });
+//!
+//! rt.on("subscribed", ({ topic, subscription }) => addTab(topic, subscription)); // by the server
+//! rt.on("direct", (m) => toast(m.data));                   // sent to this connection alone
+//! await lobby.unsubscribe();
+//! ```
+//!
+//! | member | what it does |
+//! |---|---|
+//! | `subscribe(topic, {recent, data})` | a subscription (the same object again for a topic already subscribed); sent now, or when the socket opens |
+//! | `subscription(topic)` | the subscription to `topic`, or `null` |
+//! | `publish(topic, data, {event, echo})` | a `Promise` of `{id}`; `data` is any JSON (a string goes as text); `echo: false` leaves the publisher out |
+//! | `call(method, data, {timeout})` | a `Promise` of the method's result; `timeout` in ms (default the `callTimeout` option, 10 s) |
+//! | `on`, `close`, `lastId`, `state`, `duplicates` | as above (`duplicates` counts every topic) |
+//!
+//! Options (all optional): `callTimeout` (10 s), `queueLimit` (100 publishes), and `minDelay`,
+//! `maxDelay`, `stableAfter` as above.
+//!
+//! A subscription has `topic`, `state` (`"subscribing"`, `"subscribed"`, `"unsubscribed"`,
+//! `"refused"`), `lastId` (the last id seen on the topic, or `null`), `ready` (a `Promise`
+//! settled by the server's first answer; once it rejects the subscription has ended, and
+//! `subscribe` asks again), `on(type, fn)`, `publish(data, options)` and
+//! `unsubscribe()` (a `Promise` of `{topic, was_subscribed}`; nothing more of the topic is
+//! emitted once it is called).
+//!
+//! Every promise rejects with a `RealtimeError` (exported): an `Error` with `code` and
+//! `message`, the server's (the codes of the channel protocol, and a handler's own, such as
+//! `moderated`), or the client's own:
+//!
+//! | `code` | meaning |
+//! |---|---|
+//! | `timeout` | a call got no reply within its timeout (a late reply is ignored) |
+//! | `disconnected` | the socket dropped before the reply (a publish may or may not have been published), or a call was made while it was not open |
+//! | `queue_full` | more than `queueLimit` (100) publishes wait for the socket |
+//! | `closed` | `close()` was called |
+//! | `unsubscribed` | (`ready`) the subscription was left before the server answered |
+//!
+//! Events of a subscription: `message`, `presence`, `reset`, `lagged` (details as in the
+//! table above, for its topic), `error` (a `RealtimeError`: the server refused the topic when
+//! it was resubscribed after a reconnect; the subscription ends, except after `unavailable` or
+//! `timeout`, when it is asked for again after a backoff), `unsubscribed` (the server took the
+//! connection out). Events of the `RealtimeChannels` object:
+//!
+//! | type | detail |
+//! |---|---|
+//! | `message`, `presence`, `reset`, `lagged` | deliveries of a topic without a subscription object: the user's direct-message log `@<user>`, or a topic the server added before its `subscribed` notice came |
+//! | `direct` | a message on `$conn`, sent to this connection alone ([`Channels::send_to_connection`](crate::channel::Channels::send_to_connection)) |
+//! | `subscribed` | `{topic, subscription}`: the server put this connection in `topic` ([`Channels::subscribe`](crate::channel::Channels::subscribe)); the subscription object is new, attach handlers to it |
+//! | `unsubscribed` | `{topic, subscription}`: the server took it out; the subscription has ended |
+//! | `error` | `{type: "error", error, message}`: a frame the server couldn't take (`rate_limited`, `bad_frame`), or `unsupported` when the server didn't accept `salvo-realtime.v1` (the client then closes) |
+//! | `status`, `raw` | as above |
+//!
+//! Refs are an incrementing counter, never reused. On every reconnect the client first
+//! resubscribes every topic with its own `last` id (or `recent` if it has seen none yet), so
+//! the server's authorization rules run again and each topic gets exactly what it missed; then
+//! it sends the publishes queued while it was away, in order (the server runs a connection's
+//! commands in order, so they come after the resubscriptions). Calls are never queued. Topics
+//! that arrive without a subscribe, such as the `@<user>` log, resume through the URL with
+//! `last=<topic>:<id>`. Dedup is per topic, by id; messages without an id (presence notices,
+//! `$conn` messages) are never dropped. Unsubscribing forgets the topic's position, so
+//! subscribing again starts afresh (with `recent`).
 //!
 //! # Resume and dedup
 //!

@@ -15,6 +15,9 @@ mod dashboard;
 #[path = "../examples/echo.rs"]
 mod echo;
 #[allow(dead_code)]
+#[path = "../examples/game.rs"]
+mod game;
+#[allow(dead_code)]
 #[path = "../examples/notifications.rs"]
 mod notifications;
 
@@ -34,7 +37,8 @@ use salvo::conn::{Acceptor, Listener};
 use salvo::prelude::*;
 use salvo_realtime::error::HubError;
 use salvo_realtime::{
-    Connection, ConnectionId, Delivery, Drain, Hub, Payload, PubSub, Publication, Rooms,
+    Connection, ConnectionId, Delivery, Drain, Hub, MessageId, Payload, Position, PubSub,
+    Publication, Rooms, Topic,
 };
 use serde_json::{Value, json};
 
@@ -393,6 +397,35 @@ impl<H: Hub> Hub for Spy<H> {
         self.conns.lock().retain(|(id, _, _)| *id != conn.id());
         self.hub.leave(conn, subscription.inner).await;
     }
+
+    // The channel protocol's commands go to the wrapped hub as they are.
+
+    async fn add_topic(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        from: Position,
+        data: Option<&Value>,
+    ) -> Result<(), HubError> {
+        self.hub.add_topic(conn, topic, from, data).await
+    }
+
+    async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
+        self.hub.remove_topic(conn, topic).await
+    }
+
+    async fn publish_from(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> Result<MessageId, HubError> {
+        self.hub.publish_from(conn, topic, publication).await
+    }
+
+    async fn call(&self, conn: &Connection, method: &str, data: Value) -> Result<Value, HubError> {
+        self.hub.call(conn, method, data).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,7 +492,11 @@ fn any_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_two_pages_see_each_others_messages_and_presence() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
+    let server = Running::start(
+        any_port(),
+        chat::router(chat::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
     let driver = Driver::start().await;
     let (alice, bob) = (driver.session().await, driver.session().await);
 
@@ -492,7 +529,11 @@ async fn chat_two_pages_see_each_others_messages_and_presence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_closing_a_page_shows_the_user_leaving() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
+    let server = Running::start(
+        any_port(),
+        chat::router(chat::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
     let driver = Driver::start().await;
     let (alice, bob) = (driver.session().await, driver.session().await);
     log_in(&alice, &server, "alice", "lobby").await;
@@ -511,7 +552,7 @@ async fn chat_closing_a_page_shows_the_user_leaving() {
 async fn chat_page_reconnects_after_its_socket_drops_and_shows_each_message_once() {
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::new();
-    let spy = Spy::new(rooms.clone());
+    let spy = Spy::new(chat::channels(rooms.clone()));
     let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
     let driver = Driver::start().await;
     let alice = driver.session().await;
@@ -538,9 +579,7 @@ async fn chat_page_reconnects_after_its_socket_drops_and_shows_each_message_once
         expected,
         "every message exactly once, in order"
     );
-    let duplicates = alice
-        .js("return window.chat.rooms.get('lobby').socket.duplicates")
-        .await;
+    let duplicates = alice.js("return window.chat.socket.duplicates").await;
     assert_eq!(
         duplicates,
         json!(0),
@@ -558,7 +597,7 @@ fn bot(text: &str) -> Publication {
 }
 
 /// Waits until `user` has exactly one connection joined (an old one may still be leaving).
-async fn wait_one_connection(spy: &Spy<Rooms>, user: &str) {
+async fn wait_one_connection<H: Sync>(spy: &Spy<H>, user: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let n = spy
@@ -579,7 +618,7 @@ async fn wait_one_connection(spy: &Spy<Rooms>, user: &str) {
 async fn chat_page_resumes_into_a_busy_room_with_full_history() {
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::new();
-    let spy = Spy::new(rooms.clone());
+    let spy = Spy::new(chat::channels(rooms.clone()));
     let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
     // More than the room's 256 messages of history before anyone is in it.
     for i in 0..300 {
@@ -592,10 +631,8 @@ async fn chat_page_resumes_into_a_busy_room_with_full_history() {
     let alice = driver.session().await;
     log_in(&alice, &server, "alice", "busy").await;
     alice
-        .js(
-            "window.codes = []; window.chat.rooms.get('busy').socket.on('status', \
-             (s) => s.state === 'reconnecting' && window.codes.push(s.code ?? null))",
-        )
+        .js("window.codes = []; window.chat.socket.on('status', \
+             (s) => s.state === 'reconnecting' && window.codes.push(s.code ?? null))")
         .await;
     // The page asks for the last 50; a direct message gives it a position in `@alice` too.
     wait_text(&alice, "h299").await;
@@ -646,9 +683,7 @@ async fn chat_page_resumes_into_a_busy_room_with_full_history() {
         shown.into_iter().partition(|t| t.starts_with('d'));
     assert_eq!(room, expected, "every room message exactly once, in order");
     assert_eq!(dms, direct, "every direct message exactly once, in order");
-    let duplicates = alice
-        .js("return window.chat.rooms.get('busy').socket.duplicates")
-        .await;
+    let duplicates = alice.js("return window.chat.socket.duplicates").await;
     assert_eq!(duplicates, json!(0), "the dedup net caught nothing");
     let notices = alice
         .js("return document.querySelectorAll('#log li.notice').length")
@@ -670,7 +705,11 @@ async fn chat_page_resumes_into_a_busy_room_with_full_history() {
 async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
     let _serial = SERIAL.lock().await;
     let drain = Drain::new();
-    let server = Running::start(any_port(), chat::router(Rooms::new(), drain.clone())).await;
+    let server = Running::start(
+        any_port(),
+        chat::router(chat::channels(Rooms::new()), drain.clone()),
+    )
+    .await;
     let addr = server.addr;
     let driver = Driver::start().await;
     let alice = driver.session().await;
@@ -681,7 +720,11 @@ async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
     // What the example does on Ctrl-C, then a new process: a new hub (new epoch), same port.
     assert_eq!(drain.close_all(Duration::from_secs(5)).await, 0);
     server.stop().await;
-    let server = Running::start(addr, chat::router(Rooms::new(), Drain::new())).await;
+    let server = Running::start(
+        addr,
+        chat::router(chat::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
 
     alice
         .wait_for(
@@ -715,19 +758,25 @@ async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_refuses_empty_and_long_nicknames() {
-    let server = Running::start(any_port(), chat::router(Rooms::new(), Drain::new())).await;
+    let server = Running::start(
+        any_port(),
+        chat::router(chat::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
     let http = reqwest::Client::new();
-    // The handshake is checked before identity: a request must be an upgrade to get as far as
+    // The handshake is checked before identity: a request must be an upgrade (offering the
+    // channel protocol, as the page does: it names no room when it connects) to get as far as
     // the nickname check.
     let status = |name: &str, upgrade: bool| {
-        let url = server.url(&format!("/ws?room=lobby&name={name}"));
+        let url = server.url(&format!("/ws?name={name}"));
         let mut req = http.get(url);
         if upgrade {
             req = req
                 .header("connection", "upgrade")
                 .header("upgrade", "websocket")
                 .header("sec-websocket-version", "13")
-                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("sec-websocket-protocol", "salvo-realtime.v1");
         }
         async move { req.send().await.unwrap().status().as_u16() }
     };
@@ -739,6 +788,352 @@ async fn chat_refuses_empty_and_long_nicknames() {
         400,
         "a named plain GET is not an upgrade"
     );
+    server.stop().await;
+}
+
+/// The texts of the messages the page holds for `room` (shown or not), in order.
+async fn room_texts(page: &Session, room: &str) -> Vec<String> {
+    let script = format!(
+        "return window.chat.rooms.get({room:?}).items.filter(li => li.classList.contains('msg')) \
+         .map(li => li.querySelector('.text').textContent)"
+    );
+    serde_json::from_value(page.js(&script).await).unwrap()
+}
+
+/// Joins another room through the page's form (on the same socket).
+async fn add_room(page: &Session, room: &str) {
+    page.js(&format!(
+        "document.getElementById('new-room').value = {room:?}; \
+         document.getElementById('add-room').requestSubmit()"
+    ))
+    .await;
+}
+
+async fn wait_subscribed(page: &Session, room: &str) {
+    page.wait_for(
+        &format!("the subscription to {room}"),
+        &format!("return window.chat.rooms.get({room:?})?.sub.state === 'subscribed'"),
+    )
+    .await;
+}
+
+/// Waits until the hub has seen `joins` connections and `user` has exactly one joined.
+async fn wait_connection<H: Sync>(spy: &Spy<H>, user: &str, joins: usize) -> ConnectionId {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let conns: Vec<ConnectionId> = spy
+            .conns
+            .lock()
+            .iter()
+            .filter(|(_, who, _)| who.as_deref() == Some(user))
+            .map(|(id, _, _)| *id)
+            .collect();
+        if spy.joins() == joins && conns.len() == 1 {
+            return conns[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}: {} connections, {} joins (want 1 and {joins})",
+            conns.len(),
+            spy.joins()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_one_socket_carries_two_rooms_and_resumes_both_after_drops() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(chat::channels(rooms.clone()));
+    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let alice = driver.session().await;
+    log_in(&alice, &server, "alice", "lobby").await;
+    add_room(&alice, "random").await;
+    wait_subscribed(&alice, "lobby").await;
+    wait_subscribed(&alice, "random").await;
+    let conn = wait_connection(&spy, "alice", 1).await;
+    let mut joined = rooms.rooms_of(conn);
+    joined.sort();
+    assert_eq!(
+        joined.iter().map(Topic::as_str).collect::<Vec<_>>(),
+        ["lobby", "random"],
+        "both rooms on the page's one socket"
+    );
+
+    // Both rooms get messages, interleaved, while the server drops the socket twice.
+    let (mut lobby, mut random) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        if i == 10 || i == 25 {
+            wait_connection(&spy, "alice", if i == 10 { 1 } else { 2 }).await;
+            assert_eq!(spy.kill(Some("alice")), 1, "alice's one connection");
+        }
+        for (room, texts) in [("lobby", &mut lobby), ("random", &mut random)] {
+            let text = format!("{room}-{i}");
+            rooms.broadcast(room, bot(&text)).await.unwrap();
+            texts.push(text);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    alice
+        .wait_for(
+            "the last message of both rooms",
+            "const has = (r, t) => window.chat.rooms.get(r).items.some(li => li.querySelector('.text')?.textContent === t); \
+             return has('lobby', 'lobby-39') && has('random', 'random-39')",
+        )
+        .await;
+    alice
+        .wait_for(
+            "the socket to be open",
+            "return document.getElementById('status').dataset.state === 'open'",
+        )
+        .await;
+    assert_eq!(
+        room_texts(&alice, "lobby").await,
+        lobby,
+        "lobby: every message exactly once, in order"
+    );
+    assert_eq!(
+        room_texts(&alice, "random").await,
+        random,
+        "random: every message exactly once, in order"
+    );
+    let duplicates = alice.js("return window.chat.socket.duplicates").await;
+    assert_eq!(duplicates, json!(0), "resume was exact per room");
+    let notices = alice
+        .js("return [...window.chat.rooms.values()].flatMap(r => r.items).filter(li => li.classList.contains('notice')).length")
+        .await;
+    assert_eq!(notices, json!(0), "no reset, lag or error notice");
+    assert_eq!(spy.joins(), 3, "one socket, reconnected once per drop");
+    let unread = alice
+        .js("return document.querySelector('#rooms li[data-room=\"lobby\"] .unread')?.textContent")
+        .await;
+    assert!(unread.is_string(), "the lobby tab counts unread messages");
+    alice.screenshot("chat-two-rooms-one-socket").await;
+    alice.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_staff_rooms_are_refused_to_all_but_boss() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(chat::channels(rooms.clone()));
+    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let (alice, boss) = (driver.session().await, driver.session().await);
+    log_in(&alice, &server, "alice", "lobby").await;
+    wait_subscribed(&alice, "lobby").await;
+    add_room(&alice, "staff-room").await;
+    let code = alice
+        .wait_for(
+            "the refusal on the tab",
+            "return document.querySelector('#rooms li[data-room=\"staff-room\"]')?.dataset.error",
+        )
+        .await;
+    assert_eq!(code, json!("forbidden"));
+    let notice = alice
+        .wait_for(
+            "the refusal in the log",
+            "return document.querySelector('#log li.notice.error[data-code=\"forbidden\"]')?.textContent",
+        )
+        .await;
+    assert!(
+        notice
+            .as_str()
+            .unwrap()
+            .contains("staff rooms are for boss"),
+        "the server's message is shown: {notice}"
+    );
+    let state = alice
+        .js("return window.chat.rooms.get('staff-room').sub.state")
+        .await;
+    assert_eq!(state, json!("refused"));
+    let conn = wait_connection(&spy, "alice", 1).await;
+    let joined = rooms.rooms_of(conn);
+    assert_eq!(
+        joined.iter().map(Topic::as_str).collect::<Vec<_>>(),
+        ["lobby"],
+        "the refused room was not joined; the socket stayed up"
+    );
+    alice.screenshot("chat-staff-refused").await;
+
+    log_in(&boss, &server, "boss", "staff-room").await;
+    wait_subscribed(&boss, "staff-room").await;
+    say(&boss, "staff meeting at 3").await;
+    wait_text(&boss, "staff meeting at 3").await;
+    let tab_error = boss
+        .js("return document.querySelector('#rooms li[data-room=\"staff-room\"]').dataset.error ?? null")
+        .await;
+    assert_eq!(tab_error, json!(null), "boss is let in");
+    alice.quit().await;
+    boss.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_moderation_refuses_a_message_and_the_server_stamps_the_rest() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(
+        any_port(),
+        chat::router(chat::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
+    let driver = Driver::start().await;
+    let (alice, bob) = (driver.session().await, driver.session().await);
+    log_in(&alice, &server, "alice", "lobby").await;
+    log_in(&bob, &server, "bob", "lobby").await;
+    wait_members(&alice, &["alice", "bob"]).await;
+    wait_members(&bob, &["alice", "bob"]).await;
+
+    say(&alice, "well, darn it").await;
+    let notice = alice
+        .wait_for(
+            "the refusal shown to the sender",
+            "return document.querySelector('#log li.notice.error[data-code=\"moderated\"]')?.textContent",
+        )
+        .await;
+    assert!(
+        notice.as_str().unwrap().contains("keep it civil"),
+        "{notice}"
+    );
+    // A name sent by the client is not trusted: the server stamps the sender's identity.
+    alice
+        .js("window.chat.socket.publish('lobby', { text: 'who am I', from: 'mallory' })")
+        .await;
+    say(&alice, "fine then").await;
+    wait_text(&bob, "fine then").await;
+    wait_text(&alice, "fine then").await;
+    assert_eq!(
+        texts(&bob).await,
+        ["who am I", "fine then"],
+        "bob never saw the refused message"
+    );
+    assert_eq!(texts(&alice).await, ["who am I", "fine then"]);
+    let who = bob
+        .js("return [...document.querySelectorAll('#log li.msg .who')].map(s => s.textContent)")
+        .await;
+    assert_eq!(who, json!(["alice", "alice"]));
+    let stamped = bob
+        .js("return window.chat.rooms.get('lobby').items.filter(li => li.classList.contains('msg')).map(li => li.querySelector('time').textContent !== '')")
+        .await;
+    assert_eq!(stamped, json!([true, true]));
+    let refused = bob
+        .js("return document.querySelectorAll('#log li.notice').length")
+        .await;
+    assert_eq!(refused, json!(0), "the refusal went to the sender alone");
+    alice.screenshot("chat-moderated").await;
+    bob.screenshot("chat-moderated-other").await;
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Game
+
+/// The marks on the page's board, `""` for a free cell.
+async fn turn(page: &Session) -> Value {
+    page.js("return document.getElementById('turn').textContent")
+        .await
+}
+
+async fn board(page: &Session) -> Vec<String> {
+    let marks = page
+        .js("return [...document.querySelectorAll('#board .cell')].map(c => c.dataset.mark)")
+        .await;
+    serde_json::from_value(marks).unwrap()
+}
+
+async fn wait_mark(page: &Session, cell: usize, mark: &str) {
+    page.wait_for(
+        &format!("{mark} in cell {cell}"),
+        &format!(
+            "return document.querySelector('#board [data-cell=\"{cell}\"]')?.dataset.mark === {mark:?}"
+        ),
+    )
+    .await;
+}
+
+/// Clicks a cell; returns the error code the page shows for it (`None`: the move was taken).
+async fn click(page: &Session, cell: usize) -> Option<String> {
+    page.js(&format!(
+        "window.answered = false; const error = document.getElementById('error'); \
+         const before = window.game.game.version; \
+         document.querySelector('#board [data-cell=\"{cell}\"]').click(); \
+         const t = setInterval(() => {{ if (error.dataset.code || window.game.game.version > before) \
+         {{ clearInterval(t); window.answered = true; }} }}, 20);"
+    ))
+    .await;
+    page.wait_for("the move's answer", "return window.answered")
+        .await;
+    let code = page
+        .js("return document.getElementById('error').dataset.code ?? null")
+        .await;
+    code.as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn game_moves_are_calls_checked_and_broadcast_by_the_server() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(
+        any_port(),
+        game::router(game::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
+    let driver = Driver::start().await;
+    let (alice, bob) = (driver.session().await, driver.session().await);
+    for (page, name) in [(&alice, "alice"), (&bob, "bob")] {
+        page.goto(&server.url(&format!("/#name={name}&game=t1")))
+            .await;
+        page.wait_for(
+            "the game room",
+            "return window.game.sub?.state === 'subscribed' && document.getElementById('status').dataset.state === 'open'",
+        )
+        .await;
+    }
+    alice
+        .wait_for(
+            "bob in the room",
+            "return document.getElementById('watching').textContent.includes('bob')",
+        )
+        .await;
+
+    assert_eq!(
+        click(&alice, 4).await,
+        None,
+        "the first move: alice plays X"
+    );
+    wait_mark(&bob, 4, "X").await;
+    assert_eq!(click(&alice, 0).await.as_deref(), Some("not_your_turn"));
+    assert_eq!(click(&bob, 4).await.as_deref(), Some("cell_taken"));
+    assert_eq!(click(&bob, 0).await, None, "bob plays O");
+    wait_mark(&alice, 0, "O").await;
+    let error = alice
+        .js("return document.getElementById('error').textContent")
+        .await;
+    assert_eq!(error, json!(""), "a valid move clears the last refusal");
+    for (page, cell) in [(&alice, 2), (&bob, 8), (&alice, 6)] {
+        assert_eq!(click(page, cell).await, None);
+    }
+    wait_mark(&bob, 6, "X").await;
+    let expected = ["O", "", "X", "", "X", "", "X", "", "O"];
+    assert_eq!(board(&alice).await, expected);
+    assert_eq!(board(&bob).await, expected);
+    assert_eq!(turn(&alice).await, json!("You won!"));
+    assert_eq!(turn(&bob).await, json!("alice (X) won."));
+    // The board's buttons are disabled now; a move sent anyway is refused by the server.
+    bob.js(
+        "window.game.socket.call('move', { game: 't1', cell: 1 }).catch(e => window.code = e.code)",
+    )
+    .await;
+    let code = bob.wait_for("the refusal", "return window.code").await;
+    assert_eq!(code, json!("game_over"));
+    alice.screenshot("game-alice").await;
+    bob.screenshot("game-bob").await;
+    alice.quit().await;
+    bob.quit().await;
     server.stop().await;
 }
 
