@@ -40,8 +40,12 @@
 //! A payload spanning several lines (LF, CR or CRLF) becomes one `data:` line per line, so the
 //! browser's `event.data` holds the text with its line breaks normalised to LF. Binary payloads
 //! travel as standard base64 with padding (SSE is a text protocol); a topic that mixes text and
-//! binary should tell them apart by event name. A comment line (`:`) goes out whenever the
-//! stream has been idle for [`SseEndpoint::keep_alive`], so proxies don't cut it.
+//! binary should tell them apart by event name. A comment line (`:`) goes out at the end of
+//! every [`SseEndpoint::keep_alive`] period in which nothing else was sent (so an idle stream
+//! is never silent for two periods), so proxies don't cut it.
+//!
+//! Each event is encoded once per message and shared by every stream that sends it (see
+//! [`encode`]); the body yields those bytes as they are, one chunk per event.
 //!
 //! Messages published with the event names `reset`, `lagged` or `presence` can't be told from
 //! the endpoint's own events by name alone; their JSON `type` field tells them apart.
@@ -104,16 +108,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use salvo::http::header::{CACHE_CONTROL, HeaderName, HeaderValue};
+use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use salvo::http::{Request, Response};
-use salvo::sse::{SseEvent, SseKeepAlive};
 use salvo::{Depot, FlowCtrl, Handler};
 use tracing::{Instrument, Span};
 
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::hub::message::base64;
-use crate::{Connection, Delivery, Hub, Payload};
+use crate::{Connection, Delivery, EventName, Hub};
 
 /// Serves a hub over Server-Sent Events; see the [module docs](self).
 ///
@@ -176,8 +180,9 @@ impl<H: Hub> SseEndpoint<H> {
         }
     }
 
-    /// Sends a comment line when the stream has been idle this long, so that proxies and load
-    /// balancers don't close it and a vanished client is noticed. Default: 15 s.
+    /// Sends a comment line at the end of each period of this length in which nothing else
+    /// was sent, so that proxies and load balancers don't close an idle stream and a vanished
+    /// client is noticed. One timer per stream, never reset per event. Default: 15 s.
     #[must_use]
     pub fn keep_alive(mut self, every: Duration) -> Self {
         self.keep_alive = every;
@@ -229,6 +234,11 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             "sse connected"
         );
         let drained = Box::pin(admission.drain.requested());
+        let mut keep_alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.keep_alive,
+            self.keep_alive.max(Duration::from_millis(1)),
+        );
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let live = Live {
             drained,
             hub: Arc::clone(&self.hub),
@@ -238,12 +248,13 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             span,
             opened: Instant::now(),
             retry: Some(self.retry),
+            keep_alive,
+            sent: false,
         };
-        SseKeepAlive::new(events(live))
-            .max_interval(self.keep_alive)
-            .stream(res);
-        // Salvo sets `no-cache`; an event stream must never be stored at all.
+        res.stream(events(live));
         let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        // An event stream must never be stored at all, nor buffered by nginx.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(
             HeaderName::from_static("x-accel-buffering"),
@@ -253,8 +264,11 @@ impl<H: Hub> Handler for SseEndpoint<H> {
 }
 
 /// Encodes one delivery as the SSE event the endpoint sends (see the table in the
-/// [module docs](self)). Every event name and id the hub produces is free of CR, LF and NUL,
-/// so this never panics; multi-line data is split into one `data:` line per line.
+/// [module docs](self)): `event:`, one `data:` line per line of the data (split at CR, LF and
+/// CRLF), `id:`, and the blank line that dispatches it. A message's event is encoded once and
+/// shared by every stream that sends it (cloning the result is a reference count); the other
+/// deliveries are encoded when sent. Every event name and id the hub produces is free of CR,
+/// LF and NUL.
 ///
 /// ```
 /// use futures_util::StreamExt;
@@ -270,44 +284,85 @@ impl<H: Hub> Handler for SseEndpoint<H> {
 ///
 /// let delivery = sub.next().await.ok_or("no delivery")?;
 /// assert_eq!(
-///     sse::encode(&delivery).to_string(),
-///     format!("event: headline\ndata: line one\ndata: line two\nid: {id}\n\n"),
+///     sse::encode(&delivery),
+///     format!("event: headline\ndata: line one\ndata: line two\nid: {id}\n\n").as_bytes(),
 /// );
 /// # Ok(())
 /// # }
 /// ```
 #[must_use]
-pub fn encode(delivery: &Delivery) -> SseEvent {
+pub fn encode(delivery: &Delivery) -> Bytes {
     match delivery {
-        Delivery::Message(m) => {
-            let mut event = SseEvent::default().text(payload_text(m.payload()));
-            if !m.is_ephemeral() {
-                event = event.id(m.id().to_string());
+        Delivery::Message(m) => m.cached_sse(|m| {
+            let id = (!m.is_ephemeral()).then(|| m.id().to_string());
+            match m.payload().as_text() {
+                Some(text) => event(m.event().map(EventName::as_str), text, id.as_deref()),
+                None => event(
+                    m.event().map(EventName::as_str),
+                    &base64(m.payload().as_bytes()),
+                    id.as_deref(),
+                ),
             }
-            match m.event() {
-                Some(name) => event.name(name.as_str()),
-                None => event,
-            }
-        }
-        Delivery::Reset(reset) => notice("reset", delivery).id(reset.replay_after.to_string()),
-        Delivery::Lagged { .. } => notice("lagged", delivery),
-        Delivery::Presence(_) => notice("presence", delivery),
+        }),
+        Delivery::Reset(reset) => notice("reset", delivery, Some(&reset.replay_after.to_string())),
+        Delivery::Lagged { .. } => notice("lagged", delivery, None),
+        Delivery::Presence(_) => notice("presence", delivery, None),
     }
 }
 
 /// A named event carrying the delivery's JSON envelope.
-fn notice(name: &'static str, delivery: &Delivery) -> SseEvent {
-    SseEvent::default()
-        .name(name)
-        .text(String::from_utf8_lossy(&delivery.envelope_json()).into_owned())
+fn notice(name: &'static str, delivery: &Delivery, id: Option<&str>) -> Bytes {
+    event(
+        Some(name),
+        &String::from_utf8_lossy(&delivery.envelope_json()),
+        id,
+    )
 }
 
-/// A payload as event data: text as is, binary as base64.
-fn payload_text(payload: &Payload) -> String {
-    match payload.as_text() {
-        Some(text) => text.to_owned(),
-        None => base64(payload.as_bytes()),
+/// One event's bytes. `name` and `id` are free of CR, LF and NUL (hub names and ids are).
+fn event(name: Option<&str>, data: &str, id: Option<&str>) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
     }
+    for line in lines(data) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// `text` split at CRLF, CR and LF, as an event stream parser splits it (an empty text is one
+/// empty line, so the event still dispatches).
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(current)
+            }
+            Some(i) => {
+                let skip = if current[i..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&current[i + skip..]);
+                Some(&current[..i])
+            }
+        }
+    })
 }
 
 /// Everything one open stream holds. Salvo drops the body stream when the client disconnects,
@@ -325,6 +380,11 @@ struct Live<H: Hub> {
     retry: Option<Duration>,
     /// Completes when a graceful drain asks the stream to end; created once, not per event.
     drained: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Ticks every keep-alive period; a comment goes out on a tick only if nothing was sent
+    /// since the last one (one timer per stream, never reset per event).
+    keep_alive: tokio::time::Interval,
+    /// Whether an event went out since the last tick.
+    sent: bool,
 }
 
 impl<H: Hub> Live<H> {
@@ -358,44 +418,76 @@ impl<H: Hub> Drop for Live<H> {
 
 /// What ended the wait for the next event.
 enum Next {
-    Event(SseEvent),
+    Event(Bytes),
+    Tick,
     Drained,
     HubClosed,
 }
 
-/// The event stream of one connection: the `retry:` hint, then one event per delivery, until
-/// the drain asks it to close or the hub ends the subscription.
-fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+/// The keep-alive comment.
+const COMMENT: &[u8] = b":\n\n";
+
+/// The event stream of one connection: the `retry:` hint, then one chunk per delivery (shared
+/// bytes for messages), a comment when idle, until the drain asks it to close or the hub ends
+/// the subscription.
+fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     futures_util::stream::unfold(live, |mut live| async move {
         if let Some(retry) = live.retry.take() {
-            return Some((Ok(SseEvent::default().retry(retry)), live));
+            let hint = format!("retry:{}\n\n", retry.as_millis());
+            return Some((Ok(Bytes::from(hint)), live));
         }
-        let next = match live.subscription.as_mut() {
-            Some(subscription) => tokio::select! {
-                biased;
-                () = &mut live.drained => Next::Drained,
-                delivery = subscription.next() => match delivery {
-                    Some(delivery) => {
-                        if let Delivery::Lagged { topic, missed } = &delivery {
-                            tracing::warn!(parent: &live.span, %topic, missed, "sse subscriber lagged");
+        loop {
+            let next = match live.subscription.as_mut() {
+                Some(subscription) => tokio::select! {
+                    biased;
+                    () = &mut live.drained => Next::Drained,
+                    delivery = subscription.next() => match delivery {
+                        Some(delivery) => {
+                            if let Delivery::Lagged { topic, missed } = &delivery {
+                                tracing::warn!(parent: &live.span, %topic, missed, "sse subscriber lagged");
+                            }
+                            Next::Event(encode(&delivery))
                         }
-                        Next::Event(encode(&delivery))
-                    }
-                    None => Next::HubClosed,
+                        None => Next::HubClosed,
+                    },
+                    _ = live.keep_alive.tick() => Next::Tick,
                 },
-            },
-            None => Next::HubClosed,
-        };
-        let reason = match next {
-            Next::Event(event) => return Some((Ok(event), live)),
-            Next::Drained => "drained",
-            Next::HubClosed => "hub closed the subscription",
-        };
-        // Leave before the body ends, so that a finished drain means the hub saw every leave;
-        // `live` (and its slot) drops after that.
-        if let Some(leaving) = live.leave(reason) {
-            let _ = leaving.await;
+                None => Next::HubClosed,
+            };
+            let reason = match next {
+                Next::Event(event) => {
+                    live.sent = true;
+                    return Some((Ok(event), live));
+                }
+                Next::Tick if std::mem::take(&mut live.sent) => continue,
+                Next::Tick => return Some((Ok(Bytes::from_static(COMMENT)), live)),
+                Next::Drained => "drained",
+                Next::HubClosed => "hub closed the subscription",
+            };
+            // Leave before the body ends, so that a finished drain means the hub saw every
+            // leave; `live` (and its slot) drops after that.
+            if let Some(leaving) = live.leave(reason) {
+                let _ = leaving.await;
+            }
+            return None;
         }
-        None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines;
+
+    #[test]
+    fn lines_split_at_crlf_cr_and_lf() {
+        fn split(s: &str) -> Vec<&str> {
+            lines(s).collect()
+        }
+        assert_eq!(split(""), [""]);
+        assert_eq!(split("a"), ["a"]);
+        assert_eq!(split("a\nb\r\nc\rd"), ["a", "b", "c", "d"]);
+        assert_eq!(split("a\n"), ["a", ""]);
+        assert_eq!(split("\r\n\r\n"), ["", "", ""]);
+        assert_eq!(split("a\r\rb"), ["a", "", "b"]);
+    }
 }

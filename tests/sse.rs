@@ -653,7 +653,8 @@ async fn payloads_survive_the_event_stream_format() {
 #[test]
 fn lagged_is_a_named_json_event_without_an_id() {
     let topic = Topic::new("busy").expect("topic");
-    let event = sse::encode(&Delivery::Lagged { topic, missed: 42 }).to_string();
+    let event = String::from_utf8(sse::encode(&Delivery::Lagged { topic, missed: 42 }).to_vec())
+        .expect("UTF-8");
     let parsed = parse(event.as_bytes());
     assert_eq!(parsed.len(), 1, "{event:?}");
     assert_eq!(parsed[0].event, "lagged");
@@ -709,7 +710,7 @@ proptest! {
         });
         let mut wire = String::from("retry:3000\n\n");
         for delivery in &deliveries {
-            wire.push_str(&sse::encode(delivery).to_string());
+            wire.push_str(std::str::from_utf8(&sse::encode(delivery)).expect("UTF-8"));
         }
         prop_assert!(!wire.contains('\r'));
         let parsed: Vec<_> = parse(wire.as_bytes())

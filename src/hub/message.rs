@@ -600,6 +600,8 @@ struct MessageInner {
     /// A live-only notice (presence change): not in history, no offset of its own.
     ephemeral: bool,
     json: OnceLock<Bytes>,
+    /// The SSE event, encoded once by the first stream that sends it.
+    sse: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -632,6 +634,7 @@ impl Message {
             logged_at: Instant::now(),
             ephemeral,
             json: OnceLock::new(),
+            sse: OnceLock::new(),
         }))
     }
 
@@ -743,6 +746,11 @@ impl Message {
         self.0
             .json
             .get_or_init(|| Bytes::from(self.encode_envelope()))
+    }
+
+    /// The message's SSE event bytes, encoded by `encode` the first time and shared after.
+    pub(crate) fn cached_sse(&self, encode: impl FnOnce(&Self) -> Bytes) -> Bytes {
+        self.0.sse.get_or_init(|| encode(self)).clone()
     }
 
     fn encode_envelope(&self) -> Vec<u8> {
