@@ -467,12 +467,12 @@ impl<B: Backend> Rooms<B> {
                 |_| VecDeque::new(),
             )?
         };
-        let old = self
-            .inner
-            .conns
-            .lock()
-            .get_mut(&conn)
-            .and_then(|entry| entry.rooms.get_mut(room).map(|flag| std::mem::replace(flag, left)));
+        let old = self.inner.conns.lock().get_mut(&conn).and_then(|entry| {
+            entry
+                .rooms
+                .get_mut(room)
+                .map(|flag| std::mem::replace(flag, left))
+        });
         match old {
             Some(old) => {
                 old.store(true, Ordering::Release);
