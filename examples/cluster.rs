@@ -12,6 +12,19 @@
 //! and http://127.0.0.1:8081/ in another: both see each other's messages and presence, and a
 //! tab may reconnect to the other node and resume. `REDIS_URL` picks another server (default
 //! `redis://127.0.0.1:6379`), `BIND` and `BIND2` other addresses.
+//!
+//! The same runs on a Redis Cluster (7.0 or later): give its seed nodes as
+//! `REDIS_URL=redis+cluster://127.0.0.1:7000,127.0.0.1:7001`. Rooms then spread over the
+//! cluster's masters (sharded pub/sub). A local cluster to try it on:
+//!
+//! ```text
+//! for p in 7000 7001 7002 7003 7004 7005; do
+//!   redis-server --port $p --cluster-enabled yes --cluster-config-file nodes-$p.conf \
+//!     --save "" --appendonly no --daemonize yes
+//! done
+//! redis-cli --cluster create 127.0.0.1:7000 127.0.0.1:7001 127.0.0.1:7002 \
+//!   127.0.0.1:7003 127.0.0.1:7004 127.0.0.1:7005 --cluster-replicas 1 --cluster-yes
+//! ```
 use std::time::Duration;
 
 use salvo::conn::Acceptor;
@@ -29,6 +42,11 @@ async fn node(bind: String, redis_url: &str) -> (Server<TcpAcceptor>, Router, Dr
     let backend = RedisBackend::connect(RedisConfig::new(redis_url))
         .await
         .unwrap_or_else(|e| panic!("cannot reach Redis at {redis_url}: {e} (start one: see the top of examples/cluster.rs)"));
+    let mode = if backend.is_cluster() {
+        "Redis Cluster"
+    } else {
+        "Redis"
+    };
     let rooms = Rooms::with_backend(HubConfig::new(), backend);
     let acceptor = TcpListener::new(bind).bind().await;
     let addr = acceptor.holdings()[0]
@@ -36,7 +54,7 @@ async fn node(bind: String, redis_url: &str) -> (Server<TcpAcceptor>, Router, Dr
         .clone()
         .into_std()
         .expect("a TCP address");
-    println!("cluster node: open http://{addr}/");
+    println!("cluster node on {mode} {redis_url}: open http://{addr}/");
     let drain = Drain::new();
     let router = chat::router(rooms, drain.clone());
     (Server::new(acceptor), router, drain)

@@ -515,7 +515,7 @@ async fn a_publish_that_failed_during_a_stall_is_never_delivered_later() {
     );
     assert_eq!(got[0].id(), after);
     assert_eq!(
-        server.command(&["XLEN", "salvo-realtime:hist:topics:s"]),
+        server.command(&["XLEN", &meta_key("hist", "topics", "s")]),
         ":2",
         "only `before` and `after` are in the history"
     );
@@ -524,5 +524,304 @@ async fn a_publish_that_failed_during_a_stall_is_never_delivered_later() {
             .await
             .is_err(),
         "nothing else arrives"
+    );
+}
+
+impl RedisServer {
+    /// Saves the data set and keeps a copy of the snapshot, to restore later with
+    /// [`RedisServer::restore`].
+    fn snapshot(&self, name: &str) -> PathBuf {
+        assert_eq!(self.command(&["SAVE"]), "+OK");
+        let copy = self.dir.join(name);
+        std::fs::copy(self.dir.join("dump.rdb"), &copy).expect("copy the snapshot");
+        copy
+    }
+
+    /// Stops the server and starts it again from an older snapshot: everything written since
+    /// that snapshot is lost, and offsets go back.
+    fn restore(&mut self, snapshot: &std::path::Path) {
+        self.kill();
+        std::fs::copy(snapshot, self.dir.join("dump.rdb")).expect("restore the snapshot");
+        self.spawn();
+    }
+
+    /// How many keys match `pattern`.
+    fn count_keys(&self, pattern: &str) -> usize {
+        let reply = self.command(&["KEYS", pattern]);
+        reply
+            .strip_prefix('*')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("KEYS answered {reply}"))
+    }
+}
+
+// Issue 11: merely subscribing to names nobody publishes to must not leave keys behind (it
+// created a meta key living `topic_ttl`, 24 h, per name); a first publish keeps the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_to_names_nobody_publishes_to_leaves_no_keys() {
+    let server = RedisServer::start();
+    let hub = pubsub_node(&server).await;
+    let mut held = Vec::new();
+    for c in 0..4 {
+        let mut connection = Connection::new();
+        for n in 0..64 {
+            let topic = Topic::new(&format!("idle-{c}-{n}")).expect("valid");
+            connection = connection.subscribe(topic, Position::Live);
+        }
+        let sub = hub.join(&connection).await.expect("join");
+        held.push((connection, sub));
+    }
+    for (connection, sub) in held {
+        hub.leave(&connection, sub).await;
+    }
+    // Whatever following them needed is gone once the followers are (node TTL: 600 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = usize::MAX;
+    while Instant::now() < deadline {
+        left = server.count_keys("*idle-*");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "keys of never-published names were left behind");
+
+    // Following an idle name while it is quiet keeps it (its epoch); a publish keeps it for
+    // the topic TTL.
+    let mut sub = hub
+        .subscribe("quiet", Position::Live)
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let id = hub.publish("quiet", "now").await.expect("publish");
+    let got = messages(&mut sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got[0].id(),
+        id,
+        "the follower's epoch survived the quiet time"
+    );
+    let ttls: Vec<i64> = {
+        let keys = server.command(&["KEYS", "*quiet*"]);
+        assert!(keys.starts_with('*'), "{keys}");
+        ["meta", "hist"]
+            .iter()
+            .map(|kind| {
+                let key = meta_key(kind, "topics", "quiet");
+                let ttl = server.command(&["PTTL", &key]);
+                ttl.trim_start_matches(':').parse().expect("a TTL")
+            })
+            .collect()
+    };
+    assert!(
+        ttls.iter().all(|&t| t > 3_600_000),
+        "a published topic lives the topic TTL: {ttls:?}"
+    );
+}
+
+/// The name of a topic's key of `kind` (`meta`, `hist`) with the default prefix.
+fn meta_key(kind: &str, namespace: &str, topic: &str) -> String {
+    format!("{{salvo-realtime:{namespace}:{topic}}}:{kind}")
+}
+
+// Issue 11: a sender id longer than the wire's 64 KiB field was cut mid-UTF-8, so the message
+// could not be decoded and was dropped on every node.
+#[tokio::test]
+async fn a_sender_id_cut_at_the_wire_limit_stays_whole_characters() {
+    let server = RedisServer::start();
+    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    let mut sub = b
+        .subscribe("long", Position::Live)
+        .await
+        .expect("subscribe");
+    for fill in [65_534, 65_533] {
+        // 'é' is two bytes and '€' three: both straddle the 65,535-byte limit.
+        for tail in ["é", "€"] {
+            let user = format!("{}{tail}", "a".repeat(fill));
+            let p = salvo_realtime::Publication::new("hi").sender(user.as_str());
+            a.publish("long", p).await.expect("publish");
+            let got = messages(&mut sub, 1, Duration::from_secs(5)).await;
+            let sender = got[0].sender().expect("a sender");
+            assert!(sender.len() <= 65_535);
+            assert!(user.starts_with(sender), "a prefix of the sender id");
+            assert!(sender.len() >= 65_533, "cut at the last whole character");
+        }
+    }
+}
+
+// Issue 11: a Redis restored from an older snapshot reassigned offsets that the nodes had
+// already delivered, and they dropped the new messages as duplicates. Now the rewind is
+// detected: the topic starts a new epoch, local streams end, resuming clients get a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restored_from_an_older_snapshot_resets_instead_of_dropping() {
+    let mut server = RedisServer::start();
+    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    let mut sub = a.subscribe("r", Position::Live).await.expect("subscribe");
+    for i in 1..=10 {
+        b.publish("r", format!("m{i}")).await.expect("publish");
+    }
+    let old = server.snapshot("old.rdb");
+    for i in 11..=20 {
+        b.publish("r", format!("m{i}")).await.expect("publish");
+    }
+    let got = messages(&mut sub, 20, Duration::from_secs(5)).await;
+    let last = got[19].id();
+
+    server.restore(&old);
+    for i in 0..5 {
+        publish_retrying(&b, "r", &format!("after{i}")).await;
+    }
+    // Nothing published after the restore may vanish: the stream either goes on with the new
+    // messages (never the case here: their offsets were taken) or ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(d) = sub.next().await {
+            match d {
+                Delivery::Message(m) => {
+                    assert_ne!(m.id().epoch(), last.epoch(), "a rewound offset: {m:?}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of the rewound epoch should end");
+    let c = conn("r", Position::After(last));
+    let mut again = a.join(&c).await.expect("rejoin");
+    match next(&mut again, Duration::from_secs(5)).await {
+        Some(Delivery::Reset(r)) => {
+            assert_eq!(r.reason, ResetReason::EpochChanged);
+            assert_ne!(r.epoch, last.epoch());
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+// Issue 11: the leaves a sweep found were announced by separate publishes; one that failed
+// was lost for good (the watcher never heard that the dead node's user left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_first() {
+    let server = RedisServer::start();
+    let a = rooms_node(&server).await;
+    let watcher = Connection::new()
+        .authenticated(Identity::new("w"))
+        .subscribe(Topic::new("x").expect("valid"), Position::Live);
+    let mut w = a.join(&watcher).await.expect("join");
+    assert!(matches!(
+        next(&mut w, Duration::from_secs(5)).await,
+        Some(Delivery::Presence(_))
+    ));
+
+    let url = config(&server);
+    let (to_b, b_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let node_b = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let held = rt.block_on(async move {
+            let b = Rooms::with_backend(
+                HubConfig::new(),
+                RedisBackend::connect(url).await.expect("connect"),
+            );
+            let c = Connection::new()
+                .authenticated(Identity::new("bob"))
+                .subscribe(Topic::new("x").expect("valid"), Position::Live);
+            let sub = b.join(&c).await.expect("join b");
+            (b, sub)
+        });
+        let _ = ready_tx.send(());
+        let _ = b_rx.recv();
+        rt.shutdown_background();
+        std::mem::forget(held);
+    });
+    ready.await.expect("node b up");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        (PRESENCE_JOIN.to_owned(), "bob".to_owned())
+    );
+
+    // Publishing to the room fails (its meta key is not a hash) while node b dies and is swept.
+    let meta = meta_key("meta", "rooms", "x");
+    let saved = format!("{meta}-saved");
+    assert_eq!(server.command(&["RENAME", &meta, &saved]), "+OK");
+    assert_eq!(server.command(&["SET", &meta, "not a hash"]), "+OK");
+    to_b.send(()).expect("signal b");
+    node_b.join().expect("node b thread");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), w.next())
+            .await
+            .is_err(),
+        "nothing could be announced meanwhile"
+    );
+    assert_eq!(server.command(&["DEL", &meta]), ":1");
+    assert_eq!(server.command(&["RENAME", &saved, &meta]), "+OK");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        (PRESENCE_LEAVE.to_owned(), "bob".to_owned()),
+        "the leave is announced once publishing works again"
+    );
+    let present: Vec<_> = a
+        .presence("x")
+        .await
+        .iter()
+        .map(|m| m.user.to_string())
+        .collect();
+    assert_eq!(present, ["w"]);
+}
+
+// Issue 11: a node attaching a topic with a long history fetched it inside the one pub/sub
+// task, and every other topic's delivery on that node waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attaching_topics_with_long_histories_does_not_stall_other_topics() {
+    let server = RedisServer::start();
+    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    let big = "x".repeat(16 * 1024);
+    for t in 0..4 {
+        let topic = format!("big{t}");
+        let batch = (0..1_000).map(|_| b.publish(&topic, big.as_str()));
+        for r in futures_util::future::join_all(batch).await {
+            r.expect("publish");
+        }
+    }
+    let mut fast = a
+        .subscribe("fast", Position::Live)
+        .await
+        .expect("subscribe");
+    // A warm-up message, so that the measured ones don't include the first delivery.
+    b.publish("fast", "0").await.expect("publish");
+    messages(&mut fast, 1, Duration::from_secs(5)).await;
+
+    let attaching = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let subs = futures_util::future::join_all((0..4).map(|t| {
+                let a = a.clone();
+                async move { a.subscribe(&format!("big{t}"), Position::Live).await }
+            }))
+            .await;
+            for s in subs {
+                s.expect("subscribe");
+            }
+            started.elapsed()
+        })
+    };
+    let mut worst = Duration::ZERO;
+    let mut sent = 0;
+    while !attaching.is_finished() || sent < 10 {
+        let started = Instant::now();
+        b.publish("fast", "ping").await.expect("publish");
+        messages(&mut fast, 1, Duration::from_secs(10)).await;
+        worst = worst.max(started.elapsed());
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let attach = attaching.await.expect("attach task");
+    println!("4 attaches of 1,000 x 16 KiB took {attach:?}; worst delivery meanwhile {worst:?}");
+    assert!(
+        worst < attach / 3,
+        "a delivery waited {worst:?} while attaching took {attach:?}"
     );
 }

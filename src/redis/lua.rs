@@ -1,19 +1,52 @@
 //! The Lua scripts: every step that must be atomic across nodes runs in one of them.
 //!
-//! Keys (`p` is the configured prefix, `ns` the hub's namespace, `topic` a topic or room name,
-//! which comes last so that no two keys can collide):
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `p:meta:ns:topic` | hash | `epoch` (hex, set once with `HSETNX`), `seq` (last offset) |
-//! | `p:hist:ns:topic` | stream | the capped history; entry id `0-<offset>`, field `m` = wire form |
-//! | `p:ch:ns:topic` | channel | every message's wire form, published by the same script |
-//! | `p:alive:node` | string | a node's heartbeat, expires after the node TTL |
-//! | `p:nodes` | set | nodes that registered presence |
-//! | `p:nr:node` | set | rooms where a node has members |
-//! | `p:pn:room` | set | nodes with members in a room |
-//! | `p:pc:node:room` | hash | a node's connections per user in a room |
-//! | `p:pd:room` | hash | users announced present in a room (their data): first join / last leave |
+//! Each script touches only the keys it is given as `KEYS`, and these always share one hash
+//! tag (see `keys.rs`), so every script runs on Redis Cluster as on a single server. The
+//! command that publishes a message (`PUBLISH`, or `SPUBLISH` for Redis Cluster's sharded
+//! pub/sub, whose channels hash like keys) is built into the scripts by [`Scripts::new`].
+
+use redis::Script;
+
+/// Messages of history read per call when catching up: 64 messages of at most a few KiB
+/// each keep every reply small, however long the history.
+pub(super) const PAGE: usize = 64;
+
+/// The scripts of one backend, built for its publish command.
+pub(super) struct Scripts {
+    pub(super) publish: Script,
+    pub(super) state: Script,
+    pub(super) touch: Script,
+    pub(super) join: Script,
+    pub(super) leave: Script,
+    pub(super) members: Script,
+    pub(super) evict: Script,
+    pub(super) register: Script,
+    pub(super) heartbeat: Script,
+    pub(super) dead: Script,
+    pub(super) forget: Script,
+}
+
+impl Scripts {
+    /// `sharded`: publish with `SPUBLISH` (Redis Cluster) instead of `PUBLISH`.
+    pub(super) fn new(sharded: bool) -> Self {
+        let command = if sharded { "SPUBLISH" } else { "PUBLISH" };
+        let publish_fn = PUBLISH_FN.replace("PUBLISH_COMMAND", command);
+        let with = |body: &str| Script::new(&format!("{publish_fn}\n{TOTAL_FN}\n{body}"));
+        Self {
+            publish: with(PUBLISH),
+            state: Script::new(STATE),
+            touch: Script::new(TOUCH),
+            join: with(JOIN),
+            leave: with(LEAVE),
+            members: Script::new(MEMBERS),
+            evict: with(EVICT),
+            register: with(REGISTER),
+            heartbeat: Script::new(&format!("{NOW}\n{HEARTBEAT}")),
+            dead: Script::new(&format!("{NOW}\n{DEAD}")),
+            forget: Script::new(&format!("{NOW}\n{FORGET}")),
+        }
+    }
+}
 
 /// `publish(meta, hist, candidate epoch, body, maxlen, ttl ms, channel)`: assigns the next id,
 /// appends to the history, publishes; returns the id. A new epoch starts an empty history.
@@ -29,22 +62,29 @@ local function publish(meta, hist, cand, body, maxlen, ttl, channel)
   redis.call('XADD', hist, 'MAXLEN', '~', maxlen, '0-' .. seq, 'm', wire)
   redis.call('PEXPIRE', meta, ttl)
   redis.call('PEXPIRE', hist, ttl)
-  redis.call('PUBLISH', channel, wire)
+  redis.call('PUBLISH_COMMAND', channel, wire)
   return id
 end
 ";
 
-/// Counts a user's connections in a room over the nodes that are alive.
+/// `total(pn, pc, user, except)`: the user's connections in a room over the nodes that have
+/// members there, leaving out node `except` (or none if it is `''`).
 const TOTAL_FN: &str = r"
-local function total(p, room, user)
+local function total(pn, pc, user, except)
   local t = 0
-  for _, nd in ipairs(redis.call('SMEMBERS', p .. ':pn:' .. room)) do
-    if redis.call('EXISTS', p .. ':alive:' .. nd) == 1 then
-      t = t + tonumber(redis.call('HGET', p .. ':pc:' .. nd .. ':' .. room, user) or '0')
+  for _, nd in ipairs(redis.call('HKEYS', pn)) do
+    if nd ~= except then
+      t = t + tonumber(redis.call('HGET', pc, nd .. '|' .. user) or '0')
     end
   end
   return t
 end
+";
+
+/// `now`: the Redis clock in Unix milliseconds.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
 /// KEYS meta, hist; ARGV candidate epoch, body, maxlen, ttl, channel, deadline (Unix ms).
@@ -52,175 +92,230 @@ end
 /// A publish that reaches Redis after its deadline (Redis was stalled and the node's call has
 /// already timed out and reported the failure) does nothing and answers `EXPIRED`: a publish
 /// reported as failed is never delivered later.
-pub(crate) fn publish() -> String {
-    format!(
-        "{PUBLISH_FN}
+const PUBLISH: &str = r"
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then
   return redis.error_reply('EXPIRED publish past its deadline')
 end
-return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
-    )
-}
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])";
 
-/// KEYS meta, hist; ARGV candidate epoch, local epoch, local last offset, ttl.
-/// Returns `[epoch, seq, wire...]`: the history after the local last offset if the epochs
-/// match, else all of it. Creates the topic's epoch if it has none.
-pub(crate) const STATE: &str = r"
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'seq', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+/// KEYS meta, hist; ARGV candidate epoch, local epoch, local last offset, stamp of the local
+/// last message (8 bytes, or empty if unknown), follower TTL ms, page size.
+///
+/// Returns `[epoch, seq, rewound, wire...]`: the first [`PAGE`] messages of the history after
+/// the local last offset if the epochs match, else of all of it (the caller reads the rest
+/// page by page, so that no reply is large and no other client waits long).
+///
+/// * A topic nobody published to gets an epoch for its followers that lives only the
+///   follower TTL (the node TTL; followers renew it with `TOUCH`, a first publish makes it
+///   the topic TTL): merely following names leaves nothing behind.
+/// * A Redis that went back to an older snapshot (a restore, a failover to a replica that
+///   lagged) has the local epoch but either fewer messages than the node saw, or another
+///   message (another stamp) at the node's last offset. Then the topic starts a new, empty
+///   epoch (`rewound` = `1`), so that every node replaces its log and clients get a reset
+///   instead of messages with ids they already had.
+const STATE: &str = r"
+local meta, hist = KEYS[1], KEYS[2]
+local e = redis.call('HGET', meta, 'epoch')
+if not e then
+  redis.call('DEL', hist)
+  redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0)
+  redis.call('PEXPIRE', meta, ARGV[5])
+  return {ARGV[1], '0', '0'}
 end
-local e = redis.call('HGET', KEYS[1], 'epoch')
-local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
+local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
 local from = '-'
-if e == ARGV[2] then from = '(0-' .. ARGV[3] end
-local out = {e, tostring(seq)}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], from, '+')) do
+if e == ARGV[2] then
+  local last = tonumber(ARGV[3])
+  local rewound = seq < last
+  if not rewound and last > 0 and #ARGV[4] == 8 then
+    local at = redis.call('XRANGE', hist, '0-' .. last, '0-' .. last)
+    if at[1] then
+      local w = at[1][2][2]
+      local sp = string.find(w, ' ', 1, true)
+      rewound = sp ~= nil and string.sub(w, sp + 3, sp + 10) ~= ARGV[4]
+    end
+  end
+  if rewound then
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0)
+    redis.call('PEXPIRE', meta, ARGV[5])
+    return {ARGV[1], '0', '1'}
+  end
+  from = '(0-' .. ARGV[3]
+end
+local out = {e, tostring(seq), '0'}
+for _, entry in ipairs(redis.call('XRANGE', hist, from, '+', 'COUNT', ARGV[6])) do
   table.insert(out, entry[2][2])
 end
 return out
 ";
 
-/// ARGV p, room, node, user, data, announce ('1'/'0'), then the publish arguments (meta,
-/// hist, candidate, body, maxlen, ttl, channel). Returns `['1'|'0', id]`: whether the user
+/// KEYS meta; ARGV follower TTL ms. A follower's renewal of a topic nobody published to yet.
+const TOUCH: &str = r"
+if redis.call('HGET', KEYS[1], 'seq') == '0' then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+/// KEYS pn, pc, pd, meta, hist; ARGV node, user, data, announce ('1'/'0'), then candidate,
+/// body, maxlen, ttl, channel of the announcement. Returns `['1'|'0', id]`: whether the user
 /// is now present in the room for the first time.
-pub(crate) fn join() -> String {
-    format!(
-        "{PUBLISH_FN}\n{}",
-        r"
-local p, room, node, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-redis.call('SADD', p .. ':nodes', node)
-redis.call('SADD', p .. ':nr:' .. node, room)
-redis.call('SADD', p .. ':pn:' .. room, node)
-redis.call('HINCRBY', p .. ':pc:' .. node .. ':' .. room, user, 1)
-if redis.call('HSETNX', p .. ':pd:' .. room, user, ARGV[5]) == 0 then
+const JOIN: &str = r"
+local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local node, user = ARGV[1], ARGV[2]
+if redis.call('HINCRBY', pc, node .. '|' .. user, 1) == 1 then
+  redis.call('HINCRBY', pn, node, 1)
+end
+if redis.call('HSETNX', pd, user, ARGV[3]) == 0 then
   return {'0', ''}
 end
 local id = ''
-if ARGV[6] == '1' then
-  id = publish(ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+if ARGV[4] == '1' then
+  id = publish(KEYS[4], KEYS[5], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 end
 return {'1', id}
-"
-    )
-}
+";
 
-/// ARGV p, room, node, user, announce, then the publish arguments. Returns `['1'|'0', id]`:
-/// whether that was the user's last connection in the room on any live node.
-pub(crate) fn leave() -> String {
-    format!(
-        "{PUBLISH_FN}\n{TOTAL_FN}\n{}",
-        r"
-local p, room, node, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local key = p .. ':pc:' .. node .. ':' .. room
-if redis.call('HINCRBY', key, user, -1) <= 0 then
-  redis.call('HDEL', key, user)
-end
-if redis.call('HLEN', key) == 0 then
-  redis.call('SREM', p .. ':pn:' .. room, node)
-  redis.call('SREM', p .. ':nr:' .. node, room)
-end
-if total(p, room, user) > 0 or redis.call('HDEL', p .. ':pd:' .. room, user) == 0 then
-  return {'0', ''}
-end
-local id = ''
-if ARGV[5] == '1' then
-  id = publish(ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
-end
-return {'1', id}
-"
-    )
-}
-
-/// ARGV p, room. Returns `[user, connections, data, ...]` over the live nodes.
-pub(crate) const MEMBERS: &str = r"
-local p, room = ARGV[1], ARGV[2]
-local counts, order = {}, {}
-for _, nd in ipairs(redis.call('SMEMBERS', p .. ':pn:' .. room)) do
-  if redis.call('EXISTS', p .. ':alive:' .. nd) == 1 then
-    local h = redis.call('HGETALL', p .. ':pc:' .. nd .. ':' .. room)
-    for i = 1, #h, 2 do
-      if counts[h[i]] == nil then
-        counts[h[i]] = 0
-        table.insert(order, h[i])
-      end
-      counts[h[i]] = counts[h[i]] + tonumber(h[i + 1])
-    end
+/// KEYS pn, pc, pd, meta, hist; ARGV node, user, announce, then the announcement's publish
+/// arguments. Returns `['1'|'0', id]`: whether that was the user's last connection in the
+/// room on any node.
+const LEAVE: &str = r"
+local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local node, user = ARGV[1], ARGV[2]
+local field = node .. '|' .. user
+local n = redis.call('HINCRBY', pc, field, -1)
+if n <= 0 then
+  redis.call('HDEL', pc, field)
+  if n == 0 and redis.call('HINCRBY', pn, node, -1) <= 0 then
+    redis.call('HDEL', pn, node)
   end
+end
+if total(pn, pc, user, '') > 0 or redis.call('HDEL', pd, user) == 0 then
+  return {'0', ''}
+end
+local id = ''
+if ARGV[3] == '1' then
+  id = publish(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+end
+return {'1', id}
+";
+
+/// KEYS pc, pd. Returns `[user, connections, data, ...]` over the nodes with members.
+const MEMBERS: &str = r"
+local counts, order = {}, {}
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  local bar = string.find(h[i], '|', 1, true)
+  local u = string.sub(h[i], bar + 1)
+  if counts[u] == nil then
+    counts[u] = 0
+    table.insert(order, u)
+  end
+  counts[u] = counts[u] + tonumber(h[i + 1])
 end
 local out = {}
 for _, u in ipairs(order) do
   if counts[u] > 0 then
     table.insert(out, u)
     table.insert(out, tostring(counts[u]))
-    table.insert(out, redis.call('HGET', p .. ':pd:' .. room, u) or '')
+    table.insert(out, redis.call('HGET', KEYS[2], u) or '')
   end
 end
 return out
 ";
 
-/// ARGV p, node, ttl ms. Refreshes the node's heartbeat; returns 1 if it was still alive,
-/// 0 if its state may be gone (first beat, Redis restarted, or it was declared dead).
-pub(crate) const HEARTBEAT: &str = r"
-local was = redis.call('SET', ARGV[1] .. ':alive:' .. ARGV[2], '1', 'PX', ARGV[3], 'GET')
-redis.call('SADD', ARGV[1] .. ':nodes', ARGV[2])
-if was then return 1 end
+/// KEYS pn, pc, pd, meta, hist; ARGV dead node, candidate, maxlen, ttl, channel, then
+/// `user, body` pairs: the leave announcements the caller prepared.
+///
+/// Removes a dead node's counts from a room and announces, in the same step, the leaves of
+/// the users that so left it. If a leaving user has no prepared announcement, changes nothing
+/// and returns `['need', user, data, ...]`: the caller prepares them and calls again. Returns
+/// `['done']` otherwise. A failure changes nothing, so the next sweep simply tries again:
+/// no leave is lost.
+const EVICT: &str = r"
+local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local node = ARGV[1]
+local bodies = {}
+for i = 6, #ARGV, 2 do bodies[ARGV[i]] = ARGV[i + 1] end
+local prefix = node .. '|'
+local mine = {}
+local h = redis.call('HGETALL', pc)
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, #prefix) == prefix then
+    table.insert(mine, string.sub(h[i], #prefix + 1))
+  end
+end
+local leaving, need = {}, {'need'}
+for _, u in ipairs(mine) do
+  if total(pn, pc, u, node) == 0 then
+    local d = redis.call('HGET', pd, u)
+    if d then
+      table.insert(leaving, u)
+      if bodies[u] == nil then
+        table.insert(need, u)
+        table.insert(need, d)
+      end
+    end
+  end
+end
+if #need > 1 then return need end
+for _, u in ipairs(leaving) do
+  publish(KEYS[4], KEYS[5], ARGV[2], bodies[u], ARGV[3], ARGV[4], ARGV[5])
+  redis.call('HDEL', pd, u)
+end
+for _, u in ipairs(mine) do redis.call('HDEL', pc, prefix .. u) end
+redis.call('HDEL', pn, node)
+return {'done'}
+";
+
+/// KEYS pn, pc, pd, meta, hist; ARGV node, candidate, maxlen, ttl, channel, then
+/// `user, connections, data, join body` quadruples: restores a node's counts in a room (after
+/// Redis lost them, or after the node was declared dead) and announces, in the same step, the
+/// users that so became present.
+const REGISTER: &str = r"
+local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local node = ARGV[1]
+local prefix = node .. '|'
+local h = redis.call('HGETALL', pc)
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, #prefix) == prefix then redis.call('HDEL', pc, h[i]) end
+end
+local users = 0
+for i = 6, #ARGV, 4 do
+  redis.call('HSET', pc, prefix .. ARGV[i], ARGV[i + 1])
+  users = users + 1
+  if redis.call('HSETNX', pd, ARGV[i], ARGV[i + 2]) == 1 then
+    publish(KEYS[4], KEYS[5], ARGV[2], ARGV[i + 3], ARGV[3], ARGV[4], ARGV[5])
+  end
+end
+if users > 0 then redis.call('HSET', pn, node, users) else redis.call('HDEL', pn, node) end
+return users
+";
+
+/// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns 1 if it was still
+/// alive, 0 if its state may be gone (first beat, Redis restarted, or it was declared dead).
+const HEARTBEAT: &str = r"
+local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if was and tonumber(was) >= now then return 1 end
 return 0
 ";
 
-/// ARGV p, room, node, then `user, connections, data` triples: restores the node's counts in a
-/// room. Returns the users that became present (their joins are to be announced).
-pub(crate) const REGISTER: &str = r"
-local p, room, node = ARGV[1], ARGV[2], ARGV[3]
-local key = p .. ':pc:' .. node .. ':' .. room
-redis.call('DEL', key)
-redis.call('SADD', p .. ':nr:' .. node, room)
-redis.call('SADD', p .. ':pn:' .. room, node)
-local out = {}
-for i = 4, #ARGV, 3 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-  if redis.call('HSETNX', p .. ':pd:' .. room, ARGV[i], ARGV[i + 2]) == 1 then
-    table.insert(out, ARGV[i])
-    table.insert(out, ARGV[i + 2])
-  end
-end
-return out
+/// KEYS alive. Returns the nodes whose heartbeat expired.
+const DEAD: &str = r"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 ";
 
-/// ARGV p. Removes the nodes whose heartbeat expired with their counts; returns
-/// `[room, user, data, ...]` for the users that so left their room (leaves to announce).
-pub(crate) fn sweep() -> String {
-    format!(
-        "{TOTAL_FN}\n{}",
-        r"
-local p = ARGV[1]
-local out = {}
-for _, nd in ipairs(redis.call('SMEMBERS', p .. ':nodes')) do
-  if redis.call('EXISTS', p .. ':alive:' .. nd) == 0 then
-    for _, room in ipairs(redis.call('SMEMBERS', p .. ':nr:' .. nd)) do
-      local key = p .. ':pc:' .. nd .. ':' .. room
-      local users = redis.call('HKEYS', key)
-      redis.call('DEL', key)
-      redis.call('SREM', p .. ':pn:' .. room, nd)
-      for _, u in ipairs(users) do
-        if total(p, room, u) == 0 then
-          local d = redis.call('HGET', p .. ':pd:' .. room, u)
-          if d then
-            redis.call('HDEL', p .. ':pd:' .. room, u)
-            table.insert(out, room)
-            table.insert(out, u)
-            table.insert(out, d)
-          end
-        end
-      end
-    end
-    redis.call('DEL', p .. ':nr:' .. nd)
-    redis.call('SREM', p .. ':nodes', nd)
-  end
+/// KEYS alive, the node's room set; ARGV node. Forgets a dead node once it has been evicted
+/// from all its rooms (unless it came back meanwhile).
+const FORGET: &str = r"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) < now then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  return 1
 end
-return out
-"
-    )
-}
+return 0
+";

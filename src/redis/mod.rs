@@ -1,12 +1,12 @@
 //! A Redis [`Backend`]: several server processes behave as one hub (feature `redis`).
 //!
 //! Give each process's [`PubSub`](crate::PubSub) or [`Rooms`](crate::Rooms) a
-//! [`RedisBackend`] connected to the same Redis server (one server or a primary; not Redis
-//! Cluster), and:
+//! [`RedisBackend`] connected to the same Redis (one server or primary, or a Redis Cluster),
+//! and:
 //!
 //! * a message published on any node reaches the subscribers of every node, in the same order,
 //!   with the same ids: one Lua script per publish reads or creates the topic's epoch, assigns
-//!   the next offset, appends the message to a capped Redis Stream (the history) and `PUBLISH`es
+//!   the next offset, appends the message to a capped Redis Stream (the history) and publishes
 //!   it, in one atomic step;
 //! * a client may resume on any node: each node mirrors the topics its connections follow,
 //!   backfilled from the Redis history when it attaches, so replay and resume are served
@@ -15,26 +15,63 @@
 //!   the members of a node that stops (crash, network loss) leave after
 //!   [`node_ttl`](RedisConfig::node_ttl).
 //!
-//! A node subscribes (Redis `SUBSCRIBE`) only to the topics its connections follow, on one
-//! dedicated pub/sub connection; commands and scripts go over a second, multiplexed one.
+//! A node subscribes only to the topics its connections follow. Following a topic nobody has
+//! published to leaves nothing behind: its epoch lives [`node_ttl`](RedisConfig::node_ttl)
+//! while followers renew it, and [`topic_ttl`](RedisConfig::topic_ttl) from its first publish.
+//!
+//! # Single server or cluster
+//!
+//! [`RedisConfig::new`] takes one server's URL (`redis://host:port`), or a cluster's seed
+//! nodes as `redis+cluster://host:port,host:port` ([`RedisConfig::cluster`] builds that
+//! form). Keys and scripts are the same in both modes:
+//!
+//! * Every key of a topic carries the hash tag `{prefix:namespace:topic}`: its meta, history
+//!   and channel (and a room's presence counts) live in one slot, so each script touches one
+//!   slot and passes every key it touches as `KEYS`. Topics spread over the masters by their
+//!   name's hash; the nodes' heartbeats share one slot (`{prefix:nodes}`).
+//! * On a cluster, messages go over sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7.0 or
+//!   later): each message is published only on its topic's shard, so throughput grows with
+//!   the masters.
+//!
+//! # Connections
+//!
+//! A node opens two connections per Redis server, whatever the number of topics: a
+//! multiplexed one for commands and scripts, and one for pub/sub. On a single server that is
+//! two; on a cluster, the Redis client keeps one connection of each kind to every cluster node
+//! (a cluster of 3 masters with a replica each: 6 + 6), and a master's pub/sub connection
+//! carries the subscriptions of every topic in its slots (RESP3 pushes). So a node's
+//! connections grow with the cluster's nodes, never with its slots or topics; a topic's
+//! messages cross only its own master's connection. Subscriptions are batched, and catching
+//! up runs beside the delivery of messages (in pages of 64), so a node with many topics
+//! neither waits on one subscription per topic nor stalls delivery while it fetches a long
+//! history.
 //!
 //! # Faults
 //!
-//! * If the pub/sub connection drops (Redis restarted, `CLIENT KILL TYPE pubsub`, network), the
-//!   node reconnects by itself (retrying every second at most), resubscribes, and catches every
-//!   mirrored topic up from the history; what left the history meanwhile reaches subscribers
-//!   as [`Delivery::Lagged`](crate::Delivery::Lagged). If Redis lost the topic (restarted
+//! * If the pub/sub connection drops (Redis restarted, `CLIENT KILL TYPE pubsub`, network, a
+//!   cluster master failing over or a slot moving), the node reconnects by itself (retrying
+//!   every second at most), resubscribes, and catches every mirrored topic up from the
+//!   history; what left the history meanwhile reaches subscribers as
+//!   [`Delivery::Lagged`](crate::Delivery::Lagged). If Redis lost the topic (restarted
 //!   without persistence), its epoch changes: the node ends its local streams of the topic and
 //!   disconnects room members, so clients reconnect with their last id and get a
 //!   [`Delivery::Reset`](crate::Delivery::Reset).
-//! * While Redis is unreachable, publish, join and presence fail with
+//! * If Redis went back in time (restored from an older snapshot, or a cluster replica that
+//!   had not received the last writes took over), the offsets the nodes already delivered
+//!   would be given to new messages. Each message carries a random stamp; a node catching up
+//!   sees that Redis has fewer messages than it delivered, or another message at its last
+//!   offset, and the topic starts a new epoch: clients get a reset rather than silently
+//!   missing messages. Messages published between the rewind and its detection (at most a
+//!   reconnect) are dropped with the old epoch.
+//! * While Redis (or a cluster master) is unreachable, publish, join and presence fail with
 //!   [`HubError::Backend`] within [`timeout`](RedisConfig::timeout); connections already
 //!   joined stay up and get what they missed once Redis is back.
 //! * A node's presence is refreshed by a heartbeat every
 //!   [`heartbeat`](RedisConfig::heartbeat); every node sweeps the nodes whose heartbeat
-//!   expired and announces their users' last leaves. If a node finds its own heartbeat gone
-//!   (Redis restarted, or it was paused so long it was declared dead), it registers its
-//!   members again.
+//!   expired, room by room: removing a dead node's counts from a room and announcing its
+//!   users' last leaves is one script, so a leave is never lost (a failed sweep is redone by
+//!   the next) nor announced twice. If a node finds its own heartbeat gone (Redis restarted,
+//!   or it was paused so long it was declared dead), it registers its members again.
 //!
 //! Errors of the Redis client never appear in the API: they are boxed in
 //! [`HubError::Backend`].
@@ -45,14 +82,19 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), salvo_realtime::error::HubError> {
-//! let backend = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+//! // One server: "redis://127.0.0.1:6379"; a cluster: "redis+cluster://127.0.0.1:7000,...".
+//! let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+//! let backend = RedisBackend::connect(RedisConfig::new(url)).await?;
 //! let rooms = Rooms::with_backend(HubConfig::new(), backend);
 //! rooms.broadcast("lobby", "hello from this node").await?;
 //! # Ok(())
 //! # }
 //! ```
 
+mod conn;
+mod keys;
 mod lua;
+mod presence;
 mod task;
 mod wire;
 
@@ -62,14 +104,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::Script;
-use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use self::conn::{Conn, Target};
+use self::keys::Keys;
+use self::lua::Scripts;
+use self::wire::Stamp;
 use crate::error::HubError;
 use crate::hub::{
-    Backend, Epoch, EventName, Identity, Member, Message, MessageId, Mirror, Offset, PRESENCE_JOIN,
-    PRESENCE_LEAVE, Payload, Publication, Topic, WeakMirror,
+    Backend, Epoch, EventName, Identity, Member, MessageId, Mirror, Offset, Payload, Publication,
+    Topic, WeakMirror,
 };
 
 /// Settings of a [`RedisBackend`].
@@ -104,7 +148,9 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     /// Settings for the Redis server at `url` (`redis://[user:password@]host[:port][/db]`),
-    /// with the defaults listed on each setter.
+    /// or for a Redis Cluster through its seed nodes
+    /// (`redis+cluster://[user:password@]host:port[,host:port...]`, the credentials apply to
+    /// every node; see [`cluster`](Self::cluster)), with the defaults listed on each setter.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -118,8 +164,38 @@ impl RedisConfig {
         }
     }
 
+    /// Settings for a Redis Cluster (7.0 or later, for sharded pub/sub), reached through any
+    /// of `nodes` (`host:port`; the client discovers the others): the same as
+    /// `RedisConfig::new("redis+cluster://host:port,host:port")`.
+    ///
+    /// ```
+    /// use salvo_realtime::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::cluster(["10.0.0.1:7000", "10.0.0.2:7000"]);
+    /// assert_eq!(config.url(), "redis+cluster://10.0.0.1:7000,10.0.0.2:7000");
+    /// ```
+    #[must_use]
+    pub fn cluster<I>(nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let nodes: Vec<String> = nodes
+            .into_iter()
+            .map(|n| n.as_ref().trim_start_matches("redis://").to_owned())
+            .collect();
+        Self::new(format!("redis+cluster://{}", nodes.join(",")))
+    }
+
+    /// The URL given to [`new`](Self::new) (or built by [`cluster`](Self::cluster)).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Prefix of every key and channel, so that several apps can share a server. All nodes of
-    /// one app must use the same. Default: `"salvo-realtime"`.
+    /// one app must use the same. It must not contain braces (they would change the keys'
+    /// Redis Cluster hash tags). Default: `"salvo-realtime"`.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -178,6 +254,11 @@ enum Failure {
     Reply(&'static str),
     #[error("redis: the subscription connection is down")]
     NotSubscribed,
+    #[error("redis: {0}")]
+    Config(&'static str),
+    /// A failure reported to several callers at once.
+    #[error("{0}")]
+    Shared(String),
 }
 
 impl From<Failure> for HubError {
@@ -186,7 +267,7 @@ impl From<Failure> for HubError {
     }
 }
 
-/// A [`Backend`] on a Redis server: see the [module docs](self).
+/// A [`Backend`] on a Redis server or a Redis Cluster: see the [module docs](self).
 ///
 /// Cloning is cheap and shares the connections; give each hub its own backend (connect once
 /// per hub), as the hubs' namespaces are registered with it. The background tasks (pub/sub,
@@ -196,34 +277,37 @@ pub struct RedisBackend {
     shared: Arc<Shared>,
 }
 
+/// A Redis Stream entry as `XRANGE` returns it: id and field-value pairs.
+type HistoryEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// What the backend, its tasks and its clones share.
+///
+/// Locks (`parking_lot`, never held across an await, never two at once): `mirrors`,
+/// `subscribed`, `present`, `listed`, `tasks`.
 struct Shared {
     config: RedisConfig,
+    /// This node's id: random, in hex in Redis.
     node: u64,
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Scripts,
+    keys: Keys,
     commands: mpsc::UnboundedSender<task::Command>,
+    /// Bounds the fetch jobs running at once.
+    fetches: Semaphore,
     /// The hub's mirrors by namespace, registered on first attach.
     mirrors: Mutex<HashMap<&'static str, WeakMirror>>,
-    /// Channels the pub/sub connection is subscribed to (kept by the pub/sub task).
+    /// Channels whose subscription the server confirmed (kept by the pub/sub task).
     subscribed: Mutex<HashMap<String, (&'static str, Topic)>>,
     /// This node's members: room -> user -> (connections, data as JSON).
     present: Mutex<HashMap<Topic, RoomCounts>>,
+    /// Rooms listed in this node's room set in Redis (which the sweep of a dead node reads),
+    /// with whether the room had no local member at the last heartbeat (pruned at the next).
+    listed: Mutex<HashMap<Topic, bool>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// A room's users on this node: user -> (connections, data as JSON).
 type RoomCounts = HashMap<Arc<str>, (usize, String)>;
-
-struct Scripts {
-    publish: Script,
-    state: Script,
-    join: Script,
-    leave: Script,
-    members: Script,
-    heartbeat: Script,
-    register: Script,
-    sweep: Script,
-}
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -234,49 +318,49 @@ impl Drop for Shared {
 }
 
 impl RedisBackend {
-    /// Connects to Redis and starts the node's pub/sub and heartbeat tasks (on the current
-    /// tokio runtime).
+    /// Connects to Redis (a single server, or a cluster for a `redis+cluster://` URL) and
+    /// starts the node's pub/sub and heartbeat tasks (on the current tokio runtime).
     ///
     /// # Errors
     ///
     /// [`HubError::Backend`] if the URL is invalid or Redis can't be reached within the
     /// [`timeout`](RedisConfig::timeout).
     pub async fn connect(config: RedisConfig) -> Result<Self, HubError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(Failure::from)?;
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = within(
-            config.timeout,
-            client.get_connection_manager_with_config(manager),
-        )
-        .await?;
+        let target = Target::parse(&config.url);
+        let conn = Conn::connect(&target, config.timeout).await?;
+        let source = match &target {
+            Target::Single(url) => task::Source::Single {
+                client: redis::Client::open(url.as_str()).map_err(Failure::from)?,
+                stream: None,
+                sink: tokio::sync::watch::channel(None).0,
+                generation: 0,
+                backoff: Duration::from_millis(50),
+            },
+            Target::Cluster(nodes) => {
+                let (push, pushes) = mpsc::unbounded_channel();
+                let client = conn::cluster_client(nodes, config.timeout, Some(push))?;
+                let conn = within(config.timeout, client.get_async_connection()).await?;
+                task::Source::Cluster { conn, pushes }
+            }
+        };
         let (commands, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node: Epoch::random().as_u64(),
             conn,
-            scripts: Scripts {
-                publish: Script::new(&lua::publish()),
-                state: Script::new(lua::STATE),
-                join: Script::new(&lua::join()),
-                leave: Script::new(&lua::leave()),
-                members: Script::new(lua::MEMBERS),
-                heartbeat: Script::new(lua::HEARTBEAT),
-                register: Script::new(lua::REGISTER),
-                sweep: Script::new(&lua::sweep()),
-            },
+            scripts: Scripts::new(matches!(target, Target::Cluster(_))),
+            keys: Keys::new(&config.prefix),
             commands,
+            fetches: Semaphore::new(task::FETCHES),
             mirrors: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashMap::new()),
             present: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             config,
         });
         shared.heartbeat().await?;
         let weak = Arc::downgrade(&shared);
-        let pubsub = tokio::spawn(task::pubsub(weak.clone(), client, receiver));
+        let pubsub = tokio::spawn(task::pubsub(weak.clone(), source, receiver));
         let heartbeat = tokio::spawn(task::heartbeat(weak));
         shared
             .tasks
@@ -290,6 +374,12 @@ impl RedisBackend {
     pub fn config(&self) -> &RedisConfig {
         &self.shared.config
     }
+
+    /// Whether this backend is on a Redis Cluster (sharded pub/sub) rather than one server.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.shared.conn, Conn::Cluster(_))
+    }
 }
 
 impl fmt::Debug for RedisBackend {
@@ -297,6 +387,7 @@ impl fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("node", &format_args!("{:x}", self.shared.node))
             .field("prefix", &self.shared.config.prefix)
+            .field("cluster", &self.is_cluster())
             .field("subscribed", &self.shared.subscribed.lock().len())
             .finish_non_exhaustive()
     }
@@ -325,6 +416,10 @@ fn candidate_epoch() -> String {
     format!("{:x}", Epoch::random().as_u64())
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn presence_publication(event: &'static str, user: &str, data: &str) -> Publication {
     let data: serde_json::Value = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
     let payload = serde_json::json!({ "user": user, "data": data });
@@ -333,34 +428,31 @@ fn presence_publication(event: &'static str, user: &str, data: &str) -> Publicat
         .sender(user)
 }
 
+fn parse_epoch(raw: &[u8]) -> Option<Epoch> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|e| u64::from_str_radix(e, 16).ok())
+        .and_then(Epoch::from_u64)
+}
+
 impl Shared {
-    fn key(&self, kind: &str, ns: &str, topic: &Topic) -> String {
-        format!("{}:{kind}:{ns}:{topic}", self.config.prefix)
+    fn node_hex(&self) -> String {
+        format!("{:x}", self.node)
     }
 
-    fn channel(&self, ns: &str, topic: &Topic) -> String {
-        self.key("ch", ns, topic)
-    }
-
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.config.topic_ttl.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Adds the publish script's arguments (meta, hist, candidate, body, maxlen, ttl, channel).
+    /// Adds the arguments of an announcement's publish (candidate, body, maxlen, ttl, channel).
     fn publish_args(
         &self,
         inv: &mut redis::ScriptInvocation<'_>,
-        ns: &str,
+        channel: &str,
         topic: &Topic,
         p: &Publication,
     ) {
-        inv.arg(self.key("meta", ns, topic))
-            .arg(self.key("hist", ns, topic))
-            .arg(candidate_epoch())
+        inv.arg(candidate_epoch())
             .arg(wire::encode_body(topic, p, self.node))
             .arg(self.config.history)
-            .arg(self.ttl_ms())
-            .arg(self.channel(ns, topic));
+            .arg(millis(self.config.topic_ttl))
+            .arg(channel);
     }
 
     async fn publish(
@@ -372,130 +464,113 @@ impl Shared {
         // The deadline goes with the script: if Redis runs it only after this call has timed
         // out (a stalled server), it refuses, so "failed" always means "not delivered". This
         // trusts the node's and Redis's clocks to agree to within the timeout.
+        let keys = self.keys.topic(ns, topic);
         let mut inv = self.scripts.publish.prepare_invoke();
-        inv.key(self.key("meta", ns, topic))
-            .key(self.key("hist", ns, topic))
-            .arg(candidate_epoch())
-            .arg(wire::encode_body(topic, p, self.node))
-            .arg(self.config.history)
-            .arg(self.ttl_ms())
-            .arg(self.channel(ns, topic))
-            .arg(deadline_ms(self.config.timeout));
+        inv.key(&keys.meta).key(&keys.hist);
+        self.publish_args(&mut inv, &keys.channel, topic, p);
+        inv.arg(deadline_ms(self.config.timeout));
         let mut conn = self.conn.clone();
         let id: String = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
         id.parse().map_err(|_| Failure::Reply("publish"))
     }
 
-    /// Fetches the remote state of a topic and brings the mirror's log in line with it.
-    async fn resync(&self, mirror: &Mirror, topic: &Topic) -> Result<(), HubError> {
-        let ns = mirror.namespace();
-        let (local_epoch, after) = mirror.position(topic).map_or((String::new(), 0), |id| {
-            (format!("{:x}", id.epoch().as_u64()), id.offset())
-        });
+    /// Reads a topic's remote state: its epoch and last offset, and the history after the
+    /// local log's last message (all of it if the epochs differ). `local` is the local log's
+    /// position and the stamp of its last message, if known: they detect a rewound Redis.
+    async fn fetch(
+        &self,
+        ns: &str,
+        topic: &Topic,
+        local: Option<(MessageId, Option<Stamp>)>,
+    ) -> Result<task::Fetched, HubError> {
+        let keys = self.keys.topic(ns, topic);
+        let (local_epoch, after, stamp) =
+            local.map_or((String::new(), 0, Vec::new()), |(id, s)| {
+                (
+                    format!("{:x}", id.epoch().as_u64()),
+                    id.offset(),
+                    s.map(|s| s.to_vec()).unwrap_or_default(),
+                )
+            });
         let mut inv = self.scripts.state.prepare_invoke();
-        inv.key(self.key("meta", ns, topic))
-            .key(self.key("hist", ns, topic))
+        inv.key(&keys.meta)
+            .key(&keys.hist)
             .arg(candidate_epoch())
             .arg(local_epoch)
             .arg(after)
-            .arg(self.ttl_ms());
+            .arg(stamp)
+            .arg(millis(self.config.node_ttl))
+            .arg(lua::PAGE);
         let mut conn = self.conn.clone();
         let reply: Vec<Vec<u8>> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        let (epoch, last) = match reply.as_slice() {
-            [epoch, last, ..] => (
-                std::str::from_utf8(epoch)
-                    .ok()
-                    .and_then(|e| u64::from_str_radix(e, 16).ok())
-                    .and_then(Epoch::from_u64),
+        let (epoch, last, rewound) = match reply.as_slice() {
+            [epoch, last, rewound, ..] => (
+                parse_epoch(epoch),
                 std::str::from_utf8(last)
                     .ok()
                     .and_then(|l| l.parse::<Offset>().ok()),
+                rewound.as_slice() == b"1",
             ),
-            _ => (None, None),
+            _ => (None, None, false),
         };
         let (Some(epoch), Some(last)) = (epoch, last) else {
             return Err(Failure::Reply("state").into());
         };
-        let history: Vec<Message> = reply[2..]
-            .iter()
-            .filter_map(|w| wire::decode(w, self.node))
-            .collect();
-        mirror.sync(topic, epoch, last, &history)?;
-        Ok(())
-    }
-
-    async fn heartbeat(&self) -> Result<(), HubError> {
-        let p = &self.config.prefix;
-        let node = format!("{:x}", self.node);
-        let ttl = u64::try_from(self.config.node_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut conn = self.conn.clone();
-        let mut inv = self.scripts.heartbeat.prepare_invoke();
-        inv.arg(p).arg(&node).arg(ttl);
-        let alive: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        if alive == 0 {
-            // Our counts may be gone (first beat, Redis restarted, declared dead): restore.
-            let present: Vec<(Topic, RoomCounts)> = self
-                .present
-                .lock()
-                .iter()
-                .map(|(room, users)| (room.clone(), users.clone()))
-                .collect();
-            for (room, users) in present {
-                let mut inv = self.scripts.register.prepare_invoke();
-                inv.arg(p).arg(room.as_str()).arg(&node);
-                for (user, (n, data)) in &users {
-                    inv.arg(&**user).arg(*n).arg(data);
-                }
-                let joined: Vec<String> =
-                    within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-                for pair in joined.chunks_exact(2) {
-                    let p = presence_publication(PRESENCE_JOIN, &pair[0], &pair[1]);
-                    self.publish("rooms", &room, &p).await?;
+        if rewound {
+            tracing::warn!(
+                topic = %topic,
+                "redis: the topic's history went back (Redis restored an older snapshot or \
+                 failed over to a replica that lagged); it starts a new epoch"
+            );
+        }
+        let mut page: Vec<Vec<u8>> = reply.into_iter().skip(3).collect();
+        let mut history = Vec::new();
+        // The rest of the history, page by page, until a short page (the end) or a message of
+        // another epoch (the topic started anew meanwhile: the next message shows the gap).
+        loop {
+            let full = page.len() >= lua::PAGE;
+            let before = history.len();
+            for w in &page {
+                match wire::decode(w, self.node) {
+                    Some((m, s)) if m.id().epoch() == epoch => history.push((m, s)),
+                    Some(_) => {
+                        return Ok(task::Fetched {
+                            epoch,
+                            last,
+                            history,
+                        });
+                    }
+                    None => {}
                 }
             }
-        }
-        let mut inv = self.scripts.sweep.prepare_invoke();
-        inv.arg(p);
-        let left: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        for triple in left.chunks_exact(3) {
-            let Ok(room) = Topic::new(&triple[0]) else {
-                continue;
+            let Some((newest, _)) = history.last() else {
+                break;
             };
-            let p = presence_publication(PRESENCE_LEAVE, &triple[1], &triple[2]);
-            self.publish("rooms", &room, &p).await?;
+            if !full || history.len() == before {
+                break;
+            }
+            let from = format!("(0-{}", newest.id().offset());
+            let entries: Vec<HistoryEntry> = within(
+                self.config.timeout,
+                redis::cmd("XRANGE")
+                    .arg(&keys.hist)
+                    .arg(from)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(lua::PAGE)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            page = entries
+                .into_iter()
+                .filter_map(|(_, mut fields)| fields.pop().map(|(_, w)| w))
+                .collect();
         }
-        Ok(())
-    }
-
-    /// Runs the join or leave script; returns whether the user became present or absent.
-    async fn presence(
-        &self,
-        join: bool,
-        mirror: &Mirror,
-        room: &Topic,
-        identity: &Identity,
-        data: &str,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        let script = if join {
-            &self.scripts.join
-        } else {
-            &self.scripts.leave
-        };
-        let mut inv = script.prepare_invoke();
-        inv.arg(&self.config.prefix)
-            .arg(room.as_str())
-            .arg(format!("{:x}", self.node))
-            .arg(identity.user_id());
-        if join {
-            inv.arg(data);
-        }
-        inv.arg(if announce.is_some() { "1" } else { "0" });
-        let p = announce.unwrap_or_else(|| Publication::new(""));
-        self.publish_args(&mut inv, mirror.namespace(), room, &p);
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        Ok(reply.first().is_some_and(|r| r == "1"))
+        Ok(task::Fetched {
+            epoch,
+            last,
+            history,
+        })
     }
 
     fn mirror(&self, namespace: &str) -> Option<Mirror> {
@@ -525,7 +600,7 @@ impl Backend for RedisBackend {
 
     async fn attach(&self, mirror: &Mirror, topic: &Topic) -> Result<(), HubError> {
         let shared = &self.shared;
-        let channel = shared.channel(mirror.namespace(), topic);
+        let channel = shared.keys.topic(mirror.namespace(), topic).channel;
         if mirror.is_attached(topic) && shared.subscribed.lock().contains_key(&channel) {
             return Ok(());
         }
@@ -550,7 +625,7 @@ impl Backend for RedisBackend {
     }
 
     fn detach(&self, mirror: &Mirror, topic: &Topic) {
-        let channel = self.shared.channel(mirror.namespace(), topic);
+        let channel = self.shared.keys.topic(mirror.namespace(), topic).channel;
         let _ = self.shared.commands.send(task::Command::Detach { channel });
     }
 
@@ -561,21 +636,7 @@ impl Backend for RedisBackend {
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        let data = identity
-            .user_data()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        {
-            let mut present = self.shared.present.lock();
-            let users = present.entry(room.clone()).or_default();
-            let entry = users
-                .entry(Arc::clone(identity.user_arc()))
-                .or_insert_with(|| (0, data.clone()));
-            entry.0 += 1;
-        }
-        self.shared
-            .presence(true, mirror, room, identity, &data, announce)
-            .await
+        self.shared.join(mirror, room, identity, announce).await
     }
 
     async fn presence_remove(
@@ -585,38 +646,10 @@ impl Backend for RedisBackend {
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        {
-            let mut present = self.shared.present.lock();
-            if let Some(users) = present.get_mut(room) {
-                if let Some(entry) = users.get_mut(identity.user_id()) {
-                    entry.0 -= 1;
-                    if entry.0 == 0 {
-                        users.remove(identity.user_id());
-                    }
-                }
-                if users.is_empty() {
-                    present.remove(room);
-                }
-            }
-        }
-        self.shared
-            .presence(false, mirror, room, identity, "", announce)
-            .await
+        self.shared.leave(mirror, room, identity, announce).await
     }
 
-    async fn members(&self, _mirror: &Mirror, room: &Topic) -> Result<Vec<Member>, HubError> {
-        let mut inv = self.shared.scripts.members.prepare_invoke();
-        inv.arg(&self.shared.config.prefix).arg(room.as_str());
-        let mut conn = self.shared.conn.clone();
-        let reply: Vec<String> =
-            within(self.shared.config.timeout, inv.invoke_async(&mut conn)).await?;
-        Ok(reply
-            .chunks_exact(3)
-            .map(|m| Member {
-                user: Arc::from(m[0].as_str()),
-                connections: m[1].parse().unwrap_or(1),
-                data: serde_json::from_str(&m[2]).ok().map(Arc::new),
-            })
-            .collect())
+    async fn members(&self, mirror: &Mirror, room: &Topic) -> Result<Vec<Member>, HubError> {
+        self.shared.members(mirror, room).await
     }
 }

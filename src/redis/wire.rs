@@ -5,33 +5,41 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | version (1) |
+//! | 1 | version (2) |
 //! | 1 | flags: 1 text, 2 skip origin, 4 origin, 8 sender, 16 event |
+//! | 8 | stamp: random, tells two messages that got the same id apart (a rewound Redis) |
 //! | 8 | publishing node (big-endian) |
 //! | 8 | origin connection on that node (0 if none) |
 //! | 8 | timestamp, ms since the Unix epoch |
 //! | 2 + n | topic |
-//! | 2 + n | sender, if flagged |
+//! | 2 + n | sender, if flagged (cut to 65,535 bytes, at a character boundary) |
 //! | 1 + n | event, if flagged |
 //! | rest | payload |
+//!
+//! The stamp sits at a fixed place (bytes 3 to 10 of the body) so that the `STATE` script can
+//! compare it without decoding the rest.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::hub::{ConnectionId, EventName, Message, MessageId, Payload, Publication, Topic};
+use crate::hub::{ConnectionId, Epoch, EventName, Message, MessageId, Payload, Publication, Topic};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const TEXT: u8 = 1;
 const SKIP_ORIGIN: u8 = 2;
 const ORIGIN: u8 = 4;
 const SENDER: u8 = 8;
 const EVENT: u8 = 16;
 
+/// A message's stamp: random per publish, so that a message that got an id already used (Redis
+/// rewound to an older snapshot) is told apart from the one the nodes hold.
+pub(crate) type Stamp = [u8; 8];
+
 /// Encodes what the Lua script needs to prepend an id to.
 pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64) -> Vec<u8> {
-    let sender = p.sender_id().map(str::as_bytes);
-    let event = p.event_name().map(|e| e.as_str().as_bytes());
+    let sender = p.sender_id();
+    let event = p.event_name().map(EventName::as_str);
     let payload = p.payload();
     let mut flags = 0;
     for (set, flag) in [
@@ -51,32 +59,41 @@ pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64) -> Vec<u8> 
     let mut out = Vec::with_capacity(32 + topic.as_str().len() + payload.len());
     out.push(VERSION);
     out.push(flags);
+    out.extend_from_slice(&Epoch::random().as_u64().to_be_bytes());
     out.extend_from_slice(&node.to_be_bytes());
     let origin = p.origin_id().map_or(0, ConnectionId::as_u64);
     out.extend_from_slice(&origin.to_be_bytes());
     out.extend_from_slice(&ts.to_be_bytes());
-    // Topic names are at most 256 bytes, user ids are capped below, event names 64 bytes.
-    put_u16(&mut out, topic.as_str().as_bytes());
+    // Topic names are at most 256 bytes and event names 64; user ids are unbounded, so the
+    // sender is cut, but never inside a character (the message would not decode).
+    put_u16(&mut out, topic.as_str());
     if let Some(sender) = sender {
-        put_u16(&mut out, &sender[..sender.len().min(usize::from(u16::MAX))]);
+        put_u16(&mut out, sender);
     }
     if let Some(event) = event {
+        let event = cut(event, usize::from(u8::MAX));
         out.push(u8::try_from(event.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(&event[..event.len().min(usize::from(u8::MAX))]);
+        out.extend_from_slice(event.as_bytes());
     }
     out.extend_from_slice(payload.as_bytes());
     out
 }
 
-fn put_u16(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&bytes[..usize::from(len)]);
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    &text[..text.floor_char_boundary(max)]
 }
 
-/// Decodes a wire message. Origin and skip-origin are kept only for messages this node
-/// published: connection ids mean nothing on another node.
-pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<Message> {
+fn put_u16(out: &mut Vec<u8>, text: &str) {
+    let text = cut(text, usize::from(u16::MAX));
+    let len = u16::try_from(text.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Decodes a wire message and its stamp. Origin and skip-origin are kept only for messages
+/// this node published: connection ids mean nothing on another node.
+pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<(Message, Stamp)> {
     let space = wire.iter().position(|&b| b == b' ')?;
     let id: MessageId = std::str::from_utf8(&wire[..space]).ok()?.parse().ok()?;
     let mut r = Reader(&wire[space + 1..]);
@@ -84,6 +101,7 @@ pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<Message> {
         return None;
     }
     let flags = r.take(1)?[0];
+    let stamp: Stamp = r.take(8)?.try_into().ok()?;
     let node = r.u64()?;
     let origin = r.u64()?;
     let ts = r.u64()?;
@@ -116,7 +134,7 @@ pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<Message> {
             .origin(ConnectionId::from_u64(origin))
             .skip_origin(flags & SKIP_ORIGIN != 0);
     }
-    Some(Message::remote(topic, id, p, ts))
+    Some((Message::remote(topic, id, p, ts), stamp))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -147,7 +165,6 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Epoch;
 
     fn wire(id: &str, body: &[u8]) -> Vec<u8> {
         let mut w = format!("{id} ").into_bytes();
@@ -167,7 +184,8 @@ mod tests {
             .skip_origin(true);
         let epoch = Epoch::from_u64(0xabc).expect("nonzero");
         let w = wire("abc-7", &encode_body(&topic, &p, 42));
-        let m = decode(&w, 42).expect("decodes");
+        let (m, stamp) = decode(&w, 42).expect("decodes");
+        assert_eq!(decode(&w, 42).map(|(_, s)| s), Some(stamp));
         assert_eq!(m.id(), MessageId::new(epoch, 7));
         assert_eq!(m.topic(), &topic);
         assert_eq!(m.payload().as_text(), Some("héllo"));
@@ -175,15 +193,43 @@ mod tests {
         assert_eq!(m.sender(), Some("alice"));
         assert_eq!(m.origin(), Some(conn));
         assert!(!m.is_for(conn));
-        let other = decode(&w, 43).expect("decodes");
+        let (other, _) = decode(&w, 43).expect("decodes");
         assert_eq!(other.origin(), None);
         assert!(other.is_for(conn));
 
         let bin = Publication::new(vec![0u8, 255, b' ']);
-        let m = decode(&wire("abc-8", &encode_body(&topic, &bin, 1)), 1).expect("decodes");
+        let (m, _) = decode(&wire("abc-8", &encode_body(&topic, &bin, 1)), 1).expect("decodes");
         assert_eq!(m.payload().as_bytes(), &[0, 255, b' ']);
         assert!(!m.payload().is_text());
         assert!(decode(b"abc-8", 1).is_none());
         assert!(decode(b"abc-8 \x02", 1).is_none());
+    }
+
+    #[test]
+    fn a_long_sender_id_is_cut_at_a_character_boundary() {
+        let topic = Topic::new("t").expect("valid");
+        // 'é' is 2 bytes, '€' 3: at 65,533 or 65,534 bytes of ASCII they straddle the limit.
+        for fill in [65_533, 65_534, 65_535] {
+            for tail in ["é", "€", "a"] {
+                let user = format!("{}{tail}", "a".repeat(fill));
+                let p = Publication::new("x").sender(user.as_str());
+                let (m, _) = decode(&wire("abc-1", &encode_body(&topic, &p, 1)), 1)
+                    .unwrap_or_else(|| panic!("{fill} + {tail:?} decodes"));
+                let sender = m.sender().expect("a sender");
+                assert!(sender.len() <= usize::from(u16::MAX));
+                assert!(user.starts_with(sender));
+                assert!(sender.len() >= fill.min(usize::from(u16::MAX)));
+            }
+        }
+    }
+
+    #[test]
+    fn stamps_differ_and_sit_where_the_script_reads_them() {
+        let topic = Topic::new("t").expect("valid");
+        let body = encode_body(&topic, &Publication::new("x"), 1);
+        let again = encode_body(&topic, &Publication::new("x"), 1);
+        assert_ne!(body[2..10], again[2..10]);
+        let (_, stamp) = decode(&wire("abc-1", &body), 1).expect("decodes");
+        assert_eq!(stamp, body[2..10]);
     }
 }

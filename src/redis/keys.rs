@@ -1,0 +1,122 @@
+//! Key and channel names. Every key a script touches is named here and passed as `KEYS`.
+//!
+//! A topic's keys share a Redis Cluster hash tag, `{prefix:namespace:topic}`, so its meta,
+//! history, channel and (for a room) presence live in one slot and one script can update them
+//! atomically; the nodes' liveness keys share the tag `{prefix:nodes}`. On a single server the
+//! braces are just characters.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p:ns:topic}:meta` | hash | `epoch` (hex), `seq` (last offset) |
+//! | `{p:ns:topic}:hist` | stream | the capped history; entry id `0-<offset>`, field `m` = wire form |
+//! | `{p:ns:topic}:ch` | channel | every message's wire form (`PUBLISH`, or `SPUBLISH` on a cluster) |
+//! | `{p:rooms:room}:pn` | hash | node -> how many users it has in the room |
+//! | `{p:rooms:room}:pc` | hash | `node\|user` -> that node's connections of the user |
+//! | `{p:rooms:room}:pd` | hash | users announced present (first join / last leave) -> their data |
+//! | `{p:nodes}:alive` | sorted set | node -> when its heartbeat expires (Unix ms, Redis clock) |
+//! | `{p:nodes}:nr:node` | set | rooms where a node may have members (for the sweep) |
+//!
+//! A topic name containing `}` ends the hash tag early: its keys still share a slot (they share
+//! everything up to that brace). The prefix must not contain braces.
+
+use crate::hub::Topic;
+
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+/// The keys of one topic (of any namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TopicKeys {
+    pub(super) meta: String,
+    pub(super) hist: String,
+    pub(super) channel: String,
+}
+
+/// The presence keys of one room, next to the room's topic keys.
+#[derive(Debug, Clone)]
+pub(super) struct RoomKeys {
+    pub(super) topic: TopicKeys,
+    pub(super) nodes: String,
+    pub(super) counts: String,
+    pub(super) present: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn tag(&self, namespace: &str, topic: &Topic) -> String {
+        format!("{{{}:{namespace}:{topic}}}", self.prefix)
+    }
+
+    pub(super) fn topic(&self, namespace: &str, topic: &Topic) -> TopicKeys {
+        let tag = self.tag(namespace, topic);
+        TopicKeys {
+            meta: format!("{tag}:meta"),
+            hist: format!("{tag}:hist"),
+            channel: format!("{tag}:ch"),
+        }
+    }
+
+    pub(super) fn room(&self, room: &Topic) -> RoomKeys {
+        let tag = self.tag("rooms", room);
+        RoomKeys {
+            topic: self.topic("rooms", room),
+            nodes: format!("{tag}:pn"),
+            counts: format!("{tag}:pc"),
+            present: format!("{tag}:pd"),
+        }
+    }
+
+    pub(super) fn alive(&self) -> String {
+        format!("{{{}:nodes}}:alive", self.prefix)
+    }
+
+    pub(super) fn rooms_of(&self, node: &str) -> String {
+        format!("{{{}:nodes}}:nr:{node}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster hashes for a key.
+    fn hashed(key: &str) -> &str {
+        if let Some(open) = key.find('{')
+            && let Some(len) = key[open + 1..].find('}')
+            && len > 0
+        {
+            return &key[open + 1..open + 1 + len];
+        }
+        key
+    }
+
+    #[test]
+    fn a_rooms_keys_share_one_hash_tag_and_topics_do_not_collide() {
+        let keys = Keys::new("app");
+        for name in ["lobby", "a}b", "x:meta", "{y}"] {
+            let room = Topic::new(name).expect("valid");
+            let r = keys.room(&room);
+            let tag = hashed(&r.nodes);
+            for key in [
+                &r.topic.meta,
+                &r.topic.hist,
+                &r.topic.channel,
+                &r.counts,
+                &r.present,
+            ] {
+                assert_eq!(hashed(key), tag, "{key}");
+            }
+        }
+        assert_eq!(hashed(&keys.alive()), hashed(&keys.rooms_of("ab12")));
+        let a = keys.topic("topics", &Topic::new("a").expect("valid"));
+        let b = keys.topic("rooms", &Topic::new("a").expect("valid"));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,359 @@
+//! Presence across nodes: joins and leaves, members, and the heartbeat that keeps a node's
+//! members alive, sweeps dead nodes and renews the topics followers are waiting on.
+//!
+//! A room's counts live next to its topic (one hash tag), so a join or leave and its
+//! announcement are one script. A node's liveness lives in `{p:nodes}`, with the set of rooms
+//! where it may have members. The sweep, run by every node every heartbeat, takes each dead
+//! node's rooms one by one: removing its counts and announcing the leaves that follow is one
+//! script per room, and the node is forgotten only once every room is done. A sweep that fails
+//! part way (Redis busy, a publish refused) is redone by the next one: no leave is lost, none
+//! is announced twice.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::{Failure, Shared, millis, presence_publication, within};
+use crate::error::HubError;
+use crate::hub::{Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication, Topic};
+
+/// Script calls a heartbeat runs at once (renewals of idle topics).
+const CONCURRENCY: usize = 16;
+
+impl Shared {
+    pub(super) async fn join(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        let data = identity
+            .user_data()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        {
+            let mut present = self.present.lock();
+            let users = present.entry(room.clone()).or_default();
+            let entry = users
+                .entry(Arc::clone(identity.user_arc()))
+                .or_insert_with(|| (0, data.clone()));
+            entry.0 += 1;
+        }
+        // List the room in this node's set first: if the node dies after joining, the sweep
+        // finds its counts there.
+        let unlisted = self.listed.lock().insert(room.clone(), false).is_none();
+        if unlisted {
+            let mut conn = self.conn.clone();
+            let listed = within(
+                self.config.timeout,
+                redis::cmd("SADD")
+                    .arg(self.keys.rooms_of(&self.node_hex()))
+                    .arg(room.as_str())
+                    .exec_async(&mut conn),
+            )
+            .await;
+            if let Err(e) = listed {
+                self.listed.lock().remove(room);
+                return Err(e.into());
+            }
+        }
+        self.presence(true, mirror, room, identity, &data, announce)
+            .await
+    }
+
+    pub(super) async fn leave(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        {
+            let mut present = self.present.lock();
+            if let Some(users) = present.get_mut(room) {
+                if let Some(entry) = users.get_mut(identity.user_id()) {
+                    entry.0 -= 1;
+                    if entry.0 == 0 {
+                        users.remove(identity.user_id());
+                    }
+                }
+                if users.is_empty() {
+                    present.remove(room);
+                }
+            }
+        }
+        self.presence(false, mirror, room, identity, "", announce)
+            .await
+    }
+
+    /// Runs the join or leave script; returns whether the user became present or absent.
+    async fn presence(
+        &self,
+        join: bool,
+        mirror: &Mirror,
+        room: &Topic,
+        identity: &Identity,
+        data: &str,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        // Rooms' presence sits next to their topic in the rooms namespace (the only one whose
+        // hub keeps presence), so that a join and its announcement are one script.
+        debug_assert_eq!(mirror.namespace(), "rooms");
+        let keys = self.keys.room(room);
+        let topic = &keys.topic;
+        let script = if join {
+            &self.scripts.join
+        } else {
+            &self.scripts.leave
+        };
+        let mut inv = script.prepare_invoke();
+        inv.key(&keys.nodes)
+            .key(&keys.counts)
+            .key(&keys.present)
+            .key(&topic.meta)
+            .key(&topic.hist)
+            .arg(self.node_hex())
+            .arg(identity.user_id());
+        if join {
+            inv.arg(data);
+        }
+        inv.arg(if announce.is_some() { "1" } else { "0" });
+        let p = announce.unwrap_or_else(|| Publication::new(""));
+        self.publish_args(&mut inv, &topic.channel, room, &p);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        Ok(reply.first().is_some_and(|r| r == "1"))
+    }
+
+    pub(super) async fn members(
+        &self,
+        _mirror: &Mirror,
+        room: &Topic,
+    ) -> Result<Vec<Member>, HubError> {
+        let keys = self.keys.room(room);
+        let mut inv = self.scripts.members.prepare_invoke();
+        inv.key(&keys.counts).key(&keys.present);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        Ok(reply
+            .chunks_exact(3)
+            .map(|m| Member {
+                user: Arc::from(m[0].as_str()),
+                connections: m[1].parse().unwrap_or(1),
+                data: serde_json::from_str(&m[2]).ok().map(Arc::new),
+            })
+            .collect())
+    }
+
+    /// One heartbeat: refresh this node's liveness (registering its members again if they
+    /// may be gone), prune its room set, renew the idle topics it follows, sweep dead nodes.
+    pub(super) async fn heartbeat(&self) -> Result<(), HubError> {
+        let node = self.node_hex();
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(self.keys.alive())
+            .arg(&node)
+            .arg(millis(self.config.node_ttl));
+        let alive: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        if alive == 0 {
+            self.register_all().await?;
+        }
+        self.prune_listed().await;
+        self.renew_idle().await;
+        self.sweep().await
+    }
+
+    /// Restores this node's counts in every room it has members in (first beat, Redis
+    /// restarted, or the node was declared dead), announcing the users that so join.
+    async fn register_all(&self) -> Result<(), HubError> {
+        let present: Vec<_> = self
+            .present
+            .lock()
+            .iter()
+            .map(|(room, users)| (room.clone(), users.clone()))
+            .collect();
+        let node = self.node_hex();
+        let mut conn = self.conn.clone();
+        for (room, users) in present {
+            within(
+                self.config.timeout,
+                redis::cmd("SADD")
+                    .arg(self.keys.rooms_of(&node))
+                    .arg(room.as_str())
+                    .exec_async(&mut conn),
+            )
+            .await?;
+            self.listed.lock().insert(room.clone(), false);
+            let keys = self.keys.room(&room);
+            let mut inv = self.scripts.register.prepare_invoke();
+            inv.key(&keys.nodes)
+                .key(&keys.counts)
+                .key(&keys.present)
+                .key(&keys.topic.meta)
+                .key(&keys.topic.hist)
+                .arg(&node)
+                .arg(super::candidate_epoch())
+                .arg(self.config.history)
+                .arg(millis(self.config.topic_ttl))
+                .arg(&keys.topic.channel);
+            for (user, (n, data)) in &users {
+                let p = presence_publication(PRESENCE_JOIN, user, data);
+                inv.arg(&**user)
+                    .arg(*n)
+                    .arg(data)
+                    .arg(super::wire::encode_body(&room, &p, self.node));
+            }
+            let _: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the rooms this node no longer has members in out of its room set (after two
+    /// heartbeats without, so that a join or leave in flight is never missed).
+    async fn prune_listed(&self) {
+        let stale: Vec<Topic> = {
+            let present = self.present.lock();
+            let mut listed = self.listed.lock();
+            let mut stale = Vec::new();
+            for (room, absent) in listed.iter_mut() {
+                if present.contains_key(room) {
+                    *absent = false;
+                } else if *absent {
+                    stale.push(room.clone());
+                } else {
+                    *absent = true;
+                }
+            }
+            stale
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SREM");
+        cmd.arg(self.keys.rooms_of(&self.node_hex()));
+        for room in &stale {
+            cmd.arg(room.as_str());
+        }
+        if within(self.config.timeout, cmd.exec_async(&mut conn))
+            .await
+            .is_ok()
+        {
+            let present = self.present.lock();
+            let mut listed = self.listed.lock();
+            for room in stale {
+                if !present.contains_key(&room) {
+                    listed.remove(&room);
+                }
+            }
+        }
+    }
+
+    /// Renews the epoch of every followed topic nobody has published to yet (it lives only
+    /// the node TTL, so that merely following names leaves nothing behind).
+    async fn renew_idle(&self) {
+        let idle: Vec<String> = {
+            let subscribed = self.subscribed.lock();
+            subscribed
+                .values()
+                .filter(|(ns, topic)| {
+                    self.mirror(ns)
+                        .and_then(|m| m.position(topic))
+                        .is_some_and(|id| id.offset() == 0)
+                })
+                .map(|(ns, topic)| self.keys.topic(ns, topic).meta)
+                .collect()
+        };
+        let ttl = millis(self.config.node_ttl);
+        futures_util::stream::iter(idle)
+            .for_each_concurrent(CONCURRENCY, |meta| async move {
+                let mut conn = self.conn.clone();
+                let mut inv = self.scripts.touch.prepare_invoke();
+                inv.key(meta).arg(ttl);
+                if let Err(e) =
+                    within(self.config.timeout, inv.invoke_async::<i64>(&mut conn)).await
+                {
+                    tracing::debug!(error = %e, "redis: renewing an idle topic failed");
+                }
+            })
+            .await;
+    }
+
+    /// Evicts the nodes whose heartbeat expired from their rooms, announcing the leaves.
+    async fn sweep(&self) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let alive = self.keys.alive();
+        let mut inv = self.scripts.dead.prepare_invoke();
+        inv.key(&alive);
+        let dead: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        let me = self.node_hex();
+        let mut result = Ok(());
+        for node in dead.into_iter().filter(|n| *n != me) {
+            if let Err(e) = self.evict_node(&node).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    async fn evict_node(&self, node: &str) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let rooms_key = self.keys.rooms_of(node);
+        let rooms: Vec<String> = within(
+            self.config.timeout,
+            redis::cmd("SMEMBERS")
+                .arg(&rooms_key)
+                .query_async(&mut conn),
+        )
+        .await?;
+        for room in rooms {
+            let Ok(room) = Topic::new(&room) else {
+                continue;
+            };
+            self.evict(node, &room).await?;
+        }
+        let mut inv = self.scripts.forget.prepare_invoke();
+        inv.key(self.keys.alive()).key(rooms_key).arg(node);
+        let _: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Removes a dead node's counts from one room and announces the leaves, in one script.
+    async fn evict(&self, node: &str, room: &Topic) -> Result<(), HubError> {
+        let keys = self.keys.room(room);
+        let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut conn = self.conn.clone();
+        // The first call names the leaves to announce; the second brings their announcements.
+        for _ in 0..3 {
+            let mut inv = self.scripts.evict.prepare_invoke();
+            inv.key(&keys.nodes)
+                .key(&keys.counts)
+                .key(&keys.present)
+                .key(&keys.topic.meta)
+                .key(&keys.topic.hist)
+                .arg(node)
+                .arg(super::candidate_epoch())
+                .arg(self.config.history)
+                .arg(millis(self.config.topic_ttl))
+                .arg(&keys.topic.channel);
+            for (user, body) in &bodies {
+                inv.arg(user).arg(body);
+            }
+            let reply: Vec<String> =
+                within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+            match reply.first().map(String::as_str) {
+                Some("done") => return Ok(()),
+                Some("need") => {
+                    for pair in reply[1..].chunks_exact(2) {
+                        let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
+                        let body = super::wire::encode_body(room, &p, self.node);
+                        bodies.push((pair[0].clone(), body));
+                    }
+                }
+                _ => return Err(Failure::Reply("evict").into()),
+            }
+        }
+        Err(Failure::Reply("evict").into())
+    }
+}
