@@ -435,17 +435,19 @@ async fn killed_subscription_and_restarts_heal_without_loss_or_end_in_a_reset() 
     );
     let last = got[19].id();
 
-    // Redis restarts and loses everything: a new epoch; the stream ends, and the client that
-    // comes back with its last id gets a reset.
+    // Redis restarts and loses everything: a new epoch. The stream doesn't end or go silent:
+    // a reset, then the new log. A client coming back with its last id gets a reset too.
     server.restart(false);
     publish_retrying(&b, "k", "after the loss").await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(d) = sub.next().await {
-            assert!(matches!(d, Delivery::Message(_)), "unexpected {d:?}");
+    match next(&mut sub, Duration::from_secs(10)).await {
+        Some(Delivery::Reset(r)) => {
+            assert_eq!(r.reason, ResetReason::EpochChanged);
+            assert_ne!(r.epoch, epoch);
         }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stream of the lost epoch should end");
+        other => panic!("expected a reset in the open stream, got {other:?}"),
+    }
+    let got = messages(&mut sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].payload().as_text(), Some("after the loss"));
     let c = conn("k", Position::After(last));
     let mut again = a.join(&c).await.expect("rejoin");
     match next(&mut again, Duration::from_secs(5)).await {
@@ -670,20 +672,33 @@ async fn a_redis_restored_from_an_older_snapshot_resets_instead_of_dropping() {
     for i in 0..5 {
         publish_retrying(&b, "r", &format!("after{i}")).await;
     }
-    // Nothing published after the restore may vanish: the stream either goes on with the new
-    // messages (never the case here: their offsets were taken) or ends.
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(d) = sub.next().await {
-            match d {
-                Delivery::Message(m) => {
+    // No rewound offset may pass for new: the open stream gets a reset to a new epoch (no
+    // message of the old epoch after it), then what is published next.
+    let reset = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match sub.next().await {
+                Some(Delivery::Message(m)) => {
                     assert_ne!(m.id().epoch(), last.epoch(), "a rewound offset: {m:?}");
                 }
+                Some(Delivery::Reset(r)) => return r,
                 other => panic!("unexpected {other:?}"),
             }
         }
     })
-    .await;
-    assert!(ended.is_ok(), "the stream of the rewound epoch should end");
+    .await
+    .expect("a reset in the open stream");
+    assert_eq!(reset.reason, ResetReason::EpochChanged);
+    assert_ne!(reset.epoch, last.epoch());
+    publish_retrying(&b, "r", "fresh").await;
+    let fresh = loop {
+        let m = messages(&mut sub, 1, Duration::from_secs(5))
+            .await
+            .remove(0);
+        if m.payload().as_text() == Some("fresh") {
+            break m;
+        }
+    };
+    assert_eq!(fresh.id().epoch(), reset.epoch);
     let c = conn("r", Position::After(last));
     let mut again = a.join(&c).await.expect("rejoin");
     match next(&mut again, Duration::from_secs(5)).await {

@@ -31,9 +31,10 @@ use crate::error::HubError;
 ///
 /// * [`Mirror::sync`] when attaching and whenever it may have missed something (a reconnect):
 ///   it creates the local log with the remote epoch, catches it up from the remote history, or
-///   replaces it if the remote epoch changed (the remote log was lost). Replacing ends the old
-///   log's streams: clients reconnect with their last id and get a
-///   [`Reset`](crate::Delivery::Reset).
+///   replaces it if the remote epoch changed (the remote log was lost). A stream of the old
+///   log then moves to the new one with a [`Reset`](crate::Delivery::Reset) first (a
+///   subscription holding several topics never loses one silently); [`Rooms`](crate::Rooms)
+///   disconnects the room's members instead, so they rejoin the new log's presence.
 /// * [`Mirror::apply`] for each message published anywhere, in the remote order. It appends the
 ///   next message, ignores a duplicate, and reports a gap or another epoch without applying
 ///   anything; the backend then fetches what is missing and calls [`Mirror::sync`].
@@ -329,7 +330,8 @@ impl Mirror {
     /// Makes the topic's local log the remote log of `epoch` whose last offset is `last`:
     /// creates it, or catches it up with `history` (the remote history in ascending order;
     /// what it no longer holds is skipped, and subscribers behind see it as lag), or, if the
-    /// local log has another epoch, replaces it: its subscribers' streams end. Returns whether
+    /// local log has another epoch, replaces it: its subscribers' streams move to the new log
+    /// with a reset first. Returns whether
     /// it replaced a log.
     ///
     /// # Errors

@@ -53,7 +53,7 @@ pub enum Applied {
 pub(crate) enum MirrorEvent<'a> {
     /// A topic's log was freed: nobody on this node follows it any more.
     Removed(&'a Topic),
-    /// A topic's log was replaced by one of a new epoch: its subscribers' streams ended.
+    /// A topic's log was replaced by one of a new epoch: its subscribers' streams move to it.
     Replaced(&'a Topic),
 }
 
@@ -320,6 +320,11 @@ impl Registry {
         }
     }
 
+    /// The topic's current log, if any.
+    fn current(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
+        self.topics.read().get(topic).map(Arc::clone)
+    }
+
     pub(crate) fn contains(&self, topic: &Topic) -> bool {
         self.topics.read().contains_key(topic)
     }
@@ -392,7 +397,7 @@ impl Registry {
         let Some(old) = replaced else {
             return Ok(false);
         };
-        // Ending the old log's live channel ends its subscribers' streams.
+        // Closing the old log's live channel moves its subscribers' streams to the new log.
         drop(old.state.lock().sender.take());
         if let Some(hook) = &self.mirror {
             hook(MirrorEvent::Replaced(topic));
@@ -789,6 +794,45 @@ impl TopicStream {
         }
     }
 
+    /// The log's live channel closed. If a log of a new epoch replaced it (a mirror whose
+    /// remote log was lost), move to that log: a reset first, then its whole history, then
+    /// live, so a subscription holding several topics never loses one silently. Returns
+    /// false if the topic was closed instead (the stream ends).
+    fn follow_new_epoch(&mut self) -> bool {
+        let Some(new) = self.registry.current(&self.log.topic) else {
+            return false;
+        };
+        if Arc::ptr_eq(&new, &self.log) || new.epoch == self.log.epoch {
+            return false;
+        }
+        let (first, last, rx) = {
+            let mut state = new.state.lock();
+            state.subscribers += 1;
+            state.idle_since = None;
+            let capacity = self.registry.limits.channel_capacity;
+            let (first, last) = (state.first_available(), state.last());
+            let sender = state
+                .sender
+                .get_or_insert_with(|| broadcast::channel(capacity).0);
+            (first, last, sender.subscribe())
+        };
+        self.front.push_back(Delivery::Reset(Reset {
+            topic: self.log.topic.clone(),
+            requested: Some(MessageId::new(self.log.epoch, self.last)),
+            epoch: new.epoch,
+            replay_after: MessageId::new(new.epoch, first - 1),
+            reason: ResetReason::EpochChanged,
+        }));
+        let old = std::mem::replace(&mut self.log, new);
+        self.registry.release(&old);
+        self.rx = LiveRx::new(rx);
+        self.buf.clear();
+        self.held = None;
+        self.last = first - 1;
+        self.replay_end = last;
+        true
+    }
+
     fn has_left(&self) -> bool {
         self.left
             .as_ref()
@@ -856,7 +900,11 @@ impl Stream for TopicStream {
                 Poll::Ready(Live::Lagged) => {
                     this.replay_end = this.log.state.lock().last();
                 }
-                Poll::Ready(Live::Closed) => return Poll::Ready(None),
+                Poll::Ready(Live::Closed) => {
+                    if !this.follow_new_epoch() {
+                        return Poll::Ready(None);
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -53,9 +53,10 @@
 //!   every second at most), resubscribes, and catches every mirrored topic up from the
 //!   history; what left the history meanwhile reaches subscribers as
 //!   [`Delivery::Lagged`](crate::Delivery::Lagged). If Redis lost the topic (restarted
-//!   without persistence), its epoch changes: the node ends its local streams of the topic and
-//!   disconnects room members, so clients reconnect with their last id and get a
-//!   [`Delivery::Reset`](crate::Delivery::Reset).
+//!   without persistence), its epoch changes: a `PubSub` subscriber gets a
+//!   [`Delivery::Reset`](crate::Delivery::Reset) in its open stream, then the new log (its
+//!   other topics go on); room members are disconnected, so that they rejoin (and are counted
+//!   again in the new log's presence) with their last id and get the reset then.
 //! * If Redis went back in time (restored from an older snapshot, or a cluster replica that
 //!   had not received the last writes took over), the offsets the nodes already delivered
 //!   would be given to new messages. Each message carries a random stamp; a node catching up
