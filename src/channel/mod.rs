@@ -80,7 +80,7 @@
 //! [`broadcast`](Channels::broadcast) (a topic), and [`subscribe`](Channels::subscribe) /
 //! [`unsubscribe`](Channels::unsubscribe) a connection on its behalf (moderation, "you were
 //! added to room X"; the connection is told with a `subscribed` / `unsubscribed` message on
-//! [`CONNECTION_TOPIC`](crate::CONNECTION_TOPIC)).
+//! [`CONNECTION_TOPIC`]).
 //!
 //! # State
 //!
@@ -534,7 +534,7 @@ impl<B: Backend> Channels<B> {
 
     /// Puts a connection in `topic` on its behalf (no rule runs), delivering from `from`; the
     /// connection first gets a `subscribed` message on
-    /// [`CONNECTION_TOPIC`](crate::CONNECTION_TOPIC) with `{"topic": ..}`.
+    /// [`CONNECTION_TOPIC`] with `{"topic": ..}`.
     ///
     /// # Errors
     ///
@@ -559,7 +559,7 @@ impl<B: Backend> Channels<B> {
     }
 
     /// Takes a connection out of `topic` on its behalf; it gets an `unsubscribed` message on
-    /// [`CONNECTION_TOPIC`](crate::CONNECTION_TOPIC). Returns whether it was in it.
+    /// [`CONNECTION_TOPIC`]. Returns whether it was in it.
     ///
     /// # Errors
     ///
