@@ -54,7 +54,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `redis` | no | the `redis` module: a Redis [`backend::Backend`], so that several server processes behave as one hub |
+//! | `redis` | no | the `redis` module: a Redis [`backend::Backend`] (single server or Redis Cluster), so that several server processes behave as one hub |
 //! | `browser-tests` | no | builds the headless-Chromium tests of the example pages (CI only) |
 //!
 //! # Minimum supported Rust version
