@@ -615,6 +615,13 @@ async fn a_master_killed_mid_stream_fails_over_without_loss_or_with_a_reset() {
         };
         match got.expect("delivery resumes after the failover") {
             Some(Delivery::Message(m)) => seen.push(m),
+            Some(Delivery::Reset(r)) => {
+                // The replica had not received the last writes: the topic started a new
+                // epoch, and the open stream says so, then goes on with the new log.
+                assert_eq!(r.reason, ResetReason::EpochChanged);
+                reset = Some(r.epoch);
+                break;
+            }
             Some(other) => panic!("unexpected {other:?}"),
             None => {
                 // The replica had not received the last writes: the topic started a new
