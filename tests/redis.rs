@@ -840,3 +840,193 @@ async fn attaching_topics_with_long_histories_does_not_stall_other_topics() {
         "a delivery waited {worst:?} while attaching took {attach:?}"
     );
 }
+
+// Issue 11: a `Rooms` join cut short (a client dropping during the handshake, a timeout) left
+// the user present in Redis and this node's mirror log kept (40 cut-short joins: 7 of 8 rooms
+// kept phantom presence). A cut-short join must leave nothing behind, and undoing it must never
+// take away the count of another connection of the same user (here a lasting one in `cut-0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_cut_short_leave_no_phantom_presence_and_no_log() {
+    let server = RedisServer::start();
+    let a = rooms_node(&server).await;
+    let b = rooms_node(&server).await;
+    let zed = |room: &str| {
+        Connection::new()
+            .authenticated(Identity::new("zed"))
+            .subscribe(Topic::new(room).expect("valid"), Position::Live)
+    };
+    let lasting = zed("cut-0");
+    let lasting_sub = a.join(&lasting).await.expect("join");
+
+    // Cut each join at another point: before its first poll, in the subscription, in the
+    // presence script, in the members read (a pseudo-random number of scheduler turns; a
+    // turn lets the join's I/O make progress).
+    let mut seed: u64 = 0x5eed;
+    let mut cut = 0;
+    for i in 0..40 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let turns = (seed >> 33) % 300;
+        let c = zed(&format!("cut-{}", i % 8));
+        let mut join = std::pin::pin!(a.join(&c));
+        let mut joined = None;
+        for _ in 0..turns {
+            tokio::select! {
+                biased;
+                r = &mut join => {
+                    joined = Some(r);
+                    break;
+                }
+                () = tokio::task::yield_now() => {}
+            }
+        }
+        match joined {
+            Some(r) => a.leave(&c, r.expect("join")).await,
+            None => cut += 1,
+        }
+    }
+    assert!(cut >= 8, "only {cut} of 40 joins were cut short");
+
+    let rooms: Vec<String> = (0..8).map(|r| format!("cut-{r}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut phantom = Vec::new();
+    loop {
+        phantom.clear();
+        for room in &rooms {
+            let members: Vec<(String, usize)> = b
+                .presence(room)
+                .await
+                .iter()
+                .map(|m| (m.user.to_string(), m.connections))
+                .collect();
+            let expected = if room == "cut-0" {
+                vec![("zed".to_owned(), 1)]
+            } else {
+                Vec::new()
+            };
+            if members != expected {
+                phantom.push((room.clone(), members));
+            }
+        }
+        // The lasting connection keeps `cut-0` and its own direct log.
+        let settled = phantom.is_empty() && a.log_count() == 2 && a.room_count() == 1;
+        if settled || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        phantom.is_empty(),
+        "{cut} cut-short joins left phantom presence: {phantom:?}"
+    );
+    assert_eq!(
+        (a.log_count(), a.room_count(), a.connection_count()),
+        (2, 1, 1),
+        "cut-short joins kept logs on the node"
+    );
+
+    // The lasting connection's leave is the user's last: nothing is left anywhere.
+    a.leave(&lasting, lasting_sub).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = b.presence("cut-0").await.len();
+        let keys = server.count_keys("*cut-*:p[cdnk]");
+        if (listed, keys, a.log_count()) == (0, 0, 0) || Instant::now() > deadline {
+            assert_eq!(
+                (listed, keys, a.log_count(), a.room_count()),
+                (0, 0, 0, 0),
+                "presence left behind after the last leave"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Issue 11: the heartbeat's re-register (after Redis lost the node's presence: a restart, or
+// the node was declared dead) wrote a snapshot of the node's members taken before its script
+// ran, so joins and leaves in between were undone: phantom members, or members missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_registering_presence_does_not_race_joins_and_leaves() {
+    let server = RedisServer::start();
+    let a = rooms_node(&server).await;
+    let b = rooms_node(&server).await;
+    let rooms: Vec<String> = (0..32).map(|r| format!("rr-{r}")).collect();
+    let alive = "{salvo-realtime:nodes}:alive";
+
+    // Four connections' worth of churn at once: joins and leaves of 5 users over 32 rooms.
+    let churn: Vec<_> = (0..4u64)
+        .map(|task| {
+            let (a, rooms) = (a.clone(), rooms.clone());
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                let mut seed: u64 = 7 + task;
+                for _ in 0..300 {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let r = (seed >> 33) as usize;
+                    if held.len() > 12 || (!held.is_empty() && r.is_multiple_of(2)) {
+                        let (c, sub): (Connection, Subscription) = held.swap_remove(r % held.len());
+                        a.leave(&c, sub).await;
+                    } else {
+                        let c = Connection::new()
+                            .authenticated(Identity::new(format!("u{}", r % 5)))
+                            .subscribe(
+                                Topic::new(&rooms[(r / 5) % rooms.len()]).expect("valid"),
+                                Position::Live,
+                            );
+                        if let Ok(sub) = a.join(&c).await {
+                            held.push((c, sub));
+                        }
+                    }
+                }
+                held
+            })
+        })
+        .collect();
+    // Meanwhile the nodes' liveness is lost again and again: every heartbeat re-registers.
+    while !churn.iter().all(tokio::task::JoinHandle::is_finished) {
+        server.command(&["DEL", alive]);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut held = Vec::new();
+    for task in churn {
+        held.extend(task.await.expect("churn"));
+    }
+
+    // What the node holds, per room: user -> connections.
+    let truth = |room: &str| {
+        let mut users: std::collections::BTreeMap<String, usize> = Default::default();
+        for (c, _) in &held {
+            if c.topics().iter().any(|(t, _)| t.as_str() == room) {
+                *users
+                    .entry(c.user_id().expect("named").to_owned())
+                    .or_default() += 1;
+            }
+        }
+        users.into_iter().collect::<Vec<_>>()
+    };
+    // A few quiet heartbeats (no re-register), then Redis must agree with the node.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut wrong = Vec::new();
+    for room in &rooms {
+        let listed: Vec<(String, usize)> = b
+            .presence(room)
+            .await
+            .iter()
+            .map(|m| (m.user.to_string(), m.connections))
+            .collect();
+        if listed != truth(room) {
+            wrong.push((room.clone(), listed, truth(room)));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "presence in Redis (left) differs from the node's members (right): {wrong:?}"
+    );
+    for (c, sub) in held {
+        a.leave(&c, sub).await;
+    }
+}

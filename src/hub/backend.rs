@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 
 use super::log::{Applied, Registry};
-use super::{Epoch, Identity, Member, Message, MessageId, Offset, Publication, Topic};
+use super::{
+    ConnectionId, Epoch, Identity, Member, Message, MessageId, Offset, Publication, Topic,
+};
 use crate::error::HubError;
 
 /// Where a hub's ids, history and presence live: this process ([`Local`], the default) or a
@@ -20,7 +22,10 @@ use crate::error::HubError;
 /// * [`attach`](Backend::attach) and [`detach`](Backend::detach): this node starts or stops
 ///   following a topic (subscribe remotely, bring the local log up to date);
 /// * [`presence_add`](Backend::presence_add), [`presence_remove`](Backend::presence_remove) and
-///   [`members`](Backend::members): room membership across nodes.
+///   [`members`](Backend::members): room membership across nodes (the hubs call the
+///   per-connection forms, [`presence_add_connection`](Backend::presence_add_connection) and
+///   [`presence_remove_connection`](Backend::presence_remove_connection), which a remote
+///   backend overrides to make a join cut short undoable: see their "Cancellation").
 ///
 /// # The mirror
 ///
@@ -186,6 +191,57 @@ pub trait Backend: Send + Sync + 'static {
         identity: &Identity,
         announce: Option<Publication>,
     ) -> impl Future<Output = Result<bool, HubError>> + Send;
+
+    /// [`presence_add`](Backend::presence_add) for the connection `conn`: what
+    /// [`Rooms`](crate::Rooms) calls. The default forwards to `presence_add`.
+    ///
+    /// # Cancellation
+    ///
+    /// A join may be cut short at any point (a client dropping during the handshake, a
+    /// timeout): its future is dropped, and this call may or may not have reached the remote
+    /// side. `Rooms` then calls [`presence_remove_connection`](Backend::presence_remove_connection)
+    /// for the same connection (from a spawned task, after the drop), and it must leave no
+    /// trace of the add whether or not the add was applied. So a remote backend makes both
+    /// idempotent per connection: adding a connection already counted, or removing one
+    /// never counted (or already removed), changes nothing and announces nothing; it never
+    /// takes away the count of another connection of the same user. A remote backend must
+    /// also apply one connection's calls in the order they were made (one ordered command
+    /// connection does that): the removal is issued after the add's future is gone.
+    ///
+    /// # Errors
+    ///
+    /// As [`presence_add`](Backend::presence_add).
+    fn presence_add_connection(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        conn: ConnectionId,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> impl Future<Output = Result<bool, HubError>> + Send {
+        let _ = conn;
+        self.presence_add(mirror, room, identity, announce)
+    }
+
+    /// [`presence_remove`](Backend::presence_remove) for the connection `conn`, which
+    /// [`presence_add_connection`](Backend::presence_add_connection) may or may not have
+    /// counted (see there: it must then change nothing). The default forwards to
+    /// `presence_remove`.
+    ///
+    /// # Errors
+    ///
+    /// As [`presence_remove`](Backend::presence_remove).
+    fn presence_remove_connection(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        conn: ConnectionId,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> impl Future<Output = Result<bool, HubError>> + Send {
+        let _ = conn;
+        self.presence_remove(mirror, room, identity, announce)
+    }
 
     /// The users in `room` across all nodes, in any order.
     ///

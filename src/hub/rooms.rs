@@ -671,8 +671,14 @@ impl<B: Backend> Rooms<B> {
     }
 
     /// [`enter`](Self::enter) with a remote backend: subscribe to the mirror (counting the
-    /// connection locally, so the room's log stays while it is here), then count the user
-    /// remotely, which announces a first join, then read the members for the snapshot.
+    /// connection locally, so the room's log stays while it is here), then count the
+    /// connection remotely, which announces a first join, then read the members for the
+    /// snapshot.
+    ///
+    /// Cancellation-safe: from the local count on, an [`Entering`] guard owns the stream; if
+    /// this future is dropped (or fails) before it returns, the guard undoes the local count
+    /// and has the backend take the connection out of the remote presence, which it does
+    /// whether or not the add reached it (see [`Backend::presence_add_connection`]).
     async fn enter_remote(
         &self,
         conn: ConnectionId,
@@ -683,7 +689,16 @@ impl<B: Backend> Rooms<B> {
         let inner = &*self.inner;
         let presence = inner.config.presence;
         let left = Arc::new(AtomicBool::new(false));
-        let mut stream = open_stream(
+        let mut entering = Entering {
+            inner,
+            conn,
+            identity,
+            room,
+            left: &left,
+            stream: None,
+            done: false,
+        };
+        let stream = open_stream(
             &*inner.backend,
             &inner.rooms,
             room,
@@ -696,26 +711,25 @@ impl<B: Backend> Rooms<B> {
             },
         )
         .await?;
-        let remote = async {
-            if let Some(identity) = identity {
-                let announce = presence.then(|| presence_event(PRESENCE_JOIN, conn, identity));
-                inner
-                    .backend
-                    .presence_add(&inner.rooms, room, identity, announce)
-                    .await?;
-            }
-            if presence {
-                let mut members = inner.backend.members(&inner.rooms, room).await?;
-                members.sort_by(|a, b| a.user.cmp(&b.user));
+        entering.stream = Some(stream);
+        if let Some(identity) = identity {
+            let announce = presence.then(|| presence_event(PRESENCE_JOIN, conn, identity));
+            inner
+                .backend
+                .presence_add_connection(&inner.rooms, room, conn, identity, announce)
+                .await?;
+        }
+        if presence {
+            let mut members = inner.backend.members(&inner.rooms, room).await?;
+            members.sort_by(|a, b| a.user.cmp(&b.user));
+            if let Some(stream) = entering.stream.as_mut() {
                 stream.set_after_replay(snapshot(room, members));
             }
-            Ok::<_, HubError>(())
-        };
-        if let Err(e) = remote.await {
-            drop(stream);
-            inner.exit(conn, identity, room, &left);
-            return Err(e);
         }
+        let stream = entering.stream.take();
+        entering.done = true;
+        drop(entering);
+        let stream = stream.ok_or_else(|| HubError::Backend("room stream lost".into()))?;
         Ok((stream, left))
     }
 
@@ -727,6 +741,41 @@ impl<B: Backend> Rooms<B> {
         left: &AtomicBool,
     ) {
         self.inner.exit(conn, identity, room, left);
+    }
+}
+
+/// A remote join in progress. Dropped before it is `done` (the join was cut short or failed):
+/// if it holds the stream (the connection counts locally), it drops the stream and undoes the
+/// membership, locally and (in a spawned task) remotely; before that, it frees the room's log
+/// if attaching it created one that nobody follows.
+struct Entering<'a, B: Backend> {
+    inner: &'a Inner<B>,
+    conn: ConnectionId,
+    identity: Option<&'a Identity>,
+    room: &'a Topic,
+    left: &'a AtomicBool,
+    stream: Option<TopicStream>,
+    done: bool,
+}
+
+impl<B: Backend> Drop for Entering<'_, B> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        match self.stream.take() {
+            Some(stream) => {
+                // The stream first, so that the room's log can be freed by the exit.
+                drop(stream);
+                self.inner
+                    .exit(self.conn, self.identity, self.room, self.left);
+            }
+            None => self
+                .inner
+                .rooms
+                .registry()
+                .remove_if_unused(self.room, None),
+        }
     }
 }
 
@@ -791,7 +840,7 @@ impl<B: Backend> Inner<B> {
         let (room, identity) = (room.clone(), identity.clone());
         runtime.spawn(async move {
             if let Err(e) = backend
-                .presence_remove(&mirror, &room, &identity, announce)
+                .presence_remove_connection(&mirror, &room, conn, &identity, announce)
                 .await
             {
                 tracing::warn!(room = %room, user = identity.user_id(), error = %e,

@@ -13,6 +13,7 @@
 //! | `{p:rooms:room}:pn` | hash | node -> how many users it has in the room |
 //! | `{p:rooms:room}:pc` | hash | `node\|user` -> that node's connections of the user |
 //! | `{p:rooms:room}:pd` | hash | users announced present (first join / last leave) -> their data |
+//! | `{p:rooms:room}:pk` | hash | `node\|nonce` -> user: the memberships counted in `pc` (a nonce numbers one connection's stay in the room on its node), so that a join or leave applies once |
 //! | `{p:nodes}:alive` | sorted set | node -> when its heartbeat expires (Unix ms, Redis clock) |
 //! | `{p:nodes}:nr:node` | set | rooms where a node may have members (for the sweep) |
 //!
@@ -41,6 +42,7 @@ pub(super) struct RoomKeys {
     pub(super) nodes: String,
     pub(super) counts: String,
     pub(super) present: String,
+    pub(super) conns: String,
 }
 
 impl Keys {
@@ -70,6 +72,7 @@ impl Keys {
             nodes: format!("{tag}:pn"),
             counts: format!("{tag}:pc"),
             present: format!("{tag}:pd"),
+            conns: format!("{tag}:pk"),
         }
     }
 
@@ -110,6 +113,7 @@ mod tests {
                 &r.topic.channel,
                 &r.counts,
                 &r.present,
+                &r.conns,
             ] {
                 assert_eq!(hashed(key), tag, "{key}");
             }

@@ -159,12 +159,17 @@ end
 return 0
 ";
 
-/// KEYS pn, pc, pd, meta, hist; ARGV node, user, data, announce ('1'/'0'), then candidate,
-/// body, maxlen, ttl, channel of the announcement. Returns `['1'|'0', id]`: whether the user
-/// is now present in the room for the first time.
+/// KEYS pn, pc, pd, meta, hist, pk; ARGV node, user, data, announce ('1'/'0'), then
+/// candidate, body, maxlen, ttl, channel of the announcement, then the membership's nonce.
+/// Returns `['1'|'0', id]`: whether the user is now present in the room for the first time.
+///
+/// A membership is counted once: joining again with a nonce already in `pk` changes nothing.
 const JOIN: &str = r"
-local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local pn, pc, pd, pk = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
 local node, user = ARGV[1], ARGV[2]
+if redis.call('HSETNX', pk, node .. '|' .. ARGV[10], user) == 0 then
+  return {'0', ''}
+end
 if redis.call('HINCRBY', pc, node .. '|' .. user, 1) == 1 then
   redis.call('HINCRBY', pn, node, 1)
 end
@@ -178,12 +183,19 @@ end
 return {'1', id}
 ";
 
-/// KEYS pn, pc, pd, meta, hist; ARGV node, user, announce, then the announcement's publish
-/// arguments. Returns `['1'|'0', id]`: whether that was the user's last connection in the
-/// room on any node.
+/// KEYS pn, pc, pd, meta, hist, pk; ARGV node, user, announce, then the announcement's
+/// publish arguments, then the membership's nonce. Returns `['1'|'0', id]`: whether that was
+/// the user's last connection in the room on any node.
+///
+/// Only a counted membership (its nonce in `pk`) is taken out: leaving with a nonce whose join
+/// never ran (it was cut short) or already left changes nothing and announces nothing, so it
+/// can neither take away another connection's count nor announce a user still present.
 const LEAVE: &str = r"
-local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local pn, pc, pd, pk = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
 local node, user = ARGV[1], ARGV[2]
+if redis.call('HDEL', pk, node .. '|' .. ARGV[9]) == 0 then
+  return {'0', ''}
+end
 local field = node .. '|' .. user
 local n = redis.call('HINCRBY', pc, field, -1)
 if n <= 0 then
@@ -226,7 +238,7 @@ end
 return out
 ";
 
-/// KEYS pn, pc, pd, meta, hist; ARGV dead node, candidate, maxlen, ttl, channel, then
+/// KEYS pn, pc, pd, meta, hist, pk; ARGV dead node, candidate, maxlen, ttl, channel, then
 /// `user, body` pairs: the leave announcements the caller prepared.
 ///
 /// Removes a dead node's counts from a room and announces, in the same step, the leaves of
@@ -267,31 +279,65 @@ for _, u in ipairs(leaving) do
 end
 for _, u in ipairs(mine) do redis.call('HDEL', pc, prefix .. u) end
 redis.call('HDEL', pn, node)
+local k = redis.call('HGETALL', KEYS[6])
+for i = 1, #k, 2 do
+  if string.sub(k[i], 1, #prefix) == prefix then redis.call('HDEL', KEYS[6], k[i]) end
+end
 return {'done'}
 ";
 
-/// KEYS pn, pc, pd, meta, hist; ARGV node, candidate, maxlen, ttl, channel, then
-/// `user, connections, data, join body` quadruples: restores a node's counts in a room (after
-/// Redis lost them, or after the node was declared dead) and announces, in the same step, the
-/// users that so became present.
+/// KEYS pn, pc, pd, meta, hist, pk; ARGV node, candidate, maxlen, ttl, channel, mark, then
+/// `user, data, join body, nonces` quadruples (`nonces`: the user's memberships,
+/// space-separated): restores a node's memberships and counts in a room from a snapshot taken
+/// when the next nonce was `mark` (after Redis lost them, or after the node was declared dead)
+/// and announces, in the same step, the users that so became present.
+///
+/// The node's memberships numbered below the mark that the snapshot lacks are dropped (they
+/// left before it); those from the mark on are kept (they joined after it, and their own
+/// join script counts them whether it ran before or runs after this one). The counts are
+/// then those of the memberships.
 const REGISTER: &str = r"
-local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
-local node = ARGV[1]
+local pn, pc, pd, pk = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
+local node, mark = ARGV[1], tonumber(ARGV[6])
 local prefix = node .. '|'
-local h = redis.call('HGETALL', pc)
+local keep, data, body = {}, {}, {}
+for i = 7, #ARGV, 4 do
+  local u = ARGV[i]
+  data[u], body[u] = ARGV[i + 1], ARGV[i + 2]
+  for t in string.gmatch(ARGV[i + 3], '%S+') do keep[t] = u end
+end
+local h = redis.call('HGETALL', pk)
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, #prefix) == prefix then
+    local t = string.sub(h[i], #prefix + 1)
+    if keep[t] == nil and (tonumber(t) or 0) < mark then redis.call('HDEL', pk, h[i]) end
+  end
+end
+for t, u in pairs(keep) do redis.call('HSETNX', pk, prefix .. t, u) end
+h = redis.call('HGETALL', pc)
 for i = 1, #h, 2 do
   if string.sub(h[i], 1, #prefix) == prefix then redis.call('HDEL', pc, h[i]) end
 end
-local users = 0
-for i = 6, #ARGV, 4 do
-  redis.call('HSET', pc, prefix .. ARGV[i], ARGV[i + 1])
-  users = users + 1
-  if redis.call('HSETNX', pd, ARGV[i], ARGV[i + 2]) == 1 then
-    publish(KEYS[4], KEYS[5], ARGV[2], ARGV[i + 3], ARGV[3], ARGV[4], ARGV[5])
+local counts, order = {}, {}
+h = redis.call('HGETALL', pk)
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, #prefix) == prefix then
+    local u = h[i + 1]
+    if counts[u] == nil then
+      counts[u] = 0
+      table.insert(order, u)
+    end
+    counts[u] = counts[u] + 1
   end
 end
-if users > 0 then redis.call('HSET', pn, node, users) else redis.call('HDEL', pn, node) end
-return users
+for _, u in ipairs(order) do
+  redis.call('HSET', pc, prefix .. u, counts[u])
+  if body[u] and redis.call('HSETNX', pd, u, data[u]) == 1 then
+    publish(KEYS[4], KEYS[5], ARGV[2], body[u], ARGV[3], ARGV[4], ARGV[5])
+  end
+end
+if #order > 0 then redis.call('HSET', pn, node, #order) else redis.call('HDEL', pn, node) end
+return #order
 ";
 
 /// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns 1 if it was still

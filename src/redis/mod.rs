@@ -113,8 +113,8 @@ use self::lua::Scripts;
 use self::wire::Stamp;
 use crate::error::HubError;
 use crate::hub::{
-    Backend, Epoch, EventName, Identity, Member, MessageId, Mirror, Offset, Payload, Publication,
-    Topic, WeakMirror,
+    Backend, ConnectionId, Epoch, EventName, Identity, Member, MessageId, Mirror, Offset, Payload,
+    Publication, Topic, WeakMirror,
 };
 
 /// Settings of a [`RedisBackend`].
@@ -301,14 +301,20 @@ struct Shared {
     subscribed: Mutex<HashMap<String, (&'static str, Topic)>>,
     /// This node's members: room -> user -> (connections, data as JSON).
     present: Mutex<HashMap<Topic, RoomCounts>>,
+    /// The next unnamed connection token (`presence.rs`).
+    unnamed: std::sync::atomic::AtomicU64,
+    /// The next membership nonce, taken under the `present` lock (`presence.rs`).
+    nonces: std::sync::atomic::AtomicU64,
     /// Rooms listed in this node's room set in Redis (which the sweep of a dead node reads),
     /// with whether the room had no local member at the last heartbeat (pruned at the next).
     listed: Mutex<HashMap<Topic, bool>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
-/// A room's users on this node: user -> (connections, data as JSON).
-type RoomCounts = HashMap<Arc<str>, (usize, String)>;
+/// A room's users on this node: user -> (its connections: token -> membership nonces, oldest
+/// first, data as JSON). A token is the connection's id, or an unnamed one; a nonce numbers a
+/// membership in Redis (see `presence.rs`).
+type RoomCounts = HashMap<Arc<str>, (HashMap<u64, Vec<u64>>, String)>;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -355,6 +361,8 @@ impl RedisBackend {
             mirrors: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashMap::new()),
             present: Mutex::new(HashMap::new()),
+            unnamed: std::sync::atomic::AtomicU64::new(0),
+            nonces: std::sync::atomic::AtomicU64::new(1),
             listed: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             config,
@@ -637,7 +645,35 @@ impl Backend for RedisBackend {
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        self.shared.join(mirror, room, identity, announce).await
+        self.shared
+            .join(mirror, room, None, identity, announce)
+            .await
+    }
+
+    async fn presence_add_connection(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        conn: ConnectionId,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        self.shared
+            .join(mirror, room, Some(conn), identity, announce)
+            .await
+    }
+
+    async fn presence_remove_connection(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        conn: ConnectionId,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        self.shared
+            .leave(mirror, room, Some(conn), identity, announce)
+            .await
     }
 
     async fn presence_remove(
@@ -647,7 +683,9 @@ impl Backend for RedisBackend {
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        self.shared.leave(mirror, room, identity, announce).await
+        self.shared
+            .leave(mirror, room, None, identity, announce)
+            .await
     }
 
     async fn members(&self, mirror: &Mirror, room: &Topic) -> Result<Vec<Member>, HubError> {

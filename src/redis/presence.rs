@@ -9,22 +9,35 @@
 //! part way (Redis busy, a publish refused) is redone by the next one: no leave is lost, none
 //! is announced twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 
 use super::{Failure, Shared, millis, presence_publication, within};
 use crate::error::HubError;
-use crate::hub::{Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication, Topic};
+use crate::hub::{
+    ConnectionId, Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication, Topic,
+};
 
 /// Script calls a heartbeat runs at once (renewals of idle topics).
 const CONCURRENCY: usize = 16;
 
+/// Tokens of the connections counted through
+/// [`Backend::presence_add`](crate::backend::Backend::presence_add), which names none: this
+/// bit set (connection ids never reach it), a counter below.
+const UNNAMED: u64 = 1 << 63;
+
 impl Shared {
+    /// Counts connection `conn` of `identity`'s user in `room` (`None`: an unnamed one, which
+    /// a later unnamed leave takes away) as a new membership, numbered by a nonce: the join
+    /// script counts a nonce once (it records it in the room's `pk`).
     pub(super) async fn join(
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: Option<ConnectionId>,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
@@ -32,14 +45,25 @@ impl Shared {
             .user_data()
             .map(ToString::to_string)
             .unwrap_or_default();
-        {
+        let token = conn.map_or_else(
+            || UNNAMED | self.unnamed.fetch_add(1, Ordering::Relaxed),
+            ConnectionId::as_u64,
+        );
+        // The membership's nonce, unique on this node and taken under the lock, so that a
+        // snapshot of `present` knows every membership numbered below the next nonce.
+        let nonce = {
             let mut present = self.present.lock();
             let users = present.entry(room.clone()).or_default();
             let entry = users
                 .entry(Arc::clone(identity.user_arc()))
-                .or_insert_with(|| (0, data.clone()));
-            entry.0 += 1;
-        }
+                .or_insert_with(|| (HashMap::new(), data.clone()));
+            // A fresh one even if the connection is still counted here: it may join again
+            // before the leave that undoes a join cut short has run; leaves then take the
+            // connection's nonces in the order of its joins.
+            let nonce = self.nonces.fetch_add(1, Ordering::Relaxed);
+            entry.0.entry(token).or_default().push(nonce);
+            nonce
+        };
         // List the room in this node's set first: if the node dies after joining, the sweep
         // finds its counts there.
         let unlisted = self.listed.lock().insert(room.clone(), false).is_none();
@@ -58,23 +82,41 @@ impl Shared {
                 return Err(e.into());
             }
         }
-        self.presence(true, mirror, room, identity, &data, announce)
+        debug_assert_eq!(mirror.namespace(), "rooms");
+        self.presence(true, room, nonce, identity.user_id(), &data, announce)
             .await
     }
 
+    /// Takes connection `conn` of the user out of `room` (`None`: one of its unnamed ones).
+    /// Taking out a connection that was never counted (its join was cut short before the
+    /// script ran) or already taken out changes nothing and announces nothing.
     pub(super) async fn leave(
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: Option<ConnectionId>,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        {
+        let nonce = {
             let mut present = self.present.lock();
+            let mut nonce = None;
             if let Some(users) = present.get_mut(room) {
                 if let Some(entry) = users.get_mut(identity.user_id()) {
-                    entry.0 -= 1;
-                    if entry.0 == 0 {
+                    let token = conn
+                        .map(ConnectionId::as_u64)
+                        .or_else(|| entry.0.keys().copied().find(|t| t & UNNAMED != 0));
+                    if let Some(t) = token
+                        && let Some(nonces) = entry.0.get_mut(&t)
+                    {
+                        if !nonces.is_empty() {
+                            nonce = Some(nonces.remove(0));
+                        }
+                        if nonces.is_empty() {
+                            entry.0.remove(&t);
+                        }
+                    }
+                    if entry.0.is_empty() {
                         users.remove(identity.user_id());
                     }
                 }
@@ -82,24 +124,31 @@ impl Shared {
                     present.remove(room);
                 }
             }
-        }
-        self.presence(false, mirror, room, identity, "", announce)
+            nonce
+        };
+        // Not counted here: its join never started (it was dropped before its first poll),
+        // so nothing of it reached Redis; or it already left.
+        let Some(nonce) = nonce else {
+            return Ok(false);
+        };
+        debug_assert_eq!(mirror.namespace(), "rooms");
+        self.presence(false, room, nonce, identity.user_id(), "", announce)
             .await
     }
 
-    /// Runs the join or leave script; returns whether the user became present or absent.
+    /// Runs the join or leave script for one membership (`nonce`); returns whether the user
+    /// became present or absent.
     async fn presence(
         &self,
         join: bool,
-        mirror: &Mirror,
         room: &Topic,
-        identity: &Identity,
+        nonce: u64,
+        user: &str,
         data: &str,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
         // Rooms' presence sits next to their topic in the rooms namespace (the only one whose
         // hub keeps presence), so that a join and its announcement are one script.
-        debug_assert_eq!(mirror.namespace(), "rooms");
         let keys = self.keys.room(room);
         let topic = &keys.topic;
         let script = if join {
@@ -113,14 +162,16 @@ impl Shared {
             .key(&keys.present)
             .key(&topic.meta)
             .key(&topic.hist)
+            .key(&keys.conns)
             .arg(self.node_hex())
-            .arg(identity.user_id());
+            .arg(user);
         if join {
             inv.arg(data);
         }
         inv.arg(if announce.is_some() { "1" } else { "0" });
         let p = announce.unwrap_or_else(|| Publication::new(""));
         self.publish_args(&mut inv, &topic.channel, room, &p);
+        inv.arg(nonce);
         let mut conn = self.conn.clone();
         let reply: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
         Ok(reply.first().is_some_and(|r| r == "1"))
@@ -166,16 +217,20 @@ impl Shared {
 
     /// Restores this node's counts in every room it has members in (first beat, Redis
     /// restarted, or the node was declared dead), announcing the users that so join.
+    ///
+    /// Joins and leaves go on meanwhile, and their scripts may reach Redis before or after a
+    /// room's register script. So the script takes the room's snapshot with its mark (the
+    /// next nonce when it was taken): it drops the node's memberships numbered below the mark
+    /// that the snapshot lacks (they left before it), keeps those from the mark on (joined
+    /// after it: their own join script counts them, before or after), and adds the
+    /// snapshot's. A membership of the snapshot that leaves before the script runs would so
+    /// come back: once the script is done, the leave script runs again for every such one (a
+    /// leave is idempotent per membership, and a nonce never joins again).
     async fn register_all(&self) -> Result<(), HubError> {
-        let present: Vec<_> = self
-            .present
-            .lock()
-            .iter()
-            .map(|(room, users)| (room.clone(), users.clone()))
-            .collect();
+        let rooms: Vec<Topic> = self.present.lock().keys().cloned().collect();
         let node = self.node_hex();
         let mut conn = self.conn.clone();
-        for (room, users) in present {
+        for room in rooms {
             within(
                 self.config.timeout,
                 redis::cmd("SADD")
@@ -185,6 +240,11 @@ impl Shared {
             )
             .await?;
             self.listed.lock().insert(room.clone(), false);
+            let (users, mark) = {
+                let present = self.present.lock();
+                let users = present.get(&room).cloned().unwrap_or_default();
+                (users, self.nonces.load(Ordering::Relaxed))
+            };
             let keys = self.keys.room(&room);
             let mut inv = self.scripts.register.prepare_invoke();
             inv.key(&keys.nodes)
@@ -192,19 +252,46 @@ impl Shared {
                 .key(&keys.present)
                 .key(&keys.topic.meta)
                 .key(&keys.topic.hist)
+                .key(&keys.conns)
                 .arg(&node)
                 .arg(super::candidate_epoch())
                 .arg(self.config.history)
                 .arg(millis(self.config.topic_ttl))
-                .arg(&keys.topic.channel);
-            for (user, (n, data)) in &users {
+                .arg(&keys.topic.channel)
+                .arg(mark);
+            for (user, (conns, data)) in &users {
                 let p = presence_publication(PRESENCE_JOIN, user, data);
+                let nonces: Vec<String> = conns.values().flatten().map(u64::to_string).collect();
                 inv.arg(&**user)
-                    .arg(*n)
                     .arg(data)
-                    .arg(super::wire::encode_body(&room, &p, self.node));
+                    .arg(super::wire::encode_body(&room, &p, self.node))
+                    .arg(nonces.join(" "));
             }
             let _: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+            // The snapshot's memberships that left meanwhile: leave again.
+            let gone: Vec<(Arc<str>, u64, String)> = {
+                let present = self.present.lock();
+                let now = present.get(&room);
+                users
+                    .iter()
+                    .flat_map(|(user, (conns, data))| {
+                        conns.iter().flat_map(move |(token, nonces)| {
+                            nonces.iter().filter_map(move |nonce| {
+                                let still = now
+                                    .and_then(|u| u.get(user))
+                                    .and_then(|(c, _)| c.get(token))
+                                    .is_some_and(|n| n.contains(nonce));
+                                (!still).then(|| (Arc::clone(user), *nonce, data.clone()))
+                            })
+                        })
+                    })
+                    .collect()
+            };
+            for (user, nonce, data) in gone {
+                let p = presence_publication(PRESENCE_LEAVE, &user, &data);
+                self.presence(false, &room, nonce, &user, "", Some(p))
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -332,6 +419,7 @@ impl Shared {
                 .key(&keys.present)
                 .key(&keys.topic.meta)
                 .key(&keys.topic.hist)
+                .key(&keys.conns)
                 .arg(node)
                 .arg(super::candidate_epoch())
                 .arg(self.config.history)

@@ -602,8 +602,17 @@ impl Task {
         let failed = outcome.is_err();
         match outcome {
             Ok(()) => {
+                let waited = !follow.waiters.is_empty();
+                let mut answered = false;
                 for waiter in follow.waiters.drain(..) {
-                    let _ = waiter.send(Ok(()));
+                    answered |= waiter.send(Ok(())).is_ok();
+                }
+                if waited && !answered {
+                    // Everyone who asked gave up (a join or subscribe cut short): free the log
+                    // the sync may have created for them, unless someone follows it now.
+                    if let Some(mirror) = shared.mirror(follow.namespace) {
+                        mirror.registry().remove_if_unused(&follow.topic, None);
+                    }
                 }
             }
             Err(error) => {
