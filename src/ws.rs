@@ -809,10 +809,12 @@ impl<'a, H: Hub> Pump<'a, H> {
                     }
                 }, if ordered.is_some() => {
                     ordered = None;
-                    self.answer(sub, &mut in_flight, done).await
+                    // Boxed, like the other rare paths: their state shouldn't be part of
+                    // every idle connection's.
+                    Box::pin(self.answer(sub, &mut in_flight, done)).await
                 }
                 Some(done) = async { calls.as_mut()?.next().await }, if running > 0 => {
-                    self.answer(sub, &mut in_flight, done).await
+                    Box::pin(self.answer(sub, &mut in_flight, done)).await
                 }
                 frame = source.next(), if reading => {
                     let step = match self.inbound(frame, sub).await {
@@ -821,7 +823,8 @@ impl<'a, H: Hub> Pump<'a, H> {
                             if in_flight.contains(&key) {
                                 let message = "a command with this ref is still in flight";
                                 let text = protocol::error(Some(&request.reference), "duplicate_ref", message);
-                                self.send_now(WsMessage::text(text)).await
+                                drop(request);
+                                Box::pin(self.send_now(WsMessage::text(text))).await
                             } else {
                                 in_flight.push(key);
                                 let is_call = request.command.is_call();
@@ -948,7 +951,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 Ok(request) => ControlFlow::Continue(Some(request)),
                 Err(bad) => {
                     let reference = bad.reference.as_ref();
-                    self.tell(sub, reference, bad.code, &bad.message, POLICY)
+                    Box::pin(self.tell(sub, reference, bad.code, &bad.message, POLICY))
                         .await
                         .map_continue(|()| None)
                 }
