@@ -817,7 +817,9 @@ impl<'a, H: Hub> Pump<'a, H> {
                     Box::pin(self.answer(sub, &mut in_flight, done)).await
                 }
                 frame = source.next(), if reading => {
-                    let step = match self.inbound(frame, sub).await {
+                    // Boxed: a client frame is rare on most connections, and its handling (the
+                    // hub's receive, a refusal) shouldn't be part of every idle one's state.
+                    let step = match Box::pin(self.inbound(frame, sub)).await {
                         ControlFlow::Continue(Some(request)) => {
                             let key = request.key();
                             if in_flight.contains(&key) {
@@ -845,7 +847,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 }
                 delivery = sub.next() => self.deliver(delivery, sub).await,
                 () = &mut timer => {
-                    let step = self.tick().await;
+                    let step = Box::pin(self.tick()).await;
                     timer.as_mut().reset(self.clock.next());
                     step
                 }
