@@ -1,7 +1,8 @@
 //! Hub core benchmarks. Every group has a raw baseline, so each figure reads as a ratio:
 //!
 //! * `fanout_ct/*`, `fanout_mt/*`: one publisher, N subscriber tasks, `PubSub` against a bare
-//!   `tokio::sync::broadcast` channel, on a current-thread and a 2-worker runtime;
+//!   `tokio::sync::broadcast` channel, on a current-thread runtime and on multi-thread runtimes
+//!   with 1 and 2 workers (`*_1w`, `*_2w`: does fan-out scale with workers?);
 //! * `rooms_broadcast/*`: `Rooms::broadcast` to a room of N connections against the same channel;
 //! * `counter/*`: `Counted<PubSub>` against bare `PubSub` against the channel, N = 1,000;
 //! * `join_leave/*`: a connection joining and leaving, against `Sender::subscribe` + drop;
@@ -57,12 +58,20 @@ fn current_thread() -> Runtime {
         .expect("runtime")
 }
 
-fn multi_thread() -> Runtime {
+fn multi_thread(workers: usize) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+fn one_worker() -> Runtime {
+    multi_thread(1)
+}
+
+fn two_workers() -> Runtime {
+    multi_thread(2)
 }
 
 /// Counts subscribers that have received the whole round.
@@ -167,6 +176,7 @@ fn pubsub_setup(rt: &Runtime, n: usize, round: &Arc<Round>) -> PubSub {
 /// The baseline of every fan-out figure: one bare broadcast channel, `n` receiving tasks.
 fn bench_raw_broadcast(
     group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
     make_rt: fn() -> Runtime,
     n: usize,
 ) {
@@ -174,7 +184,7 @@ fn bench_raw_broadcast(
     let rt = make_rt();
     let round = Round::new();
     let tx = raw_setup(&rt, n, &round);
-    group.bench_function(BenchmarkId::new("raw_broadcast", n), |b| {
+    group.bench_function(BenchmarkId::new(name, n), |b| {
         b.iter_custom(|iters| {
             time_rounds(&rt, &round, n, iters, || {
                 let _ = tx.send(bytes.clone());
@@ -185,12 +195,17 @@ fn bench_raw_broadcast(
 }
 
 /// `PubSub` publishing to `n` subscribers, measured like the baseline.
-fn bench_pubsub(group: &mut BenchmarkGroup<'_, WallTime>, make_rt: fn() -> Runtime, n: usize) {
+fn bench_pubsub(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    make_rt: fn() -> Runtime,
+    n: usize,
+) {
     let payload = payload();
     let rt = make_rt();
     let round = Round::new();
     let hub = pubsub_setup(&rt, n, &round);
-    group.bench_function(BenchmarkId::new("pubsub", n), |b| {
+    group.bench_function(BenchmarkId::new(name, n), |b| {
         b.iter_custom(|iters| {
             time_rounds(&rt, &round, n, iters, || async {
                 hub.publish(TOPIC, payload.clone()).await.expect("publish");
@@ -199,22 +214,30 @@ fn bench_pubsub(group: &mut BenchmarkGroup<'_, WallTime>, make_rt: fn() -> Runti
     });
 }
 
-fn fanout(c: &mut Criterion, group_name: &str, make_rt: fn() -> Runtime) {
+/// `runtimes`: (suffix of the bench names, runtime) pairs measured side by side.
+/// Named runtime builders a fan-out group runs on.
+type Runtimes<'a> = [(&'a str, fn() -> Runtime)];
+
+fn fanout(c: &mut Criterion, group_name: &str, runtimes: &Runtimes<'_>) {
     let mut group = c.benchmark_group(group_name);
     for n in SIZES {
         group.throughput(Throughput::Elements((n * ROUND) as u64));
-        bench_raw_broadcast(&mut group, make_rt, n);
-        bench_pubsub(&mut group, make_rt, n);
+        for (suffix, make_rt) in runtimes {
+            bench_raw_broadcast(&mut group, &format!("raw_broadcast{suffix}"), *make_rt, n);
+            bench_pubsub(&mut group, &format!("pubsub{suffix}"), *make_rt, n);
+        }
     }
     group.finish();
 }
 
 fn fanout_current_thread(c: &mut Criterion) {
-    fanout(c, "fanout_ct", current_thread);
+    fanout(c, "fanout_ct", &[("", current_thread)]);
 }
 
+/// The same on a multi-thread runtime with 1 worker and with 2: whether fan-out scales with
+/// workers (the publisher runs on the bench thread, outside the workers, in both).
 fn fanout_multi_thread(c: &mut Criterion) {
-    fanout(c, "fanout_mt", multi_thread);
+    fanout(c, "fanout_mt", &[("_1w", one_worker), ("_2w", two_workers)]);
 }
 
 fn rooms_broadcast(c: &mut Criterion) {
@@ -268,8 +291,8 @@ fn counter(c: &mut Criterion) {
     let n = 1_000;
     let payload = payload();
     group.throughput(Throughput::Elements((n * ROUND) as u64));
-    bench_raw_broadcast(&mut group, current_thread, n);
-    bench_pubsub(&mut group, current_thread, n);
+    bench_raw_broadcast(&mut group, "raw_broadcast", current_thread, n);
+    bench_pubsub(&mut group, "pubsub", current_thread, n);
     {
         let rt = current_thread();
         let round = Round::new();

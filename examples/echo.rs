@@ -15,7 +15,7 @@ use std::time::Duration;
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
 use salvo_realtime::ws::{Framing, WsEndpoint};
-use salvo_realtime::{ConnectionId, Drain, HubConfig, InboundPolicy, PubSub, Rejection, Topic};
+use salvo_realtime::{ConnectionId, Drain, HubConfig, InboundPolicy, PubSub, Topic};
 
 /// What the environment knobs change; the default keeps the endpoint's and hub's own limits.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,12 +61,7 @@ pub(crate) fn router_with(drain: Drain, limits: Limits) -> Router {
     let mut ws = WsEndpoint::new(PubSub::with_config(config))
         .drain(drain)
         .framing(Framing::Raw)
-        .topics(|_, _| {
-            let own = Topic::new(&ConnectionId::next().to_string());
-            Ok(vec![
-                own.map_err(|e| Rejection::bad_request(e.to_string()))?,
-            ])
-        });
+        .topics(|_, _| Ok(vec![Topic::new(&ConnectionId::next().to_string())?]));
     if let Some(bytes) = limits.max_message {
         ws = ws.max_message_size(bytes);
     }

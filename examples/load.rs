@@ -6,6 +6,7 @@
 //! cargo run --release --example load -- run --kind ours-ws --clients 1000 --messages 2000
 //! cargo run --release --example load -- run --kind ours --ws 50 --sse 50 --messages 200 --check
 //! cargo run --release --example load -- suite --out bench-results.jsonl
+//! cargo run --release --example load -- suite --only issue12 --reps 3 --out issue12.jsonl
 //! cargo run --release --example load -- plot bench-results.jsonl > benches/throughput.svg
 //! ```
 //!
@@ -16,6 +17,21 @@
 //! time) flat out or at `--rate` per second, and waits until every client has every message or
 //! the timeout passes. Only loopback is touched; counts and time are bounded. BENCHMARKS.md
 //! describes every option and figure.
+//!
+//! Servers (`--kind`): `ours-ws`, `ours-ws-raw`, `ours-sse`, `ours` (both, `--ws N --sse M`),
+//! `ours-channels` (`WsEndpoint` on `Rooms`; clients negotiate `salvo-realtime.v1` and send a
+//! `subscribe` command), `ours-rooms-ws` (the same hub, topic in the path, no protocol), and
+//! the baselines `tungstenite`, `salvo-handwritten`, `axum-ws`, `salvo-sse`, `axum-sse`.
+//!
+//! Clients: the WebSocket client timestamps a message when its frame is parsed. The SSE
+//! client reads the stream as a browser's `EventSource` does (fields `data`/`event`/`id`/
+//! `retry`, comments skipped, one event dispatched at the blank line with its data lines
+//! joined, the last event id kept) and timestamps at dispatch. Unlike a browser it never
+//! reconnects (a dropped stream counts as dropped) and handles LF and CRLF line ends, not a
+//! bare CR. Every row reports server CPU per delivery ((utime + stime) from `/proc/<pid>/stat`
+//! over the delivery, at 10 ms resolution, divided by deliveries), the load average at the
+//! start and the server's involuntary context switches (on a busy machine, the runs whose
+//! server was preempted measured the machine).
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -35,7 +51,7 @@ use salvo::sse::{SseEvent, SseKeepAlive};
 use salvo::websocket::{Message as SalvoMessage, WebSocketUpgrade};
 use salvo_realtime::sse::SseEndpoint;
 use salvo_realtime::ws::{Framing, WsEndpoint};
-use salvo_realtime::{HubConfig, PubSub};
+use salvo_realtime::{HubConfig, PubSub, Rooms};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
@@ -165,6 +181,13 @@ enum Kind {
     SalvoHandwritten,
     /// Salvo's `sse::stream` over a broadcast channel.
     SalvoSse,
+    /// A plain `axum::response::Sse` over a broadcast channel.
+    AxumSse,
+    /// A plain axum `WebSocketUpgrade` over a broadcast channel, one flush per frame.
+    AxumWs,
+    /// Our `WsEndpoint` over `Rooms`; clients negotiate the channel protocol and subscribe
+    /// with a command (`ours-channels`), or name the topic in the path (`ours-rooms-ws`).
+    OursChannels,
 }
 
 impl Kind {
@@ -174,6 +197,9 @@ impl Kind {
             "tungstenite" => Self::Tungstenite,
             "salvo-handwritten" => Self::SalvoHandwritten,
             "salvo-sse" => Self::SalvoSse,
+            "axum-sse" => Self::AxumSse,
+            "axum-ws" => Self::AxumWs,
+            "ours-channels" | "ours-rooms-ws" => Self::OursChannels,
             other => return Err(format!("unknown kind {other:?}").into()),
         })
     }
@@ -186,6 +212,8 @@ enum Publisher {
     Broadcast(broadcast::Sender<Utf8Bytes>),
     Queues(Queues),
     SseBroadcast(broadcast::Sender<String>),
+    AxumBroadcast(broadcast::Sender<axum::extract::ws::Utf8Bytes>),
+    Rooms(Rooms),
 }
 
 type Queues = Arc<
@@ -193,11 +221,17 @@ type Queues = Arc<
 >;
 
 impl Publisher {
-    fn send(&self, text: String) {
+    async fn send(&self, text: String) {
         match self {
             Self::Hub(hub) => {
                 // Never pending: the in-memory hub publishes synchronously.
-                let _ = hub.publish(TOPIC, text).now_or_never();
+                let _ = hub.publish(TOPIC, text).await;
+            }
+            Self::Rooms(rooms) => {
+                let _ = rooms.broadcast(TOPIC, text).await;
+            }
+            Self::AxumBroadcast(tx) => {
+                let _ = tx.send(text.into());
             }
             Self::Broadcast(tx) => {
                 let _ = tx.send(Utf8Bytes::from(text));
@@ -290,6 +324,56 @@ async fn server(opts: &Opts) -> Result<(), BoxError> {
                     Box::new(move || o.load(Ordering::Acquire)),
                 )
             }
+            Kind::OursChannels => {
+                let hub = Rooms::with_config(HubConfig::new().history(BUFFERED));
+                let ws = WsEndpoint::new(hub.clone())
+                    .max_connections(40_000)
+                    .max_connections_per_ip(40_000);
+                // `ws`: channel-protocol clients subscribe with a command; `ws/{topic}`: plain.
+                let router = Router::new()
+                    .push(Router::with_path("ws").goal(ws.clone()))
+                    .push(Router::with_path("ws/{topic}").goal(ws.clone()));
+                let addr = serve_salvo(bind, router).await;
+                (
+                    Publisher::Rooms(hub),
+                    addr,
+                    Box::new(move || ws.open_connections()),
+                )
+            }
+            Kind::AxumSse => {
+                let (tx, _) = broadcast::channel(BUFFERED);
+                let state = AxumState {
+                    tx: tx.clone(),
+                    open: Arc::clone(&open),
+                };
+                let app = axum::Router::new()
+                    .route("/events/{topic}", axum::routing::get(axum_sse))
+                    .with_state(state);
+                let addr = serve_axum(bind, app).await?;
+                let o = Arc::clone(&open);
+                (
+                    Publisher::SseBroadcast(tx),
+                    addr,
+                    Box::new(move || o.load(Ordering::Acquire)),
+                )
+            }
+            Kind::AxumWs => {
+                let (tx, _) = broadcast::channel(BUFFERED);
+                let state = AxumState {
+                    tx: tx.clone(),
+                    open: Arc::clone(&open),
+                };
+                let app = axum::Router::new()
+                    .route("/ws/{topic}", axum::routing::get(axum_ws))
+                    .with_state(state);
+                let addr = serve_axum(bind, app).await?;
+                let o = Arc::clone(&open);
+                (
+                    Publisher::AxumBroadcast(tx),
+                    addr,
+                    Box::new(move || o.load(Ordering::Acquire)),
+                )
+            }
             Kind::Tungstenite => {
                 let (tx, _) = broadcast::channel(BUFFERED);
                 let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -343,6 +427,15 @@ async fn serve_salvo(bind: SocketAddr, router: Router) -> SocketAddr {
     addr
 }
 
+async fn serve_axum(bind: SocketAddr, app: axum::Router) -> Result<SocketAddr, BoxError> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -370,7 +463,7 @@ async fn publish(publisher: &Publisher, count: u64, rate: f64) -> (u64, u64) {
         } else if id > 0 && id % FLAT_OUT_BURST == 0 {
             tokio::task::yield_now().await;
         }
-        publisher.send(message(id));
+        publisher.send(message(id)).await;
     }
     (start_ns, now_ns())
 }
@@ -468,6 +561,71 @@ impl Handler for SalvoSseHandler {
     }
 }
 
+/// What the axum baselines share: the channel and the open-connection count.
+struct AxumState<T> {
+    tx: broadcast::Sender<T>,
+    open: Arc<AtomicUsize>,
+}
+
+impl<T> Clone for AxumState<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            open: Arc::clone(&self.open),
+        }
+    }
+}
+
+/// axum's `Sse` over a broadcast channel, as its docs show: `Event::data` per message and the
+/// default keep-alive (a comment every 15 s, its timer reset by every event).
+async fn axum_sse(
+    axum::extract::State(state): axum::extract::State<AxumState<String>>,
+) -> axum::response::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, Infallible>>,
+> {
+    let guard = OpenGuard::new(&state.open);
+    let events = BroadcastStream::new(state.tx.subscribe()).filter_map(move |m| {
+        let _held = &guard;
+        std::future::ready(
+            m.ok()
+                .map(|text| Ok(axum::response::sse::Event::default().data(text))),
+        )
+    });
+    axum::response::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+}
+
+/// axum's WebSocket with its defaults over a broadcast channel: `send` (a flush) per frame,
+/// the same shape as the tungstenite baseline.
+async fn axum_ws(
+    axum::extract::State(state): axum::extract::State<AxumState<axum::extract::ws::Utf8Bytes>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    // Subscribe before the 101, so a client that saw it misses nothing.
+    let mut rx = state.tx.subscribe();
+    let open = state.open;
+    ws.on_upgrade(move |socket| async move {
+        let _open = OpenGuard::new(&open);
+        let (mut sink, mut source) = socket.split();
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Ok(text) => {
+                        if sink.send(axum::extract::ws::Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                frame = source.next() => match frame {
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+            }
+        }
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pinning, processes, /proc
 
@@ -511,6 +669,22 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// Involuntary context switches of every thread of a process (`/proc/<pid>/task/*/status`).
+fn involuntary_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("nonvoluntary_ctxt_switches:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// User + system CPU time of a process, in clock ticks (100 per second on Linux).
@@ -712,6 +886,10 @@ struct Tally {
     malformed: u64,
     /// The connection ended (error or close) before it was told to stop.
     dropped: bool,
+    /// SSE: the stream gave ids (`id:`), so a reconnect would send `Last-Event-ID`.
+    kept_event_id: bool,
+    /// SSE: the stream advised a reconnection delay (`retry:`).
+    got_retry: bool,
 }
 
 struct Receiver {
@@ -775,7 +953,15 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
 enum Protocol {
     Ws,
     Sse,
+    /// WebSocket with the `salvo-realtime.v1` channel protocol: subscribes with a command.
+    Channels,
+    /// Plain WebSocket to a `Rooms` hub: counts `message` envelopes only (a room also sends
+    /// presence frames).
+    RoomsWs,
 }
+
+/// The channel protocol's `Sec-WebSocket-Protocol` name (`SUBPROTOCOL` in `src/protocol.rs`).
+const CHANNEL_PROTOCOL: &str = "salvo-realtime.v1";
 
 async fn connect(server: SocketAddr, source: Ipv4Addr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -800,6 +986,11 @@ async fn handshake(
                 return Err(
                     format!("handshake refused: {}", head.lines().next().unwrap_or("")).into(),
                 );
+            }
+            if request.contains(CHANNEL_PROTOCOL)
+                && !head.contains(&format!("sec-websocket-protocol: {CHANNEL_PROTOCOL}"))
+            {
+                return Err("the server didn't accept the channel protocol".into());
             }
             if expect.contains("200") && !head.contains("transfer-encoding: chunked") {
                 return Err("expected a chunked event stream".into());
@@ -826,7 +1017,7 @@ async fn client(
     let setup = async {
         let mut stream = connect(server, source).await?;
         let buf = match protocol {
-            Protocol::Ws => {
+            Protocol::Ws | Protocol::RoomsWs => {
                 let request = format!(
                     "GET /ws/{TOPIC} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\n\
                      Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -834,9 +1025,20 @@ async fn client(
                 );
                 handshake(&mut stream, &request, "http/1.1 101").await?
             }
-            Protocol::Sse => {
+            Protocol::Channels => {
                 let request = format!(
-                    "GET /events/{TOPIC} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\r\n"
+                    "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {CHANNEL_PROTOCOL}\r\n\r\n"
+                );
+                let buf = handshake(&mut stream, &request, "http/1.1 101").await?;
+                channel_subscribe(&mut stream, buf).await?
+            }
+            Protocol::Sse => {
+                // What a browser's EventSource sends.
+                let request = format!(
+                    "GET /events/{TOPIC} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\
+                     Cache-Control: no-cache\r\n\r\n"
                 );
                 handshake(&mut stream, &request, "http/1.1 200").await?
             }
@@ -860,39 +1062,108 @@ async fn client(
     };
     let _ = connected.send(Ok(()));
     let ended = match protocol {
-        Protocol::Ws => read_ws(stream, buf, &mut receiver, stop).await,
-        Protocol::Sse => read_sse(stream, buf, &mut receiver, stop).await,
+        Protocol::Ws => read_ws(stream, buf, &mut receiver, stop, false).await,
+        Protocol::Channels | Protocol::RoomsWs => {
+            read_ws(stream, buf, &mut receiver, stop, true).await
+        }
+        Protocol::Sse => {
+            let mut source = EventSource::default();
+            let ended = read_sse(stream, buf, &mut receiver, &mut source, stop).await;
+            receiver.tally.kept_event_id = !source.last_event_id.is_empty();
+            receiver.tally.got_retry = source.retry_ms.is_some();
+            ended
+        }
     };
     receiver.tally.dropped = !ended;
     shared.ended.fetch_add(1, Ordering::AcqRel);
     receiver.tally
 }
 
+/// The next whole frame in `buf`: its opcode, where its payload starts and its total length.
+/// `None` while incomplete (with room reserved for the rest).
+fn next_frame(buf: &mut BytesMut) -> Option<(u8, usize, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    let (len, head) = match b1 & 0x7f {
+        126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()), 10),
+        126 | 127 => return None,
+        n => (u64::from(n), 2),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let total = head + mask + usize::try_from(len).unwrap_or(usize::MAX);
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return None;
+    }
+    Some((b0 & 0x0f, head + mask, total))
+}
+
+/// A masked (zero key) client text frame.
+fn client_text_frame(text: &str) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match text.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// Sends the channel protocol's `subscribe` for the topic and waits for its `ok` reply;
+/// returns what followed it.
+async fn channel_subscribe(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+) -> Result<BytesMut, BoxError> {
+    let command = format!(r#"{{"type":"subscribe","ref":1,"topic":"{TOPIC}"}}"#);
+    stream.write_all(&client_text_frame(&command)).await?;
+    loop {
+        while let Some((opcode, start, total)) = next_frame(&mut buf) {
+            let payload = &buf[start..total];
+            if opcode == 0x8 {
+                return Err("closed before the subscribe reply".into());
+            }
+            let text = String::from_utf8_lossy(payload);
+            if opcode == 0x1 && text.contains(r#""type":"reply""#) {
+                if !text.contains(r#""status":"ok""#) {
+                    return Err(format!("subscribe refused: {text}").into());
+                }
+                buf.advance(total);
+                return Ok(buf);
+            }
+            buf.advance(total);
+        }
+        buf.reserve(4096);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err("closed before the subscribe reply".into());
+        }
+    }
+}
+
 /// Reads server frames (unmasked, unfragmented for our small messages); answers pings.
-/// Returns true if it stopped because it was told to.
+/// With `messages_only` (the channel protocol), counts only `message` envelopes and skips the
+/// other frames (replies, presence). Returns true if it stopped because it was told to.
 async fn read_ws(
     mut stream: TcpStream,
     mut buf: BytesMut,
     rx: &mut Receiver,
     mut stop: watch::Receiver<bool>,
+    messages_only: bool,
 ) -> bool {
     loop {
-        while buf.len() >= 2 {
-            let (b0, b1) = (buf[0], buf[1]);
-            let (len, head) = match b1 & 0x7f {
-                126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-                127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()), 10),
-                126 | 127 => break,
-                n => (u64::from(n), 2),
-            };
-            let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-            let total = head + mask + usize::try_from(len).unwrap_or(usize::MAX);
-            if buf.len() < total {
-                buf.reserve(total - buf.len());
-                break;
-            }
-            let payload = &buf[head + mask..total];
-            match b0 & 0x0f {
+        while let Some((opcode, start, total)) = next_frame(&mut buf) {
+            let payload = &buf[start..total];
+            match opcode {
+                0x1 | 0x2
+                    if messages_only
+                        && !payload.windows(16).any(|w| w == br#""type":"message""#) => {}
                 0x1 | 0x2 => rx.on_message(payload),
                 0x8 => return false, // the server closed
                 0x9 => {
@@ -918,11 +1189,72 @@ async fn read_ws(
     }
 }
 
-/// Reads a chunked `text/event-stream` body and counts every `data:` line.
+/// The parsing state of a browser's `EventSource` (HTML's "interpret an event stream"): fields
+/// `data`, `event`, `id`, `retry`; comments ignored; an event is dispatched at the blank line
+/// that ends it, with its data lines joined by LF, and the last event id kept for a reconnect.
+#[derive(Debug, Default)]
+struct EventSource {
+    data: String,
+    event: String,
+    last_event_id: String,
+    retry_ms: Option<u64>,
+}
+
+impl EventSource {
+    /// Processes one line (without its LF, a trailing CR stripped); counts a dispatched event.
+    fn line(&mut self, line: &[u8], rx: &mut Receiver) {
+        if line.is_empty() {
+            self.dispatch(rx);
+            return;
+        }
+        if line[0] == b':' {
+            return; // a comment: the keep-alive
+        }
+        // The stream is UTF-8; a real EventSource decodes it (replacing bad sequences).
+        let line = String::from_utf8_lossy(line);
+        let (field, value) = match line.find(':') {
+            Some(at) => {
+                let value = &line[at + 1..];
+                (&line[..at], value.strip_prefix(' ').unwrap_or(value))
+            }
+            None => (&line[..], ""),
+        };
+        match field {
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "event" => value.clone_into(&mut self.event),
+            "id" if !value.contains('\0') => value.clone_into(&mut self.last_event_id),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry_ms = value.parse().ok();
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, rx: &mut Receiver) {
+        if self.data.is_empty() {
+            self.event.clear();
+            return;
+        }
+        if self.data.ends_with('\n') {
+            self.data.pop();
+        }
+        // The `message` event fires here; the clock is read in `on_message`.
+        rx.on_message(self.data.as_bytes());
+        self.data.clear();
+        self.event.clear();
+    }
+}
+
+/// Reads a chunked `text/event-stream` body as an `EventSource` does (see [`EventSource`]) and
+/// counts every dispatched event.
 async fn read_sse(
     mut stream: TcpStream,
     mut raw: BytesMut,
     rx: &mut Receiver,
+    source: &mut EventSource,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     let mut body = BytesMut::with_capacity(4096);
@@ -960,9 +1292,7 @@ async fn read_sse(
         }
         while let Some(eol) = body.iter().position(|b| *b == b'\n') {
             let line = &body[..eol];
-            if let Some(data) = line.strip_prefix(b"data:") {
-                rx.on_message(data);
-            }
+            source.line(line.strip_suffix(b"\r").unwrap_or(line), rx);
             body.advance(eol + 1);
         }
         raw.reserve(16 * 1024);
@@ -1000,9 +1330,10 @@ impl RunConfig {
         let clients: usize = opts.get("clients", 0)?;
         let (mut ws, mut sse) = (opts.get("ws", 0usize)?, opts.get("sse", 0usize)?);
         if clients > 0 {
-            match kind.as_str() {
-                "ours-sse" | "salvo-sse" => sse += clients,
-                _ => ws += clients,
+            if kind.ends_with("sse") {
+                sse += clients;
+            } else {
+                ws += clients;
             }
         }
         let cfg = Self {
@@ -1035,10 +1366,14 @@ impl RunConfig {
             return Err("sources must be 1..=250 (127.0.0.1 up to 127.0.0.250)".into());
         }
         match Kind::parse(&self.kind)? {
-            Kind::Tungstenite | Kind::SalvoHandwritten if self.sse > 0 => {
+            Kind::Tungstenite | Kind::SalvoHandwritten | Kind::AxumWs | Kind::OursChannels
+                if self.sse > 0 =>
+            {
                 Err("that server speaks WebSocket only".into())
             }
-            Kind::SalvoSse if self.ws > 0 => Err("salvo-sse speaks SSE only".into()),
+            Kind::SalvoSse | Kind::AxumSse if self.ws > 0 => {
+                Err("that server speaks SSE only".into())
+            }
             _ => Ok(()),
         }
     }
@@ -1078,6 +1413,16 @@ struct RunResult {
     max_us: u64,
     server_cpu_pct: f64,
     client_cpu_pct: f64,
+    /// Server CPU-seconds (user + system) from the first publish until every client is done.
+    server_cpu_secs: f64,
+    /// How busy the machine was: the 1-minute load average when the run started, and the
+    /// server's involuntary context switches while delivering (it was preempted by another
+    /// process on its core: the run measured the machine, not the server).
+    loadavg_1m: f64,
+    server_preempted: u64,
+    /// SSE clients whose stream carried ids / a `retry:` hint.
+    sse_with_ids: usize,
+    sse_with_retry: usize,
     timed_out: bool,
 }
 
@@ -1096,6 +1441,11 @@ impl RunResult {
 
     fn msgs_per_sec(&self) -> f64 {
         self.delivered as f64 / self.deliver_secs.max(1e-9)
+    }
+
+    /// Server CPU time per distinct delivery, in microseconds.
+    fn cpu_us_per_delivery(&self) -> f64 {
+        self.server_cpu_secs * 1e6 / self.delivered.max(1) as f64
     }
 
     fn clean(&self) -> bool {
@@ -1164,9 +1514,23 @@ impl RunResult {
         );
         let _ = write!(
             s,
-            "cpu       server {:.0}%, load generator {:.0}% (of one core, while delivering)",
-            self.server_cpu_pct, self.client_cpu_pct
+            "cpu       server {:.0}%, load generator {:.0}% (of one core, while delivering); \
+             server {:.3} CPU-s = {:.2} µs per delivery\n\
+             machine   load average {:.2} at the start; server preempted {} times while delivering",
+            self.server_cpu_pct,
+            self.client_cpu_pct,
+            self.server_cpu_secs,
+            self.cpu_us_per_delivery(),
+            self.loadavg_1m,
+            self.server_preempted
         );
+        if self.sse > 0 {
+            let _ = write!(
+                s,
+                "\nsse       {} of {} streams carried ids (Last-Event-ID kept), {} a retry: hint",
+                self.sse_with_ids, self.sse, self.sse_with_retry
+            );
+        }
         s
     }
 
@@ -1183,6 +1547,10 @@ impl RunResult {
             "p99_ms": self.p99_us as f64 / 1e3, "p999_ms": self.p999_us as f64 / 1e3,
             "max_ms": self.max_us as f64 / 1e3, "server_cpu_pct": self.server_cpu_pct,
             "client_cpu_pct": self.client_cpu_pct, "timed_out": self.timed_out,
+            "server_cpu_secs": self.server_cpu_secs,
+            "loadavg_1m": self.loadavg_1m, "server_preempted": self.server_preempted,
+            "cpu_us_per_delivery": self.cpu_us_per_delivery(),
+            "sse_with_ids": self.sse_with_ids, "sse_with_retry": self.sse_with_retry,
         })
         .to_string()
     }
@@ -1209,6 +1577,10 @@ async fn drive(cfg: &RunConfig, server: &mut ServerProc) -> Result<RunResult, Bo
         expected: cfg.messages * clients as u64,
         ..RunResult::default()
     };
+    result.loadavg_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
     tokio::time::sleep(Duration::from_millis(300)).await;
     result.rss_before_kib = proc_status_kib(server.pid, "VmRSS:");
 
@@ -1227,7 +1599,11 @@ async fn drive(cfg: &RunConfig, server: &mut ServerProc) -> Result<RunResult, Bo
     let mut waits = Vec::with_capacity(clients);
     let started = Instant::now();
     for i in 0..clients {
-        let protocol = if i < cfg.ws {
+        let protocol = if i < cfg.ws && cfg.kind == "ours-channels" {
+            Protocol::Channels
+        } else if i < cfg.ws && cfg.kind == "ours-rooms-ws" {
+            Protocol::RoomsWs
+        } else if i < cfg.ws {
             Protocol::Ws
         } else {
             Protocol::Sse
@@ -1276,6 +1652,7 @@ async fn drive(cfg: &RunConfig, server: &mut ServerProc) -> Result<RunResult, Bo
     result.rss_idle_kib = proc_status_kib(server.pid, "VmRSS:");
 
     let (server_cpu0, client_cpu0) = (cpu_ticks(server.pid), cpu_ticks(std::process::id()));
+    let preempted0 = involuntary_switches(server.pid);
     let wall0 = Instant::now();
     let publish_timeout = if cfg.rate > 0.0 {
         Duration::from_secs_f64(cfg.messages as f64 / cfg.rate) + Duration::from_secs(30)
@@ -1309,7 +1686,10 @@ async fn drive(cfg: &RunConfig, server: &mut ServerProc) -> Result<RunResult, Bo
     }
     let wall = wall0.elapsed().as_secs_f64();
     let ticks = |a: u64, b: u64| b.saturating_sub(a) as f64 / 100.0 / wall * 100.0;
-    result.server_cpu_pct = ticks(server_cpu0, cpu_ticks(server.pid));
+    let server_cpu1 = cpu_ticks(server.pid);
+    result.server_cpu_pct = ticks(server_cpu0, server_cpu1);
+    result.server_cpu_secs = server_cpu1.saturating_sub(server_cpu0) as f64 / 100.0;
+    result.server_preempted = involuntary_switches(server.pid).saturating_sub(preempted0);
     result.client_cpu_pct = ticks(client_cpu0, cpu_ticks(std::process::id()));
     result.deliver_secs = shared
         .last_rx_ns
@@ -1327,6 +1707,8 @@ async fn drive(cfg: &RunConfig, server: &mut ServerProc) -> Result<RunResult, Bo
         if tally.dropped {
             result.dropped_clients += 1;
         }
+        result.sse_with_ids += usize::from(tally.kept_event_id);
+        result.sse_with_retry += usize::from(tally.got_retry);
     }
     result.lost = result.expected - result.delivered;
     let q = shared.histogram.quantiles(&[0.5, 0.99, 0.999, 1.0]);
@@ -1345,9 +1727,51 @@ struct Case {
     rate: f64,
 }
 
+/// The WebSocket and SSE servers of every table.
+const WS_KINDS: [&str; 7] = [
+    "ours-ws",
+    "ours-ws-raw",
+    "ours-channels",
+    "ours-rooms-ws",
+    "salvo-handwritten",
+    "tungstenite",
+    "axum-ws",
+];
+const SSE_KINDS: [&str; 3] = ["ours-sse", "salvo-sse", "axum-sse"];
+
+/// `--only issue12`: the sizes issue 12's targets name, one table each (`i12_*`); never part
+/// of the default suite.
+fn issue12_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |table, kinds: &[&'static str], clients, messages, rate| {
+        for kind in kinds {
+            cases.push(Case {
+                table,
+                kind,
+                clients,
+                messages,
+                rate,
+            });
+        }
+    };
+    add("i12_ws_rate10", &WS_KINDS, 5_000, 100, 10.0);
+    add("i12_ws_flat", &WS_KINDS, 1_000, 1_000, 0.0);
+    add("i12_sse_flat", &SSE_KINDS, 1_000, 1_000, 0.0);
+    add("i12_sse_rate200", &SSE_KINDS, 1_000, 2_000, 200.0);
+    add("i12_sse_rate10", &SSE_KINDS, 5_000, 100, 10.0);
+    cases
+}
+
 fn suite_cases(only: Option<&str>) -> Vec<Case> {
-    let ws_kinds = ["ours-ws", "ours-ws-raw", "salvo-handwritten", "tungstenite"];
-    let sse_kinds = ["ours-sse", "salvo-sse"];
+    if let Some(only) = only.filter(|o| o.split(',').any(|t| t == "issue12")) {
+        let mut cases = issue12_cases();
+        let rest: Vec<&str> = only.split(',').filter(|t| *t != "issue12").collect();
+        if !rest.is_empty() {
+            cases.extend(suite_cases(Some(&rest.join(","))));
+        }
+        return cases;
+    }
+    let (ws_kinds, sse_kinds) = (WS_KINDS, SSE_KINDS);
     let mut cases = Vec::new();
     // Flat out: 1 M deliveries per run.
     for clients in [100, 1_000, 5_000] {
@@ -1457,23 +1881,66 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Medians of one case's runs.
+struct Row<'a> {
+    case: &'a Case,
+    runs: usize,
+    msgs_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    kib_per_conn: f64,
+    conns_per_sec: f64,
+    cpu_us: f64,
+    load: f64,
+    preempted: f64,
+    lost: u64,
+    duplicates: u64,
+}
+
+fn rows<'a>(cases: &'a [Case], results: &[(usize, RunResult)]) -> Vec<Row<'a>> {
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let rs: Vec<&RunResult> = results
+                .iter()
+                .filter(|(j, _)| *j == i)
+                .map(|(_, r)| r)
+                .collect();
+            let m = |f: fn(&RunResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            Row {
+                case,
+                runs: rs.len(),
+                msgs_per_sec: m(RunResult::msgs_per_sec),
+                p50_ms: m(|r| r.p50_us as f64 / 1e3),
+                p99_ms: m(|r| r.p99_us as f64 / 1e3),
+                p999_ms: m(|r| r.p999_us as f64 / 1e3),
+                kib_per_conn: m(RunResult::kib_per_conn),
+                conns_per_sec: m(RunResult::conns_per_sec),
+                cpu_us: m(RunResult::cpu_us_per_delivery),
+                load: m(|r| r.loadavg_1m),
+                preempted: m(|r| r.server_preempted as f64),
+                lost: rs.iter().map(|r| r.lost).sum(),
+                duplicates: rs.iter().map(|r| r.duplicates).sum(),
+            }
+        })
+        .collect()
+}
+
 fn tables(cases: &[Case], results: &[(usize, RunResult)]) -> String {
+    let rows = rows(cases, results);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| table | server | clients | msgs | rate | delivered msgs/s | p50 ms | p99 ms | p999 ms | KiB/conn | conn/s | lost | dup | runs |"
+        "| table | server | clients | msgs | rate | delivered msgs/s | p50 ms | p99 ms | p999 ms | KiB/conn | conn/s | CPU µs/delivery | load | preempted | lost | dup | runs |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    for (i, c) in cases.iter().enumerate() {
-        let rs: Vec<&RunResult> = results
-            .iter()
-            .filter(|(j, _)| *j == i)
-            .map(|(_, r)| r)
-            .collect();
-        let m = |f: fn(&RunResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
+    for r in &rows {
+        let c = r.case;
         let rate = if c.rate > 0.0 {
             format!("{}/s", c.rate)
         } else {
@@ -1481,20 +1948,74 @@ fn tables(cases: &[Case], results: &[(usize, RunResult)]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {rate} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {rate} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {} | {} | {} |",
             c.table,
             c.kind,
             c.clients,
             c.messages,
-            m(RunResult::msgs_per_sec),
-            m(|r| r.p50_us as f64 / 1e3),
-            m(|r| r.p99_us as f64 / 1e3),
-            m(|r| r.p999_us as f64 / 1e3),
-            m(RunResult::kib_per_conn),
-            m(RunResult::conns_per_sec),
-            rs.iter().map(|r| r.lost).sum::<u64>(),
-            rs.iter().map(|r| r.duplicates).sum::<u64>(),
-            rs.len(),
+            r.msgs_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.kib_per_conn,
+            r.conns_per_sec,
+            r.cpu_us,
+            r.load,
+            r.preempted,
+            r.lost,
+            r.duplicates,
+            r.runs,
+        );
+    }
+    s.push('\n');
+    s.push_str(&ratios(&rows));
+    s
+}
+
+/// Ours against the best baseline of the same table: delivered msgs/s (flat out) or p99
+/// (paced) as the headline, then idle KiB/conn, conn/s and CPU per delivery, each against
+/// the best baseline for that figure (named).
+fn ratios(rows: &[Row<'_>]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| table | server | headline | vs best baseline | KiB/conn vs best | conn/s vs best | CPU/delivery vs best |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let best = |table: &str, key: fn(&Row<'_>) -> f64, higher: bool| -> Option<(f64, &str)> {
+        rows.iter()
+            .filter(|r| r.case.table == table && !r.case.kind.starts_with("ours") && r.runs > 0)
+            .map(|r| (key(r), r.case.kind))
+            .filter(|(v, _)| v.is_finite())
+            .reduce(|a, b| if (b.0 > a.0) == higher { b } else { a })
+    };
+    let ratio = |ours: f64, best: Option<(f64, &str)>| match best {
+        Some((b, kind)) if b > 0.0 => format!("{:.2}x ({kind})", ours / b),
+        _ => "-".into(),
+    };
+    for r in rows
+        .iter()
+        .filter(|r| r.case.kind.starts_with("ours") && r.runs > 0)
+    {
+        let table = r.case.table;
+        let (headline, vs) = if r.case.rate > 0.0 {
+            (
+                format!("p99 {:.2} ms", r.p99_ms),
+                ratio(r.p99_ms, best(table, |r| r.p99_ms, false)),
+            )
+        } else {
+            (
+                format!("{:.0} msgs/s", r.msgs_per_sec),
+                ratio(r.msgs_per_sec, best(table, |r| r.msgs_per_sec, true)),
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {table} | {} | {headline} | {vs} | {} | {} | {} |",
+            r.case.kind,
+            ratio(r.kib_per_conn, best(table, |r| r.kib_per_conn, false)),
+            ratio(r.conns_per_sec, best(table, |r| r.conns_per_sec, true)),
+            ratio(r.cpu_us, best(table, |r| r.cpu_us, false)),
         );
     }
     s
@@ -1507,7 +2028,9 @@ fn plot(jsonl: &str) -> Result<String, BoxError> {
     let mut points: HashMap<String, HashMap<u64, Vec<f64>>> = HashMap::new();
     for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)?;
-        if v["table"] != "flat" {
+        // The flat-out tables: `flat` (100 to 5,000 subscribers) and issue 12's `i12_*_flat`.
+        let table = v["table"].as_str().unwrap_or("");
+        if table != "flat" && !table.ends_with("_flat") {
             continue;
         }
         let kind = v["kind"].as_str().unwrap_or("?").to_owned();

@@ -30,6 +30,9 @@
 //! `ETag`: browsers keep the script and revalidate it, getting a bodiless `304` until the crate
 //! (and so the script) changes.
 //!
+//! For pages written in TypeScript, [`ClientTypes`] serves the module's declarations
+//! ([`SOURCE_TYPES`], a `.d.ts` covering every export below): mount it at `realtime.d.ts`.
+//!
 //! # The JavaScript API
 //!
 //! ```text
@@ -207,6 +210,10 @@ use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 /// The client module's JavaScript source, as [`ClientScript`] serves it.
 pub const SOURCE: &str = include_str!("client.js");
 
+/// TypeScript declarations of the client module (a `.d.ts`), as [`ClientTypes`] serves them;
+/// they cover every export of [`SOURCE`], the channel protocol client included.
+pub const SOURCE_TYPES: &str = include_str!("client.d.ts");
+
 /// FNV-1a over the source: a validator that changes whenever the script does.
 const fn fingerprint(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -220,6 +227,7 @@ const fn fingerprint(bytes: &[u8]) -> u64 {
 }
 
 const FINGERPRINT: u64 = fingerprint(SOURCE.as_bytes());
+const TYPES_FINGERPRINT: u64 = fingerprint(SOURCE_TYPES.as_bytes());
 
 /// A Salvo handler serving the browser client module ([`SOURCE`]); see the
 /// [module docs](self) for the JavaScript API.
@@ -239,26 +247,88 @@ impl Handler for ClientScript {
         _ctrl: &mut FlowCtrl,
     ) {
         let etag = format!("\"rt-{FINGERPRINT:016x}\"");
-        let headers = res.headers_mut();
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        if let Ok(value) = HeaderValue::from_str(&etag) {
-            headers.insert(ETAG, value);
-        }
-        let fresh = req
-            .headers()
-            .get(IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-        if fresh {
-            res.status_code(StatusCode::NOT_MODIFIED);
-            return;
-        }
-        res.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/javascript; charset=utf-8"),
-        );
-        res.body(SOURCE);
+        serve(req, res, &etag, "text/javascript; charset=utf-8", SOURCE);
     }
+}
+
+/// A Salvo handler serving the client's TypeScript declarations ([`SOURCE_TYPES`]), for pages
+/// written in TypeScript. Mount it beside the script, at the script's path with `.d.ts` for
+/// `.js`:
+///
+/// ```
+/// use salvo::prelude::*;
+/// use salvo::test::{ResponseExt, TestClient};
+/// use salvo_realtime::client::{ClientScript, ClientTypes};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let router = Router::new()
+///     .push(Router::with_path("realtime.js").get(ClientScript))
+///     .push(Router::with_path("realtime.d.ts").get(ClientTypes));
+///
+/// # let router = Service::new(router);
+/// let mut res = TestClient::get("http://localhost/realtime.d.ts").send(&router).await;
+/// assert_eq!(res.status_code, Some(StatusCode::OK));
+/// assert_eq!(res.headers()["content-type"], "application/typescript; charset=utf-8");
+/// let types = res.take_string().await.unwrap();
+/// assert!(types.contains("export class RealtimeChannels"));
+/// # }
+/// ```
+///
+/// A TypeScript project saves the file (`curl -o src/realtime.d.ts
+/// http://localhost:8080/realtime.d.ts`, or write [`SOURCE_TYPES`] from a build script) and
+/// maps the module its pages import, in `tsconfig.json`:
+/// `"paths": { "/realtime.js": ["./src/realtime.d.ts"] }`. Answers like [`ClientScript`]:
+/// `Cache-Control: no-cache`, an `ETag`, `304` on a matching `If-None-Match`; the content
+/// type is `application/typescript; charset=utf-8`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTypes;
+
+#[async_trait]
+impl Handler for ClientTypes {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        _depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        let etag = format!("\"rt-types-{TYPES_FINGERPRINT:016x}\"");
+        serve(
+            req,
+            res,
+            &etag,
+            "application/typescript; charset=utf-8",
+            SOURCE_TYPES,
+        );
+    }
+}
+
+/// Answers with `body`, or `304` when the request's `If-None-Match` holds `etag`.
+fn serve(
+    req: &Request,
+    res: &mut Response,
+    etag: &str,
+    content_type: &'static str,
+    body: &'static str,
+) {
+    let headers = res.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        headers.insert(ETAG, value);
+    }
+    let fresh = req
+        .headers()
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if fresh {
+        res.status_code(StatusCode::NOT_MODIFIED);
+        return;
+    }
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.body(body);
 }
 
 #[cfg(test)]
@@ -266,7 +336,7 @@ mod tests {
     use salvo::prelude::*;
     use salvo::test::{ResponseExt, TestClient};
 
-    use super::ClientScript;
+    use super::{ClientScript, ClientTypes, SOURCE, SOURCE_TYPES};
 
     #[tokio::test]
     async fn revalidation_answers_304() {
@@ -281,5 +351,51 @@ mod tests {
             .await;
         assert_eq!(again.status_code, Some(StatusCode::NOT_MODIFIED));
         assert!(again.take_string().await.expect("body").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_types_revalidate_with_their_own_etag() {
+        let router = Service::new(
+            Router::new()
+                .push(Router::with_path("rt.js").get(ClientScript))
+                .push(Router::with_path("rt.d.ts").get(ClientTypes)),
+        );
+        let script = TestClient::get("http://localhost/rt.js")
+            .send(&router)
+            .await;
+        let mut types = TestClient::get("http://localhost/rt.d.ts")
+            .send(&router)
+            .await;
+        let etag = types.headers()["etag"].to_str().expect("ascii").to_owned();
+        assert_ne!(etag, script.headers()["etag"].to_str().expect("ascii"));
+        assert_eq!(types.take_string().await.expect("body"), SOURCE_TYPES);
+        let again = TestClient::get("http://localhost/rt.d.ts")
+            .add_header("if-none-match", &etag, true)
+            .send(&router)
+            .await;
+        assert_eq!(again.status_code, Some(StatusCode::NOT_MODIFIED));
+    }
+
+    /// Every export of the script is declared (types/usage.ts checks the declarations' shapes).
+    #[test]
+    fn the_types_declare_every_export_of_the_script() {
+        let exports = SOURCE.lines().filter_map(|line| {
+            let rest = line.strip_prefix("export ")?;
+            let (kind, rest) = rest.split_once(' ')?;
+            let name = rest
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next()?;
+            Some((kind, name))
+        });
+        let mut count = 0;
+        for (kind, name) in exports {
+            let declared = format!("export {kind} {name}");
+            assert!(
+                SOURCE_TYPES.lines().any(|l| l.starts_with(&declared)),
+                "client.d.ts lacks `{declared}`"
+            );
+            count += 1;
+        }
+        assert!(count >= 9, "found {count} exports");
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::error::HubError;
 use crate::hub::{ConnectionId, DIRECT_PREFIX, Hub, Identity, Position, Topic};
+use crate::metrics::ConnMetrics;
 use crate::{Connection, MessageId};
 
 /// Why a request was refused before it became a connection; mapped to an HTTP status.
@@ -76,6 +77,38 @@ impl Rejection {
         match self {
             Self::Unauthorized(r) | Self::Forbidden(r) | Self::BadRequest(r) => r,
         }
+    }
+}
+
+/// A bad topic name is a bad request (400), so `Topic::new(..)?` works in a
+/// [`topics`](crate::ws::WsEndpoint::topics) closure.
+///
+/// ```
+/// use salvo_realtime::{Rejection, Topic};
+///
+/// fn topics(user: &str) -> Result<Vec<Topic>, Rejection> {
+///     Ok(vec![Topic::new("lobby")?, Topic::new(&format!("{user}.inbox"))?])
+/// }
+/// assert_eq!(topics("alice").map(|t| t.len()), Ok(2));
+/// assert_eq!(topics("a\nb").map_err(|r| r.status().as_u16()), Err(400));
+/// ```
+impl From<crate::error::InvalidTopic> for Rejection {
+    fn from(e: crate::error::InvalidTopic) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+/// An unreadable message id is a bad request (400).
+///
+/// ```
+/// use salvo_realtime::{MessageId, Rejection};
+///
+/// let parse = |s: &str| -> Result<MessageId, Rejection> { Ok(s.parse()?) };
+/// assert_eq!(parse("junk").map_err(|r| r.status().as_u16()), Err(400));
+/// ```
+impl From<crate::error::ParseIdError> for Rejection {
+    fn from(e: crate::error::ParseIdError) -> Self {
+        Self::bad_request(e.to_string())
     }
 }
 
@@ -189,6 +222,20 @@ impl Refusal {
         res.render(self.brief());
     }
 
+    /// The `reason` label of `salvo_realtime_refusals_total` (crate docs, "Metrics").
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Draining => "draining",
+            Self::Handshake(_) | Self::Version => "handshake",
+            Self::Origin => "origin",
+            Self::Rejected(Rejection::BadRequest(_)) => "request",
+            Self::Rejected(_) => "identity",
+            Self::Cap(_) => "caps",
+            Self::Hub(HubError::Refused(_) | HubError::NotSubscribed(_)) => "subscribe",
+            Self::Hub(_) => "hub",
+        }
+    }
+
     /// Logs the refusal: backend failures as errors with their detail, the rest briefly.
     pub(crate) fn log(&self, transport: &'static str, peer: Option<IpAddr>) {
         let status = self.status().as_u16();
@@ -226,14 +273,34 @@ pub(crate) struct Admitted {
     pub(crate) admission: Admission,
 }
 
-/// Which `Origin`s may connect: the request's own host, or an exact allowlist.
-#[derive(Debug, Clone, Default)]
+/// Decides an `Origin` from the request: the shape of salvo-cors' `AllowOrigin::judge`, so
+/// one function can serve both.
+pub(crate) type OriginFn = dyn Fn(&HeaderValue, &Request, &Depot) -> bool + Send + Sync;
+
+/// Which `Origin`s may connect: the request's own host, an exact allowlist, or what a
+/// predicate accepts.
+#[derive(Clone, Default)]
 pub(crate) struct OriginPolicy {
     allowed: Vec<String>,
+    judge: Option<Arc<OriginFn>>,
     require: bool,
 }
 
+impl fmt::Debug for OriginPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginPolicy")
+            .field("allowed", &self.allowed)
+            .field("judge", &self.judge.is_some())
+            .field("require", &self.require)
+            .finish()
+    }
+}
+
 impl OriginPolicy {
+    pub(crate) fn set_judge(&mut self, judge: Arc<OriginFn>) {
+        self.judge = Some(judge);
+    }
+
     pub(crate) fn set_allowed(&mut self, origins: &[&str]) {
         self.allowed = origins
             .iter()
@@ -247,7 +314,7 @@ impl OriginPolicy {
 
     /// Exact, case-insensitive; one `Origin` header at most (a second one could smuggle a
     /// foreign origin past a check that reads only the first).
-    pub(crate) fn check(&self, req: &Request) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, req: &Request, depot: &Depot) -> Result<(), Refusal> {
         let mut values = req.headers().get_all(ORIGIN).iter();
         let (Some(origin), None) = (values.next(), values.next()) else {
             return if req.headers().contains_key(ORIGIN) || self.require {
@@ -256,6 +323,10 @@ impl OriginPolicy {
                 Ok(())
             };
         };
+        let judged = self.judge.as_ref();
+        if judged.is_some_and(|judge| judge(origin, req, depot)) {
+            return Ok(());
+        }
         let origin = origin
             .to_str()
             .map_err(|_| Refusal::Origin)?
@@ -462,6 +533,8 @@ pub(crate) fn check_handshake(req: &Request) -> Result<(), Refusal> {
 #[derive(Clone)]
 pub(crate) struct Common {
     topic_param: Arc<str>,
+    /// The `endpoint` label of the connection metrics.
+    name: Arc<str>,
     topics: Option<Arc<TopicsFn>>,
     identify: Option<Arc<IdentifyFn>>,
     pub(crate) caps: Caps,
@@ -475,6 +548,7 @@ impl Common {
     pub(crate) fn new() -> Self {
         Self {
             topic_param: Arc::from("topic"),
+            name: Arc::from("default"),
             topics: None,
             identify: None,
             caps: Caps::new(10_000, 64),
@@ -489,6 +563,9 @@ impl Common {
         self.topic_param = Arc::from(name);
     }
 
+    pub(crate) fn set_name(&mut self, name: &str) {
+        self.name = Arc::from(name);
+    }
     pub(crate) fn set_topics<F>(&mut self, f: F)
     where
         F: Fn(&Request, &Depot) -> Result<Vec<Topic>, Rejection> + Send + Sync + 'static,
@@ -573,7 +650,7 @@ impl Common {
         if transport != Transport::EventStream {
             check_handshake(req)?;
         }
-        self.origins.check(req)?;
+        self.origins.check(req, depot)?;
         let topics = match self.topics(req, depot) {
             Err(_) if transport == Transport::Channels && self.no_topic_asked(req) => Vec::new(),
             other => other?,
@@ -610,7 +687,11 @@ impl Common {
         let drain = self.drain.register(conn.id()).ok_or(Refusal::Draining)?;
         Ok(Admitted {
             conn,
-            admission: Admission { _slot: slot, drain },
+            admission: Admission {
+                _slot: slot,
+                drain,
+                metrics: ConnMetrics::none(),
+            },
         })
     }
 
@@ -622,9 +703,12 @@ impl Common {
         depot: &Depot,
         transport: Transport,
     ) -> Result<(Admitted, H::Subscription), Refusal> {
-        let admitted = self.admit(req, depot, transport).await?;
+        let mut admitted = self.admit(req, depot, transport).await?;
         match hub.join(&admitted.conn).await {
-            Ok(sub) => Ok((admitted, sub)),
+            Ok(sub) => {
+                admitted.admission.metrics = ConnMetrics::open(transport, &self.name);
+                Ok((admitted, sub))
+            }
             Err(e) => Err(Refusal::Hub(e)),
         }
     }
@@ -642,6 +726,7 @@ impl Common {
             Transport::EventStream => "sse",
         };
         refusal.log(name, req.remote_addr().ip());
+        crate::metrics::refused(transport, refusal.kind());
         refusal.respond(res, self.caps.retry_after());
     }
 }
@@ -712,6 +797,7 @@ impl fmt::Debug for Common {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Common")
             .field("topic_param", &self.topic_param)
+            .field("name", &self.name)
             .field("custom_topics", &self.topics.is_some())
             .field("identify", &self.identify.is_some())
             .field("caps", &self.caps)
@@ -1004,15 +1090,25 @@ impl Drop for DrainGuard {
     }
 }
 
-/// Everything a connection holds until it ends: its cap slot and drain registration.
+/// Everything a connection holds until it ends: its cap slot, drain registration and metrics
+/// (counted open from the join until dropped).
 pub(crate) struct Admission {
     pub(crate) _slot: Slot,
     pub(crate) drain: DrainGuard,
+    pub(crate) metrics: ConnMetrics,
 }
 
 /// The builder methods both endpoints share.
 macro_rules! common_builders {
     () => {
+        /// Names the endpoint in its metrics: the `endpoint` label of the connection counts
+        /// (crate docs, "Metrics"; `metrics` feature). Give each endpoint of an app its own,
+        /// from a fixed set: every distinct name is a time series. Default: `"default"`.
+        #[must_use]
+        pub fn name(mut self, name: &str) -> Self {
+            self.common.set_name(name);
+            self
+        }
         /// The path or query parameter naming the topic (or room) to attach to: the path
         /// parameter if the route has it, else every query value of that name. Default: `"topic"`.
         #[must_use]
@@ -1121,6 +1217,27 @@ macro_rules! common_builders {
         #[must_use]
         pub fn allowed_origins(mut self, origins: &[&str]) -> Self {
             self.common.origins.set_allowed(origins);
+            self
+        }
+
+        /// Also admits every `Origin` that `judge` accepts, besides the request's own host and
+        /// [`allowed_origins`](Self::allowed_origins). The closure has the shape salvo-cors'
+        /// `AllowOrigin::judge` takes (`Fn(&HeaderValue, &Request, &Depot) -> bool`), so one
+        /// function can be the single list of trusted origins for both: CORS does not guard
+        /// a WebSocket upgrade (a browser sends no preflight for it, and the page's script
+        /// never reads the upgrade response, so `Access-Control-Allow-Origin` changes nothing),
+        /// and an event stream's `Origin` is only checked here. It is called only for a
+        /// request with exactly one `Origin` header; two are refused before it runs. Default:
+        /// none. See the README, "Origins and CORS: one list".
+        #[must_use]
+        pub fn allow_origin_fn<F>(mut self, judge: F) -> Self
+        where
+            F: Fn(&salvo::http::HeaderValue, &salvo::Request, &salvo::Depot) -> bool
+                + Send
+                + Sync
+                + 'static,
+        {
+            self.common.origins.set_judge(std::sync::Arc::new(judge));
             self
         }
 
@@ -1308,7 +1425,8 @@ mod tests {
                 || lowered == "http://svc.example:8080"
                 || lowered == "https://svc.example:8080"
                 || HeaderValue::from_str(&origin).is_err();
-            prop_assert_eq!(policy.check(&req).is_ok(), should_pass, "{:?}", origin);
+            let passed = policy.check(&req, &salvo::Depot::new()).is_ok();
+            prop_assert_eq!(passed, should_pass, "{:?}", origin);
         }
 
         // Handshake headers of any content: a typed refusal or success, never a panic.

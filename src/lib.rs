@@ -8,6 +8,7 @@
 //! | [`ws::WsEndpoint`] | a WebSocket endpoint over any hub: identity before upgrade, origin checks, limits, heartbeat, rate limit, slow-consumer policy, resume |
 //! | [`sse::SseEndpoint`] | an SSE endpoint over any hub: ids on every event, `Last-Event-ID` resume, keep-alive |
 //! | [`Drain`], [`Rejection`] | graceful shutdown and request refusal, shared by both endpoints |
+//! | [`publish::Publish`] | publishing over HTTP: a `POST` handler that publishes its body to a topic of any hub, closed until you authorize |
 //! | [`client::ClientScript`] | the browser client (reconnect, resume, dedup) served at a path you pick |
 //! | [`backend`] | where ids, history and presence live: in memory ([`backend::Local`]) or remote (`redis` feature) |
 //!
@@ -55,7 +56,73 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `redis` | no | the `redis` module: a Redis [`backend::Backend`] (single server or Redis Cluster), so that several server processes behave as one hub |
-//! | `browser-tests` | no | builds the headless-Chromium tests of the example pages (CI only) |
+//! | `metrics` | no | operator metrics through the [`metrics`](https://docs.rs/metrics) facade: connections, refusals, closes, messages, lag, latency (see [Metrics](#metrics)) |
+//! | `browser-tests` | no | builds the headless-Chromium tests of the example pages (CI only); enables `metrics` |
+//!
+//! # Defaults
+//!
+//! Every default (caps, limits, heartbeat, the origin policy, what [`Rooms`] does with a
+//! member's message, what raw framing carries), why it is what it is and how to change it, is
+//! in one table: the README's "Defaults, status codes and close codes" (the crate's front page
+//! on crates.io). The README also shows how to share one origin list with a CORS middleware
+//! and how to serve with `TCP_NODELAY`.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, both endpoints (and the Redis backend) report through the
+//! [`metrics`](https://docs.rs/metrics) facade: install any recorder (Prometheus, StatsD,
+//! OpenTelemetry, ...) and they show up; without one, the calls do nothing. Name each
+//! endpoint with [`name`](ws::WsEndpoint::name) for the `endpoint` label. The `transport`
+//! label is `websocket`, `channels` (a WebSocket speaking the channel protocol) or `sse`.
+//!
+//! | metric | type | unit | labels | counts |
+//! |---|---|---|---|---|
+//! | `salvo_realtime_connections_open` | gauge | connections | `transport`, `endpoint` | connections open now, from the join (for a WebSocket, just before the `101`) until the connection has left |
+//! | `salvo_realtime_connections_total` | counter | connections | `transport`, `endpoint` | connections opened |
+//! | `salvo_realtime_refusals_total` | counter | requests | `transport`, `reason` | requests refused before they became connections; `reason`: `draining`, `handshake` (400, 426), `origin`, `request` (400: a bad topic name or parameter), `identity` (401/403 from `identify` or a `topics` closure), `caps` (503/429), `subscribe` (an authorization rule refused a topic: at connect, or a channel `subscribe` command), `hub` (any other refusal by the hub) |
+//! | `salvo_realtime_closes_total` | counter | connections | `transport`, `code` | connections closed; `code`: the WebSocket close code (ours or the client's; `1006` when the socket went without a closing handshake; codes outside 1000–1015 as `other`), `end` for SSE |
+//! | `salvo_realtime_messages_received_total` | counter | messages | `transport` | messages read from WebSocket clients (data frames, channel commands; not pings), rate-limited ones included |
+//! | `salvo_realtime_messages_sent_total` | counter | messages | `transport` | deliveries written to clients: messages and the endpoint's notices (presence, reset, lagged); not pings, keep-alives or command replies |
+//! | `salvo_realtime_lagged_total` | counter | messages | `transport` | messages connections lost to lag (the `missed` of each [`Delivery::Lagged`]) |
+//! | `salvo_realtime_dropped_total` | counter | messages | `transport` | client messages dropped by the inbound rate limit |
+//! | `salvo_realtime_slow_consumer_disconnects_total` | counter | connections | `transport` | connections closed as slow consumers (lag under [`ws::SlowConsumerPolicy::Disconnect`], or a send stuck past the send timeout) |
+//! | `salvo_realtime_publish_to_write_seconds` | histogram | seconds | `transport` | sampled (below): from a message entering this node's hub (published here, or arrived from Redis) to the endpoint handing it to the connection's writer; replays (resume, `recent`) are left out |
+//! | `salvo_realtime_topics` | gauge | logs | none | topic, room and direct-message logs the process's hubs hold (with a remote backend: the ones this node mirrors) |
+//! | `salvo_realtime_redis_errors_total` | counter | errors | `op` | `redis` feature: failed Redis commands (`op`: the command, `evalsha`, `xrange`, `sadd`, ..., or `pipeline`; a script not loaded yet is no failure) and pub/sub operations (`subscribe`, `unsubscribe`, `pubsub_connect`) |
+//! | `salvo_realtime_redis_reconnects_total` | counter | reconnects | | `redis` feature: the pub/sub connection re-established after a loss (or a cluster node's lost and its channels subscribed again) |
+//!
+//! No label names a topic, a room or a user: each distinct label value is a time series kept
+//! for the process's lifetime, and topics and users are unbounded. Per-topic counts are what
+//! [`Counted`] is for.
+//!
+//! **Cost.** A connection counts what it sends and receives in plain integers of its own and
+//! hands the totals to the facade once per batch, not per delivery: a batch is a WebSocket
+//! write burst (up to 64 deliveries; it already costs a socket write), or for SSE 64 events;
+//! whatever is left goes on the heartbeat or keep-alive tick and at close. Under load a burst
+//! carries many deliveries; a connection sent one message at a time makes each its own batch,
+//! as it makes each its own write. The latency histogram is sampled per batch: one observation,
+//! the age of the batch's first message when it was written. The facade's handles are looked
+//! up once per connection, when it opens, and kept in one allocation of about 200 bytes; the
+//! connection's task grows by one pointer. Without the feature none of this is compiled.
+//!
+//! **Salvo's `otel` feature** (`salvo::otel::Metrics`) is a separate middleware: it records
+//! per-HTTP-request instruments on OpenTelemetry's global meter provider, so it sees a
+//! WebSocket's upgrade request and an SSE stream as one long request, not what travels on
+//! them. These metrics go through the `metrics` facade instead. An app can serve both (a
+//! Prometheus recorder for these, its OpenTelemetry exporter for Salvo's), or bridge the
+//! facade into OpenTelemetry with a recorder such as `metrics-exporter-opentelemetry`. The
+//! `dashboard` example serves `/metrics` with `metrics-exporter-prometheus`.
+//!
+//! ```
+//! use salvo::prelude::*;
+//! use salvo_realtime::{PubSub, sse::SseEndpoint, ws::WsEndpoint};
+//!
+//! let hub = PubSub::new();
+//! let router = Router::new()
+//!     .push(Router::with_path("ws/{topic}").goal(WsEndpoint::new(hub.clone()).name("chat")))
+//!     .push(Router::with_path("events/{topic}").get(SseEndpoint::new(hub).name("feed")));
+//! # let _ = router;
+//! ```
 //!
 //! # Minimum supported Rust version
 //!
@@ -69,7 +136,9 @@ pub mod client;
 mod endpoint;
 pub mod error;
 mod hub;
+mod metrics;
 mod protocol;
+pub mod publish;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod sse;
@@ -80,7 +149,7 @@ pub use hub::{
     CONNECTION_TOPIC, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
     Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member,
     Message, MessageId, Offset, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position,
-    Presence, PubSub, Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic,
+    Presence, PresenceMode, PubSub, Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic,
     TopicCount,
 };
 
@@ -89,7 +158,7 @@ pub use hub::{
 /// through which a remote backend feeds a node's local logs. Needed only to write a backend or
 /// to name a hub's backend type (`Rooms<B>`).
 pub mod backend {
-    pub use crate::hub::{Applied, Backend, Local, Mirror, WeakMirror};
+    pub use crate::hub::{Applied, Backend, Local, MembersPage, Mirror, WeakMirror};
 }
 
 /// Compiles the README's code blocks as doc-tests, so its quick start can't rot.

@@ -70,7 +70,8 @@
 //!
 //! The request goes through the same checks as a WebSocket (see [`ws`](crate::ws), "What a
 //! connection goes through"), with the same status for each refusal: origin (403: the same
-//! policy, [`allowed_origins`](SseEndpoint::allowed_origins) and
+//! policy, [`allowed_origins`](SseEndpoint::allowed_origins),
+//! [`allow_origin_fn`](SseEndpoint::allow_origin_fn) and
 //! [`require_origin`](SseEndpoint::require_origin), so a third-party page can't open a
 //! credentialed `EventSource` and join in the victim's name), bad topic or `recent` (400),
 //! identity (401/403), caps (503/429 with `Retry-After`), the hub's refusal (400, 403, 429,
@@ -372,7 +373,8 @@ struct Live<H: Hub> {
     hub: Arc<H>,
     conn: Connection,
     subscription: Option<H::Subscription>,
-    /// Held for its `Drop`: the cap slot and the drain registration go with the stream.
+    /// Held for its `Drop`: the cap slot, the drain registration and the open-connection
+    /// metrics go with the stream. Its metrics count the events sent.
     _admission: Admission,
     span: Span,
     opened: Instant,
@@ -445,7 +447,9 @@ fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<Bytes, Infallible>
                         Some(delivery) => {
                             if let Delivery::Lagged { topic, missed } = &delivery {
                                 tracing::warn!(parent: &live.span, %topic, missed, "sse subscriber lagged");
+                                live._admission.metrics.lagged(*missed);
                             }
+                            live._admission.metrics.sent(&delivery);
                             Next::Event(encode(&delivery))
                         }
                         None => Next::HubClosed,
@@ -454,6 +458,9 @@ fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<Bytes, Infallible>
                 },
                 None => Next::HubClosed,
             };
+            if let Next::Tick = next {
+                live._admission.metrics.flush();
+            }
             let reason = match next {
                 Next::Event(event) => {
                     live.sent = true;

@@ -26,8 +26,10 @@
 //!    `Upgrade: websocket`, a well-formed `Sec-WebSocket-Key`: else 400.
 //!    `Sec-WebSocket-Version` other than 13: 426 with `Sec-WebSocket-Version: 13`.
 //! 3. **Origin.** A browser's `Origin` must name the request's own `Host`, or be on the
-//!    [`allowed_origins`](WsEndpoint::allowed_origins) list (exact match, no wildcards): else
-//!    403; two `Origin` headers: 403. Requests without `Origin` (non-browser clients) pass
+//!    [`allowed_origins`](WsEndpoint::allowed_origins) list (exact match, no wildcards), or
+//!    pass [`allow_origin_fn`](WsEndpoint::allow_origin_fn) (a predicate you can share with
+//!    your CORS config; CORS itself doesn't guard upgrades): else 403; two `Origin` headers:
+//!    403. Requests without `Origin` (non-browser clients) pass
 //!    unless [`require_origin`](WsEndpoint::require_origin) is set. Pages with an opaque origin
 //!    (`file://`, sandboxed frames) send `Origin: null`, which never matches.
 //! 4. **Request.** The topics (path or query parameter `topic`, or a closure; a bad name is
@@ -89,8 +91,9 @@
 //! | any other code | the hub's error's [`code`](crate::error::HubError::code): a handler's own [`Refused`](crate::error::Refused) code (say `moderated`), `not_subscribed`, ... |
 //!
 //! Order: an `error` frame is sent after every delivery the connection had ready when its
-//! message was refused, so with an in-memory hub the echo of an earlier accepted message
-//! always comes before the error for a later one. With a remote backend, deliveries travel
+//! message was refused, so with an in-memory hub the echo of an earlier accepted message (under
+//! [`InboundPolicy::Publish`](crate::InboundPolicy::Publish)) always comes before the error for
+//! a later one. With a remote backend, deliveries travel
 //! through it and may come after.
 //!
 //! Client frames (text or binary) go to the hub as they are. With [`Framing::Raw`] messages
@@ -157,6 +160,9 @@
 //!
 //! # Limits and close codes
 //!
+//! Every default of both endpoints and the hubs, with its reason, is in one table: the README's
+//! "Defaults, status codes and close codes" (the crate's front page). In brief:
+//!
 //! | limit | default | when exceeded |
 //! |---|---|---|
 //! | message size | 64 KiB | close 1009 |
@@ -191,11 +197,13 @@
 
 use std::fmt;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink as _, SinkExt, Stream, StreamExt};
 use salvo::websocket::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use tokio::time::Instant;
@@ -206,6 +214,7 @@ use tracing::Instrument;
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload, Publication};
+use crate::metrics::ConnMetrics;
 use crate::protocol::{self, Command, SUBPROTOCOL};
 
 /// The close codes this endpoint sends (RFC 6455 §7.4.1).
@@ -580,10 +589,13 @@ fn handle<'a, H: Hub>(hub: &'a H, conn: &'a Connection, request: protocol::Reque
     let reference = request.reference;
     Box::pin(async move {
         let result = match request.command {
-            Command::Subscribe { topic, from, data } => hub
-                .add_topic(conn, &topic, from, data.as_ref())
-                .await
-                .map(|()| serde_json::json!({ "topic": topic })),
+            Command::Subscribe { topic, from, data } => {
+                let subscribed = hub.add_topic(conn, &topic, from, data.as_ref()).await;
+                if let Err(HubError::Refused(_)) = &subscribed {
+                    crate::metrics::refused(Transport::Channels, "subscribe");
+                }
+                subscribed.map(|()| serde_json::json!({ "topic": topic }))
+            }
             Command::Unsubscribe { topic } => hub
                 .remove_topic(conn, &topic)
                 .await
@@ -670,6 +682,16 @@ fn frame(delivery: &Delivery, framing: Framing) -> Option<WsMessage> {
     }
 }
 
+/// How far a burst got without waiting ([`Pump::burst_now`]).
+enum Fast {
+    /// Everything was written and flushed.
+    Sent,
+    /// A write would wait: the timed path goes on, with this delivery first (if any).
+    Blocked(Option<Delivery>),
+    /// The connection ends.
+    End(End),
+}
+
 type Sink = SplitSink<WebSocket, WsMessage>;
 type Source = SplitStream<WebSocket>;
 
@@ -683,11 +705,18 @@ async fn serve<H: Hub>(
     channel: bool,
 ) {
     let started = Instant::now();
-    let Admitted { conn, admission } = admitted;
+    let Admitted {
+        conn,
+        mut admission,
+    } = admitted;
     let (sink, mut source) = ws.split();
     tracing::info!(channel, "connected");
     let mut pump = Pump::new(sink, &*hub, &conn, &settings, channel);
+    pump.metrics = admission.metrics.take();
     let end = pump.run(&mut source, &mut sub, &admission).await;
+    if let End::Close(code, _) = &end {
+        pump.metrics.close_code(Some(*code));
+    }
     finish(&mut pump.sink, &mut source, &end).await;
     hub.leave(&conn, sub).await;
     drop(admission);
@@ -750,6 +779,8 @@ struct Pump<'a, H> {
     channel: bool,
     bucket: Option<Bucket>,
     clock: Clock,
+    /// Counts handed to the metrics facade in batches (zero-sized without the feature).
+    metrics: ConnMetrics,
 }
 
 impl<'a, H: Hub> Pump<'a, H> {
@@ -768,6 +799,7 @@ impl<'a, H: Hub> Pump<'a, H> {
             settings,
             channel,
             bucket: settings.rate.map(Bucket::new),
+            metrics: ConnMetrics::none(),
             clock: Clock {
                 next_ping: now + settings.ping_interval,
                 pong_due: None,
@@ -886,12 +918,10 @@ impl<'a, H: Hub> Pump<'a, H> {
 
     /// Sends the deliveries that are ready now, if any.
     async fn flush_ready(&mut self, sub: &mut H::Subscription) -> ControlFlow<End> {
-        if let Some(first) = sub.next().now_or_never().flatten()
-            && let Some(end) = Box::pin(self.burst(sub, first)).await
-        {
-            return ControlFlow::Break(end);
+        match sub.next().now_or_never().flatten() {
+            Some(first) => self.send_burst(sub, first).await,
+            None => ControlFlow::Continue(()),
         }
-        ControlFlow::Continue(())
     }
 
     /// A frame from the client: heartbeat bookkeeping, the rate limit, then the hub; in the
@@ -907,6 +937,8 @@ impl<'a, H: Hub> Pump<'a, H> {
             Some(Ok(msg)) => msg,
         };
         if msg.is_close() {
+            self.metrics
+                .close_code(msg.close_frame().map(|(code, _)| code));
             return ControlFlow::Break(End::ClientClosed);
         }
         let within_rate = self.bucket.as_mut().is_none_or(Bucket::take);
@@ -925,9 +957,11 @@ impl<'a, H: Hub> Pump<'a, H> {
         if let Some(t) = self.settings.idle_timeout {
             self.clock.idle_due = Some(Instant::now() + t);
         }
+        self.metrics.received();
         if !within_rate {
             tracing::debug!("message dropped: rate limit");
             self.hub.note_dropped(self.conn, 1);
+            self.metrics.dropped();
             if self.settings.rate_policy == RatePolicy::Close {
                 return ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"));
             }
@@ -1029,16 +1063,93 @@ impl<'a, H: Hub> Pump<'a, H> {
         let Some(first) = delivery else {
             return ControlFlow::Break(End::Close(NORMAL, "subscription ended"));
         };
-        // Boxed: the burst future is large and only lives while sending, so it shouldn't be
-        // part of every idle connection's state.
-        match Box::pin(self.burst(sub, first)).await {
+        self.send_burst(sub, first).await
+    }
+
+    /// Sends `first` and whatever else is ready. The common case, a socket that takes the
+    /// writes at once, is done in one poll ([`burst_now`](Self::burst_now)): no allocation, no
+    /// timer. Only when a write would wait does the timed [`burst`](Self::burst) take over,
+    /// boxed because its future is large and only lives while sending, so it isn't part of
+    /// every idle connection's state.
+    async fn send_burst<S: Stream<Item = Delivery> + Unpin>(
+        &mut self,
+        sub: &mut S,
+        first: Delivery,
+    ) -> ControlFlow<End> {
+        let mut first = Some(first);
+        let fast = std::future::poll_fn(|cx| {
+            Poll::Ready(match first.take() {
+                Some(first) => self.burst_now(cx, sub, first),
+                None => Fast::Sent,
+            })
+        })
+        .await;
+        let rest = match fast {
+            Fast::Sent => return ControlFlow::Continue(()),
+            Fast::End(end) => return ControlFlow::Break(end),
+            Fast::Blocked(rest) => rest,
+        };
+        match Box::pin(self.burst(sub, rest)).await {
             Some(end) => ControlFlow::Break(end),
             None => ControlFlow::Continue(()),
         }
     }
 
+    /// Feeds `first` and every delivery ready after it (up to a batch) and flushes, as far as
+    /// the socket takes it without waiting. Stops at the first write that would wait, or at a
+    /// lag notice (the timed path decides what lag means), handing back what is left.
+    fn burst_now<S: Stream<Item = Delivery> + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        sub: &mut S,
+        first: Delivery,
+    ) -> Fast {
+        let (framing, max_batch) = (self.settings.framing, self.settings.max_batch);
+        let mut next = Some(first);
+        let (mut sent, mut buffered) = (0, 0);
+        while let Some(delivery) = next.take() {
+            if matches!(delivery, Delivery::Lagged { .. }) {
+                return Fast::Blocked(Some(delivery));
+            }
+            if let Some(frame) = frame(&delivery, framing) {
+                match Pin::new(&mut self.sink).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+                    Poll::Pending => return Fast::Blocked(Some(delivery)),
+                }
+                self.metrics.sent(&delivery);
+                buffered += frame.as_bytes().len();
+                if Pin::new(&mut self.sink).start_send(frame).is_err() {
+                    return Fast::End(End::Gone("send failed"));
+                }
+                if buffered >= self.settings.max_write_buffer {
+                    match Pin::new(&mut self.sink).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => buffered = 0,
+                        Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+                        Poll::Pending => return Fast::Blocked(None),
+                    }
+                }
+            }
+            sent += 1;
+            if sent < max_batch
+                && let Poll::Ready(Some(delivery)) = Pin::new(&mut *sub).poll_next(cx)
+            {
+                next = Some(delivery);
+            }
+        }
+        match Pin::new(&mut self.sink).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.metrics.flush();
+                Fast::Sent
+            }
+            Poll::Ready(Err(_)) => Fast::End(End::Gone("send failed")),
+            Poll::Pending => Fast::Blocked(None),
+        }
+    }
+
     /// A deadline passed: pong overdue, idle, or time to ping.
     async fn tick(&mut self) -> ControlFlow<End> {
+        self.metrics.flush();
         let now = Instant::now();
         if self.clock.pong_due.is_some_and(|due| now >= due) {
             tracing::info!("no pong within the heartbeat timeout");
@@ -1066,31 +1177,36 @@ impl<'a, H: Hub> Pump<'a, H> {
         }
     }
 
-    /// Feeds `first` and every delivery ready after it (up to a batch), flushing whenever
-    /// [`max_write_buffer`](WsEndpoint::max_write_buffer) bytes are buffered and at the end,
-    /// all within the send timeout.
+    /// Feeds `first` (if any) and every delivery ready after it (up to a batch), flushing
+    /// whenever [`max_write_buffer`](WsEndpoint::max_write_buffer) bytes are buffered and at
+    /// the end (what an earlier [`burst_now`](Self::burst_now) fed, too), all within the send
+    /// timeout.
     async fn burst<S: Stream<Item = Delivery> + Unpin>(
         &mut self,
         sub: &mut S,
-        first: Delivery,
+        first: Option<Delivery>,
     ) -> Option<End> {
         let settings = self.settings;
         let sink = &mut self.sink;
+        let metrics = &mut self.metrics;
         let burst = async {
-            let mut next = Some(first);
+            let mut next = first;
             let (mut sent, mut buffered) = (0, 0);
             while let Some(delivery) = next.take() {
                 if let Delivery::Lagged { missed, .. } = &delivery {
+                    metrics.lagged(*missed);
                     if settings.slow == SlowConsumerPolicy::Disconnect
                         || settings.framing == Framing::Raw
                     {
                         tracing::warn!(missed, "slow consumer disconnected");
+                        metrics.slow_consumer();
                         let _ = sink.flush().await;
                         return Some(End::Close(POLICY, "slow consumer"));
                     }
                     tracing::info!(missed, "slow consumer skipped ahead");
                 }
                 if let Some(frame) = frame(&delivery, settings.framing) {
+                    metrics.sent(&delivery);
                     buffered += frame.as_bytes().len();
                     if sink.feed(frame).await.is_err() {
                         return Some(End::Gone("send failed"));
@@ -1110,12 +1226,14 @@ impl<'a, H: Hub> Pump<'a, H> {
             if sink.flush().await.is_err() {
                 return Some(End::Gone("send failed"));
             }
+            metrics.flush();
             None
         };
         match tokio::time::timeout(settings.send_timeout, burst).await {
             Ok(end) => end,
             Err(_) => {
                 tracing::warn!("send timed out: slow consumer dropped");
+                self.metrics.slow_consumer();
                 Some(End::Gone("send timed out"))
             }
         }

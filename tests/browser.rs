@@ -1244,6 +1244,7 @@ async fn notifications_page_resumes_with_last_event_id_after_the_stream_drops() 
         }
         let res = http
             .post(server.url("/publish"))
+            .header("content-type", "text/plain")
             .body(text.clone())
             .send()
             .await

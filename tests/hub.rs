@@ -549,6 +549,7 @@ impl salvo_realtime::backend::Backend for Remote {
         &self,
         _: &salvo_realtime::backend::Mirror,
         _: &Topic,
+        _: salvo_realtime::ConnectionId,
         _: &salvo_realtime::Identity,
         _: Option<salvo_realtime::Publication>,
     ) -> Result<bool, HubError> {
@@ -559,6 +560,7 @@ impl salvo_realtime::backend::Backend for Remote {
         &self,
         _: &salvo_realtime::backend::Mirror,
         _: &Topic,
+        _: salvo_realtime::ConnectionId,
         _: &salvo_realtime::Identity,
         _: Option<salvo_realtime::Publication>,
     ) -> Result<bool, HubError> {
@@ -569,8 +571,18 @@ impl salvo_realtime::backend::Backend for Remote {
         &self,
         _: &salvo_realtime::backend::Mirror,
         _: &Topic,
-    ) -> Result<Vec<salvo_realtime::Member>, HubError> {
-        Ok(Vec::new())
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<salvo_realtime::backend::MembersPage, HubError> {
+        Ok(salvo_realtime::backend::MembersPage::default())
+    }
+
+    async fn member_count(
+        &self,
+        _: &salvo_realtime::backend::Mirror,
+        _: &Topic,
+    ) -> Result<usize, HubError> {
+        Ok(0)
     }
 }
 

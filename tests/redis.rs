@@ -15,7 +15,7 @@ use salvo_realtime::error::HubError;
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
 use salvo_realtime::{
     Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, PRESENCE_JOIN,
-    PRESENCE_LEAVE, Position, PubSub, ResetReason, Rooms, Subscription, Topic,
+    PRESENCE_LEAVE, Position, PresenceMode, PubSub, ResetReason, Rooms, Subscription, Topic,
 };
 
 /// A `redis-server` child process on 127.0.0.1, killed on drop.
@@ -711,7 +711,8 @@ async fn a_redis_restored_from_an_older_snapshot_resets_instead_of_dropping() {
 }
 
 // Issue 11: the leaves a sweep found were announced by separate publishes; one that failed
-// was lost for good (the watcher never heard that the dead node's user left).
+// was lost for good (the watcher never heard that the dead node's user left). Notices are now
+// live-only (no history write to fail), so the sweep's script failing as a whole stands in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_first() {
     let server = RedisServer::start();
@@ -756,8 +757,8 @@ async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_firs
         (PRESENCE_JOIN.to_owned(), "bob".to_owned())
     );
 
-    // Publishing to the room fails (its meta key is not a hash) while node b dies and is swept.
-    let meta = meta_key("meta", "rooms", "x");
+    // The sweep's script fails (the room's presence hash is not a hash) while node b dies.
+    let meta = meta_key("pd", "rooms", "x");
     let saved = format!("{meta}-saved");
     assert_eq!(server.command(&["RENAME", &meta, &saved]), "+OK");
     assert_eq!(server.command(&["SET", &meta, "not a hash"]), "+OK");
@@ -775,7 +776,7 @@ async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_firs
     assert_eq!(
         next_event(&mut w, Duration::from_secs(5)).await,
         (PRESENCE_LEAVE.to_owned(), "bob".to_owned()),
-        "the leave is announced once publishing works again"
+        "the leave is announced once the sweep works again"
     );
     let present: Vec<_> = a
         .presence("x")
@@ -791,7 +792,14 @@ async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_firs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attaching_topics_with_long_histories_does_not_stall_other_topics() {
     let server = RedisServer::start();
-    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    // Histories of 16 MB each, past the default byte cap.
+    let node = async || {
+        let backend = RedisBackend::connect(config(&server).history_bytes(32 << 20))
+            .await
+            .expect("connect");
+        PubSub::with_backend(HubConfig::new().history(1_000), backend)
+    };
+    let (a, b) = (node().await, node().await);
     let big = "x".repeat(16 * 1024);
     for t in 0..4 {
         let topic = format!("big{t}");
@@ -931,7 +939,7 @@ async fn joins_cut_short_leave_no_phantom_presence_and_no_log() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let listed = b.presence("cut-0").await.len();
-        let keys = server.count_keys("*cut-*:p[cdnk]");
+        let keys = server.count_keys("*cut-*:p[cdnkzu]");
         if (listed, keys, a.log_count()) == (0, 0, 0) || Instant::now() > deadline {
             assert_eq!(
                 (listed, keys, a.log_count(), a.room_count()),
@@ -1028,5 +1036,430 @@ async fn re_registering_presence_does_not_race_joins_and_leaves() {
     );
     for (c, sub) in held {
         a.leave(&c, sub).await;
+    }
+}
+
+/// A Redis Stream entry as `XRANGE` returns it: id and field-value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// A client connection for inspecting keys.
+fn inspect(server: &RedisServer) -> redis::Connection {
+    redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("inspection connection")
+}
+
+fn room_key(room: &str, kind: &str) -> String {
+    format!("{{salvo-realtime:rooms:{room}}}:{kind}")
+}
+
+fn member(user: &str, room: &str, from: Position) -> Connection {
+    Connection::new()
+        .authenticated(Identity::new(user))
+        .subscribe(Topic::new(room).expect("valid"), from)
+}
+
+/// The next `n` presence notices (event, user), skipping everything else.
+async fn events(sub: &mut Subscription, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next_event(sub, Duration::from_secs(5)).await);
+    }
+    out
+}
+
+// Issue 11: join and leave notices went through the remote log (an offset, an entry in the
+// history): they were replayed on resume and pushed chat messages out of a full history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_notices_are_live_only_across_nodes() {
+    let server = RedisServer::start();
+    let node = async || {
+        let backend = RedisBackend::connect(config(&server).history(50))
+            .await
+            .expect("connect");
+        // Room for the 400 notices the watcher reads only at the end.
+        Rooms::with_backend(HubConfig::new().channel_capacity(1_024), backend)
+    };
+    let (a, b) = (node().await, node().await);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(
+            a.broadcast("hall", format!("chat{i}"))
+                .await
+                .expect("broadcast"),
+        );
+    }
+    let mut redis = inspect(&server);
+    let (meta, hist) = (room_key("hall", "meta"), room_key("hall", "hist"));
+    let state = |redis: &mut redis::Connection| -> (i64, usize, String) {
+        let seq: i64 = redis::cmd("HGET")
+            .arg(&meta)
+            .arg("seq")
+            .query(redis)
+            .expect("seq");
+        let len: usize = redis::cmd("XLEN").arg(&hist).query(redis).expect("xlen");
+        let first: Vec<StreamEntry> = redis::cmd("XRANGE")
+            .arg(&hist)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query(redis)
+            .expect("xrange");
+        (seq, len, first[0].0.clone())
+    };
+    assert_eq!(state(&mut redis), (50, 50, "0-1".to_owned()));
+
+    let watcher = member("w", "hall", Position::Live);
+    let mut w = a.join(&watcher).await.expect("join");
+    // 300 users join on the other node: each first join reaches the watcher, in order.
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let c = member(&format!("u{i:03}"), "hall", Position::Live);
+        let sub = b.join(&c).await.expect("join b");
+        held.push((c, sub));
+    }
+    let joined = events(&mut w, 300).await;
+    let expected: Vec<(String, String)> = (0..300)
+        .map(|i| (PRESENCE_JOIN.to_owned(), format!("u{i:03}")))
+        .collect();
+    assert_eq!(joined, expected);
+    for (c, sub) in held.drain(..100) {
+        b.leave(&c, sub).await;
+    }
+    let left = events(&mut w, 100).await;
+    assert!(left.iter().all(|(e, _)| e == PRESENCE_LEAVE), "{left:?}");
+    // No notice took an offset or a place in the history: no chat message was evicted.
+    assert_eq!(state(&mut redis), (50, 50, "0-1".to_owned()));
+    assert_eq!(b.member_count("hall").await.expect("count"), 201);
+
+    // A resume replays the chat and nothing else.
+    let late = member("late", "hall", Position::After(ids[0]));
+    let mut s = b.join(&late).await.expect("resume");
+    let mut chat = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    while let Ok(Some(d)) =
+        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), s.next()).await
+    {
+        if let Delivery::Message(m) = d {
+            if let Some(event) = m.event() {
+                let v: serde_json::Value = m.json().expect("presence payload");
+                assert_eq!(v["user"], "late", "a replayed notice: {event:?} {v}");
+            } else {
+                chat.push(m.payload().as_text().expect("text").to_owned());
+            }
+        }
+    }
+    let expected: Vec<String> = (1..50).map(|i| format!("chat{i}")).collect();
+    assert_eq!(chat, expected);
+    drop((watcher, late));
+}
+
+// Issue 11: a Redis history was capped only in messages: 1,000 frames of 64 KiB per room for
+// 24 h. It is capped in bytes too, and a resume from before what it keeps is a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_history_is_capped_in_bytes() {
+    let server = RedisServer::start();
+    let cap = 256 * 1024;
+    let node = async || {
+        let backend = RedisBackend::connect(config(&server).history_bytes(cap))
+            .await
+            .expect("connect");
+        PubSub::with_backend(
+            HubConfig::new().history(1_000).max_payload(1 << 20),
+            backend,
+        )
+    };
+    let (a, b) = (node().await, node().await);
+    let big = "x".repeat(64 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            a.publish("blob", format!("{i:02}{big}"))
+                .await
+                .expect("publish"),
+        );
+    }
+    let mut redis = inspect(&server);
+    let (meta, hist) = (
+        meta_key("meta", "topics", "blob"),
+        meta_key("hist", "topics", "blob"),
+    );
+    let stored = |redis: &mut redis::Connection| {
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+            .arg(&hist)
+            .arg("-")
+            .arg("+")
+            .query(redis)
+            .expect("xrange");
+        let len: usize = redis::cmd("XLEN").arg(&hist).query(redis).expect("xlen");
+        let bytes: Option<usize> = redis::cmd("HGET")
+            .arg(&meta)
+            .arg("bytes")
+            .query(redis)
+            .expect("bytes");
+        let summed: usize = entries
+            .iter()
+            .flat_map(|(_, fields)| fields.iter().map(|(_, w)| w.len()))
+            .sum();
+        let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
+        (ids, len, summed, bytes.unwrap_or(0))
+    };
+    let (kept, len, summed, bytes) = stored(&mut redis);
+    assert_eq!(kept, ["0-18", "0-19", "0-20"], "the newest that fit");
+    assert_eq!((len, bytes), (3, summed));
+    assert!(summed <= cap && summed > 3 * 64 * 1024, "{summed} bytes");
+
+    // A resume from an evicted id, on the other node: a reset, then what is kept.
+    let mut sub = b
+        .subscribe("blob", Position::After(ids[0]))
+        .await
+        .expect("subscribe");
+    match next(&mut sub, Duration::from_secs(5)).await {
+        Some(Delivery::Reset(r)) => assert_eq!(r.reason, ResetReason::Expired),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let replayed = messages(&mut sub, 3, Duration::from_secs(5)).await;
+    let offsets: Vec<u64> = replayed.iter().map(|m| m.id().offset()).collect();
+    assert_eq!(offsets, [18, 19, 20]);
+
+    // One message above the cap is delivered, not kept; the history starts again after it.
+    let huge = "y".repeat(300 * 1024);
+    a.publish("blob", huge.as_str())
+        .await
+        .expect("publish huge");
+    let got = messages(&mut sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].payload().len(), huge.len());
+    assert_eq!(stored(&mut redis), (Vec::new(), 0, 0, 0));
+    a.publish("blob", "small").await.expect("publish");
+    let (kept, len, summed, bytes) = stored(&mut redis);
+    assert_eq!((kept, len, bytes), (vec!["0-22".to_owned()], 1, summed));
+}
+
+// Issue 11: `members` ran a script over every node's counts (O(nodes x N)) and a join listed
+// the whole room. A count is O(1) and members come in ordered pages of O(page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_rooms_members_come_in_ordered_pages_and_its_count_is_kept() {
+    let server = RedisServer::start();
+    let node = async || {
+        let backend = RedisBackend::connect(config(&server))
+            .await
+            .expect("connect");
+        Rooms::with_backend(HubConfig::new().presence_mode(PresenceMode::Count), backend)
+    };
+    let (a, b) = (node().await, node().await);
+    let mut held = Vec::new();
+    for i in 0..600 {
+        let user = format!("u{i:03}");
+        let hub = if i % 2 == 0 { &a } else { &b };
+        let c = member(&user, "big", Position::Live);
+        let sub = hub.join(&c).await.expect("join");
+        held.push((i, c, sub));
+    }
+    // u000 has a second tab, on the other node.
+    let tab = member("u000", "big", Position::Live);
+    let tab_sub = b.join(&tab).await.expect("join tab");
+
+    let pages = async |hub: &Rooms<RedisBackend>| {
+        let (mut all, mut sizes, mut after) = (Vec::new(), Vec::new(), None::<String>);
+        loop {
+            let page = hub
+                .presence_page("big", after.as_deref(), 256)
+                .await
+                .expect("page");
+            sizes.push(page.members.len());
+            all.extend(
+                page.members
+                    .iter()
+                    .map(|m| (m.user.to_string(), m.connections)),
+            );
+            after = page.members.last().map(|m| m.user.to_string());
+            if !page.more {
+                return (all, sizes);
+            }
+        }
+    };
+    let expected = |from: usize| -> Vec<(String, usize)> {
+        (from..600)
+            .map(|i| (format!("u{i:03}"), if i == 0 { 2 } else { 1 }))
+            .collect()
+    };
+    for hub in [&a, &b] {
+        let (all, sizes) = pages(hub).await;
+        assert_eq!(sizes, [256, 256, 88]);
+        assert_eq!(all, expected(0), "everyone once, in order");
+        assert_eq!(hub.member_count("big").await.expect("count"), 600);
+    }
+
+    // 100 users leave (u000 with both tabs).
+    b.leave(&tab, tab_sub).await;
+    for (i, c, sub) in held.drain(..100) {
+        let hub = if i % 2 == 0 { &a } else { &b };
+        hub.leave(&c, sub).await;
+    }
+    // Leaves finish in the background: wait for the count, then check it stays.
+    count_becomes(&a, "big", 500).await;
+    assert_eq!(pages(&b).await.0, expected(100));
+
+    // A node dies with 50 users of its own and a second tab of u100: the sweep takes its
+    // users out of the count and the pages, and u100's tab only.
+    let url = config(&server);
+    let (to_c, c_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let node_c = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let held = rt.block_on(async move {
+            let c = Rooms::with_backend(
+                HubConfig::new().presence_mode(PresenceMode::Count),
+                RedisBackend::connect(url).await.expect("connect"),
+            );
+            let mut subs = Vec::new();
+            for user in (0..50).map(|i| format!("c{i:02}")).chain(["u100".into()]) {
+                let conn = member(&user, "big", Position::Live);
+                subs.push(c.join(&conn).await.expect("join c"));
+            }
+            (c, subs)
+        });
+        let _ = ready_tx.send(());
+        let _ = c_rx.recv();
+        rt.shutdown_background();
+        std::mem::forget(held);
+    });
+    ready.await.expect("node c up");
+    assert_eq!(a.member_count("big").await.expect("count"), 550);
+    let (all, _) = pages(&a).await;
+    assert_eq!(all.len(), 550);
+    assert!(all.contains(&("u100".to_owned(), 2)));
+    to_c.send(()).expect("signal c");
+    node_c.join().expect("node c thread");
+    count_becomes(&a, "big", 500).await;
+    assert_eq!(pages(&b).await.0, expected(100));
+    drop(held);
+}
+
+/// Waits (5 s at most) for the room's member count to be `n`, and checks it stays so a while.
+async fn count_becomes(hub: &Rooms<RedisBackend>, room: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hub.member_count(room).await.expect("count") != n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(hub.member_count(room).await.expect("count"), n);
+}
+
+/// Adds `n` members to `room` straight in Redis (pipelined), as if a node `f00d` that never
+/// dies held them: how a benchmark gets a room of 100,000 without 100,000 joins.
+fn add_members(redis: &mut redis::Connection, room: &str, n: usize) {
+    let node = "f00d";
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let (mut pd, mut pz, mut pu, mut pc, mut pk) = (
+            redis::cmd("HSET"),
+            redis::cmd("ZADD"),
+            redis::cmd("HSET"),
+            redis::cmd("HSET"),
+            redis::cmd("HSET"),
+        );
+        pd.arg(room_key(room, "pd"));
+        pz.arg(room_key(room, "pz"));
+        pu.arg(room_key(room, "pu"));
+        pc.arg(room_key(room, "pc"));
+        pk.arg(room_key(room, "pk"));
+        for &i in chunk {
+            let user = format!("m{i:06}");
+            pd.arg(&user).arg(format!("{{\"n\":{i}}}"));
+            pz.arg(0).arg(&user);
+            pu.arg(&user).arg(1);
+            pc.arg(format!("{node}|{user}")).arg(1);
+            pk.arg(format!("{node}|{}", i + 1)).arg(&user);
+        }
+        redis::pipe()
+            .add_command(pd)
+            .add_command(pz)
+            .add_command(pu)
+            .add_command(pc)
+            .add_command(pk)
+            .exec(redis)
+            .expect("pipelined members");
+    }
+    redis::cmd("HSET")
+        .arg(room_key(room, "pn"))
+        .arg(node)
+        .arg(n)
+        .exec(redis)
+        .expect("node count");
+}
+
+// Issue 11, figures: join latency (join until the presence snapshot's first frame) into a
+// Redis room of 10 / 1,000 / 100,000 members, full snapshot vs count only. Prints the
+// figures; asserts only what each join delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_latency_in_big_redis_rooms_full_snapshot_vs_count_only() {
+    let server = RedisServer::start();
+    let mut redis = inspect(&server);
+    let node = async |mode| {
+        let backend = RedisBackend::connect(config(&server))
+            .await
+            .expect("connect");
+        Rooms::with_backend(HubConfig::new().presence_mode(mode), backend)
+    };
+    let full = node(PresenceMode::Full).await;
+    let count = node(PresenceMode::Count).await;
+    for n in [10, 1_000, 100_000] {
+        let room = format!("bench-{n}");
+        add_members(&mut redis, &room, n);
+        let mut line = format!("join into a Redis room of {n:>7} members:");
+        for (name, hub) in [("full snapshot", &full), ("count only", &count)] {
+            let mut took = Vec::new();
+            for i in 0..15 {
+                let c = member(&format!("probe{i:02}"), &room, Position::Live);
+                let start = Instant::now();
+                let mut sub = hub.join(&c).await.expect("join");
+                let Some(Delivery::Presence(p)) = next(&mut sub, Duration::from_secs(10)).await
+                else {
+                    panic!("expected a presence snapshot");
+                };
+                took.push(start.elapsed());
+                assert_eq!(p.count, n + 1, "{name}");
+                if name == "full snapshot" {
+                    assert_eq!(p.members.len(), (n + 1).min(salvo_realtime::PRESENCE_PAGE));
+                    assert_eq!(p.more, n + 1 > salvo_realtime::PRESENCE_PAGE);
+                } else {
+                    assert!(p.members.is_empty());
+                }
+                hub.leave(&c, sub).await;
+            }
+            took.sort();
+            line.push_str(&format!(
+                "  {name} p50 {:?} max {:?};",
+                took[took.len() / 2],
+                took[took.len() - 1]
+            ));
+        }
+        // The backend's own share: one first page, one count.
+        let (mut page_took, mut count_took) = (Vec::new(), Vec::new());
+        for _ in 0..15 {
+            let start = Instant::now();
+            let page = count
+                .presence_page(&room, None, salvo_realtime::PRESENCE_PAGE)
+                .await
+                .expect("page");
+            page_took.push(start.elapsed());
+            assert_eq!(page.members.len(), n.min(salvo_realtime::PRESENCE_PAGE));
+            assert_eq!(page.members[0].user.as_ref(), "m000000");
+            let start = Instant::now();
+            assert_eq!(count.member_count(&room).await.expect("count"), n);
+            count_took.push(start.elapsed());
+        }
+        page_took.sort();
+        count_took.sort();
+        line.push_str(&format!(
+            "  first page p50 {:?}; member_count p50 {:?}",
+            page_took[7], count_took[7]
+        ));
+        println!("{line}");
     }
 }

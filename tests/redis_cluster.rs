@@ -698,3 +698,117 @@ async fn a_master_killed_mid_stream_fails_over_without_loss_or_with_a_reset() {
     let got = messages(&mut sub, 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].id(), id);
 }
+
+// Issue 11 on a cluster: presence notices are live-only (SPUBLISH on the room's shard, no
+// offset, nothing kept), a room's count and pages span nodes, and history is capped in bytes;
+// in rooms spread over the masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_keeps_notices_live_only_pages_members_and_caps_history_in_bytes() {
+    let cluster = Cluster::start();
+    let node = async || {
+        let backend = RedisBackend::connect(config(&cluster).history_bytes(64 * 1024))
+            .await
+            .expect("connect");
+        Rooms::with_backend(HubConfig::new().channel_capacity(1_024), backend)
+    };
+    let (a, b) = (node().await, node().await);
+    let member = |user: &str, room: &str, from: Position| {
+        Connection::new()
+            .authenticated(Identity::new(user))
+            .subscribe(Topic::new(room).expect("valid"), from)
+    };
+    let mut held = Vec::new();
+    for room in ["x", "y", "z"] {
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                a.broadcast(room, format!("chat{i}"))
+                    .await
+                    .expect("broadcast"),
+            );
+        }
+        let mut w = a
+            .join(&member("w", room, Position::Live))
+            .await
+            .expect("join");
+        for i in 0..200 {
+            let hub = if i % 2 == 0 { &a } else { &b };
+            let c = member(&format!("u{i:03}"), room, Position::Live);
+            held.push(hub.join(&c).await.expect("join"));
+        }
+        let mut joined = Vec::new();
+        while joined.len() < 200 {
+            joined.push(next_event(&mut w, Duration::from_secs(5)).await);
+        }
+        let expected: Vec<_> = (0..200)
+            .map(|i| (PRESENCE_JOIN.to_owned(), format!("u{i:03}")))
+            .collect();
+        assert_eq!(joined, expected, "room {room}");
+
+        // Pages of 64 over both nodes' members, everyone once, in order.
+        let (mut all, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = b
+                .presence_page(room, after.as_deref(), 64)
+                .await
+                .expect("page");
+            all.extend(page.members.iter().map(|m| m.user.to_string()));
+            after = page.members.last().map(|m| m.user.to_string());
+            if !page.more {
+                break;
+            }
+        }
+        let mut users: Vec<String> = (0..200).map(|i| format!("u{i:03}")).collect();
+        users.push("w".into());
+        assert_eq!(all, users, "room {room}");
+        assert_eq!(a.member_count(room).await.expect("count"), 201);
+
+        // The joins took no offset, and a resume replays the chat only.
+        let next_id = a.broadcast(room, "after").await.expect("broadcast");
+        assert_eq!(next_id.offset(), 6, "room {room}");
+        let mut late = b
+            .join(&member("late", room, Position::After(ids[0])))
+            .await
+            .expect("resume");
+        let mut chat = Vec::new();
+        while chat.len() < 5 {
+            match next(&mut late, Duration::from_secs(5)).await {
+                Some(Delivery::Message(m)) => {
+                    if let Some(event) = m.event() {
+                        let v: serde_json::Value = m.json().expect("presence payload");
+                        assert_eq!(v["user"], "late", "a replayed notice: {event:?} {v}");
+                    } else {
+                        chat.push(m.payload().as_text().expect("text").to_owned());
+                    }
+                }
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+        assert_eq!(chat, ["chat1", "chat2", "chat3", "chat4", "after"]);
+        held.push(late);
+    }
+
+    // 16 KiB messages into a 64 KiB history: a resume from the first, on a node that does not
+    // follow the room yet (its mirror would still hold them), is a reset.
+    let big = "x".repeat(16 * 1024);
+    let first = a.broadcast("blobs", big.as_str()).await.expect("broadcast");
+    for _ in 0..9 {
+        a.broadcast("blobs", big.as_str()).await.expect("broadcast");
+    }
+    let mut resumed = b
+        .join(&member("r", "blobs", Position::After(first)))
+        .await
+        .expect("resume");
+    match next(&mut resumed, Duration::from_secs(5)).await {
+        Some(Delivery::Reset(r)) => assert_eq!(r.reason, ResetReason::Expired),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let kept = messages(&mut resumed, 3, Duration::from_secs(5)).await;
+    assert!(kept.iter().all(|m| m.payload().len() == big.len()));
+    assert_eq!(
+        kept[2].id().offset(),
+        first.offset() + 9,
+        "the newest are kept"
+    );
+}

@@ -131,7 +131,8 @@ async fn still_serves(server: &TestServer) {
 
 #[tokio::test]
 async fn echo_and_broadcast_to_the_room() {
-    let hub = hub(HubConfig::new());
+    // The sender's echo is asked for: `Rooms` skips the sender by default.
+    let hub = hub(HubConfig::new().inbound(InboundPolicy::Publish));
     let ep = endpoint(&hub);
     let server = serve(ep.clone()).await;
     let mut alice = connect(&server, "/ws/lobby?user=alice").await;
@@ -904,7 +905,8 @@ async fn big_snapshots_come_in_pages_and_big_frames_still_go() {
 // pass for a server notice.
 #[tokio::test]
 async fn raw_framing_carries_no_server_notices() {
-    let hub = hub(HubConfig::new());
+    // bob probes with his own echo: `Rooms` skips the sender by default.
+    let hub = hub(HubConfig::new().inbound(InboundPolicy::Publish));
     let ep = endpoint(&hub).framing(Framing::Raw);
     let server = serve(ep.clone()).await;
     let mut bob = connect(&server, "/ws/r?user=bob").await;
@@ -1024,7 +1026,8 @@ impl salvo_realtime::Hub for Flaky {
 // of the earlier accepted message; the socket stays up.
 #[tokio::test]
 async fn a_failing_backend_gets_an_error_frame_and_the_socket_stays_up() {
-    let hub = hub(HubConfig::new());
+    // The sender's echo is asked for: `Rooms` skips the sender by default.
+    let hub = hub(HubConfig::new().inbound(InboundPolicy::Publish));
     let ep = WsEndpoint::new(Flaky(hub.clone())).identify(|req, _| {
         Ok(req
             .query::<String>("user")
@@ -1062,7 +1065,8 @@ async fn a_failing_backend_gets_an_error_frame_and_the_socket_stays_up() {
 // Defect 15: an error frame never overtakes the echo of an earlier accepted message.
 #[tokio::test]
 async fn an_error_frame_never_overtakes_an_earlier_echo() {
-    let hub = hub(HubConfig::new());
+    // The sender's echo is asked for: `Rooms` skips the sender by default.
+    let hub = hub(HubConfig::new().inbound(InboundPolicy::Publish));
     let ep = endpoint(&hub).rate_limit(Some(RateLimit::new(0, 1)));
     let server = serve(ep.clone()).await;
     let mut ws = connect(&server, "/ws/r?user=u").await;
@@ -1129,6 +1133,47 @@ async fn deeply_nested_json_is_refused_not_relayed() {
         "the deep one never arrived"
     );
     drop((sender, other));
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
+// The per-wake fast path hands over to the timed path when a write would wait: a client that
+// pauses reading while thousands of frames pile up gets every one afterwards, in order, once.
+#[tokio::test]
+async fn a_client_that_pauses_reading_gets_everything_in_order_afterwards() {
+    let hub = hub(HubConfig::new().history(4096).channel_capacity(4096));
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    let mut ws = connect(&server, "/ws/r?user=pauser").await;
+    let payload = "y".repeat(8000);
+    // 3,000 x 8 KB is more than loopback socket buffers hold while nobody reads.
+    for _ in 0..3_000 {
+        hub.inner()
+            .broadcast("r", payload.as_str())
+            .await
+            .expect("broadcast");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut offsets = Vec::new();
+    while offsets.len() < 3_000 {
+        let v = tokio::time::timeout(Duration::from_secs(20), next_json(&mut ws))
+            .await
+            .expect("frames keep coming");
+        assert_ne!(v["type"], "lagged", "no lag with this buffer");
+        if v["type"] == "message" && v.get("event").is_none() {
+            let id = v["id"].as_str().expect("id").to_owned();
+            let offset: u64 = id
+                .rsplit('-')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .expect("offset");
+            offsets.push(offset);
+        }
+    }
+    let first = offsets[0];
+    assert_eq!(offsets, (first..first + 3_000).collect::<Vec<_>>());
+    assert_eq!(ep.open_connections(), 1, "never dropped");
+    drop(ws);
     back_to_baseline(&hub, &ep).await;
     server.stop().await;
 }

@@ -1,8 +1,13 @@
 //! The seam between the hubs and where ids, history and presence live.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
+use std::ops::Bound;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::log::{Applied, Registry};
 use super::{
@@ -14,51 +19,78 @@ use crate::error::HubError;
 /// server shared by many processes (the Redis backend of the `redis` module, feature `redis`).
 ///
 /// [`PubSub`](crate::PubSub) and [`Rooms`](crate::Rooms) take a backend as a type parameter
-/// (`PubSub<B: Backend = Local>`), so the in-memory hubs pay nothing for the seam. A remote
-/// backend implements only what must cross processes:
+/// (`PubSub<B: Backend = Local>`) and have **one code path for every backend**: [`Local`] is
+/// just one implementation of this trait, written against the same public [`Mirror`] handle a
+/// remote backend uses, so a third backend needs no change in the hubs. A backend implements:
 ///
-/// * [`publish`](Backend::publish) assigns the message its id, appends it to the remote history
-///   and hands it to every node that follows the topic;
+/// * [`publish`](Backend::publish): give the message its id, append it to the history and hand
+///   it to every node that follows the topic;
 /// * [`attach`](Backend::attach) and [`detach`](Backend::detach): this node starts or stops
-///   following a topic (subscribe remotely, bring the local log up to date);
-/// * [`presence_add`](Backend::presence_add), [`presence_remove`](Backend::presence_remove) and
-///   [`members`](Backend::members): room membership across nodes (the hubs call the
-///   per-connection forms, [`presence_add_connection`](Backend::presence_add_connection) and
-///   [`presence_remove_connection`](Backend::presence_remove_connection), which a remote
-///   backend overrides to make a join cut short undoable: see their "Cancellation").
+///   following a topic (bring the local log into being and up to date; let go of it);
+/// * [`presence_add`](Backend::presence_add), [`presence_remove`](Backend::presence_remove),
+///   [`members`](Backend::members) and [`member_count`](Backend::member_count): room
+///   membership per user, across nodes;
+/// * optionally [`idle_ttl`](Backend::idle_ttl): how long this node keeps a log nobody follows.
 ///
 /// # The mirror
 ///
-/// With a remote backend each node keeps a *mirror*: the local logs of the topics its
-/// connections follow, a bounded copy of the remote history plus the live fan-out, so local
-/// subscribers are served exactly as by the in-memory hubs (replay, resume, lag) without a round
-/// trip per message. The hub hands the backend a [`Mirror`] handle; the backend feeds it:
+/// Each node keeps the local logs of the topics its connections follow, and serves its
+/// subscribers from them (replay, resume, lag) without a round trip per message. The hub hands
+/// the backend a [`Mirror`] of those logs, which the backend feeds:
 ///
-/// * [`Mirror::sync`] when attaching and whenever it may have missed something (a reconnect):
-///   it creates the local log with the remote epoch, catches it up from the remote history, or
-///   replaces it if the remote epoch changed (the remote log was lost). A stream of the old
-///   log then moves to the new one with a [`Reset`](crate::Delivery::Reset) first (a
-///   subscription holding several topics never loses one silently); [`Rooms`](crate::Rooms)
-///   disconnects the room's members instead, so they rejoin the new log's presence.
+/// * [`Mirror::append`] assigns the next id in the local log itself: the operation of a
+///   backend for which this node is the authority ([`Local`]);
+/// * [`Mirror::sync`] when attaching and whenever the backend may have missed something (a
+///   reconnect): it creates the local log with the remote epoch, catches it up from the remote
+///   history, or replaces it if the remote epoch changed (the remote log was lost). A stream of
+///   the old log then moves to the new one with a [`Reset`](crate::Delivery::Reset) first (a
+///   subscription holding several topics never loses one silently);
+///   [`Rooms`](crate::Rooms) disconnects the room's members instead, so they rejoin the new
+///   log's presence;
 /// * [`Mirror::apply`] for each message published anywhere, in the remote order. It appends the
 ///   next message, ignores a duplicate, and reports a gap or another epoch without applying
-///   anything; the backend then fetches what is missing and calls [`Mirror::sync`].
+///   anything; the backend then fetches what is missing and calls [`Mirror::sync`];
+/// * [`Mirror::announce`] for a presence notice: live-only, no id, no history.
 ///
-/// Logs of a mirror are created only by `sync`, and freed as soon as no local connection
-/// follows them (the remote side keeps the history); [`detach`](Backend::detach) is called then.
+/// # The contract
 ///
-/// # Ordering
+/// * **Ids.** One authority per topic assigns them (this node for [`Local`], a script in the
+///   remote server for Redis), in the order messages are applied on every node: offsets one
+///   apart within an epoch, a new random epoch whenever the log starts anew. Then every node
+///   delivers the same ids in the same order, and a client may resume on any node.
+/// * **Atomic steps.** Assigning an id and appending to the history is one step. A first join
+///   (or last leave) and its announcement are one step, so every node sees a user's joins and
+///   leaves in the order they happened.
+/// * **When the hubs call.** `attach` before every local subscription (so it must be cheap when
+///   already attached), and again if the log was freed before the subscription took hold; a log
+///   exists only after `attach` (or `publish`) brought it into being. `detach` after the last
+///   local follower went and the log was freed; it runs in drop paths, so it must not block
+///   (spawn what it must await, after checking [`Mirror::is_attached`] again).
+/// * **Presence is per connection and idempotent.** `presence_add` for a connection already
+///   counted, or `presence_remove` for one never counted (or already removed), changes nothing
+///   and announces nothing; it never takes away the count of another connection of the same
+///   user. One connection's calls are applied in the order they were made.
+/// * **Cancellation.** A join may be cut short at any point (a client dropping during the
+///   handshake, a timeout): its future is dropped, and `presence_add` may or may not have taken
+///   effect. The hub then calls `presence_remove` for the same connection (from a spawned task,
+///   after the drop); by the idempotency above it leaves no trace either way.
+/// * **Faults.** Methods return [`HubError::Backend`] when the remote side fails or does not
+///   answer within the backend's timeout; they never hang. Local connections stay up
+///   meanwhile. A backend that loses its subscription must resubscribe by itself and `sync` the
+///   topics it follows.
 ///
-/// Ids must be assigned by one authority per topic (a script in the remote server, say), in the
-/// order messages are applied on every node: offsets one apart within an epoch, a new random
-/// epoch whenever the remote log starts anew. Then every node delivers the same ids in the same
-/// order, and a client may resume on any node.
+/// # Lock order
 ///
-/// # Faults
+/// No lock is held across an `.await`. Within one synchronous step, locks are taken in this
+/// order, and a backend calling into the [`Mirror`] must not hold a lock that a mirror
+/// callback ([`detach`](Backend::detach)) takes:
 ///
-/// Methods return [`HubError::Backend`] when the remote side fails or does not answer within
-/// the backend's timeout; they never hang. Local connections stay up meanwhile. A backend that
-/// loses its subscription must resubscribe by itself and `sync` the topics it follows.
+/// 1. the backend's own state (for [`Local`]: its presence table);
+/// 2. the registry's map of logs (read or write);
+/// 3. one log's state;
+/// 4. the registry's per-owner counts (a leaf).
+///
+/// `detach` is called with none of the registry's locks held.
 ///
 /// # Implementing `Backend`
 ///
@@ -69,11 +101,11 @@ use crate::error::HubError;
 /// use std::collections::HashMap;
 /// use futures_util::StreamExt;
 /// use parking_lot::Mutex;
-/// use salvo_realtime::backend::{Backend, Mirror};
+/// use salvo_realtime::backend::{Backend, MembersPage, Mirror};
 /// use salvo_realtime::error::HubError;
 /// use salvo_realtime::{
-///     Delivery, Epoch, HubConfig, Identity, Member, Message, MessageId, Position, PubSub,
-///     Publication, Topic,
+///     ConnectionId, Delivery, Epoch, HubConfig, Identity, Message, MessageId, Position,
+///     PubSub, Publication, Topic,
 /// };
 ///
 /// #[derive(Default)]
@@ -100,18 +132,23 @@ use crate::error::HubError;
 ///
 ///     fn detach(&self, _mirror: &Mirror, _topic: &Topic) {}
 ///
-///     async fn presence_add(&self, _: &Mirror, _: &Topic, _: &Identity, _: Option<Publication>)
-///         -> Result<bool, HubError> {
+///     async fn presence_add(&self, _: &Mirror, _: &Topic, _: ConnectionId, _: &Identity,
+///         _: Option<Publication>) -> Result<bool, HubError> {
 ///         Ok(false)
 ///     }
 ///
-///     async fn presence_remove(&self, _: &Mirror, _: &Topic, _: &Identity, _: Option<Publication>)
-///         -> Result<bool, HubError> {
+///     async fn presence_remove(&self, _: &Mirror, _: &Topic, _: ConnectionId, _: &Identity,
+///         _: Option<Publication>) -> Result<bool, HubError> {
 ///         Ok(false)
 ///     }
 ///
-///     async fn members(&self, _: &Mirror, _: &Topic) -> Result<Vec<Member>, HubError> {
-///         Ok(Vec::new())
+///     async fn members(&self, _: &Mirror, _: &Topic, _: Option<&str>, _: usize)
+///         -> Result<MembersPage, HubError> {
+///         Ok(MembersPage::default())
+///     }
+///
+///     async fn member_count(&self, _: &Mirror, _: &Topic) -> Result<usize, HubError> {
+///         Ok(0)
 ///     }
 /// }
 ///
@@ -127,17 +164,13 @@ use crate::error::HubError;
 /// # }
 /// ```
 pub trait Backend: Send + Sync + 'static {
-    /// Whether the hubs keep their logs as mirrors of this backend's (the default, for remote
-    /// backends). [`Local`] sets it to `false`: the local logs are then the source of truth,
-    /// created on demand, and rooms keep presence in them.
-    const MIRRORED: bool = true;
-
     /// Publishes `publication` to `topic` and resolves to the id it got. The message reaches
-    /// the local subscribers through the mirror, like everyone else's.
+    /// the local subscribers through the mirror ([`Mirror::append`] or [`Mirror::apply`]).
     ///
     /// # Errors
     ///
-    /// [`HubError::Backend`] if the remote side fails or does not answer in time.
+    /// [`HubError::Backend`] if the remote side fails or does not answer in time,
+    /// [`HubError::TooManyTopics`] if a new local log would pass the hub's limit.
     fn publish(
         &self,
         mirror: &Mirror,
@@ -145,13 +178,14 @@ pub trait Backend: Send + Sync + 'static {
         publication: Publication,
     ) -> impl Future<Output = Result<MessageId, HubError>> + Send;
 
-    /// This node needs `topic`: subscribe to it remotely, then bring the mirror's log up to
-    /// date with [`Mirror::sync`] (creating it). Called before every local subscription; must
-    /// be cheap when already attached.
+    /// This node needs `topic`: bring its local log into being and up to date
+    /// ([`Mirror::create`] for an authority, [`Mirror::sync`] after subscribing remotely for a
+    /// remote backend). Called before every local subscription; must be cheap when attached.
     ///
     /// # Errors
     ///
-    /// [`HubError::Backend`] if the remote side fails or does not answer in time.
+    /// [`HubError::Backend`] if the remote side fails or does not answer in time,
+    /// [`HubError::TooManyTopics`] if the hub is full.
     fn attach(
         &self,
         mirror: &Mirror,
@@ -163,9 +197,10 @@ pub trait Backend: Send + Sync + 'static {
     /// the topic was not attached again meanwhile ([`Mirror::is_attached`]).
     fn detach(&self, mirror: &Mirror, topic: &Topic);
 
-    /// Counts one more connection of `identity`'s user in `room` and resolves to whether it is
-    /// the user's first across all nodes; if so, and `announce` is given, publishes it to the
-    /// room in the same atomic step.
+    /// Counts the connection `conn` of `identity`'s user in `room` and resolves to whether it
+    /// is the user's first there (across all nodes); if so, and `announce` is given, delivers
+    /// it to the room live-only ([`Mirror::announce`] on every node) in the same atomic step.
+    /// Idempotent per connection; see "The contract".
     ///
     /// # Errors
     ///
@@ -174,12 +209,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> impl Future<Output = Result<bool, HubError>> + Send;
 
-    /// Counts one connection of the user fewer and resolves to whether it was the user's last
-    /// across all nodes; if so, and `announce` is given, publishes it in the same step.
+    /// Takes the connection `conn` out of `room`'s presence and resolves to whether it was the
+    /// user's last there; if so, and `announce` is given, announces it in the same step. A
+    /// connection that was never counted changes nothing.
     ///
     /// # Errors
     ///
@@ -188,62 +225,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> impl Future<Output = Result<bool, HubError>> + Send;
 
-    /// [`presence_add`](Backend::presence_add) for the connection `conn`: what
-    /// [`Rooms`](crate::Rooms) calls. The default forwards to `presence_add`.
-    ///
-    /// # Cancellation
-    ///
-    /// A join may be cut short at any point (a client dropping during the handshake, a
-    /// timeout): its future is dropped, and this call may or may not have reached the remote
-    /// side. `Rooms` then calls [`presence_remove_connection`](Backend::presence_remove_connection)
-    /// for the same connection (from a spawned task, after the drop), and it must leave no
-    /// trace of the add whether or not the add was applied. So a remote backend makes both
-    /// idempotent per connection: adding a connection already counted, or removing one
-    /// never counted (or already removed), changes nothing and announces nothing; it never
-    /// takes away the count of another connection of the same user. A remote backend must
-    /// also apply one connection's calls in the order they were made (one ordered command
-    /// connection does that): the removal is issued after the add's future is gone.
-    ///
-    /// # Errors
-    ///
-    /// As [`presence_add`](Backend::presence_add).
-    fn presence_add_connection(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> impl Future<Output = Result<bool, HubError>> + Send {
-        let _ = conn;
-        self.presence_add(mirror, room, identity, announce)
-    }
-
-    /// [`presence_remove`](Backend::presence_remove) for the connection `conn`, which
-    /// [`presence_add_connection`](Backend::presence_add_connection) may or may not have
-    /// counted (see there: it must then change nothing). The default forwards to
-    /// `presence_remove`.
-    ///
-    /// # Errors
-    ///
-    /// As [`presence_remove`](Backend::presence_remove).
-    fn presence_remove_connection(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> impl Future<Output = Result<bool, HubError>> + Send {
-        let _ = conn;
-        self.presence_remove(mirror, room, identity, announce)
-    }
-
-    /// The users in `room` across all nodes, in any order.
+    /// One page of `room`'s members across all nodes, ascending by user id: the users whose
+    /// id sorts after `after` (from the first when `None`), at most `limit`. A page costs
+    /// O(`limit`) (plus a log of the room's size), never O(room).
     ///
     /// # Errors
     ///
@@ -252,37 +241,104 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         mirror: &Mirror,
         room: &Topic,
-    ) -> impl Future<Output = Result<Vec<Member>, HubError>> + Send;
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, HubError>> + Send;
+
+    /// How many users are in `room` across all nodes, in O(1).
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Backend`] if the remote side fails or does not answer in time.
+    fn member_count(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+    ) -> impl Future<Output = Result<usize, HubError>> + Send;
+
+    /// How long this node keeps a log that no local connection follows, given the hub's
+    /// [`idle_ttl`](crate::HubConfig::idle_ttl). The default frees it at once: a remote
+    /// backend keeps the history, and attaching again fetches it. [`Local`] keeps it for the
+    /// configured time, since its log is the only copy.
+    fn idle_ttl(&self, configured: Duration) -> Duration {
+        let _ = configured;
+        Duration::ZERO
+    }
+}
+
+/// One page of a room's members: see [`Backend::members`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MembersPage {
+    /// The members of this page, ascending by user id.
+    pub members: Vec<Member>,
+    /// Whether more members follow this page.
+    pub more: bool,
+}
+
+impl MembersPage {
+    /// A page of `members` (ascending by user id), with `more` saying whether others follow.
+    #[must_use]
+    pub fn new(members: Vec<Member>, more: bool) -> Self {
+        Self { members, more }
+    }
 }
 
 /// The in-memory backend, the default of [`PubSub`](crate::PubSub) and
 /// [`Rooms`](crate::Rooms): each topic's log in this process assigns its ids and keeps its
-/// history, and rooms keep presence next to it.
+/// history ([`Mirror::create`], [`Mirror::append`]), and presence is a table in the backend,
+/// ordered by user id so that pages and counts cost O(page) and O(1).
+///
+/// Each hub owns its backend; `Local::default()` is a fresh, empty one.
 ///
 /// ```
 /// use salvo_realtime::backend::Local;
 /// use salvo_realtime::{HubConfig, PubSub};
 ///
-/// let hub: PubSub<Local> = PubSub::with_backend(HubConfig::new(), Local);
+/// let hub: PubSub<Local> = PubSub::with_backend(HubConfig::new(), Local::default());
 /// # drop(hub);
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Local;
+#[derive(Default)]
+pub struct Local {
+    /// Presence per (namespace, room). Lock order: before any of the mirror's locks.
+    presence: Mutex<HashMap<(&'static str, Topic), RoomPresence>>,
+}
+
+#[derive(Default)]
+struct RoomPresence {
+    users: BTreeMap<Arc<str>, (usize, Option<Arc<serde_json::Value>>)>,
+    /// The connections counted, so that adds and removes are idempotent per connection.
+    conns: HashSet<ConnectionId>,
+}
+
+impl Local {
+    /// An empty in-memory backend (the same as `Local::default()`).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Local")
+            .field("rooms_with_presence", &self.presence.lock().len())
+            .finish()
+    }
+}
 
 impl Backend for Local {
-    const MIRRORED: bool = false;
-
     async fn publish(
         &self,
         mirror: &Mirror,
         topic: &Topic,
         publication: Publication,
     ) -> Result<MessageId, HubError> {
-        mirror.registry.publish(topic, publication).map(|m| m.id())
+        mirror.append(topic, publication)
     }
 
-    async fn attach(&self, _mirror: &Mirror, _topic: &Topic) -> Result<(), HubError> {
-        Ok(())
+    async fn attach(&self, mirror: &Mirror, topic: &Topic) -> Result<(), HubError> {
+        mirror.create(topic).map(|_| ())
     }
 
     fn detach(&self, _mirror: &Mirror, _topic: &Topic) {}
@@ -291,41 +347,98 @@ impl Backend for Local {
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        let first = mirror.registry.with_log(room, true, |log| {
-            let first = log.state().members.add(Some(identity));
-            if let (true, Some(p)) = (first, announce) {
-                log.announce(p);
-            }
-            first
-        })?;
-        Ok(first.unwrap_or(false))
+        let mut table = self.presence.lock();
+        let entry = table.entry((mirror.namespace(), room.clone())).or_default();
+        if !entry.conns.insert(conn) {
+            return Ok(false);
+        }
+        let user = entry
+            .users
+            .entry(Arc::clone(identity.user_arc()))
+            .or_insert_with(|| (0, identity.data_arc().cloned()));
+        user.0 += 1;
+        let first = user.0 == 1;
+        if let (true, Some(p)) = (first, announce) {
+            // Under the table's lock, so joins and leaves are announced in their order.
+            mirror.announce(room, p);
+        }
+        Ok(first)
     }
 
     async fn presence_remove(
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        let last = mirror.registry.with_log(room, false, |log| {
-            let last = log.state().members.remove(Some(identity));
-            if let (true, Some(p)) = (last, announce) {
-                log.announce(p);
+        let mut table = self.presence.lock();
+        let key = (mirror.namespace(), room.clone());
+        let Some(entry) = table.get_mut(&key) else {
+            return Ok(false);
+        };
+        if !entry.conns.remove(&conn) {
+            return Ok(false);
+        }
+        let last = match entry.users.get_mut(identity.user_id()) {
+            Some(user) if user.0 > 1 => {
+                user.0 -= 1;
+                false
             }
-            last
-        })?;
-        Ok(last.unwrap_or(false))
+            Some(_) => {
+                entry.users.remove(identity.user_id());
+                true
+            }
+            None => false,
+        };
+        if entry.conns.is_empty() {
+            table.remove(&key);
+        }
+        if let (true, Some(p)) = (last, announce) {
+            mirror.announce(room, p);
+        }
+        Ok(last)
     }
 
-    async fn members(&self, mirror: &Mirror, room: &Topic) -> Result<Vec<Member>, HubError> {
-        Ok(mirror
-            .registry
-            .with_log(room, false, |log| log.state().members.list())?
-            .unwrap_or_default())
+    async fn members(
+        &self,
+        mirror: &Mirror,
+        room: &Topic,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, HubError> {
+        let table = self.presence.lock();
+        let Some(entry) = table.get(&(mirror.namespace(), room.clone())) else {
+            return Ok(MembersPage::default());
+        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = entry.users.range::<str, _>((start, Bound::Unbounded)).map(
+            |(user, (connections, data))| Member {
+                user: Arc::clone(user),
+                connections: *connections,
+                data: data.clone(),
+            },
+        );
+        let members: Vec<Member> = range.by_ref().take(limit).collect();
+        let more = range.next().is_some();
+        Ok(MembersPage { members, more })
+    }
+
+    async fn member_count(&self, mirror: &Mirror, room: &Topic) -> Result<usize, HubError> {
+        Ok(self
+            .presence
+            .lock()
+            .get(&(mirror.namespace(), room.clone()))
+            .map_or(0, |entry| entry.users.len()))
+    }
+
+    fn idle_ttl(&self, configured: Duration) -> Duration {
+        configured
     }
 }
 
@@ -364,6 +477,38 @@ impl Mirror {
     #[must_use]
     pub fn is_attached(&self, topic: &Topic) -> bool {
         self.registry.contains(topic)
+    }
+
+    /// Creates the topic's local log with a fresh random epoch if there is none, and returns
+    /// its position (epoch and last offset): how a backend for which this node is the
+    /// authority ([`Local`]) attaches.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::TooManyTopics`] if creating the log would pass the hub's
+    /// [`max_topics`](crate::HubConfig::max_topics).
+    pub fn create(&self, topic: &Topic) -> Result<MessageId, HubError> {
+        self.registry.create(topic)
+    }
+
+    /// Gives `publication` the next id of the topic's local log (creating the log with a fresh
+    /// epoch if needed), appends it to the history and hands it to the local subscribers: how
+    /// a backend for which this node is the authority ([`Local`]) publishes.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::TooManyTopics`] if creating the log would pass the hub's
+    /// [`max_topics`](crate::HubConfig::max_topics).
+    pub fn append(&self, topic: &Topic, publication: Publication) -> Result<MessageId, HubError> {
+        self.registry.publish(topic, publication).map(|m| m.id())
+    }
+
+    /// Delivers a live-only message (a presence notice) to this node's subscribers of `topic`
+    /// as they are at this moment: it gets no id of its own and no place in the history, so it
+    /// can't evict a message, keep an idle log alive, or be replayed. Nothing happens if this
+    /// node has no log for the topic.
+    pub fn announce(&self, topic: &Topic, publication: Publication) {
+        self.registry.announce(topic, publication);
     }
 
     /// The epoch of the topic's local log and the offset of its last message (0 before the

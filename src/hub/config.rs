@@ -43,7 +43,7 @@ pub struct HubConfig {
     pub(crate) max_payload: usize,
     pub(crate) max_subscriptions: usize,
     pub(crate) inbound: Option<InboundPolicy>,
-    pub(crate) presence: bool,
+    pub(crate) presence: PresenceMode,
 }
 
 impl Default for HubConfig {
@@ -68,7 +68,7 @@ impl HubConfig {
             max_payload: 64 * 1024,
             max_subscriptions: 64,
             inbound: None,
-            presence: true,
+            presence: PresenceMode::Full,
         }
     }
 
@@ -158,8 +158,9 @@ impl HubConfig {
     }
 
     /// What to do with messages connections send. Default: [`InboundPolicy::Reject`] for
-    /// [`PubSub`](crate::PubSub) (a subscriber may not publish), [`InboundPolicy::Publish`] for
-    /// [`Rooms`](crate::Rooms) (a member talks to its rooms).
+    /// [`PubSub`](crate::PubSub) (a subscriber may not publish),
+    /// [`InboundPolicy::PublishExceptSender`] for [`Rooms`](crate::Rooms) (a member talks to
+    /// its rooms, and isn't sent its own words back).
     #[must_use]
     pub fn inbound(mut self, policy: InboundPolicy) -> Self {
         self.inbound = Some(policy);
@@ -167,12 +168,57 @@ impl HubConfig {
     }
 
     /// Whether [`Rooms`](crate::Rooms) sends `presence.join` / `presence.leave` notices and a
-    /// presence snapshot on joining a room. The notices are live-only: they never enter a
-    /// room's history, so they can't push chat messages out of it, and `recent=20` gives the
-    /// last 20 messages. Default: `true`.
+    /// presence snapshot on joining a room: `true` is [`PresenceMode::Full`], `false`
+    /// [`PresenceMode::Off`]. The notices are live-only: they never enter a room's history, so
+    /// they can't push chat messages out of it, and `recent=20` gives the last 20 messages.
+    /// Default: `true`.
     #[must_use]
-    pub fn presence(mut self, enabled: bool) -> Self {
-        self.presence = enabled;
+    pub fn presence(self, enabled: bool) -> Self {
+        self.presence_mode(if enabled {
+            PresenceMode::Full
+        } else {
+            PresenceMode::Off
+        })
+    }
+
+    /// How much presence [`Rooms`](crate::Rooms) keeps and tells; see [`PresenceMode`].
+    /// Default: [`PresenceMode::Full`].
+    ///
+    /// ```
+    /// use salvo_realtime::{HubConfig, PresenceMode, Rooms};
+    ///
+    /// // A 100,000-member audience: members learn the count, not the list.
+    /// let rooms = Rooms::with_config(HubConfig::new().presence_mode(PresenceMode::Count));
+    /// # drop(rooms);
+    /// ```
+    #[must_use]
+    pub fn presence_mode(mut self, mode: PresenceMode) -> Self {
+        self.presence = mode;
         self
     }
+}
+
+/// How much presence [`Rooms`](crate::Rooms) keeps and tells ([`HubConfig::presence_mode`]).
+///
+/// | mode | on joining a room | when a user's first connection joins or last one leaves | join cost |
+/// |---|---|---|---|
+/// | `Full` | every member, in pages of [`PRESENCE_PAGE`](crate::PRESENCE_PAGE) | a live `presence.join` / `presence.leave` to the room | O(members) |
+/// | `Count` | the member count | nothing: the room is not told | O(1) |
+/// | `Off` | nothing | nothing | O(1) |
+///
+/// In every mode but `Off` the backend counts members per user across nodes, so
+/// [`Rooms::presence_page`](crate::Rooms::presence_page) and
+/// [`Rooms::member_count`](crate::Rooms::member_count) work; `Count` is the mode for rooms
+/// too big to list (an audience of 100,000 joins in constant time, and a join doesn't send a
+/// notice to 100,000 connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PresenceMode {
+    /// Snapshot on join, and join/leave notices to the room.
+    #[default]
+    Full,
+    /// The member count on join; no notices to the room.
+    Count,
+    /// No presence at all: members are not counted, nothing is sent.
+    Off,
 }

@@ -15,7 +15,6 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::config::HubConfig;
-use super::rooms::Members;
 use super::{
     ConnectionId, Delivery, Epoch, Message, MessageId, Offset, Position, Publication, Reset,
     ResetReason, Topic,
@@ -95,9 +94,6 @@ impl Limits {
 pub(crate) struct TopicLog {
     topic: Topic,
     epoch: Epoch,
-    /// Who created it (a user, or an anonymous client's address), counted against
-    /// [`Limits::max_topics_per_owner`] while the log exists.
-    owner: Option<Arc<str>>,
     state: Mutex<LogState>,
 }
 
@@ -108,7 +104,15 @@ pub(crate) struct LogState {
     sender: Option<broadcast::Sender<Message>>,
     subscribers: usize,
     idle_since: Option<Instant>,
-    pub(crate) members: Members,
+    /// This node's connections that are members of the log's room ([`Rooms`](crate::Rooms)):
+    /// they keep the log even while none of their streams is open.
+    holds: usize,
+    /// Who brought the log into this node (a user, or an anonymous client's address): its first
+    /// subscriber, counted against [`Limits::max_topics_per_owner`] while the log exists.
+    owner: Option<Arc<str>>,
+    /// Created for a subscriber ([`Registry::create`], [`Registry::sync`]) and not yet
+    /// subscribed to: the first subscriber becomes its owner.
+    claimable: bool,
 }
 
 impl LogState {
@@ -139,7 +143,7 @@ impl LogState {
 
     fn removable(&self, limits: &Limits) -> bool {
         self.subscribers == 0
-            && self.members.is_empty()
+            && self.holds == 0
             && (self.history.is_empty()
                 || limits.idle_ttl.is_zero()
                 || self
@@ -156,7 +160,7 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
-    pub(crate) fn publish(&mut self, publication: Publication) -> Message {
+    pub(crate) fn assign(&mut self, publication: Publication) -> Message {
         let offset = self.state.next;
         self.state.next += 1;
         let message = Message::new(
@@ -250,14 +254,6 @@ impl Locked<'_> {
         }
         self.skip_to(last + 1);
     }
-
-    pub(crate) fn state(&mut self) -> &mut LogState {
-        self.state
-    }
-
-    pub(crate) fn topic(&self) -> &Topic {
-        &self.log.topic
-    }
 }
 
 /// The logs of one namespace (topics, rooms, or users' direct messages).
@@ -270,39 +266,35 @@ pub(crate) struct Registry {
     owners: Mutex<HashMap<Arc<str>, usize>>,
     limits: Limits,
     last_sweep: Mutex<Instant>,
-    /// Set for the mirror of a remote backend: logs are created only by [`Registry::sync`],
-    /// and the hook hears when one is freed or replaced. `None` for the in-memory hubs.
-    mirror: Option<MirrorHook>,
+    /// Hears when a log is freed (the backend detaches) or replaced (rooms kick its members).
+    hook: MirrorHook,
 }
 
 impl Registry {
-    pub(crate) fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Self {
-            topics: RwLock::new(HashMap::new()),
-            owners: Mutex::new(HashMap::new()),
-            limits,
-            last_sweep: Mutex::new(Instant::now()),
-            mirror: None,
-        })
-    }
-
-    /// A registry mirroring a remote backend's logs (unwrapped, for `Arc::new_cyclic`). The
-    /// remote side keeps the history, so a log nobody here follows is freed at once (no idle
-    /// TTL).
-    pub(crate) fn mirror_value(mut limits: Limits, hook: MirrorHook) -> Self {
-        limits.idle_ttl = Duration::ZERO;
+    /// A registry whose freed and replaced logs are reported to `hook` (unwrapped, for
+    /// `Arc::new_cyclic`). `limits.idle_ttl` is how long a log nobody follows is kept: the
+    /// backend decides ([`Backend::idle_ttl`](crate::backend::Backend::idle_ttl)).
+    pub(crate) fn new(limits: Limits, hook: MirrorHook) -> Self {
         Self {
             topics: RwLock::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             limits,
             last_sweep: Mutex::new(Instant::now()),
-            mirror: Some(hook),
+            hook,
         }
     }
 
     /// Bookkeeping for a log taken out of the map.
     fn removed_log(&self, log: &TopicLog) {
-        if let Some(owner) = &log.owner {
+        crate::metrics::topics_changed(-1);
+        self.release_owner(log);
+        self.removed(&log.topic);
+    }
+
+    /// Gives back the owner's count of a log that left the map.
+    fn release_owner(&self, log: &TopicLog) {
+        let owner = log.state.lock().owner.take();
+        if let Some(owner) = &owner {
             let mut owners = self.owners.lock();
             if let Some(n) = owners.get_mut(owner) {
                 *n -= 1;
@@ -311,13 +303,10 @@ impl Registry {
                 }
             }
         }
-        self.removed(&log.topic);
     }
 
     fn removed(&self, topic: &Topic) {
-        if let Some(hook) = &self.mirror {
-            hook(MirrorEvent::Removed(topic));
-        }
+        (self.hook)(MirrorEvent::Removed(topic));
     }
 
     /// The topic's current log, if any.
@@ -382,7 +371,7 @@ impl Registry {
                 limit: self.limits.max_topics,
             });
         }
-        let log = Arc::new(TopicLog::new_with(topic.clone(), epoch, None));
+        let log = Arc::new(TopicLog::new_with(topic.clone(), epoch, true));
         {
             let mut state = log.state.lock();
             Locked {
@@ -395,13 +384,13 @@ impl Registry {
         map.insert(topic.clone(), log);
         drop(map);
         let Some(old) = replaced else {
+            crate::metrics::topics_changed(1);
             return Ok(false);
         };
         // Closing the old log's live channel moves its subscribers' streams to the new log.
         drop(old.state.lock().sender.take());
-        if let Some(hook) = &self.mirror {
-            hook(MirrorEvent::Replaced(topic));
-        }
+        self.release_owner(&old);
+        (self.hook)(MirrorEvent::Replaced(topic));
         Ok(true)
     }
 
@@ -409,78 +398,83 @@ impl Registry {
         self.topics.read().len()
     }
 
-    pub(crate) fn names(&self) -> Vec<Topic> {
-        self.topics.read().keys().cloned().collect()
-    }
-
-    /// Runs `f` on the topic's log under its lock, creating the log if needed and `create` says
-    /// so. The registry lock is held throughout, so the log can't be freed meanwhile.
-    pub(crate) fn with_log<R>(
+    /// Runs `f` on the topic's log if there is one, handing `f` back otherwise.
+    fn with_existing<R, F: FnOnce(&mut Locked<'_>) -> R>(
         &self,
         topic: &Topic,
-        create: bool,
-        f: impl FnOnce(&mut Locked<'_>) -> R,
-    ) -> Result<Option<R>, HubError> {
-        self.with_log_by(topic, create, None, f)
-    }
-
-    /// [`with_log`](Self::with_log), recording `owner` as the creator of a new log; refused if
-    /// the owner already created [`Limits::max_topics_per_owner`] logs that still exist.
-    fn with_log_by<R>(
-        &self,
-        topic: &Topic,
-        create: bool,
-        owner: Option<&Arc<str>>,
-        f: impl FnOnce(&mut Locked<'_>) -> R,
-    ) -> Result<Option<R>, HubError> {
-        {
-            let map = self.topics.read();
-            if let Some(log) = map.get(topic) {
-                let mut state = log.state.lock();
-                let mut locked = Locked {
-                    log,
-                    state: &mut state,
-                    limits: &self.limits,
-                };
-                return Ok(Some(f(&mut locked)));
-            }
-        }
-        if !create {
-            return Ok(None);
-        }
-        self.maybe_sweep();
-        let mut map = self.topics.write();
-        if !map.contains_key(topic) {
-            if map.len() >= self.limits.max_topics {
-                return Err(HubError::TooManyTopics {
-                    limit: self.limits.max_topics,
-                });
-            }
-            if let Some(owner) = owner {
-                let limit = self.limits.max_topics_per_owner;
-                let mut owners = self.owners.lock();
-                let created = owners.entry(Arc::clone(owner)).or_insert(0);
-                if *created >= limit {
-                    if *created == 0 {
-                        owners.remove(owner);
-                    }
-                    return Err(HubError::TooManyCreated { limit });
-                }
-                *created += 1;
-            }
-            let log = TopicLog::new(topic.clone(), owner.cloned());
-            map.insert(topic.clone(), Arc::new(log));
-        }
-        let Some(log) = map.get(topic).map(Arc::clone) else {
-            return Ok(None);
+        f: F,
+    ) -> Result<R, F> {
+        let map = self.topics.read();
+        let Some(log) = map.get(topic) else {
+            return Err(f);
         };
         let mut state = log.state.lock();
         let mut locked = Locked {
-            log: &log,
+            log,
             state: &mut state,
             limits: &self.limits,
         };
-        let result = f(&mut locked);
+        Ok(f(&mut locked))
+    }
+
+    /// Inserts a new log for `topic` unless there is one; the map's write lock is held.
+    fn insert_new(
+        &self,
+        map: &mut HashMap<Topic, Arc<TopicLog>>,
+        topic: &Topic,
+        claimable: bool,
+    ) -> Result<Arc<TopicLog>, HubError> {
+        if let Some(log) = map.get(topic) {
+            return Ok(Arc::clone(log));
+        }
+        if map.len() >= self.limits.max_topics {
+            return Err(HubError::TooManyTopics {
+                limit: self.limits.max_topics,
+            });
+        }
+        let log = Arc::new(TopicLog::new_with(
+            topic.clone(),
+            Epoch::random(),
+            claimable,
+        ));
+        map.insert(topic.clone(), Arc::clone(&log));
+        crate::metrics::topics_changed(1);
+        Ok(log)
+    }
+
+    /// Creates the topic's log with a fresh epoch unless there is one; returns its position.
+    /// A created log waits for its first subscriber, who becomes its owner.
+    pub(crate) fn create(&self, topic: &Topic) -> Result<MessageId, HubError> {
+        if let Some(position) = self.position(topic) {
+            return Ok(position);
+        }
+        self.maybe_sweep();
+        let mut map = self.topics.write();
+        let log = self.insert_new(&mut map, topic, true)?;
+        let last = log.state.lock().last();
+        Ok(MessageId::new(log.epoch, last))
+    }
+
+    /// Publishes to the topic's log, creating it if needed (without an owner: server code
+    /// published). A created log that keeps no history and has no subscriber is freed again.
+    pub(crate) fn publish(&self, topic: &Topic, p: Publication) -> Result<Message, HubError> {
+        let mut slot = Some(p);
+        if let Ok(Some(message)) =
+            self.with_existing(topic, |log| slot.take().map(|p| log.assign(p)))
+        {
+            return Ok(message);
+        }
+        let p = slot.ok_or_else(|| HubError::Backend("publication lost".into()))?;
+        self.maybe_sweep();
+        let mut map = self.topics.write();
+        let log = self.insert_new(&mut map, topic, false)?;
+        let mut state = log.state.lock();
+        let message = Locked {
+            log: &log,
+            state: &mut state,
+            limits: &self.limits,
+        }
+        .assign(p);
         let removable = state.removable(&self.limits);
         drop(state);
         if removable {
@@ -489,17 +483,36 @@ impl Registry {
             drop(map);
             self.removed_log(&log);
         }
-        Ok(Some(result))
+        Ok(message)
     }
 
-    pub(crate) fn publish(&self, topic: &Topic, p: Publication) -> Result<Message, HubError> {
-        self.with_log(topic, true, |log| log.publish(p))?
-            .ok_or_else(|| HubError::Backend("topic log vanished while publishing".into()))
+    /// Delivers a live-only notice to the topic's subscribers, if the topic has a log.
+    pub(crate) fn announce(&self, topic: &Topic, p: Publication) {
+        let _ = self.with_existing(topic, |log| log.announce(p));
     }
 
-    /// Subscribes `conn` to `topic` from `from`; `on_join` runs under the log lock after the seam
-    /// between replay and live is fixed, and its result (e.g. a presence snapshot) is delivered
-    /// once the replay is done.
+    /// Takes one hold away, and frees the log if nothing else keeps it.
+    pub(crate) fn unhold(&self, topic: &Topic) {
+        let _ = self.with_existing(topic, |log| {
+            log.state.holds = log.state.holds.saturating_sub(1);
+        });
+        self.remove_if_unused(topic, None);
+    }
+
+    /// How many logs have at least one hold.
+    pub(crate) fn held_count(&self) -> usize {
+        self.topics
+            .read()
+            .values()
+            .filter(|log| log.state.lock().holds > 0)
+            .count()
+    }
+
+    /// Subscribes `conn` to the topic's existing log from `from`; `None` if there is no log
+    /// (it was freed since it was attached). `owner` becomes the log's owner if the log waits
+    /// for its first subscriber, refused if that owner already brought in
+    /// [`Limits::max_topics_per_owner`] logs that still exist. `hold` adds a hold in the same
+    /// step (a room member). The stream counts as a subscriber until dropped.
     #[allow(
         clippy::too_many_arguments,
         reason = "crate-private; each is one piece of the join"
@@ -511,37 +524,51 @@ impl Registry {
         conn: ConnectionId,
         owner: Option<&Arc<str>>,
         left: Option<Arc<AtomicBool>>,
-        on_join: impl FnOnce(&mut Locked<'_>) -> VecDeque<Delivery>,
-    ) -> Result<TopicStream, HubError> {
-        self.subscribe_with(Some(owner), topic, from, conn, left, on_join)?
-            .ok_or(HubError::NotJoined(conn))
+        hold: bool,
+    ) -> Result<Option<TopicStream>, HubError> {
+        let subscribed = self.with_existing(topic, |locked| {
+            if std::mem::take(&mut locked.state.claimable)
+                && let Some(owner) = owner
+            {
+                let limit = self.limits.max_topics_per_owner;
+                let mut owners = self.owners.lock();
+                let created = owners.entry(Arc::clone(owner)).or_insert(0);
+                if *created >= limit {
+                    if *created == 0 {
+                        owners.remove(owner);
+                    }
+                    return Err(HubError::TooManyCreated { limit });
+                }
+                *created += 1;
+                locked.state.owner = Some(Arc::clone(owner));
+            }
+            if hold {
+                locked.state.holds += 1;
+            }
+            Ok(self.open(locked, topic, from, conn, left))
+        });
+        match subscribed {
+            Ok(Ok(stream)) => Ok(Some(stream)),
+            Ok(Err(refused)) => {
+                // Nobody else may want the log this owner was refused.
+                self.remove_if_unused(topic, None);
+                Err(refused)
+            }
+            Err(_) => Ok(None),
+        }
     }
 
-    /// Mirror: like [`subscribe`](Self::subscribe), but only to a log that exists (one that
-    /// [`sync`](Self::sync) created); `None` if there is none.
-    pub(crate) fn subscribe_existing(
+    /// The stream of a new subscriber, under the log's lock: the seam between replay and live
+    /// is fixed here.
+    fn open(
         self: &Arc<Self>,
+        locked: &mut Locked<'_>,
         topic: &Topic,
         from: Position,
         conn: ConnectionId,
         left: Option<Arc<AtomicBool>>,
-        on_join: impl FnOnce(&mut Locked<'_>) -> VecDeque<Delivery>,
-    ) -> Result<Option<TopicStream>, HubError> {
-        self.subscribe_with(None, topic, from, conn, left, on_join)
-    }
-
-    /// `create`: `None` to subscribe only to an existing log, else create it, recording the
-    /// owner given.
-    fn subscribe_with(
-        self: &Arc<Self>,
-        create: Option<Option<&Arc<str>>>,
-        topic: &Topic,
-        from: Position,
-        conn: ConnectionId,
-        left: Option<Arc<AtomicBool>>,
-        on_join: impl FnOnce(&mut Locked<'_>) -> VecDeque<Delivery>,
-    ) -> Result<Option<TopicStream>, HubError> {
-        self.with_log_by(topic, create.is_some(), create.flatten(), |locked| {
+    ) -> TopicStream {
+        {
             let state = &mut *locked.state;
             state.evict_expired(&self.limits);
             state.subscribers += 1;
@@ -591,7 +618,6 @@ impl Registry {
                 .sender
                 .get_or_insert_with(|| broadcast::channel(self.limits.channel_capacity).0);
             let rx = LiveRx::new(sender.subscribe());
-            let after_replay = on_join(locked);
             TopicStream {
                 registry: Arc::clone(self),
                 log: Arc::clone(locked.log),
@@ -602,10 +628,10 @@ impl Registry {
                 last: start,
                 replay_end: last,
                 held: None,
-                after_replay,
+                after_replay: VecDeque::new(),
                 left,
             }
-        })
+        }
     }
 
     /// Called when a subscriber goes away; frees the log if nothing keeps it.
@@ -700,15 +726,10 @@ impl Registry {
 }
 
 impl TopicLog {
-    fn new(topic: Topic, owner: Option<Arc<str>>) -> Self {
-        Self::new_with(topic, Epoch::random(), owner)
-    }
-
-    fn new_with(topic: Topic, epoch: Epoch, owner: Option<Arc<str>>) -> Self {
+    fn new_with(topic: Topic, epoch: Epoch, claimable: bool) -> Self {
         Self {
             topic,
             epoch,
-            owner,
             state: Mutex::new(LogState {
                 next: 1,
                 history: VecDeque::new(),
@@ -716,7 +737,9 @@ impl TopicLog {
                 sender: None,
                 subscribers: 0,
                 idle_since: Some(Instant::now()),
-                members: Members::default(),
+                holds: 0,
+                owner: None,
+                claimable,
             }),
         }
     }

@@ -148,10 +148,31 @@ impl EventName {
         &self.0
     }
 
-    /// A name the crate itself defines, known to be valid.
-    pub(crate) fn from_static(name: &'static str) -> Self {
-        debug_assert!(Self::new(name).is_ok());
-        Self(Arc::from(name))
+    /// A name written into the program, such as `"chat"`: no `Result` to handle.
+    ///
+    /// It is validated like [`new`](Self::new), at run time: the name is stored in a shared
+    /// `Arc<str>`, which a `const fn` can't build, so there is no compile-time check. Keep
+    /// names from users or the network on [`new`](Self::new).
+    ///
+    /// ```
+    /// use salvo_realtime::{EventName, Publication};
+    ///
+    /// let alert = EventName::from_static("alert");
+    /// let p = Publication::new("disk almost full").event_name_checked(alert);
+    /// assert_eq!(p.event_name().map(EventName::as_str), Some("alert"));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid event name (empty, over [`EventName::MAX_LEN`] bytes, or with a
+    /// control character): a mistake in the program, not in its input.
+    #[must_use]
+    #[track_caller]
+    pub fn from_static(name: &'static str) -> Self {
+        match Self::new(name) {
+            Ok(event) => event,
+            Err(e) => panic!("invalid event name {name:?}: {e}"),
+        }
     }
 }
 
@@ -461,10 +482,39 @@ impl From<Bytes> for Payload {
     }
 }
 
+/// A JSON value becomes a text payload; encoding a `Value` can't fail.
+///
+/// ```
+/// use salvo_realtime::{Payload, Rooms};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), salvo_realtime::error::HubError> {
+/// let payload = Payload::from(serde_json::json!({ "text": "hi" }));
+/// assert_eq!(payload.as_text(), Some(r#"{"text":"hi"}"#));
+///
+/// let rooms = Rooms::new();
+/// rooms.broadcast("lobby", serde_json::json!({ "text": "hi" })).await?;
+/// # Ok(())
+/// # }
+/// ```
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+/// As `From<Value>`, without giving the value up.
+impl From<&serde_json::Value> for Payload {
+    fn from(value: &serde_json::Value) -> Self {
+        Self::text(value.to_string())
+    }
+}
+
 /// What to publish: a payload, an optional event name and who sent it.
 ///
 /// Anything that converts into a [`Payload`] converts into a `Publication` too, so
-/// `hub.publish("topic", "text")` works; use the builder for the rest.
+/// `hub.publish("topic", "text")` and `hub.publish("topic", json!({..}))` work; use the
+/// builder for the rest.
 ///
 /// ```
 /// use salvo_realtime::Publication;
@@ -472,6 +522,27 @@ impl From<Bytes> for Payload {
 /// let p = Publication::new("disk almost full").event("alert")?;
 /// assert_eq!(p.event_name().map(|e| e.as_str()), Some("alert"));
 /// # Ok::<(), salvo_realtime::error::InvalidEvent>(())
+/// ```
+///
+/// A value of your own type goes through [`Publication::json`] (or [`Payload::json`]): there
+/// is no `From<&T>` for every `T: Serialize`, because encoding can fail and a `From` can't
+/// say so, and because it would collide with `From<&str>`.
+///
+/// ```
+/// use salvo_realtime::{PubSub, Publication};
+///
+/// #[derive(serde::Serialize)]
+/// struct Price {
+///     eur: f64,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), salvo_realtime::error::HubError> {
+/// let hub = PubSub::new();
+/// hub.publish("prices", Publication::json(&Price { eur: 1.08 })?.event_static("tick"))
+///     .await?;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publication {
@@ -505,6 +576,8 @@ impl Publication {
     }
 
     /// Names the event (SSE `event:`; the `event` field of the WebSocket envelope). Default: none.
+    /// For a name written into the program, [`event_static`](Self::event_static) needs no
+    /// `Result`.
     ///
     /// # Errors
     ///
@@ -512,6 +585,18 @@ impl Publication {
     pub fn event(mut self, name: &str) -> Result<Self, InvalidEvent> {
         self.event = Some(EventName::new(name)?);
         Ok(self)
+    }
+
+    /// Names the event with a name written into the program, with no `Result` to handle; see
+    /// [`EventName::from_static`]. Default: none.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid event name: a mistake in the program, not in its input.
+    #[must_use]
+    #[track_caller]
+    pub fn event_static(self, name: &'static str) -> Self {
+        self.event_name_checked(EventName::from_static(name))
     }
 
     /// Sets an already validated event name. Default: none.

@@ -21,8 +21,8 @@ pub(crate) mod pubsub;
 pub(crate) mod rooms;
 pub(crate) mod subscription;
 
-pub use backend::{Backend, Local, Mirror, WeakMirror};
-pub use config::{HubConfig, InboundPolicy};
+pub use backend::{Backend, Local, MembersPage, Mirror, WeakMirror};
+pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
 pub use log::Applied;
 pub use message::{
@@ -121,6 +121,103 @@ use crate::error::HubError;
 ///     async fn leave(&self, _conn: &Connection, _sub: Self::Subscription) {}
 /// }
 /// # let _ = Silent;
+/// ```
+///
+/// # Wrapping a hub
+///
+/// To add behaviour around a hub (metrics, auditing, a policy of your own), wrap it in a type
+/// that implements `Hub` by passing each call on to the hub inside, as
+/// [`Counted`](crate::Counted) does. Pass on *every* method, the provided ones too: a wrapper
+/// that leaves [`add_topic`](Hub::add_topic), [`remove_topic`](Hub::remove_topic),
+/// [`publish_from`](Hub::publish_from) or [`call`](Hub::call) to their defaults answers
+/// [`HubError::Unsupported`] for them, and the channel protocol stops working behind it. To
+/// count deliveries too, wrap the subscription stream as well (see
+/// [`CountedSubscription`](crate::CountedSubscription)). Keep the wrapper's own state behind
+/// an `Arc`, so that clones share it like clones of the hub they wrap.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// use salvo_realtime::error::HubError;
+/// use salvo_realtime::{
+///     Connection, Hub, Identity, MessageId, Payload, Position, Publication, Rooms, Topic,
+/// };
+///
+/// /// Counts the messages connections send, and passes everything on.
+/// #[derive(Clone)]
+/// struct Audited<H> {
+///     inner: H,
+///     received: Arc<AtomicU64>,
+/// }
+///
+/// impl<H: Hub> Hub for Audited<H> {
+///     type Subscription = H::Subscription;
+///
+///     async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
+///         self.inner.join(conn).await
+///     }
+///
+///     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+///         self.received.fetch_add(1, Ordering::Relaxed);
+///         self.inner.receive(conn, message).await
+///     }
+///
+///     async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
+///         self.inner.leave(conn, subscription).await;
+///     }
+///
+///     fn note_dropped(&self, conn: &Connection, count: u64) {
+///         self.inner.note_dropped(conn, count);
+///     }
+///
+///     async fn add_topic(
+///         &self,
+///         conn: &Connection,
+///         topic: &Topic,
+///         from: Position,
+///         data: Option<&serde_json::Value>,
+///     ) -> Result<(), HubError> {
+///         self.inner.add_topic(conn, topic, from, data).await
+///     }
+///
+///     async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
+///         self.inner.remove_topic(conn, topic).await
+///     }
+///
+///     async fn publish_from(
+///         &self,
+///         conn: &Connection,
+///         topic: &Topic,
+///         publication: Publication,
+///     ) -> Result<MessageId, HubError> {
+///         self.received.fetch_add(1, Ordering::Relaxed);
+///         self.inner.publish_from(conn, topic, publication).await
+///     }
+///
+///     async fn call(
+///         &self,
+///         conn: &Connection,
+///         method: &str,
+///         data: serde_json::Value,
+///     ) -> Result<serde_json::Value, HubError> {
+///         self.inner.call(conn, method, data).await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Audited { inner: Rooms::new(), received: Arc::default() };
+/// let conn = Connection::new()
+///     .authenticated(Identity::new("alice"))
+///     .subscribe(Topic::new("lobby")?, Position::Live);
+/// let subscription = hub.join(&conn).await?;
+/// hub.receive(&conn, Payload::from("hi")).await?;
+/// hub.publish_from(&conn, &Topic::new("lobby")?, Publication::new("again")).await?;
+/// assert_eq!(hub.received.load(Ordering::Relaxed), 2);
+/// hub.leave(&conn, subscription).await;
+/// # Ok(())
+/// # }
 /// ```
 ///
 /// # Cloning and sharing
@@ -368,11 +465,22 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// An identity for the user `user_id`.
+    /// An identity for the user `user_id`: a `&str`, a `String`, a `&String` (a field of your
+    /// session type), anything that reads as a string.
+    ///
+    /// ```
+    /// use salvo_realtime::Identity;
+    ///
+    /// struct Session {
+    ///     user: String,
+    /// }
+    /// let session = Session { user: "alice".to_owned() };
+    /// assert_eq!(Identity::new(&session.user).user_id(), "alice");
+    /// ```
     #[must_use]
-    pub fn new(user_id: impl Into<Arc<str>>) -> Self {
+    pub fn new(user_id: impl AsRef<str>) -> Self {
         Self {
-            user_id: user_id.into(),
+            user_id: Arc::from(user_id.as_ref()),
             data: None,
         }
     }
@@ -591,7 +699,7 @@ impl Delivery {
     /// [`Message::envelope_json`]; the others give
     /// `{"type":"lagged","topic":..,"missed":..}`, `{"type":"reset","topic":..,"requested":..,
     /// "epoch":..,"replay_after":..,"reason":..}` and `{"type":"presence","topic":..,"members":[{"user":..,
-    /// "connections":..,"data":..}],"more":false}`.
+    /// "connections":..,"data":..}],"more":false,"count":..}`.
     #[must_use]
     pub fn envelope_json(&self) -> bytes::Bytes {
         #[derive(Serialize)]
@@ -612,6 +720,7 @@ impl Delivery {
                 topic: &'a Topic,
                 members: &'a [Member],
                 more: bool,
+                count: usize,
             },
         }
         let notice = match self {
@@ -631,6 +740,7 @@ impl Delivery {
                 topic: &p.room,
                 members: &p.members,
                 more: p.more,
+                count: p.count,
             },
         };
         // Plain strings and numbers always encode.
@@ -683,6 +793,9 @@ pub struct Presence {
     /// [`PRESENCE_PAGE`](crate::PRESENCE_PAGE), so no frame grows with the room. The snapshot
     /// is complete at the page with `more == false`.
     pub more: bool,
+    /// How many users are in the room (across nodes), anonymous connections not counted. In
+    /// [`PresenceMode::Count`] this is the whole snapshot (`members` is empty).
+    pub count: usize,
 }
 
 /// One user present in a room.

@@ -1,16 +1,14 @@
 //! Topics on broadcast channels with a bounded history.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
 use super::backend::{Backend, Local, Mirror};
 use super::config::{HubConfig, InboundPolicy};
-use super::log::{Limits, Locked, MirrorEvent, MirrorHook, Registry, TopicStream};
+use super::log::{Limits, MirrorEvent, MirrorHook, Registry, TopicStream};
 use super::subscription::Subscription;
 use super::{
-    Connection, ConnectionId, Delivery, Hub, Message, MessageId, Payload, Position, Publication,
-    Topic,
+    Connection, ConnectionId, Hub, Message, MessageId, Payload, Position, Publication, Topic,
 };
 use crate::error::HubError;
 
@@ -79,17 +77,16 @@ impl Default for PubSub {
     }
 }
 
-/// The registry of a hub's namespace: in-memory for [`Local`], else a mirror whose freed logs
-/// are reported to the backend and whose replaced logs to `on_replaced`.
+/// The logs of a hub's namespace: freed logs are reported to the backend ([`Backend::detach`])
+/// and replaced ones to `on_replaced`; a log nobody follows is kept for the backend's
+/// [`idle_ttl`](Backend::idle_ttl).
 pub(crate) fn registry_for<B: Backend>(
-    limits: Limits,
+    mut limits: Limits,
     namespace: &'static str,
     backend: &Arc<B>,
     on_replaced: impl Fn(&Topic) + Send + Sync + 'static,
 ) -> Mirror {
-    if !B::MIRRORED {
-        return Mirror::new(Registry::new(limits), namespace);
-    }
+    limits.idle_ttl = backend.idle_ttl(limits.idle_ttl);
     let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Registry>| {
         let (weak, backend) = (weak.clone(), Arc::clone(backend));
         let hook: MirrorHook = Box::new(move |event| match event {
@@ -100,28 +97,34 @@ pub(crate) fn registry_for<B: Backend>(
             }
             MirrorEvent::Replaced(topic) => on_replaced(topic),
         });
-        Registry::mirror_value(limits, hook)
+        Registry::new(limits, hook)
     });
     Mirror::new(registry, namespace)
 }
 
-/// Subscribes through the backend: attach (the mirror's log is created and synced), then
-/// subscribe locally; retried if the log was freed in between.
+/// A subscription to one topic, the same for every backend: attach (the backend brings the
+/// local log into being and up to date), then subscribe to the local log, again if the log was
+/// freed in between. `hold` makes the connection a member that keeps the log (rooms).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "crate-private; each is one piece of the join"
+)]
 pub(crate) async fn open_stream<B: Backend>(
     backend: &B,
     mirror: &Mirror,
     topic: &Topic,
     from: Position,
     conn: ConnectionId,
+    owner: Option<&Arc<str>>,
     left: Option<&Arc<std::sync::atomic::AtomicBool>>,
-    on_join: impl Fn(&mut Locked<'_>) -> VecDeque<Delivery>,
+    hold: bool,
 ) -> Result<TopicStream, HubError> {
     for _ in 0..3 {
         backend.attach(mirror, topic).await?;
         if let Some(stream) =
             mirror
                 .registry()
-                .subscribe_existing(topic, from, conn, left.cloned(), &on_join)?
+                .subscribe(topic, from, conn, owner, left.cloned(), hold)?
         {
             return Ok(stream);
         }
@@ -141,7 +144,7 @@ impl PubSub {
     /// A hub with the given limits.
     #[must_use]
     pub fn with_config(config: HubConfig) -> Self {
-        Self::with_backend(config, Local)
+        Self::with_backend(config, Local::default())
     }
 }
 
@@ -293,34 +296,24 @@ impl<B: Backend> Hub for PubSub<B> {
         if conn.topics().len() > limit {
             return Err(HubError::TooManySubscriptions { limit });
         }
-        let streams = if B::MIRRORED {
-            let (backend, mirror) = (&*self.inner.backend, &self.inner.mirror);
-            let mut streams = Vec::with_capacity(conn.topics().len());
-            for (topic, from) in conn.topics() {
-                let stream = open_stream(backend, mirror, topic, *from, conn.id(), None, |_| {
-                    VecDeque::new()
-                })
-                .await?;
-                streams.push(stream);
-            }
-            streams
-        } else {
-            // Sized exactly: a collected Vec starts at 4 slots, most connections need 1.
-            let registry = self.inner.mirror.registry();
-            let owner = conn.owner();
-            let mut streams = Vec::with_capacity(conn.topics().len());
-            for (topic, from) in conn.topics() {
-                streams.push(registry.subscribe(
-                    topic,
-                    *from,
-                    conn.id(),
-                    owner.as_ref(),
-                    None,
-                    |_| VecDeque::new(),
-                )?);
-            }
-            streams
-        };
+        let (backend, mirror) = (&*self.inner.backend, &self.inner.mirror);
+        let owner = conn.owner();
+        // Sized exactly: a collected Vec starts at 4 slots, most connections need 1.
+        let mut streams = Vec::with_capacity(conn.topics().len());
+        for (topic, from) in conn.topics() {
+            let stream = open_stream(
+                backend,
+                mirror,
+                topic,
+                *from,
+                conn.id(),
+                owner.as_ref(),
+                None,
+                false,
+            )
+            .await?;
+            streams.push(stream);
+        }
         Ok(Subscription::new(streams, None, None))
     }
 
@@ -343,7 +336,6 @@ impl<B: Backend> fmt::Debug for PubSub<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PubSub")
             .field("topics", &self.inner.mirror.registry().len())
-            .field("mirrored", &B::MIRRORED)
             .field("config", &self.inner.config)
             .finish()
     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::backend::{Backend, Local, Mirror};
-use super::config::{HubConfig, InboundPolicy};
+use super::backend::{Backend, Local, MembersPage, Mirror};
+use super::config::{HubConfig, InboundPolicy, PresenceMode};
 use super::log::{Limits, TopicStream};
 use super::pubsub::{check_inbound, check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
@@ -39,7 +39,11 @@ pub const PRESENCE_PAGE: usize = 256;
 ///   later with [`join_room`](Rooms::join_room); it may be in up to
 ///   [`max_subscriptions`](HubConfig::max_subscriptions) rooms.
 /// * Each room has a log like a [`PubSub`](crate::PubSub) topic: ids, history, resume.
-/// * **Presence is per user**: several connections (tabs, devices) of one user are one member.
+/// * **Presence is per user**, kept by the hub's [`Backend`] (a table in memory for [`Local`]),
+///   and how much of it is told is [`HubConfig::presence_mode`]: the default,
+///   [`PresenceMode::Full`], is described here; [`PresenceMode::Count`] joins a room of any
+///   size in O(1) and tells only the count. Several connections (tabs, devices) of one user
+///   are one member.
 ///   When a user's first connection enters a room, the room's connections get a
 ///   `presence.join` notice; when their last one leaves, a `presence.leave` notice. Both carry
 ///   the JSON payload `{"user": .., "data": ..}`. They are live-only
@@ -56,17 +60,18 @@ pub const PRESENCE_PAGE: usize = 256;
 /// * After [`leave_room`](Rooms::leave_room) returns, the connection receives nothing more from
 ///   that room. A room with no members is freed like an idle topic: at once if it holds no
 ///   history, else after [`idle_ttl`](HubConfig::idle_ttl).
-/// * By default a connection's messages are published to all its rooms
-///   ([`InboundPolicy::Publish`]), and the sender gets its own message back (so it learns the
-///   id); [`InboundPolicy::PublishExceptSender`] skips the sender. Over the channel protocol a
-///   connection publishes to one room at a time, and chooses per publish (`"echo": false`).
+/// * By default a connection's messages are published to all its rooms except back to the
+///   sending connection ([`InboundPolicy::PublishExceptSender`]);
+///   [`InboundPolicy::Publish`] echoes them to the sender too (so it learns each id). Over the
+///   channel protocol a connection publishes to one room at a time, and chooses per publish
+///   (`"echo": false`).
 /// * With a remote [`Backend`] ([`with_backend`](Self::with_backend)), rooms, presence and
 ///   direct messages span every node on it: first join and last leave are per user across
 ///   nodes, and [`presence`](Self::presence) lists everyone. The connection counts
 ///   ([`room_count`](Self::room_count), [`connection_count`](Self::connection_count)...) are
 ///   this node's. The presence snapshot after joining is read after the join, so it may
-///   already include a join or leave that also arrives as an event; presence notices travel
-///   through the remote log there (with ids, in history). If the remote log of a
+///   already include a join or leave that also arrives as an event (applied in
+///   order, they leave the right set). If the remote log of a
 ///   room is lost (a new epoch), the node disconnects its connections in the room, so that
 ///   clients reconnect, resume with their last id and get a [`Delivery::Reset`].
 ///
@@ -132,73 +137,6 @@ struct ConnEntry {
     control: Arc<Control>,
 }
 
-/// Who is in a room, kept with the room's log so that membership changes and the presence
-/// events they cause are one atomic step.
-#[derive(Default)]
-pub(crate) struct Members {
-    users: HashMap<Arc<str>, (usize, Option<Arc<serde_json::Value>>)>,
-    anonymous: usize,
-}
-
-impl Members {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.anonymous == 0
-    }
-
-    /// Adds a connection; true if it is the user's first in the room.
-    pub(crate) fn add(&mut self, identity: Option<&Identity>) -> bool {
-        match identity {
-            None => {
-                self.anonymous += 1;
-                false
-            }
-            Some(id) => {
-                let entry = self
-                    .users
-                    .entry(Arc::clone(id.user_arc()))
-                    .or_insert_with(|| (0, id.data_arc().cloned()));
-                entry.0 += 1;
-                entry.0 == 1
-            }
-        }
-    }
-
-    /// Removes a connection; true if it was the user's last in the room.
-    pub(crate) fn remove(&mut self, identity: Option<&Identity>) -> bool {
-        match identity {
-            None => {
-                self.anonymous = self.anonymous.saturating_sub(1);
-                false
-            }
-            Some(id) => match self.users.get_mut(id.user_id()) {
-                Some(entry) if entry.0 > 1 => {
-                    entry.0 -= 1;
-                    false
-                }
-                Some(_) => {
-                    self.users.remove(id.user_id());
-                    true
-                }
-                None => false,
-            },
-        }
-    }
-
-    pub(crate) fn list(&self) -> Vec<Member> {
-        let mut members: Vec<Member> = self
-            .users
-            .iter()
-            .map(|(user, (connections, data))| Member {
-                user: Arc::clone(user),
-                connections: *connections,
-                data: data.clone(),
-            })
-            .collect();
-        members.sort_by(|a, b| a.user.cmp(&b.user));
-        members
-    }
-}
-
 impl Default for Rooms {
     fn default() -> Self {
         Self::new()
@@ -243,7 +181,7 @@ impl Rooms {
     /// A hub with the given limits.
     #[must_use]
     pub fn with_config(config: HubConfig) -> Self {
-        Self::with_backend(config, Local)
+        Self::with_backend(config, Local::default())
     }
 }
 
@@ -451,22 +389,9 @@ impl<B: Backend> Rooms<B> {
         control: &Control,
     ) -> Result<(), HubError> {
         let left = Arc::new(AtomicBool::new(false));
-        let stream = if B::MIRRORED {
-            let (backend, mirror) = (&*self.inner.backend, &self.inner.rooms);
-            open_stream(backend, mirror, room, from, conn, Some(&left), |_| {
-                VecDeque::new()
-            })
-            .await?
-        } else {
-            self.inner.rooms.registry().subscribe(
-                room,
-                from,
-                conn,
-                None,
-                Some(Arc::clone(&left)),
-                |_| VecDeque::new(),
-            )?
-        };
+        let (backend, mirror) = (&*self.inner.backend, &self.inner.rooms);
+        let stream =
+            open_stream(backend, mirror, room, from, conn, None, Some(&left), false).await?;
         let old = self.inner.conns.lock().get_mut(&conn).and_then(|entry| {
             entry
                 .rooms
@@ -540,30 +465,82 @@ impl<B: Backend> Rooms<B> {
     }
 
     /// The users in `room`, sorted by user id (across all nodes with a remote backend; empty if
-    /// it fails, which is logged).
+    /// it fails, which is logged). This reads every page: for a big room, use
+    /// [`presence_page`](Self::presence_page) or [`member_count`](Self::member_count).
     pub async fn presence(&self, room: &str) -> Vec<Member> {
         let Ok(room) = room_topic(room) else {
             return Vec::new();
         };
-        if B::MIRRORED {
-            return match self.inner.backend.members(&self.inner.rooms, &room).await {
-                Ok(mut members) => {
-                    members.sort_by(|a, b| a.user.cmp(&b.user));
-                    members
-                }
-                Err(e) => {
-                    tracing::warn!(room = %room, error = %e, "presence: backend failed");
-                    Vec::new()
-                }
-            };
+        match self.snapshot_of(&room).await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "presence: backend failed");
+                Vec::new()
+            }
         }
+    }
+
+    /// One page of `room`'s members, sorted by user id: those whose id sorts after `after`
+    /// (from the first when `None`), at most `limit`. Costs O(`limit`), whatever the room's size.
+    ///
+    /// ```
+    /// use salvo_realtime::{Connection, Hub, Identity, Position, Rooms, Topic};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rooms = Rooms::new();
+    /// let mut subs = Vec::new();
+    /// for user in ["ann", "bob", "cy"] {
+    ///     let conn = Connection::new()
+    ///         .authenticated(Identity::new(user))
+    ///         .subscribe(Topic::new("hall")?, Position::Live);
+    ///     subs.push(rooms.join(&conn).await?);
+    /// }
+    /// let page = rooms.presence_page("hall", None, 2).await?;
+    /// assert_eq!(page.members.iter().map(|m| &*m.user).collect::<Vec<_>>(), ["ann", "bob"]);
+    /// assert!(page.more);
+    /// let rest = rooms.presence_page("hall", Some("bob"), 2).await?;
+    /// assert_eq!((rest.members.len(), rest.more), (1, false));
+    /// assert_eq!(rooms.member_count("hall").await?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::InvalidTopic`] for a bad room name, [`HubError::Backend`] if a remote backend
+    /// fails.
+    pub async fn presence_page(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, HubError> {
+        let room = room_topic(room)?;
         self.inner
-            .rooms
-            .registry()
-            .with_log(&room, false, |log| log.state().members.list())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+            .backend
+            .members(&self.inner.rooms, &room, after, limit)
+            .await
+    }
+
+    /// How many users are in `room` (across all nodes with a remote backend), in O(1).
+    /// Anonymous connections are not counted.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::InvalidTopic`] for a bad room name, [`HubError::Backend`] if a remote backend
+    /// fails.
+    pub async fn member_count(&self, room: &str) -> Result<usize, HubError> {
+        let room = room_topic(room)?;
+        self.inner
+            .backend
+            .member_count(&self.inner.rooms, &room)
+            .await
+    }
+
+    /// Every member of `room`, page by page.
+    async fn snapshot_of(&self, room: &Topic) -> Result<Vec<Member>, HubError> {
+        self.inner.snapshot_of(room).await
     }
 
     /// The rooms a connection is in.
@@ -580,21 +557,7 @@ impl<B: Backend> Rooms<B> {
     /// How many rooms have at least one member.
     #[must_use]
     pub fn room_count(&self) -> usize {
-        self.inner
-            .rooms
-            .registry()
-            .names()
-            .iter()
-            .filter(|room| {
-                self.inner
-                    .rooms
-                    .registry()
-                    .with_log(room, false, |log| !log.state().members.is_empty())
-                    .ok()
-                    .flatten()
-                    .unwrap_or(false)
-            })
-            .count()
+        self.inner.rooms.registry().held_count()
     }
 
     /// How many logs the hub holds: rooms with members, idle rooms whose history is retained,
@@ -634,8 +597,16 @@ impl<B: Backend> Rooms<B> {
             .await
     }
 
-    /// Adds a membership and subscribes, as one step under the room's lock (in memory), or
-    /// through the backend.
+    /// Adds a membership: subscribe to the room's log (holding it, so the log stays while the
+    /// connection is a member), then count the connection in the backend's presence, which
+    /// announces a first join, then read the snapshot. The snapshot is read after the join, so it
+    /// may already include a join or leave that also arrives as a notice after it; applied in
+    /// order, the notices leave the right set.
+    ///
+    /// Cancellation-safe: from the subscription on, an [`Entering`] guard owns the stream; if
+    /// this future is dropped (or fails) before it returns, the guard undoes the hold and has
+    /// the backend take the connection out of presence, which it does whether or not the add
+    /// reached it (see [`Backend`], "The contract").
     async fn enter(
         &self,
         conn: ConnectionId,
@@ -644,50 +615,8 @@ impl<B: Backend> Rooms<B> {
         room: &Topic,
         from: Position,
     ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
-        if B::MIRRORED {
-            return self.enter_remote(conn, identity, room, from).await;
-        }
-        let presence = self.inner.config.presence;
-        let left = Arc::new(AtomicBool::new(false));
-        let stream = self.inner.rooms.registry().subscribe(
-            room,
-            from,
-            conn,
-            owner,
-            Some(Arc::clone(&left)),
-            |log| {
-                let first = log.state().members.add(identity);
-                if !presence {
-                    return VecDeque::new();
-                }
-                if let (true, Some(identity)) = (first, identity) {
-                    log.announce(presence_event(PRESENCE_JOIN, conn, identity));
-                }
-                let members = log.state().members.list();
-                snapshot(log.topic(), members)
-            },
-        )?;
-        Ok((stream, left))
-    }
-
-    /// [`enter`](Self::enter) with a remote backend: subscribe to the mirror (counting the
-    /// connection locally, so the room's log stays while it is here), then count the
-    /// connection remotely, which announces a first join, then read the members for the
-    /// snapshot.
-    ///
-    /// Cancellation-safe: from the local count on, an [`Entering`] guard owns the stream; if
-    /// this future is dropped (or fails) before it returns, the guard undoes the local count
-    /// and has the backend take the connection out of the remote presence, which it does
-    /// whether or not the add reached it (see [`Backend::presence_add_connection`]).
-    async fn enter_remote(
-        &self,
-        conn: ConnectionId,
-        identity: Option<&Identity>,
-        room: &Topic,
-        from: Position,
-    ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
         let inner = &*self.inner;
-        let presence = inner.config.presence;
+        let mode = inner.config.presence;
         let left = Arc::new(AtomicBool::new(false));
         let mut entering = Entering {
             inner,
@@ -704,27 +633,35 @@ impl<B: Backend> Rooms<B> {
             room,
             from,
             conn,
+            owner,
             Some(&left),
-            |log| {
-                log.state().members.add(identity);
-                VecDeque::new()
-            },
+            true,
         )
         .await?;
         entering.stream = Some(stream);
-        if let Some(identity) = identity {
-            let announce = presence.then(|| presence_event(PRESENCE_JOIN, conn, identity));
+        if let (Some(identity), true) = (identity, mode != PresenceMode::Off) {
+            let announce =
+                (mode == PresenceMode::Full).then(|| presence_event(PRESENCE_JOIN, conn, identity));
             inner
                 .backend
-                .presence_add_connection(&inner.rooms, room, conn, identity, announce)
+                .presence_add(&inner.rooms, room, conn, identity, announce)
                 .await?;
         }
-        if presence {
-            let mut members = inner.backend.members(&inner.rooms, room).await?;
-            members.sort_by(|a, b| a.user.cmp(&b.user));
-            if let Some(stream) = entering.stream.as_mut() {
-                stream.set_after_replay(snapshot(room, members));
+        let snapshot = match mode {
+            PresenceMode::Full => Some(snapshot(room, inner.snapshot_of(room).await?)),
+            PresenceMode::Count => {
+                let count = inner.backend.member_count(&inner.rooms, room).await?;
+                Some(VecDeque::from([Delivery::Presence(Presence {
+                    room: room.clone(),
+                    members: Vec::new(),
+                    more: false,
+                    count,
+                })]))
             }
+            PresenceMode::Off => None,
+        };
+        if let (Some(snapshot), Some(stream)) = (snapshot, entering.stream.as_mut()) {
+            stream.set_after_replay(snapshot);
         }
         let stream = entering.stream.take();
         entering.done = true;
@@ -770,6 +707,7 @@ impl<B: Backend> Drop for Entering<'_, B> {
                 self.inner
                     .exit(self.conn, self.identity, self.room, self.left);
             }
+            // Attaching may have created a log that nobody follows.
             None => self
                 .inner
                 .rooms
@@ -779,10 +717,39 @@ impl<B: Backend> Drop for Entering<'_, B> {
     }
 }
 
+/// Runs a future from a drop path: polls it once here, so that a backend that needs no wait
+/// (the in-memory one) is done before the drop returns; if it has to wait, a spawned task
+/// finishes it. Without a runtime (a hub dropped after its runtime) the one poll happens inside
+/// a throwaway runtime, and whatever would wait is left undone.
+fn finish_in_drop_path(mut task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+    let poll_once = |task: &mut std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        task.as_mut().poll(&mut cx).is_ready()
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            if !poll_once(&mut task) {
+                runtime.spawn(task);
+            }
+        }
+        Err(_) => {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _context = runtime.enter();
+                let _ = poll_once(&mut task);
+                drop(task);
+            }
+        }
+    }
+}
+
 /// A presence snapshot as deliveries of at most [`PRESENCE_PAGE`] members each; an empty room
 /// still gets one (empty) page.
 fn snapshot(room: &Topic, members: Vec<Member>) -> VecDeque<Delivery> {
-    let pages = members.len().div_ceil(PRESENCE_PAGE).max(1);
+    let count = members.len();
+    let pages = count.div_ceil(PRESENCE_PAGE).max(1);
     let mut members = members.into_iter();
     (0..pages)
         .map(|page| {
@@ -790,12 +757,35 @@ fn snapshot(room: &Topic, members: Vec<Member>) -> VecDeque<Delivery> {
                 room: room.clone(),
                 members: members.by_ref().take(PRESENCE_PAGE).collect(),
                 more: page + 1 < pages,
+                count,
             })
         })
         .collect()
 }
 
 impl<B: Backend> Inner<B> {
+    /// Every member of `room`, page by page from the backend.
+    async fn snapshot_of(&self, room: &Topic) -> Result<Vec<Member>, HubError> {
+        let mut members: Vec<Member> = Vec::new();
+        loop {
+            let after = members.last().map(|m| Arc::clone(&m.user));
+            let page = self
+                .backend
+                .members(&self.rooms, room, after.as_deref(), PRESENCE_PAGE)
+                .await?;
+            let more = page.more && !page.members.is_empty();
+            members.extend(page.members);
+            if !more {
+                return Ok(members);
+            }
+        }
+    }
+
+    /// Ends a membership: the connection's stream of the room stops delivering, the hold on the
+    /// room's log goes, and the backend takes the connection out of presence (announcing a last
+    /// leave). This runs in drop paths, so the backend's removal is polled once right here (the
+    /// in-memory backend finishes at once) and, if it has to wait, finished by a spawned task;
+    /// without a runtime it is left to expire with this node's heartbeat.
     fn exit(
         &self,
         conn: ConnectionId,
@@ -804,49 +794,25 @@ impl<B: Backend> Inner<B> {
         left: &AtomicBool,
     ) {
         left.store(true, Ordering::Release);
-        if B::MIRRORED {
-            self.exit_remote(conn, identity, room);
-            return;
-        }
-        let presence = self.config.presence;
-        // The room exists while it has members, so this finds it.
-        let _ = self.rooms.registry().with_log(room, false, |log| {
-            let last = log.state().members.remove(identity);
-            if let (true, true, Some(identity)) = (presence, last, identity) {
-                log.announce(presence_event(PRESENCE_LEAVE, conn, identity));
-            }
-        });
-        // If the connection's stream is already gone (dropped subscription), this was the last
-        // thing holding the room.
-        self.rooms.registry().remove_if_unused(room, None);
-    }
-
-    /// [`exit`](Self::exit) with a remote backend. This runs in drop paths, so the remote
-    /// count (and the last-leave announcement) is updated by a spawned task; without a runtime
-    /// it is left to expire with this node's heartbeat.
-    fn exit_remote(&self, conn: ConnectionId, identity: Option<&Identity>, room: &Topic) {
-        let registry = self.rooms.registry();
-        let _ = registry.with_log(room, false, |log| log.state().members.remove(identity));
-        registry.remove_if_unused(room, None);
-        let (Some(identity), Ok(runtime)) = (identity, tokio::runtime::Handle::try_current())
-        else {
+        self.rooms.registry().unhold(room);
+        let mode = self.config.presence;
+        let Some(identity) = identity.filter(|_| mode != PresenceMode::Off) else {
             return;
         };
-        let announce = self
-            .config
-            .presence
-            .then(|| presence_event(PRESENCE_LEAVE, conn, identity));
+        let announce =
+            (mode == PresenceMode::Full).then(|| presence_event(PRESENCE_LEAVE, conn, identity));
         let (backend, mirror) = (Arc::clone(&self.backend), self.rooms.clone());
         let (room, identity) = (room.clone(), identity.clone());
-        runtime.spawn(async move {
+        let removal = Box::pin(async move {
             if let Err(e) = backend
-                .presence_remove_connection(&mirror, &room, conn, &identity, announce)
+                .presence_remove(&mirror, &room, conn, &identity, announce)
                 .await
             {
                 tracing::warn!(room = %room, user = identity.user_id(), error = %e,
                     "presence: could not record a leave; it expires with the node");
             }
         });
+        finish_in_drop_path(removal);
     }
 
     /// Disconnects the connections `which` selects (their room's log was replaced).
@@ -942,22 +908,9 @@ impl<B: Backend> Hub for Rooms<B> {
             control.add(stream);
         }
         if let Some(direct) = own_direct {
-            let stream = if B::MIRRORED {
-                let (backend, mirror) = (&*self.inner.backend, &self.inner.direct);
-                open_stream(backend, mirror, &direct, direct_from, id, None, |_| {
-                    VecDeque::new()
-                })
-                .await?
-            } else {
-                self.inner.direct.registry().subscribe(
-                    &direct,
-                    direct_from,
-                    id,
-                    None,
-                    None,
-                    |_| VecDeque::new(),
-                )?
-            };
+            let (backend, mirror) = (&*self.inner.backend, &self.inner.direct);
+            let stream =
+                open_stream(backend, mirror, &direct, direct_from, id, None, None, false).await?;
             control.add(stream);
         }
         // Fold the added streams in now so `topic_count` is right from the start.
@@ -966,7 +919,8 @@ impl<B: Backend> Hub for Rooms<B> {
     }
 
     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-        let policy = self.inner.config.inbound.unwrap_or(InboundPolicy::Publish);
+        // The default a chat expects: a member isn't sent its own words back.
+        let policy = (self.inner.config.inbound).unwrap_or(InboundPolicy::PublishExceptSender);
         check_inbound(&message, self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         let rooms = self.rooms_of(conn.id());

@@ -99,10 +99,11 @@ pub(super) fn cluster_client(
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let reply = match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        };
+        counted(|| command_op(cmd), reply)
     }
 
     fn req_packed_commands<'a>(
@@ -111,10 +112,11 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        let replies = match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        };
+        counted(|| "pipeline", replies)
     }
 
     fn get_db(&self) -> i64 {
@@ -125,9 +127,65 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Counts a failed reply in `salvo_realtime_redis_errors_total{op}` (`metrics` feature). A
+/// missing script is no failure: the invocation loads it and sends it again.
+#[cfg(feature = "metrics")]
+fn counted<'a, T: Send + 'a>(
+    op: impl FnOnce() -> &'static str,
+    reply: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    let op = op();
+    Box::pin(async move {
+        let result = reply.await;
+        if let Err(e) = &result
+            && !matches!(
+                e.kind(),
+                redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            )
+        {
+            crate::metrics::redis_error(op);
+        }
+        result
+    })
+}
+
+#[cfg(not(feature = "metrics"))]
+#[inline]
+fn counted<'a, T>(
+    _op: impl FnOnce() -> &'static str,
+    reply: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    reply
+}
+
+/// The `op` label of a command: its name, lowercased, from the commands this backend sends
+/// (so the label's values are a fixed set), `other` for anything else.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+fn command_op(cmd: &Cmd) -> &'static str {
+    const OPS: [&str; 10] = [
+        "evalsha", "eval", "script", "xrange", "sadd", "srem", "smembers", "exists", "publish",
+        "spublish",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => OPS
+            .iter()
+            .find(|op| op.as_bytes().eq_ignore_ascii_case(name))
+            .copied()
+            .unwrap_or("other"),
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_ops_are_a_fixed_set() {
+        assert_eq!(command_op(&redis::cmd("EVALSHA")), "evalsha");
+        assert_eq!(command_op(redis::cmd("xrange").arg("k")), "xrange");
+        assert_eq!(command_op(&redis::cmd("FLUSHALL")), "other");
+    }
 
     #[test]
     fn cluster_urls_list_seed_nodes_with_shared_credentials() {

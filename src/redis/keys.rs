@@ -7,12 +7,14 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p:ns:topic}:meta` | hash | `epoch` (hex), `seq` (last offset) |
+//! | `{p:ns:topic}:meta` | hash | `epoch` (hex), `seq` (last offset), `bytes` (the history's size: its entries' wire forms summed) |
 //! | `{p:ns:topic}:hist` | stream | the capped history; entry id `0-<offset>`, field `m` = wire form |
-//! | `{p:ns:topic}:ch` | channel | every message's wire form (`PUBLISH`, or `SPUBLISH` on a cluster) |
+//! | `{p:ns:topic}:ch` | channel | every message's wire form, and the room's live-only notices (`PUBLISH`, or `SPUBLISH` on a cluster) |
 //! | `{p:rooms:room}:pn` | hash | node -> how many users it has in the room |
 //! | `{p:rooms:room}:pc` | hash | `node\|user` -> that node's connections of the user |
 //! | `{p:rooms:room}:pd` | hash | users announced present (first join / last leave) -> their data |
+//! | `{p:rooms:room}:pz` | sorted set | the users of `pd`, all scored 0: paged in user id order (`ZRANGE BYLEX`), counted by `ZCARD` |
+//! | `{p:rooms:room}:pu` | hash | user -> its connections in the room over all nodes (the sum of its `pc` fields) |
 //! | `{p:rooms:room}:pk` | hash | `node\|nonce` -> user: the memberships counted in `pc` (a nonce numbers one connection's stay in the room on its node), so that a join or leave applies once |
 //! | `{p:nodes}:alive` | sorted set | node -> when its heartbeat expires (Unix ms, Redis clock) |
 //! | `{p:nodes}:nr:node` | set | rooms where a node may have members (for the sweep) |
@@ -43,6 +45,23 @@ pub(super) struct RoomKeys {
     pub(super) counts: String,
     pub(super) present: String,
     pub(super) conns: String,
+    pub(super) users: String,
+    pub(super) totals: String,
+}
+
+impl RoomKeys {
+    /// The keys of the presence scripts (`JOIN`, `LEAVE`, `EVICT`, `REGISTER`), in their
+    /// order: `pn`, `pc`, `pd`, `pk`, `pz`, `pu`.
+    pub(super) fn presence(&self) -> [&str; 6] {
+        [
+            &self.nodes,
+            &self.counts,
+            &self.present,
+            &self.conns,
+            &self.users,
+            &self.totals,
+        ]
+    }
 }
 
 impl Keys {
@@ -73,6 +92,8 @@ impl Keys {
             counts: format!("{tag}:pc"),
             present: format!("{tag}:pd"),
             conns: format!("{tag}:pk"),
+            users: format!("{tag}:pz"),
+            totals: format!("{tag}:pu"),
         }
     }
 
@@ -114,6 +135,8 @@ mod tests {
                 &r.counts,
                 &r.present,
                 &r.conns,
+                &r.users,
+                &r.totals,
             ] {
                 assert_eq!(hashed(key), tag, "{key}");
             }

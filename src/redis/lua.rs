@@ -11,6 +11,10 @@ use redis::Script;
 /// each keep every reply small, however long the history.
 pub(super) const PAGE: usize = 64;
 
+/// Most members one `PAGE` call returns (a longer page is read in several calls), so that
+/// no reply is large and no other client waits long.
+pub(super) const MEMBERS_MAX: usize = 1_000;
+
 /// The scripts of one backend, built for its publish command.
 pub(super) struct Scripts {
     pub(super) publish: Script,
@@ -18,7 +22,7 @@ pub(super) struct Scripts {
     pub(super) touch: Script,
     pub(super) join: Script,
     pub(super) leave: Script,
-    pub(super) members: Script,
+    pub(super) page: Script,
     pub(super) evict: Script,
     pub(super) register: Script,
     pub(super) heartbeat: Script,
@@ -30,15 +34,17 @@ impl Scripts {
     /// `sharded`: publish with `SPUBLISH` (Redis Cluster) instead of `PUBLISH`.
     pub(super) fn new(sharded: bool) -> Self {
         let command = if sharded { "SPUBLISH" } else { "PUBLISH" };
-        let publish_fn = PUBLISH_FN.replace("PUBLISH_COMMAND", command);
-        let with = |body: &str| Script::new(&format!("{publish_fn}\n{TOTAL_FN}\n{body}"));
+        let with = |body: &str| {
+            let body = format!("{PUBLISH_FN}\n{NOTIFY_FN}\n{body}");
+            Script::new(&body.replace("PUBLISH_COMMAND", command))
+        };
         Self {
             publish: with(PUBLISH),
             state: Script::new(STATE),
             touch: Script::new(TOUCH),
             join: with(JOIN),
             leave: with(LEAVE),
-            members: Script::new(MEMBERS),
+            page: Script::new(PAGE_MEMBERS),
             evict: with(EVICT),
             register: with(REGISTER),
             heartbeat: Script::new(&format!("{NOW}\n{HEARTBEAT}")),
@@ -48,36 +54,56 @@ impl Scripts {
     }
 }
 
-/// `publish(meta, hist, candidate epoch, body, maxlen, ttl ms, channel)`: assigns the next id,
-/// appends to the history, publishes; returns the id. A new epoch starts an empty history.
+/// `publish(meta, hist, candidate epoch, body, maxlen, maxbytes, ttl ms, channel)`: assigns
+/// the next id, appends to the history, publishes; returns the id. A new epoch starts an empty
+/// history.
+///
+/// The history keeps at most `maxlen` entries and `maxbytes` bytes (the entries' wire forms,
+/// summed in the meta's `bytes`): the oldest entries leave first. A message larger than
+/// `maxbytes` on its own is delivered but not kept, and empties the history (it holds a
+/// suffix of the log, never one with a hole): a client resuming from before it gets a reset.
 const PUBLISH_FN: &str = r"
-local function publish(meta, hist, cand, body, maxlen, ttl, channel)
+local function publish(meta, hist, cand, body, maxlen, maxbytes, ttl, channel)
   if redis.call('HSETNX', meta, 'epoch', cand) == 1 then
     redis.call('DEL', hist)
+    redis.call('HSET', meta, 'bytes', 0)
   end
   local e = redis.call('HGET', meta, 'epoch')
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local id = e .. '-' .. seq
   local wire = id .. ' ' .. body
-  redis.call('XADD', hist, 'MAXLEN', '~', maxlen, '0-' .. seq, 'm', wire)
+  local cap = tonumber(maxbytes)
+  if #wire > cap then
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'bytes', 0)
+  else
+    redis.call('XADD', hist, '0-' .. seq, 'm', wire)
+    local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0') + #wire
+    local len = redis.call('XLEN', hist)
+    local keep = tonumber(maxlen)
+    while len > 1 and (len > keep or bytes > cap) do
+      local old = redis.call('XRANGE', hist, '-', '+', 'COUNT', 1)[1]
+      if not old then break end
+      redis.call('XDEL', hist, old[1])
+      bytes = bytes - #old[2][2]
+      len = len - 1
+    end
+    if len <= 1 or bytes < #wire then bytes = #wire end
+    redis.call('HSET', meta, 'bytes', bytes)
+    redis.call('PEXPIRE', hist, ttl)
+  end
   redis.call('PEXPIRE', meta, ttl)
-  redis.call('PEXPIRE', hist, ttl)
   redis.call('PUBLISH_COMMAND', channel, wire)
   return id
 end
 ";
 
-/// `total(pn, pc, user, except)`: the user's connections in a room over the nodes that have
-/// members there, leaving out node `except` (or none if it is `''`).
-const TOTAL_FN: &str = r"
-local function total(pn, pc, user, except)
-  local t = 0
-  for _, nd in ipairs(redis.call('HKEYS', pn)) do
-    if nd ~= except then
-      t = t + tonumber(redis.call('HGET', pc, nd .. '|' .. user) or '0')
-    end
-  end
-  return t
+/// `notify(channel, body)`: publishes a live-only notice (a presence change): `~` where a
+/// message has its id, no offset, nothing kept. It reaches the nodes subscribed at that
+/// moment, in order with the messages published around it.
+const NOTIFY_FN: &str = r"
+local function notify(channel, body)
+  redis.call('PUBLISH_COMMAND', channel, '~ ' .. body)
 end
 ";
 
@@ -87,17 +113,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS meta, hist; ARGV candidate epoch, body, maxlen, ttl, channel, deadline (Unix ms).
+/// KEYS meta, hist; ARGV candidate epoch, body, maxlen, maxbytes, ttl, channel, deadline
+/// (Unix ms).
 ///
 /// A publish that reaches Redis after its deadline (Redis was stalled and the node's call has
 /// already timed out and reported the failure) does nothing and answers `EXPIRED`: a publish
 /// reported as failed is never delivered later.
 const PUBLISH: &str = r"
 local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[7]) then
   return redis.error_reply('EXPIRED publish past its deadline')
 end
-return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])";
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])";
 
 /// KEYS meta, hist; ARGV candidate epoch, local epoch, local last offset, stamp of the local
 /// last message (8 bytes, or empty if unknown), follower TTL ms, page size.
@@ -119,7 +146,7 @@ local meta, hist = KEYS[1], KEYS[2]
 local e = redis.call('HGET', meta, 'epoch')
 if not e then
   redis.call('DEL', hist)
-  redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0)
+  redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0, 'bytes', 0)
   redis.call('PEXPIRE', meta, ARGV[5])
   return {ARGV[1], '0', '0'}
 end
@@ -138,7 +165,7 @@ if e == ARGV[2] then
   end
   if rewound then
     redis.call('DEL', hist)
-    redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0)
+    redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0, 'bytes', 0)
     redis.call('PEXPIRE', meta, ARGV[5])
     return {ARGV[1], '0', '1'}
   end
@@ -159,42 +186,41 @@ end
 return 0
 ";
 
-/// KEYS pn, pc, pd, meta, hist, pk; ARGV node, user, data, announce ('1'/'0'), then
-/// candidate, body, maxlen, ttl, channel of the announcement, then the membership's nonce.
-/// Returns `['1'|'0', id]`: whether the user is now present in the room for the first time.
+/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, user, data, announce ('1'/'0'), the
+/// announcement's body, the room's channel, the membership's nonce. Returns 1 if the user is
+/// now present in the room for the first time (then announced, live only, if asked), else 0.
 ///
 /// A membership is counted once: joining again with a nonce already in `pk` changes nothing.
 const JOIN: &str = r"
-local pn, pc, pd, pk = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
+local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local node, user = ARGV[1], ARGV[2]
-if redis.call('HSETNX', pk, node .. '|' .. ARGV[10], user) == 0 then
-  return {'0', ''}
+if redis.call('HSETNX', pk, node .. '|' .. ARGV[7], user) == 0 then
+  return 0
 end
 if redis.call('HINCRBY', pc, node .. '|' .. user, 1) == 1 then
   redis.call('HINCRBY', pn, node, 1)
 end
+redis.call('HINCRBY', pu, user, 1)
 if redis.call('HSETNX', pd, user, ARGV[3]) == 0 then
-  return {'0', ''}
+  return 0
 end
-local id = ''
-if ARGV[4] == '1' then
-  id = publish(KEYS[4], KEYS[5], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
-end
-return {'1', id}
+redis.call('ZADD', pz, 0, user)
+if ARGV[4] == '1' then notify(ARGV[6], ARGV[5]) end
+return 1
 ";
 
-/// KEYS pn, pc, pd, meta, hist, pk; ARGV node, user, announce, then the announcement's
-/// publish arguments, then the membership's nonce. Returns `['1'|'0', id]`: whether that was
-/// the user's last connection in the room on any node.
+/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, user, announce, the announcement's body, the
+/// room's channel, the membership's nonce. Returns 1 if that was the user's last connection
+/// in the room on any node (then announced, live only, if asked), else 0.
 ///
 /// Only a counted membership (its nonce in `pk`) is taken out: leaving with a nonce whose join
 /// never ran (it was cut short) or already left changes nothing and announces nothing, so it
 /// can neither take away another connection's count nor announce a user still present.
 const LEAVE: &str = r"
-local pn, pc, pd, pk = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
+local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local node, user = ARGV[1], ARGV[2]
-if redis.call('HDEL', pk, node .. '|' .. ARGV[9]) == 0 then
-  return {'0', ''}
+if redis.call('HDEL', pk, node .. '|' .. ARGV[6]) == 0 then
+  return 0
 end
 local field = node .. '|' .. user
 local n = redis.call('HINCRBY', pc, field, -1)
@@ -204,104 +230,113 @@ if n <= 0 then
     redis.call('HDEL', pn, node)
   end
 end
-if total(pn, pc, user, '') > 0 or redis.call('HDEL', pd, user) == 0 then
-  return {'0', ''}
+if redis.call('HINCRBY', pu, user, -1) > 0 then
+  return 0
 end
-local id = ''
-if ARGV[3] == '1' then
-  id = publish(KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+redis.call('HDEL', pu, user)
+redis.call('ZREM', pz, user)
+if redis.call('HDEL', pd, user) == 0 then
+  return 0
 end
-return {'1', id}
+if ARGV[3] == '1' then notify(ARGV[5], ARGV[4]) end
+return 1
 ";
 
-/// KEYS pc, pd. Returns `[user, connections, data, ...]` over the nodes with members.
-const MEMBERS: &str = r"
-local counts, order = {}, {}
-local h = redis.call('HGETALL', KEYS[1])
-for i = 1, #h, 2 do
-  local bar = string.find(h[i], '|', 1, true)
-  local u = string.sub(h[i], bar + 1)
-  if counts[u] == nil then
-    counts[u] = 0
-    table.insert(order, u)
-  end
-  counts[u] = counts[u] + tonumber(h[i + 1])
+/// KEYS pz, pu, pd; ARGV after (exclusive; empty: from the first), limit (at most
+/// [`MEMBERS_MAX`]). Returns `[more, user, connections, data, ...]`: one page of the room's
+/// users in ascending order of their ids (byte order), and `1` as `more` if others follow.
+/// O(log N + limit): a range of the sorted set and two `HMGET`s.
+const PAGE_MEMBERS: &str = r"
+local from = '-'
+if ARGV[1] ~= '' then from = '(' .. ARGV[1] end
+local n = tonumber(ARGV[2])
+local users = redis.call('ZRANGE', KEYS[1], from, '+', 'BYLEX', 'LIMIT', 0, n + 1)
+local out = {'0'}
+if #users > n then
+  out[1] = '1'
+  table.remove(users)
 end
-local out = {}
-for _, u in ipairs(order) do
-  if counts[u] > 0 then
-    table.insert(out, u)
-    table.insert(out, tostring(counts[u]))
-    table.insert(out, redis.call('HGET', KEYS[2], u) or '')
-  end
+if #users == 0 then return out end
+local conns = redis.call('HMGET', KEYS[2], unpack(users))
+local data = redis.call('HMGET', KEYS[3], unpack(users))
+for i, u in ipairs(users) do
+  table.insert(out, u)
+  table.insert(out, conns[i] or '1')
+  table.insert(out, data[i] or '')
 end
 return out
 ";
 
-/// KEYS pn, pc, pd, meta, hist, pk; ARGV dead node, candidate, maxlen, ttl, channel, then
-/// `user, body` pairs: the leave announcements the caller prepared.
+/// KEYS pn, pc, pd, pk, pz, pu; ARGV dead node, the room's channel, then `user, body` pairs:
+/// the leave announcements the caller prepared.
 ///
-/// Removes a dead node's counts from a room and announces, in the same step, the leaves of
-/// the users that so left it. If a leaving user has no prepared announcement, changes nothing
-/// and returns `['need', user, data, ...]`: the caller prepares them and calls again. Returns
-/// `['done']` otherwise. A failure changes nothing, so the next sweep simply tries again:
-/// no leave is lost.
+/// Removes a dead node's counts from a room and announces (live only), in the same step, the
+/// leaves of the users that so left it. If a leaving user has no prepared announcement,
+/// changes nothing and returns `['need', user, data, ...]`: the caller prepares them and
+/// calls again. Returns `['done']` otherwise. A failure changes nothing, so the next sweep
+/// simply tries again: no leave is lost.
 const EVICT: &str = r"
-local pn, pc, pd = KEYS[1], KEYS[2], KEYS[3]
+local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local node = ARGV[1]
 local bodies = {}
-for i = 6, #ARGV, 2 do bodies[ARGV[i]] = ARGV[i + 1] end
+for i = 3, #ARGV, 2 do bodies[ARGV[i]] = ARGV[i + 1] end
 local prefix = node .. '|'
-local mine = {}
+local mine, count = {}, {}
 local h = redis.call('HGETALL', pc)
 for i = 1, #h, 2 do
   if string.sub(h[i], 1, #prefix) == prefix then
-    table.insert(mine, string.sub(h[i], #prefix + 1))
+    local u = string.sub(h[i], #prefix + 1)
+    table.insert(mine, u)
+    count[u] = tonumber(h[i + 1]) or 0
   end
 end
 local leaving, need = {}, {'need'}
 for _, u in ipairs(mine) do
-  if total(pn, pc, u, node) == 0 then
+  local others = tonumber(redis.call('HGET', pu, u) or '0') - count[u]
+  if others <= 0 then
     local d = redis.call('HGET', pd, u)
-    if d then
-      table.insert(leaving, u)
-      if bodies[u] == nil then
-        table.insert(need, u)
-        table.insert(need, d)
-      end
+    table.insert(leaving, u)
+    if d and bodies[u] == nil then
+      table.insert(need, u)
+      table.insert(need, d)
     end
   end
 end
 if #need > 1 then return need end
-for _, u in ipairs(leaving) do
-  publish(KEYS[4], KEYS[5], ARGV[2], bodies[u], ARGV[3], ARGV[4], ARGV[5])
-  redis.call('HDEL', pd, u)
+for _, u in ipairs(mine) do
+  redis.call('HDEL', pc, prefix .. u)
+  redis.call('HINCRBY', pu, u, -count[u])
 end
-for _, u in ipairs(mine) do redis.call('HDEL', pc, prefix .. u) end
+for _, u in ipairs(leaving) do
+  redis.call('HDEL', pu, u)
+  redis.call('ZREM', pz, u)
+  if redis.call('HDEL', pd, u) == 1 and bodies[u] then notify(ARGV[2], bodies[u]) end
+end
 redis.call('HDEL', pn, node)
-local k = redis.call('HGETALL', KEYS[6])
+local k = redis.call('HGETALL', pk)
 for i = 1, #k, 2 do
-  if string.sub(k[i], 1, #prefix) == prefix then redis.call('HDEL', KEYS[6], k[i]) end
+  if string.sub(k[i], 1, #prefix) == prefix then redis.call('HDEL', pk, k[i]) end
 end
 return {'done'}
 ";
 
-/// KEYS pn, pc, pd, meta, hist, pk; ARGV node, candidate, maxlen, ttl, channel, mark, then
+/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, the room's channel, mark, then
 /// `user, data, join body, nonces` quadruples (`nonces`: the user's memberships,
 /// space-separated): restores a node's memberships and counts in a room from a snapshot taken
 /// when the next nonce was `mark` (after Redis lost them, or after the node was declared dead)
-/// and announces, in the same step, the users that so became present.
+/// and announces (live only), in the same step, the users that so became present.
 ///
 /// The node's memberships numbered below the mark that the snapshot lacks are dropped (they
 /// left before it); those from the mark on are kept (they joined after it, and their own
 /// join script counts them whether it ran before or runs after this one). The counts are
-/// then those of the memberships.
+/// then those of the memberships; a user left with none on any node is no longer present
+/// (silently: its leave script, which runs later, finds its membership gone).
 const REGISTER: &str = r"
-local pn, pc, pd, pk = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
-local node, mark = ARGV[1], tonumber(ARGV[6])
+local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local node, mark = ARGV[1], tonumber(ARGV[3])
 local prefix = node .. '|'
 local keep, data, body = {}, {}, {}
-for i = 7, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local u = ARGV[i]
   data[u], body[u] = ARGV[i + 1], ARGV[i + 2]
   for t in string.gmatch(ARGV[i + 3], '%S+') do keep[t] = u end
@@ -314,9 +349,13 @@ for i = 1, #h, 2 do
   end
 end
 for t, u in pairs(keep) do redis.call('HSETNX', pk, prefix .. t, u) end
+local old = {}
 h = redis.call('HGETALL', pc)
 for i = 1, #h, 2 do
-  if string.sub(h[i], 1, #prefix) == prefix then redis.call('HDEL', pc, h[i]) end
+  if string.sub(h[i], 1, #prefix) == prefix then
+    old[string.sub(h[i], #prefix + 1)] = tonumber(h[i + 1]) or 0
+    redis.call('HDEL', pc, h[i])
+  end
 end
 local counts, order = {}, {}
 h = redis.call('HGETALL', pk)
@@ -330,11 +369,18 @@ for i = 1, #h, 2 do
     counts[u] = counts[u] + 1
   end
 end
+for u, c in pairs(old) do
+  if counts[u] == nil and redis.call('HINCRBY', pu, u, -c) <= 0 then
+    redis.call('HDEL', pu, u)
+    redis.call('HDEL', pd, u)
+    redis.call('ZREM', pz, u)
+  end
+end
 for _, u in ipairs(order) do
   redis.call('HSET', pc, prefix .. u, counts[u])
-  if body[u] and redis.call('HSETNX', pd, u, data[u]) == 1 then
-    publish(KEYS[4], KEYS[5], ARGV[2], body[u], ARGV[3], ARGV[4], ARGV[5])
-  end
+  redis.call('HINCRBY', pu, u, counts[u] - (old[u] or 0))
+  if body[u] and redis.call('HSETNX', pd, u, data[u]) == 1 then notify(ARGV[2], body[u]) end
+  if redis.call('HEXISTS', pd, u) == 1 then redis.call('ZADD', pz, 0, u) end
 end
 if #order > 0 then redis.call('HSET', pn, node, #order) else redis.call('HDEL', pn, node) end
 return #order

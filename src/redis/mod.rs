@@ -13,7 +13,13 @@
 //!   locally;
 //! * rooms and presence span nodes: first join and last leave are per user across nodes, and
 //!   the members of a node that stops (crash, network loss) leave after
-//!   [`node_ttl`](RedisConfig::node_ttl).
+//!   [`node_ttl`](RedisConfig::node_ttl). Join and leave notices are live only, as in memory:
+//!   published on the room's channel in the same script as the presence change, with no id,
+//!   never kept in the history (so they neither evict messages nor replay on resume);
+//! * a room's members are counted in O(1) and listed page by page in user id order, O(page)
+//!   each, whatever the room's size;
+//! * each topic's Redis history is capped in messages ([`history`](RedisConfig::history)) and
+//!   in bytes ([`history_bytes`](RedisConfig::history_bytes)).
 //!
 //! A node subscribes only to the topics its connections follow. Following a topic nobody has
 //! published to leaves nothing behind: its epoch lives [`node_ttl`](RedisConfig::node_ttl)
@@ -113,8 +119,8 @@ use self::lua::Scripts;
 use self::wire::Stamp;
 use crate::error::HubError;
 use crate::hub::{
-    Backend, ConnectionId, Epoch, EventName, Identity, Member, MessageId, Mirror, Offset, Payload,
-    Publication, Topic, WeakMirror,
+    Backend, ConnectionId, Epoch, EventName, Identity, MembersPage, MessageId, Mirror, Offset,
+    Payload, Publication, Topic, WeakMirror,
 };
 
 /// Settings of a [`RedisBackend`].
@@ -138,6 +144,7 @@ pub struct RedisConfig {
     heartbeat: Duration,
     node_ttl: Duration,
     history: usize,
+    history_bytes: usize,
     topic_ttl: Duration,
 }
 
@@ -161,6 +168,7 @@ impl RedisConfig {
             heartbeat: Duration::from_secs(5),
             node_ttl: Duration::from_secs(15),
             history: 1_000,
+            history_bytes: 1 << 20,
             topic_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -227,11 +235,31 @@ impl RedisConfig {
         self
     }
 
-    /// Messages each topic's Redis history retains, approximately (Redis trims streams in
-    /// blocks, so a little more may be kept). Default: 1,000 (at least 1).
+    /// Messages each topic's Redis history retains at most (the oldest leave first).
+    /// Default: 1,000 (at least 1).
     #[must_use]
     pub fn history(mut self, messages: usize) -> Self {
         self.history = messages.max(1);
+        self
+    }
+
+    /// Bytes each topic's Redis history retains at most: its entries summed, each the
+    /// message's payload plus its id, topic, sender, event and 34 bytes of header. The oldest
+    /// messages leave first; a message larger than the cap on its own is delivered but not
+    /// kept, and empties the history (which always holds the newest messages without a
+    /// hole), so a client resuming from before it gets a
+    /// [`Delivery::Reset`](crate::Delivery::Reset). Default: 1 MiB (at least 1 KiB).
+    ///
+    /// ```
+    /// use salvo_realtime::redis::RedisConfig;
+    ///
+    /// // 64 KiB messages: at most 16 of them (a little fewer, with their headers) per topic.
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379").history_bytes(1 << 20);
+    /// # drop(config);
+    /// ```
+    #[must_use]
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.history_bytes = bytes.max(1 << 10);
         self
     }
 
@@ -301,8 +329,6 @@ struct Shared {
     subscribed: Mutex<HashMap<String, (&'static str, Topic)>>,
     /// This node's members: room -> user -> (connections, data as JSON).
     present: Mutex<HashMap<Topic, RoomCounts>>,
-    /// The next unnamed connection token (`presence.rs`).
-    unnamed: std::sync::atomic::AtomicU64,
     /// The next membership nonce, taken under the `present` lock (`presence.rs`).
     nonces: std::sync::atomic::AtomicU64,
     /// Rooms listed in this node's room set in Redis (which the sweep of a dead node reads),
@@ -311,9 +337,8 @@ struct Shared {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
-/// A room's users on this node: user -> (its connections: token -> membership nonces, oldest
-/// first, data as JSON). A token is the connection's id, or an unnamed one; a nonce numbers a
-/// membership in Redis (see `presence.rs`).
+/// A room's users on this node: user -> (its connections: id -> membership nonces, oldest
+/// first, data as JSON). A nonce numbers a membership in Redis (see `presence.rs`).
 type RoomCounts = HashMap<Arc<str>, (HashMap<u64, Vec<u64>>, String)>;
 
 impl Drop for Shared {
@@ -361,7 +386,6 @@ impl RedisBackend {
             mirrors: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashMap::new()),
             present: Mutex::new(HashMap::new()),
-            unnamed: std::sync::atomic::AtomicU64::new(0),
             nonces: std::sync::atomic::AtomicU64::new(1),
             listed: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -449,7 +473,7 @@ impl Shared {
         format!("{:x}", self.node)
     }
 
-    /// Adds the arguments of an announcement's publish (candidate, body, maxlen, ttl, channel).
+    /// Adds the arguments of a publish (candidate, body, maxlen, maxbytes, ttl, channel).
     fn publish_args(
         &self,
         inv: &mut redis::ScriptInvocation<'_>,
@@ -460,6 +484,7 @@ impl Shared {
         inv.arg(candidate_epoch())
             .arg(wire::encode_body(topic, p, self.node))
             .arg(self.config.history)
+            .arg(self.config.history_bytes)
             .arg(millis(self.config.topic_ttl))
             .arg(channel);
     }
@@ -642,37 +667,12 @@ impl Backend for RedisBackend {
         &self,
         mirror: &Mirror,
         room: &Topic,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        self.shared
-            .join(mirror, room, None, identity, announce)
-            .await
-    }
-
-    async fn presence_add_connection(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
         conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
         self.shared
-            .join(mirror, room, Some(conn), identity, announce)
-            .await
-    }
-
-    async fn presence_remove_connection(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        self.shared
-            .leave(mirror, room, Some(conn), identity, announce)
+            .join(mirror, room, conn, identity, announce)
             .await
     }
 
@@ -680,15 +680,27 @@ impl Backend for RedisBackend {
         &self,
         mirror: &Mirror,
         room: &Topic,
+        conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
         self.shared
-            .leave(mirror, room, None, identity, announce)
+            .leave(mirror, room, conn, identity, announce)
             .await
     }
 
-    async fn members(&self, mirror: &Mirror, room: &Topic) -> Result<Vec<Member>, HubError> {
-        self.shared.members(mirror, room).await
+    async fn members(
+        &self,
+        _mirror: &Mirror,
+        room: &Topic,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, HubError> {
+        let (members, more) = self.shared.members_page(room, after, limit).await?;
+        Ok(MembersPage::new(members, more))
+    }
+
+    async fn member_count(&self, _mirror: &Mirror, room: &Topic) -> Result<usize, HubError> {
+        self.shared.member_count(room).await
     }
 }

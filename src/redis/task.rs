@@ -11,9 +11,11 @@
 //!   subscriptions batched;
 //! * fetching a topic's state and history (attach, a gap, a reconnect) runs in a *fetch job* of
 //!   its own, at most [`FETCHES`] at a time. While a topic is being fetched, its incoming
-//!   messages are buffered; when the fetch is back, the task syncs the mirror and applies the
-//!   buffer, so a message published after the fetch read the history is never lost, and one
-//!   published before it is a duplicate the mirror ignores.
+//!   messages and live-only notices are buffered; when the fetch is back, the task syncs the
+//!   mirror and applies the buffer in arrival order (a notice goes to
+//!   [`Mirror::announce`](crate::backend::Mirror::announce)), so a message published after
+//!   the fetch read the history is never lost, and one published before it is a duplicate
+//!   the mirror ignores.
 //!
 //! Per followed channel, the task keeps a [`Follow`]: whether the server confirmed the
 //! subscription, the fetch in flight and its buffer, the attaches waiting for it, and the
@@ -29,7 +31,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::wire::Stamp;
+use super::wire::{Incoming, Stamp};
 use super::{Failure, Shared, within};
 use crate::error::HubError;
 use crate::hub::{Applied, Epoch, Message, Offset, Topic};
@@ -113,7 +115,8 @@ struct Follow {
 struct Fetch {
     running: bool,
     again: bool,
-    buffer: Vec<(Message, Stamp)>,
+    /// Messages and live-only notices, in the order they arrived.
+    buffer: Vec<Incoming>,
 }
 
 enum SubOp {
@@ -239,11 +242,13 @@ pub(super) async fn pubsub(
                             channels = task.follows.len(),
                             "redis pub/sub: reconnected; resubscribing"
                         );
+                        crate::metrics::redis_reconnect();
                     }
                     task.resubscribe_all();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "redis pub/sub: connect failed; retrying");
+                    crate::metrics::redis_error("pubsub_connect");
                     if !task.wait(&mut commands, &mut events, *backoff).await {
                         break;
                     }
@@ -439,6 +444,7 @@ impl Task {
             }
             Event::Dropped(channel) => self.resubscribe(&channel),
             Event::Disconnected => {
+                crate::metrics::redis_reconnect();
                 let channels: Vec<String> = self.follows.keys().cloned().collect();
                 for channel in channels {
                     self.resubscribe(&channel);
@@ -524,6 +530,7 @@ impl Task {
             }
             Err(e) => {
                 tracing::debug!(channel, error = %e, "redis: subscribing failed");
+                crate::metrics::redis_error("subscribe");
                 let error = HubError::from(e);
                 for waiter in follow.waiters.drain(..) {
                     let _ = waiter.send(Err(copy_error(&error)));
@@ -590,11 +597,14 @@ impl Task {
             {
                 follow.stamp = Some((m.id().offset(), *stamp));
             }
-            for (message, stamp) in &fetch.buffer {
-                match mirror.apply(message) {
-                    Applied::Appended => follow.stamp = Some((message.id().offset(), *stamp)),
-                    Applied::Gap { .. } | Applied::OtherEpoch { .. } => again = true,
-                    _ => {}
+            for incoming in fetch.buffer {
+                match incoming {
+                    Incoming::Message(message, stamp) => match mirror.apply(&message) {
+                        Applied::Appended => follow.stamp = Some((message.id().offset(), stamp)),
+                        Applied::Gap { .. } | Applied::OtherEpoch { .. } => again = true,
+                        _ => {}
+                    },
+                    Incoming::Notice(p) => mirror.announce(&follow.topic, p),
                 }
             }
             Ok(())
@@ -640,22 +650,29 @@ impl Task {
         let Some(follow) = self.follows.get_mut(channel) else {
             return;
         };
-        let Some((message, stamp)) = super::wire::decode(payload, shared.node) else {
+        let Some(incoming) = super::wire::decode_incoming(payload, shared.node) else {
             tracing::warn!(topic = %follow.topic, "redis: undecodable message ignored");
             return;
         };
         if let Some(fetch) = &mut follow.fetch {
-            fetch.buffer.push((message, stamp));
+            fetch.buffer.push(incoming);
             return;
         }
         let Some(mirror) = shared.mirror(follow.namespace) else {
             return;
         };
+        let (message, stamp) = match incoming {
+            Incoming::Message(message, stamp) => (message, stamp),
+            Incoming::Notice(p) => {
+                mirror.announce(&follow.topic, p);
+                return;
+            }
+        };
         match mirror.apply(&message) {
             Applied::Appended => follow.stamp = Some((message.id().offset(), stamp)),
             Applied::Gap { .. } | Applied::OtherEpoch { .. } => {
                 follow.fetch = Some(Fetch {
-                    buffer: vec![(message, stamp)],
+                    buffer: vec![Incoming::Message(message, stamp)],
                     ..Fetch::default()
                 });
                 self.request_fetch(channel);
@@ -748,6 +765,7 @@ async fn subscriptions(
                 };
                 if let Err(e) = result {
                     tracing::debug!(channel, error = %e, "redis: unsubscribing failed");
+                    crate::metrics::redis_error("unsubscribe");
                 }
             }
             SubOp::Subscribe {

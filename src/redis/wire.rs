@@ -1,7 +1,10 @@
 //! The wire form of a message, as published and kept in the history stream.
 //!
 //! `<epoch hex>-<offset> <body>`: the id (the Lua script prepends it, as it assigns it), a
-//! space, then the body the publishing node encoded:
+//! space, then the body the publishing node encoded. A live-only notice (a presence change:
+//! published on the channel, never kept) has `~` in place of the id: `~ <body>`. (Nodes
+//! before notices existed drop such a message as undecodable; the body's version is still 2.)
+//! The body:
 //!
 //! | bytes | field |
 //! |---|---|
@@ -91,12 +94,36 @@ fn put_u16(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// Decodes a wire message and its stamp. Origin and skip-origin are kept only for messages
-/// this node published: connection ids mean nothing on another node.
+/// What arrives on a topic's channel.
+pub(crate) enum Incoming {
+    /// A message of the log, with its stamp.
+    Message(Message, Stamp),
+    /// A live-only notice: no id, not in the history.
+    Notice(Publication),
+}
+
+/// Decodes what arrived on a channel: a message or a live-only notice.
+pub(crate) fn decode_incoming(wire: &[u8], this_node: u64) -> Option<Incoming> {
+    let space = wire.iter().position(|&b| b == b' ')?;
+    if &wire[..space] == b"~" {
+        let (_, p, _, _) = decode_body(&wire[space + 1..], this_node)?;
+        return Some(Incoming::Notice(p));
+    }
+    decode(wire, this_node).map(|(m, stamp)| Incoming::Message(m, stamp))
+}
+
+/// Decodes a wire message and its stamp.
 pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<(Message, Stamp)> {
     let space = wire.iter().position(|&b| b == b' ')?;
     let id: MessageId = std::str::from_utf8(&wire[..space]).ok()?.parse().ok()?;
-    let mut r = Reader(&wire[space + 1..]);
+    let (topic, p, ts, stamp) = decode_body(&wire[space + 1..], this_node)?;
+    Some((Message::remote(topic, id, p, ts), stamp))
+}
+
+/// Decodes a body: topic, publication, timestamp, stamp. Origin and skip-origin are kept only
+/// for messages this node published: connection ids mean nothing on another node.
+fn decode_body(body: &[u8], this_node: u64) -> Option<(Topic, Publication, u64, Stamp)> {
+    let mut r = Reader(body);
     if r.take(1)?[0] != VERSION {
         return None;
     }
@@ -134,7 +161,7 @@ pub(crate) fn decode(wire: &[u8], this_node: u64) -> Option<(Message, Stamp)> {
             .origin(ConnectionId::from_u64(origin))
             .skip_origin(flags & SKIP_ORIGIN != 0);
     }
-    Some((Message::remote(topic, id, p, ts), stamp))
+    Some((topic, p, ts, stamp))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -221,6 +248,25 @@ mod tests {
                 assert!(sender.len() >= fill.min(usize::from(u16::MAX)));
             }
         }
+    }
+
+    #[test]
+    fn a_notice_has_no_id_and_decodes_apart_from_messages() {
+        let topic = Topic::new("room").expect("valid");
+        let p = Publication::new("{}")
+            .event("presence.join")
+            .expect("valid");
+        let body = encode_body(&topic, &p, 1);
+        let Some(Incoming::Notice(n)) = decode_incoming(&wire("~", &body), 2) else {
+            panic!("a notice");
+        };
+        assert_eq!(n.event_name().map(EventName::as_str), Some("presence.join"));
+        assert!(decode(&wire("~", &body), 2).is_none());
+        assert!(matches!(
+            decode_incoming(&wire("abc-3", &body), 2),
+            Some(Incoming::Message(m, _)) if m.id().offset() == 3
+        ));
+        assert!(decode_incoming(b"~ \x09", 2).is_none());
     }
 
     #[test]

@@ -1,0 +1,303 @@
+// TypeScript declarations of the salvo-realtime browser client (`client.js`, served by
+// `salvo_realtime::client::ClientScript`; these by `ClientTypes`). Save them as
+// `realtime.d.ts` beside your sources and map the module you import, e.g. in tsconfig.json:
+// `"paths": { "/realtime.js": ["./realtime.d.ts"] }`. The API is described in the docs of
+// `salvo_realtime::client`; these types follow `client.js` of the same crate version.
+
+/** A message id, `"<epoch hex>-<offset>"`. */
+export type MessageId = string;
+
+/** Where a client's connection is. */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** Why a resume position could not be honoured. */
+export type ResetReason = "epoch_changed" | "expired" | "ahead" | "invalid";
+
+/** A message of a topic. `T` is what the page expects in `data` (it is not checked). */
+export interface RealtimeMessage<T = unknown> {
+  type: "message";
+  /** The topic (room, `@user` log, `$conn`); over SSE the `topic` option, or `null`. */
+  topic: string | null;
+  /** The message id; absent (WebSocket) or `null` (SSE) for a live-only notice. */
+  id?: MessageId | null;
+  /** The event name, if the message has one (`presence.join`, an application's own). */
+  event?: string;
+  /** The sender's user id, if the publisher recorded one (WebSocket only). */
+  from?: string;
+  /** When the hub logged it, ms since the Unix epoch (WebSocket only). */
+  ts?: number;
+  /** JSON text arrives as its value, other text as a string, binary as a `Uint8Array`
+   * (WebSocket; SSE keeps binary as base64 text). */
+  data: T;
+  /** Set on a binary payload. */
+  binary?: boolean;
+}
+
+/** One user present in a room. */
+export interface Member {
+  user: string;
+  /** How many of the user's connections are in the room. */
+  connections: number;
+  /** The data of the identity the user's first connection joined with. */
+  data?: unknown;
+}
+
+/** The complete member list of a room, once per (re)join. */
+export interface PresenceEvent {
+  type: "presence";
+  topic: string;
+  members: Member[];
+}
+
+/** The resume position was lost; what the history holds follows. */
+export interface ResetEvent {
+  type: "reset";
+  topic: string;
+  /** The position asked for; `null` if the id sent couldn't be read. */
+  requested: MessageId | null;
+  /** The topic log's current epoch (hex). */
+  epoch: string;
+  /** The replay that follows starts after this id. */
+  replay_after: MessageId;
+  reason: ResetReason;
+}
+
+/** This client fell behind and lost `missed` messages of `topic`. */
+export interface LaggedEvent {
+  type: "lagged";
+  topic: string;
+  missed: number;
+}
+
+/** A message or frame the server couldn't take; the connection stays open. */
+export interface ErrorNotice {
+  type: "error";
+  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`... */
+  error: string;
+  message: string;
+}
+
+/** A change of connection state. */
+export type StatusEvent =
+  | { state: "connecting"; attempt: number }
+  | { state: "open"; resumed: boolean }
+  | {
+      state: "reconnecting";
+      attempt: number;
+      /** The wait before the next attempt, ms (absent while the browser retries an SSE stream). */
+      delay?: number;
+      /** The WebSocket close code. */
+      code?: number;
+      /** The WebSocket close reason. */
+      reason?: string;
+      /** The browser itself retries the SSE stream (with `Last-Event-ID`). */
+      browser?: boolean;
+    }
+  | { state: "closed" };
+
+/** Reconnect timing, shared by every client. */
+export interface ReconnectOptions {
+  /** The first reconnect delay, ms. Default 500. */
+  minDelay?: number;
+  /** The longest reconnect delay, ms. Default 15000. */
+  maxDelay?: number;
+  /** A connection that lasted this long (ms) resets the backoff. Default 3000. */
+  stableAfter?: number;
+}
+
+/** Options of a `RealtimeSocket`. */
+export interface SocketOptions extends ReconnectOptions {
+  /** Ask for the last `recent` retained messages of every topic without a known id. */
+  recent?: number;
+  /** Frames queued while reconnecting. Default 100. */
+  queueLimit?: number;
+}
+
+/** Options of a `RealtimeEvents`. */
+export interface EventsOptions extends ReconnectOptions {
+  /** Named message events to listen for besides `message`. Default the presence events. */
+  events?: readonly string[];
+  /** Reported as `msg.topic` (SSE doesn't carry it). */
+  topic?: string;
+  /** Sends cookies cross-origin (`EventSource`'s `withCredentials`). */
+  withCredentials?: boolean;
+}
+
+/** Options of a `RealtimeChannels`. */
+export interface ChannelsOptions extends ReconnectOptions {
+  /** A call's default timeout, ms. Default 10000. */
+  callTimeout?: number;
+  /** Publishes queued while the socket is away. Default 100. */
+  queueLimit?: number;
+}
+
+/** The events every client emits. */
+export interface ClientEvents<T> {
+  message: RealtimeMessage<T>;
+  presence: PresenceEvent;
+  reset: ResetEvent;
+  lagged: LaggedEvent;
+  status: StatusEvent;
+}
+
+/** The events of a `RealtimeSocket`. */
+export interface SocketEvents<T> extends ClientEvents<T> {
+  error: ErrorNotice;
+  /** A frame that isn't an envelope (`Framing::Raw`). */
+  raw: string | ArrayBuffer;
+}
+
+/** The events of a `RealtimeChannels`. */
+export interface ChannelsEvents<T> extends ClientEvents<T> {
+  /** A message on `$conn`, sent to this connection alone. */
+  direct: RealtimeMessage;
+  /** The server put this connection in `topic`: attach handlers to the new subscription. */
+  subscribed: { topic: string; subscription: Subscription };
+  /** The server took this connection out of `topic`. */
+  unsubscribed: { topic: string; subscription: Subscription };
+  error: ErrorNotice;
+  raw: string | ArrayBuffer;
+}
+
+/** The events of one subscription of a `RealtimeChannels`. */
+export interface SubscriptionEvents<T> {
+  message: RealtimeMessage<T>;
+  presence: PresenceEvent;
+  reset: ResetEvent;
+  lagged: LaggedEvent;
+  /** A resubscription after a reconnect was refused. */
+  error: RealtimeError;
+  /** The server took the connection out of the topic. */
+  unsubscribed: { topic: string };
+}
+
+/** Named events. Not exported by `client.js`: the base of its classes. */
+declare class Emitter<E> {
+  /** Calls `fn(detail)` on each event of `type`; returns a function that unsubscribes. */
+  on<K extends keyof E>(type: K, fn: (detail: E[K]) => void): () => void;
+}
+
+/** What a WebSocket or SSE client shares. Not exported by `client.js`. */
+declare class Client<E> extends Emitter<E> {
+  /** The URL it connects to (resume parameters are added to it on each connect). */
+  readonly url: string | URL;
+  /** Where the connection is. */
+  readonly state: ConnectionState;
+  /** How many messages the dedup safety net dropped (0 when resume is exact). */
+  readonly duplicates: number;
+  /** The last message id seen on `topic`, or on any topic; `null` if none. */
+  lastId(topic?: string): MessageId | null;
+  /** Closes the connection and cancels reconnecting, for good. */
+  close(): void;
+}
+
+/** Splits an id `"<epoch hex>-<offset>"`; `null` if it isn't one. */
+export function parseId(id: unknown): { epoch: string; offset: number } | null;
+
+/**
+ * A WebSocket to a `WsEndpoint` that reconnects with backoff and resumes every topic it has
+ * seen with one `?last=<topic>:<id>` each.
+ */
+export class RealtimeSocket<T = unknown> extends Client<SocketEvents<T>> {
+  constructor(url: string | URL, options?: SocketOptions);
+  /** Strings, `Blob`s and buffers go as they are, other values as JSON; queued while
+   * reconnecting. `false` when the queue is full or the socket is closed. */
+  send(data: unknown): boolean;
+}
+
+/**
+ * An EventSource to an `SseEndpoint`: the browser retries once with `Last-Event-ID`, then
+ * this backs off and reopens with `?lastEventId=`.
+ */
+export class RealtimeEvents<T = unknown> extends Client<ClientEvents<T>> {
+  constructor(url: string | URL, options?: EventsOptions);
+}
+
+/** Codes a `RealtimeError` carries: the client's own, the server's, or a handler's. */
+export type RealtimeErrorCode =
+  | "timeout"
+  | "disconnected"
+  | "queue_full"
+  | "closed"
+  | "unsubscribed"
+  | "forbidden"
+  | "unavailable"
+  | "not_subscribed"
+  | "invalid_topic"
+  | "too_large"
+  | (string & {});
+
+/** Why a command failed. */
+export class RealtimeError extends Error {
+  constructor(code: RealtimeErrorCode, message?: string);
+  readonly name: "RealtimeError";
+  readonly code: RealtimeErrorCode;
+}
+
+/** The WebSocket subprotocol of the channel protocol. */
+export const PROTOCOL: "salvo-realtime.v1";
+
+/** Where a subscription is. */
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed" | "refused";
+
+/** Options of `RealtimeChannels.publish`. */
+export interface PublishOptions {
+  /** The message's event name. */
+  event?: string;
+  /** `false` leaves the publisher out. */
+  echo?: boolean;
+}
+
+/** The answer to a publish. */
+export interface Published {
+  id: MessageId;
+}
+
+/** One topic of a `RealtimeChannels` socket. Not a class `client.js` exports. */
+export interface Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
+  readonly topic: string;
+  readonly state: SubscriptionState;
+  /** The last id seen on the topic, or `null`. */
+  readonly lastId: MessageId | null;
+  /** Settled by the server's first answer; once it rejects, the subscription has ended. */
+  readonly ready: Promise<{ topic: string }>;
+  /** Publishes to this topic. */
+  publish(data: unknown, options?: PublishOptions): Promise<Published>;
+  /** Leaves the topic; nothing more of it is emitted once called. */
+  unsubscribe(): Promise<{ topic: string; was_subscribed: boolean }>;
+}
+
+/**
+ * A WebSocket speaking the channel protocol (`salvo-realtime.v1`): any number of topics on one
+ * socket, publishes and calls with replies.
+ */
+export class RealtimeChannels<T = unknown> extends Client<ChannelsEvents<T>> {
+  constructor(url: string | URL, options?: ChannelsOptions);
+  /** Subscribes to `topic`, or returns the subscription it already has. `recent`: the last n
+   * messages on first subscribing; `data`: for the server's authorization rule. */
+  subscribe<U = T>(topic: string, options?: { recent?: number; data?: unknown }): Subscription<U>;
+  /** The subscription to `topic`, or `null`. */
+  subscription(topic: string): Subscription<T> | null;
+  /** Publishes `data` (any JSON; a string goes as text) to a subscribed topic. */
+  publish(topic: string, data: unknown, options?: PublishOptions): Promise<Published>;
+  /** Calls a server method; resolves to its result (`R` is not checked). */
+  call<R = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<R>;
+}
+
+/** `new RealtimeSocket(url, options)`. */
+export const connect: <T = unknown>(
+  url: string | URL,
+  options?: SocketOptions,
+) => RealtimeSocket<T>;
+/** `new RealtimeEvents(url, options)`. */
+export const subscribe: <T = unknown>(
+  url: string | URL,
+  options?: EventsOptions,
+) => RealtimeEvents<T>;
+/** `new RealtimeChannels(url, options)`: the channel protocol over one WebSocket. */
+export function channels<T = unknown>(
+  url: string | URL,
+  options?: ChannelsOptions,
+): RealtimeChannels<T>;
+
+export {};

@@ -1,0 +1,300 @@
+//! What a new user reaches for first: typed payloads, identities from borrowed strings, `?` in
+//! endpoint closures, literal event names, one origin list shared with CORS, `TCP_NODELAY`, and
+//! the defaults a chat expects (no echo to the sender, nothing but payloads under raw framing).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, messages, ready, texts};
+use futures_util::StreamExt;
+use salvo::Router;
+use salvo::http::HeaderValue;
+use salvo_realtime::sse::SseEndpoint;
+use salvo_realtime::ws::{Framing, WsEndpoint};
+use salvo_realtime::{
+    Connection, EventName, Hub, HubConfig, Identity, InboundPolicy, Position, PubSub, Publication,
+    Rejection, Rooms, Topic,
+};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn member(user: &str, room: &str) -> Connection {
+    Connection::new()
+        .authenticated(Identity::new(user))
+        .subscribe(Topic::new(room).expect("valid room"), Position::Live)
+}
+
+#[derive(serde::Serialize)]
+struct Price {
+    eur: f64,
+}
+
+/// A `json!` value broadcasts as it is, and a value of one's own type through
+/// `Publication::json`; both arrive as JSON text.
+#[tokio::test]
+async fn json_values_and_serialize_types_publish_directly() {
+    let rooms = Rooms::new();
+    let conn = member("alice", "lobby");
+    let mut sub = rooms.join(&conn).await.expect("join");
+    ready(&mut sub);
+    rooms
+        .broadcast("lobby", serde_json::json!({ "text": "hi" }))
+        .await
+        .expect("broadcast a json! value");
+    let got = messages(&ready(&mut sub));
+    assert_eq!(got.len(), 1);
+    let value: serde_json::Value = got[0].json().expect("json payload");
+    assert_eq!(value, serde_json::json!({ "text": "hi" }));
+    let channels = salvo_realtime::channel::Channels::new(rooms.clone());
+    let value = serde_json::json!({ "n": 2 });
+    channels
+        .broadcast("lobby", &value)
+        .await
+        .expect("broadcast");
+    assert_eq!(texts(&ready(&mut sub)), [r#"{"n":2}"#]);
+
+    let hub = PubSub::new();
+    let mut prices = hub.subscribe("prices", Position::Live).await.expect("sub");
+    let publication = Publication::json(&Price { eur: 1.08 }).expect("encodes");
+    hub.publish("prices", publication.event_static("tick"))
+        .await
+        .expect("publish");
+    let got = messages(&ready(&mut prices));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload().as_text(), Some(r#"{"eur":1.08}"#));
+    assert_eq!(got[0].event().map(EventName::as_str), Some("tick"));
+}
+
+/// `Identity::new` takes a borrowed `String` (a session field) as well as `&str` and `String`.
+#[test]
+fn identity_takes_a_borrowed_string() {
+    let user = String::from("alice");
+    assert_eq!(Identity::new(&user).user_id(), "alice");
+    assert_eq!(Identity::new(user.as_str()), Identity::new(user.clone()));
+}
+
+/// A literal event name needs no `Result`; an invalid literal is a panic naming it.
+#[test]
+fn literal_event_names_are_infallible() {
+    let p = Publication::new("x").event_static("presence.custom");
+    assert_eq!(
+        p.event_name().map(EventName::as_str),
+        Some("presence.custom")
+    );
+    assert_eq!(
+        EventName::from_static("chat"),
+        EventName::new("chat").expect("valid")
+    );
+    let panic = std::panic::catch_unwind(|| EventName::from_static("a\nb"))
+        .expect_err("an invalid literal panics");
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .unwrap_or_default();
+    assert!(text.contains("invalid event name"), "{text}");
+}
+
+/// `Topic::new(..)?` inside a `topics` closure: a bad name answers 400, a good one connects.
+#[tokio::test]
+async fn topic_errors_in_a_topics_closure_answer_400() {
+    let sse = SseEndpoint::new(PubSub::new()).topics(|req, _| {
+        let name = req.query::<String>("room").unwrap_or_default();
+        Ok::<_, Rejection>(vec![Topic::new(&format!("room.{name}"))?])
+    });
+    let server = TestServer::start(Router::with_path("events").goal(sse)).await;
+    let client = reqwest::Client::new();
+    let status = |query: &'static str| {
+        let req = client.get(server.http(&format!("/events?{query}")));
+        async move {
+            let resp = tokio::time::timeout(WAIT, req.send())
+                .await
+                .expect("answer in time")
+                .expect("response");
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(status("room=a%0Ab").await, 400);
+    assert_eq!(status("room=ok").await, 200);
+    server.stop().await;
+}
+
+/// The shape salvo-cors' `AllowOrigin::judge` takes: one function, the one list.
+fn trusted_origin(origin: &HeaderValue, _req: &salvo::Request, _depot: &salvo::Depot) -> bool {
+    origin.as_bytes() == b"https://app.example"
+}
+
+/// `allow_origin_fn` admits what the shared predicate accepts, on both endpoints, and nothing
+/// else from another host.
+#[tokio::test]
+async fn one_origin_predicate_serves_both_endpoints() {
+    let rooms = Rooms::new();
+    let ws = WsEndpoint::new(rooms.clone()).allow_origin_fn(trusted_origin);
+    let sse = SseEndpoint::new(rooms).allow_origin_fn(trusted_origin);
+    let router = Router::new()
+        .push(Router::with_path("ws/{topic}").goal(ws))
+        .push(Router::with_path("events/{topic}").goal(sse));
+    let server = TestServer::start(router).await;
+
+    let ws_status = |origin: &str| {
+        let mut req = server
+            .ws("/ws/lobby")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("header"));
+        async move {
+            match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+                .await
+                .expect("answer in time")
+            {
+                Ok((_, resp)) => resp.status().as_u16(),
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+    };
+    assert_eq!(ws_status("https://app.example").await, 101);
+    assert_eq!(ws_status("https://evil.example").await, 403);
+
+    let client = reqwest::Client::new();
+    let sse_status = |origin: &'static str| {
+        let req = client
+            .get(server.http("/events/lobby"))
+            .header("origin", origin);
+        async move {
+            let resp = tokio::time::timeout(WAIT, req.send())
+                .await
+                .expect("answer in time")
+                .expect("response");
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(sse_status("https://app.example").await, 200);
+    assert_eq!(sse_status("https://evil.example").await, 403);
+    server.stop().await;
+}
+
+/// A listener with `TCP_NODELAY` set hands it to every socket it accepts, and Salvo serves from
+/// such a listener (the README's recipe).
+#[tokio::test]
+async fn nodelay_on_the_listener_reaches_accepted_sockets() {
+    let listener = nodelay_listener();
+    let addr = listener.local_addr().expect("bound");
+    let client = tokio::net::TcpStream::connect(addr);
+    let (accepted, client) = tokio::join!(listener.accept(), client);
+    let (accepted, _) = accepted.expect("accepted");
+    assert!(accepted.nodelay().expect("read TCP_NODELAY"));
+    drop((accepted, client));
+
+    // A listener left alone accepts with Nagle on: the check above can fail.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = tokio::net::TcpStream::connect(plain.local_addr().expect("bound"));
+    let (accepted, _client) = tokio::join!(plain.accept(), client);
+    assert!(!accepted.expect("accepted").0.nodelay().expect("read"));
+
+    let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(nodelay_listener()).expect("acceptor");
+    let addr = acceptor.local_addr().expect("bound");
+    #[salvo::handler]
+    async fn hello() -> &'static str {
+        "hello"
+    }
+    let server = salvo::Server::new(acceptor);
+    let handle = server.handle();
+    let task = tokio::spawn(server.serve(Router::new().get(hello)));
+    let body = tokio::time::timeout(WAIT, async {
+        reqwest::get(format!("http://{addr}/"))
+            .await
+            .expect("response")
+            .text()
+            .await
+            .expect("body")
+    })
+    .await
+    .expect("answer in time");
+    assert_eq!(body, "hello");
+    handle.stop_forceful();
+    let _ = tokio::time::timeout(WAIT, task).await;
+}
+
+fn nodelay_listener() -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_nodelay(true).expect("set TCP_NODELAY");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    socket.listen(64).expect("listen")
+}
+
+/// `Rooms` doesn't send a member's message back to the connection that sent it, by default;
+/// its other rooms' members (and its user's other connections) get it. `Publish` echoes.
+#[tokio::test]
+async fn rooms_do_not_echo_to_the_sender_by_default() {
+    let rooms = Rooms::new();
+    let (alice, alice_tab, bob) = (
+        member("alice", "lobby"),
+        member("alice", "lobby"),
+        member("bob", "lobby"),
+    );
+    let mut subs = Vec::new();
+    for conn in [&alice, &alice_tab, &bob] {
+        subs.push(rooms.join(conn).await.expect("join"));
+    }
+    for sub in &mut subs {
+        ready(sub);
+    }
+    rooms.receive(&alice, "hi".into()).await.expect("receive");
+    let got: Vec<Vec<String>> = subs.iter_mut().map(|s| texts(&ready(s))).collect();
+    assert_eq!(got, [vec![], vec!["hi".to_owned()], vec!["hi".to_owned()]]);
+
+    let echoing = Rooms::with_config(HubConfig::new().inbound(InboundPolicy::Publish));
+    let mut sub = echoing.join(&alice).await.expect("join");
+    ready(&mut sub);
+    echoing.receive(&alice, "hi".into()).await.expect("receive");
+    assert_eq!(texts(&ready(&mut sub)), ["hi"]);
+}
+
+/// An anonymous client with raw framing gets payloads only: no presence snapshot it couldn't
+/// parse, no presence notices when others come and go.
+#[tokio::test]
+async fn raw_framing_carries_no_presence() {
+    let rooms = Rooms::new();
+    let ws = WsEndpoint::new(rooms.clone()).framing(Framing::Raw);
+    let server = TestServer::start(Router::with_path("ws/{topic}").goal(ws)).await;
+    let (mut raw, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(server.ws("/ws/lobby")),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    assert!(
+        common::eventually(|| rooms.connection_count() == 1).await,
+        "the raw client joined"
+    );
+    // Someone else comes and goes, which would send presence notices with envelopes.
+    let other = member("bob", "lobby");
+    let sub = rooms.join(&other).await.expect("join");
+    rooms.leave(&other, sub).await;
+    rooms
+        .broadcast("lobby", "payload")
+        .await
+        .expect("broadcast");
+    let first = loop {
+        let frame = tokio::time::timeout(WAIT, raw.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
+            break frame;
+        }
+    };
+    assert_eq!(first, Message::text("payload"));
+    raw.close(None).await.expect("close");
+    server.stop().await;
+}

@@ -1,0 +1,372 @@
+//! The backend seam: one code path for every backend. These tests drive the hubs through a
+//! backend written in this file (a gate around `Local`, and a stub "remote"), so they pin what
+//! the hubs do at the seam, not what one backend happens to do.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{messages, ready};
+use salvo_realtime::backend::{Backend, Local, MembersPage, Mirror};
+use salvo_realtime::error::HubError;
+use salvo_realtime::{
+    Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, MessageId, PRESENCE_JOIN,
+    Position, PresenceMode, PubSub, Publication, Rooms, Topic,
+};
+use tokio::sync::Semaphore;
+
+/// `Local`, with a gate on `presence_add`: until a permit is given, the add waits, either
+/// before reaching `Local` (`before`) or after it (`!before`). Counts adds and removes.
+struct Gated {
+    local: Local,
+    gate: Arc<Semaphore>,
+    before: bool,
+    adds: AtomicUsize,
+    removes: AtomicUsize,
+}
+
+impl Gated {
+    fn new(before: bool) -> Self {
+        Self {
+            local: Local::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            before,
+            adds: AtomicUsize::new(0),
+            removes: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Backend for Gated {
+    async fn publish(&self, m: &Mirror, t: &Topic, p: Publication) -> Result<MessageId, HubError> {
+        self.local.publish(m, t, p).await
+    }
+
+    async fn attach(&self, m: &Mirror, t: &Topic) -> Result<(), HubError> {
+        self.local.attach(m, t).await
+    }
+
+    fn detach(&self, m: &Mirror, t: &Topic) {
+        self.local.detach(m, t);
+    }
+
+    async fn presence_add(
+        &self,
+        m: &Mirror,
+        room: &Topic,
+        conn: ConnectionId,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        self.adds.fetch_add(1, Ordering::SeqCst);
+        if self.before
+            && let Ok(permit) = self.gate.acquire().await
+        {
+            permit.forget();
+        }
+        let first = self
+            .local
+            .presence_add(m, room, conn, identity, announce)
+            .await?;
+        if !self.before
+            && let Ok(permit) = self.gate.acquire().await
+        {
+            permit.forget();
+        }
+        Ok(first)
+    }
+
+    async fn presence_remove(
+        &self,
+        m: &Mirror,
+        room: &Topic,
+        conn: ConnectionId,
+        identity: &Identity,
+        announce: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        self.removes.fetch_add(1, Ordering::SeqCst);
+        self.local
+            .presence_remove(m, room, conn, identity, announce)
+            .await
+    }
+
+    async fn members(
+        &self,
+        m: &Mirror,
+        room: &Topic,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, HubError> {
+        self.local.members(m, room, after, limit).await
+    }
+
+    async fn member_count(&self, m: &Mirror, room: &Topic) -> Result<usize, HubError> {
+        self.local.member_count(m, room).await
+    }
+
+    fn idle_ttl(&self, configured: Duration) -> Duration {
+        self.local.idle_ttl(configured)
+    }
+}
+
+fn member(user: &str, room: &str) -> Connection {
+    Connection::new()
+        .authenticated(Identity::new(user))
+        .subscribe(Topic::new(room).expect("valid"), Position::Live)
+}
+
+/// A join cut short while the backend counts presence, before or after the count took effect,
+/// leaves nothing behind: no member, no room, no held log; and the backend was asked to undo it.
+#[tokio::test]
+async fn a_join_cut_short_at_the_seam_leaves_no_phantom_member() {
+    for before in [true, false] {
+        let rooms = Rooms::with_backend(HubConfig::new(), Gated::new(before));
+        let watcher = member("watcher", "hall");
+        rooms.backend().gate.add_permits(1); // let the watcher's own add through
+        let mut watching = rooms.join(&watcher).await.expect("join");
+        ready(&mut watching);
+        for i in 0..20 {
+            let conn = member(&format!("ghost{i}"), "hall");
+            let cut = tokio::time::timeout(Duration::from_millis(5), rooms.join(&conn)).await;
+            assert!(cut.is_err(), "the gate holds the join");
+        }
+        // The undo runs from a spawned task when the backend has to wait; let it run.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let users: Vec<String> = rooms
+            .presence("hall")
+            .await
+            .iter()
+            .map(|m| m.user.to_string())
+            .collect();
+        assert_eq!(users, ["watcher"], "before={before}");
+        assert_eq!(rooms.connection_count(), 1);
+        assert_eq!(rooms.room_count(), 1);
+        let backend = rooms.backend();
+        assert_eq!(backend.adds.load(Ordering::SeqCst), 21);
+        assert_eq!(backend.removes.load(Ordering::SeqCst), 20);
+        // A ghost whose add went through (`!before`) had its join announced; its leave must
+        // follow, so the watcher's view ends with the watcher alone as well.
+        let mut present = std::collections::BTreeSet::new();
+        for m in messages(&ready(&mut watching)) {
+            let user: serde_json::Value = m.json().expect("json");
+            let user = user["user"].as_str().expect("user").to_owned();
+            if m.event().map(|e| e.as_str()) == Some(PRESENCE_JOIN) {
+                present.insert(user);
+            } else {
+                present.remove(&user);
+            }
+        }
+        assert!(present.is_empty(), "before={before}: {present:?}");
+        rooms.leave(&watcher, watching).await;
+        assert_eq!(rooms.room_count(), 0);
+        assert_eq!(rooms.member_count("hall").await.expect("count"), 0);
+    }
+}
+
+#[tokio::test]
+async fn count_mode_tells_the_count_and_sends_no_notices() {
+    let rooms = Rooms::with_config(HubConfig::new().presence_mode(PresenceMode::Count));
+    let mut subs = Vec::new();
+    for i in 0..5 {
+        let conn = member(&format!("u{i}"), "stage");
+        let mut sub = rooms.join(&conn).await.expect("join");
+        let got = ready(&mut sub);
+        let [Delivery::Presence(p)] = got.as_slice() else {
+            panic!("one count, got {got:?}")
+        };
+        assert_eq!((p.count, p.members.len(), p.more), (i + 1, 0, false));
+        subs.push((conn, sub));
+    }
+    // Nobody was told of the later joins, nor of a leave.
+    let (conn, sub) = subs.pop().expect("five");
+    rooms.leave(&conn, sub).await;
+    for (_, sub) in &mut subs {
+        assert!(ready(sub).is_empty());
+    }
+    assert_eq!(rooms.member_count("stage").await.expect("count"), 4);
+    // Pages still list everyone, in order.
+    let page = rooms.presence_page("stage", None, 3).await.expect("page");
+    let users: Vec<&str> = page.members.iter().map(|m| &*m.user).collect();
+    assert_eq!((users, page.more), (vec!["u0", "u1", "u2"], true));
+    let rest = rooms
+        .presence_page("stage", Some("u2"), 3)
+        .await
+        .expect("page");
+    assert_eq!((rest.members.len(), rest.more), (1, false));
+}
+
+#[tokio::test]
+async fn off_mode_counts_nobody_and_sends_nothing() {
+    let rooms = Rooms::with_config(HubConfig::new().presence(false));
+    let a = member("a", "r");
+    let mut sa = rooms.join(&a).await.expect("join");
+    let b = member("b", "r");
+    let _sb = rooms.join(&b).await.expect("join");
+    assert!(ready(&mut sa).is_empty());
+    assert_eq!(rooms.member_count("r").await.expect("count"), 0);
+    assert_eq!(rooms.room_count(), 1);
+}
+
+/// A full snapshot of a room bigger than one page arrives in pages, with the total on each,
+/// and the pages together list every member exactly once, in order.
+#[tokio::test]
+async fn a_big_room_snapshot_comes_in_ordered_pages_with_the_count() {
+    let rooms = Rooms::new();
+    let mut subs = Vec::new();
+    for i in 0..600 {
+        let conn = member(&format!("user{i:04}"), "big");
+        subs.push(rooms.join(&conn).await.expect("join"));
+    }
+    let late = member("zz-late", "big");
+    let mut sub = rooms.join(&late).await.expect("join");
+    let pages: Vec<_> = ready(&mut sub)
+        .into_iter()
+        .filter_map(|d| match d {
+            Delivery::Presence(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pages.len(),
+        601usize.div_ceil(salvo_realtime::PRESENCE_PAGE)
+    );
+    assert!(pages.iter().all(|p| p.count == 601));
+    assert!(pages[..pages.len() - 1].iter().all(|p| p.more));
+    assert!(!pages[pages.len() - 1].more);
+    let users: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.members.iter().map(|m| m.user.to_string()))
+        .collect();
+    let mut sorted = users.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(users, sorted);
+    assert_eq!(users.len(), 601);
+}
+
+/// A stub "remote" backend: logs kept here, ids assigned here, the mirror fed by `sync` and
+/// `apply` only, like a real remote backend.
+#[derive(Default)]
+struct Remote {
+    logs: parking_lot::Mutex<std::collections::HashMap<Topic, (salvo_realtime::Epoch, u64)>>,
+    detached: AtomicUsize,
+}
+
+impl Backend for Remote {
+    async fn publish(&self, m: &Mirror, t: &Topic, p: Publication) -> Result<MessageId, HubError> {
+        let id = {
+            let mut logs = self.logs.lock();
+            let (epoch, last) = logs
+                .entry(t.clone())
+                .or_insert((salvo_realtime::Epoch::random(), 0));
+            *last += 1;
+            MessageId::new(*epoch, *last)
+        };
+        let _ = m.apply(&salvo_realtime::Message::remote(t.clone(), id, p, 0));
+        Ok(id)
+    }
+
+    async fn attach(&self, m: &Mirror, t: &Topic) -> Result<(), HubError> {
+        let (epoch, last) = *self
+            .logs
+            .lock()
+            .entry(t.clone())
+            .or_insert((salvo_realtime::Epoch::random(), 0));
+        m.sync(t, epoch, last, &[])?;
+        Ok(())
+    }
+
+    fn detach(&self, _: &Mirror, _: &Topic) {
+        self.detached.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn presence_add(
+        &self,
+        _: &Mirror,
+        _: &Topic,
+        _: ConnectionId,
+        _: &Identity,
+        _: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        Ok(false)
+    }
+
+    async fn presence_remove(
+        &self,
+        _: &Mirror,
+        _: &Topic,
+        _: ConnectionId,
+        _: &Identity,
+        _: Option<Publication>,
+    ) -> Result<bool, HubError> {
+        Ok(false)
+    }
+
+    async fn members(
+        &self,
+        _: &Mirror,
+        _: &Topic,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<MembersPage, HubError> {
+        Ok(MembersPage::default())
+    }
+
+    async fn member_count(&self, _: &Mirror, _: &Topic) -> Result<usize, HubError> {
+        Ok(0)
+    }
+}
+
+/// One client creating thousands of topics is capped on a remote backend too (the cap used
+/// to apply only to the in-memory hubs), and a refused topic leaves no log behind.
+#[tokio::test]
+async fn the_per_owner_cap_holds_on_a_remote_backend() {
+    let hub = PubSub::with_backend(HubConfig::new().max_topics_per_owner(3), Remote::default());
+    let addr: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let conn = Connection::new()
+            .with_remote_addr(addr)
+            .subscribe(Topic::new(&format!("t{i}")).expect("topic"), Position::Live);
+        subs.push(hub.join(&conn).await.expect("under the cap"));
+    }
+    let conn = Connection::new()
+        .with_remote_addr(addr)
+        .subscribe(Topic::new("t3").expect("topic"), Position::Live);
+    let refused = hub.join(&conn).await.expect_err("over the cap");
+    assert!(
+        matches!(refused, HubError::TooManyCreated { limit: 3 }),
+        "{refused:?}"
+    );
+    assert_eq!(hub.topic_count(), 3);
+    // Another client is not affected, and closing one frees the owner's slot.
+    let other = Connection::new()
+        .with_remote_addr("127.0.0.2:40000".parse().expect("addr"))
+        .subscribe(Topic::new("t3").expect("topic"), Position::Live);
+    let _other = hub.join(&other).await.expect("another owner");
+    drop(subs.pop());
+    let again = Connection::new()
+        .with_remote_addr(addr)
+        .subscribe(Topic::new("t9").expect("topic"), Position::Live);
+    hub.join(&again).await.expect("a slot was freed");
+}
+
+/// A remote backend's logs are freed as soon as nobody here follows them, and the backend is
+/// told; the in-memory backend keeps an idle log with history for `idle_ttl`.
+#[tokio::test]
+async fn idle_logs_follow_the_backends_idle_ttl() {
+    let remote = PubSub::with_backend(HubConfig::new(), Remote::default());
+    let sub = remote.subscribe("news", Position::Live).await.expect("sub");
+    remote.publish("news", "one").await.expect("publish");
+    drop(sub);
+    assert_eq!(remote.topic_count(), 0);
+    assert_eq!(remote.backend().detached.load(Ordering::SeqCst), 1);
+
+    let local = PubSub::new();
+    let sub = local.subscribe("news", Position::Live).await.expect("sub");
+    local.publish("news", "one").await.expect("publish");
+    drop(sub);
+    assert_eq!(local.topic_count(), 1, "kept for late joiners");
+}

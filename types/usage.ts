@@ -1,0 +1,187 @@
+// Exercises every API of the browser client's declarations (`src/client.d.ts`), imported the
+// way a page does, from the path `ClientScript` is mounted at (mapped in tsconfig.json).
+// Checked by `tsc --noEmit` (.ci/typescript); never run. The `@ts-expect-error` lines are
+// misuses the declarations must refuse: if they become too loose, tsc fails on them.
+
+import {
+  channels,
+  connect,
+  parseId,
+  PROTOCOL,
+  RealtimeChannels,
+  RealtimeError,
+  RealtimeEvents,
+  RealtimeSocket,
+  subscribe,
+} from "/realtime.js";
+import type {
+  ConnectionState,
+  ErrorNotice,
+  LaggedEvent,
+  Member,
+  MessageId,
+  PresenceEvent,
+  RealtimeErrorCode,
+  RealtimeMessage,
+  ResetEvent,
+  ResetReason,
+  StatusEvent,
+  Subscription,
+  SubscriptionState,
+} from "/realtime.js";
+
+declare function show(...values: unknown[]): void;
+
+interface Chat {
+  text: string;
+}
+
+// ---- RealtimeSocket ----------------------------------------------------------------------------
+
+const chat = new RealtimeSocket<Chat>("/ws?name=alice", {
+  recent: 50,
+  queueLimit: 10,
+  minDelay: 250,
+  maxDelay: 10_000,
+  stableAfter: 2_000,
+});
+const off: () => void = chat.on("message", (m: RealtimeMessage<Chat>) => {
+  const text: string = m.data.text;
+  const topic: string | null = m.topic;
+  const id: MessageId | null | undefined = m.id;
+  show(text, topic, id, m.event, m.from, m.ts, m.binary, m.type === "message");
+});
+off();
+chat.on("presence", (p: PresenceEvent) => {
+  const members: Member[] = p.members;
+  show(p.topic, members.map((m) => [m.user, m.connections, m.data]));
+});
+chat.on("reset", (r: ResetEvent) => {
+  const reason: ResetReason = r.reason;
+  show(r.topic, r.requested, r.epoch, r.replay_after, reason);
+});
+chat.on("lagged", (l: LaggedEvent) => show(l.topic, l.missed));
+chat.on("error", (e: ErrorNotice) => show(e.error === "unavailable", e.message));
+chat.on("raw", (frame: string | ArrayBuffer) => show(frame));
+chat.on("status", (s: StatusEvent) => {
+  switch (s.state) {
+    case "connecting":
+      return show(s.attempt);
+    case "open":
+      return show(s.resumed);
+    case "reconnecting":
+      return show(s.attempt, s.delay, s.code, s.reason, s.browser);
+    case "closed":
+      return show("closed");
+  }
+});
+const sent: boolean = chat.send({ text: "hi" });
+chat.send("text");
+chat.send(new Uint8Array([1, 2]));
+chat.send(new Blob(["x"]));
+const state: ConnectionState = chat.state;
+const last: MessageId | null = chat.lastId("lobby") ?? chat.lastId();
+const dropped: number = chat.duplicates;
+show(sent, state, last, dropped, chat.url);
+chat.close();
+
+// @ts-expect-error: an event the socket never emits
+chat.on("subscribed", () => {});
+// @ts-expect-error: `recent` is a number
+new RealtimeSocket("/ws", { recent: "50" });
+// @ts-expect-error: not an option of a socket
+new RealtimeSocket("/ws", { events: ["alert"] });
+// @ts-expect-error: `state` is read-only
+chat.state = "open";
+
+// ---- RealtimeEvents ----------------------------------------------------------------------------
+
+const feed = new RealtimeEvents("/events", {
+  events: ["alert"],
+  topic: "notifications",
+  withCredentials: true,
+});
+feed.on("message", (m) => show(m.event ?? "message", m.data));
+feed.on("reset", (r) => show(r.reason === "invalid"));
+feed.on("lagged", (l) => show(l.missed));
+feed.on("presence", (p) => show(p.members.length));
+feed.on("status", (s) => show(s.state));
+show(feed.lastId(), feed.duplicates);
+feed.close();
+
+// @ts-expect-error: SSE has no inbound side
+feed.send("x");
+// @ts-expect-error: SSE emits no `error` notices
+feed.on("error", () => {});
+// @ts-expect-error: `events` is a list of names
+new RealtimeEvents("/events", { events: "alert" });
+
+// ---- the factories -----------------------------------------------------------------------------
+
+const socket: RealtimeSocket<Chat> = connect<Chat>("/ws");
+const events: RealtimeEvents = subscribe(new URL("/events", "http://localhost"), { topic: "t" });
+const rt: RealtimeChannels = channels("/ws?name=alice", { callTimeout: 5000, queueLimit: 20 });
+socket.close();
+events.close();
+
+// ---- RealtimeChannels --------------------------------------------------------------------------
+
+const protocol: "salvo-realtime.v1" = PROTOCOL;
+const lobby: Subscription<Chat> = rt.subscribe<Chat>("lobby", { recent: 50, data: { pass: 1 } });
+const subState: SubscriptionState = lobby.state;
+show(protocol, subState, lobby.topic, lobby.lastId);
+lobby.on("message", (m) => show(m.data.text));
+lobby.on("presence", (p) => show(p.members));
+lobby.on("reset", (r) => show(r.replay_after));
+lobby.on("lagged", (l) => show(l.missed));
+lobby.on("error", (e: RealtimeError) => show(e.code));
+lobby.on("unsubscribed", ({ topic }) => show(topic));
+lobby.ready.then(({ topic }) => show(topic)).catch((e: RealtimeError) => show(e.code));
+void lobby.publish({ text: "hi" }, { event: "chat", echo: false }).then(({ id }) => show(id));
+
+rt.on("subscribed", ({ topic, subscription }) => show(topic, subscription.state));
+rt.on("unsubscribed", ({ topic, subscription }) => show(topic, subscription.topic));
+rt.on("direct", (m) => show(m.topic === "$conn", m.data));
+rt.on("error", (e) => show(e.error));
+rt.on("message", (m) => show(m.topic));
+rt.on("status", (s) => show(s.state));
+rt.on("raw", (frame) => show(frame));
+const found: Subscription | null = rt.subscription("lobby");
+show(found, rt.lastId("lobby"), rt.duplicates, rt.state);
+
+async function commands(): Promise<void> {
+  try {
+    const { id } = await rt.publish("lobby", { text: "hi" }, { event: "chat" });
+    show(parseId(id)?.offset);
+  } catch (e) {
+    if (e instanceof RealtimeError) {
+      const code: RealtimeErrorCode = e.code;
+      show(code === "moderated", e.message, e.name);
+    }
+  }
+  const board = await rt.call<{ cells: number[] }>("move", { cell: 4 }, { timeout: 5000 });
+  show(board.cells.length);
+  const left = await lobby.unsubscribe();
+  const was: boolean = left.was_subscribed;
+  show(left.topic, was);
+  const id = parseId("1f-3");
+  if (id) show(id.epoch.toUpperCase(), id.offset + 1);
+  throw new RealtimeError("timeout", "no reply");
+}
+void commands;
+rt.close();
+
+// @ts-expect-error: a subscription emits no `direct` messages
+lobby.on("direct", () => {});
+// @ts-expect-error: `recent` is a number
+rt.subscribe("lobby", { recent: "all" });
+// @ts-expect-error: `timeout` is in ms
+void rt.call("move", {}, { timeout: "5s" });
+// @ts-expect-error: a topic is a string
+void rt.publish(7, {});
+// @ts-expect-error: `echo` is a boolean
+void rt.publish("lobby", {}, { echo: "no" });
+// @ts-expect-error: not an option of the channels client
+channels("/ws", { recent: 5 });
+// @ts-expect-error: the channel client has no raw `send`
+rt.send("x");
