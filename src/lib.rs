@@ -149,8 +149,8 @@ pub use hub::{
     CONNECTION_TOPIC, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
     Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member,
     Message, MessageId, Offset, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position,
-    Presence, PresenceMode, PubSub, Publication, Reset, ResetReason, Rooms, Snapshot, Subscription, Topic,
-    TopicCount,
+    Presence, PresenceMode, PubSub, Publication, Reset, ResetReason, Rooms, Snapshot, Subscription,
+    Topic, TopicCount,
 };
 
 /// Where a hub's ids, history and presence live: the [`Backend`](backend::Backend) seam, its
