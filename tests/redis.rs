@@ -1039,6 +1039,89 @@ async fn re_registering_presence_does_not_race_joins_and_leaves() {
     }
 }
 
+// The heartbeat's re-register dropped the users of this node that Redis still listed but the
+// node no longer had (they left while their leave could not reach Redis) silently: the other
+// nodes' clients kept showing them, nobody got a `presence.leave`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_lost_while_redis_failed_is_announced_by_the_re_register() {
+    let server = RedisServer::start();
+    let (a, b) = (rooms_node(&server).await, rooms_node(&server).await);
+    let room = "lost";
+    let watcher = member("w", room, Position::Live);
+    let mut w = b.join(&watcher).await.expect("join w");
+    assert!(matches!(
+        next(&mut w, Duration::from_secs(5)).await,
+        Some(Delivery::Presence(_))
+    ));
+    // On node a: alice once, carol (also on node b), dave twice.
+    let mut on_a = Vec::new();
+    for user in ["alice", "carol", "dave", "dave"] {
+        let c = member(user, room, Position::Live);
+        let sub = a.join(&c).await.expect("join a");
+        on_a.push((c, sub));
+    }
+    let carol_b = member("carol", room, Position::Live);
+    let carol_b_sub = b.join(&carol_b).await.expect("join carol b");
+    let joined: Vec<(String, String)> = ["alice", "carol", "dave"]
+        .iter()
+        .map(|u| (PRESENCE_JOIN.to_owned(), (*u).to_owned()))
+        .collect();
+    assert_eq!(events(&mut w, 3).await, joined);
+
+    // The leaves cannot reach Redis (the room's membership hash is not a hash): alice's only
+    // connection, carol's on node a, one of dave's.
+    let pk = room_key(room, "pk");
+    let saved = format!("{pk}-saved");
+    assert_eq!(server.command(&["RENAME", &pk, &saved]), "+OK");
+    assert_eq!(server.command(&["SET", &pk, "not a hash"]), "+OK");
+    let dave_stays = on_a.pop().expect("dave's second");
+    for (c, sub) in on_a {
+        a.leave(&c, sub).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.command(&["DEL", &pk]), ":1");
+    assert_eq!(server.command(&["RENAME", &saved, &pk]), "+OK");
+    assert_eq!(
+        server.command(&["HLEN", &pk]),
+        ":6",
+        "the leaves failed: Redis still counts every membership"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), w.next())
+            .await
+            .is_err(),
+        "no leave was announced meanwhile"
+    );
+
+    // Redis loses the nodes' liveness: their next heartbeat re-registers their members.
+    server.command(&["DEL", "{salvo-realtime:nodes}:alive"]);
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        (PRESENCE_LEAVE.to_owned(), "alice".to_owned()),
+        "the lost leave is announced by the re-register"
+    );
+    // Carol (still on node b) and dave (another connection) are not announced as leaving:
+    // the next notice is a later join.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let zed = member("zed", room, Position::Live);
+    let zed_sub = a.join(&zed).await.expect("join zed");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        (PRESENCE_JOIN.to_owned(), "zed".to_owned())
+    );
+    for hub in [&a, &b] {
+        let listed: Vec<(String, usize)> = hub
+            .presence(room)
+            .await
+            .iter()
+            .map(|m| (m.user.to_string(), m.connections))
+            .collect();
+        let expected = [("carol", 1), ("dave", 1), ("w", 1), ("zed", 1)];
+        assert_eq!(listed, expected.map(|(u, n)| (u.to_owned(), n)));
+    }
+    drop((dave_stays, carol_b_sub, zed_sub, carol_b, zed, watcher));
+}
+
 /// A Redis Stream entry as `XRANGE` returns it: id and field-value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 

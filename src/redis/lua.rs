@@ -320,60 +320,89 @@ end
 return {'done'}
 ";
 
-/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, the room's channel, mark, then
+/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, the room's channel, mark, `n`, then `n`
+/// `user, body` pairs (the leave announcements the caller prepared), then
 /// `user, data, join body, nonces` quadruples (`nonces`: the user's memberships,
 /// space-separated): restores a node's memberships and counts in a room from a snapshot taken
 /// when the next nonce was `mark` (after Redis lost them, or after the node was declared dead)
-/// and announces (live only), in the same step, the users that so became present.
+/// and announces (live only), in the same step, the users that so became present or absent.
 ///
 /// The node's memberships numbered below the mark that the snapshot lacks are dropped (they
-/// left before it); those from the mark on are kept (they joined after it, and their own
-/// join script counts them whether it ran before or runs after this one). The counts are
-/// then those of the memberships; a user left with none on any node is no longer present
-/// (silently: its leave script, which runs later, finds its membership gone).
+/// left before it, their leave script may never have run: Redis was unreachable); those from
+/// the mark on are kept (they joined after it, and their own join script counts them whether
+/// it ran before or runs after this one). The counts are then those of the memberships; a
+/// user left with none on any node (its total in `pu` reaches 0) is no longer present, and
+/// its leave is announced as the leave script would (a leave script that runs later finds its
+/// membership gone and announces nothing). A user still counted on another node or through
+/// another membership is not announced.
+///
+/// As with `EVICT`, if such a leaving user has no prepared announcement, changes nothing and
+/// returns `['need', user, data, ...]`: the caller prepares them and calls again. Returns
+/// `['done']` otherwise.
 const REGISTER: &str = r"
 local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local node, mark = ARGV[1], tonumber(ARGV[3])
 local prefix = node .. '|'
+local first = 5 + 2 * tonumber(ARGV[4])
+local leaves = {}
+for i = 5, first - 1, 2 do leaves[ARGV[i]] = ARGV[i + 1] end
 local keep, data, body = {}, {}, {}
-for i = 4, #ARGV, 4 do
+for i = first, #ARGV, 4 do
   local u = ARGV[i]
   data[u], body[u] = ARGV[i + 1], ARGV[i + 2]
   for t in string.gmatch(ARGV[i + 3], '%S+') do keep[t] = u end
 end
+local drop, merged = {}, {}
 local h = redis.call('HGETALL', pk)
 for i = 1, #h, 2 do
   if string.sub(h[i], 1, #prefix) == prefix then
     local t = string.sub(h[i], #prefix + 1)
-    if keep[t] == nil and (tonumber(t) or 0) < mark then redis.call('HDEL', pk, h[i]) end
+    if keep[t] == nil and (tonumber(t) or 0) < mark then
+      table.insert(drop, h[i])
+    else
+      merged[t] = h[i + 1]
+    end
   end
 end
-for t, u in pairs(keep) do redis.call('HSETNX', pk, prefix .. t, u) end
-local old = {}
+for t, u in pairs(keep) do
+  if merged[t] == nil then merged[t] = u end
+end
+local counts, order = {}, {}
+for _, u in pairs(merged) do
+  if counts[u] == nil then
+    counts[u] = 0
+    table.insert(order, u)
+  end
+  counts[u] = counts[u] + 1
+end
+local old, olds = {}, {}
 h = redis.call('HGETALL', pc)
 for i = 1, #h, 2 do
   if string.sub(h[i], 1, #prefix) == prefix then
-    old[string.sub(h[i], #prefix + 1)] = tonumber(h[i + 1]) or 0
-    redis.call('HDEL', pc, h[i])
+    local u = string.sub(h[i], #prefix + 1)
+    old[u] = tonumber(h[i + 1]) or 0
+    table.insert(olds, u)
   end
 end
-local counts, order = {}, {}
-h = redis.call('HGETALL', pk)
-for i = 1, #h, 2 do
-  if string.sub(h[i], 1, #prefix) == prefix then
-    local u = h[i + 1]
-    if counts[u] == nil then
-      counts[u] = 0
-      table.insert(order, u)
+local need = {'need'}
+for _, u in ipairs(olds) do
+  if counts[u] == nil and tonumber(redis.call('HGET', pu, u) or '0') - old[u] <= 0 then
+    local d = redis.call('HGET', pd, u)
+    if d and leaves[u] == nil then
+      table.insert(need, u)
+      table.insert(need, d)
     end
-    counts[u] = counts[u] + 1
   end
 end
-for u, c in pairs(old) do
-  if counts[u] == nil and redis.call('HINCRBY', pu, u, -c) <= 0 then
+if #need > 1 then return need end
+for _, f in ipairs(drop) do redis.call('HDEL', pk, f) end
+for t, u in pairs(keep) do redis.call('HSETNX', pk, prefix .. t, u) end
+for _, u in ipairs(olds) do
+  redis.call('HDEL', pc, prefix .. u)
+  if counts[u] == nil and redis.call('HINCRBY', pu, u, -old[u]) <= 0 then
     redis.call('HDEL', pu, u)
-    redis.call('HDEL', pd, u)
     redis.call('ZREM', pz, u)
+    if redis.call('HDEL', pd, u) == 1 and leaves[u] then notify(ARGV[2], leaves[u]) end
   end
 end
 for _, u in ipairs(order) do
@@ -383,7 +412,7 @@ for _, u in ipairs(order) do
   if redis.call('HEXISTS', pd, u) == 1 then redis.call('ZADD', pz, 0, u) end
 end
 if #order > 0 then redis.call('HSET', pn, node, #order) else redis.call('HDEL', pn, node) end
-return #order
+return {'done'}
 ";
 
 /// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns 1 if it was still

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 
 use super::lua::MEMBERS_MAX;
 use super::wire::encode_body;
-use super::{Failure, Shared, millis, presence_publication, within};
+use super::{Failure, RoomCounts, Shared, millis, presence_publication, within};
 use crate::error::HubError;
 use crate::hub::{
     ConnectionId, Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication, Topic,
@@ -233,7 +233,9 @@ impl Shared {
     }
 
     /// Restores this node's counts in every room it has members in (first beat, Redis
-    /// restarted, or the node was declared dead), announcing the users that so join.
+    /// restarted, or the node was declared dead), announcing the users that so join, and the
+    /// leaves Redis missed: a user that left this node while its leave script could not run
+    /// (Redis unreachable) and has no connection left on any node.
     ///
     /// Joins and leaves go on meanwhile, and their scripts may reach Redis before or after a
     /// room's register script. So the script takes the room's snapshot with its mark (the
@@ -262,21 +264,7 @@ impl Shared {
                 let users = present.get(&room).cloned().unwrap_or_default();
                 (users, self.nonces.load(Ordering::Relaxed))
             };
-            let keys = self.keys.room(&room);
-            let mut inv = self.scripts.register.prepare_invoke();
-            for key in keys.presence() {
-                inv.key(key);
-            }
-            inv.arg(&node).arg(&keys.topic.channel).arg(mark);
-            for (user, (conns, data)) in &users {
-                let p = presence_publication(PRESENCE_JOIN, user, data);
-                let nonces: Vec<String> = conns.values().flatten().map(u64::to_string).collect();
-                inv.arg(&**user)
-                    .arg(data)
-                    .arg(encode_body(&room, &p, self.node))
-                    .arg(nonces.join(" "));
-            }
-            let _: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+            self.register_room(&room, &users, mark).await?;
             // The snapshot's memberships that left meanwhile: leave again.
             let gone: Vec<(Arc<str>, u64, String)> = {
                 let present = self.present.lock();
@@ -303,6 +291,64 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Runs the register script for one room's snapshot `users`, taken when the next nonce
+    /// was `mark`. The first call names the users it drops whose leave must be announced (they
+    /// left this node while Redis could not record it, and no other connection holds them);
+    /// the second brings their announcements, built here as the leave script's are.
+    async fn register_room(
+        &self,
+        room: &Topic,
+        users: &RoomCounts,
+        mark: u64,
+    ) -> Result<(), HubError> {
+        let keys = self.keys.room(room);
+        let joins: Vec<(&str, &str, Vec<u8>, String)> = users
+            .iter()
+            .map(|(user, (conns, data))| {
+                let p = presence_publication(PRESENCE_JOIN, user, data);
+                let nonces: Vec<String> = conns.values().flatten().map(u64::to_string).collect();
+                (
+                    &**user,
+                    data.as_str(),
+                    encode_body(room, &p, self.node),
+                    nonces.join(" "),
+                )
+            })
+            .collect();
+        let mut leaves: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut conn = self.conn.clone();
+        for _ in 0..3 {
+            let mut inv = self.scripts.register.prepare_invoke();
+            for key in keys.presence() {
+                inv.key(key);
+            }
+            inv.arg(self.node_hex())
+                .arg(&keys.topic.channel)
+                .arg(mark)
+                .arg(leaves.len());
+            for (user, body) in &leaves {
+                inv.arg(user).arg(body);
+            }
+            for (user, data, body, nonces) in &joins {
+                inv.arg(*user).arg(*data).arg(body).arg(nonces);
+            }
+            let reply: Vec<String> =
+                within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+            match reply.first().map(String::as_str) {
+                Some("done") => return Ok(()),
+                Some("need") => {
+                    for pair in reply[1..].chunks_exact(2) {
+                        let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
+                        let body = encode_body(room, &p, self.node);
+                        leaves.push((pair[0].clone(), body));
+                    }
+                }
+                _ => return Err(Failure::Reply("register").into()),
+            }
+        }
+        Err(Failure::Reply("register").into())
     }
 
     /// Takes the rooms this node no longer has members in out of its room set (after two
