@@ -32,6 +32,10 @@
 //! over the delivery, at 10 ms resolution, divided by deliveries), the load average at the
 //! start and the server's involuntary context switches (on a busy machine, the runs whose
 //! server was preempted measured the machine).
+//!
+//! `LOAD_SERVER_PREFIX="valgrind --tool=massif"` wraps the server in a profiler;
+//! `LOAD_HTTP1="writev=false,half_close=true,max_buf_size=8192"` sets hyper's HTTP/1 options
+//! on the Salvo-based servers (`Server::http1_mut()`).
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -423,7 +427,26 @@ async fn serve_salvo(bind: SocketAddr, router: Router) -> SocketAddr {
         .first()
         .and_then(|h| h.local_addr.clone().into_std())
         .unwrap_or(bind);
-    tokio::spawn(Server::new(acceptor).serve(router));
+    let mut server = Server::new(acceptor);
+    // LOAD_HTTP1="writev=false,half_close=true": hyper HTTP/1 settings of the Salvo servers,
+    // to measure what `Server::http1_mut()` changes (BENCHMARKS.md, SSE idle memory).
+    for setting in std::env::var("LOAD_HTTP1").unwrap_or_default().split(',') {
+        match setting.trim().split_once('=') {
+            Some(("writev", v)) => {
+                server.http1_mut().writev(v == "true");
+            }
+            Some(("half_close", v)) => {
+                server.http1_mut().half_close(v == "true");
+            }
+            Some(("max_buf_size", v)) => {
+                if let Ok(n) = v.parse::<usize>() {
+                    server.http1_mut().max_buf_size(n.max(8192));
+                }
+            }
+            _ => {}
+        }
+    }
+    tokio::spawn(server.serve(router));
     addr
 }
 
@@ -1982,13 +2005,20 @@ fn ratios(rows: &[Row<'_>]) -> String {
         "| table | server | headline | vs best baseline | KiB/conn vs best | conn/s vs best | CPU/delivery vs best |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-    let best = |table: &str, key: fn(&Row<'_>) -> f64, higher: bool| -> Option<(f64, &str)> {
-        rows.iter()
-            .filter(|r| r.case.table == table && !r.case.kind.starts_with("ours") && r.runs > 0)
-            .map(|r| (key(r), r.case.kind))
-            .filter(|(v, _)| v.is_finite())
-            .reduce(|a, b| if (b.0 > a.0) == higher { b } else { a })
-    };
+    // Baselines of the same protocol only: some tables hold WebSocket and SSE rows.
+    let best =
+        |table: &str, sse: bool, key: fn(&Row<'_>) -> f64, higher: bool| -> Option<(f64, &str)> {
+            rows.iter()
+                .filter(|r| {
+                    r.case.table == table
+                        && r.case.kind.ends_with("sse") == sse
+                        && !r.case.kind.starts_with("ours")
+                        && r.runs > 0
+                })
+                .map(|r| (key(r), r.case.kind))
+                .filter(|(v, _)| v.is_finite())
+                .reduce(|a, b| if (b.0 > a.0) == higher { b } else { a })
+        };
     let ratio = |ours: f64, best: Option<(f64, &str)>| match best {
         Some((b, kind)) if b > 0.0 => format!("{:.2}x ({kind})", ours / b),
         _ => "-".into(),
@@ -1998,24 +2028,25 @@ fn ratios(rows: &[Row<'_>]) -> String {
         .filter(|r| r.case.kind.starts_with("ours") && r.runs > 0)
     {
         let table = r.case.table;
+        let sse = r.case.kind.ends_with("sse");
         let (headline, vs) = if r.case.rate > 0.0 {
             (
                 format!("p99 {:.2} ms", r.p99_ms),
-                ratio(r.p99_ms, best(table, |r| r.p99_ms, false)),
+                ratio(r.p99_ms, best(table, sse, |r| r.p99_ms, false)),
             )
         } else {
             (
                 format!("{:.0} msgs/s", r.msgs_per_sec),
-                ratio(r.msgs_per_sec, best(table, |r| r.msgs_per_sec, true)),
+                ratio(r.msgs_per_sec, best(table, sse, |r| r.msgs_per_sec, true)),
             )
         };
         let _ = writeln!(
             s,
             "| {table} | {} | {headline} | {vs} | {} | {} | {} |",
             r.case.kind,
-            ratio(r.kib_per_conn, best(table, |r| r.kib_per_conn, false)),
-            ratio(r.conns_per_sec, best(table, |r| r.conns_per_sec, true)),
-            ratio(r.cpu_us, best(table, |r| r.cpu_us, false)),
+            ratio(r.kib_per_conn, best(table, sse, |r| r.kib_per_conn, false)),
+            ratio(r.conns_per_sec, best(table, sse, |r| r.conns_per_sec, true)),
+            ratio(r.cpu_us, best(table, sse, |r| r.cpu_us, false)),
         );
     }
     s
@@ -2153,4 +2184,102 @@ fn plot(jsonl: &str) -> Result<String, BoxError> {
     }
     let _ = writeln!(s, "</svg>");
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver(messages: u64) -> Receiver {
+        Receiver::new(Arc::new(Shared {
+            messages,
+            histogram: Histogram::new(),
+            delivered: AtomicU64::new(0),
+            complete: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
+            last_rx_ns: AtomicU64::new(0),
+        }))
+    }
+
+    fn feed(source: &mut EventSource, rx: &mut Receiver, text: &str) {
+        for line in text.split('\n') {
+            let line = line.as_bytes();
+            source.line(line.strip_suffix(b"\r").unwrap_or(line), rx);
+        }
+    }
+
+    #[test]
+    fn event_source_dispatches_at_the_blank_line_and_keeps_the_id() {
+        let (mut source, mut rx) = (EventSource::default(), receiver(2));
+        feed(
+            &mut source,
+            &mut rx,
+            "retry:3000\n\n:\n\nid: 5-0\ndata: {\"i\":0,",
+        );
+        // No blank line yet: nothing dispatched, the id not yet the last one.
+        assert_eq!(rx.tally.distinct, 0);
+        feed(&mut source, &mut rx, "data: \"t\":1}\r\n\r\nevent: x\n\n");
+        assert_eq!(rx.tally.distinct, 1, "one event, its two data lines joined");
+        assert_eq!(rx.tally.malformed, 0);
+        assert_eq!(source.last_event_id, "5-0");
+        assert_eq!(source.retry_ms, Some(3000));
+        // An event with no data dispatches nothing; a second message counts.
+        feed(&mut source, &mut rx, "data:{\"i\":1,\"t\":2}\n\n");
+        assert_eq!(rx.tally.distinct, 2);
+        assert_eq!(rx.shared.complete.load(Ordering::Acquire), 1);
+    }
+
+    fn row(case: &Case, msgs_per_sec: f64, cpu_us: f64) -> Row<'_> {
+        Row {
+            case,
+            runs: 1,
+            msgs_per_sec,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            p999_ms: 3.0,
+            kib_per_conn: 10.0,
+            conns_per_sec: 100.0,
+            cpu_us,
+            load: 1.0,
+            preempted: 0.0,
+            lost: 0,
+            duplicates: 0,
+        }
+    }
+
+    #[test]
+    fn ratios_compare_with_the_best_baseline_of_the_same_protocol() {
+        let case = |kind| Case {
+            table: "flat",
+            kind,
+            clients: 10,
+            messages: 10,
+            rate: 0.0,
+        };
+        let cases = [
+            case("ours-ws"),
+            case("tungstenite"),
+            case("salvo-handwritten"),
+            case("ours-sse"),
+            case("salvo-sse"),
+        ];
+        let rows = [
+            row(&cases[0], 300.0, 1.0),
+            row(&cases[1], 100.0, 4.0),
+            row(&cases[2], 150.0, 2.0),
+            row(&cases[3], 200.0, 1.0),
+            row(&cases[4], 400.0, 0.5),
+        ];
+        let table = ratios(&rows);
+        assert!(
+            table.contains("| flat | ours-ws | 300 msgs/s | 2.00x (salvo-handwritten) |"),
+            "{table}"
+        );
+        assert!(table.contains("| 0.50x (salvo-handwritten) |"), "{table}");
+        assert!(
+            table.contains("| flat | ours-sse | 200 msgs/s | 0.50x (salvo-sse) |"),
+            "{table}"
+        );
+        assert!(table.contains("| 2.00x (salvo-sse) |"), "{table}");
+    }
 }

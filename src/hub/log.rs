@@ -2,7 +2,6 @@
 //! stream that replays, refills after lag and continues live without gap or duplicate.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +12,7 @@ use futures_util::Stream;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::sync::ReusableBoxFuture;
 
 use super::config::HubConfig;
 use super::{
@@ -934,10 +934,6 @@ impl Stream for TopicStream {
     }
 }
 
-type RecvFuture = Pin<
-    Box<dyn Future<Output = (Result<Message, RecvError>, broadcast::Receiver<Message>)> + Send>,
->;
-
 /// What the live channel gave.
 enum Live {
     Message(Message),
@@ -945,27 +941,44 @@ enum Live {
     Closed,
 }
 
+/// A wait for the next live message, owning the receiver until it resolves.
+type Wait = ReusableBoxFuture<'static, (Result<Message, RecvError>, broadcast::Receiver<Message>)>;
+
+async fn recv_owned(
+    mut rx: broadcast::Receiver<Message>,
+) -> (Result<Message, RecvError>, broadcast::Receiver<Message>) {
+    let result = rx.recv().await;
+    (result, rx)
+}
+
 /// The live side of a subscription. Buffered messages are taken with `try_recv`, with no future
-/// per message; only when the channel is empty is a `recv` future boxed (once per idle period)
-/// to wait for the next one.
+/// per message; only when the channel is empty does a `recv` future wait for the next one, in a
+/// box allocated once per subscription and reused for every later wait, so a wake allocates
+/// nothing.
 struct LiveRx {
+    /// The receiver, when no wait holds it.
     rx: Option<broadcast::Receiver<Message>>,
-    waiting: Option<RecvFuture>,
+    wait: Option<Wait>,
+    waiting: bool,
 }
 
 impl LiveRx {
     fn new(rx: broadcast::Receiver<Message>) -> Self {
         Self {
             rx: Some(rx),
-            waiting: None,
+            wait: None,
+            waiting: false,
         }
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Live> {
         loop {
-            if let Some(waiting) = self.waiting.as_mut() {
-                let (result, rx) = std::task::ready!(waiting.as_mut().poll(cx));
-                self.waiting = None;
+            if self.waiting {
+                let Some(wait) = self.wait.as_mut() else {
+                    return Poll::Ready(Live::Closed);
+                };
+                let (result, rx) = std::task::ready!(wait.poll(cx));
+                self.waiting = false;
                 self.rx = Some(rx);
                 return Poll::Ready(match result {
                     Ok(m) => Live::Message(m),
@@ -981,11 +994,13 @@ impl LiveRx {
                 Err(TryRecvError::Lagged(_)) => return Poll::Ready(Live::Lagged),
                 Err(TryRecvError::Closed) => return Poll::Ready(Live::Closed),
                 Err(TryRecvError::Empty) => {
-                    if let Some(mut rx) = self.rx.take() {
-                        self.waiting = Some(Box::pin(async move {
-                            let result = rx.recv().await;
-                            (result, rx)
-                        }));
+                    if let Some(rx) = self.rx.take() {
+                        let next = recv_owned(rx);
+                        match self.wait.as_mut() {
+                            Some(wait) => wait.set(next),
+                            None => self.wait = Some(ReusableBoxFuture::new(next)),
+                        }
+                        self.waiting = true;
                     }
                 }
             }
