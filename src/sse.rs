@@ -107,10 +107,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use salvo::http::{Request, Response};
 use salvo::{Depot, FlowCtrl, Handler};
@@ -418,67 +419,91 @@ impl<H: Hub> Drop for Live<H> {
     }
 }
 
-/// What ended the wait for the next event.
-enum Next {
-    Event(Bytes),
-    Tick,
-    Drained,
-    HubClosed,
-}
-
 /// The keep-alive comment.
 const COMMENT: &[u8] = b":\n\n";
 
 /// The event stream of one connection: the `retry:` hint, then one chunk per delivery (shared
 /// bytes for messages), a comment when idle, until the drain asks it to close or the hub ends
-/// the subscription.
+/// the subscription. Written out as a `Stream` (not an `unfold` over an async block) so that
+/// an idle stream holds [`Live`] and nothing more.
 fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    futures_util::stream::unfold(live, |mut live| async move {
-        if let Some(retry) = live.retry.take() {
-            let hint = format!("retry:{}\n\n", retry.as_millis());
-            return Some((Ok(Bytes::from(hint)), live));
-        }
+    Events {
+        live,
+        leaving: None,
+        done: false,
+    }
+}
+
+struct Events<H: Hub> {
+    live: Live<H>,
+    /// The hub's `leave`, awaited before the body ends, so that a finished drain means the hub
+    /// saw every leave; `live` (and its slot) drops after that.
+    leaving: Option<tokio::task::JoinHandle<()>>,
+    done: bool,
+}
+
+impl<H: Hub> Stream for Events<H> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
         loop {
-            let next = match live.subscription.as_mut() {
-                Some(subscription) => tokio::select! {
-                    biased;
-                    () = &mut live.drained => Next::Drained,
-                    delivery = subscription.next() => match delivery {
-                        Some(delivery) => {
-                            if let Delivery::Lagged { topic, missed } = &delivery {
-                                tracing::warn!(parent: &live.span, %topic, missed, "sse subscriber lagged");
-                                live._admission.metrics.lagged(*missed);
-                            }
-                            live._admission.metrics.sent(&delivery);
-                            Next::Event(encode(&delivery))
-                        }
-                        None => Next::HubClosed,
-                    },
-                    _ = live.keep_alive.tick() => Next::Tick,
-                },
-                None => Next::HubClosed,
-            };
-            if let Next::Tick = next {
-                live._admission.metrics.flush();
+            if this.done {
+                return Poll::Ready(None);
             }
-            let reason = match next {
-                Next::Event(event) => {
-                    live.sent = true;
-                    return Some((Ok(event), live));
-                }
-                Next::Tick if std::mem::take(&mut live.sent) => continue,
-                Next::Tick => return Some((Ok(Bytes::from_static(COMMENT)), live)),
-                Next::Drained => "drained",
-                Next::HubClosed => "hub closed the subscription",
-            };
-            // Leave before the body ends, so that a finished drain means the hub saw every
-            // leave; `live` (and its slot) drops after that.
-            if let Some(leaving) = live.leave(reason) {
-                let _ = leaving.await;
+            if let Some(leaving) = this.leaving.as_mut() {
+                let _ = std::task::ready!(Pin::new(leaving).poll(cx));
+                this.leaving = None;
+                this.done = true;
+                return Poll::Ready(None);
             }
-            return None;
+            let live = &mut this.live;
+            if let Some(retry) = live.retry.take() {
+                let hint = format!("retry:{}\n\n", retry.as_millis());
+                return Poll::Ready(Some(Ok(Bytes::from(hint))));
+            }
+            let reason = match live.poll_event(cx) {
+                Poll::Ready(Ok(bytes)) => return Poll::Ready(Some(Ok(bytes))),
+                Poll::Ready(Err(reason)) => reason,
+                Poll::Pending => return Poll::Pending,
+            };
+            this.leaving = live.leave(reason);
+            this.done = this.leaving.is_none();
         }
-    })
+    }
+}
+
+impl<H: Hub> Live<H> {
+    /// The next chunk to send, or why the stream ends. Drain first, then deliveries, then the
+    /// keep-alive tick (a comment only if nothing was sent since the last one).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, &'static str>> {
+        loop {
+            let Some(subscription) = self.subscription.as_mut() else {
+                return Poll::Ready(Err("hub closed the subscription"));
+            };
+            if self.drained.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err("drained"));
+            }
+            match Pin::new(subscription).poll_next(cx) {
+                Poll::Ready(Some(delivery)) => {
+                    if let Delivery::Lagged { topic, missed } = &delivery {
+                        tracing::warn!(parent: &self.span, %topic, missed, "sse subscriber lagged");
+                        self._admission.metrics.lagged(*missed);
+                    }
+                    self._admission.metrics.sent(&delivery);
+                    self.sent = true;
+                    return Poll::Ready(Ok(encode(&delivery)));
+                }
+                Poll::Ready(None) => return Poll::Ready(Err("hub closed the subscription")),
+                Poll::Pending => {}
+            }
+            std::task::ready!(self.keep_alive.poll_tick(cx));
+            self._admission.metrics.flush();
+            if !std::mem::take(&mut self.sent) {
+                return Poll::Ready(Ok(Bytes::from_static(COMMENT)));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
