@@ -34,6 +34,9 @@ pub(crate) struct Control {
     added: Mutex<Vec<TopicStream>>,
     /// Messages sent to this connection alone, at most [`PUSH_CAPACITY`].
     pushed: Mutex<VecDeque<Delivery>>,
+    /// Whether `pushed` holds anything (set and cleared under its lock), so that a poll takes
+    /// the lock only when there is something to take.
+    has_pushed: AtomicBool,
     dirty: AtomicBool,
     closed: AtomicBool,
     waker: AtomicWaker,
@@ -51,6 +54,7 @@ impl Control {
                 return Err(delivery);
             }
             pushed.push_back(delivery);
+            self.has_pushed.store(true, Ordering::Release);
         }
         self.waker.wake();
         Ok(())
@@ -88,6 +92,7 @@ impl Subscription {
 
     pub(crate) fn absorb_added(&mut self) {
         if let Some(control) = &self.control
+            && control.dirty.load(Ordering::Acquire)
             && control.dirty.swap(false, Ordering::AcqRel)
         {
             let added = std::mem::take(&mut *control.added.lock());
@@ -115,9 +120,17 @@ impl Stream for Subscription {
         }
         this.absorb_added();
         if let Some(control) = &this.control
-            && let Some(pushed) = control.pushed.lock().pop_front()
+            && control.has_pushed.load(Ordering::Acquire)
         {
-            return Poll::Ready(Some(pushed));
+            let mut pushed = control.pushed.lock();
+            let next = pushed.pop_front();
+            if pushed.is_empty() {
+                control.has_pushed.store(false, Ordering::Release);
+            }
+            drop(pushed);
+            if let Some(next) = next {
+                return Poll::Ready(Some(next));
+            }
         }
         let mut i = 0;
         while i < this.streams.len() {
