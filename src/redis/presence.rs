@@ -336,16 +336,8 @@ impl Shared {
             }
             let reply: Vec<String> =
                 within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-            match reply.first().map(String::as_str) {
-                Some("done") => return Ok(()),
-                Some("need") => {
-                    for pair in reply[1..].chunks_exact(2) {
-                        let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
-                        let body = encode_body(room, &p, self.node);
-                        leaves.push((pair[0].clone(), body));
-                    }
-                }
-                _ => return Err(Failure::Reply("register").into()),
+            if self.leaves_needed(room, &reply, &mut leaves, "register")? {
+                return Ok(());
             }
         }
         Err(Failure::Reply("register").into())
@@ -462,6 +454,29 @@ impl Shared {
     }
 
     /// Removes a dead node's counts from one room and announces the leaves, in one script.
+    /// Reads the reply of a presence script that announces leaves (EVICT, REGISTER): `done`
+    /// (true), or `need` with the `(user, data)` pairs whose leave announcements the next call
+    /// must bring, which are encoded into `leaves` (false).
+    fn leaves_needed(
+        &self,
+        room: &Topic,
+        reply: &[String],
+        leaves: &mut Vec<(String, Vec<u8>)>,
+        op: &'static str,
+    ) -> Result<bool, HubError> {
+        match reply.first().map(String::as_str) {
+            Some("done") => Ok(true),
+            Some("need") => {
+                for pair in reply[1..].chunks_exact(2) {
+                    let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
+                    leaves.push((pair[0].clone(), encode_body(room, &p, self.node)));
+                }
+                Ok(false)
+            }
+            _ => Err(Failure::Reply(op).into()),
+        }
+    }
+
     async fn evict(&self, node: &str, room: &Topic) -> Result<(), HubError> {
         let keys = self.keys.room(room);
         let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
@@ -478,16 +493,8 @@ impl Shared {
             }
             let reply: Vec<String> =
                 within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-            match reply.first().map(String::as_str) {
-                Some("done") => return Ok(()),
-                Some("need") => {
-                    for pair in reply[1..].chunks_exact(2) {
-                        let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
-                        let body = encode_body(room, &p, self.node);
-                        bodies.push((pair[0].clone(), body));
-                    }
-                }
-                _ => return Err(Failure::Reply("evict").into()),
+            if self.leaves_needed(room, &reply, &mut bodies, "evict")? {
+                return Ok(());
             }
         }
         Err(Failure::Reply("evict").into())
