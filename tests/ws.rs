@@ -1177,3 +1177,43 @@ async fn a_client_that_pauses_reading_gets_everything_in_order_afterwards() {
     back_to_baseline(&hub, &ep).await;
     server.stop().await;
 }
+
+// `PresenceMode::Count` over a real socket: the presence frame a client parses carries the
+// room's user count and no member list, and later joins send the room nothing; `Full` carries
+// the same count beside the list.
+#[tokio::test]
+async fn presence_frames_carry_the_count_and_count_mode_sends_only_that() {
+    use salvo_realtime::PresenceMode;
+    for mode in [PresenceMode::Count, PresenceMode::Full] {
+        let hub = hub(HubConfig::new().presence_mode(mode));
+        let ep = endpoint(&hub);
+        let server = serve(ep.clone()).await;
+        let mut first = connect(&server, "/ws/hall?user=ann").await;
+        let (_, pages) = until_presence_done(&mut first).await;
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0]["count"], 1, "{mode:?}: {}", pages[0]);
+        let mut second = connect(&server, "/ws/hall?user=bob").await;
+        let (_, pages) = until_presence_done(&mut second).await;
+        assert_eq!(pages[0]["count"], 2, "{mode:?}: {}", pages[0]);
+        let listed = pages[0]["members"].as_array().map_or(0, Vec::len);
+        hub.inner()
+            .broadcast("hall", "after")
+            .await
+            .expect("broadcast");
+        let next = next_json(&mut first).await;
+        match mode {
+            PresenceMode::Count => {
+                assert_eq!(listed, 0);
+                // No join notice for bob: the next frame is the broadcast.
+                assert_eq!(next["data"], "after", "{next}");
+            }
+            _ => {
+                assert_eq!(listed, 2);
+                assert_eq!(next["event"], "presence.join", "{next}");
+            }
+        }
+        drop((first, second));
+        back_to_baseline(&hub, &ep).await;
+        server.stop().await;
+    }
+}

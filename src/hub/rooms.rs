@@ -471,7 +471,7 @@ impl<B: Backend> Rooms<B> {
         let Ok(room) = room_topic(room) else {
             return Vec::new();
         };
-        match self.snapshot_of(&room).await {
+        match self.inner.snapshot_of(&room).await {
             Ok(members) => members,
             Err(e) => {
                 tracing::warn!(room = %room, error = %e, "presence: backend failed");
@@ -536,11 +536,6 @@ impl<B: Backend> Rooms<B> {
             .backend
             .member_count(&self.inner.rooms, &room)
             .await
-    }
-
-    /// Every member of `room`, page by page.
-    async fn snapshot_of(&self, room: &Topic) -> Result<Vec<Member>, HubError> {
-        self.inner.snapshot_of(room).await
     }
 
     /// The rooms a connection is in.
