@@ -8,9 +8,11 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::task::{Context, Poll, RawWakerVTable, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use salvo::http::StatusCode;
 use salvo::http::header::{HOST, HeaderValue, ORIGIN, RETRY_AFTER};
@@ -957,7 +959,7 @@ pub struct Drain {
 }
 
 struct DrainInner {
-    conns: Mutex<HashMap<ConnectionId, Arc<Notify>>>,
+    conns: Mutex<HashMap<ConnectionId, Arc<DrainSignal>>>,
     draining: AtomicBool,
     emptied: Notify,
     batch: AtomicUsize,
@@ -1012,14 +1014,14 @@ impl Drain {
         self.inner.draining.store(true, Ordering::Release);
         let batch = self.inner.batch.load(Ordering::Relaxed);
         let pause = *self.inner.pause.lock();
-        let notices: Vec<Arc<Notify>> = self.inner.conns.lock().values().cloned().collect();
+        let notices: Vec<Arc<DrainSignal>> = self.inner.conns.lock().values().cloned().collect();
         let closing = async {
             for (i, chunk) in notices.chunks(batch).enumerate() {
                 if i > 0 {
                     tokio::time::sleep(pause).await;
                 }
-                for notify in chunk {
-                    notify.notify_one();
+                for signal in chunk {
+                    signal.request();
                 }
             }
             loop {
@@ -1036,18 +1038,19 @@ impl Drain {
 
     /// Registers a connection; `None` when draining (the caller answers 503).
     pub(crate) fn register(&self, id: ConnectionId) -> Option<DrainGuard> {
-        let notify = Arc::new(Notify::new());
+        let signal = Arc::new(DrainSignal::default());
         {
             let mut conns = self.inner.conns.lock();
             if self.is_draining() {
                 return None;
             }
-            conns.insert(id, Arc::clone(&notify));
+            conns.insert(id, Arc::clone(&signal));
         }
         Some(DrainGuard {
             drain: self.clone(),
             id,
-            notify,
+            signal,
+            registered: LastWaker::default(),
         })
     }
 }
@@ -1065,15 +1068,71 @@ impl fmt::Debug for Drain {
 pub(crate) struct DrainGuard {
     drain: Drain,
     id: ConnectionId,
-    notify: Arc<Notify>,
+    signal: Arc<DrainSignal>,
+    /// The waker last registered in `signal`.
+    registered: LastWaker,
+}
+
+/// The identity of the waker a poll registered last (what `Waker::will_wake` compares), so
+/// that the next poll can skip registering the same one again. Atomics only so that its owner
+/// stays `Send` and `Sync`: just the task that polls touches it.
+#[derive(Default)]
+pub(crate) struct LastWaker(AtomicPtr<()>, AtomicPtr<RawWakerVTable>);
+
+impl LastWaker {
+    /// Whether `waker` is the one [`set`](Self::set) last.
+    pub(crate) fn is(&self, waker: &Waker) -> bool {
+        std::ptr::eq(self.0.load(Ordering::Relaxed), waker.data())
+            && std::ptr::eq(self.1.load(Ordering::Relaxed), waker.vtable())
+    }
+
+    /// Remembers `waker` as the one registered.
+    pub(crate) fn set(&self, waker: &Waker) {
+        self.0.store(waker.data().cast_mut(), Ordering::Relaxed);
+        self.1.store(
+            std::ptr::from_ref(waker.vtable()).cast_mut(),
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl DrainGuard {
-    /// Completes when the drain asks this connection to close. The future owns what it needs,
-    /// so a connection creates it once and keeps it pinned across all its waits.
-    pub(crate) fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
-        let notify = Arc::clone(&self.notify);
-        async move { notify.notified().await }
+    /// Ready once the drain has asked this connection to close. Polled on every wake of the
+    /// connection, so it is a flag and a waker slot, with no lock (a `Notify` takes its mutex on
+    /// every poll).
+    ///
+    /// Until the request, the waker registered stays in place (only the request takes it), so
+    /// a poll with the same waker as last time is one load.
+    pub(crate) fn poll_requested(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = &*self.signal;
+        if signal.requested.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let waker = cx.waker();
+        if self.registered.is(waker) {
+            return Poll::Pending;
+        }
+        signal.waker.register(waker);
+        self.registered.set(waker);
+        if signal.requested.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One connection's drain request: set once, wakes whoever polled last.
+#[derive(Default)]
+struct DrainSignal {
+    requested: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl DrainSignal {
+    fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 

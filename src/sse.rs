@@ -235,18 +235,16 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             topics = ?conn.topics(),
             "sse connected"
         );
-        let drained = Box::pin(admission.drain.requested());
         let mut keep_alive = tokio::time::interval_at(
             tokio::time::Instant::now() + self.keep_alive,
             self.keep_alive.max(Duration::from_millis(1)),
         );
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let live = Live {
-            drained,
             hub: Arc::clone(&self.hub),
             conn,
             subscription: Some(subscription),
-            _admission: admission,
+            admission: admission,
             span,
             opened: Instant::now(),
             retry: Some(self.retry),
@@ -376,13 +374,11 @@ struct Live<H: Hub> {
     subscription: Option<H::Subscription>,
     /// Held for its `Drop`: the cap slot, the drain registration and the open-connection
     /// metrics go with the stream. Its metrics count the events sent.
-    _admission: Admission,
+    admission: Admission,
     span: Span,
     opened: Instant,
     /// The `retry:` hint, until it has been sent.
     retry: Option<Duration>,
-    /// Completes when a graceful drain asks the stream to end; created once, not per event.
-    drained: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Ticks every keep-alive period; a comment goes out on a tick only if nothing was sent
     /// since the last one (one timer per stream, never reset per event).
     keep_alive: tokio::time::Interval,
@@ -481,16 +477,16 @@ impl<H: Hub> Live<H> {
             let Some(subscription) = self.subscription.as_mut() else {
                 return Poll::Ready(Err("hub closed the subscription"));
             };
-            if self.drained.as_mut().poll(cx).is_ready() {
+            if self.admission.drain.poll_requested(cx).is_ready() {
                 return Poll::Ready(Err("drained"));
             }
             match Pin::new(subscription).poll_next(cx) {
                 Poll::Ready(Some(delivery)) => {
                     if let Delivery::Lagged { topic, missed } = &delivery {
                         tracing::warn!(parent: &self.span, %topic, missed, "sse subscriber lagged");
-                        self._admission.metrics.lagged(*missed);
+                        self.admission.metrics.lagged(*missed);
                     }
-                    self._admission.metrics.sent(&delivery);
+                    self.admission.metrics.sent(&delivery);
                     self.sent = true;
                     return Poll::Ready(Ok(encode(&delivery)));
                 }
@@ -498,7 +494,7 @@ impl<H: Hub> Live<H> {
                 Poll::Pending => {}
             }
             std::task::ready!(self.keep_alive.poll_tick(cx));
-            self._admission.metrics.flush();
+            self.admission.metrics.flush();
             if !std::mem::take(&mut self.sent) {
                 return Poll::Ready(Ok(Bytes::from_static(COMMENT)));
             }

@@ -196,22 +196,33 @@
 //! connection stays bounded whatever the publish rate.
 
 use std::fmt;
+use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, Sink as _, SinkExt, Stream, StreamExt};
-use salvo::websocket::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use salvo::conn::ConnCtrl;
+use salvo::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use salvo::http::headers::{self, HeaderMapExt, SecWebsocketAccept, SecWebsocketKey};
+use salvo::http::{StatusCode, StatusError};
+use salvo::hyper::upgrade::{OnUpgrade, Upgraded};
+use salvo::rt::tokio::TokioIo;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tracing::Instrument;
 
-use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
+use crate::endpoint::{Admission, Admitted, Common, LastWaker, Transport, common_builders};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload, Publication};
 use crate::metrics::ConnMetrics;
@@ -238,6 +249,9 @@ pub mod close_code {
 }
 
 use close_code::{GOING_AWAY, INTERNAL, INVALID_DATA, NORMAL, POLICY, PROTOCOL_ERROR, TOO_BIG};
+
+/// The socket after the upgrade.
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long a closing connection waits for the client's Close after sending its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -528,42 +542,68 @@ impl<H: Hub> Handler for WsEndpoint<H> {
                 return;
             }
         };
-        let hub = Arc::clone(&self.hub);
-        let settings = Arc::clone(&self.settings);
         let span = tracing::info_span!(
             "websocket",
             conn = %admitted.conn.id(),
             user = admitted.conn.user_id().unwrap_or("-"),
             peer = ?admitted.conn.remote_addr(),
         );
-        // Handed to the connection task; taken back if the upgrade fails. If the client
-        // vanishes mid-upgrade, the task's closure is dropped with it, and so is this: the
-        // subscription's drop leaves the hub and the admission frees the slot.
-        let joined = Arc::new(parking_lot::Mutex::new(Some((admitted, sub))));
-        let handoff = Arc::clone(&joined);
-        let mut upgrade = WebSocketUpgrade::with_config(self.config());
-        if channel {
-            upgrade = upgrade.protocols(&[SUBPROTOCOL]);
+        // The handshake was checked whole before the join (`check_handshake`); what is left is
+        // the 101 and the connection it hands over. Without it (not an HTTP/1.1 connection
+        // that can be upgraded), the join is undone.
+        let key = req.headers().typed_get::<SecWebsocketKey>();
+        let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+        let (Some(key), Some(on_upgrade)) = (key, on_upgrade) else {
+            tracing::info!("websocket upgrade impossible after the join");
+            self.hub.leave(&admitted.conn, sub).await;
+            res.render(
+                StatusError::bad_request()
+                    .brief("this connection can't be upgraded to a websocket"),
+            );
+            return;
+        };
+        // A WebSocket is long-lived and quiet stretches are normal: Salvo's idle and
+        // write-stall fuses (when the server runs with them) must not cut it.
+        if let Some(ctrl) = req.extensions().get::<ConnCtrl>() {
+            ctrl.relax_timeouts();
         }
-        let upgraded = upgrade
-            .upgrade(req, res, move |ws| {
-                let taken = handoff.lock().take();
-                async move {
-                    if let Some((admitted, sub)) = taken {
+        res.status_code(StatusCode::SWITCHING_PROTOCOLS);
+        let headers = res.headers_mut();
+        headers.typed_insert(headers::Connection::upgrade());
+        headers.typed_insert(headers::Upgrade::websocket());
+        headers.typed_insert(SecWebsocketAccept::from(key));
+        if channel {
+            headers.insert(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        let hub = Arc::clone(&self.hub);
+        let settings = Arc::clone(&self.settings);
+        let config = self.config();
+        // If the client vanishes mid-upgrade, the upgrade fails (or the task is dropped with
+        // the runtime): either way the subscription leaves the hub and the admission frees
+        // the slot.
+        tokio::spawn(
+            async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let ws = Socket::from_raw_socket(
+                            TokioIo::new(upgraded),
+                            Role::Server,
+                            Some(config),
+                        )
+                        .await;
                         serve(ws, hub, admitted, sub, settings, channel).await;
                     }
+                    Err(e) => {
+                        tracing::info!(error = %e, "websocket upgrade failed after the join");
+                        hub.leave(&admitted.conn, sub).await;
+                    }
                 }
-                .instrument(span)
-            })
-            .await;
-        if let Err(e) = upgraded {
-            tracing::info!(error = %e, "websocket upgrade failed after the join");
-            let taken = joined.lock().take();
-            if let Some((admitted, sub)) = taken {
-                self.hub.leave(&admitted.conn, sub).await;
             }
-            res.render(e);
-        }
+            .instrument(span),
+        );
     }
 }
 
@@ -640,21 +680,16 @@ impl End {
     }
 }
 
-fn classify(error: &salvo::Error) -> End {
-    if let salvo::Error::Other(e) = error
-        && let Some(e) = e.downcast_ref::<tungstenite::Error>()
-    {
-        return match e {
-            tungstenite::Error::Capacity(_) => End::Close(TOO_BIG, "message too big"),
-            tungstenite::Error::Utf8(_) => End::Close(INVALID_DATA, "invalid utf-8"),
-            tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            ) => End::Gone("connection reset"),
-            tungstenite::Error::Protocol(_) => End::Close(PROTOCOL_ERROR, "protocol error"),
-            _ => End::Gone("connection error"),
-        };
+fn classify(error: &tungstenite::Error) -> End {
+    match error {
+        tungstenite::Error::Capacity(_) => End::Close(TOO_BIG, "message too big"),
+        tungstenite::Error::Utf8(_) => End::Close(INVALID_DATA, "invalid utf-8"),
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => End::Gone("connection reset"),
+        tungstenite::Error::Protocol(_) => End::Close(PROTOCOL_ERROR, "protocol error"),
+        _ => End::Gone("connection error"),
     }
-    End::Gone("connection error")
 }
 
 fn json_frame(bytes: bytes::Bytes) -> WsMessage {
@@ -682,6 +717,45 @@ fn frame(delivery: &Delivery, framing: Framing) -> Option<WsMessage> {
     }
 }
 
+/// The opcode and payload of a message's frame, for writing below tungstenite; `None` for
+/// every other delivery (they are rare and go through tungstenite).
+fn lone_data(delivery: &Delivery, framing: Framing) -> Option<(u8, &[u8])> {
+    let Delivery::Message(m) = delivery else {
+        return None;
+    };
+    match framing {
+        Framing::Envelope => Some((OP_TEXT, m.envelope_json())),
+        Framing::Raw if m.is_ephemeral() => None,
+        Framing::Raw if m.payload().is_text() => Some((OP_TEXT, m.payload().bytes())),
+        Framing::Raw => Some((OP_BINARY, m.payload().bytes())),
+    }
+}
+
+/// RFC 6455 §5.2 opcodes.
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+
+/// The header of a final, unmasked (server-to-client) frame of `len` payload bytes, and how
+/// many of the ten bytes it takes (RFC 6455 §5.2).
+fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut header = [0u8; 10];
+    header[0] = 0x80 | opcode;
+    let used = if len < 126 {
+        // Fits in seven bits: the cast keeps it exactly.
+        header[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (header, used)
+}
+
 /// How far a burst got without waiting ([`Pump::burst_now`]).
 enum Fast {
     /// Everything was written and flushed.
@@ -692,12 +766,9 @@ enum Fast {
     End(End),
 }
 
-type Sink = SplitSink<WebSocket, WsMessage>;
-type Source = SplitStream<WebSocket>;
-
 /// One connection's whole life after the upgrade.
 async fn serve<H: Hub>(
-    ws: WebSocket,
+    ws: Socket,
     hub: Arc<H>,
     admitted: Admitted,
     mut sub: H::Subscription,
@@ -709,15 +780,14 @@ async fn serve<H: Hub>(
         conn,
         mut admission,
     } = admitted;
-    let (sink, mut source) = ws.split();
     tracing::info!(channel, "connected");
-    let mut pump = Pump::new(sink, &*hub, &conn, &settings, channel);
+    let mut pump = Pump::new(ws, &*hub, &conn, &settings, channel);
     pump.metrics = admission.metrics.take();
-    let end = pump.run(&mut source, &mut sub, &admission).await;
+    let end = pump.run(&mut sub, &admission).await;
     if let End::Close(code, _) = &end {
         pump.metrics.close_code(Some(*code));
     }
-    finish(&mut pump.sink, &mut source, &end).await;
+    finish(&mut pump.ws, &end).await;
     hub.leave(&conn, sub).await;
     drop(admission);
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -727,23 +797,26 @@ async fn serve<H: Hub>(
 /// The closing handshake (RFC 6455 §5.5.1, §7), in one place: after the client's Close, send
 /// the answer tungstenite queued; after our own, wait for the client's. Either way the server
 /// then closes TCP (the socket drops when this returns). Bounded by [`CLOSE_WAIT`].
-async fn finish(sink: &mut Sink, source: &mut Source, end: &End) {
+async fn finish(ws: &mut Socket, end: &End) {
     let closing = async {
         match end {
             End::ClientClosed => {
                 // Writes the queued Close answer; tungstenite then reports the socket closed.
-                let _ = sink.flush().await;
+                let _ = ws.flush().await;
             }
             End::Close(code, reason) => {
-                if sink
-                    .send(WsMessage::close_with(*code, *reason))
+                if ws
+                    .send(WsMessage::Close(Some(CloseFrame {
+                        code: (*code).into(),
+                        reason: Utf8Bytes::from_static(reason),
+                    })))
                     .await
                     .is_err()
                 {
                     return;
                 }
                 // Read until the client's Close (or anything that ends the stream).
-                while let Some(Ok(_)) = source.next().await {}
+                while let Some(Ok(_)) = ws.next().await {}
             }
             End::Gone(_) => {}
         }
@@ -768,10 +841,108 @@ impl Clock {
     }
 }
 
+/// The pump's `select!` branches that are polled only after their own waker fired: the drain
+/// request and the socket's read half. A wake for a delivery then doesn't also poll the read
+/// half (the split lock, tungstenite's waker proxy and tokio's readiness check) or the drain
+/// signal only to hear they are still pending; what each costs is mostly a cache miss on a
+/// cold connection, 5,000 of them per message at scale. Each branch's inner poll gets the
+/// branch's own waker, which marks the branch and wakes the task; the marks share one word.
+struct Gates {
+    state: Arc<GateState>,
+    /// One waker per branch, index = [`DRAIN`] or [`READ`].
+    wakers: [Waker; 2],
+    /// The task waker last registered in `state`.
+    registered: LastWaker,
+}
+
+/// The drain branch of [`Gates`].
+const DRAIN: usize = 0;
+/// The read branch of [`Gates`].
+const READ: usize = 1;
+
+struct GateState {
+    /// Bit `1 << branch`: the branch's inner future or stream may be ready, poll it. Set at
+    /// first, on a wake, and after a ready poll (a stream may have more buffered, with no wake
+    /// to come).
+    woken: AtomicU8,
+    task: AtomicWaker,
+}
+
+/// One branch's waker.
+struct Branch {
+    state: Arc<GateState>,
+    bit: u8,
+}
+
+impl Wake for Branch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.state.woken.fetch_or(self.bit, Ordering::Release);
+        self.state.task.wake();
+    }
+}
+
+impl Gates {
+    fn new() -> Self {
+        let state = Arc::new(GateState {
+            woken: AtomicU8::new(u8::MAX),
+            task: AtomicWaker::new(),
+        });
+        let branch = |index: usize| {
+            Waker::from(Arc::new(Branch {
+                state: Arc::clone(&state),
+                bit: 1 << index,
+            }))
+        };
+        let wakers = [branch(DRAIN), branch(READ)];
+        Self {
+            state,
+            wakers,
+            registered: LastWaker::default(),
+        }
+    }
+
+    /// Polls `inner` with the branch's waker if the branch woke since it last returned
+    /// `Pending`.
+    ///
+    /// The task's waker is registered again only when it may be missing: when it changed, or
+    /// when a mark is set (a branch's wake takes the registered waker out). In the common
+    /// case, a wake for a delivery with every mark clear, this is one load.
+    fn poll<T>(
+        &self,
+        branch: usize,
+        cx: &mut Context<'_>,
+        inner: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let bit = 1 << branch;
+        let waker = cx.waker();
+        let mut woken = self.state.woken.load(Ordering::Acquire);
+        if woken != 0 || !self.registered.is(waker) {
+            // Registered before the mark is read again: a wake after that read wakes the task.
+            self.state.task.register(waker);
+            self.registered.set(waker);
+            woken = self.state.woken.load(Ordering::Acquire);
+        }
+        if woken & bit == 0 {
+            return Poll::Pending;
+        }
+        self.state.woken.fetch_and(!bit, Ordering::AcqRel);
+        let ready = inner(&mut Context::from_waker(&self.wakers[branch]));
+        if ready.is_ready() {
+            self.state.woken.fetch_or(bit, Ordering::Release);
+        }
+        ready
+    }
+}
+
 /// A connection's outbound side and per-connection state; each step of the loop is a method
 /// returning whether to go on.
 struct Pump<'a, H> {
-    sink: Sink,
+    /// The socket, not split: the read branch and the writes take turns within the one task.
+    ws: Socket,
     hub: &'a H,
     conn: &'a Connection,
     settings: &'a Settings,
@@ -781,11 +952,16 @@ struct Pump<'a, H> {
     clock: Clock,
     /// Counts handed to the metrics facade in batches (zero-sized without the feature).
     metrics: ConnMetrics,
+    /// A read may have left tungstenite holding bytes it hasn't written (a pong, a close
+    /// answer): flush it before writing below it.
+    unflushed: bool,
+    /// The part of a frame written below tungstenite that the socket didn't take yet.
+    unsent: Option<Vec<u8>>,
 }
 
 impl<'a, H: Hub> Pump<'a, H> {
     fn new(
-        sink: Sink,
+        ws: Socket,
         hub: &'a H,
         conn: &'a Connection,
         settings: &'a Settings,
@@ -793,13 +969,15 @@ impl<'a, H: Hub> Pump<'a, H> {
     ) -> Self {
         let now = Instant::now();
         Self {
-            sink,
+            ws,
             hub,
             conn,
             settings,
             channel,
             bucket: settings.rate.map(Bucket::new),
             metrics: ConnMetrics::none(),
+            unflushed: false,
+            unsent: None,
             clock: Clock {
                 next_ping: now + settings.ping_interval,
                 pong_due: None,
@@ -812,17 +990,11 @@ impl<'a, H: Hub> Pump<'a, H> {
     /// subscription, or a deadline. Channel commands run beside the deliveries: calls
     /// concurrently (up to [`MAX_CALLS`]), the others one at a time in order; reading pauses
     /// while one of those runs or the calls are at their limit.
-    async fn run(
-        &mut self,
-        source: &mut Source,
-        sub: &mut H::Subscription,
-        admission: &Admission,
-    ) -> End {
+    async fn run(&mut self, sub: &mut H::Subscription, admission: &Admission) -> End {
         let (hub, conn) = (self.hub, self.conn);
         let timer = tokio::time::sleep_until(self.clock.next());
         tokio::pin!(timer);
-        let drain = admission.drain.requested();
-        tokio::pin!(drain);
+        let gates = Gates::new();
         let mut ordered: Option<Pending<'a>> = None;
         // Created on the first call: most connections never make one, and an empty set still
         // allocates.
@@ -833,7 +1005,9 @@ impl<'a, H: Hub> Pump<'a, H> {
             let reading = ordered.is_none() && running < MAX_CALLS;
             let step = tokio::select! {
                 biased;
-                () = &mut drain => ControlFlow::Break(End::Close(GOING_AWAY, "server shutting down")),
+                () = std::future::poll_fn(|cx| gates.poll(DRAIN, cx, |cx| admission.drain.poll_requested(cx))) => {
+                    ControlFlow::Break(End::Close(GOING_AWAY, "server shutting down"))
+                }
                 done = async {
                     match ordered.as_mut() {
                         Some(command) => command.await,
@@ -848,7 +1022,8 @@ impl<'a, H: Hub> Pump<'a, H> {
                 Some(done) = async { calls.as_mut()?.next().await }, if running > 0 => {
                     Box::pin(self.answer(sub, &mut in_flight, done)).await
                 }
-                frame = source.next(), if reading => {
+                frame = std::future::poll_fn(|cx| gates.poll(READ, cx, |cx| self.ws.poll_next_unpin(cx))), if reading => {
+                    self.unflushed = true;
                     // Boxed: a client frame is rare on most connections, and its handling (the
                     // hub's receive, a refusal) shouldn't be part of every idle one's state.
                     let step = match Box::pin(self.inbound(frame, sub)).await {
@@ -928,7 +1103,7 @@ impl<'a, H: Hub> Pump<'a, H> {
     /// channel protocol, the command it carries (handled by the caller).
     async fn inbound(
         &mut self,
-        frame: Option<Result<WsMessage, salvo::Error>>,
+        frame: Option<Result<WsMessage, tungstenite::Error>>,
         sub: &mut H::Subscription,
     ) -> ControlFlow<End, Option<protocol::Request>> {
         let msg = match frame {
@@ -937,8 +1112,10 @@ impl<'a, H: Hub> Pump<'a, H> {
             Some(Ok(msg)) => msg,
         };
         if msg.is_close() {
-            self.metrics
-                .close_code(msg.close_frame().map(|(code, _)| code));
+            self.metrics.close_code(match &msg {
+                WsMessage::Close(Some(frame)) => Some(frame.code.into()),
+                _ => None,
+            });
             return ControlFlow::Break(End::ClientClosed);
         }
         let within_rate = self.bucket.as_mut().is_none_or(Bucket::take);
@@ -972,12 +1149,10 @@ impl<'a, H: Hub> Pump<'a, H> {
                 .map_continue(|()| None);
         }
         if self.channel {
-            let parsed = match (msg.is_text(), msg.as_str()) {
-                (true, Ok(text)) => protocol::parse(text),
-                (true, Err(_)) => {
-                    return ControlFlow::Break(End::Close(INVALID_DATA, "invalid utf-8"));
-                }
-                (false, _) => Err(protocol::Invalid {
+            // Tungstenite checks UTF-8 as it reads: a text frame is valid here.
+            let parsed = match &msg {
+                WsMessage::Text(text) => protocol::parse(text.as_str()),
+                _ => Err(protocol::Invalid {
                     reference: None,
                     code: "bad_frame",
                     message: "the channel protocol takes JSON text frames".to_owned(),
@@ -993,13 +1168,9 @@ impl<'a, H: Hub> Pump<'a, H> {
                 }
             };
         }
-        let payload = if msg.is_text() {
-            match msg.as_str() {
-                Ok(text) => Payload::text(text),
-                Err(_) => return ControlFlow::Break(End::Close(INVALID_DATA, "invalid utf-8")),
-            }
-        } else {
-            Payload::binary(bytes::Bytes::copy_from_slice(msg.as_bytes()))
+        let payload = match msg {
+            WsMessage::Text(text) => Payload::text(text.as_str()),
+            other => Payload::binary(other.into_data()),
         };
         match self.hub.receive(self.conn, payload).await {
             Ok(()) => ControlFlow::Continue(None),
@@ -1105,6 +1276,16 @@ impl<'a, H: Hub> Pump<'a, H> {
         first: Delivery,
     ) -> Fast {
         let (framing, max_batch) = (self.settings.framing, self.settings.max_batch);
+        // A message with nothing ready after it (every wake at low rates) is written below
+        // tungstenite, straight from the message's shared bytes; a batch goes through
+        // tungstenite's buffer and one write.
+        let mut queued = None;
+        if lone_data(&first, framing).is_some() {
+            match Pin::new(&mut *sub).poll_next(cx) {
+                Poll::Ready(Some(after)) => queued = Some(after),
+                _ => return self.write_lone(cx, first),
+            }
+        }
         let mut next = Some(first);
         let (mut sent, mut buffered) = (0, 0);
         while let Some(delivery) = next.take() {
@@ -1112,18 +1293,18 @@ impl<'a, H: Hub> Pump<'a, H> {
                 return Fast::Blocked(Some(delivery));
             }
             if let Some(frame) = frame(&delivery, framing) {
-                match Pin::new(&mut self.sink).poll_ready(cx) {
+                match Pin::new(&mut self.ws).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
                     Poll::Pending => return Fast::Blocked(Some(delivery)),
                 }
                 self.metrics.sent(&delivery);
-                buffered += frame.as_bytes().len();
-                if Pin::new(&mut self.sink).start_send(frame).is_err() {
+                buffered += frame.len();
+                if Pin::new(&mut self.ws).start_send(frame).is_err() {
                     return Fast::End(End::Gone("send failed"));
                 }
                 if buffered >= self.settings.max_write_buffer {
-                    match Pin::new(&mut self.sink).poll_flush(cx) {
+                    match Pin::new(&mut self.ws).poll_flush(cx) {
                         Poll::Ready(Ok(())) => buffered = 0,
                         Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
                         Poll::Pending => return Fast::Blocked(None),
@@ -1131,13 +1312,63 @@ impl<'a, H: Hub> Pump<'a, H> {
                 }
             }
             sent += 1;
-            if sent < max_batch
+            if let Some(after) = queued.take() {
+                next = Some(after);
+            } else if sent < max_batch
                 && let Poll::Ready(Some(delivery)) = Pin::new(&mut *sub).poll_next(cx)
             {
                 next = Some(delivery);
             }
         }
-        match Pin::new(&mut self.sink).poll_flush(cx) {
+        match Pin::new(&mut self.ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.metrics.flush();
+                Fast::Sent
+            }
+            Poll::Ready(Err(_)) => Fast::End(End::Gone("send failed")),
+            Poll::Pending => Fast::Blocked(None),
+        }
+    }
+
+    /// Writes one message's frame to the socket under tungstenite, a header on the stack and
+    /// the message's shared bytes in one vectored write: no copy, no reference count, no
+    /// allocation. Tungstenite must have nothing buffered (it is flushed first if a read may
+    /// have queued a pong or a close answer); what the socket doesn't take is kept in
+    /// [`unsent`](Self::unsent) and written by the timed path before anything else.
+    fn write_lone(&mut self, cx: &mut Context<'_>, delivery: Delivery) -> Fast {
+        if self.unflushed {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+                Poll::Pending => return Fast::Blocked(Some(delivery)),
+            }
+        }
+        let Some((opcode, data)) = lone_data(&delivery, self.settings.framing) else {
+            return Fast::Blocked(Some(delivery));
+        };
+        let (header, header_len) = frame_header(opcode, data.len());
+        let header = &header[..header_len];
+        let io = Pin::new(self.ws.get_mut());
+        let bufs = [IoSlice::new(header), IoSlice::new(data)];
+        let written = match io.poll_write_vectored(cx, &bufs) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+            Poll::Ready(Ok(n)) => n,
+            // Nothing written: the timed path sends it through tungstenite.
+            Poll::Pending => return Fast::Blocked(Some(delivery)),
+        };
+        self.metrics.sent(&delivery);
+        if written < header.len() + data.len() {
+            let mut rest = Vec::with_capacity(header.len() + data.len() - written);
+            if written < header.len() {
+                rest.extend_from_slice(&header[written..]);
+                rest.extend_from_slice(data);
+            } else {
+                rest.extend_from_slice(&data[written - header.len()..]);
+            }
+            self.unsent = Some(rest);
+            return Fast::Blocked(None);
+        }
+        match Pin::new(self.ws.get_mut()).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 self.metrics.flush();
                 Fast::Sent
@@ -1159,7 +1390,7 @@ impl<'a, H: Hub> Pump<'a, H> {
             return ControlFlow::Break(End::Close(NORMAL, "idle timeout"));
         }
         if now >= self.clock.next_ping {
-            let sent = self.send_now(WsMessage::ping(bytes::Bytes::new())).await;
+            let sent = self.send_now(WsMessage::Ping(bytes::Bytes::new())).await;
             self.clock
                 .pong_due
                 .get_or_insert(now + self.settings.pong_timeout);
@@ -1171,7 +1402,7 @@ impl<'a, H: Hub> Pump<'a, H> {
 
     /// Sends one frame and flushes, within the send timeout.
     async fn send_now(&mut self, msg: WsMessage) -> ControlFlow<End> {
-        match tokio::time::timeout(self.settings.send_timeout, self.sink.send(msg)).await {
+        match tokio::time::timeout(self.settings.send_timeout, self.ws.send(msg)).await {
             Ok(Ok(())) => ControlFlow::Continue(()),
             _ => ControlFlow::Break(End::Gone("send failed")),
         }
@@ -1187,9 +1418,16 @@ impl<'a, H: Hub> Pump<'a, H> {
         first: Option<Delivery>,
     ) -> Option<End> {
         let settings = self.settings;
-        let sink = &mut self.sink;
+        let unsent = self.unsent.take();
+        let sink = &mut self.ws;
         let metrics = &mut self.metrics;
         let burst = async {
+            // The rest of a frame written below tungstenite goes first, whole.
+            if let Some(unsent) = unsent
+                && sink.get_mut().write_all(&unsent).await.is_err()
+            {
+                return Some(End::Gone("send failed"));
+            }
             let mut next = first;
             let (mut sent, mut buffered) = (0, 0);
             while let Some(delivery) = next.take() {
@@ -1207,7 +1445,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 }
                 if let Some(frame) = frame(&delivery, settings.framing) {
                     metrics.sent(&delivery);
-                    buffered += frame.as_bytes().len();
+                    buffered += frame.len();
                     if sink.feed(frame).await.is_err() {
                         return Some(End::Gone("send failed"));
                     }
@@ -1237,5 +1475,95 @@ impl<'a, H: Hub> Pump<'a, H> {
                 Some(End::Gone("send timed out"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::{DRAIN, Gates, READ, frame_header};
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_gate_polls_its_branch_only_after_the_branch_woke() {
+        let task = Arc::new(Count::default());
+        let task_waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&task_waker);
+        let gates = Gates::new();
+        let polls = Cell::new(0);
+        let saved: RefCell<Option<Waker>> = RefCell::new(None);
+        let pending = |cx: &mut Context<'_>| {
+            polls.set(polls.get() + 1);
+            *saved.borrow_mut() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        };
+        let ready = |_: &mut Context<'_>| {
+            polls.set(polls.get() + 1);
+            Poll::Ready(())
+        };
+        // Polled at first, then not again until its waker fires.
+        assert!(gates.poll(READ, &mut cx, pending).is_pending());
+        let read_waker = saved.borrow_mut().take().expect("registered");
+        assert!(gates.poll(READ, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 1);
+        // The other branch has its own mark.
+        assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 2);
+        assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 2);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        read_waker.wake_by_ref();
+        assert_eq!(
+            task.0.load(Ordering::SeqCst),
+            1,
+            "the wake reaches the task"
+        );
+        assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 2, "the drain branch didn't wake");
+        assert!(gates.poll(READ, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 3, "the read branch did");
+        // A ready branch is polled again next time (a stream may have more buffered).
+        read_waker.wake_by_ref();
+        assert!(gates.poll(READ, &mut cx, ready).is_ready());
+        assert!(gates.poll(READ, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 5);
+        // A second wake with nothing between reaches the task too (it was registered again).
+        read_waker.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 3);
+        assert!(gates.poll(READ, &mut cx, pending).is_pending());
+        // With a new task waker, a wake reaches the new one.
+        let other = Arc::new(Count::default());
+        let other_waker = Waker::from(Arc::clone(&other));
+        let mut cx = Context::from_waker(&other_waker);
+        assert!(gates.poll(READ, &mut cx, pending).is_pending());
+        read_waker.wake_by_ref();
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn frame_headers_use_the_shortest_length_form() {
+        let head = |op, len| {
+            let (bytes, used) = frame_header(op, len);
+            bytes[..used].to_vec()
+        };
+        assert_eq!(head(0x1, 0), [0x81, 0]);
+        assert_eq!(head(0x2, 125), [0x82, 125]);
+        assert_eq!(head(0x1, 126), [0x81, 126, 0, 126]);
+        assert_eq!(head(0x1, 65_535), [0x81, 126, 0xff, 0xff]);
+        assert_eq!(head(0x1, 65_536), [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 }

@@ -693,19 +693,35 @@ fn client_close(code: u16) -> Vec<u8> {
     ]
 }
 
-/// Reads one unmasked server frame: (opcode, payload).
+/// Reads one server frame, which must be final and unmasked (RFC 6455 §5.1, §5.2, §5.4: the
+/// server sends no fragments): (opcode, payload).
 async fn server_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
     use tokio::io::AsyncReadExt;
     let read = async {
         let mut head = [0u8; 2];
         tcp.read_exact(&mut head).await.expect("frame header");
+        assert_eq!(
+            head[0] & 0xf0,
+            0x80,
+            "FIN set, no RSV bits: {:#04x}",
+            head[0]
+        );
+        assert_eq!(head[1] & 0x80, 0, "a server frame is never masked");
         let len = match head[1] & 0x7f {
             126 => {
                 let mut ext = [0u8; 2];
                 tcp.read_exact(&mut ext).await.expect("length");
-                usize::from(u16::from_be_bytes(ext))
+                let len = usize::from(u16::from_be_bytes(ext));
+                assert!(len >= 126, "the shortest length form is used");
+                len
             }
-            127 => panic!("unexpectedly large frame"),
+            127 => {
+                let mut ext = [0u8; 8];
+                tcp.read_exact(&mut ext).await.expect("length");
+                let len = usize::try_from(u64::from_be_bytes(ext)).expect("length fits");
+                assert!(len > 0xffff, "the shortest length form is used");
+                len
+            }
             n => usize::from(n),
         };
         let mut payload = vec![0u8; len];
@@ -1216,4 +1232,83 @@ async fn presence_frames_carry_the_count_and_count_mode_sends_only_that() {
         back_to_baseline(&hub, &ep).await;
         server.stop().await;
     }
+}
+
+/// A masked client frame (RFC 6455 §5.3) with a payload under 126 bytes.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5au8, 0xa5, 0x3c, 0xc3];
+    let len = u8::try_from(payload.len()).expect("short payload");
+    assert!(len < 126);
+    let mut frame = vec![0x80 | opcode, 0x80 | len];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
+}
+
+// A message with nothing queued behind it is written below tungstenite, straight from its shared
+// bytes. Read by a raw client (not tungstenite), every length class arrives as one exact, final,
+// unmasked frame in the shortest length form, text and binary; a frame much larger than the
+// socket buffers (written in parts while the client doesn't read) arrives whole, and the pong to
+// a ping sent meanwhile comes after it, never inside it.
+#[tokio::test]
+async fn lone_messages_are_exact_frames_of_every_length_class() {
+    use tokio::io::AsyncWriteExt;
+    let hub = hub(HubConfig::new().max_payload(8 << 20));
+    let ep = endpoint(&hub).framing(Framing::Raw);
+    let server = serve(ep.clone()).await;
+    let mut tcp = raw_ws(&server, "/ws/frames?user=raw").await;
+    eventually(|| ep.open_connections() == 1).await;
+    let rooms = hub.inner();
+    for (i, len) in [0usize, 1, 125, 126, 127, 65_535, 65_536, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        let fill = char::from(b'a' + u8::try_from(i).expect("few"));
+        let text: String = std::iter::repeat_n(fill, len).collect();
+        rooms
+            .broadcast("frames", text.as_str())
+            .await
+            .expect("broadcast");
+        let (opcode, payload) = server_frame(&mut tcp).await;
+        assert_eq!(opcode, 0x1, "text, {len} bytes");
+        assert_eq!(payload.len(), len);
+        assert!(
+            payload.iter().all(|b| *b == fill as u8),
+            "{len} bytes intact"
+        );
+    }
+    let binary: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    rooms
+        .broadcast(
+            "frames",
+            salvo_realtime::Payload::binary(bytes::Bytes::from(binary.clone())),
+        )
+        .await
+        .expect("broadcast");
+    assert_eq!(server_frame(&mut tcp).await, (0x2, binary));
+
+    // 6 MiB while the client reads nothing: the socket takes part, the rest waits.
+    let big: String = std::iter::repeat_n('z', 6 << 20).collect();
+    rooms
+        .broadcast("frames", big.as_str())
+        .await
+        .expect("broadcast");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tcp.write_all(&client_frame(0x9, b"are you there"))
+        .await
+        .expect("ping");
+    let (opcode, payload) = server_frame(&mut tcp).await;
+    assert_eq!((opcode, payload.len()), (0x1, big.len()));
+    assert!(payload.iter().all(|b| *b == b'z'), "the big frame is whole");
+    assert_eq!(
+        server_frame(&mut tcp).await,
+        (0xA, b"are you there".to_vec())
+    );
+    // After the read that queued the pong, the next message still comes out clean.
+    rooms.broadcast("frames", "after").await.expect("broadcast");
+    assert_eq!(server_frame(&mut tcp).await, (0x1, b"after".to_vec()));
+    assert_eq!(ep.open_connections(), 1, "never dropped");
+    drop(tcp);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
 }
