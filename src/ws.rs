@@ -45,8 +45,9 @@
 //!
 //! The connection joins the hub before the `101` is sent, so everything published after the
 //! client sees the upgrade reaches it. Then one task serves it: it sends every delivery that
-//! is ready and flushes once per burst, reads client frames into [`Hub::receive`], pings, and
-//! enforces the limits below. On every way out it completes the closing handshake, leaves the
+//! is ready and flushes once per burst (a message with nothing behind it is one write of its
+//! frame, made from the message's bytes that every subscriber shares), reads client frames into
+//! [`Hub::receive`], pings, and enforces the limits below. On every way out it completes the closing handshake, leaves the
 //! hub exactly once and frees its slot.
 //!
 //! # Resume
@@ -849,8 +850,8 @@ impl Clock {
 /// branch's own waker, which marks the branch and wakes the task; the marks share one word.
 struct Gates {
     state: Arc<GateState>,
-    /// One waker per branch, index = [`DRAIN`] or [`READ`].
-    wakers: [Waker; 2],
+    /// One waker per branch, index = [`DRAIN`], [`READ`] or [`TIMER`].
+    wakers: [Waker; 3],
     /// The task waker last registered in `state`.
     registered: LastWaker,
 }
@@ -859,6 +860,8 @@ struct Gates {
 const DRAIN: usize = 0;
 /// The read branch of [`Gates`].
 const READ: usize = 1;
+/// The heartbeat and idle timer's branch of [`Gates`].
+const TIMER: usize = 2;
 
 struct GateState {
     /// Bit `1 << branch`: the branch's inner future or stream may be ready, poll it. Set at
@@ -897,12 +900,17 @@ impl Gates {
                 bit: 1 << index,
             }))
         };
-        let wakers = [branch(DRAIN), branch(READ)];
+        let wakers = [branch(DRAIN), branch(READ), branch(TIMER)];
         Self {
             state,
             wakers,
             registered: LastWaker::default(),
         }
+    }
+
+    /// Marks `branch` to be polled next time (its future was replaced or reset).
+    fn open(&self, branch: usize) {
+        self.state.woken.fetch_or(1 << branch, Ordering::Release);
     }
 
     /// Polls `inner` with the branch's waker if the branch woke since it last returned
@@ -1050,12 +1058,14 @@ impl<'a, H: Hub> Pump<'a, H> {
                         ControlFlow::Break(end) => ControlFlow::Break(end),
                     };
                     timer.as_mut().reset(self.clock.next());
+                    gates.open(TIMER);
                     step
                 }
                 delivery = sub.next() => self.deliver(delivery, sub).await,
-                () = &mut timer => {
+                () = std::future::poll_fn(|cx| gates.poll(TIMER, cx, |cx| timer.as_mut().poll(cx))) => {
                     let step = Box::pin(self.tick()).await;
                     timer.as_mut().reset(self.clock.next());
+                    gates.open(TIMER);
                     step
                 }
             };
