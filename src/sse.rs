@@ -107,11 +107,13 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use parking_lot::Mutex;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use salvo::http::{Request, Response};
 use salvo::{Depot, FlowCtrl, Handler};
@@ -142,19 +144,19 @@ use crate::{Connection, Delivery, EventName, Hub};
 pub struct SseEndpoint<H> {
     hub: Arc<H>,
     common: Common,
-    keep_alive: Duration,
+    keep_alive: Arc<Clock>,
     retry: Duration,
 }
 
 /// Clones serve the same hub. Each clone has its own settings (changing a clone's never
-/// changes the original's); the live state is shared: the open-connection count and the
-/// [`Drain`](crate::Drain).
+/// changes the original's); the live state is shared: the open-connection count, the
+/// [`Drain`](crate::Drain) and the keep-alive timer (until the clone sets its own period).
 impl<H> Clone for SseEndpoint<H> {
     fn clone(&self) -> Self {
         Self {
             hub: Arc::clone(&self.hub),
             common: self.common.clone(),
-            keep_alive: self.keep_alive,
+            keep_alive: Arc::clone(&self.keep_alive),
             retry: self.retry,
         }
     }
@@ -164,7 +166,7 @@ impl<H> fmt::Debug for SseEndpoint<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SseEndpoint")
             .field("common", &self.common)
-            .field("keep_alive", &self.keep_alive)
+            .field("keep_alive", &self.keep_alive.period)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -177,17 +179,18 @@ impl<H: Hub> SseEndpoint<H> {
         Self {
             hub: Arc::new(hub),
             common: Common::new(),
-            keep_alive: Duration::from_secs(15),
+            keep_alive: Arc::new(Clock::new(Duration::from_secs(15))),
             retry: Duration::from_secs(3),
         }
     }
 
     /// Sends a comment line at the end of each period of this length in which nothing else
     /// was sent, so that proxies and load balancers don't close an idle stream and a vanished
-    /// client is noticed. One timer per stream, never reset per event. Default: 15 s.
+    /// client is noticed. One timer per endpoint, shared by its streams (so a stream's first
+    /// period may be shorter), never reset per event. Default: 15 s.
     #[must_use]
     pub fn keep_alive(mut self, every: Duration) -> Self {
-        self.keep_alive = every;
+        self.keep_alive = Arc::new(Clock::new(every));
         self
     }
 
@@ -235,24 +238,21 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             topics = ?conn.topics(),
             "sse connected"
         );
-        let mut keep_alive = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.keep_alive,
-            self.keep_alive.max(Duration::from_millis(1)),
-        );
-        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let live = Live {
             hub: Arc::clone(&self.hub),
             conn,
             subscription: Some(subscription),
-            admission: admission,
+            admission,
             span,
             opened: Instant::now(),
-            retry: Some(self.retry),
-            keep_alive,
+            keep_alive: self.keep_alive.register(),
             sent: false,
         };
-        res.stream(events(live));
+        res.stream(events(live, self.retry));
         let headers = res.headers_mut();
+        // Room for the three headers below and no more: on an empty map a first insert
+        // reserves six, and an idle stream keeps its headers for its whole life.
+        let _ = headers.try_reserve(3);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         // An event stream must never be stored at all, nor buffered by nginx.
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -377,11 +377,9 @@ struct Live<H: Hub> {
     admission: Admission,
     span: Span,
     opened: Instant,
-    /// The `retry:` hint, until it has been sent.
-    retry: Option<Duration>,
     /// Ticks every keep-alive period; a comment goes out on a tick only if nothing was sent
-    /// since the last one (one timer per stream, never reset per event).
-    keep_alive: tokio::time::Interval,
+    /// since the last one (the endpoint's one timer, never reset per event).
+    keep_alive: Tick,
     /// Whether an event went out since the last tick.
     sent: bool,
 }
@@ -422,20 +420,30 @@ const COMMENT: &[u8] = b":\n\n";
 /// bytes for messages), a comment when idle, until the drain asks it to close or the hub ends
 /// the subscription. Written out as a `Stream` (not an `unfold` over an async block) so that
 /// an idle stream holds [`Live`] and nothing more.
-fn events<H: Hub>(live: Live<H>) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+fn events<H: Hub>(
+    live: Live<H>,
+    retry: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     Events {
         live,
-        leaving: None,
-        done: false,
+        phase: Phase::Retry(retry),
     }
 }
 
 struct Events<H: Hub> {
     live: Live<H>,
+    phase: Phase,
+}
+
+/// Where an event stream is (one field, so an idle stream holds no more than it needs).
+enum Phase {
+    /// The `retry:` hint is still to be sent.
+    Retry(Duration),
+    Streaming,
     /// The hub's `leave`, awaited before the body ends, so that a finished drain means the hub
     /// saw every leave; `live` (and its slot) drops after that.
-    leaving: Option<tokio::task::JoinHandle<()>>,
-    done: bool,
+    Leaving(tokio::task::JoinHandle<()>),
+    Done,
 }
 
 impl<H: Hub> Stream for Events<H> {
@@ -444,27 +452,27 @@ impl<H: Hub> Stream for Events<H> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            if let Some(leaving) = this.leaving.as_mut() {
-                let _ = std::task::ready!(Pin::new(leaving).poll(cx));
-                this.leaving = None;
-                this.done = true;
-                return Poll::Ready(None);
+            match &mut this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Leaving(leaving) => {
+                    let _ = std::task::ready!(Pin::new(leaving).poll(cx));
+                    this.phase = Phase::Done;
+                    return Poll::Ready(None);
+                }
+                Phase::Retry(retry) => {
+                    let hint = format!("retry:{}\n\n", retry.as_millis());
+                    this.phase = Phase::Streaming;
+                    return Poll::Ready(Some(Ok(Bytes::from(hint))));
+                }
+                Phase::Streaming => {}
             }
             let live = &mut this.live;
-            if let Some(retry) = live.retry.take() {
-                let hint = format!("retry:{}\n\n", retry.as_millis());
-                return Poll::Ready(Some(Ok(Bytes::from(hint))));
-            }
             let reason = match live.poll_event(cx) {
                 Poll::Ready(Ok(bytes)) => return Poll::Ready(Some(Ok(bytes))),
                 Poll::Ready(Err(reason)) => reason,
                 Poll::Pending => return Poll::Pending,
             };
-            this.leaving = live.leave(reason);
-            this.done = this.leaving.is_none();
+            this.phase = live.leave(reason).map_or(Phase::Done, Phase::Leaving);
         }
     }
 }
@@ -493,7 +501,7 @@ impl<H: Hub> Live<H> {
                 Poll::Ready(None) => return Poll::Ready(Err("hub closed the subscription")),
                 Poll::Pending => {}
             }
-            std::task::ready!(self.keep_alive.poll_tick(cx));
+            std::task::ready!(self.keep_alive.poll_tick(cx.waker()));
             self.admission.metrics.flush();
             if !std::mem::take(&mut self.sent) {
                 return Poll::Ready(Ok(Bytes::from_static(COMMENT)));
@@ -502,9 +510,220 @@ impl<H: Hub> Live<H> {
     }
 }
 
+/// The keep-alive timer of an endpoint, shared by all its streams: one task sleeps a period,
+/// bumps `ticks` and wakes every stream, which then sends a comment if it sent nothing since
+/// its last tick. A stream holds a slot here instead of a timer of its own (a `Sleep` is over a
+/// hundred bytes, on the heap behind an `Interval`). The task runs while any stream is
+/// registered and ends at the first tick with none.
+struct Clock {
+    period: Duration,
+    /// How many periods have passed (wrapping); bumped under `state`'s lock.
+    ticks: AtomicU32,
+    state: Mutex<ClockState>,
+}
+
+#[derive(Default)]
+struct ClockState {
+    /// Each registered stream's waker, by slot; `None` for a free slot or a stream that was
+    /// never polled.
+    wakers: Vec<Option<Waker>>,
+    /// The free slots of `wakers`.
+    free: Vec<u32>,
+    /// How many streams hold a slot.
+    streams: usize,
+    /// Whether the ticking task runs.
+    running: bool,
+}
+
+impl Clock {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            ticks: AtomicU32::new(0),
+            state: Mutex::default(),
+        }
+    }
+
+    /// A slot for one more stream; starts the ticking task if it isn't running (with no
+    /// runtime, which a Salvo handler always has, the stream simply never ticks).
+    fn register(self: &Arc<Self>) -> Tick {
+        let mut state = self.state.lock();
+        let slot = if let Some(slot) = state.free.pop() {
+            slot
+        } else {
+            state.wakers.push(None);
+            // Past u32::MAX streams (never), a slot that doesn't exist: the stream never ticks.
+            u32::try_from(state.wakers.len() - 1).unwrap_or(u32::MAX)
+        };
+        state.streams += 1;
+        if !state.running
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            state.running = true;
+            runtime.spawn(Arc::clone(self).run());
+        }
+        Tick {
+            clock: Arc::clone(self),
+            slot,
+            seen: self.ticks.load(Ordering::Acquire),
+            waker: None,
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let period = self.period.max(Duration::from_millis(1));
+        let mut running = Running {
+            clock: Arc::clone(&self),
+            ended: false,
+        };
+        loop {
+            tokio::time::sleep(period).await;
+            let mut state = self.state.lock();
+            if state.streams == 0 {
+                state.running = false;
+                running.ended = true;
+                return;
+            }
+            self.ticks.fetch_add(1, Ordering::AcqRel);
+            for waker in state.wakers.iter().flatten() {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// Marks the ticking task gone if its runtime drops it mid-sleep (a runtime shut down while the
+/// endpoint lives on), so that the next stream starts a new one.
+struct Running {
+    clock: Arc<Clock>,
+    /// Set when the task ends by itself (it has already cleared `running` under the lock).
+    ended: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.clock.state.lock().running = false;
+        }
+    }
+}
+
+/// One stream's slot in its endpoint's [`Clock`]; dropping it frees the slot.
+struct Tick {
+    clock: Arc<Clock>,
+    slot: u32,
+    /// The clock's `ticks` when this stream last took a tick.
+    seen: u32,
+    /// A copy of the waker in the slot, so that a poll takes the clock's lock only when the
+    /// task polling the stream changed.
+    waker: Option<Waker>,
+}
+
+impl Tick {
+    /// Ready once per tick of the clock since the last ready (ticks missed while the stream
+    /// wasn't polled count as one, as `MissedTickBehavior::Delay` would).
+    fn poll_tick(&mut self, waker: &Waker) -> Poll<()> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            if let Some(slot) = self.clock.state.lock().wakers.get_mut(self.slot as usize) {
+                *slot = Some(waker.clone());
+            }
+            self.waker = Some(waker.clone());
+        }
+        // Read after the waker is in place: a tick after this read wakes it.
+        let now = self.clock.ticks.load(Ordering::Acquire);
+        if now == self.seen {
+            Poll::Pending
+        } else {
+            self.seen = now;
+            Poll::Ready(())
+        }
+    }
+}
+
+impl Drop for Tick {
+    fn drop(&mut self) {
+        let mut state = self.clock.state.lock();
+        state.streams -= 1;
+        if let Some(slot) = state.wakers.get_mut(self.slot as usize) {
+            *slot = None;
+            state.free.push(self.slot);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::lines;
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use futures_util::task::noop_waker_ref;
+
+    use super::{Clock, Tick, lines};
+
+    /// Waits (bounded) until `tick` takes a tick of its clock.
+    async fn ticked(tick: &mut Tick) {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| tick.poll_tick(cx.waker())),
+        )
+        .await
+        .expect("a tick within 5 s");
+    }
+
+    #[tokio::test]
+    async fn one_clock_ticks_every_stream_once_per_period_and_stops_with_none_left() {
+        let clock = Arc::new(Clock::new(Duration::from_millis(10)));
+        let mut a = clock.register();
+        let mut b = clock.register();
+        assert!(clock.state.lock().running);
+        ticked(&mut a).await;
+        ticked(&mut b).await;
+        // A tick is taken once: right after it, the next one is still to come.
+        assert_eq!(a.poll_tick(noop_waker_ref()), Poll::Pending);
+
+        // A freed slot goes to the next stream; the slots don't grow.
+        let slot = a.slot;
+        drop(a);
+        let mut c = clock.register();
+        assert_eq!(c.slot, slot);
+        assert_eq!(clock.state.lock().wakers.len(), 2);
+        ticked(&mut c).await;
+
+        drop((b, c));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while clock.state.lock().running {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the clock's task ends once no stream holds a slot");
+        let state = clock.state.lock();
+        assert_eq!(state.streams, 0);
+        assert!(state.wakers.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_clock_outlives_the_runtime_that_ran_its_task() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime")
+        };
+        let clock = Arc::new(Clock::new(Duration::from_millis(10)));
+        let first = runtime();
+        let mut tick = first.block_on(async { clock.register() });
+        first.block_on(ticked(&mut tick));
+        // Shutting the runtime down drops the clock's task; the clock must notice.
+        drop(first);
+        drop(tick);
+        assert!(!clock.state.lock().running);
+        runtime().block_on(async {
+            let mut tick = clock.register();
+            ticked(&mut tick).await;
+        });
+    }
 
     #[test]
     fn lines_split_at_crlf_cr_and_lf() {

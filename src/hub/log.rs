@@ -623,12 +623,12 @@ impl Registry {
                 log: Arc::clone(locked.log),
                 conn,
                 rx,
-                front,
-                buf: VecDeque::new(),
+                front: (!front.is_empty()).then(|| Box::new(front)),
+                buf: None,
                 last: start,
                 replay_end: last,
                 held: None,
-                after_replay: VecDeque::new(),
+                after_replay: None,
                 left,
             }
         }
@@ -752,17 +752,24 @@ pub(crate) struct TopicStream {
     conn: ConnectionId,
     rx: LiveRx,
     /// Notices that go before everything else (a reset, a lag count).
-    front: VecDeque<Delivery>,
+    #[allow(clippy::box_collection, reason = "boxed like `after_replay`")]
+    front: Option<Box<VecDeque<Delivery>>>,
     /// Messages copied from history, about to be delivered.
-    buf: VecDeque<Message>,
+    #[allow(clippy::box_collection, reason = "boxed like `after_replay`")]
+    buf: Option<Box<VecDeque<Message>>>,
     /// Offset of the last message delivered or skipped.
     last: Offset,
     /// Replay from history until `last` reaches this offset; live after.
     replay_end: Offset,
     /// A live message that arrived ahead of a gap; delivered once the gap is replayed.
     held: Option<Message>,
-    /// Delivered once the replay is done (the pages of a presence snapshot).
-    after_replay: VecDeque<Delivery>,
+    /// Delivered once the replay is done (the pages of a presence snapshot); boxed, as most
+    /// streams never have any.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes a stream, not an empty deque's 32"
+    )]
+    after_replay: Option<Box<VecDeque<Delivery>>>,
     /// Set when the connection left the room: the stream ends without delivering more.
     left: Option<Arc<AtomicBool>>,
 }
@@ -775,13 +782,13 @@ impl TopicStream {
     /// Puts a delivery before everything else this stream delivers (a notice that must come
     /// before the topic's replay).
     pub(crate) fn push_front(&mut self, delivery: Delivery) {
-        self.front.push_front(delivery);
+        self.front.get_or_insert_default().push_front(delivery);
     }
 
     /// Sets what is delivered once the replay is done (a presence snapshot fetched after
     /// subscribing, for a remote backend).
     pub(crate) fn set_after_replay(&mut self, deliveries: VecDeque<Delivery>) {
-        self.after_replay = deliveries;
+        self.after_replay = (!deliveries.is_empty()).then(|| Box::new(deliveries));
     }
 
     /// Copies the next chunk of the replay range from history, noting a lag for whatever has
@@ -793,10 +800,12 @@ impl TopicStream {
         let first = state.first_available();
         if self.last + 1 < first {
             let gone_until = (first - 1).min(self.replay_end);
-            self.front.push_back(Delivery::Lagged {
-                topic: self.log.topic.clone(),
-                missed: gone_until - self.last,
-            });
+            self.front
+                .get_or_insert_default()
+                .push_back(Delivery::Lagged {
+                    topic: self.log.topic.clone(),
+                    missed: gone_until - self.last,
+                });
             self.last = gone_until;
         }
         if self.last < self.replay_end {
@@ -805,14 +814,17 @@ impl TopicStream {
                 .unwrap_or(usize::MAX)
                 .min(REPLAY_CHUNK);
             self.buf
+                .get_or_insert_default()
                 .extend(state.history.iter().skip(skip).take(take).cloned());
         }
-        if self.buf.is_empty() && self.last < self.replay_end {
+        if self.buf.as_ref().is_none_or(|b| b.is_empty()) && self.last < self.replay_end {
             // History holds nothing more of the range (capacity 0): count it as lost.
-            self.front.push_back(Delivery::Lagged {
-                topic: self.log.topic.clone(),
-                missed: self.replay_end - self.last,
-            });
+            self.front
+                .get_or_insert_default()
+                .push_back(Delivery::Lagged {
+                    topic: self.log.topic.clone(),
+                    missed: self.replay_end - self.last,
+                });
             self.last = self.replay_end;
         }
     }
@@ -839,17 +851,19 @@ impl TopicStream {
                 .get_or_insert_with(|| broadcast::channel(capacity).0);
             (first, last, sender.subscribe())
         };
-        self.front.push_back(Delivery::Reset(Reset {
-            topic: self.log.topic.clone(),
-            requested: Some(MessageId::new(self.log.epoch, self.last)),
-            epoch: new.epoch,
-            replay_after: MessageId::new(new.epoch, first - 1),
-            reason: ResetReason::EpochChanged,
-        }));
+        self.front
+            .get_or_insert_default()
+            .push_back(Delivery::Reset(Reset {
+                topic: self.log.topic.clone(),
+                requested: Some(MessageId::new(self.log.epoch, self.last)),
+                epoch: new.epoch,
+                replay_after: MessageId::new(new.epoch, first - 1),
+                reason: ResetReason::EpochChanged,
+            }));
         let old = std::mem::replace(&mut self.log, new);
         self.registry.release(&old);
         self.rx = LiveRx::new(rx);
-        self.buf.clear();
+        self.buf = None;
         self.held = None;
         self.last = first - 1;
         self.replay_end = last;
@@ -872,10 +886,10 @@ impl Stream for TopicStream {
             if this.has_left() {
                 return Poll::Ready(None);
             }
-            if let Some(notice) = this.front.pop_front() {
+            if let Some(notice) = this.front.as_mut().and_then(|f| f.pop_front()) {
                 return Poll::Ready(Some(notice));
             }
-            if let Some(m) = this.buf.pop_front() {
+            if let Some(m) = this.buf.as_mut().and_then(|b| b.pop_front()) {
                 this.last = m.id().offset();
                 if m.is_for(this.conn) {
                     return Poll::Ready(Some(Delivery::Message(m)));
@@ -886,7 +900,7 @@ impl Stream for TopicStream {
                 this.refill();
                 continue;
             }
-            if let Some(after) = this.after_replay.pop_front() {
+            if let Some(after) = this.after_replay.as_mut().and_then(|a| a.pop_front()) {
                 return Poll::Ready(Some(after));
             }
             if let Some(m) = this.held.take() {
@@ -956,10 +970,9 @@ async fn recv_owned(
 /// box allocated once per subscription and reused for every later wait, so a wake allocates
 /// nothing.
 struct LiveRx {
-    /// The receiver, when no wait holds it.
+    /// The receiver, when no wait holds it (`None` while waiting).
     rx: Option<broadcast::Receiver<Message>>,
     wait: Option<Wait>,
-    waiting: bool,
 }
 
 impl LiveRx {
@@ -967,18 +980,16 @@ impl LiveRx {
         Self {
             rx: Some(rx),
             wait: None,
-            waiting: false,
         }
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Live> {
         loop {
-            if self.waiting {
+            if self.rx.is_none() {
                 let Some(wait) = self.wait.as_mut() else {
                     return Poll::Ready(Live::Closed);
                 };
                 let (result, rx) = std::task::ready!(wait.poll(cx));
-                self.waiting = false;
                 self.rx = Some(rx);
                 return Poll::Ready(match result {
                     Ok(m) => Live::Message(m),
@@ -1000,7 +1011,6 @@ impl LiveRx {
                             Some(wait) => wait.set(next),
                             None => self.wait = Some(ReusableBoxFuture::new(next)),
                         }
-                        self.waiting = true;
                     }
                 }
             }
