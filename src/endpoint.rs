@@ -8,8 +8,8 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
-use std::task::{Context, Poll, RawWakerVTable, Waker};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::error::HubError;
 use crate::hub::{ConnectionId, DIRECT_PREFIX, Hub, Identity, Position, Topic};
 use crate::metrics::ConnMetrics;
+use crate::wake::LastWaker;
 use crate::{Connection, MessageId};
 
 /// Why a request was refused before it became a connection; mapped to an HTTP status.
@@ -1071,29 +1072,6 @@ pub(crate) struct DrainGuard {
     signal: Arc<DrainSignal>,
     /// The waker last registered in `signal`.
     registered: LastWaker,
-}
-
-/// The identity of the waker a poll registered last (what `Waker::will_wake` compares), so
-/// that the next poll can skip registering the same one again. Atomics only so that its owner
-/// stays `Send` and `Sync`: just the task that polls touches it.
-#[derive(Default)]
-pub(crate) struct LastWaker(AtomicPtr<()>, AtomicPtr<RawWakerVTable>);
-
-impl LastWaker {
-    /// Whether `waker` is the one [`set`](Self::set) last.
-    pub(crate) fn is(&self, waker: &Waker) -> bool {
-        std::ptr::eq(self.0.load(Ordering::Relaxed), waker.data())
-            && std::ptr::eq(self.1.load(Ordering::Relaxed), waker.vtable())
-    }
-
-    /// Remembers `waker` as the one registered.
-    pub(crate) fn set(&self, waker: &Waker) {
-        self.0.store(waker.data().cast_mut(), Ordering::Relaxed);
-        self.1.store(
-            std::ptr::from_ref(waker.vtable()).cast_mut(),
-            Ordering::Relaxed,
-        );
-    }
 }
 
 impl DrainGuard {

@@ -223,11 +223,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tracing::Instrument;
 
-use crate::endpoint::{Admission, Admitted, Common, LastWaker, Transport, common_builders};
+use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload, Publication};
 use crate::metrics::ConnMetrics;
 use crate::protocol::{self, Command, SUBPROTOCOL};
+use crate::wake::LastWaker;
 
 /// The close codes this endpoint sends (RFC 6455 §7.4.1).
 pub mod close_code {

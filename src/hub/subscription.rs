@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use super::Delivery;
 use super::log::TopicStream;
+use crate::wake::LastWaker;
 
 /// The deliveries of one connection joined to a [`PubSub`](crate::PubSub) or
 /// [`Rooms`](crate::Rooms) hub, over all its topics or rooms.
@@ -24,6 +25,8 @@ pub struct Subscription {
     streams: Vec<TopicStream>,
     next: usize,
     control: Option<Arc<Control>>,
+    /// The waker last registered in `control`.
+    registered: LastWaker,
     on_drop: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -40,6 +43,9 @@ pub(crate) struct Control {
     dirty: AtomicBool,
     closed: AtomicBool,
     waker: AtomicWaker,
+    /// Set before each wake (which takes the registered waker out), so that a poll knows to
+    /// register again; otherwise a poll by the same task skips registering.
+    rewake: AtomicBool,
 }
 
 /// How many server-initiated messages may wait for one connection.
@@ -56,22 +62,23 @@ impl Control {
             pushed.push_back(delivery);
             self.has_pushed.store(true, Ordering::Release);
         }
-        self.waker.wake();
+        self.wake();
         Ok(())
     }
 
     pub(crate) fn add(&self, stream: TopicStream) {
         self.added.lock().push(stream);
         self.dirty.store(true, Ordering::Release);
-        self.waker.wake();
+        self.wake();
     }
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.waker.wake();
+        self.wake();
     }
 
     pub(crate) fn wake(&self) {
+        self.rewake.store(true, Ordering::Release);
         self.waker.wake();
     }
 }
@@ -86,6 +93,7 @@ impl Subscription {
             streams,
             next: 0,
             control,
+            registered: LastWaker::default(),
             on_drop,
         }
     }
@@ -113,7 +121,17 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         let this = &mut *self;
         if let Some(control) = &this.control {
-            control.waker.register(cx.waker());
+            // Registered again only when a wake took it out or the task changed; registered
+            // before the flags below are read, so a change after that read wakes the task.
+            let waker = cx.waker();
+            if control.rewake.load(Ordering::Acquire) {
+                control.rewake.store(false, Ordering::Relaxed);
+                control.waker.register(waker);
+                this.registered.set(waker);
+            } else if !this.registered.is(waker) {
+                control.waker.register(waker);
+                this.registered.set(waker);
+            }
             if control.closed.load(Ordering::Acquire) {
                 return Poll::Ready(None);
             }
