@@ -225,7 +225,9 @@ use tracing::Instrument;
 
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::error::HubError;
-use crate::hub::{Connection, Delivery, Hub, Payload, Publication};
+use crate::hub::{
+    Connection, Delivery, Hub, Payload, Publication, WS_BINARY, WS_TEXT, ws_frame_header,
+};
 use crate::metrics::ConnMetrics;
 use crate::protocol::{self, Command, SUBPROTOCOL};
 use crate::wake::LastWaker;
@@ -719,43 +721,25 @@ fn frame(delivery: &Delivery, framing: Framing) -> Option<WsMessage> {
     }
 }
 
-/// The opcode and payload of a message's frame, for writing below tungstenite; `None` for
-/// every other delivery (they are rare and go through tungstenite).
-fn lone_data(delivery: &Delivery, framing: Framing) -> Option<(u8, &[u8])> {
+/// What a message's frame is made of, for writing below tungstenite; `None` for every other
+/// delivery (they are rare and go through tungstenite).
+enum Lone<'d> {
+    /// The whole frame, encoded once per message (an envelope).
+    Frame(&'d [u8]),
+    /// A header to make and the payload after it (raw framing).
+    Parts(u8, &'d [u8]),
+}
+
+fn lone_data(delivery: &Delivery, framing: Framing) -> Option<Lone<'_>> {
     let Delivery::Message(m) = delivery else {
         return None;
     };
     match framing {
-        Framing::Envelope => Some((OP_TEXT, m.envelope_json())),
+        Framing::Envelope => Some(Lone::Frame(m.ws_text_frame())),
         Framing::Raw if m.is_ephemeral() => None,
-        Framing::Raw if m.payload().is_text() => Some((OP_TEXT, m.payload().bytes())),
-        Framing::Raw => Some((OP_BINARY, m.payload().bytes())),
+        Framing::Raw if m.payload().is_text() => Some(Lone::Parts(WS_TEXT, m.payload().bytes())),
+        Framing::Raw => Some(Lone::Parts(WS_BINARY, m.payload().bytes())),
     }
-}
-
-/// RFC 6455 §5.2 opcodes.
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-
-/// The header of a final, unmasked (server-to-client) frame of `len` payload bytes, and how
-/// many of the ten bytes it takes (RFC 6455 §5.2).
-fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
-    let mut header = [0u8; 10];
-    header[0] = 0x80 | opcode;
-    let used = if len < 126 {
-        // Fits in seven bits: the cast keeps it exactly.
-        header[1] = len as u8;
-        2
-    } else if let Ok(short) = u16::try_from(len) {
-        header[1] = 126;
-        header[2..4].copy_from_slice(&short.to_be_bytes());
-        4
-    } else {
-        header[1] = 127;
-        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
-    (header, used)
 }
 
 /// How far a burst got without waiting ([`Pump::burst_now`]).
@@ -863,6 +847,8 @@ const DRAIN: usize = 0;
 const READ: usize = 1;
 /// The heartbeat and idle timer's branch of [`Gates`].
 const TIMER: usize = 2;
+/// Every branch's mark: where a [`Gates`] starts (each branch is polled once to register).
+const BRANCHES: u8 = 1 << DRAIN | 1 << READ | 1 << TIMER;
 
 struct GateState {
     /// Bit `1 << branch`: the branch's inner future or stream may be ready, poll it. Set at
@@ -892,7 +878,7 @@ impl Wake for Branch {
 impl Gates {
     fn new() -> Self {
         let state = Arc::new(GateState {
-            woken: AtomicU8::new(u8::MAX),
+            woken: AtomicU8::new(BRANCHES),
             task: AtomicWaker::new(),
         });
         let branch = |index: usize| {
@@ -1354,27 +1340,39 @@ impl<'a, H: Hub> Pump<'a, H> {
                 Poll::Pending => return Fast::Blocked(Some(delivery)),
             }
         }
-        let Some((opcode, data)) = lone_data(&delivery, self.settings.framing) else {
+        let Some(lone) = lone_data(&delivery, self.settings.framing) else {
             return Fast::Blocked(Some(delivery));
         };
-        let (header, header_len) = frame_header(opcode, data.len());
-        let header = &header[..header_len];
+        let header;
+        let (head, data): (&[u8], &[u8]) = match lone {
+            Lone::Frame(frame) => (frame, &[]),
+            Lone::Parts(opcode, data) => {
+                let used;
+                (header, used) = ws_frame_header(opcode, data.len());
+                (&header[..used], data)
+            }
+        };
         let io = Pin::new(self.ws.get_mut());
-        let bufs = [IoSlice::new(header), IoSlice::new(data)];
-        let written = match io.poll_write_vectored(cx, &bufs) {
+        // One `send` for a whole frame; two parts need a vectored write.
+        let wrote = if data.is_empty() {
+            io.poll_write(cx, head)
+        } else {
+            io.poll_write_vectored(cx, &[IoSlice::new(head), IoSlice::new(data)])
+        };
+        let written = match wrote {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
             Poll::Ready(Ok(n)) => n,
             // Nothing written: the timed path sends it through tungstenite.
             Poll::Pending => return Fast::Blocked(Some(delivery)),
         };
         self.metrics.sent(&delivery);
-        if written < header.len() + data.len() {
-            let mut rest = Vec::with_capacity(header.len() + data.len() - written);
-            if written < header.len() {
-                rest.extend_from_slice(&header[written..]);
+        if written < head.len() + data.len() {
+            let mut rest = Vec::with_capacity(head.len() + data.len() - written);
+            if written < head.len() {
+                rest.extend_from_slice(&head[written..]);
                 rest.extend_from_slice(data);
             } else {
-                rest.extend_from_slice(&data[written - header.len()..]);
+                rest.extend_from_slice(&data[written - head.len()..]);
             }
             self.unsent = Some(rest);
             return Fast::Blocked(None);
@@ -1496,7 +1494,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Wake, Waker};
 
-    use super::{DRAIN, Gates, READ, frame_header};
+    use super::{DRAIN, Gates, READ, TIMER};
+    use crate::hub::ws_frame_header as frame_header;
 
     /// Counts its wakes.
     #[derive(Default)]
@@ -1530,11 +1529,15 @@ mod tests {
         let read_waker = saved.borrow_mut().take().expect("registered");
         assert!(gates.poll(READ, &mut cx, pending).is_pending());
         assert_eq!(polls.get(), 1);
-        // The other branch has its own mark.
+        // The other branches have their own marks.
         assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
         assert_eq!(polls.get(), 2);
         assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
         assert_eq!(polls.get(), 2);
+        assert!(gates.poll(TIMER, &mut cx, pending).is_pending());
+        assert_eq!(polls.get(), 3);
+        // Every branch pending: no mark left, so a poll registers nothing.
+        assert_eq!(gates.state.woken.load(Ordering::SeqCst), 0);
         assert_eq!(task.0.load(Ordering::SeqCst), 0);
         read_waker.wake_by_ref();
         assert_eq!(
@@ -1543,14 +1546,14 @@ mod tests {
             "the wake reaches the task"
         );
         assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 2, "the drain branch didn't wake");
+        assert_eq!(polls.get(), 3, "the drain branch didn't wake");
         assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 3, "the read branch did");
+        assert_eq!(polls.get(), 4, "the read branch did");
         // A ready branch is polled again next time (a stream may have more buffered).
         read_waker.wake_by_ref();
         assert!(gates.poll(READ, &mut cx, ready).is_ready());
         assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 5);
+        assert_eq!(polls.get(), 6);
         // A second wake with nothing between reaches the task too (it was registered again).
         read_waker.wake_by_ref();
         assert_eq!(task.0.load(Ordering::SeqCst), 3);

@@ -1312,3 +1312,61 @@ async fn lone_messages_are_exact_frames_of_every_length_class() {
     back_to_baseline(&hub, &ep).await;
     server.stop().await;
 }
+
+// The same through the envelope framing, where a message's whole frame is encoded once and
+// shared: text lengths that put the envelope on both sides of the 126-byte and 64 KiB length
+// forms, and one far larger than the socket buffers, each an exact final text frame whose JSON
+// carries the text.
+#[tokio::test]
+async fn lone_envelopes_are_exact_frames_of_every_length_class() {
+    use tokio::io::AsyncWriteExt;
+    async fn next_message_frame(tcp: &mut TcpStream) -> (u8, Value) {
+        loop {
+            let (opcode, payload) = server_frame(tcp).await;
+            let v: Value = serde_json::from_slice(&payload).expect("JSON");
+            if v["type"] == "message" {
+                return (opcode, v);
+            }
+        }
+    }
+    let hub = hub(HubConfig::new().max_payload(8 << 20));
+    let ep = endpoint(&hub);
+    let server = serve(ep.clone()).await;
+    let mut tcp = raw_ws(&server, "/ws/frames?user=raw").await;
+    eventually(|| ep.open_connections() == 1).await;
+    let rooms = hub.inner();
+    let lengths = (0..=80)
+        .chain((65_400..=65_560).step_by(8))
+        .chain([200_000, 6 << 20]);
+    for (i, len) in lengths.enumerate() {
+        let fill = char::from(b'a' + u8::try_from(i % 26).expect("few"));
+        let text: String = std::iter::repeat_n(fill, len).collect();
+        rooms
+            .broadcast("frames", text.as_str())
+            .await
+            .expect("broadcast");
+        if len == 6 << 20 {
+            // The client reads nothing for a while and pings: the pong comes after the frame.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tcp.write_all(&client_frame(0x9, b"ping"))
+                .await
+                .expect("ping");
+        }
+        let (opcode, v) = next_message_frame(&mut tcp).await;
+        assert_eq!(opcode, 0x1, "text, {len} bytes");
+        assert_eq!(v["data"].as_str().map(str::len), Some(len));
+        assert_eq!(
+            v["data"].as_str(),
+            Some(text.as_str()),
+            "{len} bytes intact"
+        );
+    }
+    assert_eq!(server_frame(&mut tcp).await, (0xA, b"ping".to_vec()));
+    rooms.broadcast("frames", "after").await.expect("broadcast");
+    let (_, v) = next_message_frame(&mut tcp).await;
+    assert_eq!(v["data"], "after");
+    assert_eq!(ep.open_connections(), 1, "never dropped");
+    drop(tcp);
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}

@@ -684,7 +684,8 @@ struct MessageInner {
     logged_at: Instant,
     /// A live-only notice (presence change): not in history, no offset of its own.
     ephemeral: bool,
-    json: OnceLock<Bytes>,
+    /// The envelope, encoded once by the first subscriber that sends it.
+    json: OnceLock<Encoded>,
     /// The SSE event, encoded once by the first stream that sends it.
     sse: OnceLock<Bytes>,
 }
@@ -828,9 +829,27 @@ impl Message {
     /// JSON string; binary becomes a standard base64 string with `"binary":true` beside it.
     #[must_use]
     pub fn envelope_json(&self) -> &Bytes {
-        self.0
-            .json
-            .get_or_init(|| Bytes::from(self.encode_envelope()))
+        &self.encoded().json
+    }
+
+    /// The envelope as one final, unmasked WebSocket text frame (what a server sends): the
+    /// frame header and then [`envelope_json`](Self::envelope_json), in the same allocation.
+    pub(crate) fn ws_text_frame(&self) -> &Bytes {
+        &self.encoded().frame
+    }
+
+    fn encoded(&self) -> &Encoded {
+        self.0.json.get_or_init(|| {
+            let mut out = self.encode_envelope();
+            let len = out.len() - HEADROOM;
+            let (header, used) = ws_frame_header(WS_TEXT, len);
+            out[HEADROOM - used..HEADROOM].copy_from_slice(&header[..used]);
+            let all = Bytes::from(out);
+            Encoded {
+                frame: all.slice(HEADROOM - used..),
+                json: all.slice(HEADROOM..),
+            }
+        })
     }
 
     /// The message's SSE event bytes, encoded by `encode` the first time and shared after.
@@ -887,9 +906,48 @@ impl Message {
             binary: matches!(data, Data::Binary(_)),
             data,
         };
+        // Room in front for the WebSocket frame header, filled in by the caller.
+        let mut out = vec![0; HEADROOM];
         // Serializing borrowed strings and numbers into a Vec can't fail.
-        serde_json::to_vec(&envelope).unwrap_or_default()
+        let _ = serde_json::to_writer(&mut out, &envelope);
+        out
     }
+}
+
+/// A message's envelope JSON and the same bytes as a WebSocket frame, sharing one buffer.
+struct Encoded {
+    frame: Bytes,
+    json: Bytes,
+}
+
+/// The longest WebSocket frame header a server sends (RFC 6455 §5.2: two bytes, and eight
+/// more for a 64-bit length; no mask).
+const HEADROOM: usize = 10;
+
+/// RFC 6455 §5.2 opcodes.
+pub(crate) const WS_TEXT: u8 = 0x1;
+pub(crate) const WS_BINARY: u8 = 0x2;
+
+/// The header of a final, unmasked (server-to-client) WebSocket frame of `len` payload bytes,
+/// and how many of the ten bytes it takes (RFC 6455 §5.2: the shortest length form).
+pub(crate) fn ws_frame_header(opcode: u8, len: usize) -> ([u8; HEADROOM], usize) {
+    let mut header = [0u8; HEADROOM];
+    header[0] = 0x80 | opcode;
+    let used = if let Ok(short) = u8::try_from(len)
+        && short < 126
+    {
+        header[1] = short;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (header, used)
 }
 
 fn now_ms() -> u64 {

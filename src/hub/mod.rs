@@ -28,6 +28,7 @@ pub use log::Applied;
 pub use message::{
     Epoch, EventName, MAX_JSON_DEPTH, Message, MessageId, Offset, Payload, Publication, Topic,
 };
+pub(crate) use message::{WS_BINARY, WS_TEXT, ws_frame_header};
 pub use pubsub::PubSub;
 pub use rooms::{
     CONNECTION_TOPIC, DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Rooms,
