@@ -47,8 +47,8 @@
 //! client sees the upgrade reaches it. Then one task serves it: it sends every delivery that
 //! is ready and flushes once per burst (a message with nothing behind it is one write of its
 //! frame, made from the message's bytes that every subscriber shares), reads client frames into
-//! [`Hub::receive`], pings, and enforces the limits below. On every way out it completes the closing handshake, leaves the
-//! hub exactly once and frees its slot.
+//! [`Hub::receive`], pings, and enforces the limits below. On every way out it completes the
+//! closing handshake, leaves the hub exactly once and frees its slot.
 //!
 //! # Resume
 //!
@@ -828,9 +828,9 @@ impl Clock {
 }
 
 /// The pump's `select!` branches that are polled only after their own waker fired: the drain
-/// request and the socket's read half. A wake for a delivery then doesn't also poll the read
-/// half (the split lock, tungstenite's waker proxy and tokio's readiness check) or the drain
-/// signal only to hear they are still pending; what each costs is mostly a cache miss on a
+/// request, the socket's read half and the heartbeat timer. A wake for a delivery then doesn't
+/// also poll the read half (tungstenite's waker proxy and tokio's readiness check), the drain
+/// signal or the timer only to hear they are still pending; what each costs is mostly a cache miss on a
 /// cold connection, 5,000 of them per message at scale. Each branch's inner poll gets the
 /// branch's own waker, which marks the branch and wakes the task; the marks share one word.
 struct Gates {
@@ -1327,8 +1327,9 @@ impl<'a, H: Hub> Pump<'a, H> {
         }
     }
 
-    /// Writes one message's frame to the socket under tungstenite, a header on the stack and
-    /// the message's shared bytes in one vectored write: no copy, no reference count, no
+    /// Writes one message's frame to the socket under tungstenite: the frame the message
+    /// encoded once with its envelope, in one write (under [`Framing::Raw`], a header on the
+    /// stack and the shared payload in one vectored write). No copy, no reference count, no
     /// allocation. Tungstenite must have nothing buffered (it is flushed first if a read may
     /// have queued a pong or a close answer); what the socket doesn't take is kept in
     /// [`unsent`](Self::unsent) and written by the timed path before anything else.
