@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use salvo::http::StatusCode;
 use salvo::http::header::{HOST, HeaderValue, ORIGIN, RETRY_AFTER};
@@ -22,7 +21,7 @@ use tokio::sync::Notify;
 use crate::error::HubError;
 use crate::hub::{ConnectionId, DIRECT_PREFIX, Hub, Identity, Position, Topic};
 use crate::metrics::ConnMetrics;
-use crate::wake::LastWaker;
+use crate::wake::{LastWaker, Signal};
 use crate::{Connection, MessageId};
 
 /// Why a request was refused before it became a connection; mapped to an HTTP status.
@@ -960,7 +959,7 @@ pub struct Drain {
 }
 
 struct DrainInner {
-    conns: Mutex<HashMap<ConnectionId, Arc<DrainSignal>>>,
+    conns: Mutex<HashMap<ConnectionId, Arc<Signal>>>,
     draining: AtomicBool,
     emptied: Notify,
     batch: AtomicUsize,
@@ -1015,14 +1014,14 @@ impl Drain {
         self.inner.draining.store(true, Ordering::Release);
         let batch = self.inner.batch.load(Ordering::Relaxed);
         let pause = *self.inner.pause.lock();
-        let notices: Vec<Arc<DrainSignal>> = self.inner.conns.lock().values().cloned().collect();
+        let notices: Vec<Arc<Signal>> = self.inner.conns.lock().values().cloned().collect();
         let closing = async {
             for (i, chunk) in notices.chunks(batch).enumerate() {
                 if i > 0 {
                     tokio::time::sleep(pause).await;
                 }
                 for signal in chunk {
-                    signal.request();
+                    signal.raise();
                 }
             }
             loop {
@@ -1039,7 +1038,7 @@ impl Drain {
 
     /// Registers a connection; `None` when draining (the caller answers 503).
     pub(crate) fn register(&self, id: ConnectionId) -> Option<DrainGuard> {
-        let signal = Arc::new(DrainSignal::default());
+        let signal = Arc::new(Signal::default());
         {
             let mut conns = self.inner.conns.lock();
             if self.is_draining() {
@@ -1069,48 +1068,18 @@ impl fmt::Debug for Drain {
 pub(crate) struct DrainGuard {
     drain: Drain,
     id: ConnectionId,
-    signal: Arc<DrainSignal>,
+    signal: Arc<Signal>,
     /// The waker last registered in `signal`.
     registered: LastWaker,
 }
 
 impl DrainGuard {
     /// Ready once the drain has asked this connection to close. Polled on every wake of the
-    /// connection, so it is a flag and a waker slot, with no lock (a `Notify` takes its mutex on
-    /// every poll).
-    ///
-    /// Until the request, the waker registered stays in place (only the request takes it), so
-    /// a poll with the same waker as last time is one load.
+    /// connection, so it is a flag and a waker slot ([`Signal`]) with no lock on the poll (a
+    /// `Notify` takes its mutex on every poll): a poll with the same waker as last time is one
+    /// comparison and one load.
     pub(crate) fn poll_requested(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let signal = &*self.signal;
-        if signal.requested.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        let waker = cx.waker();
-        if self.registered.is(waker) {
-            return Poll::Pending;
-        }
-        signal.waker.register(waker);
-        self.registered.set(waker);
-        if signal.requested.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// One connection's drain request: set once, wakes whoever polled last.
-#[derive(Default)]
-struct DrainSignal {
-    requested: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl DrainSignal {
-    fn request(&self) {
-        self.requested.store(true, Ordering::Release);
-        self.waker.wake();
+        self.signal.poll_raised(&self.registered, cx)
     }
 }
 

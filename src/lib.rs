@@ -142,6 +142,7 @@ pub mod publish;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod sse;
+mod sync;
 mod wake;
 pub mod ws;
 

@@ -201,12 +201,11 @@ use std::io::IoSlice;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, Sink as _, SinkExt, Stream, StreamExt};
 use salvo::conn::ConnCtrl;
 use salvo::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
@@ -230,7 +229,7 @@ use crate::hub::{
 };
 use crate::metrics::ConnMetrics;
 use crate::protocol::{self, Command, SUBPROTOCOL};
-use crate::wake::LastWaker;
+use crate::wake::Gates;
 
 /// The close codes this endpoint sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -827,111 +826,13 @@ impl Clock {
     }
 }
 
-/// The pump's `select!` branches that are polled only after their own waker fired: the drain
-/// request, the socket's read half and the heartbeat timer. A wake for a delivery then doesn't
-/// also poll the read half (tungstenite's waker proxy and tokio's readiness check), the drain
-/// signal or the timer only to hear they are still pending; what each costs is mostly a cache miss on a
-/// cold connection, 5,000 of them per message at scale. Each branch's inner poll gets the
-/// branch's own waker, which marks the branch and wakes the task; the marks share one word.
-struct Gates {
-    state: Arc<GateState>,
-    /// One waker per branch, index = [`DRAIN`], [`READ`] or [`TIMER`].
-    wakers: [Waker; 3],
-    /// The task waker last registered in `state`.
-    registered: LastWaker,
-}
-
-/// The drain branch of [`Gates`].
+/// The pump's branches polled only after their own waker fired ([`Gates`]): the drain
+/// request, the socket's read half and the heartbeat timer.
 const DRAIN: usize = 0;
-/// The read branch of [`Gates`].
+/// The read branch of the pump's [`Gates`].
 const READ: usize = 1;
-/// The heartbeat and idle timer's branch of [`Gates`].
+/// The heartbeat and idle timer's branch of the pump's [`Gates`].
 const TIMER: usize = 2;
-/// Every branch's mark: where a [`Gates`] starts (each branch is polled once to register).
-const BRANCHES: u8 = 1 << DRAIN | 1 << READ | 1 << TIMER;
-
-struct GateState {
-    /// Bit `1 << branch`: the branch's inner future or stream may be ready, poll it. Set at
-    /// first, on a wake, and after a ready poll (a stream may have more buffered, with no wake
-    /// to come).
-    woken: AtomicU8,
-    task: AtomicWaker,
-}
-
-/// One branch's waker.
-struct Branch {
-    state: Arc<GateState>,
-    bit: u8,
-}
-
-impl Wake for Branch {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.state.woken.fetch_or(self.bit, Ordering::Release);
-        self.state.task.wake();
-    }
-}
-
-impl Gates {
-    fn new() -> Self {
-        let state = Arc::new(GateState {
-            woken: AtomicU8::new(BRANCHES),
-            task: AtomicWaker::new(),
-        });
-        let branch = |index: usize| {
-            Waker::from(Arc::new(Branch {
-                state: Arc::clone(&state),
-                bit: 1 << index,
-            }))
-        };
-        let wakers = [branch(DRAIN), branch(READ), branch(TIMER)];
-        Self {
-            state,
-            wakers,
-            registered: LastWaker::default(),
-        }
-    }
-
-    /// Marks `branch` to be polled next time (its future was replaced or reset).
-    fn open(&self, branch: usize) {
-        self.state.woken.fetch_or(1 << branch, Ordering::Release);
-    }
-
-    /// Polls `inner` with the branch's waker if the branch woke since it last returned
-    /// `Pending`.
-    ///
-    /// The task's waker is registered again only when it may be missing: when it changed, or
-    /// when a mark is set (a branch's wake takes the registered waker out). In the common
-    /// case, a wake for a delivery with every mark clear, this is one load.
-    fn poll<T>(
-        &self,
-        branch: usize,
-        cx: &mut Context<'_>,
-        inner: impl FnOnce(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let bit = 1 << branch;
-        let waker = cx.waker();
-        let mut woken = self.state.woken.load(Ordering::Acquire);
-        if woken != 0 || !self.registered.is(waker) {
-            // Registered before the mark is read again: a wake after that read wakes the task.
-            self.state.task.register(waker);
-            self.registered.set(waker);
-            woken = self.state.woken.load(Ordering::Acquire);
-        }
-        if woken & bit == 0 {
-            return Poll::Pending;
-        }
-        self.state.woken.fetch_and(!bit, Ordering::AcqRel);
-        let ready = inner(&mut Context::from_waker(&self.wakers[branch]));
-        if ready.is_ready() {
-            self.state.woken.fetch_or(bit, Ordering::Release);
-        }
-        ready
-    }
-}
 
 /// A connection's outbound side and per-connection state; each step of the loop is a method
 /// returning whether to go on.
@@ -989,7 +890,7 @@ impl<'a, H: Hub> Pump<'a, H> {
         let (hub, conn) = (self.hub, self.conn);
         let timer = tokio::time::sleep_until(self.clock.next());
         tokio::pin!(timer);
-        let gates = Gates::new();
+        let gates = Gates::<3>::new();
         let mut ordered: Option<Pending<'a>> = None;
         // Created on the first call: most connections never make one, and an empty set still
         // allocates.
@@ -1490,84 +1391,7 @@ impl<'a, H: Hub> Pump<'a, H> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::{Cell, RefCell};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Poll, Wake, Waker};
-
-    use super::{DRAIN, Gates, READ, TIMER};
     use crate::hub::ws_frame_header as frame_header;
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn a_gate_polls_its_branch_only_after_the_branch_woke() {
-        let task = Arc::new(Count::default());
-        let task_waker = Waker::from(Arc::clone(&task));
-        let mut cx = Context::from_waker(&task_waker);
-        let gates = Gates::new();
-        let polls = Cell::new(0);
-        let saved: RefCell<Option<Waker>> = RefCell::new(None);
-        let pending = |cx: &mut Context<'_>| {
-            polls.set(polls.get() + 1);
-            *saved.borrow_mut() = Some(cx.waker().clone());
-            Poll::<()>::Pending
-        };
-        let ready = |_: &mut Context<'_>| {
-            polls.set(polls.get() + 1);
-            Poll::Ready(())
-        };
-        // Polled at first, then not again until its waker fires.
-        assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        let read_waker = saved.borrow_mut().take().expect("registered");
-        assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 1);
-        // The other branches have their own marks.
-        assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 2);
-        assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 2);
-        assert!(gates.poll(TIMER, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 3);
-        // Every branch pending: no mark left, so a poll registers nothing.
-        assert_eq!(gates.state.woken.load(Ordering::SeqCst), 0);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
-        read_waker.wake_by_ref();
-        assert_eq!(
-            task.0.load(Ordering::SeqCst),
-            1,
-            "the wake reaches the task"
-        );
-        assert!(gates.poll(DRAIN, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 3, "the drain branch didn't wake");
-        assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 4, "the read branch did");
-        // A ready branch is polled again next time (a stream may have more buffered).
-        read_waker.wake_by_ref();
-        assert!(gates.poll(READ, &mut cx, ready).is_ready());
-        assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        assert_eq!(polls.get(), 6);
-        // A second wake with nothing between reaches the task too (it was registered again).
-        read_waker.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 3);
-        assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        // With a new task waker, a wake reaches the new one.
-        let other = Arc::new(Count::default());
-        let other_waker = Waker::from(Arc::clone(&other));
-        let mut cx = Context::from_waker(&other_waker);
-        assert!(gates.poll(READ, &mut cx, pending).is_pending());
-        read_waker.wake_by_ref();
-        assert_eq!(other.0.load(Ordering::SeqCst), 1);
-        assert_eq!(task.0.load(Ordering::SeqCst), 3);
-    }
 
     #[test]
     fn frame_headers_use_the_shortest_length_form() {
