@@ -338,6 +338,24 @@ async fn closing_a_topic_ends_its_streams() {
     assert!(!hub.close("t"));
 }
 
+/// Defect 2 of issue 18: a publish right after `close`, before the subscribers poll, created a
+/// new log of the same name, and the old streams followed it with a reset instead of ending.
+#[tokio::test]
+async fn a_closed_topic_ends_its_streams_even_if_its_name_is_reused_at_once() {
+    let hub = PubSub::new();
+    let mut sub = hub.join(&conn("t", Position::Live)).await.expect("join");
+    hub.publish("t", "last words").await.expect("publish");
+    assert!(hub.close("t"));
+    hub.publish("t", "a new topic").await.expect("publish");
+    let mut rest = Vec::new();
+    // Bounded only against a hang: the stream ends at once, or follows the new log forever.
+    while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        rest.push(next);
+    }
+    assert_eq!(texts(&rest), ["last words"], "then the end: {rest:?}");
+    assert!(sub.next().await.is_none(), "the stream ended");
+}
+
 #[tokio::test]
 async fn inbound_policies() {
     let hub = PubSub::new();

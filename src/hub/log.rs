@@ -4,12 +4,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::sync::{AtomicBool, Mutex, RwLock};
 use futures_util::Stream;
-use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::ReusableBoxFuture;
@@ -113,6 +113,11 @@ pub(crate) struct LogState {
     /// Created for a subscriber ([`Registry::create`], [`Registry::sync`]) and not yet
     /// subscribed to: the first subscriber becomes its owner.
     claimable: bool,
+    /// Set when a log of a new epoch took this one's place ([`Registry::sync`]), just before
+    /// its live channel closes: its streams move to the new log. A log that closes without it
+    /// was closed ([`Registry::close`]): its streams end, even if a new log of the same name
+    /// exists by the time they notice.
+    replaced: bool,
 }
 
 impl LogState {
@@ -388,7 +393,12 @@ impl Registry {
             return Ok(false);
         };
         // Closing the old log's live channel moves its subscribers' streams to the new log.
-        drop(old.state.lock().sender.take());
+        let sender = {
+            let mut state = old.state.lock();
+            state.replaced = true;
+            state.sender.take()
+        };
+        drop(sender);
         self.release_owner(&old);
         (self.hook)(MirrorEvent::Replaced(topic));
         Ok(true)
@@ -740,6 +750,7 @@ impl TopicLog {
                 holds: 0,
                 owner: None,
                 claimable,
+                replaced: false,
             }),
         }
     }
@@ -834,6 +845,9 @@ impl TopicStream {
     /// live, so a subscription holding several topics never loses one silently. Returns
     /// false if the topic was closed instead (the stream ends).
     fn follow_new_epoch(&mut self) -> bool {
+        if !self.log.state.lock().replaced {
+            return false;
+        }
         let Some(new) = self.registry.current(&self.log.topic) else {
             return false;
         };

@@ -116,7 +116,7 @@ pub(crate) async fn open_stream<B: Backend>(
     from: Position,
     conn: ConnectionId,
     owner: Option<&Arc<str>>,
-    left: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    left: Option<&Arc<crate::sync::AtomicBool>>,
     hold: bool,
 ) -> Result<TopicStream, HubError> {
     for _ in 0..3 {

@@ -2,10 +2,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use crate::sync::{AtomicBool, Mutex};
 use serde_json::json;
 
 use super::backend::{Backend, Local, MembersPage, Mirror};
