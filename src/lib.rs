@@ -85,7 +85,7 @@
 //! | `salvo_realtime_messages_sent_total` | counter | messages | `transport` | deliveries written to clients: messages and the endpoint's notices (presence, reset, lagged); not pings, keep-alives or command replies |
 //! | `salvo_realtime_lagged_total` | counter | messages | `transport` | messages connections lost to lag (the `missed` of each [`Delivery::Lagged`]) |
 //! | `salvo_realtime_dropped_total` | counter | messages | `transport` | client messages dropped by the inbound rate limit |
-//! | `salvo_realtime_slow_consumer_disconnects_total` | counter | connections | `transport` | connections closed as slow consumers (lag under [`ws::SlowConsumerPolicy::Disconnect`], or a send stuck past the send timeout) |
+//! | `salvo_realtime_slow_consumer_disconnects_total` | counter | connections | `transport` | connections closed as slow consumers (lag under [`ws::SlowConsumerPolicy::Disconnect`], or a send that made no progress for the send timeout) |
 //! | `salvo_realtime_publish_to_write_seconds` | histogram | seconds | `transport` | sampled (below): from a message entering this node's hub (published here, or arrived from Redis) to the endpoint handing it to the connection's writer; replays (resume, `recent`) are left out |
 //! | `salvo_realtime_topics` | gauge | logs | none | topic, room and direct-message logs the process's hubs hold (with a remote backend: the ones this node mirrors) |
 //! | `salvo_realtime_redis_errors_total` | counter | errors | `op` | `redis` feature: failed Redis commands (`op`: the command, `evalsha`, `xrange`, `sadd`, ..., or `pipeline`; a script not loaded yet is no failure) and pub/sub operations (`subscribe`, `unsubscribe`, `pubsub_connect`) |
@@ -96,9 +96,10 @@
 //! [`Counted`] is for.
 //!
 //! **Cost.** A connection counts what it sends and receives in plain integers of its own and
-//! hands the totals to the facade once per batch, not per delivery: a batch is a WebSocket
-//! write burst (up to 64 deliveries; it already costs a socket write), or for SSE 64 events;
-//! whatever is left goes on the heartbeat or keep-alive tick and at close. Under load a burst
+//! hands the totals to the facade once per batch, not per delivery: a batch is at most 64
+//! deliveries. A WebSocket write burst (up to 512 deliveries; it already costs a socket write)
+//! hands its counts over every 64 deliveries and at its end; SSE every 64 events; whatever is
+//! left goes on the heartbeat or keep-alive tick and at close. Under load a burst
 //! carries many deliveries; a connection sent one message at a time makes each its own batch,
 //! as it makes each its own write. The latency histogram is sampled per batch: one observation,
 //! the age of the batch's first message when it was written. The facade's handles are looked

@@ -345,7 +345,41 @@ mod enabled {
 
     #[cfg(test)]
     mod tests {
-        use super::{ConnMetrics, State, code_label};
+        use std::sync::Arc;
+
+        use super::{ConnMetrics, FLUSH_EVERY, MESSAGES_SENT_TOTAL, State, code_label};
+        use crate::endpoint::Transport;
+        use crate::hub::{Delivery, Topic};
+
+        // The crate docs' promise: a batch is at most 64 deliveries, however long the write
+        // burst (up to 512) that counts them.
+        #[test]
+        fn a_long_burst_hands_its_counts_over_every_64_deliveries() {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let sent = || {
+                handle
+                    .render()
+                    .lines()
+                    .find(|line| line.starts_with(MESSAGES_SENT_TOTAL))
+                    .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            metrics::with_local_recorder(&recorder, || {
+                let mut conn = ConnMetrics::open(Transport::WebSocket, &Arc::from("test"));
+                let delivery = Delivery::Lagged {
+                    topic: Topic::new("t").expect("name"),
+                    missed: 0,
+                };
+                for i in 1..=512 {
+                    conn.sent(&delivery);
+                    assert_eq!(sent(), i / FLUSH_EVERY * FLUSH_EVERY, "after {i}");
+                }
+                conn.sent(&delivery);
+                conn.flush();
+                assert_eq!(sent(), 513, "the rest at the burst's end");
+            });
+        }
 
         #[test]
         fn a_connection_holds_one_pointer_to_one_small_allocation() {

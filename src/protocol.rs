@@ -1,6 +1,8 @@
 //! The channel protocol's frames: parsing client commands, encoding replies. The table of
 //! frames and error codes is in the `ws` module docs ("The channel protocol").
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::error::HubError;
@@ -84,15 +86,13 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
         return Err(invalid(None, "bad_frame", "a command is a JSON object"));
     };
     let reference = match frame.remove("ref") {
-        Some(r @ Value::String(_)) if r.to_string().len() <= MAX_REF => r,
-        Some(r @ Value::Number(_)) => r,
-        Some(_) => {
-            return Err(invalid(
+        Some(r) => valid_ref(r).ok_or_else(|| {
+            invalid(
                 None,
                 "missing_ref",
                 "`ref` must be a string of at most 62 characters or a number",
-            ));
-        }
+            )
+        })?,
         None => return Err(invalid(None, "missing_ref", "every command needs a `ref`")),
     };
     let r = Some(&reference);
@@ -170,6 +170,37 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
         }
     };
     Ok(Request { reference, command })
+}
+
+/// `reference` if it is a valid `ref`: a string of at most 62 characters, or a number.
+fn valid_ref(reference: Value) -> Option<Value> {
+    match &reference {
+        Value::String(_) if reference.to_string().len() <= MAX_REF => Some(reference),
+        Value::Number(_) => Some(reference),
+        _ => None,
+    }
+}
+
+/// The `ref` of a frame that won't be run (the rate limit dropped it), so that its one reply
+/// can carry it; `None` if the frame has no valid `ref` or isn't a JSON object. Reads only the
+/// `ref`: the rest of the frame is checked as JSON but nothing of it is built.
+pub(crate) fn reference(text: &str) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct Ref<'a> {
+        #[serde(rename = "ref", borrow)]
+        reference: Option<&'a RawValue>,
+    }
+    // A struct deserializes from an array too; a command is an object.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let frame: Ref<'_> = serde_json::from_str(text).ok()?;
+    // Only a string or a number can be a ref: an object or an array isn't built to find out.
+    let raw = frame.reference.filter(|raw| {
+        raw.get()
+            .starts_with(|c: char| c == '"' || c == '-' || c.is_ascii_digit())
+    })?;
+    valid_ref(serde_json::from_str(raw.get()).ok()?)
 }
 
 /// `{"type":"reply","ref":..,"status":"ok","data":..}`.
@@ -257,7 +288,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_ref_alone_is_read_from_a_frame_that_wont_run() {
+        assert_eq!(
+            reference(r#"{"type":"subscribe","ref":7,"topic":"t"}"#),
+            Some(Value::from(7))
+        );
+        assert_eq!(
+            reference(r#"{"data":{"deep":[1,2]},"ref":"a-1","type":"nope"}"#),
+            Some(Value::from("a-1"))
+        );
+        for unreadable in [
+            r#"{"type":"subscribe"}"#,
+            r#"{"ref":{"a":1}}"#,
+            r#"{"ref":null}"#,
+            r#"{"ref":[1]}"#,
+            "[1]",
+            "{not json",
+        ] {
+            assert_eq!(reference(unreadable), None, "{unreadable}");
+        }
+        let long = format!(r#"{{"ref":"{}"}}"#, "x".repeat(63));
+        assert_eq!(reference(&long), None, "longer than 62 characters");
+        let longest = format!(r#"{{"ref":"{}"}}"#, "x".repeat(62));
+        assert!(reference(&longest).is_some());
+    }
+
     proptest! {
+        // The ref read alone is the one a full parse reads.
+        #[test]
+        fn the_ref_read_alone_is_the_parsed_one(text in ".{0,200}") {
+            if let Ok(request) = parse(&text) {
+                prop_assert_eq!(reference(&text), Some(request.reference));
+            }
+        }
+
         // Any text: a command or a coded refusal, never a panic; a readable ref is kept.
         #[test]
         fn any_frame_parses_or_is_refused_with_a_code(text in ".{0,200}") {

@@ -40,9 +40,10 @@
 //! A payload spanning several lines (LF, CR or CRLF) becomes one `data:` line per line, so the
 //! browser's `event.data` holds the text with its line breaks normalised to LF. Binary payloads
 //! travel as standard base64 with padding (SSE is a text protocol); a topic that mixes text and
-//! binary should tell them apart by event name. A comment line (`:`) goes out at the end of
-//! every [`SseEndpoint::keep_alive`] period in which nothing else was sent (so an idle stream
-//! is never silent for two periods), so proxies don't cut it.
+//! binary should tell them apart by event name. A comment line (`:`) goes out whenever the
+//! stream would otherwise stay silent for longer than one [`SseEndpoint::keep_alive`] period
+//! (give or take scheduling), so proxies don't cut it; a stream that sends events gets no
+//! comments.
 //!
 //! Each event is encoded once per message and shared by every stream that sends it (see
 //! [`encode`]); the body yields those bytes as they are, one chunk per event.
@@ -184,10 +185,11 @@ impl<H: Hub> SseEndpoint<H> {
         }
     }
 
-    /// Sends a comment line at the end of each period of this length in which nothing else
-    /// was sent, so that proxies and load balancers don't close an idle stream and a vanished
-    /// client is noticed. One timer per endpoint, shared by its streams (so a stream's first
-    /// period may be shorter), never reset per event. Default: 15 s.
+    /// Sends a comment line whenever a stream would otherwise stay silent for longer than
+    /// this, so that proxies and load balancers don't close an idle stream and a vanished
+    /// client is noticed. An idle stream gets one comment per period; a stream sending events
+    /// none. One timer per endpoint, shared by its streams, ticking every half period (so a
+    /// comment may come up to half a period early), never reset per event. Default: 15 s.
     #[must_use]
     pub fn keep_alive(mut self, every: Duration) -> Self {
         self.keep_alive = Arc::new(Clock::new(every));
@@ -238,6 +240,9 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             topics = ?conn.topics(),
             "sse connected"
         );
+        let keep_alive = self.keep_alive.register();
+        // The `retry:` hint goes out now.
+        let quiet_since = keep_alive.seen;
         let live = Live {
             hub: Arc::clone(&self.hub),
             conn,
@@ -245,8 +250,9 @@ impl<H: Hub> Handler for SseEndpoint<H> {
             admission,
             span,
             opened: Instant::now(),
-            keep_alive: self.keep_alive.register(),
+            keep_alive,
             sent: false,
+            quiet_since,
         };
         res.stream(events(live, self.retry));
         let headers = res.headers_mut();
@@ -377,11 +383,13 @@ struct Live<H: Hub> {
     admission: Admission,
     span: Span,
     opened: Instant,
-    /// Ticks every keep-alive period; a comment goes out on a tick only if nothing was sent
-    /// since the last one (the endpoint's one timer, never reset per event).
+    /// Ticks every half keep-alive period (the endpoint's one timer, never reset per event).
     keep_alive: Tick,
     /// Whether an event went out since the last tick.
     sent: bool,
+    /// The tick count at or before which the stream last sent something: a comment goes out
+    /// at the second tick after it (a full period, at most, after whatever went out).
+    quiet_since: u32,
 }
 
 impl<H: Hub> Live<H> {
@@ -501,23 +509,30 @@ impl<H: Hub> Live<H> {
                 Poll::Ready(None) => return Poll::Ready(Err("hub closed the subscription")),
                 Poll::Pending => {}
             }
-            std::task::ready!(self.keep_alive.poll_tick(cx.waker()));
+            let (before, now) = std::task::ready!(self.keep_alive.poll_tick(cx.waker()));
             self.admission.metrics.flush();
-            if !std::mem::take(&mut self.sent) {
+            if std::mem::take(&mut self.sent) {
+                // Sent after the tick `before`: the latest it may have been.
+                self.quiet_since = before;
+            }
+            if now.wrapping_sub(self.quiet_since) >= 2 {
+                self.quiet_since = now;
                 return Poll::Ready(Ok(Bytes::from_static(COMMENT)));
             }
         }
     }
 }
 
-/// The keep-alive timer of an endpoint, shared by all its streams: one task sleeps a period,
-/// bumps `ticks` and wakes every stream, which then sends a comment if it sent nothing since
-/// its last tick. A stream holds a slot here instead of a timer of its own (a `Sleep` is over a
-/// hundred bytes, on the heap behind an `Interval`). The task runs while any stream is
-/// registered and ends at the first tick with none.
+/// The keep-alive timer of an endpoint, shared by all its streams: one task sleeps half a
+/// period, bumps `ticks` and wakes every stream, which then sends a comment if it sent nothing
+/// since the tick before last (half-period ticks are what bound the silence by one period: a
+/// whole-period tick can't tell an event just after it from one just before). A stream holds a
+/// slot here instead of a timer of its own (a `Sleep` is over a hundred bytes, on the heap
+/// behind an `Interval`). The task runs while any stream is registered and ends at the first
+/// tick with none.
 struct Clock {
     period: Duration,
-    /// How many periods have passed (wrapping); bumped under `state`'s lock.
+    /// How many half periods have passed (wrapping); bumped under `state`'s lock.
     ticks: AtomicU32,
     state: Mutex<ClockState>,
 }
@@ -571,13 +586,13 @@ impl Clock {
     }
 
     async fn run(self: Arc<Self>) {
-        let period = self.period.max(Duration::from_millis(1));
+        let half = (self.period / 2).max(Duration::from_millis(1));
         let mut running = Running {
             clock: Arc::clone(&self),
             ended: false,
         };
         loop {
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(half).await;
             let mut state = self.state.lock();
             if state.streams == 0 {
                 state.running = false;
@@ -620,9 +635,9 @@ struct Tick {
 }
 
 impl Tick {
-    /// Ready once per tick of the clock since the last ready (ticks missed while the stream
-    /// wasn't polled count as one, as `MissedTickBehavior::Delay` would).
-    fn poll_tick(&mut self, waker: &Waker) -> Poll<()> {
+    /// Ready once the clock ticked since the last ready, with the tick count seen before and
+    /// the one now (ticks missed while the stream wasn't polled come as one step).
+    fn poll_tick(&mut self, waker: &Waker) -> Poll<(u32, u32)> {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             if let Some(slot) = self.clock.state.lock().wakers.get_mut(self.slot as usize) {
                 *slot = Some(waker.clone());
@@ -634,8 +649,7 @@ impl Tick {
         if now == self.seen {
             Poll::Pending
         } else {
-            self.seen = now;
-            Poll::Ready(())
+            Poll::Ready((std::mem::replace(&mut self.seen, now), now))
         }
     }
 }
@@ -672,7 +686,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_clock_ticks_every_stream_once_per_period_and_stops_with_none_left() {
+    async fn one_clock_ticks_every_stream_once_per_tick_and_stops_with_none_left() {
         let clock = Arc::new(Clock::new(Duration::from_millis(10)));
         let mut a = clock.register();
         let mut b = clock.register();

@@ -101,8 +101,9 @@
 //! travel as bare payloads (text as text frames, binary as binary frames), without ids, and
 //! the connection carries nothing else, so a member's text can never pass for a server notice:
 //! no presence, reset or `error` frames. What those would tell becomes a close: lost messages
-//! (lag) close 1008 whatever the slow-consumer policy, a refused or rate-limited message closes
-//! 1008, a backend failure 1011.
+//! (lag, or a `reset`: a resume position that can't be honoured, an unreadable `last=`, the
+//! log's epoch changing) close 1008 whatever the slow-consumer policy, a refused or
+//! rate-limited message closes 1008, a backend failure 1011.
 //!
 //! # The channel protocol
 //!
@@ -130,7 +131,7 @@
 //! |---|---|
 //! | `{"type":"reply","ref":..,"status":"ok","data":..}` | a command succeeded |
 //! | `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}` | a command failed; nothing of it took effect |
-//! | `{"type":"error","error":..,"message":..}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`), or a frame dropped by the rate limit (`rate_limited`) |
+//! | `{"type":"error","error":..,"message":..}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`; `rate_limited` when the rate limit dropped it) |
 //! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it |
 //!
 //! Error codes (a handler's own [`Refused`](crate::error::Refused) codes come on top):
@@ -148,14 +149,16 @@
 //! | `too_many_created` | past [`HubConfig::max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) |
 //! | `unknown_method` | no handler for the `call`'s method |
 //! | `handler_failed`, `timeout` | the handler panicked, or took longer than its timeout |
-//! | `too_large`, `json_too_deep` | the data is over the payload limit, or nested too deep |
+//! | `too_large`, `json_too_deep` | the data is over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload)), or nested too deep; a frame over the endpoint's [`max_message_size`](WsEndpoint::max_message_size) closes 1009 instead |
 //! | `unavailable` | the backend failed or the hub is full: not done, safe to retry |
 //! | `unsupported` | this hub has no such operation |
-//! | `rate_limited` | over the inbound rate limit (an `error` frame; the command was not run) |
+//! | `rate_limited` | over the inbound rate limit: the command was not run (a client should pace its commands, say a reconnect's resubscriptions, within the burst, and may retry later) |
 //!
 //! Order: a connection's `subscribe`, `unsubscribe` and `publish` commands run one at a time,
 //! in the order sent; `call`s run concurrently with them and each other (up to 8 at once).
-//! While a command runs, reading pauses (the client's frames wait in TCP), deliveries go on.
+//! While a command runs, reading pauses (the client's frames wait in TCP), deliveries go on;
+//! the heartbeat doesn't count that time against the client (its pong may be waiting behind a
+//! command). Every command, a rate-limited one too, gets exactly one reply.
 //! A reply is sent after every delivery that was ready when its command finished, so a
 //! publisher sees its own message before the reply, and a subscriber the start of the replay.
 //!
@@ -166,13 +169,15 @@
 //!
 //! | limit | default | when exceeded |
 //! |---|---|---|
-//! | message size | 64 KiB | close 1009 |
+//! | message size (a frame, or a message of several) | 64 KiB | close 1009 |
+//! | a message over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload), 64 KiB) | | plain frames: close 1009; a channel-protocol command: a `too_large` reply, the connection stays |
 //! | text that isn't UTF-8 | | close 1007 |
 //! | protocol violation (bad frame, close code 1005/1006/1015/<1000 from the client) | | close 1002 |
-//! | inbound rate (token bucket; every frame counts, pings and pongs too) | 50 msg/s, burst 100 | [`RatePolicy::Reject`]: dropped, client told (`error` frame); [`RatePolicy::Close`]: close 1008. A ping or pong past the limit always closes 1008: there is no message to refuse |
+//! | inbound rate (token bucket; every frame counts, pings and pongs too) | 50 msg/s, burst 100 | [`RatePolicy::Reject`]: dropped, client told (`error` frame; a channel-protocol command gets its `rate_limited` reply); [`RatePolicy::Close`]: close 1008. A ping or pong past the limit always closes 1008: there is no message to refuse |
 //! | heartbeat | ping every 30 s | no pong within 20 s: close 1008 |
 //! | idle | off | no client message within it: close 1000 |
-//! | slow consumer | lost messages / 10 s stuck send | [`SlowConsumerPolicy::Disconnect`]: close 1008; [`SlowConsumerPolicy::SkipAhead`]: `lagged` frame, continue |
+//! | slow consumer: lost messages | | [`SlowConsumerPolicy::Disconnect`]: close 1008; [`SlowConsumerPolicy::SkipAhead`]: `lagged` frame, continue |
+//! | slow consumer: a send stuck (the client took no byte for the [`send_timeout`](WsEndpoint::send_timeout)) | 10 s | close 1008: the Close goes after what was already buffered, and the client gets the close wait (2 s) to take it, else TCP closes without it. A client that reads slowly but steadily is never cut: the timeout restarts whenever the socket takes bytes |
 //! | graceful drain | | close 1001 |
 //! | backend down when the client sends | | `error` frame `unavailable`; the connection stays up |
 //!
@@ -197,7 +202,8 @@
 //! connection stays bounded whatever the publish rate.
 
 use std::fmt;
-use std::io::IoSlice;
+use std::future::Future;
+use std::io::{self, IoSlice};
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -214,8 +220,8 @@ use salvo::http::{StatusCode, StatusError};
 use salvo::hyper::upgrade::{OnUpgrade, Upgraded};
 use salvo::rt::tokio::TokioIo;
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -225,7 +231,7 @@ use tracing::Instrument;
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::error::HubError;
 use crate::hub::{
-    Connection, Delivery, Hub, Payload, Publication, WS_BINARY, WS_TEXT, ws_frame_header,
+    Connection, Delivery, Hub, Message, Payload, Publication, WS_BINARY, WS_TEXT, ws_frame_header,
 };
 use crate::metrics::ConnMetrics;
 use crate::protocol::{self, Command, SUBPROTOCOL};
@@ -241,8 +247,9 @@ pub mod close_code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame was not valid UTF-8.
     pub const INVALID_DATA: u16 = 1007;
-    /// A policy was violated: rate limit, slow consumer, heartbeat timeout; and under
-    /// [`Framing::Raw`](super::Framing::Raw), a refused message.
+    /// A policy was violated: rate limit, slow consumer (lost messages, or a stuck send),
+    /// heartbeat timeout; and under [`Framing::Raw`](super::Framing::Raw), a refused message
+    /// or a `reset` (messages the connection can't get).
     pub const POLICY: u16 = 1008;
     /// A message exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
@@ -254,17 +261,151 @@ pub mod close_code {
 use close_code::{GOING_AWAY, INTERNAL, INVALID_DATA, NORMAL, POLICY, PROTOCOL_ERROR, TOO_BIG};
 
 /// The socket after the upgrade.
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<Progress<TokioIo<Upgraded>>>;
+
+/// A connection's subscription, fused: once it has ended it is never polled again (a hub's
+/// stream may panic or hang if it were, and look-aheads poll past the end).
+type Deliveries<H> = futures_util::stream::Fuse<<H as Hub>::Subscription>;
 
 /// How long a closing connection waits for the client's Close after sending its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// The upgraded connection, with a bound on how long a write may wait without the client
+/// taking a byte: once a write has waited [`send_timeout`](WsEndpoint::send_timeout) since the
+/// socket last took bytes, it fails with `TimedOut` and [`stalled`](Self::stalled) is set (the
+/// connection is then a slow consumer). The bound restarts whenever the socket takes bytes, so
+/// a client that reads slowly but steadily is never cut, however long a burst takes to reach
+/// it.
+///
+/// # Invariants
+///
+/// `armed` is true from the first write that waited after the last progress (a write that
+/// took bytes, or a flush that completed) until the next progress; the timer's deadline is
+/// then that first wait plus the limit. The timer is allocated the first time a write waits
+/// and reused after that: an idle connection holds one pointer for it.
+struct Progress<T> {
+    io: T,
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// A write waited past the limit.
+    stalled: bool,
+    /// Whether the limit applies: not while closing, which the close wait bounds instead.
+    enforced: bool,
+}
+
+impl<T> Progress<T> {
+    fn new(io: T, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            timer: None,
+            armed: false,
+            stalled: false,
+            enforced: true,
+        }
+    }
+
+    /// A write must wait: `Pending` (the timer wakes the task at the deadline), or `TimedOut`
+    /// once the deadline has passed.
+    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        if !self.enforced {
+            return Poll::Pending;
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed {
+            timer.as_mut().reset(Instant::now() + limit);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = true;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took nothing for the send timeout",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// What a write or flush returned, with the bound applied.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+        progress: impl FnOnce(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Ready(Ok(done)) => {
+                if progress(&done) {
+                    self.armed = false;
+                }
+                Poll::Ready(Ok(done))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.waiting(cx),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Progress<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Progress<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, polled, |n| *n > 0)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled, |n| *n > 0)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, polled, |()| true)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// What a slow connection gets when it loses messages (it fell behind the hub's buffer and
-/// history) or a send stays stuck for the send timeout.
+/// history). A send stuck for the [`send_timeout`](WsEndpoint::send_timeout) is closed 1008
+/// whatever the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SlowConsumerPolicy {
-    /// Close it with 1008 and the reason "slow consumer" (a stuck send just drops it).
+    /// Close it with 1008 and the reason "slow consumer" (as a stuck send is, under either
+    /// policy).
     #[default]
     Disconnect,
     /// Send a `lagged` frame with the count, then go on from the oldest retained message.
@@ -437,7 +578,9 @@ impl<H: Hub> WsEndpoint<H> {
     common_builders!();
 
     /// Largest message (and frame) accepted from a client, in bytes; larger ones close the
-    /// connection with 1009. Default: 64 KiB.
+    /// connection with 1009 (a message within it but over the hub's
+    /// [`max_payload`](crate::HubConfig::max_payload) closes 1009 too, or gets a `too_large`
+    /// reply if it is a channel-protocol command). Default: 64 KiB.
     #[must_use]
     pub fn max_message_size(self, bytes: usize) -> Self {
         self.set(|s| s.max_message = bytes)
@@ -476,8 +619,11 @@ impl<H: Hub> WsEndpoint<H> {
         self.set(|s| s.idle_timeout = Some(timeout))
     }
 
-    /// How long one flush to the client may take before the connection counts as a slow
-    /// consumer and is dropped. Default: 10 s.
+    /// How long a write to the client may wait without the client taking a single byte before
+    /// the connection counts as a slow consumer: it is then closed with 1008, the Close going
+    /// after what was already buffered, with the close wait (2 s) to get through before TCP
+    /// closes. The timeout restarts whenever the socket takes bytes, so a client that reads
+    /// slowly but steadily gets a long burst (a resume's replay, say) whole. Default: 10 s.
     #[must_use]
     pub fn send_timeout(self, timeout: Duration) -> Self {
         self.set(|s| s.send_timeout = timeout)
@@ -591,12 +737,8 @@ impl<H: Hub> Handler for WsEndpoint<H> {
             async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        let ws = Socket::from_raw_socket(
-                            TokioIo::new(upgraded),
-                            Role::Server,
-                            Some(config),
-                        )
-                        .await;
+                        let io = Progress::new(TokioIo::new(upgraded), settings.send_timeout);
+                        let ws = Socket::from_raw_socket(io, Role::Server, Some(config)).await;
                         serve(ws, hub, admitted, sub, settings, channel).await;
                     }
                     Err(e) => {
@@ -722,6 +864,7 @@ fn frame(delivery: &Delivery, framing: Framing) -> Option<WsMessage> {
 
 /// What a message's frame is made of, for writing below tungstenite; `None` for every other
 /// delivery (they are rare and go through tungstenite).
+#[derive(Clone, Copy)]
 enum Lone<'d> {
     /// The whole frame, encoded once per message (an envelope).
     Frame(&'d [u8]),
@@ -730,15 +873,59 @@ enum Lone<'d> {
 }
 
 fn lone_data(delivery: &Delivery, framing: Framing) -> Option<Lone<'_>> {
-    let Delivery::Message(m) = delivery else {
-        return None;
-    };
+    match delivery {
+        Delivery::Message(m) => lone_message(m, framing),
+        _ => None,
+    }
+}
+
+fn lone_message(m: &Message, framing: Framing) -> Option<Lone<'_>> {
     match framing {
         Framing::Envelope => Some(Lone::Frame(m.ws_text_frame())),
         Framing::Raw if m.is_ephemeral() => None,
         Framing::Raw if m.payload().is_text() => Some(Lone::Parts(WS_TEXT, m.payload().bytes())),
         Framing::Raw => Some(Lone::Parts(WS_BINARY, m.payload().bytes())),
     }
+}
+
+/// Calls `f` with a lone frame's two parts, `head` then `data` (a raw frame's header is built
+/// on the stack).
+fn with_frame<R>(lone: Lone<'_>, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
+    match lone {
+        Lone::Frame(frame) => f(frame, &[]),
+        Lone::Parts(opcode, data) => {
+            let (header, used) = ws_frame_header(opcode, data.len());
+            f(&header[..used], data)
+        }
+    }
+}
+
+/// Writes what is left of a frame (`head` then `data`) after its first `skip` bytes, in one
+/// write: one `send` for one part, a vectored write for two.
+fn poll_write_rest<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    (head, data): (&[u8], &[u8]),
+    skip: usize,
+) -> Poll<io::Result<usize>> {
+    let (head, data) = match head.get(skip..) {
+        Some(head) => (head, data),
+        None => (&[][..], data.get(skip - head.len()..).unwrap_or_default()),
+    };
+    let io = Pin::new(io);
+    match (head.is_empty(), data.is_empty()) {
+        (_, true) => io.poll_write(cx, head),
+        (true, false) => io.poll_write(cx, data),
+        (false, false) => io.poll_write_vectored(cx, &[IoSlice::new(head), IoSlice::new(data)]),
+    }
+}
+
+/// The part of a frame written below tungstenite that the socket didn't take yet: the message
+/// whose shared bytes make the frame (held by a reference count, not copied) and how many of
+/// the frame's bytes went out. Nothing else may be written until the rest has.
+struct Unsent {
+    message: Message,
+    written: usize,
 }
 
 /// How far a burst got without waiting ([`Pump::burst_now`]).
@@ -756,10 +943,11 @@ async fn serve<H: Hub>(
     ws: Socket,
     hub: Arc<H>,
     admitted: Admitted,
-    mut sub: H::Subscription,
+    sub: H::Subscription,
     settings: Arc<Settings>,
     channel: bool,
 ) {
+    let mut sub = sub.fuse();
     let started = Instant::now();
     let Admitted {
         conn,
@@ -772,41 +960,11 @@ async fn serve<H: Hub>(
     if let End::Close(code, _) = &end {
         pump.metrics.close_code(Some(*code));
     }
-    finish(&mut pump.ws, &end).await;
-    hub.leave(&conn, sub).await;
+    pump.finish(&end).await;
+    hub.leave(&conn, sub.into_inner()).await;
     drop(admission);
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(reason = end.reason(), duration_ms, "disconnected");
-}
-
-/// The closing handshake (RFC 6455 §5.5.1, §7), in one place: after the client's Close, send
-/// the answer tungstenite queued; after our own, wait for the client's. Either way the server
-/// then closes TCP (the socket drops when this returns). Bounded by [`CLOSE_WAIT`].
-async fn finish(ws: &mut Socket, end: &End) {
-    let closing = async {
-        match end {
-            End::ClientClosed => {
-                // Writes the queued Close answer; tungstenite then reports the socket closed.
-                let _ = ws.flush().await;
-            }
-            End::Close(code, reason) => {
-                if ws
-                    .send(WsMessage::Close(Some(CloseFrame {
-                        code: (*code).into(),
-                        reason: Utf8Bytes::from_static(reason),
-                    })))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                // Read until the client's Close (or anything that ends the stream).
-                while let Some(Ok(_)) = ws.next().await {}
-            }
-            End::Gone(_) => {}
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
 }
 
 /// Heartbeat and idle deadlines.
@@ -852,7 +1010,7 @@ struct Pump<'a, H> {
     /// answer): flush it before writing below it.
     unflushed: bool,
     /// The part of a frame written below tungstenite that the socket didn't take yet.
-    unsent: Option<Vec<u8>>,
+    unsent: Option<Unsent>,
 }
 
 impl<'a, H: Hub> Pump<'a, H> {
@@ -886,7 +1044,7 @@ impl<'a, H: Hub> Pump<'a, H> {
     /// subscription, or a deadline. Channel commands run beside the deliveries: calls
     /// concurrently (up to [`MAX_CALLS`]), the others one at a time in order; reading pauses
     /// while one of those runs or the calls are at their limit.
-    async fn run(&mut self, sub: &mut H::Subscription, admission: &Admission) -> End {
+    async fn run(&mut self, sub: &mut Deliveries<H>, admission: &Admission) -> End {
         let (hub, conn) = (self.hub, self.conn);
         let timer = tokio::time::sleep_until(self.clock.next());
         tokio::pin!(timer);
@@ -951,7 +1109,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 }
                 delivery = sub.next() => self.deliver(delivery, sub).await,
                 () = std::future::poll_fn(|cx| gates.poll(TIMER, cx, |cx| timer.as_mut().poll(cx))) => {
-                    let step = Box::pin(self.tick()).await;
+                    let step = Box::pin(self.tick(reading)).await;
                     timer.as_mut().reset(self.clock.next());
                     gates.open(TIMER);
                     step
@@ -967,7 +1125,7 @@ impl<'a, H: Hub> Pump<'a, H> {
     /// or a subscribe's replay so far, comes first).
     async fn answer(
         &mut self,
-        sub: &mut H::Subscription,
+        sub: &mut Deliveries<H>,
         in_flight: &mut Vec<String>,
         (reference, result): Done,
     ) -> ControlFlow<End> {
@@ -990,7 +1148,7 @@ impl<'a, H: Hub> Pump<'a, H> {
     }
 
     /// Sends the deliveries that are ready now, if any.
-    async fn flush_ready(&mut self, sub: &mut H::Subscription) -> ControlFlow<End> {
+    async fn flush_ready(&mut self, sub: &mut Deliveries<H>) -> ControlFlow<End> {
         match sub.next().now_or_never().flatten() {
             Some(first) => self.send_burst(sub, first).await,
             None => ControlFlow::Continue(()),
@@ -1002,10 +1160,14 @@ impl<'a, H: Hub> Pump<'a, H> {
     async fn inbound(
         &mut self,
         frame: Option<Result<WsMessage, tungstenite::Error>>,
-        sub: &mut H::Subscription,
+        sub: &mut Deliveries<H>,
     ) -> ControlFlow<End, Option<protocol::Request>> {
         let msg = match frame {
             None => return ControlFlow::Break(End::Gone("client went away")),
+            // A read may write (a pong, a close answer): it can find the client stalled too.
+            Some(Err(_)) if self.ws.get_ref().stalled => {
+                return ControlFlow::Break(self.send_failed());
+            }
             Some(Err(e)) => return ControlFlow::Break(classify(&e)),
             Some(Ok(msg)) => msg,
         };
@@ -1041,8 +1203,13 @@ impl<'a, H: Hub> Pump<'a, H> {
                 return ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"));
             }
             let message = "message dropped: rate limit exceeded";
+            // A command still gets its one reply: its `ref` is read, and nothing more.
+            let reference = match &msg {
+                WsMessage::Text(text) if self.channel => protocol::reference(text.as_str()),
+                _ => None,
+            };
             return self
-                .tell(sub, None, "rate_limited", message, POLICY)
+                .tell(sub, reference.as_ref(), "rate_limited", message, POLICY)
                 .await
                 .map_continue(|()| None);
         }
@@ -1102,7 +1269,7 @@ impl<'a, H: Hub> Pump<'a, H> {
     /// message). Under [`Framing::Raw`] there are no notices: close with `raw_close`.
     async fn tell(
         &mut self,
-        sub: &mut H::Subscription,
+        sub: &mut Deliveries<H>,
         reference: Option<&serde_json::Value>,
         code: &str,
         message: &str,
@@ -1127,7 +1294,7 @@ impl<'a, H: Hub> Pump<'a, H> {
     async fn deliver(
         &mut self,
         delivery: Option<Delivery>,
-        sub: &mut H::Subscription,
+        sub: &mut Deliveries<H>,
     ) -> ControlFlow<End> {
         let Some(first) = delivery else {
             return ControlFlow::Break(End::Close(NORMAL, "subscription ended"));
@@ -1187,24 +1354,27 @@ impl<'a, H: Hub> Pump<'a, H> {
         let mut next = Some(first);
         let (mut sent, mut buffered) = (0, 0);
         while let Some(delivery) = next.take() {
-            if matches!(delivery, Delivery::Lagged { .. }) {
+            // What the timed path decides: lag, and under raw framing a reset (both close).
+            if matches!(delivery, Delivery::Lagged { .. })
+                || (framing == Framing::Raw && matches!(delivery, Delivery::Reset(_)))
+            {
                 return Fast::Blocked(Some(delivery));
             }
             if let Some(frame) = frame(&delivery, framing) {
                 match Pin::new(&mut self.ws).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+                    Poll::Ready(Err(_)) => return Fast::End(self.send_failed()),
                     Poll::Pending => return Fast::Blocked(Some(delivery)),
                 }
                 self.metrics.sent(&delivery);
                 buffered += frame.len();
                 if Pin::new(&mut self.ws).start_send(frame).is_err() {
-                    return Fast::End(End::Gone("send failed"));
+                    return Fast::End(self.send_failed());
                 }
                 if buffered >= self.settings.max_write_buffer {
                     match Pin::new(&mut self.ws).poll_flush(cx) {
                         Poll::Ready(Ok(())) => buffered = 0,
-                        Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+                        Poll::Ready(Err(_)) => return Fast::End(self.send_failed()),
                         Poll::Pending => return Fast::Blocked(None),
                     }
                 }
@@ -1223,7 +1393,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 self.metrics.flush();
                 Fast::Sent
             }
-            Poll::Ready(Err(_)) => Fast::End(End::Gone("send failed")),
+            Poll::Ready(Err(_)) => Fast::End(self.send_failed()),
             Poll::Pending => Fast::Blocked(None),
         }
     }
@@ -1233,50 +1403,42 @@ impl<'a, H: Hub> Pump<'a, H> {
     /// stack and the shared payload in one vectored write). No copy, no reference count, no
     /// allocation. Tungstenite must have nothing buffered (it is flushed first if a read may
     /// have queued a pong or a close answer); what the socket doesn't take is kept in
-    /// [`unsent`](Self::unsent) and written by the timed path before anything else.
+    /// [`unsent`](Self::unsent) (the message and an offset: still no copy) and written by the
+    /// timed path before anything else.
     fn write_lone(&mut self, cx: &mut Context<'_>, delivery: Delivery) -> Fast {
         if self.unflushed {
             match Pin::new(&mut self.ws).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+                Poll::Ready(Err(_)) => return Fast::End(self.send_failed()),
                 Poll::Pending => return Fast::Blocked(Some(delivery)),
             }
         }
-        let Some(lone) = lone_data(&delivery, self.settings.framing) else {
+        let Delivery::Message(message) = &delivery else {
             return Fast::Blocked(Some(delivery));
         };
-        let header;
-        let (head, data): (&[u8], &[u8]) = match lone {
-            Lone::Frame(frame) => (frame, &[]),
-            Lone::Parts(opcode, data) => {
-                let used;
-                (header, used) = ws_frame_header(opcode, data.len());
-                (&header[..used], data)
-            }
+        let Some(lone) = lone_message(message, self.settings.framing) else {
+            return Fast::Blocked(Some(delivery));
         };
-        let io = Pin::new(self.ws.get_mut());
-        // One `send` for a whole frame; two parts need a vectored write.
-        let wrote = if data.is_empty() {
-            io.poll_write(cx, head)
-        } else {
-            io.poll_write_vectored(cx, &[IoSlice::new(head), IoSlice::new(data)])
-        };
+        let io = self.ws.get_mut();
+        let (wrote, len) = with_frame(lone, |head, data| {
+            (
+                poll_write_rest(io, cx, (head, data), 0),
+                head.len() + data.len(),
+            )
+        });
         let written = match wrote {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Fast::End(End::Gone("send failed")),
+            Poll::Ready(Ok(0)) => return Fast::End(End::Gone("send failed")),
+            Poll::Ready(Err(_)) => return Fast::End(self.send_failed()),
             Poll::Ready(Ok(n)) => n,
             // Nothing written: the timed path sends it through tungstenite.
             Poll::Pending => return Fast::Blocked(Some(delivery)),
         };
         self.metrics.sent(&delivery);
-        if written < head.len() + data.len() {
-            let mut rest = Vec::with_capacity(head.len() + data.len() - written);
-            if written < head.len() {
-                rest.extend_from_slice(&head[written..]);
-                rest.extend_from_slice(data);
-            } else {
-                rest.extend_from_slice(&data[written - head.len()..]);
-            }
-            self.unsent = Some(rest);
+        if written < len {
+            self.unsent = Some(Unsent {
+                message: message.clone(),
+                written,
+            });
             return Fast::Blocked(None);
         }
         match Pin::new(self.ws.get_mut()).poll_flush(cx) {
@@ -1284,21 +1446,70 @@ impl<'a, H: Hub> Pump<'a, H> {
                 self.metrics.flush();
                 Fast::Sent
             }
-            Poll::Ready(Err(_)) => Fast::End(End::Gone("send failed")),
+            Poll::Ready(Err(_)) => Fast::End(self.send_failed()),
             Poll::Pending => Fast::Blocked(None),
         }
     }
 
-    /// A deadline passed: pong overdue, idle, or time to ping.
-    async fn tick(&mut self) -> ControlFlow<End> {
+    /// Writes the rest of the frame in [`unsent`](Self::unsent), until it is all out.
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(unsent) = &mut self.unsent {
+            let Some(lone) = lone_message(&unsent.message, self.settings.framing) else {
+                // Never: only a message with a lone frame is kept.
+                self.unsent = None;
+                break;
+            };
+            let io = self.ws.get_mut();
+            let skip = unsent.written;
+            let (wrote, len) = with_frame(lone, |head, data| {
+                (
+                    poll_write_rest(io, cx, (head, data), skip),
+                    head.len() + data.len(),
+                )
+            });
+            match std::task::ready!(wrote)? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n if skip + n >= len => self.unsent = None,
+                n => unsent.written += n,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Why a write failed: the client took nothing for the send timeout (a slow consumer:
+    /// close 1008, the Close going after what is already buffered), or the socket is gone.
+    fn send_failed(&mut self) -> End {
+        if self.ws.get_ref().stalled {
+            tracing::warn!("a send made no progress for the send timeout: slow consumer closed");
+            self.metrics.slow_consumer();
+            End::Close(POLICY, "slow consumer")
+        } else {
+            End::Gone("send failed")
+        }
+    }
+
+    /// A deadline passed: pong overdue, idle, or time to ping. `reading`: whether the
+    /// connection reads the client now (it doesn't while a command runs).
+    async fn tick(&mut self, reading: bool) -> ControlFlow<End> {
         self.metrics.flush();
         let now = Instant::now();
         if self.clock.pong_due.is_some_and(|due| now >= due) {
-            tracing::info!("no pong within the heartbeat timeout");
-            return ControlFlow::Break(End::Close(POLICY, "heartbeat timeout"));
+            if !reading {
+                // The pong may be waiting in TCP behind a command frame not read yet: time the
+                // server doesn't read doesn't count against the client.
+                self.clock.pong_due = Some(now + self.settings.pong_timeout);
+            } else {
+                tracing::info!("no pong within the heartbeat timeout");
+                return ControlFlow::Break(End::Close(POLICY, "heartbeat timeout"));
+            }
         }
         if self.clock.idle_due.is_some_and(|due| now >= due) {
-            return ControlFlow::Break(End::Close(NORMAL, "idle timeout"));
+            if let (false, Some(idle)) = (reading, self.settings.idle_timeout) {
+                // Likewise: the client's next message may be waiting behind a command.
+                self.clock.idle_due = Some(now + idle);
+            } else {
+                return ControlFlow::Break(End::Close(NORMAL, "idle timeout"));
+            }
         }
         if now >= self.clock.next_ping {
             let sent = self.send_now(WsMessage::Ping(bytes::Bytes::new())).await;
@@ -1311,81 +1522,119 @@ impl<'a, H: Hub> Pump<'a, H> {
         ControlFlow::Continue(())
     }
 
-    /// Sends one frame and flushes, within the send timeout.
+    /// Sends one frame and flushes (each write bounded by the send timeout, see [`Progress`]).
     async fn send_now(&mut self, msg: WsMessage) -> ControlFlow<End> {
-        match tokio::time::timeout(self.settings.send_timeout, self.ws.send(msg)).await {
-            Ok(Ok(())) => ControlFlow::Continue(()),
-            _ => ControlFlow::Break(End::Gone("send failed")),
+        match self.ws.send(msg).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(self.send_failed()),
         }
     }
 
     /// Feeds `first` (if any) and every delivery ready after it (up to a batch), flushing
     /// whenever [`max_write_buffer`](WsEndpoint::max_write_buffer) bytes are buffered and at
-    /// the end (what an earlier [`burst_now`](Self::burst_now) fed, too), all within the send
-    /// timeout.
+    /// the end (what an earlier [`burst_now`](Self::burst_now) fed, too). No bound on the
+    /// whole burst: each write fails once the client took nothing for the send timeout
+    /// ([`Progress`]), so a slow but steady reader gets a long burst whole.
     async fn burst<S: Stream<Item = Delivery> + Unpin>(
         &mut self,
         sub: &mut S,
         first: Option<Delivery>,
     ) -> Option<End> {
         let settings = self.settings;
-        let unsent = self.unsent.take();
-        let sink = &mut self.ws;
-        let metrics = &mut self.metrics;
-        let burst = async {
-            // The rest of a frame written below tungstenite goes first, whole.
-            if let Some(unsent) = unsent
-                && sink.get_mut().write_all(&unsent).await.is_err()
-            {
-                return Some(End::Gone("send failed"));
-            }
-            let mut next = first;
-            let (mut sent, mut buffered) = (0, 0);
-            while let Some(delivery) = next.take() {
-                if let Delivery::Lagged { missed, .. } = &delivery {
-                    metrics.lagged(*missed);
+        // The rest of a frame written below tungstenite goes first, whole.
+        if std::future::poll_fn(|cx| self.poll_unsent(cx))
+            .await
+            .is_err()
+        {
+            return Some(self.send_failed());
+        }
+        let mut next = first;
+        let (mut sent, mut buffered) = (0, 0);
+        while let Some(delivery) = next.take() {
+            match &delivery {
+                Delivery::Lagged { missed, .. } => {
+                    self.metrics.lagged(*missed);
                     if settings.slow == SlowConsumerPolicy::Disconnect
                         || settings.framing == Framing::Raw
                     {
                         tracing::warn!(missed, "slow consumer disconnected");
-                        metrics.slow_consumer();
-                        let _ = sink.flush().await;
+                        self.metrics.slow_consumer();
+                        let _ = self.ws.flush().await;
                         return Some(End::Close(POLICY, "slow consumer"));
                     }
                     tracing::info!(missed, "slow consumer skipped ahead");
                 }
-                if let Some(frame) = frame(&delivery, settings.framing) {
-                    metrics.sent(&delivery);
-                    buffered += frame.len();
-                    if sink.feed(frame).await.is_err() {
-                        return Some(End::Gone("send failed"));
-                    }
-                    if buffered >= settings.max_write_buffer {
-                        if sink.flush().await.is_err() {
-                            return Some(End::Gone("send failed"));
-                        }
-                        buffered = 0;
-                    }
+                Delivery::Reset(reset) if settings.framing == Framing::Raw => {
+                    // No `reset` frame under raw framing: earlier messages are lost, as with lag.
+                    tracing::info!(reason = ?reset.reason, "reset under raw framing: closed");
+                    let _ = self.ws.flush().await;
+                    return Some(End::Close(POLICY, "messages lost: reset"));
                 }
-                sent += 1;
-                if sent < settings.max_batch {
-                    next = sub.next().now_or_never().flatten();
+                _ => {}
+            }
+            if let Some(frame) = frame(&delivery, settings.framing) {
+                self.metrics.sent(&delivery);
+                buffered += frame.len();
+                if self.ws.feed(frame).await.is_err() {
+                    return Some(self.send_failed());
+                }
+                if buffered >= settings.max_write_buffer {
+                    if self.ws.flush().await.is_err() {
+                        return Some(self.send_failed());
+                    }
+                    buffered = 0;
                 }
             }
-            if sink.flush().await.is_err() {
-                return Some(End::Gone("send failed"));
-            }
-            metrics.flush();
-            None
-        };
-        match tokio::time::timeout(settings.send_timeout, burst).await {
-            Ok(end) => end,
-            Err(_) => {
-                tracing::warn!("send timed out: slow consumer dropped");
-                self.metrics.slow_consumer();
-                Some(End::Gone("send timed out"))
+            sent += 1;
+            if sent < settings.max_batch {
+                next = sub.next().now_or_never().flatten();
             }
         }
+        if self.ws.flush().await.is_err() {
+            return Some(self.send_failed());
+        }
+        self.metrics.flush();
+        None
+    }
+
+    /// The closing handshake (RFC 6455 §5.5.1, §7), in one place: after the client's Close,
+    /// send the answer tungstenite queued; after our own, wait for the client's. Either way the
+    /// server then closes TCP (the socket drops after this returns). A frame half written
+    /// below tungstenite is finished first. Bounded by [`CLOSE_WAIT`] as a whole, the send
+    /// timeout aside: a slow consumer's Close goes after what was buffered, and it gets that
+    /// long to take it.
+    async fn finish(&mut self, end: &End) {
+        self.ws.get_mut().enforced = false;
+        let closing = async {
+            if matches!(end, End::Gone(_)) {
+                return;
+            }
+            if std::future::poll_fn(|cx| self.poll_unsent(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match end {
+                End::ClientClosed => {
+                    // Writes the queued Close answer; tungstenite then reports the socket closed.
+                    let _ = self.ws.flush().await;
+                }
+                End::Close(code, reason) => {
+                    let close = WsMessage::Close(Some(CloseFrame {
+                        code: (*code).into(),
+                        reason: Utf8Bytes::from_static(reason),
+                    }));
+                    if self.ws.send(close).await.is_err() {
+                        return;
+                    }
+                    // Read until the client's Close (or anything that ends the stream).
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                }
+                End::Gone(_) => {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
     }
 }
 

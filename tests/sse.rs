@@ -814,3 +814,69 @@ async fn the_notifications_example_refuses_an_oversized_body_with_413() {
     assert_eq!(hub.history("notifications").len(), 1);
     server.stop().await;
 }
+
+// Issue 18, "SSE keep-alive leaving up to two periods of silence": confirmed. An event that
+// went out just after the endpoint's clock ticked made the next tick skip its comment, so the
+// stream stayed silent for almost two periods. Now a stream is never silent for more than one
+// period. On tokio's paused clock, in-process (no socket), so the times are exact.
+#[tokio::test(start_paused = true)]
+async fn keep_alive_never_leaves_more_than_one_period_of_silence() {
+    use salvo::test::TestClient;
+    let period = Duration::from_secs(10);
+    let hub = PubSub::new();
+    let router =
+        Router::with_path("events/{topic}").get(SseEndpoint::new(hub.clone()).keep_alive(period));
+    let service = salvo::Service::new(router);
+    let opened = tokio::time::Instant::now();
+    let mut res = TestClient::get("http://127.0.0.1:5800/events/news")
+        .send(&service)
+        .await;
+    assert_eq!(res.status_code, Some(salvo::http::StatusCode::OK));
+    let mut body = res.take_body();
+    // Every chunk with the (virtual) time it came, until 8 periods have passed.
+    let chunks: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
+    let log = Arc::clone(&chunks);
+    let reader = tokio::spawn(async move {
+        while let Some(frame) = body.next().await {
+            let frame = frame.expect("a body frame");
+            if let Ok(data) = frame.into_data() {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                log.lock().expect("chunks").push((opened.elapsed(), text));
+            }
+        }
+    });
+    // Events just after a tick of the clock (which started with the stream), and in between.
+    for at in [
+        period + Duration::from_millis(1),
+        period * 3 + Duration::from_millis(1),
+        period * 4 + period / 2,
+        period * 5 + Duration::from_millis(1),
+    ] {
+        tokio::time::sleep_until(opened + at).await;
+        publish(&hub, "news", "event").await;
+    }
+    tokio::time::sleep_until(opened + period * 8).await;
+    reader.abort();
+    let chunks = chunks.lock().expect("chunks").clone();
+    assert!(chunks[0].1.starts_with("retry:"), "{chunks:?}");
+    assert_eq!(
+        chunks
+            .iter()
+            .filter(|(_, t)| t.contains("data: event"))
+            .count(),
+        4
+    );
+    let mut last = Duration::ZERO;
+    for (at, text) in &chunks {
+        // The timer's 1 ms resolution is all the slack there is on a paused clock.
+        assert!(
+            *at - last <= period + Duration::from_millis(2),
+            "silent from {last:?} to {at:?} (then {text:?}): {chunks:?}"
+        );
+        last = *at;
+    }
+    assert!(
+        opened.elapsed() - last <= period + Duration::from_millis(2),
+        "silent since {last:?}: {chunks:?}"
+    );
+}
