@@ -1163,3 +1163,73 @@ async fn panicking_handlers_answer_as_documented_over_the_wire() {
     assert_eq!(rooms.connection_count(), 0, "nothing refused stays joined");
     server.stop().await;
 }
+
+// A plain client's frame goes to every room it is in, all or nothing: every room's publish
+// handler runs first, and one refusal publishes it nowhere (it used to reach the rooms that
+// came before the refusing one in HashMap order, while the sender was told it failed).
+#[tokio::test]
+async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
+    use salvo_realtime::{Connection, Hub, Payload, Topic};
+    let rooms = Rooms::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    // Whatever the order the rooms are visited in, the second handler call refuses.
+    let hub = Channels::new(rooms.clone()).allow("p:*").on_publish(
+        "p:*",
+        move |_ctx, msg: Inbound<String>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 1 {
+                    return Err(Refused::new("second_refuses", "no"));
+                }
+                Ok(msg.data)
+            }
+        },
+    );
+    let conn = Connection::new()
+        .authenticated(Identity::new("pat"))
+        .subscribe(Topic::new("p:a").expect("topic"), Position::Live)
+        .subscribe(Topic::new("p:b").expect("topic"), Position::Live);
+    let sub = hub.join(&conn).await.expect("joins");
+    let result = hub.receive(&conn, Payload::text("hello")).await;
+    assert_eq!(refused_code(result), "second_refuses");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "both handlers ran");
+    assert!(
+        rooms.history("p:a").is_empty() && rooms.history("p:b").is_empty(),
+        "a refused frame reached a room"
+    );
+    // Accepted everywhere: published to both.
+    calls.store(2, Ordering::SeqCst);
+    hub.receive(&conn, Payload::text("again"))
+        .await
+        .expect("accepted by both handlers");
+    assert_eq!(
+        (rooms.history("p:a").len(), rooms.history("p:b").len()),
+        (1, 1)
+    );
+    hub.leave(&conn, sub).await;
+
+    // Over the wire: a plain client in a moderated room and an open one.
+    let server = serve(channels(rooms.clone())).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(
+        server.ws("/ws?user=gus&topic=open:plain&topic=room:plain"),
+    )
+    .await
+    .expect("connect without the channel protocol");
+    ws.send(Message::text(r#"{"text":"darn"}"#))
+        .await
+        .expect("send");
+    let v = loop {
+        let v = next_json(&mut ws).await;
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(v["error"], "moderated");
+    assert!(
+        rooms.history("open:plain").is_empty(),
+        "the open room didn't get what the moderated one refused"
+    );
+    drop(ws);
+    server.stop().await;
+}

@@ -58,6 +58,13 @@
 //!   its own message too, unless the command says `"echo": false`; the reply carries the id.
 //! * **call** `method`: the [`on_call`](Channels::on_call) handler of that name returns a typed
 //!   result, or refuses; an unknown method is `unknown_method`.
+//! * **a plain client's frame** (a socket without the channel protocol): published to every
+//!   room the connection is in, through each room's publish handler, all or nothing. Every
+//!   room's handler runs first (rooms in name order); if one refuses, the frame is published
+//!   nowhere and the sender gets that refusal's code in an `error` frame. Only then is it
+//!   published, room by room in name order; a failure there (the backend, say) stops it: the
+//!   rooms before the failing one have the message, the rest don't, and the sender gets the
+//!   error (`unavailable`).
 //!
 //! A handler that refuses answers that one command with the refusal's code; one that panics
 //! (while it is called or in the future it returns) answers `handler_failed`, one that takes
@@ -517,6 +524,44 @@ impl<B: Backend> Channels<B> {
         guarded(self.handlers.timeout, move || rule(ctx, req)).await
     }
 
+    /// What `conn` publishing `publication` to `topic` becomes: checked for membership, then
+    /// passed through the topic's publish handler (refused, or rewritten), not yet published.
+    async fn prepare(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> Result<Publication, HubError> {
+        if !self.rooms.rooms_of(conn.id()).contains(topic) {
+            return Err(HubError::NotSubscribed(topic.clone()));
+        }
+        let handler = self
+            .handlers
+            .publishers
+            .iter()
+            .find(|(p, _)| p.matches(topic.as_str()).is_some())
+            .map(|(_, h)| Arc::clone(h));
+        let Some(handler) = handler else {
+            return Ok(publication);
+        };
+        crate::hub::pubsub::check_inbound(publication.payload(), usize::MAX)?;
+        let msg = Inbound {
+            topic: topic.clone(),
+            event: publication.event_name().cloned(),
+            data: payload_json(publication.payload())?,
+        };
+        let ctx = self.ctx(conn);
+        let out = guarded(self.handlers.timeout, move || handler(ctx, msg))
+            .await
+            .map_err(HubError::Refused)?;
+        let mut replaced =
+            Publication::new(json_payload(&out)?).skip_origin(publication.skips_origin());
+        if let Some(event) = publication.event_name() {
+            replaced = replaced.event_name_checked(event.clone());
+        }
+        Ok(replaced)
+    }
+
     /// Sends to one connection alone (live-only); see [`Rooms::send_to_connection`].
     ///
     /// # Errors
@@ -641,15 +686,26 @@ impl<B: Backend> Hub for Channels<B> {
     }
 
     /// A frame of the plain envelope protocol: published to each of the connection's rooms,
-    /// through the same publish handlers as a `publish` command.
+    /// through the same publish handlers as a `publish` command, all or nothing: every room's
+    /// handler runs first (rooms in name order), and if one refuses, the frame is published
+    /// nowhere and the sender gets that refusal. Then it is published room by room, in name
+    /// order; a hub error there (a backend failure) stops it: the rooms before it have the
+    /// message, the rest don't, and the sender is told the error.
     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-        let rooms = self.rooms.rooms_of(conn.id());
+        let mut rooms = self.rooms.rooms_of(conn.id());
         if rooms.is_empty() {
             return Err(HubError::NotJoined(conn.id()));
         }
-        for topic in &rooms {
-            self.publish_from(conn, topic, Publication::new(message.clone()))
+        rooms.sort_unstable();
+        let mut prepared = Vec::with_capacity(rooms.len());
+        for topic in rooms {
+            let publication = self
+                .prepare(conn, &topic, Publication::new(message.clone()))
                 .await?;
+            prepared.push((topic, publication));
+        }
+        for (topic, publication) in prepared {
+            self.rooms.publish_from(conn, &topic, publication).await?;
         }
         Ok(())
     }
@@ -694,36 +750,7 @@ impl<B: Backend> Hub for Channels<B> {
         topic: &Topic,
         publication: Publication,
     ) -> Result<MessageId, HubError> {
-        if !self.rooms.rooms_of(conn.id()).contains(topic) {
-            return Err(HubError::NotSubscribed(topic.clone()));
-        }
-        let handler = self
-            .handlers
-            .publishers
-            .iter()
-            .find(|(p, _)| p.matches(topic.as_str()).is_some())
-            .map(|(_, h)| Arc::clone(h));
-        let publication = match handler {
-            None => publication,
-            Some(handler) => {
-                crate::hub::pubsub::check_inbound(publication.payload(), usize::MAX)?;
-                let msg = Inbound {
-                    topic: topic.clone(),
-                    event: publication.event_name().cloned(),
-                    data: payload_json(publication.payload())?,
-                };
-                let ctx = self.ctx(conn);
-                let out = guarded(self.handlers.timeout, move || handler(ctx, msg))
-                    .await
-                    .map_err(HubError::Refused)?;
-                let mut replaced =
-                    Publication::new(json_payload(&out)?).skip_origin(publication.skips_origin());
-                if let Some(event) = publication.event_name() {
-                    replaced = replaced.event_name_checked(event.clone());
-                }
-                replaced
-            }
-        };
+        let publication = self.prepare(conn, topic, publication).await?;
         self.rooms.publish_from(conn, topic, publication).await
     }
 
