@@ -415,54 +415,106 @@ pub(crate) fn cap_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the address it
-/// forwarded (`Forwarded: for=`, else the right-most untrusted `X-Forwarded-For` entry, else
-/// `X-Real-IP`). Headers from anyone else are ignored, so they can't be spoofed around a cap.
-pub(crate) fn client_ip(req: &Request, trusted: &[IpRange]) -> Option<IpAddr> {
+/// Which forwarding header the trusted proxies in front of an endpoint write the client's
+/// address in; see [`trusted_proxies`](crate::ws::WsEndpoint::trusted_proxies). Only the
+/// header named here is read: a proxy passes the others through as the client sent them, so
+/// reading them would let a client pick the address its connections are counted under.
+///
+/// ```
+/// use salvo_realtime::{ForwardedHeader, PubSub, ws::WsEndpoint};
+///
+/// // nginx on the same host with `proxy_set_header X-Real-IP $remote_addr;`
+/// let ws = WsEndpoint::new(PubSub::new())
+///     .trusted_proxies(&["127.0.0.1", "::1"])
+///     .forwarded_header(ForwardedHeader::XRealIp);
+/// # drop(ws);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy 1>, ...`, to which each proxy appends the address it
+    /// got the request from (nginx's `$proxy_add_x_forwarded_for`, HAProxy's `option
+    /// forwardfor`, most cloud load balancers). Read from the right: the right-most entry that
+    /// isn't a trusted proxy is the client. The default.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=<client>, for=<proxy 1>`, appended to the same way; read the
+    /// same way, from each element's `for=`.
+    Forwarded,
+    /// `X-Real-IP: <client>`: one address the proxy sets, replacing any the client sent
+    /// (nginx's `proxy_set_header X-Real-IP $remote_addr`). Two `X-Real-IP` lines mean the
+    /// proxy didn't replace the client's: the proxy's own address counts then.
+    XRealIp,
+}
+
+/// Which peers' forwarding headers are believed, and which header they write.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProxyTrust {
+    ranges: Vec<IpRange>,
+    header: ForwardedHeader,
+}
+
+impl ProxyTrust {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the address the
+/// proxies wrote in the one header the operator named. Walking a forwarding chain from its
+/// right end (the entry the nearest proxy wrote), the first address that isn't a trusted proxy
+/// is the client; if every entry is one, the left-most; an unreadable entry stops the walk at
+/// the last proxy reached (what is left of it can't be trusted). Headers from any other peer
+/// are ignored, so they can't be spoofed around a cap.
+pub(crate) fn client_ip(req: &Request, trust: &ProxyTrust) -> Option<IpAddr> {
     let peer = canonical(req.remote_addr().ip()?);
-    if !trusted.iter().any(|r| r.contains(peer)) {
+    if !trust.trusts(peer) {
         return Some(peer);
     }
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
     let headers = req.headers();
     let joined = |name: &str| {
         headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            // A line that isn't visible ASCII is one unreadable entry: it stops the walk.
+            .map(|v| v.to_str().unwrap_or("?"))
             .collect::<Vec<_>>()
             .join(",")
     };
-    let forwarded: Vec<IpAddr> = joined("forwarded")
-        .split(',')
-        .filter_map(|element| {
+    let entry: fn(&str) -> Option<IpAddr> = match trust.header {
+        ForwardedHeader::XRealIp => {
+            let mut values = headers.get_all("x-real-ip").iter();
+            return match (values.next(), values.next()) {
+                (Some(v), None) => v.to_str().ok().and_then(parse_node).or(Some(peer)),
+                _ => Some(peer),
+            };
+        }
+        ForwardedHeader::XForwardedFor => parse_node,
+        ForwardedHeader::Forwarded => |element| {
             element.split(';').find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
                 k.trim()
                     .eq_ignore_ascii_case("for")
                     .then(|| parse_node(v))?
             })
-        })
-        .collect();
-    let chain = if forwarded.is_empty() {
-        joined("x-forwarded-for")
-            .split(',')
-            .filter_map(parse_node)
-            .collect()
-    } else {
-        forwarded
+        },
     };
-    if let Some(ip) = chain.iter().rev().copied().find(|ip| !is_trusted(*ip)) {
-        return Some(ip);
+    let name = match trust.header {
+        ForwardedHeader::Forwarded => "forwarded",
+        _ => "x-forwarded-for",
+    };
+    let chain = joined(name);
+    let mut reached = peer;
+    for element in chain.rsplit(',').filter(|e| !e.trim().is_empty()) {
+        let Some(ip) = entry(element) else {
+            break;
+        };
+        if !trust.trusts(ip) {
+            return Some(ip);
+        }
+        reached = ip;
     }
-    if let Some(real) = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_node)
-    {
-        return Some(real);
-    }
-    Some(chain.first().copied().unwrap_or(peer))
+    Some(reached)
 }
 
 /// One address of a forwarding header: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:443"`,
@@ -543,7 +595,7 @@ pub(crate) struct Common {
     pub(crate) caps: Caps,
     pub(crate) drain: Drain,
     pub(crate) origins: OriginPolicy,
-    trusted_proxies: Vec<IpRange>,
+    proxies: ProxyTrust,
     max_recent: usize,
 }
 
@@ -557,7 +609,7 @@ impl Common {
             caps: Caps::new(10_000, 64),
             drain: Drain::new(),
             origins: OriginPolicy::default(),
-            trusted_proxies: Vec::new(),
+            proxies: ProxyTrust::default(),
             max_recent: 1_000,
         }
     }
@@ -595,13 +647,17 @@ impl Common {
 
     #[track_caller]
     pub(crate) fn set_trusted_proxies(&mut self, ranges: &[&str]) {
-        self.trusted_proxies = ranges
+        self.proxies.ranges = ranges
             .iter()
             .map(|r| match IpRange::parse(r) {
                 Some(range) => range,
                 None => panic!("trusted proxy {r:?} is not an IP address or CIDR range"),
             })
             .collect();
+    }
+
+    pub(crate) fn set_forwarded_header(&mut self, header: ForwardedHeader) {
+        self.proxies.header = header;
     }
 
     /// The topics a request asks for: the closure's answer, else the path parameter named
@@ -678,7 +734,7 @@ impl Common {
         if let Some(identity) = identity {
             conn = conn.authenticated(identity);
         }
-        let ip = client_ip(req, &self.trusted_proxies);
+        let ip = client_ip(req, &self.proxies);
         if let Some(ip) = ip {
             let port = req.remote_addr().clone().into_std().map_or(0, |a| a.port());
             conn = conn.with_remote_addr(std::net::SocketAddr::new(ip, port));
@@ -805,7 +861,7 @@ impl fmt::Debug for Common {
             .field("identify", &self.identify.is_some())
             .field("caps", &self.caps)
             .field("origins", &self.origins)
-            .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxies", &self.proxies)
             .finish_non_exhaustive()
     }
 }
@@ -1229,12 +1285,14 @@ macro_rules! common_builders {
         }
 
         /// Proxies (addresses or CIDR ranges: `"127.0.0.1"`, `"10.0.0.0/8"`, `"fd00::/8"`)
-        /// whose forwarding headers are believed. A request whose TCP peer is one of them
-        /// counts as coming from the address it forwarded: `Forwarded: for=`, else the
-        /// right-most `X-Forwarded-For` entry that isn't a trusted proxy, else `X-Real-IP`.
-        /// From any other peer those headers are ignored, so a client can't spoof its way
-        /// around the per-address cap. Default: none (right for a server that faces clients
-        /// directly; behind nginx on the same host, trust `"127.0.0.1"` and `"::1"`).
+        /// whose forwarding header is believed. A request whose TCP peer is one of them counts
+        /// as coming from the client address in the header
+        /// [`forwarded_header`](Self::forwarded_header) names (default `X-Forwarded-For`): the
+        /// right-most entry that isn't a trusted proxy (the proxies append, so entries left of
+        /// it are the client's own and may be anything). The other forwarding headers are never
+        /// read, and from any other peer none is, so a client can't spoof its way around the
+        /// per-address cap. Default: none (right for a server that faces clients directly;
+        /// behind nginx on the same host, trust `"127.0.0.1"` and `"::1"`).
         ///
         /// # Panics
         ///
@@ -1244,6 +1302,17 @@ macro_rules! common_builders {
         #[track_caller]
         pub fn trusted_proxies(mut self, ranges: &[&str]) -> Self {
             self.common.set_trusted_proxies(ranges);
+            self
+        }
+
+        /// The one header the [`trusted_proxies`](Self::trusted_proxies) write the client's
+        /// address in; the others are ignored, as a proxy passes them through from the client.
+        /// Name what your proxy sets: nginx's usual `proxy_set_header X-Forwarded-For
+        /// $proxy_add_x_forwarded_for` is [`XForwardedFor`](crate::ForwardedHeader::XForwardedFor).
+        /// Default: `XForwardedFor`.
+        #[must_use]
+        pub fn forwarded_header(mut self, header: crate::ForwardedHeader) -> Self {
+            self.common.set_forwarded_header(header);
             self
         }
 
@@ -1317,7 +1386,10 @@ mod tests {
     use salvo::Request;
     use salvo::http::HeaderValue;
 
-    use super::{IpRange, OriginPolicy, Refusal, cap_key, check_handshake, client_ip, positions};
+    use super::{
+        ForwardedHeader, IpRange, OriginPolicy, ProxyTrust, Refusal, cap_key, check_handshake,
+        client_ip, positions,
+    };
     use crate::hub::{Epoch, MessageId, Position, Topic};
 
     fn request(peer: &str, headers: &[(&str, &str)]) -> Request {
@@ -1346,31 +1418,80 @@ mod tests {
         assert_eq!(cap_key(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
     }
 
+    fn trust(header: ForwardedHeader) -> ProxyTrust {
+        ProxyTrust {
+            ranges: vec![
+                IpRange::parse("127.0.0.1").expect("range"),
+                IpRange::parse("10.0.0.0/8").expect("range"),
+            ],
+            header,
+        }
+    }
+
     #[test]
-    fn forwarding_headers_pick_the_rightmost_untrusted_address() {
-        let trusted = [
-            IpRange::parse("127.0.0.1").expect("range"),
-            IpRange::parse("10.0.0.0/8").expect("range"),
-        ];
+    fn only_the_named_header_counts_read_from_its_right_end() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let xff = trust(ForwardedHeader::XForwardedFor);
+        let spoofed = [
+            ("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.1.1.1"),
+            ("forwarded", "for=192.0.2.66"),
+            ("x-real-ip", "192.0.2.77"),
+        ];
+        let req = request("127.0.0.1:9", &spoofed);
+        assert_eq!(client_ip(&req, &xff), Some(ip("203.0.113.5")));
+        let fwd = trust(ForwardedHeader::Forwarded);
         let req = request(
             "127.0.0.1:9",
-            &[("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.1.1.1")],
+            &[
+                (
+                    "forwarded",
+                    "for=192.0.2.1, for=\"[2001:db8::7]:443\";proto=https",
+                ),
+                ("x-forwarded-for", "198.51.100.1"),
+            ],
         );
-        assert_eq!(client_ip(&req, &trusted), Some(ip("203.0.113.5")));
+        assert_eq!(client_ip(&req, &fwd), Some(ip("2001:db8::7")));
+        let real = trust(ForwardedHeader::XRealIp);
+        let req = request("127.0.0.1:9", &spoofed);
+        assert_eq!(client_ip(&req, &real), Some(ip("192.0.2.77")));
         let req = request(
             "127.0.0.1:9",
-            &[("forwarded", "for=\"[2001:db8::7]:443\";proto=https")],
+            &[("x-real-ip", "192.0.2.1"), ("x-real-ip", "192.0.2.2")],
         );
-        assert_eq!(client_ip(&req, &trusted), Some(ip("2001:db8::7")));
-        let req = request("127.0.0.1:9", &[("x-real-ip", "192.0.2.1")]);
-        assert_eq!(client_ip(&req, &trusted), Some(ip("192.0.2.1")));
-        let req = request("192.0.2.50:9", &[("x-forwarded-for", "203.0.113.5")]);
         assert_eq!(
-            client_ip(&req, &trusted),
-            Some(ip("192.0.2.50")),
-            "spoofed by a client"
+            client_ip(&req, &real),
+            Some(ip("127.0.0.1")),
+            "not replaced"
         );
+        // Several lines are one list, in order.
+        let req = request(
+            "127.0.0.1:9",
+            &[
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-for", "192.0.2.2"),
+            ],
+        );
+        assert_eq!(client_ip(&req, &xff), Some(ip("192.0.2.2")));
+        // Only trusted hops: the left-most; an unreadable entry stops at the last hop reached;
+        // the named header missing: the proxy itself.
+        let req = request("127.0.0.1:9", &[("x-forwarded-for", "10.0.0.9, 10.0.0.8")]);
+        assert_eq!(client_ip(&req, &xff), Some(ip("10.0.0.9")));
+        let req = request(
+            "127.0.0.1:9",
+            &[("x-forwarded-for", "192.0.2.1, unknown, 10.0.0.8")],
+        );
+        assert_eq!(client_ip(&req, &xff), Some(ip("10.0.0.8")));
+        let req = request("127.0.0.1:9", &[("forwarded", "for=192.0.2.1")]);
+        assert_eq!(client_ip(&req, &xff), Some(ip("127.0.0.1")));
+        // From an untrusted peer nothing is read.
+        let req = request("192.0.2.50:9", &spoofed);
+        for header in [
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XRealIp,
+        ] {
+            assert_eq!(client_ip(&req, &trust(header)), Some(ip("192.0.2.50")));
+        }
     }
 
     fn topic_name() -> impl Strategy<Value = String> {
@@ -1432,13 +1553,18 @@ mod tests {
             real in ".{0,30}",
             trusted_peer in any::<bool>(),
         ) {
-            let trusted = [IpRange::parse("127.0.0.0/8").expect("range")];
             let peer = if trusted_peer { "127.0.0.1:1" } else { "192.0.2.1:1" };
             let req = request(peer, &[("x-forwarded-for", &xff), ("forwarded", &fwd), ("x-real-ip", &real)]);
-            let ip = client_ip(&req, &trusted);
-            prop_assert!(ip.is_some());
-            if !trusted_peer {
-                prop_assert_eq!(ip, "192.0.2.1".parse().ok());
+            for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded, ForwardedHeader::XRealIp] {
+                let trust = ProxyTrust {
+                    ranges: vec![IpRange::parse("127.0.0.0/8").expect("range")],
+                    header,
+                };
+                let ip = client_ip(&req, &trust);
+                prop_assert!(ip.is_some());
+                if !trusted_peer {
+                    prop_assert_eq!(ip, "192.0.2.1".parse().ok());
+                }
             }
         }
 

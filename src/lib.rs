@@ -145,7 +145,7 @@ pub mod sse;
 mod wake;
 pub mod ws;
 
-pub use endpoint::{Drain, Rejection};
+pub use endpoint::{Drain, ForwardedHeader, Rejection};
 pub use hub::{
     CONNECTION_TOPIC, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
     Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member,

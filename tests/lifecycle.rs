@@ -13,7 +13,8 @@ use salvo_realtime::error::{HubError, InvalidTopic};
 use salvo_realtime::sse::SseEndpoint;
 use salvo_realtime::ws::WsEndpoint;
 use salvo_realtime::{
-    Connection, Counted, Delivery, Hub, HubConfig, Identity, Payload, PubSub, Rooms,
+    Connection, Counted, Delivery, ForwardedHeader, Hub, HubConfig, Identity, Payload, PubSub,
+    Rooms,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -321,4 +322,94 @@ async fn one_client_creating_rooms_gets_its_own_429() {
     assert_eq!(status, 101, "another user is not affected");
     drop(held);
     server.stop().await;
+}
+
+// Defect 11: behind nginx's usual setup (`proxy_add_x_forwarded_for`: it appends the peer to
+// `X-Forwarded-For` and passes every other header through), a client could pick the address
+// the per-address cap counts by sending its own `Forwarded: for=` or `X-Real-IP`. Only the
+// header the operator names is read (default `X-Forwarded-For`), from its right end.
+#[tokio::test]
+async fn a_client_behind_a_trusted_proxy_cannot_pick_its_counted_address() {
+    let hub = PubSub::new();
+    let behind = SseEndpoint::new(hub)
+        .max_connections_per_ip(1)
+        .trusted_proxies(&["127.0.0.1"]);
+    let server = TestServer::start(Router::with_path("sse/{topic}").get(behind)).await;
+    let client = reqwest::Client::new();
+    // What nginx forwards for the real client 203.0.113.7, which sent nothing itself.
+    let first = client
+        .get(server.http("/sse/t"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(first.status(), 200);
+    // The same client again, spoofing every header nginx passes through.
+    let spoofs: [&[(&str, &str)]; 4] = [
+        &[("forwarded", "for=198.51.100.1")],
+        &[("x-real-ip", "198.51.100.2")],
+        &[("x-forwarded-for", "198.51.100.3")],
+        &[
+            ("forwarded", "for=198.51.100.4"),
+            ("x-real-ip", "198.51.100.5"),
+            ("x-forwarded-for", "198.51.100.6, 10.0.0.1"),
+        ],
+    ];
+    for spoof in spoofs {
+        let mut req = client.get(server.http("/sse/t"));
+        let mut forwarded_for = None;
+        for (name, value) in spoof {
+            if *name == "x-forwarded-for" {
+                forwarded_for = Some(*value);
+            } else {
+                req = req.header(*name, *value);
+            }
+        }
+        // nginx appends the address it saw to whatever the client sent.
+        let chain = forwarded_for.map_or("203.0.113.7".to_owned(), |sent| {
+            format!("{sent}, 203.0.113.7")
+        });
+        let res = req
+            .header("x-forwarded-for", chain)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(
+            res.status(),
+            429,
+            "spoofed with {spoof:?}: counted as 203.0.113.7"
+        );
+        assert!(res.headers().contains_key("retry-after"));
+    }
+    drop(first);
+    server.stop().await;
+
+    // A proxy that sets `X-Real-IP` (or writes `Forwarded`), named as such: the header it
+    // writes counts, `X-Forwarded-For` from the client doesn't.
+    for (header, name, real) in [
+        (ForwardedHeader::XRealIp, "x-real-ip", "203.0.113.8"),
+        (ForwardedHeader::Forwarded, "forwarded", "for=203.0.113.8"),
+    ] {
+        let ep = SseEndpoint::new(PubSub::new())
+            .max_connections_per_ip(1)
+            .trusted_proxies(&["127.0.0.1"])
+            .forwarded_header(header);
+        let server = TestServer::start(Router::with_path("sse/{topic}").get(ep)).await;
+        let open = |spoof: &'static str| {
+            client
+                .get(server.http("/sse/t"))
+                .header(name, real)
+                .header("x-forwarded-for", spoof)
+                .send()
+        };
+        let first = open("198.51.100.1").await.expect("answer");
+        let second = open("198.51.100.2").await.expect("answer");
+        assert_eq!(
+            (first.status().as_u16(), second.status().as_u16()),
+            (200, 429),
+            "{header:?}"
+        );
+        drop(first);
+        server.stop().await;
+    }
 }
