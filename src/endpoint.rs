@@ -814,11 +814,12 @@ const LAST_EVENT_ID_QUERY: &str = "lastEventId";
 
 /// Where each topic starts. `resume` holds ids as clients send them: `<topic>:<id>` names its
 /// topic (any requested topic, or the connection's own direct log `@<user>`, which is then
-/// added); one naming another topic (a room the server put the connection in, say) is ignored.
-/// A bare `<id>`, or a value whose part after the last `:` is no id at all, applies when the
-/// request has exactly one topic. An id that doesn't parse gives [`Position::Invalid`] (a
-/// reset, never a refusal: a stale id must not lock a client out). Topics without an id start
-/// at `base`.
+/// added) by the part before the last `:`; one naming another topic (a room the server put the
+/// connection in, say) is ignored. A bare `<id>`, or a value whose part before the last `:`
+/// names no requested topic, applies when the request has exactly one topic. An id that
+/// doesn't parse gives [`Position::Invalid`] (a reset, never a refusal: a stale id must not
+/// lock a client out), for the topic it names whatever the number of topics. Topics without
+/// an id start at `base`.
 pub(crate) fn positions(
     topics: &[Topic],
     own_direct: Option<&Topic>,
@@ -831,20 +832,22 @@ pub(crate) fn positions(
             .map_or(Position::Invalid, Position::After)
     };
     for value in resume.iter().filter(|v| !v.is_empty()) {
-        let named = value
-            .rsplit_once(':')
-            .filter(|(_, id)| id.parse::<MessageId>().is_ok());
+        let named = value.rsplit_once(':').and_then(|(name, id)| {
+            let topic = topics
+                .iter()
+                .chain(own_direct)
+                .find(|t| t.as_str() == name)?;
+            Some((topic, id))
+        });
         match named {
-            Some((name, id)) => {
-                let Some(topic) = topics.iter().chain(own_direct).find(|t| t.as_str() == name)
-                else {
-                    continue;
-                };
-                match out.iter_mut().find(|(t, _)| t == topic) {
-                    Some(entry) => entry.1 = parse(id),
-                    None => out.push((topic.clone(), parse(id))),
-                }
-            }
+            Some((topic, id)) => match out.iter_mut().find(|(t, _)| t == topic) {
+                Some(entry) => entry.1 = parse(id),
+                None => out.push((topic.clone(), parse(id))),
+            },
+            // A valid id after a `:` that names no topic of this request: another topic's.
+            None if value
+                .rsplit_once(':')
+                .is_some_and(|(_, id)| id.parse::<MessageId>().is_ok()) => {}
             None if topics.len() == 1 => out[0].1 = parse(value),
             None => {}
         }
@@ -1492,6 +1495,33 @@ mod tests {
         ] {
             assert_eq!(client_ip(&req, &trust(header)), Some(ip("192.0.2.50")));
         }
+    }
+
+    #[test]
+    fn an_unreadable_id_resets_the_topic_it_names_among_several() {
+        let topics: Vec<Topic> = ["a", "room:b", "c"]
+            .iter()
+            .map(|n| Topic::new(n).expect("valid"))
+            .collect();
+        let own = Topic::new("@me").expect("valid");
+        let id = MessageId::new(Epoch::random(), 3);
+        let resume = [
+            "room:b:junk".to_owned(),
+            format!("c:{id}"),
+            "@me:".to_owned(),
+            "nowhere:junk".to_owned(),
+            "junk".to_owned(),
+        ];
+        let out = positions(&topics, Some(&own), Position::Live, &resume);
+        assert_eq!(
+            out,
+            vec![
+                (topics[0].clone(), Position::Live),
+                (topics[1].clone(), Position::Invalid),
+                (topics[2].clone(), Position::After(id)),
+                (own, Position::Invalid),
+            ]
+        );
     }
 
     fn topic_name() -> impl Strategy<Value = String> {

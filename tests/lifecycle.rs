@@ -413,3 +413,95 @@ async fn a_client_behind_a_trusted_proxy_cannot_pick_its_counted_address() {
         server.stop().await;
     }
 }
+
+/// Frames of a WebSocket until `until` holds for one (included), as JSON.
+async fn frames_until(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let done = until(&v);
+            out.push(v);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+// "An unreadable resume id gets a reset": with several topics, a `last=<topic>:<junk>` used to
+// be ignored (the topic started live, silently). It resets the topic it names, on both
+// transports.
+#[tokio::test]
+async fn an_unreadable_id_for_one_of_several_topics_resets_that_topic() {
+    let hub = PubSub::new();
+    let router = Router::new()
+        .push(Router::with_path("ws").goal(WsEndpoint::new(hub.clone())))
+        .push(Router::with_path("sse").get(SseEndpoint::new(hub.clone())));
+    let server = TestServer::start(router).await;
+    hub.publish("a", "a0").await.expect("publish");
+    let b0 = hub.publish("b", "b0").await.expect("publish");
+
+    let path = format!("/ws?topic=a&topic=b&last=a:junk&last=b:{b0}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws(&path))
+        .await
+        .expect("connect");
+    hub.publish("b", "b1").await.expect("publish");
+    let got = frames_until(&mut ws, |v| v["data"] == "b1").await;
+    let kinds: Vec<(String, String, String)> = got
+        .iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            (s("type"), s("topic"), s("reason") + &s("data"))
+        })
+        .collect();
+    let expect =
+        |t: &str, topic: &str, what: &str| (t.to_owned(), topic.to_owned(), what.to_owned());
+    assert!(
+        kinds.contains(&expect("reset", "a", "invalid")),
+        "a reset for the topic the unreadable id names: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&expect("message", "a", "a0")),
+        "a's history: {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&expect("message", "b", "b0"))
+            && !kinds.iter().any(|k| k.1 == "b" && k.0 == "reset"),
+        "b resumed after b0: {kinds:?}"
+    );
+    drop(ws);
+
+    // SSE: the same through `lastEventId`.
+    let res = reqwest::get(server.http("/sse?topic=a&topic=b&lastEventId=a:junk"))
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("a0") {
+        use futures_util::StreamExt;
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .expect("a chunk in time")
+            .expect("open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("event: reset") && text.contains("\"invalid\""),
+        "a reset before a's history: {text}"
+    );
+    server.stop().await;
+}
