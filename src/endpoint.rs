@@ -276,8 +276,8 @@ pub(crate) struct Admitted {
     pub(crate) admission: Admission,
 }
 
-/// Decides an `Origin` from the request: the shape of salvo-cors' `AllowOrigin::judge`, so
-/// one function can serve both.
+/// Decides an `Origin` from the request; wrapped in salvo-cors' `AllowOrigin::dynamic`, the
+/// same function decides CORS (README, "Origins and CORS: one list").
 pub(crate) type OriginFn = dyn Fn(&HeaderValue, &Request, &Depot) -> bool + Send + Sync;
 
 /// Which `Origin`s may connect: the request's own host, an exact allowlist, or what a
@@ -1330,14 +1330,15 @@ macro_rules! common_builders {
         }
 
         /// Also admits every `Origin` that `judge` accepts, besides the request's own host and
-        /// [`allowed_origins`](Self::allowed_origins). The closure has the shape salvo-cors'
-        /// `AllowOrigin::judge` takes (`Fn(&HeaderValue, &Request, &Depot) -> bool`), so one
-        /// function can be the single list of trusted origins for both: CORS does not guard
-        /// a WebSocket upgrade (a browser sends no preflight for it, and the page's script
-        /// never reads the upgrade response, so `Access-Control-Allow-Origin` changes nothing),
-        /// and an event stream's `Origin` is only checked here. It is called only for a
-        /// request with exactly one `Origin` header; two are refused before it runs. Default:
-        /// none. See the README, "Origins and CORS: one list".
+        /// [`allowed_origins`](Self::allowed_origins). One function can be the single list of
+        /// trusted origins for this endpoint and the app's CORS middleware: give it to
+        /// salvo-cors as `AllowOrigin::dynamic(|o, req, depot| o.filter(|o| judge(o, req,
+        /// depot)).cloned())`. CORS itself does not guard a WebSocket upgrade (a browser sends
+        /// no preflight for it, and the page's script never reads the upgrade response, so
+        /// `Access-Control-Allow-Origin` changes nothing), and an event stream's `Origin` is
+        /// only checked here. It is called only for a request with exactly one `Origin`
+        /// header; two are refused before it runs. Default: none. See the README, "Origins and
+        /// CORS: one list".
         #[must_use]
         pub fn allow_origin_fn<F>(mut self, judge: F) -> Self
         where
