@@ -261,7 +261,7 @@ export interface Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>
   readonly lastId: MessageId | null;
   /** Settled by the server's first answer; once it rejects, the subscription has ended. */
   readonly ready: Promise<{ topic: string }>;
-  /** Publishes to this topic. */
+  /** Publishes to this topic; resolves to `{ id }`, the message's id. */
   publish(data: unknown, options?: PublishOptions): Promise<Published>;
   /** Leaves the topic; nothing more of it is emitted once called. */
   unsubscribe(): Promise<{ topic: string; was_subscribed: boolean }>;
@@ -278,7 +278,8 @@ export class RealtimeChannels<T = unknown> extends Client<ChannelsEvents<T>> {
   subscribe<U = T>(topic: string, options?: { recent?: number; data?: unknown }): Subscription<U>;
   /** The subscription to `topic`, or `null`. */
   subscription(topic: string): Subscription<T> | null;
-  /** Publishes `data` (any JSON; a string goes as text) to a subscribed topic. */
+  /** Publishes `data` (any JSON; a string goes as text) to a subscribed topic; resolves to
+   * `{ id }`, the message's id. */
   publish(topic: string, data: unknown, options?: PublishOptions): Promise<Published>;
   /** Calls a server method; resolves to its result (`R` is not checked). */
   call<R = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<R>;
