@@ -148,11 +148,13 @@ impl From<Rejection> for Refusal {
 }
 
 impl Refusal {
-    /// The one status map. Hub errors: bad names, too many subscriptions, bad payloads and
-    /// JSON, unsupported requests are 400 (the client can fix the request); `InboundRejected`,
-    /// `Refused` (an authorization rule), `NotSubscribed` and `NotJoined` (the server ended the
-    /// connection while it joined) 403; `TooManyCreated` 429 (that client's
-    /// own limit); `TooManyTopics` and `Backend` 503 (try later); `AlreadyJoined` 500.
+    /// The one status map, written out in the README's "One lifecycle, one status map" (a
+    /// test checks every hub error against it). Hub errors: bad names, too many subscriptions,
+    /// bad payloads and JSON, unsupported requests are 400 (the client can fix the request);
+    /// `InboundRejected`, `Refused` (an authorization rule or `on_connect`), `NotSubscribed`
+    /// and `NotJoined` (the server ended the connection while it joined) 403;
+    /// `TooManyCreated` 429 (that client's own limit); `TooManyTopics`, `Backend` and
+    /// `QueueFull` 503 (try later); `AlreadyJoined` 500.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -1523,6 +1525,46 @@ mod tests {
                 (own, Position::Invalid),
             ]
         );
+    }
+
+    // The README's status map lists every hub error a join can return, with the status
+    // `Refusal::status` answers, and `Retry-After` exactly where it is sent.
+    #[test]
+    fn the_readme_status_map_is_the_codes_own() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| hub join |"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let mut listed = std::collections::HashMap::new();
+        for row in &rows {
+            let cells: Vec<&str> = row.split('|').collect();
+            let status: u16 = cells[3]
+                .trim()
+                .split(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("a status in {row}"));
+            let retry = cells[3].contains("Retry-After");
+            for name in cells[2].split('`').skip(1).step_by(2) {
+                if name.starts_with(char::is_uppercase) {
+                    assert!(
+                        listed.insert(name, (status, retry)).is_none(),
+                        "{name} twice"
+                    );
+                }
+            }
+        }
+        let all = crate::error::tests::every_variant();
+        let count = all.len();
+        for e in all {
+            let name = e.variant_name();
+            let status = Refusal::Hub(e).status().as_u16();
+            let retry = matches!(status, 429 | 503);
+            assert_eq!(listed.get(name), Some(&(status, retry)), "{name}");
+        }
+        assert_eq!(listed.len(), count, "a name the README lists is no variant");
     }
 
     fn topic_name() -> impl Strategy<Value = String> {

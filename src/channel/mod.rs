@@ -315,6 +315,21 @@ const TIMEOUT: &str = "timeout";
 const INVALID_DATA: &str = "invalid_data";
 const UNKNOWN_METHOD: &str = "unknown_method";
 
+/// Every code of this module: with the hub's and the protocol's, the one list the `ws` module
+/// docs' table of codes is checked against (`error::tests`).
+#[cfg(test)]
+pub(crate) const CODES: &[&str] = &[
+    FORBIDDEN,
+    HANDLER_FAILED,
+    TIMEOUT,
+    INVALID_DATA,
+    UNKNOWN_METHOD,
+];
+
+/// The codes of this module a plain client's frame can be refused with (its publish handlers').
+#[cfg(test)]
+pub(crate) const RECEIVE_CODES: &[&str] = &[HANDLER_FAILED, TIMEOUT, INVALID_DATA];
+
 fn handler_failed(message: &str) -> Refused {
     Refused::new(HANDLER_FAILED, message.to_owned())
 }
