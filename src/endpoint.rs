@@ -1393,8 +1393,8 @@ mod tests {
     use salvo::http::HeaderValue;
 
     use super::{
-        ForwardedHeader, IpRange, OriginPolicy, ProxyTrust, Refusal, cap_key, check_handshake,
-        client_ip, positions,
+        CapExceeded, ForwardedHeader, IpRange, OriginPolicy, ProxyTrust, Refusal, cap_key,
+        check_handshake, client_ip, positions,
     };
     use crate::hub::{Epoch, MessageId, Position, Topic};
 
@@ -1565,6 +1565,37 @@ mod tests {
             assert_eq!(listed.get(name), Some(&(status, retry)), "{name}");
         }
         assert_eq!(listed.len(), count, "a name the README lists is no variant");
+    }
+
+    // The defaults the README states: 10,000 connections per endpoint (503), 64 per client
+    // address (429), both answered with `Retry-After: 5`.
+    #[test]
+    fn the_default_caps_are_10000_in_all_and_64_per_address() {
+        let caps = super::Common::new().caps;
+        let held: Vec<_> = (0..10_000)
+            .map(|_| caps.acquire(None).expect("within the cap"))
+            .collect();
+        assert_eq!(caps.acquire(None).err(), Some(CapExceeded::Total));
+        drop(held);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let held: Vec<_> = (0..64)
+            .map(|_| caps.acquire(Some(ip)).expect("within the cap"))
+            .collect();
+        assert_eq!(caps.acquire(Some(ip)).err(), Some(CapExceeded::PerIp));
+        assert!(caps.acquire(Some("192.0.2.2".parse().expect("ip"))).is_ok());
+        drop(held);
+        for (which, status) in [(CapExceeded::Total, 503), (CapExceeded::PerIp, 429)] {
+            let mut res = salvo::Response::new();
+            Refusal::Cap(which).respond(&mut res, caps.retry_after());
+            let retry = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.as_bytes().to_vec());
+            assert_eq!(
+                (res.status_code.map(|s| s.as_u16()), retry),
+                (Some(status), Some(b"5".to_vec()))
+            );
+        }
     }
 
     fn topic_name() -> impl Strategy<Value = String> {
