@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use salvo::http::StatusCode;
@@ -139,6 +141,8 @@ pub(crate) enum Refusal {
     Cap(CapExceeded),
     /// The hub refused the join; see [`Refusal::status`] for the map.
     Hub(HubError),
+    /// One of the application's closures (named) panicked: 500; nothing was joined or counted.
+    Panicked(&'static str),
 }
 
 impl From<Rejection> for Refusal {
@@ -162,6 +166,7 @@ impl Refusal {
             Self::Version => StatusCode::UPGRADE_REQUIRED,
             Self::Origin => StatusCode::FORBIDDEN,
             Self::Rejected(r) => r.status(),
+            Self::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Cap(CapExceeded::Total) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Cap(CapExceeded::PerIp) => StatusCode::TOO_MANY_REQUESTS,
             Self::Hub(e) => match e {
@@ -194,6 +199,7 @@ impl Refusal {
             Self::Version => "unsupported websocket version (this server speaks 13)".into(),
             Self::Origin => "origin not allowed".into(),
             Self::Rejected(r) => r.reason().into(),
+            Self::Panicked(_) => "internal error".into(),
             Self::Cap(CapExceeded::Total) => "too many connections".into(),
             Self::Cap(CapExceeded::PerIp) => "too many connections from this address".into(),
             Self::Hub(HubError::Backend(_)) => "service unavailable, try again later".into(),
@@ -232,9 +238,9 @@ impl Refusal {
         match self {
             Self::Draining => "draining",
             Self::Handshake(_) | Self::Version => "handshake",
-            Self::Origin => "origin",
-            Self::Rejected(Rejection::BadRequest(_)) => "request",
-            Self::Rejected(_) => "identity",
+            Self::Origin | Self::Panicked("allow_origin_fn") => "origin",
+            Self::Rejected(Rejection::BadRequest(_)) | Self::Panicked("topics") => "request",
+            Self::Rejected(_) | Self::Panicked(_) => "identity",
             Self::Cap(_) => "caps",
             Self::Hub(HubError::Refused(_) | HubError::NotSubscribed(_)) => "subscribe",
             Self::Hub(_) => "hub",
@@ -250,6 +256,15 @@ impl Refusal {
             }
             Self::Cap(which) => {
                 tracing::warn!(transport, ?peer, status, cap = ?which, "connection refused: cap reached");
+            }
+            Self::Panicked(closure) => {
+                tracing::error!(
+                    transport,
+                    ?peer,
+                    status,
+                    closure,
+                    "connection refused: the application's closure panicked"
+                );
             }
             other => {
                 tracing::info!(transport, ?peer, status, reason = %other.brief(), "connection refused");
@@ -328,9 +343,13 @@ impl OriginPolicy {
                 Ok(())
             };
         };
-        let judged = self.judge.as_ref();
-        if judged.is_some_and(|judge| judge(origin, req, depot)) {
-            return Ok(());
+        if let Some(judge) = &self.judge {
+            let judged = std::panic::catch_unwind(AssertUnwindSafe(|| judge(origin, req, depot)));
+            match judged {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(_) => return Err(Refusal::Panicked("allow_origin_fn")),
+            }
         }
         let origin = origin
             .to_str()
@@ -712,7 +731,9 @@ impl Common {
             check_handshake(req)?;
         }
         self.origins.check(req, depot)?;
-        let topics = match self.topics(req, depot) {
+        let topics = std::panic::catch_unwind(AssertUnwindSafe(|| self.topics(req, depot)))
+            .map_err(|_| Refusal::Panicked("topics"))?;
+        let topics = match topics {
             Err(_) if transport == Transport::Channels && self.no_topic_asked(req) => Vec::new(),
             other => other?,
         };
@@ -724,8 +745,16 @@ impl Common {
             ),
             None => Position::Live,
         };
+        // A panic in the closure or in its future is the app's bug: 500, not a reset.
         let identity = match &self.identify {
-            Some(f) => f(req, depot).await?,
+            Some(f) => {
+                let fut = std::panic::catch_unwind(AssertUnwindSafe(|| f(req, depot)))
+                    .map_err(|_| Refusal::Panicked("identify"))?;
+                AssertUnwindSafe(fut)
+                    .catch_unwind()
+                    .await
+                    .map_err(|_| Refusal::Panicked("identify"))??
+            }
             None => None,
         };
         let resume = resume_values(req, transport);

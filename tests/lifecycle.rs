@@ -727,3 +727,70 @@ async fn drain_closes_in_batches_with_1001_and_each_connection_leaves_once() {
     );
     server.stop().await;
 }
+
+// A panic in one of the application's closures (`topics`, `identify` or its future,
+// `allow_origin_fn`) answers 500 on both transports, instead of a reset with no answer;
+// nothing is joined or counted, and the next request is served.
+#[tokio::test]
+async fn a_panicking_application_closure_is_a_500() {
+    fn crash<T>(what: &str) -> T {
+        panic!("{what} panicked")
+    }
+    let hub = Counted::new(PubSub::new());
+    let ok_or_crash = |req: &salvo::Request| req.query::<String>("crash");
+    let ws = WsEndpoint::new(hub.clone())
+        .topics(move |req, _| match ok_or_crash(req).as_deref() {
+            Some("topics") => crash("topics"),
+            _ => Ok(vec![salvo_realtime::Topic::new("t")?]),
+        })
+        .identify_async(|req, _| {
+            let which = req.query::<String>("crash");
+            if which.as_deref() == Some("identify") {
+                crash::<()>("identify");
+            }
+            async move {
+                if which.as_deref() == Some("identify_future") {
+                    crash::<()>("identify's future");
+                }
+                Ok(None)
+            }
+        })
+        .allow_origin_fn(|_origin, req, _| {
+            req.query::<String>("crash").as_deref() == Some("origin") && crash("allow_origin_fn")
+        });
+    let sse = SseEndpoint::new(hub.clone()).identify(|req, _| {
+        match req.query::<String>("crash").as_deref() {
+            Some("identify") => crash("identify"),
+            _ => Ok(None),
+        }
+    });
+    let router = Router::new()
+        .push(Router::with_path("ws").goal(ws.clone()))
+        .push(Router::with_path("sse/{topic}").get(sse));
+    let server = TestServer::start(router).await;
+    for which in ["topics", "identify", "identify_future", "origin"] {
+        // The origin predicate runs for a foreign `Origin` only.
+        let origin = if which == "origin" {
+            "\r\nOrigin: https://elsewhere.example"
+        } else {
+            ""
+        };
+        let (status, head) = raw(
+            &server,
+            &upgrade(
+                &format!("/ws?crash={which}"),
+                &format!("\r\nSec-WebSocket-Version: 13{origin}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, 500, "{which}: {head}");
+    }
+    let sse = reqwest::get(server.http("/sse/t?crash=identify"))
+        .await
+        .expect("an answer");
+    assert_eq!(sse.status(), 500);
+    assert_eq!((ws.open_connections(), hub.snapshot().total), (0, 0));
+    let (status, _) = raw(&server, &upgrade("/ws", "\r\nSec-WebSocket-Version: 13")).await;
+    assert_eq!(status, 101, "still serving");
+    server.stop().await;
+}
