@@ -125,10 +125,14 @@ export interface EventsOptions extends ReconnectOptions {
 
 /** Options of a `RealtimeChannels`. */
 export interface ChannelsOptions extends ReconnectOptions {
-  /** A call's default timeout, ms. Default 10000. */
+  /** A call's default timeout, ms, from when it is sent. Default 10000. */
   callTimeout?: number;
-  /** Publishes queued while the socket is away. Default 100. */
+  /** Commands waiting for the socket, or for their turn to be sent. Default 100. */
   queueLimit?: number;
+  /** Frames sent at once before pacing starts. Default 80 (the endpoint allows 100). */
+  sendBurst?: number;
+  /** Frames sent per second once paced. Default 40 (the endpoint allows 50). */
+  sendRate?: number;
 }
 
 /** The events every client emits. */
