@@ -125,10 +125,14 @@ export interface EventsOptions extends ReconnectOptions {
 
 /** Options of a `RealtimeChannels`. */
 export interface ChannelsOptions extends ReconnectOptions {
-  /** A call's default timeout, ms. Default 10000. */
+  /** A call's default timeout, ms, from when it is sent. Default 10000. */
   callTimeout?: number;
-  /** Publishes queued while the socket is away. Default 100. */
+  /** Commands waiting for the socket, or for their turn to be sent. Default 100. */
   queueLimit?: number;
+  /** Frames sent at once before pacing starts. Default 80 (the endpoint allows 100). */
+  sendBurst?: number;
+  /** Frames sent per second once paced. Default 40 (the endpoint allows 50). */
+  sendRate?: number;
 }
 
 /** The events every client emits. */
@@ -261,7 +265,7 @@ export interface Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>
   readonly lastId: MessageId | null;
   /** Settled by the server's first answer; once it rejects, the subscription has ended. */
   readonly ready: Promise<{ topic: string }>;
-  /** Publishes to this topic. */
+  /** Publishes to this topic; resolves to `{ id }`, the message's id. */
   publish(data: unknown, options?: PublishOptions): Promise<Published>;
   /** Leaves the topic; nothing more of it is emitted once called. */
   unsubscribe(): Promise<{ topic: string; was_subscribed: boolean }>;
@@ -278,7 +282,8 @@ export class RealtimeChannels<T = unknown> extends Client<ChannelsEvents<T>> {
   subscribe<U = T>(topic: string, options?: { recent?: number; data?: unknown }): Subscription<U>;
   /** The subscription to `topic`, or `null`. */
   subscription(topic: string): Subscription<T> | null;
-  /** Publishes `data` (any JSON; a string goes as text) to a subscribed topic. */
+  /** Publishes `data` (any JSON; a string goes as text) to a subscribed topic; resolves to
+   * `{ id }`, the message's id. */
   publish(topic: string, data: unknown, options?: PublishOptions): Promise<Published>;
   /** Calls a server method; resolves to its result (`R` is not checked). */
   call<R = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<R>;

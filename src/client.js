@@ -421,16 +421,23 @@ class Subscription extends Emitter {
  * A WebSocket to a `WsEndpoint` speaking the channel protocol (`salvo-realtime.v1`): any number
  * of topics on one socket, publishes and calls with replies. Reconnects with backoff, then
  * resubscribes every topic from its last id, then sends what was queued meanwhile.
- * Options: `callTimeout` (ms, default 10000), `queueLimit` (100), `minDelay`, `maxDelay`,
- * `stableAfter`.
+ * Every command goes out through a token bucket (`sendBurst` at once, then `sendRate` a
+ * second), so a client with many topics resubscribing, or a burst of publishes, stays under
+ * the endpoint's inbound rate limit (default 50/s, burst 100) instead of being refused.
+ * Options: `callTimeout` (ms, default 10000, counted from when the call is sent), `queueLimit`
+ * (100), `sendBurst` (80), `sendRate` (40 per second), `minDelay`, `maxDelay`, `stableAfter`.
  */
 export class RealtimeChannels extends Client {
   constructor(url, options = {}) {
-    super(url, { queueLimit: 100, callTimeout: 10000, ...options });
+    super(url, { queueLimit: 100, callTimeout: 10000, sendBurst: 80, sendRate: 40, ...options });
     this._subs = new Map(); // topic -> Subscription, resubscribed on every reconnect
     this._leaving = new Map(); // topic -> unsubscribes in flight (deliveries meanwhile: dropped)
     this._pending = new Map(); // ref -> command sent, awaiting its reply
     this._queue = []; // commands waiting for the socket
+    this._outbox = []; // commands for the open socket, waiting for a send token
+    this._tokens = 0; // send tokens left (refilled at `sendRate` up to `sendBurst`)
+    this._refilled = 0; // when `_tokens` was last refilled
+    this._pacer = null; // the timer that sends the outbox on when a token is due
     this._orphans = new Map(); // topic -> presence snapshot that came before its `subscribed`
     this._seen = new Map(); // topic -> (epoch -> highest offset seen)
     this._ref = 0;
@@ -505,6 +512,9 @@ export class RealtimeChannels extends Client {
       openedAt = Date.now();
       this._pages.clear();
       this._orphans.clear();
+      // A new connection starts with a full bucket on the server too.
+      this._tokens = this.options.sendBurst;
+      this._refilled = openedAt;
       // Resubscriptions first, then what was queued: the server runs commands in order.
       for (const sub of this._subs.values()) this._sendSubscribe(sub);
       for (const entry of this._queue.splice(0)) this._send(entry);
@@ -536,7 +546,13 @@ export class RealtimeChannels extends Client {
 
   /** The socket is gone: commands awaiting a reply end (subscriptions are sent again). */
   _dropped() {
-    const pending = [...this._pending.values()];
+    clearTimeout(this._pacer);
+    this._pacer = null;
+    // Never sent: a publish waits for the next socket (in order, ahead of later ones); a
+    // subscribe is sent again from `_subs`; a call fails (it was never made).
+    const unsent = this._outbox.splice(0);
+    this._queue.unshift(...unsent.filter((entry) => entry.kind === "publish"));
+    const pending = [...this._pending.values(), ...unsent.filter((entry) => entry.kind !== "publish")];
     this._pending.clear();
     this._leaving.clear();
     for (const entry of pending) {
@@ -554,16 +570,44 @@ export class RealtimeChannels extends Client {
       if (this._closed) return reject(new RealtimeError("closed", "this client was closed"));
       this._ref += 1;
       const entry = { kind, frame: { ...frame, ref: this._ref }, resolve, reject, ...options };
-      if (this._open()) return this._send(entry);
-      if (kind === "call") return reject(new RealtimeError("disconnected", "not connected"));
-      if (this._queue.length >= this.options.queueLimit) {
-        return reject(new RealtimeError("queue_full", "too many commands waiting for the connection"));
+      const full = () => reject(new RealtimeError("queue_full", "too many commands waiting to be sent"));
+      if (this._open()) {
+        const waiting = this._outbox.filter((e) => e.kind !== "subscribe").length;
+        return waiting >= this.options.queueLimit ? full() : this._send(entry);
       }
+      if (kind === "call") return reject(new RealtimeError("disconnected", "not connected"));
+      if (this._queue.length >= this.options.queueLimit) return full();
       this._queue.push(entry);
     });
   }
 
+  /** Sends `entry` on the open socket when a send token is free, after those waiting. */
   _send(entry) {
+    this._outbox.push(entry);
+    this._pace();
+  }
+
+  /** Sends what the bucket allows now; the rest when the next token is due. */
+  _pace() {
+    if (this._pacer !== null || !this._open()) return;
+    const { sendBurst, sendRate } = this.options;
+    const now = Date.now();
+    this._tokens = Math.min(sendBurst, this._tokens + ((now - this._refilled) / 1000) * sendRate);
+    this._refilled = now;
+    while (this._outbox.length > 0 && this._tokens >= 1) {
+      this._tokens -= 1;
+      this._transmit(this._outbox.shift());
+    }
+    if (this._outbox.length > 0) {
+      const wait = Math.ceil(((1 - this._tokens) / sendRate) * 1000);
+      this._pacer = setTimeout(() => {
+        this._pacer = null;
+        this._pace();
+      }, wait);
+    }
+  }
+
+  _transmit(entry) {
     const ref = entry.frame.ref;
     this._pending.set(ref, entry);
     if (entry.timeout > 0) {

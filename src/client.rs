@@ -135,8 +135,12 @@
 //! | `call(method, data, {timeout})` | a `Promise` of the method's result; `timeout` in ms (default the `callTimeout` option, 10 s) |
 //! | `on`, `close`, `lastId`, `state`, `duplicates` | as above (`duplicates` counts every topic) |
 //!
-//! Options (all optional): `callTimeout` (10 s), `queueLimit` (100 publishes), and `minDelay`,
-//! `maxDelay`, `stableAfter` as above.
+//! Options (all optional): `callTimeout` (10 s, from when the call is sent), `queueLimit` (100
+//! commands waiting), `sendBurst` (80) and `sendRate` (40 a second), and `minDelay`, `maxDelay`,
+//! `stableAfter` as above. Every command leaves through a token bucket of `sendBurst` frames,
+//! refilled at `sendRate`: under the endpoint's default inbound limit (50/s, burst 100), so a
+//! client with many topics resubscribing, or a burst of publishes, is paced rather than refused
+//! `rate_limited`. Raise both with the endpoint's [`rate_limit`](crate::ws::WsEndpoint::rate_limit).
 //!
 //! A subscription has `topic`, `state` (`"subscribing"`, `"subscribed"`, `"unsubscribed"`,
 //! `"refused"`), `lastId` (the last id seen on the topic, or `null`), `ready` (a `Promise`
@@ -153,7 +157,7 @@
 //! |---|---|
 //! | `timeout` | a call got no reply within its timeout (a late reply is ignored) |
 //! | `disconnected` | the socket dropped before the reply (a publish may or may not have been published), or a call was made while it was not open |
-//! | `queue_full` | more than `queueLimit` (100) publishes wait for the socket |
+//! | `queue_full` | more than `queueLimit` (100) commands wait for the socket, or for their turn to be sent |
 //! | `closed` | `close()` was called |
 //! | `unsubscribed` | (`ready`) the subscription was left before the server answered |
 //!
@@ -176,7 +180,10 @@
 //! resubscribes every topic with its own `last` id (or `recent` if it has seen none yet), so
 //! the server's authorization rules run again and each topic gets exactly what it missed; then
 //! it sends the publishes queued while it was away, in order (the server runs a connection's
-//! commands in order, so they come after the resubscriptions). Calls are never queued. Topics
+//! commands in order, so they come after the resubscriptions), all paced by the bucket above.
+//! Calls are never queued while the socket is away; a call or publish still waiting for its
+//! turn when the socket drops was never sent: the call rejects `disconnected`, the publish waits
+//! for the next socket. Topics
 //! that arrive without a subscribe, such as the `@<user>` log, resume through the URL with
 //! `last=<topic>:<id>`. Dedup is per topic, by id; messages without an id (presence notices,
 //! `$conn` messages) are never dropped. Unsubscribing forgets the topic's position, so

@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use salvo::http::StatusCode;
 use salvo::http::header::{HOST, HeaderValue, ORIGIN, RETRY_AFTER};
@@ -138,6 +140,8 @@ pub(crate) enum Refusal {
     Cap(CapExceeded),
     /// The hub refused the join; see [`Refusal::status`] for the map.
     Hub(HubError),
+    /// One of the application's closures (named) panicked: 500; nothing was joined or counted.
+    Panicked(&'static str),
 }
 
 impl From<Rejection> for Refusal {
@@ -147,11 +151,13 @@ impl From<Rejection> for Refusal {
 }
 
 impl Refusal {
-    /// The one status map. Hub errors: bad names, too many subscriptions, bad payloads and
-    /// JSON, unsupported requests are 400 (the client can fix the request); `InboundRejected`,
-    /// `Refused` (an authorization rule), `NotSubscribed` and `NotJoined` (the server ended the
-    /// connection while it joined) 403; `TooManyCreated` 429 (that client's
-    /// own limit); `TooManyTopics` and `Backend` 503 (try later); `AlreadyJoined` 500.
+    /// The one status map, written out in the README's "One lifecycle, one status map" (a
+    /// test checks every hub error against it). Hub errors: bad names, too many subscriptions,
+    /// bad payloads and JSON, unsupported requests are 400 (the client can fix the request);
+    /// `InboundRejected`, `Refused` (an authorization rule or `on_connect`), `NotSubscribed`
+    /// and `NotJoined` (the server ended the connection while it joined) 403;
+    /// `TooManyCreated` 429 (that client's own limit); `TooManyTopics`, `Backend` and
+    /// `QueueFull` 503 (try later); `AlreadyJoined` 500.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -159,6 +165,7 @@ impl Refusal {
             Self::Version => StatusCode::UPGRADE_REQUIRED,
             Self::Origin => StatusCode::FORBIDDEN,
             Self::Rejected(r) => r.status(),
+            Self::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Cap(CapExceeded::Total) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Cap(CapExceeded::PerIp) => StatusCode::TOO_MANY_REQUESTS,
             Self::Hub(e) => match e {
@@ -191,6 +198,7 @@ impl Refusal {
             Self::Version => "unsupported websocket version (this server speaks 13)".into(),
             Self::Origin => "origin not allowed".into(),
             Self::Rejected(r) => r.reason().into(),
+            Self::Panicked(_) => "internal error".into(),
             Self::Cap(CapExceeded::Total) => "too many connections".into(),
             Self::Cap(CapExceeded::PerIp) => "too many connections from this address".into(),
             Self::Hub(HubError::Backend(_)) => "service unavailable, try again later".into(),
@@ -229,9 +237,9 @@ impl Refusal {
         match self {
             Self::Draining => "draining",
             Self::Handshake(_) | Self::Version => "handshake",
-            Self::Origin => "origin",
-            Self::Rejected(Rejection::BadRequest(_)) => "request",
-            Self::Rejected(_) => "identity",
+            Self::Origin | Self::Panicked("allow_origin_fn") => "origin",
+            Self::Rejected(Rejection::BadRequest(_)) | Self::Panicked("topics") => "request",
+            Self::Rejected(_) | Self::Panicked(_) => "identity",
             Self::Cap(_) => "caps",
             Self::Hub(HubError::Refused(_) | HubError::NotSubscribed(_)) => "subscribe",
             Self::Hub(_) => "hub",
@@ -247,6 +255,15 @@ impl Refusal {
             }
             Self::Cap(which) => {
                 tracing::warn!(transport, ?peer, status, cap = ?which, "connection refused: cap reached");
+            }
+            Self::Panicked(closure) => {
+                tracing::error!(
+                    transport,
+                    ?peer,
+                    status,
+                    closure,
+                    "connection refused: the application's closure panicked"
+                );
             }
             other => {
                 tracing::info!(transport, ?peer, status, reason = %other.brief(), "connection refused");
@@ -275,8 +292,8 @@ pub(crate) struct Admitted {
     pub(crate) admission: Admission,
 }
 
-/// Decides an `Origin` from the request: the shape of salvo-cors' `AllowOrigin::judge`, so
-/// one function can serve both.
+/// Decides an `Origin` from the request; wrapped in salvo-cors' `AllowOrigin::dynamic`, the
+/// same function decides CORS (README, "Origins and CORS: one list").
 pub(crate) type OriginFn = dyn Fn(&HeaderValue, &Request, &Depot) -> bool + Send + Sync;
 
 /// Which `Origin`s may connect: the request's own host, an exact allowlist, or what a
@@ -325,9 +342,13 @@ impl OriginPolicy {
                 Ok(())
             };
         };
-        let judged = self.judge.as_ref();
-        if judged.is_some_and(|judge| judge(origin, req, depot)) {
-            return Ok(());
+        if let Some(judge) = &self.judge {
+            let judged = std::panic::catch_unwind(AssertUnwindSafe(|| judge(origin, req, depot)));
+            match judged {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(_) => return Err(Refusal::Panicked("allow_origin_fn")),
+            }
         }
         let origin = origin
             .to_str()
@@ -414,54 +435,106 @@ pub(crate) fn cap_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the address it
-/// forwarded (`Forwarded: for=`, else the right-most untrusted `X-Forwarded-For` entry, else
-/// `X-Real-IP`). Headers from anyone else are ignored, so they can't be spoofed around a cap.
-pub(crate) fn client_ip(req: &Request, trusted: &[IpRange]) -> Option<IpAddr> {
+/// Which forwarding header the trusted proxies in front of an endpoint write the client's
+/// address in; see [`trusted_proxies`](crate::ws::WsEndpoint::trusted_proxies). Only the
+/// header named here is read: a proxy passes the others through as the client sent them, so
+/// reading them would let a client pick the address its connections are counted under.
+///
+/// ```
+/// use salvo_realtime::{ForwardedHeader, PubSub, ws::WsEndpoint};
+///
+/// // nginx on the same host with `proxy_set_header X-Real-IP $remote_addr;`
+/// let ws = WsEndpoint::new(PubSub::new())
+///     .trusted_proxies(&["127.0.0.1", "::1"])
+///     .forwarded_header(ForwardedHeader::XRealIp);
+/// # drop(ws);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy 1>, ...`, to which each proxy appends the address it
+    /// got the request from (nginx's `$proxy_add_x_forwarded_for`, HAProxy's `option
+    /// forwardfor`, most cloud load balancers). Read from the right: the right-most entry that
+    /// isn't a trusted proxy is the client. The default.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=<client>, for=<proxy 1>`, appended to the same way; read the
+    /// same way, from each element's `for=`.
+    Forwarded,
+    /// `X-Real-IP: <client>`: one address the proxy sets, replacing any the client sent
+    /// (nginx's `proxy_set_header X-Real-IP $remote_addr`). Two `X-Real-IP` lines mean the
+    /// proxy didn't replace the client's: the proxy's own address counts then.
+    XRealIp,
+}
+
+/// Which peers' forwarding headers are believed, and which header they write.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProxyTrust {
+    ranges: Vec<IpRange>,
+    header: ForwardedHeader,
+}
+
+impl ProxyTrust {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the address the
+/// proxies wrote in the one header the operator named. Walking a forwarding chain from its
+/// right end (the entry the nearest proxy wrote), the first address that isn't a trusted proxy
+/// is the client; if every entry is one, the left-most; an unreadable entry stops the walk at
+/// the last proxy reached (what is left of it can't be trusted). Headers from any other peer
+/// are ignored, so they can't be spoofed around a cap.
+pub(crate) fn client_ip(req: &Request, trust: &ProxyTrust) -> Option<IpAddr> {
     let peer = canonical(req.remote_addr().ip()?);
-    if !trusted.iter().any(|r| r.contains(peer)) {
+    if !trust.trusts(peer) {
         return Some(peer);
     }
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
     let headers = req.headers();
     let joined = |name: &str| {
         headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            // A line that isn't visible ASCII is one unreadable entry: it stops the walk.
+            .map(|v| v.to_str().unwrap_or("?"))
             .collect::<Vec<_>>()
             .join(",")
     };
-    let forwarded: Vec<IpAddr> = joined("forwarded")
-        .split(',')
-        .filter_map(|element| {
+    let entry: fn(&str) -> Option<IpAddr> = match trust.header {
+        ForwardedHeader::XRealIp => {
+            let mut values = headers.get_all("x-real-ip").iter();
+            return match (values.next(), values.next()) {
+                (Some(v), None) => v.to_str().ok().and_then(parse_node).or(Some(peer)),
+                _ => Some(peer),
+            };
+        }
+        ForwardedHeader::XForwardedFor => parse_node,
+        ForwardedHeader::Forwarded => |element| {
             element.split(';').find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
                 k.trim()
                     .eq_ignore_ascii_case("for")
                     .then(|| parse_node(v))?
             })
-        })
-        .collect();
-    let chain = if forwarded.is_empty() {
-        joined("x-forwarded-for")
-            .split(',')
-            .filter_map(parse_node)
-            .collect()
-    } else {
-        forwarded
+        },
     };
-    if let Some(ip) = chain.iter().rev().copied().find(|ip| !is_trusted(*ip)) {
-        return Some(ip);
+    let name = match trust.header {
+        ForwardedHeader::Forwarded => "forwarded",
+        _ => "x-forwarded-for",
+    };
+    let chain = joined(name);
+    let mut reached = peer;
+    for element in chain.rsplit(',').filter(|e| !e.trim().is_empty()) {
+        let Some(ip) = entry(element) else {
+            break;
+        };
+        if !trust.trusts(ip) {
+            return Some(ip);
+        }
+        reached = ip;
     }
-    if let Some(real) = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_node)
-    {
-        return Some(real);
-    }
-    Some(chain.first().copied().unwrap_or(peer))
+    Some(reached)
 }
 
 /// One address of a forwarding header: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:443"`,
@@ -542,7 +615,7 @@ pub(crate) struct Common {
     pub(crate) caps: Caps,
     pub(crate) drain: Drain,
     pub(crate) origins: OriginPolicy,
-    trusted_proxies: Vec<IpRange>,
+    proxies: ProxyTrust,
     max_recent: usize,
 }
 
@@ -556,7 +629,7 @@ impl Common {
             caps: Caps::new(10_000, 64),
             drain: Drain::new(),
             origins: OriginPolicy::default(),
-            trusted_proxies: Vec::new(),
+            proxies: ProxyTrust::default(),
             max_recent: 1_000,
         }
     }
@@ -594,13 +667,17 @@ impl Common {
 
     #[track_caller]
     pub(crate) fn set_trusted_proxies(&mut self, ranges: &[&str]) {
-        self.trusted_proxies = ranges
+        self.proxies.ranges = ranges
             .iter()
             .map(|r| match IpRange::parse(r) {
                 Some(range) => range,
                 None => panic!("trusted proxy {r:?} is not an IP address or CIDR range"),
             })
             .collect();
+    }
+
+    pub(crate) fn set_forwarded_header(&mut self, header: ForwardedHeader) {
+        self.proxies.header = header;
     }
 
     /// The topics a request asks for: the closure's answer, else the path parameter named
@@ -653,7 +730,9 @@ impl Common {
             check_handshake(req)?;
         }
         self.origins.check(req, depot)?;
-        let topics = match self.topics(req, depot) {
+        let topics = std::panic::catch_unwind(AssertUnwindSafe(|| self.topics(req, depot)))
+            .map_err(|_| Refusal::Panicked("topics"))?;
+        let topics = match topics {
             Err(_) if transport == Transport::Channels && self.no_topic_asked(req) => Vec::new(),
             other => other?,
         };
@@ -665,8 +744,16 @@ impl Common {
             ),
             None => Position::Live,
         };
+        // A panic in the closure or in its future is the app's bug: 500, not a reset.
         let identity = match &self.identify {
-            Some(f) => f(req, depot).await?,
+            Some(f) => {
+                let fut = std::panic::catch_unwind(AssertUnwindSafe(|| f(req, depot)))
+                    .map_err(|_| Refusal::Panicked("identify"))?;
+                AssertUnwindSafe(fut)
+                    .catch_unwind()
+                    .await
+                    .map_err(|_| Refusal::Panicked("identify"))??
+            }
             None => None,
         };
         let resume = resume_values(req, transport);
@@ -677,7 +764,7 @@ impl Common {
         if let Some(identity) = identity {
             conn = conn.authenticated(identity);
         }
-        let ip = client_ip(req, &self.trusted_proxies);
+        let ip = client_ip(req, &self.proxies);
         if let Some(ip) = ip {
             let port = req.remote_addr().clone().into_std().map_or(0, |a| a.port());
             conn = conn.with_remote_addr(std::net::SocketAddr::new(ip, port));
@@ -757,11 +844,12 @@ const LAST_EVENT_ID_QUERY: &str = "lastEventId";
 
 /// Where each topic starts. `resume` holds ids as clients send them: `<topic>:<id>` names its
 /// topic (any requested topic, or the connection's own direct log `@<user>`, which is then
-/// added); one naming another topic (a room the server put the connection in, say) is ignored.
-/// A bare `<id>`, or a value whose part after the last `:` is no id at all, applies when the
-/// request has exactly one topic. An id that doesn't parse gives [`Position::Invalid`] (a
-/// reset, never a refusal: a stale id must not lock a client out). Topics without an id start
-/// at `base`.
+/// added) by the part before the last `:`; one naming another topic (a room the server put the
+/// connection in, say) is ignored. A bare `<id>`, or a value whose part before the last `:`
+/// names no requested topic, applies when the request has exactly one topic. An id that
+/// doesn't parse gives [`Position::Invalid`] (a reset, never a refusal: a stale id must not
+/// lock a client out), for the topic it names whatever the number of topics. Topics without
+/// an id start at `base`.
 pub(crate) fn positions(
     topics: &[Topic],
     own_direct: Option<&Topic>,
@@ -774,20 +862,22 @@ pub(crate) fn positions(
             .map_or(Position::Invalid, Position::After)
     };
     for value in resume.iter().filter(|v| !v.is_empty()) {
-        let named = value
-            .rsplit_once(':')
-            .filter(|(_, id)| id.parse::<MessageId>().is_ok());
+        let named = value.rsplit_once(':').and_then(|(name, id)| {
+            let topic = topics
+                .iter()
+                .chain(own_direct)
+                .find(|t| t.as_str() == name)?;
+            Some((topic, id))
+        });
         match named {
-            Some((name, id)) => {
-                let Some(topic) = topics.iter().chain(own_direct).find(|t| t.as_str() == name)
-                else {
-                    continue;
-                };
-                match out.iter_mut().find(|(t, _)| t == topic) {
-                    Some(entry) => entry.1 = parse(id),
-                    None => out.push((topic.clone(), parse(id))),
-                }
-            }
+            Some((topic, id)) => match out.iter_mut().find(|(t, _)| t == topic) {
+                Some(entry) => entry.1 = parse(id),
+                None => out.push((topic.clone(), parse(id))),
+            },
+            // A valid id after a `:` that names no topic of this request: another topic's.
+            None if value
+                .rsplit_once(':')
+                .is_some_and(|(_, id)| id.parse::<MessageId>().is_ok()) => {}
             None if topics.len() == 1 => out[0].1 = parse(value),
             None => {}
         }
@@ -804,7 +894,7 @@ impl fmt::Debug for Common {
             .field("identify", &self.identify.is_some())
             .field("caps", &self.caps)
             .field("origins", &self.origins)
-            .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxies", &self.proxies)
             .finish_non_exhaustive()
     }
 }
@@ -1198,12 +1288,14 @@ macro_rules! common_builders {
         }
 
         /// Proxies (addresses or CIDR ranges: `"127.0.0.1"`, `"10.0.0.0/8"`, `"fd00::/8"`)
-        /// whose forwarding headers are believed. A request whose TCP peer is one of them
-        /// counts as coming from the address it forwarded: `Forwarded: for=`, else the
-        /// right-most `X-Forwarded-For` entry that isn't a trusted proxy, else `X-Real-IP`.
-        /// From any other peer those headers are ignored, so a client can't spoof its way
-        /// around the per-address cap. Default: none (right for a server that faces clients
-        /// directly; behind nginx on the same host, trust `"127.0.0.1"` and `"::1"`).
+        /// whose forwarding header is believed. A request whose TCP peer is one of them counts
+        /// as coming from the client address in the header
+        /// [`forwarded_header`](Self::forwarded_header) names (default `X-Forwarded-For`): the
+        /// right-most entry that isn't a trusted proxy (the proxies append, so entries left of
+        /// it are the client's own and may be anything). The other forwarding headers are never
+        /// read, and from any other peer none is, so a client can't spoof its way around the
+        /// per-address cap. Default: none (right for a server that faces clients directly;
+        /// behind nginx on the same host, trust `"127.0.0.1"` and `"::1"`).
         ///
         /// # Panics
         ///
@@ -1213,6 +1305,17 @@ macro_rules! common_builders {
         #[track_caller]
         pub fn trusted_proxies(mut self, ranges: &[&str]) -> Self {
             self.common.set_trusted_proxies(ranges);
+            self
+        }
+
+        /// The one header the [`trusted_proxies`](Self::trusted_proxies) write the client's
+        /// address in; the others are ignored, as a proxy passes them through from the client.
+        /// Name what your proxy sets: nginx's usual `proxy_set_header X-Forwarded-For
+        /// $proxy_add_x_forwarded_for` is [`XForwardedFor`](crate::ForwardedHeader::XForwardedFor).
+        /// Default: `XForwardedFor`.
+        #[must_use]
+        pub fn forwarded_header(mut self, header: crate::ForwardedHeader) -> Self {
+            self.common.set_forwarded_header(header);
             self
         }
 
@@ -1227,14 +1330,15 @@ macro_rules! common_builders {
         }
 
         /// Also admits every `Origin` that `judge` accepts, besides the request's own host and
-        /// [`allowed_origins`](Self::allowed_origins). The closure has the shape salvo-cors'
-        /// `AllowOrigin::judge` takes (`Fn(&HeaderValue, &Request, &Depot) -> bool`), so one
-        /// function can be the single list of trusted origins for both: CORS does not guard
-        /// a WebSocket upgrade (a browser sends no preflight for it, and the page's script
-        /// never reads the upgrade response, so `Access-Control-Allow-Origin` changes nothing),
-        /// and an event stream's `Origin` is only checked here. It is called only for a
-        /// request with exactly one `Origin` header; two are refused before it runs. Default:
-        /// none. See the README, "Origins and CORS: one list".
+        /// [`allowed_origins`](Self::allowed_origins). One function can be the single list of
+        /// trusted origins for this endpoint and the app's CORS middleware: give it to
+        /// salvo-cors as `AllowOrigin::dynamic(|o, req, depot| o.filter(|o| judge(o, req,
+        /// depot)).cloned())`. CORS itself does not guard a WebSocket upgrade (a browser sends
+        /// no preflight for it, and the page's script never reads the upgrade response, so
+        /// `Access-Control-Allow-Origin` changes nothing), and an event stream's `Origin` is
+        /// only checked here. It is called only for a request with exactly one `Origin`
+        /// header; two are refused before it runs. Default: none. See the README, "Origins and
+        /// CORS: one list".
         #[must_use]
         pub fn allow_origin_fn<F>(mut self, judge: F) -> Self
         where
@@ -1286,7 +1390,10 @@ mod tests {
     use salvo::Request;
     use salvo::http::HeaderValue;
 
-    use super::{IpRange, OriginPolicy, Refusal, cap_key, check_handshake, client_ip, positions};
+    use super::{
+        CapExceeded, ForwardedHeader, IpRange, OriginPolicy, ProxyTrust, Refusal, cap_key,
+        check_handshake, client_ip, positions,
+    };
     use crate::hub::{Epoch, MessageId, Position, Topic};
 
     fn request(peer: &str, headers: &[(&str, &str)]) -> Request {
@@ -1315,31 +1422,178 @@ mod tests {
         assert_eq!(cap_key(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
     }
 
+    fn trust(header: ForwardedHeader) -> ProxyTrust {
+        ProxyTrust {
+            ranges: vec![
+                IpRange::parse("127.0.0.1").expect("range"),
+                IpRange::parse("10.0.0.0/8").expect("range"),
+            ],
+            header,
+        }
+    }
+
     #[test]
-    fn forwarding_headers_pick_the_rightmost_untrusted_address() {
-        let trusted = [
-            IpRange::parse("127.0.0.1").expect("range"),
-            IpRange::parse("10.0.0.0/8").expect("range"),
-        ];
+    fn only_the_named_header_counts_read_from_its_right_end() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let xff = trust(ForwardedHeader::XForwardedFor);
+        let spoofed = [
+            ("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.1.1.1"),
+            ("forwarded", "for=192.0.2.66"),
+            ("x-real-ip", "192.0.2.77"),
+        ];
+        let req = request("127.0.0.1:9", &spoofed);
+        assert_eq!(client_ip(&req, &xff), Some(ip("203.0.113.5")));
+        let fwd = trust(ForwardedHeader::Forwarded);
         let req = request(
             "127.0.0.1:9",
-            &[("x-forwarded-for", "198.51.100.9, 203.0.113.5, 10.1.1.1")],
+            &[
+                (
+                    "forwarded",
+                    "for=192.0.2.1, for=\"[2001:db8::7]:443\";proto=https",
+                ),
+                ("x-forwarded-for", "198.51.100.1"),
+            ],
         );
-        assert_eq!(client_ip(&req, &trusted), Some(ip("203.0.113.5")));
+        assert_eq!(client_ip(&req, &fwd), Some(ip("2001:db8::7")));
+        let real = trust(ForwardedHeader::XRealIp);
+        let req = request("127.0.0.1:9", &spoofed);
+        assert_eq!(client_ip(&req, &real), Some(ip("192.0.2.77")));
         let req = request(
             "127.0.0.1:9",
-            &[("forwarded", "for=\"[2001:db8::7]:443\";proto=https")],
+            &[("x-real-ip", "192.0.2.1"), ("x-real-ip", "192.0.2.2")],
         );
-        assert_eq!(client_ip(&req, &trusted), Some(ip("2001:db8::7")));
-        let req = request("127.0.0.1:9", &[("x-real-ip", "192.0.2.1")]);
-        assert_eq!(client_ip(&req, &trusted), Some(ip("192.0.2.1")));
-        let req = request("192.0.2.50:9", &[("x-forwarded-for", "203.0.113.5")]);
         assert_eq!(
-            client_ip(&req, &trusted),
-            Some(ip("192.0.2.50")),
-            "spoofed by a client"
+            client_ip(&req, &real),
+            Some(ip("127.0.0.1")),
+            "not replaced"
         );
+        // Several lines are one list, in order.
+        let req = request(
+            "127.0.0.1:9",
+            &[
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-for", "192.0.2.2"),
+            ],
+        );
+        assert_eq!(client_ip(&req, &xff), Some(ip("192.0.2.2")));
+        // Only trusted hops: the left-most; an unreadable entry stops at the last hop reached;
+        // the named header missing: the proxy itself.
+        let req = request("127.0.0.1:9", &[("x-forwarded-for", "10.0.0.9, 10.0.0.8")]);
+        assert_eq!(client_ip(&req, &xff), Some(ip("10.0.0.9")));
+        let req = request(
+            "127.0.0.1:9",
+            &[("x-forwarded-for", "192.0.2.1, unknown, 10.0.0.8")],
+        );
+        assert_eq!(client_ip(&req, &xff), Some(ip("10.0.0.8")));
+        let req = request("127.0.0.1:9", &[("forwarded", "for=192.0.2.1")]);
+        assert_eq!(client_ip(&req, &xff), Some(ip("127.0.0.1")));
+        // From an untrusted peer nothing is read.
+        let req = request("192.0.2.50:9", &spoofed);
+        for header in [
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XRealIp,
+        ] {
+            assert_eq!(client_ip(&req, &trust(header)), Some(ip("192.0.2.50")));
+        }
+    }
+
+    #[test]
+    fn an_unreadable_id_resets_the_topic_it_names_among_several() {
+        let topics: Vec<Topic> = ["a", "room:b", "c"]
+            .iter()
+            .map(|n| Topic::new(n).expect("valid"))
+            .collect();
+        let own = Topic::new("@me").expect("valid");
+        let id = MessageId::new(Epoch::random(), 3);
+        let resume = [
+            "room:b:junk".to_owned(),
+            format!("c:{id}"),
+            "@me:".to_owned(),
+            "nowhere:junk".to_owned(),
+            "junk".to_owned(),
+        ];
+        let out = positions(&topics, Some(&own), Position::Live, &resume);
+        assert_eq!(
+            out,
+            vec![
+                (topics[0].clone(), Position::Live),
+                (topics[1].clone(), Position::Invalid),
+                (topics[2].clone(), Position::After(id)),
+                (own, Position::Invalid),
+            ]
+        );
+    }
+
+    // The README's status map lists every hub error a join can return, with the status
+    // `Refusal::status` answers, and `Retry-After` exactly where it is sent.
+    #[test]
+    fn the_readme_status_map_is_the_codes_own() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| hub join |"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let mut listed = std::collections::HashMap::new();
+        for row in &rows {
+            let cells: Vec<&str> = row.split('|').collect();
+            let status: u16 = cells[3]
+                .trim()
+                .split(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("a status in {row}"));
+            let retry = cells[3].contains("Retry-After");
+            for name in cells[2].split('`').skip(1).step_by(2) {
+                if name.starts_with(char::is_uppercase) {
+                    assert!(
+                        listed.insert(name, (status, retry)).is_none(),
+                        "{name} twice"
+                    );
+                }
+            }
+        }
+        let all = crate::error::tests::every_variant();
+        let count = all.len();
+        for e in all {
+            let name = e.variant_name();
+            let status = Refusal::Hub(e).status().as_u16();
+            let retry = matches!(status, 429 | 503);
+            assert_eq!(listed.get(name), Some(&(status, retry)), "{name}");
+        }
+        assert_eq!(listed.len(), count, "a name the README lists is no variant");
+    }
+
+    // The defaults the README states: 10,000 connections per endpoint (503), 64 per client
+    // address (429), both answered with `Retry-After: 5`.
+    #[test]
+    fn the_default_caps_are_10000_in_all_and_64_per_address() {
+        let caps = super::Common::new().caps;
+        let held: Vec<_> = (0..10_000)
+            .map(|_| caps.acquire(None).expect("within the cap"))
+            .collect();
+        assert_eq!(caps.acquire(None).err(), Some(CapExceeded::Total));
+        drop(held);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let held: Vec<_> = (0..64)
+            .map(|_| caps.acquire(Some(ip)).expect("within the cap"))
+            .collect();
+        assert_eq!(caps.acquire(Some(ip)).err(), Some(CapExceeded::PerIp));
+        assert!(caps.acquire(Some("192.0.2.2".parse().expect("ip"))).is_ok());
+        drop(held);
+        for (which, status) in [(CapExceeded::Total, 503), (CapExceeded::PerIp, 429)] {
+            let mut res = salvo::Response::new();
+            Refusal::Cap(which).respond(&mut res, caps.retry_after());
+            let retry = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.as_bytes().to_vec());
+            assert_eq!(
+                (res.status_code.map(|s| s.as_u16()), retry),
+                (Some(status), Some(b"5".to_vec()))
+            );
+        }
     }
 
     fn topic_name() -> impl Strategy<Value = String> {
@@ -1401,13 +1655,18 @@ mod tests {
             real in ".{0,30}",
             trusted_peer in any::<bool>(),
         ) {
-            let trusted = [IpRange::parse("127.0.0.0/8").expect("range")];
             let peer = if trusted_peer { "127.0.0.1:1" } else { "192.0.2.1:1" };
             let req = request(peer, &[("x-forwarded-for", &xff), ("forwarded", &fwd), ("x-real-ip", &real)]);
-            let ip = client_ip(&req, &trusted);
-            prop_assert!(ip.is_some());
-            if !trusted_peer {
-                prop_assert_eq!(ip, "192.0.2.1".parse().ok());
+            for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded, ForwardedHeader::XRealIp] {
+                let trust = ProxyTrust {
+                    ranges: vec![IpRange::parse("127.0.0.0/8").expect("range")],
+                    header,
+                };
+                let ip = client_ip(&req, &trust);
+                prop_assert!(ip.is_some());
+                if !trusted_peer {
+                    prop_assert_eq!(ip, "192.0.2.1".parse().ok());
+                }
             }
         }
 

@@ -201,6 +201,25 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// Every code [`code`](Self::code) returns, a [`Refused`]'s own aside: one of the lists the
+    /// docs' tables of codes (README, `ws` module docs) are checked against.
+    #[cfg(test)]
+    pub(crate) const CODES: &'static [&'static str] = &[
+        "unavailable",
+        "invalid_topic",
+        "invalid_event",
+        "too_large",
+        "too_many_subscriptions",
+        "too_many_created",
+        "not_subscribed",
+        "not_joined",
+        "json_too_deep",
+        "invalid_data",
+        "unsupported",
+        "refused",
+        "internal",
+    ];
+
     /// The machine-readable code the channel protocol answers this error with (the
     /// [`Refused`] code for [`HubError::Refused`]).
     ///
@@ -230,6 +249,30 @@ impl HubError {
         }
     }
 
+    /// The variant's name, as the README's status map names it. No wildcard: a new variant
+    /// doesn't build until it is named here (then add it to `every_variant` below).
+    #[cfg(test)]
+    pub(crate) fn variant_name(&self) -> &'static str {
+        match self {
+            Self::InvalidTopic(_) => "InvalidTopic",
+            Self::InvalidEvent(_) => "InvalidEvent",
+            Self::PayloadTooLarge { .. } => "PayloadTooLarge",
+            Self::TooManyTopics { .. } => "TooManyTopics",
+            Self::TooManyCreated { .. } => "TooManyCreated",
+            Self::JsonTooDeep { .. } => "JsonTooDeep",
+            Self::TooManySubscriptions { .. } => "TooManySubscriptions",
+            Self::NotJoined(_) => "NotJoined",
+            Self::AlreadyJoined(_) => "AlreadyJoined",
+            Self::InboundRejected => "InboundRejected",
+            Self::Refused(_) => "Refused",
+            Self::NotSubscribed(_) => "NotSubscribed",
+            Self::QueueFull { .. } => "QueueFull",
+            Self::Unsupported(_) => "Unsupported",
+            Self::Json(_) => "Json",
+            Self::Backend(_) => "Backend",
+        }
+    }
+
     /// What a client may be told: a backend's own error text (addresses, credentials) is
     /// replaced by a generic message.
     #[must_use]
@@ -252,5 +295,209 @@ impl From<HubError> for Refused {
             HubError::Refused(r) => r,
             other => Self::new(other.code().to_owned(), other.public_message()),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{HubError, InvalidEvent, InvalidTopic, Refused};
+    use crate::hub::{ConnectionId, Topic};
+
+    /// One error of each variant.
+    pub(crate) fn every_variant() -> Vec<HubError> {
+        let json = serde_json::from_str::<serde_json::Value>("{").err();
+        let mut all = vec![
+            HubError::InvalidTopic(InvalidTopic::Empty),
+            HubError::InvalidEvent(InvalidEvent::Empty),
+            HubError::PayloadTooLarge { size: 2, limit: 1 },
+            HubError::TooManyTopics { limit: 1 },
+            HubError::TooManyCreated { limit: 1 },
+            HubError::JsonTooDeep { limit: 1 },
+            HubError::TooManySubscriptions { limit: 1 },
+            HubError::NotJoined(ConnectionId::next()),
+            HubError::AlreadyJoined(ConnectionId::next()),
+            HubError::InboundRejected,
+            HubError::Refused(Refused::forbidden("no")),
+            HubError::NotSubscribed(Topic::new("t").expect("a valid topic")),
+            HubError::QueueFull { limit: 1 },
+            HubError::Unsupported("x"),
+            HubError::Backend("down".into()),
+        ];
+        all.extend(json.map(HubError::Json));
+        all
+    }
+
+    #[test]
+    fn every_variant_has_a_listed_code_and_every_listed_code_a_variant() {
+        let all = every_variant();
+        let mut names: Vec<_> = all.iter().map(HubError::variant_name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 16, "one of each variant: {names:?}");
+        for e in &all {
+            if !matches!(e, HubError::Refused(_)) {
+                assert!(HubError::CODES.contains(&e.code()), "{e:?}: {}", e.code());
+            }
+        }
+        for code in HubError::CODES {
+            assert!(
+                all.iter().any(|e| e.code() == *code),
+                "{code} is never answered"
+            );
+        }
+    }
+
+    /// Backticked `snake_case` words of `text`.
+    fn codes_in(text: &str) -> BTreeSet<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The codes in the first column of the doc-comment table whose header line is `header`.
+    fn table_codes(source: &str, header: &str) -> BTreeSet<String> {
+        let rows: Vec<&str> = source
+            .lines()
+            .skip_while(|l| l.trim() != header)
+            .skip(2)
+            .take_while(|l| l.trim_start().starts_with("//! |"))
+            .collect();
+        assert!(!rows.is_empty(), "no table {header:?}");
+        rows.iter()
+            .flat_map(|row| codes_in(row.split('|').nth(1).unwrap_or_default()))
+            .collect()
+    }
+
+    /// The code literals `source` (outside comments and tests) passes to the calls that produce
+    /// codes, each call with the position of its code argument.
+    fn produced_codes(source: &str) -> BTreeSet<String> {
+        let code: String = source
+            .split("\n#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let calls = [
+            ("invalid(", 1),
+            ("protocol::error(", 1),
+            (".tell(", 2),
+            ("Refused::new(", 0),
+            ("code: ", usize::MAX),
+        ];
+        let mut found = BTreeSet::new();
+        for (marker, position) in calls {
+            for (at, _) in code.match_indices(marker) {
+                let rest = &code[at + marker.len()..];
+                let arg = if position == usize::MAX {
+                    rest.split([',', '\n'])
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
+                } else {
+                    let mut depth = 0usize;
+                    let mut args = vec![String::new()];
+                    for c in rest.chars() {
+                        match c {
+                            '(' | '[' | '{' => depth += 1,
+                            ')' | ']' | '}' if depth == 0 => break,
+                            ')' | ']' | '}' => depth -= 1,
+                            ',' if depth == 0 => {
+                                args.push(String::new());
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        if let Some(last) = args.last_mut() {
+                            last.push(c);
+                        }
+                    }
+                    args.get(position).cloned().unwrap_or_default()
+                };
+                let arg = arg.trim();
+                if let Some(literal) = arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')) {
+                    found.insert(literal.to_owned());
+                }
+            }
+        }
+        found
+    }
+
+    fn set(lists: &[&[&str]]) -> BTreeSet<String> {
+        lists
+            .iter()
+            .flat_map(|l| l.iter().map(|c| (*c).to_owned()))
+            .collect()
+    }
+
+    // One list of codes in the code, next to where they are produced (`HubError::CODES`,
+    // `protocol::CODES`, `channel::CODES`); every code the code can emit is in the docs' tables,
+    // and every code the tables list can be emitted.
+    #[test]
+    fn the_docs_list_exactly_the_codes_the_code_emits() {
+        let protocol = set(&[crate::protocol::CODES]);
+        let channel = set(&[crate::channel::CODES]);
+        let hub = set(&[HubError::CODES]);
+        let all: BTreeSet<String> = protocol
+            .iter()
+            .chain(&channel)
+            .chain(&hub)
+            .cloned()
+            .collect();
+
+        // What the producing calls pass, literally: all listed, and the protocol's list all used.
+        let sources = [
+            include_str!("protocol.rs"),
+            include_str!("ws.rs"),
+            include_str!("channel/mod.rs"),
+        ];
+        let produced: BTreeSet<String> = sources.iter().flat_map(|s| produced_codes(s)).collect();
+        let unlisted: Vec<_> = produced.difference(&all).collect();
+        assert!(
+            unlisted.is_empty(),
+            "codes produced but in no list: {unlisted:?}"
+        );
+        let unused: Vec<_> = protocol.difference(&produced).collect();
+        assert!(
+            unused.is_empty(),
+            "listed protocol codes nothing produces: {unused:?}"
+        );
+
+        // The channel protocol's table of codes (ws module docs).
+        let ws = include_str!("ws.rs");
+        let table = table_codes(ws, "//! | code | meaning |");
+        assert_eq!(table, all, "the ws docs' table of channel protocol codes");
+
+        // The plain envelope's `error` frame: what `Hub::receive` may refuse with (all the
+        // hub's codes but `too_large`, which closes 1009), Channels' publish handlers' codes,
+        // and the rate limit's.
+        let mut envelope: BTreeSet<String> =
+            hub.iter().filter(|c| *c != "too_large").cloned().collect();
+        envelope.extend(set(&[crate::channel::RECEIVE_CODES, &["rate_limited"]]));
+        let table = table_codes(ws, "//! | `error` | meaning |");
+        assert_eq!(
+            table, envelope,
+            "the ws docs' table of envelope `error` codes"
+        );
+        let readme = include_str!("../README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with("| `error` | `error` ("))
+            .expect("the README's envelope `error` row");
+        let listed = row
+            .split_once("`error` (")
+            .and_then(|(_, rest)| rest.split_once("), `message`"))
+            .map_or("", |(list, _)| list);
+        assert_eq!(
+            codes_in(listed),
+            envelope,
+            "the README's envelope `error` codes"
+        );
     }
 }

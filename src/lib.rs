@@ -147,7 +147,7 @@ mod sync;
 mod wake;
 pub mod ws;
 
-pub use endpoint::{Drain, Rejection};
+pub use endpoint::{Drain, ForwardedHeader, Rejection};
 pub use hub::{
     CONNECTION_TOPIC, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
     Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member,

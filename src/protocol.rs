@@ -17,6 +17,25 @@ const MAX_REF: usize = 64;
 /// Most messages a `recent` may ask for.
 const MAX_RECENT: usize = 1_000;
 
+/// Every code the channel protocol's own layer answers with: [`parse`] refusing a frame, and
+/// the `ws` endpoint refusing a binary frame (`bad_frame`), a `ref` still in flight
+/// (`duplicate_ref`) or a frame over the rate limit (`rate_limited`). With the hub's codes
+/// (`HubError::CODES`) and `Channels`' (`channel::CODES`), the one list the `ws` module docs'
+/// table of codes is checked against (`error::tests`).
+#[cfg(test)]
+pub(crate) const CODES: &[&str] = &[
+    "bad_frame",
+    "missing_ref",
+    "json_too_deep",
+    "unknown_command",
+    "invalid_topic",
+    "invalid_event",
+    "invalid_data",
+    "unknown_method",
+    "duplicate_ref",
+    "rate_limited",
+];
+
 /// A client command with the `ref` its reply echoes.
 #[derive(Debug)]
 pub(crate) struct Request {

@@ -86,10 +86,17 @@
 //! | `error` | meaning |
 //! |---|---|
 //! | `rate_limited` | over the inbound rate limit ([`RatePolicy::Reject`]); dropped |
-//! | `unavailable` | the hub's backend failed or timed out; not delivered, safe to retry |
+//! | `unavailable` | the hub's backend failed or timed out, or the hub is full: not delivered to the room that failed (a connection in several rooms gets it published room by room, so rooms before that one have it); safe to retry |
 //! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); dropped |
-//! | `refused` | the hub refused it (for example [`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
-//! | any other code | the hub's error's [`code`](crate::error::HubError::code): a handler's own [`Refused`](crate::error::Refused) code (say `moderated`), `not_subscribed`, ... |
+//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//! | `not_joined` | the connection is no longer joined (the server ended it while the message was on its way) |
+//! | `not_subscribed` | the connection left a room while the message was on its way to it |
+//! | `invalid_data` | a [`Channels`](crate::channel::Channels) room's publish handler can't take the data (binary, or not the type it reads) |
+//! | `handler_failed`, `timeout` | a publish handler panicked, or took longer than its timeout |
+//! | `invalid_topic`, `invalid_event`, `too_many_subscriptions`, `too_many_created`, `unsupported`, `internal` | another hub's `receive` refused with the [`HubError`] of that [`code`](crate::error::HubError::code) |
+//! | any other code | a publish handler's own [`Refused`](crate::error::Refused) code (say `moderated`) |
+//!
+//! A message over the size limit is no `error` frame: it closes the connection 1009.
 //!
 //! Order: an `error` frame is sent after every delivery the connection had ready when its
 //! message was refused, so with an in-memory hub the echo of an earlier accepted message (under
@@ -145,13 +152,16 @@
 //! | `invalid_topic`, `invalid_event`, `invalid_data` | a bad name, or `data` missing or not what the handler takes |
 //! | `forbidden` | no authorization rule allows the topic (or the rule's own code) |
 //! | `not_subscribed` | publish or unsubscribe on a topic the socket isn't subscribed to |
+//! | `not_joined` | the connection is no longer joined (the server ended it while the command ran) |
 //! | `too_many_subscriptions` | past [`HubConfig::max_subscriptions`](crate::HubConfig::max_subscriptions) |
 //! | `too_many_created` | past [`HubConfig::max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) |
 //! | `unknown_method` | no handler for the `call`'s method |
-//! | `handler_failed`, `timeout` | the handler panicked, or took longer than its timeout |
+//! | `handler_failed`, `timeout` | the handler panicked (while called, or in its future), or took longer than its timeout |
 //! | `too_large`, `json_too_deep` | the data is over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload)), or nested too deep; a frame over the endpoint's [`max_message_size`](WsEndpoint::max_message_size) closes 1009 instead |
 //! | `unavailable` | the backend failed or the hub is full: not done, safe to retry |
 //! | `unsupported` | this hub has no such operation |
+//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//! | `internal` | a bug of the server's (a connection joined twice); the detail is in its log |
 //! | `rate_limited` | over the inbound rate limit: the command was not run (a client should pace its commands, say a reconnect's resubscriptions, within the burst, and may retry later) |
 //!
 //! Order: a connection's `subscribe`, `unsubscribe` and `publish` commands run one at a time,

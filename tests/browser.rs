@@ -1267,3 +1267,233 @@ async fn notifications_page_resumes_with_last_event_id_after_the_stream_drops() 
     page.quit().await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The client script itself (src/client.js), loaded into a page of the server's origin
+
+/// Channels that allow every topic, with a call that doesn't answer until the socket is gone.
+fn open_channels(rooms: Rooms, calls: Arc<AtomicUsize>) -> salvo_realtime::channel::Channels {
+    salvo_realtime::channel::Channels::new(rooms)
+        .allow("*")
+        .on_call("hang", move |_ctx, ()| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        })
+        .handler_timeout(Duration::from_secs(600))
+}
+
+/// Polls `script` until it returns `true`; after [`WAIT`], fails with what `report` returns.
+async fn wait_or_report(page: &Session, what: &str, script: &str, report: &str) {
+    let deadline = Instant::now() + WAIT;
+    while page.js(script).await != json!(true) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            page.js(report).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens a page of `server`'s origin with the client module imported as `window.m`.
+async fn client_page(driver: &Driver, server: &Running) -> Session {
+    let page = driver.session().await;
+    page.goto(&server.url("/realtime.js")).await;
+    page.js("import('/realtime.js').then((m) => { window.m = m; })")
+        .await;
+    page.wait_for("the client module", "return Boolean(window.m)")
+        .await;
+    page
+}
+
+// A publish resolves to `{id}`; commands awaiting a reply reject `disconnected` when the
+// socket drops, and a call made while it is away rejects at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rejects_pending_commands_disconnected_when_the_socket_drops() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let spy = Spy::new(open_channels(rooms.clone(), Arc::clone(&calls)));
+    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(
+        "window.rt = m.channels('/ws?name=ann', { minDelay: 60000, maxDelay: 60000 }); \
+         window.room = rt.subscribe('room'); \
+         room.ready.then(() => rt.publish('room', { text: 'hi' })).then((r) => { window.published = r; });",
+    )
+    .await;
+    let published = page
+        .wait_for("the publish's answer", "return window.published")
+        .await;
+    let id = published["id"].as_str().expect("resolves to {id}");
+    assert_eq!(
+        published.as_object().map(|o| o.len()),
+        Some(1),
+        "{published}"
+    );
+    assert_eq!(rooms.history("room")[0].id().to_string(), id);
+    page.wait_for("the echo", "return window.rt.lastId('room')")
+        .await;
+    assert_eq!(page.js("return window.rt.lastId('room')").await, json!(id));
+
+    page.js(
+        "window.hung = rt.call('hang').then(() => 'resolved', (e) => e.code); \
+         window.hung.then((code) => { window.hungCode = code; });",
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the call reached the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(spy.kill(Some("ann")), 1);
+    let code = page
+        .wait_for("the pending call's rejection", "return window.hungCode")
+        .await;
+    assert_eq!(code, json!("disconnected"));
+    assert_eq!(
+        page.js("return window.rt.state").await,
+        json!("reconnecting")
+    );
+    page.js(
+        "rt.call('hang').then(() => { window.away = 'resolved'; }, (e) => { window.away = e.code; });",
+    )
+    .await;
+    let away = page
+        .wait_for("a call while away", "return window.away")
+        .await;
+    assert_eq!(away, json!("disconnected"));
+    page.js("window.rt.close()").await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// The reconnect backoff: each delay lies between half and all of a ceiling that doubles from
+// `minDelay` up to `maxDelay` (equal jitter); `Math.random` is fixed so each delay is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnect_delays_grow_are_bounded_and_jittered() {
+    let _serial = SERIAL.lock().await;
+    let server = Running::start(
+        any_port(),
+        chat::router(chat::channels(Rooms::new()), Drain::new()),
+    )
+    .await;
+    // A port nothing listens on: every attempt fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    let randoms = [0.0, 0.999, 0.5, 0.25, 0.75, 0.0, 0.999, 0.5];
+    page.js(&format!(
+        "const seq = {randoms:?}; let i = 0; Math.random = () => seq[i++ % seq.length]; \
+         window.delays = []; \
+         window.rt = m.channels('ws://{nowhere}/ws', {{ minDelay: 40, maxDelay: 300 }}); \
+         rt.on('status', (s) => s.state === 'reconnecting' && window.delays.push([s.attempt, s.delay]));"
+    ))
+    .await;
+    page.wait_for(
+        "eight reconnect attempts",
+        "return window.delays.length >= 8",
+    )
+    .await;
+    page.js("window.rt.close()").await;
+    let delays: Vec<(u32, f64)> =
+        serde_json::from_value(page.js("return window.delays.slice(0, 8)").await).unwrap();
+    let mut ceilings = Vec::new();
+    for (k, ((attempt, delay), random)) in delays.iter().zip(randoms).enumerate() {
+        let ceiling = (40.0 * 2f64.powi(i32::try_from(k).unwrap())).min(300.0);
+        assert_eq!(*attempt as usize, k + 1);
+        assert_eq!(
+            *delay,
+            (ceiling / 2.0 + random * ceiling / 2.0).round(),
+            "attempt {attempt}"
+        );
+        assert!(
+            ceiling / 2.0 <= *delay && *delay <= ceiling,
+            "attempt {attempt}: {delay}"
+        );
+        ceilings.push(ceiling);
+    }
+    assert_eq!(
+        ceilings,
+        [40.0, 80.0, 160.0, 300.0, 300.0, 300.0, 300.0, 300.0]
+    );
+    let capped: Vec<f64> = delays[3..].iter().map(|(_, d)| *d).collect();
+    assert!(
+        capped.windows(2).any(|w| w[0] != w[1]),
+        "jitter: the capped delays differ {capped:?}"
+    );
+    page.quit().await;
+    server.stop().await;
+}
+
+// A client with more topics than the endpoint's default inbound burst (100) subscribes, and
+// after a drop resubscribes them all and sends what it queued meanwhile, without one frame
+// refused `rate_limited`: its commands are paced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_paces_many_resubscriptions_under_the_default_rate_limit() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::with_config(salvo_realtime::HubConfig::new().max_subscriptions(200));
+    let spy = Spy::new(open_channels(rooms.clone(), Arc::default()));
+    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js("window.errors = []; window.subErrors = []; \
+         window.rt = m.channels('/ws?name=many', { minDelay: 200, maxDelay: 400 }); \
+         rt.on('error', (e) => window.errors.push(e.error)); \
+         window.subs = []; \
+         for (let i = 0; i < 150; i++) { \
+           const sub = rt.subscribe('t' + i); \
+           sub.on('error', (e) => window.subErrors.push(e.code)); \
+           window.subs.push(sub); \
+         }")
+        .await;
+    let all_subscribed = "return window.subs.every((s) => s.state === 'subscribed')";
+    let report = "return [window.errors, window.subErrors, window.subs.map((s) => s.state)]";
+    wait_or_report(&page, "150 subscriptions", all_subscribed, report).await;
+    let conn = wait_connection(&spy, "many", 1).await;
+    assert_eq!(rooms.rooms_of(conn).len(), 150);
+
+    // The moment the socket is gone, the page publishes 30 messages: they wait for the next
+    // socket, behind the 150 resubscriptions.
+    page.js("window.ids = []; \
+         rt.on('status', (s) => { \
+           if (s.state !== 'reconnecting' || window.queued) return; \
+           window.queued = rt.state; \
+           for (let i = 0; i < 30; i++) rt.publish('t' + i, { n: i }) \
+             .then((r) => window.ids.push(r.id), (e) => window.ids.push(e.code)); \
+         });")
+        .await;
+    assert_eq!(spy.kill(Some("many")), 1);
+    let report = "return [window.ids, window.errors, window.subErrors]";
+    wait_or_report(
+        &page,
+        "30 queued publishes answered",
+        "return window.ids.length === 30",
+        report,
+    )
+    .await;
+    let conn = wait_connection(&spy, "many", 2).await;
+    assert_eq!(rooms.rooms_of(conn).len(), 150, "every topic resubscribed");
+    let ids: Vec<String> = serde_json::from_value(page.js("return window.ids").await).unwrap();
+    assert!(
+        ids.iter().all(|id| id.contains('-')),
+        "every queued publish got its id: {ids:?}"
+    );
+    assert_eq!(page.js(all_subscribed).await, json!(true));
+    assert_eq!(page.js("return window.queued").await, json!("reconnecting"));
+    assert_eq!(
+        page.js("return window.errors").await,
+        json!([]),
+        "no frame refused"
+    );
+    assert_eq!(page.js("return window.subErrors").await, json!([]));
+    page.js("window.rt.close()").await;
+    page.quit().await;
+    server.stop().await;
+}

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -989,6 +990,246 @@ async fn resuming_a_room_the_server_already_joined_gets_what_was_missed() {
         rooms.presence("room:auto").await.len(),
         1,
         "still one member"
+    );
+    drop(ws);
+    server.stop().await;
+}
+
+/// A handler that panics while it is called, before it returns its future: the bug of
+/// defect 9's kind (`authorize`, `on_connect`, `on_disconnect` called the closure outside the
+/// guard).
+fn sync_panic<T>(what: &str) -> std::future::Ready<T> {
+    panic!("{what} panicked before returning its future")
+}
+
+/// Channels whose every kind of handler panics, for one user or topic each.
+fn panicking(rooms: Rooms) -> Channels {
+    Channels::new(rooms)
+        .allow("open:*")
+        .authorize("sync:*", |_ctx, _req| sync_panic("a rule"))
+        .authorize("async:*", |_ctx, _req| async {
+            if true {
+                panic!("a rule's future panicked");
+            }
+            Ok(())
+        })
+        .on_publish("open:*", |_ctx, msg: Inbound<String>| {
+            let crash = msg.data == "crash";
+            async move {
+                if crash {
+                    panic!("a publish handler panicked");
+                }
+                Ok(msg.data)
+            }
+        })
+        .on_call(
+            "sync",
+            |_ctx, ()| -> std::future::Ready<Result<(), Refused>> { sync_panic("a call") },
+        )
+        .on_connect(|ctx| {
+            if ctx.user_id() == Some("crash-connect") {
+                return Box::pin(sync_panic("on_connect"))
+                    as std::pin::Pin<Box<dyn Future<Output = Result<(), Refused>> + Send>>;
+            }
+            let crash_later = ctx.user_id() == Some("crash-connect-later");
+            Box::pin(async move {
+                if crash_later {
+                    panic!("on_connect's future panicked");
+                }
+                Ok(())
+            })
+        })
+        .on_disconnect(|ctx| {
+            if ctx.user_id() == Some("crash-disconnect") {
+                return Box::pin(sync_panic("on_disconnect"))
+                    as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+            }
+            Box::pin(async {})
+        })
+}
+
+fn refused_code(result: Result<impl Sized, salvo_realtime::error::HubError>) -> String {
+    match result {
+        Err(salvo_realtime::error::HubError::Refused(r)) => r.code().to_owned(),
+        Err(other) => format!("not a refusal: {other}"),
+        Ok(_) => "<ok>".to_owned(),
+    }
+}
+
+// Defect 9 at hub level: every handler's panic, in the call as well as in its future, is the
+// documented `handler_failed`; a panicking `on_connect` leaves nothing joined, and a panicking
+// `on_disconnect` still lets the connection leave its rooms.
+#[tokio::test]
+async fn a_handler_panicking_in_its_call_or_its_future_is_handler_failed() {
+    use salvo_realtime::{Connection, Hub, Topic};
+    let rooms = Rooms::new();
+    let hub = panicking(rooms.clone());
+    let user = |name: &str| Connection::new().authenticated(Identity::new(name));
+    let topic = |name: &str| Topic::new(name).expect("valid topic");
+
+    for name in ["sync:x", "async:x"] {
+        let conn = user("ann").subscribe(topic(name), Position::Live);
+        assert_eq!(
+            refused_code(hub.join(&conn).await),
+            "handler_failed",
+            "{name}"
+        );
+    }
+    for name in ["crash-connect", "crash-connect-later"] {
+        let conn = user(name).subscribe(topic("open:lobby"), Position::Live);
+        assert_eq!(
+            refused_code(hub.join(&conn).await),
+            "handler_failed",
+            "{name}"
+        );
+    }
+    assert_eq!(rooms.connection_count(), 0, "a refused join leaves nothing");
+    assert!(rooms.presence("open:lobby").await.is_empty());
+
+    let conn = user("crash-disconnect").subscribe(topic("open:lobby"), Position::Live);
+    let sub = hub.join(&conn).await.expect("joins");
+    for name in ["sync:y", "async:y"] {
+        let added = hub
+            .add_topic(&conn, &topic(name), Position::Live, None)
+            .await;
+        assert_eq!(refused_code(added), "handler_failed", "{name}");
+    }
+    let published = hub
+        .publish_from(
+            &conn,
+            &topic("open:lobby"),
+            salvo_realtime::Publication::new("crash"),
+        )
+        .await;
+    assert_eq!(refused_code(published), "handler_failed");
+    let called = hub.call(&conn, "sync", Value::Null).await;
+    assert_eq!(refused_code(called), "handler_failed");
+    assert!(rooms.history("open:lobby").is_empty(), "nothing published");
+    assert_eq!(rooms.rooms_of(conn.id()).len(), 1, "only open:lobby joined");
+
+    hub.leave(&conn, sub).await;
+    assert_eq!(rooms.connection_count(), 0, "the rooms were left");
+    assert!(rooms.presence("open:lobby").await.is_empty());
+}
+
+// Defect 9 over real sockets: a panicking rule answers its command `handler_failed` and the
+// socket stays; a panicking `on_connect` is a 403 on both transports; a panicking
+// `on_disconnect` still lets the connection leave the hub.
+#[tokio::test]
+async fn panicking_handlers_answer_as_documented_over_the_wire() {
+    let rooms = Rooms::new();
+    let server = serve(panicking(rooms.clone())).await;
+    let mut ws = connect(&server, "user=crash-disconnect").await;
+    for (i, name) in ["sync:x", "async:x"].iter().enumerate() {
+        let r = command(&mut ws, json!({"type":"subscribe","ref":i,"topic":name})).await;
+        assert_eq!(code(&r), "handler_failed", "{name}: {r}");
+    }
+    let r = command(&mut ws, json!({"type":"call","ref":5,"method":"sync"})).await;
+    assert_eq!(code(&r), "handler_failed", "{r}");
+    let r = command(
+        &mut ws,
+        json!({"type":"subscribe","ref":6,"topic":"open:a"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok", "the socket is still up: {r}");
+    assert_eq!(rooms.connection_count(), 1);
+    drop(ws);
+    assert!(
+        eventually(|| rooms.connection_count() == 0).await,
+        "the connection left the hub although on_disconnect panicked"
+    );
+    assert!(rooms.presence("open:a").await.is_empty());
+
+    for user in ["crash-connect", "crash-connect-later"] {
+        let status = match tokio_tungstenite::connect_async(
+            server.ws(&format!("/ws?user={user}&topic=open:a")),
+        )
+        .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            other => panic!("{user}: expected a refusal, got {:?}", other.map(|_| ())),
+        };
+        let sse = reqwest::get(server.http(&format!("/sse?user={user}&topic=open:a")))
+            .await
+            .expect("an answer");
+        assert_eq!((status, sse.status().as_u16()), (403, 403), "{user}");
+        assert!(sse.text().await.expect("body").contains("handler_failed"));
+    }
+    let status = match tokio_tungstenite::connect_async(server.ws("/ws?user=bo&topic=sync:z")).await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(status, 403, "a connect-time topic whose rule panics");
+    assert_eq!(rooms.connection_count(), 0, "nothing refused stays joined");
+    server.stop().await;
+}
+
+// A plain client's frame goes to every room it is in, all or nothing: every room's publish
+// handler runs first, and one refusal publishes it nowhere (it used to reach the rooms that
+// came before the refusing one in HashMap order, while the sender was told it failed).
+#[tokio::test]
+async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
+    use salvo_realtime::{Connection, Hub, Payload, Topic};
+    let rooms = Rooms::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    // Whatever the order the rooms are visited in, the second handler call refuses.
+    let hub = Channels::new(rooms.clone()).allow("p:*").on_publish(
+        "p:*",
+        move |_ctx, msg: Inbound<String>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 1 {
+                    return Err(Refused::new("second_refuses", "no"));
+                }
+                Ok(msg.data)
+            }
+        },
+    );
+    let conn = Connection::new()
+        .authenticated(Identity::new("pat"))
+        .subscribe(Topic::new("p:a").expect("topic"), Position::Live)
+        .subscribe(Topic::new("p:b").expect("topic"), Position::Live);
+    let sub = hub.join(&conn).await.expect("joins");
+    let result = hub.receive(&conn, Payload::text("hello")).await;
+    assert_eq!(refused_code(result), "second_refuses");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "both handlers ran");
+    assert!(
+        rooms.history("p:a").is_empty() && rooms.history("p:b").is_empty(),
+        "a refused frame reached a room"
+    );
+    // Accepted everywhere: published to both.
+    calls.store(2, Ordering::SeqCst);
+    hub.receive(&conn, Payload::text("again"))
+        .await
+        .expect("accepted by both handlers");
+    assert_eq!(
+        (rooms.history("p:a").len(), rooms.history("p:b").len()),
+        (1, 1)
+    );
+    hub.leave(&conn, sub).await;
+
+    // Over the wire: a plain client in a moderated room and an open one.
+    let server = serve(channels(rooms.clone())).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(
+        server.ws("/ws?user=gus&topic=open:plain&topic=room:plain"),
+    )
+    .await
+    .expect("connect without the channel protocol");
+    ws.send(Message::text(r#"{"text":"darn"}"#))
+        .await
+        .expect("send");
+    let v = loop {
+        let v = next_json(&mut ws).await;
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(v["error"], "moderated");
+    assert!(
+        rooms.history("open:plain").is_empty(),
+        "the open room didn't get what the moderated one refused"
     );
     drop(ws);
     server.stop().await;

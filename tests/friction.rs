@@ -121,7 +121,7 @@ async fn topic_errors_in_a_topics_closure_answer_400() {
     server.stop().await;
 }
 
-/// The shape salvo-cors' `AllowOrigin::judge` takes: one function, the one list.
+/// One function, the one list (README, "Origins and CORS: one list").
 fn trusted_origin(origin: &HeaderValue, _req: &salvo::Request, _depot: &salvo::Depot) -> bool {
     origin.as_bytes() == b"https://app.example"
 }
@@ -174,6 +174,80 @@ async fn one_origin_predicate_serves_both_endpoints() {
     };
     assert_eq!(sse_status("https://app.example").await, 200);
     assert_eq!(sse_status("https://evil.example").await, 403);
+    server.stop().await;
+}
+
+/// The README's one list of origins, served: salvo-cors (through `AllowOrigin::dynamic`) and
+/// both endpoints agree on every origin.
+#[tokio::test]
+async fn one_origin_list_decides_cors_and_both_endpoints_alike() {
+    use salvo::cors::{AllowOrigin, Cors};
+    let rooms = Rooms::new();
+    let ws = WsEndpoint::new(rooms.clone()).allow_origin_fn(trusted_origin);
+    let sse = SseEndpoint::new(rooms).allow_origin_fn(trusted_origin);
+    let cors = Cors::new()
+        .allow_origin(AllowOrigin::dynamic(|origin, req, depot| {
+            origin.filter(|o| trusted_origin(o, req, depot)).cloned()
+        }))
+        .into_handler();
+    #[salvo::handler]
+    async fn data() -> &'static str {
+        "data"
+    }
+    let router = Router::new()
+        .hoop(cors)
+        .push(Router::with_path("api").get(data))
+        .push(Router::with_path("ws").goal(ws))
+        .push(Router::with_path("events/{topic}").get(sse));
+    let server = TestServer::start(router).await;
+    let client = reqwest::Client::new();
+    for (origin, trusted) in [
+        ("https://app.example", true),
+        ("https://evil.example", false),
+        ("https://app.example.evil", false),
+    ] {
+        let api = client
+            .get(server.http("/api"))
+            .header("origin", origin)
+            .send()
+            .await
+            .expect("answer");
+        let allowed = api
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        assert_eq!(
+            allowed.as_deref(),
+            trusted.then_some(origin),
+            "CORS for {origin}"
+        );
+        let sse = client
+            .get(server.http("/events/lobby"))
+            .header("origin", origin)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(sse.status() == 200, trusted, "SSE for {origin}");
+        let mut req = server
+            .ws("/ws?topic=lobby")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("header"));
+        let ws = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("answer in time");
+        let ws_status = match ws {
+            Ok((_, resp)) => resp.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("unexpected error {e}"),
+        };
+        assert_eq!(
+            ws_status,
+            if trusted { 101 } else { 403 },
+            "WebSocket for {origin}"
+        );
+    }
     server.stop().await;
 }
 

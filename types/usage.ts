@@ -120,7 +120,12 @@ new RealtimeEvents("/events", { events: "alert" });
 
 const socket: RealtimeSocket<Chat> = connect<Chat>("/ws");
 const events: RealtimeEvents = subscribe(new URL("/events", "http://localhost"), { topic: "t" });
-const rt: RealtimeChannels = channels("/ws?name=alice", { callTimeout: 5000, queueLimit: 20 });
+const rt: RealtimeChannels = channels("/ws?name=alice", {
+  callTimeout: 5000,
+  queueLimit: 20,
+  sendBurst: 50,
+  sendRate: 25,
+});
 socket.close();
 events.close();
 
@@ -183,5 +188,7 @@ void rt.publish(7, {});
 void rt.publish("lobby", {}, { echo: "no" });
 // @ts-expect-error: not an option of the channels client
 channels("/ws", { recent: 5 });
+// @ts-expect-error: `sendRate` is frames per second, a number
+channels("/ws", { sendRate: "40/s" });
 // @ts-expect-error: the channel client has no raw `send`
 rt.send("x");

@@ -58,9 +58,17 @@
 //!   its own message too, unless the command says `"echo": false`; the reply carries the id.
 //! * **call** `method`: the [`on_call`](Channels::on_call) handler of that name returns a typed
 //!   result, or refuses; an unknown method is `unknown_method`.
+//! * **a plain client's frame** (a socket without the channel protocol): published to every
+//!   room the connection is in, through each room's publish handler, all or nothing. Every
+//!   room's handler runs first (rooms in name order); if one refuses, the frame is published
+//!   nowhere and the sender gets that refusal's code in an `error` frame. Only then is it
+//!   published, room by room in name order; a failure there (the backend, say) stops it: the
+//!   rooms before the failing one have the message, the rest don't, and the sender gets the
+//!   error (`unavailable`).
 //!
 //! A handler that refuses answers that one command with the refusal's code; one that panics
-//! answers `handler_failed`, one that takes longer than
+//! (while it is called or in the future it returns) answers `handler_failed`, one that takes
+//! longer than
 //! [`handler_timeout`](Channels::handler_timeout) (default 5 s) answers `timeout`. The
 //! connection and the server stay up either way, and nothing that was refused is joined or
 //! published.
@@ -69,8 +77,10 @@
 //!
 //! [`on_connect`](Channels::on_connect) runs once a connection has joined (after its
 //! connect-time topics were authorized), before the client is told it is connected: it may put
-//! the connection in rooms ([`Ctx::subscribe`]) or refuse it (the endpoint then answers 403).
-//! [`on_disconnect`](Channels::on_disconnect) runs when it leaves, before its rooms are left.
+//! the connection in rooms ([`Ctx::subscribe`]) or refuse it (the endpoint then answers 403;
+//! one that panics or times out refuses it too, with `handler_failed` or `timeout`).
+//! [`on_disconnect`](Channels::on_disconnect) runs when it leaves, before its rooms are left;
+//! if it panics or times out, that is logged and the rooms are left all the same.
 //!
 //! # Server-initiated sends
 //!
@@ -298,30 +308,62 @@ impl<B: Backend> fmt::Debug for Channels<B> {
     }
 }
 
-/// Runs a handler's future within the timeout, turning a panic or a timeout into a refusal.
-async fn guarded<T>(timeout: Duration, fut: BoxFuture<Result<T, Refused>>) -> Result<T, Refused> {
+/// The codes this module answers with, besides a handler's own [`Refused`] codes.
+const FORBIDDEN: &str = "forbidden";
+const HANDLER_FAILED: &str = "handler_failed";
+const TIMEOUT: &str = "timeout";
+const INVALID_DATA: &str = "invalid_data";
+const UNKNOWN_METHOD: &str = "unknown_method";
+
+/// Every code of this module: with the hub's and the protocol's, the one list the `ws` module
+/// docs' table of codes is checked against (`error::tests`).
+#[cfg(test)]
+pub(crate) const CODES: &[&str] = &[
+    FORBIDDEN,
+    HANDLER_FAILED,
+    TIMEOUT,
+    INVALID_DATA,
+    UNKNOWN_METHOD,
+];
+
+/// The codes of this module a plain client's frame can be refused with (its publish handlers').
+#[cfg(test)]
+pub(crate) const RECEIVE_CODES: &[&str] = &[HANDLER_FAILED, TIMEOUT, INVALID_DATA];
+
+fn handler_failed(message: &str) -> Refused {
+    Refused::new(HANDLER_FAILED, message.to_owned())
+}
+
+/// Calls a handler and runs the future it returns within the timeout. A panic is
+/// `handler_failed` wherever it happens: in the call itself (a closure that panics before it
+/// returns its future) as well as in the future; a timeout is `timeout`.
+async fn guarded<T>(
+    timeout: Duration,
+    call: impl FnOnce() -> BoxFuture<Result<T, Refused>>,
+) -> Result<T, Refused> {
+    let failed = || {
+        tracing::error!("a channel handler panicked");
+        handler_failed("the server failed to handle this")
+    };
+    let Ok(fut) = std::panic::catch_unwind(AssertUnwindSafe(call)) else {
+        return Err(failed());
+    };
     match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_panic)) => {
-            tracing::error!("a channel handler panicked");
-            Err(Refused::new(
-                "handler_failed",
-                "the server failed to handle this",
-            ))
-        }
-        Err(_) => Err(Refused::new("timeout", "the server took too long")),
+        Ok(Err(_panic)) => Err(failed()),
+        Err(_) => Err(Refused::new(TIMEOUT, "the server took too long")),
     }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, Refused> {
     serde_json::to_value(value).map_err(|e| {
         tracing::error!(error = %e, "a channel handler's result could not be encoded");
-        Refused::new("handler_failed", "the server failed to encode its answer")
+        handler_failed("the server failed to encode its answer")
     })
 }
 
 fn invalid_data(e: &serde_json::Error) -> Refused {
-    Refused::new("invalid_data", format!("data doesn't fit: {e}"))
+    Refused::new(INVALID_DATA, format!("data doesn't fit: {e}"))
 }
 
 impl<B: Backend> Channels<B> {
@@ -483,14 +525,56 @@ impl<B: Backend> Channels<B> {
             .iter()
             .find_map(|(p, rule)| p.matches(topic.as_str()).map(|w| (w.to_owned(), rule)));
         let Some((wildcard, rule)) = rule else {
-            return Err(Refused::forbidden(format!("no rule allows topic {topic}")));
+            return Err(Refused::new(
+                FORBIDDEN,
+                format!("no rule allows topic {topic}"),
+            ));
         };
         let req = SubscribeRequest {
             topic: topic.clone(),
             wildcard,
             data,
         };
-        guarded(self.handlers.timeout, rule(self.ctx(conn), req)).await
+        let ctx = self.ctx(conn);
+        guarded(self.handlers.timeout, move || rule(ctx, req)).await
+    }
+
+    /// What `conn` publishing `publication` to `topic` becomes: checked for membership, then
+    /// passed through the topic's publish handler (refused, or rewritten), not yet published.
+    async fn prepare(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        publication: Publication,
+    ) -> Result<Publication, HubError> {
+        if !self.rooms.rooms_of(conn.id()).contains(topic) {
+            return Err(HubError::NotSubscribed(topic.clone()));
+        }
+        let handler = self
+            .handlers
+            .publishers
+            .iter()
+            .find(|(p, _)| p.matches(topic.as_str()).is_some())
+            .map(|(_, h)| Arc::clone(h));
+        let Some(handler) = handler else {
+            return Ok(publication);
+        };
+        crate::hub::pubsub::check_inbound(publication.payload(), usize::MAX)?;
+        let msg = Inbound {
+            topic: topic.clone(),
+            event: publication.event_name().cloned(),
+            data: payload_json(publication.payload())?,
+        };
+        let ctx = self.ctx(conn);
+        let out = guarded(self.handlers.timeout, move || handler(ctx, msg))
+            .await
+            .map_err(HubError::Refused)?;
+        let mut replaced =
+            Publication::new(json_payload(&out)?).skip_origin(publication.skips_origin());
+        if let Some(event) = publication.event_name() {
+            replaced = replaced.event_name_checked(event.clone());
+        }
+        Ok(replaced)
     }
 
     /// Sends to one connection alone (live-only); see [`Rooms::send_to_connection`].
@@ -581,7 +665,7 @@ fn payload_json(payload: &Payload) -> Result<serde_json::Value, HubError> {
         Some(text) => Ok(serde_json::from_str(text)
             .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))),
         None => Err(HubError::Refused(Refused::new(
-            "invalid_data",
+            INVALID_DATA,
             "a publish handler takes JSON, not binary",
         ))),
     }
@@ -607,8 +691,8 @@ impl<B: Backend> Hub for Channels<B> {
         }
         let sub = self.rooms.join(conn).await?;
         if let Some(on_connect) = &self.handlers.on_connect {
-            let fut = on_connect(self.ctx(conn));
-            if let Err(refused) = guarded(self.handlers.timeout, fut).await {
+            let ctx = self.ctx(conn);
+            if let Err(refused) = guarded(self.handlers.timeout, move || on_connect(ctx)).await {
                 self.rooms.leave(conn, sub).await;
                 return Err(HubError::Refused(refused));
             }
@@ -617,27 +701,42 @@ impl<B: Backend> Hub for Channels<B> {
     }
 
     /// A frame of the plain envelope protocol: published to each of the connection's rooms,
-    /// through the same publish handlers as a `publish` command.
+    /// through the same publish handlers as a `publish` command, all or nothing: every room's
+    /// handler runs first (rooms in name order), and if one refuses, the frame is published
+    /// nowhere and the sender gets that refusal. Then it is published room by room, in name
+    /// order; a hub error there (a backend failure) stops it: the rooms before it have the
+    /// message, the rest don't, and the sender is told the error.
     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-        let rooms = self.rooms.rooms_of(conn.id());
+        let mut rooms = self.rooms.rooms_of(conn.id());
         if rooms.is_empty() {
             return Err(HubError::NotJoined(conn.id()));
         }
-        for topic in &rooms {
-            self.publish_from(conn, topic, Publication::new(message.clone()))
+        rooms.sort_unstable();
+        let mut prepared = Vec::with_capacity(rooms.len());
+        for topic in rooms {
+            let publication = self
+                .prepare(conn, &topic, Publication::new(message.clone()))
                 .await?;
+            prepared.push((topic, publication));
+        }
+        for (topic, publication) in prepared {
+            self.rooms.publish_from(conn, &topic, publication).await?;
         }
         Ok(())
     }
 
     async fn leave(&self, conn: &Connection, subscription: Subscription) {
         if let Some(on_disconnect) = &self.handlers.on_disconnect {
-            let fut = on_disconnect(self.ctx(conn));
-            let done = async move {
-                fut.await;
-                Ok::<(), Refused>(())
+            let ctx = self.ctx(conn);
+            let call = move || -> BoxFuture<Result<(), Refused>> {
+                let fut = on_disconnect(ctx);
+                Box::pin(async move {
+                    fut.await;
+                    Ok(())
+                })
             };
-            let _ = guarded(self.handlers.timeout, Box::pin(done)).await;
+            // Whatever the hook does (panics, hangs), the connection leaves its rooms below.
+            let _ = guarded(self.handlers.timeout, call).await;
         }
         self.rooms.leave(conn, subscription).await;
     }
@@ -666,35 +765,7 @@ impl<B: Backend> Hub for Channels<B> {
         topic: &Topic,
         publication: Publication,
     ) -> Result<MessageId, HubError> {
-        if !self.rooms.rooms_of(conn.id()).contains(topic) {
-            return Err(HubError::NotSubscribed(topic.clone()));
-        }
-        let handler = self
-            .handlers
-            .publishers
-            .iter()
-            .find(|(p, _)| p.matches(topic.as_str()).is_some())
-            .map(|(_, h)| Arc::clone(h));
-        let publication = match handler {
-            None => publication,
-            Some(handler) => {
-                crate::hub::pubsub::check_inbound(publication.payload(), usize::MAX)?;
-                let msg = Inbound {
-                    topic: topic.clone(),
-                    event: publication.event_name().cloned(),
-                    data: payload_json(publication.payload())?,
-                };
-                let out = guarded(self.handlers.timeout, handler(self.ctx(conn), msg))
-                    .await
-                    .map_err(HubError::Refused)?;
-                let mut replaced =
-                    Publication::new(json_payload(&out)?).skip_origin(publication.skips_origin());
-                if let Some(event) = publication.event_name() {
-                    replaced = replaced.event_name_checked(event.clone());
-                }
-                replaced
-            }
-        };
+        let publication = self.prepare(conn, topic, publication).await?;
         self.rooms.publish_from(conn, topic, publication).await
     }
 
@@ -706,11 +777,12 @@ impl<B: Backend> Hub for Channels<B> {
     ) -> Result<serde_json::Value, HubError> {
         let Some(handler) = self.handlers.methods.get(method).map(Arc::clone) else {
             return Err(HubError::Refused(Refused::new(
-                "unknown_method",
+                UNKNOWN_METHOD,
                 format!("no method {method:?}"),
             )));
         };
-        guarded(self.handlers.timeout, handler(self.ctx(conn), data))
+        let ctx = self.ctx(conn);
+        guarded(self.handlers.timeout, move || handler(ctx, data))
             .await
             .map_err(HubError::Refused)
     }
