@@ -12,10 +12,10 @@ use common::{TestServer, eventually};
 use futures_util::{SinkExt, StreamExt};
 use salvo::Router;
 use salvo_realtime::channel::{Channels, Inbound};
-use salvo_realtime::error::Refused;
+use salvo_realtime::error::{HubError, Refused};
 use salvo_realtime::sse::SseEndpoint;
 use salvo_realtime::ws::WsEndpoint;
-use salvo_realtime::{HubConfig, Identity, Position, Rooms};
+use salvo_realtime::{Connection, Hub, HubConfig, Identity, Position, Rooms, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -1233,4 +1233,34 @@ async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
     );
     drop(ws);
     server.stop().await;
+}
+
+/// Issue 18: a server-side unsubscribe was told with a message pushed to the connection's
+/// 64-slot queue, and silently dropped when the queue was full. It now travels as the room
+/// stream's last delivery.
+#[tokio::test]
+async fn a_server_side_unsubscribe_is_told_even_when_the_queue_is_full() {
+    let hub = Channels::new(Rooms::new()).allow("r");
+    let conn = Connection::new()
+        .authenticated(Identity::new("ann"))
+        .subscribe(Topic::new("r").expect("topic"), Position::Live);
+    let mut sub = hub.join(&conn).await.expect("join");
+    let _ = common::ready(&mut sub);
+    for i in 0..64 {
+        hub.send_to_connection(conn.id(), format!("p{i}"))
+            .expect("room in the queue");
+    }
+    assert!(matches!(
+        hub.send_to_connection(conn.id(), "one too many"),
+        Err(HubError::QueueFull { .. })
+    ));
+    assert!(hub.unsubscribe(conn.id(), "r").await.expect("unsubscribe"));
+    let got = common::messages(&common::ready(&mut sub));
+    let told: Vec<_> = got
+        .iter()
+        .filter(|m| m.event().map(|e| e.as_str()) == Some("unsubscribed"))
+        .map(|m| m.payload().as_text().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(told, [r#"{"topic":"r"}"#], "{got:?}");
+    assert_eq!(got.len(), 65, "the 64 pushes and the notice");
 }

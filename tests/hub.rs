@@ -503,112 +503,11 @@ proptest! {
     }
 }
 
-/// A "remote" backend kept in memory that hands every message to the mirror at once, and lets
-/// a test replace a topic's remote log with a new epoch (a Redis that lost its data).
-#[derive(Default)]
-struct Remote {
-    logs: parking_lot::Mutex<
-        std::collections::HashMap<Topic, (salvo_realtime::Epoch, Vec<salvo_realtime::Message>)>,
-    >,
-    mirror: parking_lot::Mutex<Option<salvo_realtime::backend::Mirror>>,
-}
-
-impl Remote {
-    fn lose(&self, topic: &str) {
-        let topic = Topic::new(topic).expect("topic");
-        let epoch = salvo_realtime::Epoch::random();
-        self.logs.lock().insert(topic.clone(), (epoch, Vec::new()));
-        let mirror = self.mirror.lock().clone().expect("attached");
-        mirror.sync(&topic, epoch, 0, &[]).expect("synced");
-    }
-}
-
-impl salvo_realtime::backend::Backend for Remote {
-    async fn publish(
-        &self,
-        mirror: &salvo_realtime::backend::Mirror,
-        topic: &Topic,
-        p: salvo_realtime::Publication,
-    ) -> Result<MessageId, HubError> {
-        let message = {
-            let mut logs = self.logs.lock();
-            let (epoch, log) = logs
-                .entry(topic.clone())
-                .or_insert((salvo_realtime::Epoch::random(), Vec::new()));
-            let id = MessageId::new(*epoch, log.len() as u64 + 1);
-            let m = salvo_realtime::Message::remote(topic.clone(), id, p, 0);
-            log.push(m.clone());
-            m
-        };
-        let _ = mirror.apply(&message);
-        Ok(message.id())
-    }
-
-    async fn attach(
-        &self,
-        mirror: &salvo_realtime::backend::Mirror,
-        topic: &Topic,
-    ) -> Result<(), HubError> {
-        *self.mirror.lock() = Some(mirror.clone());
-        let (epoch, history) = {
-            let mut logs = self.logs.lock();
-            let (epoch, log) = logs
-                .entry(topic.clone())
-                .or_insert((salvo_realtime::Epoch::random(), Vec::new()));
-            (*epoch, log.clone())
-        };
-        mirror.sync(topic, epoch, history.len() as u64, &history)?;
-        Ok(())
-    }
-
-    fn detach(&self, _mirror: &salvo_realtime::backend::Mirror, _topic: &Topic) {}
-
-    async fn presence_add(
-        &self,
-        _: &salvo_realtime::backend::Mirror,
-        _: &Topic,
-        _: salvo_realtime::ConnectionId,
-        _: &salvo_realtime::Identity,
-        _: Option<salvo_realtime::Publication>,
-    ) -> Result<bool, HubError> {
-        Ok(false)
-    }
-
-    async fn presence_remove(
-        &self,
-        _: &salvo_realtime::backend::Mirror,
-        _: &Topic,
-        _: salvo_realtime::ConnectionId,
-        _: &salvo_realtime::Identity,
-        _: Option<salvo_realtime::Publication>,
-    ) -> Result<bool, HubError> {
-        Ok(false)
-    }
-
-    async fn members(
-        &self,
-        _: &salvo_realtime::backend::Mirror,
-        _: &Topic,
-        _: Option<&str>,
-        _: usize,
-    ) -> Result<salvo_realtime::backend::MembersPage, HubError> {
-        Ok(salvo_realtime::backend::MembersPage::default())
-    }
-
-    async fn member_count(
-        &self,
-        _: &salvo_realtime::backend::Mirror,
-        _: &Topic,
-    ) -> Result<usize, HubError> {
-        Ok(0)
-    }
-}
-
 // Issue 11: an epoch change of one topic (its remote log was lost) must not silently drop it
 // from a subscription holding several: a reset, then the new log, while the others go on.
 #[tokio::test]
 async fn an_epoch_change_resets_one_topic_of_a_multi_topic_subscription() {
-    let hub = PubSub::with_backend(HubConfig::new(), Remote::default());
+    let hub = PubSub::with_backend(HubConfig::new(), common::remote::Remote::default());
     let conn = Connection::new()
         .subscribe(Topic::new("a").expect("topic"), Position::Live)
         .subscribe(Topic::new("b").expect("topic"), Position::Live);
@@ -616,7 +515,7 @@ async fn an_epoch_change_resets_one_topic_of_a_multi_topic_subscription() {
     hub.publish("a", "a1").await.expect("publish");
     hub.publish("b", "b1").await.expect("publish");
     assert_eq!(common::texts(&common::ready(&mut sub)).len(), 2);
-    hub.backend().lose("a");
+    hub.backend().lose("topics", "a");
     hub.publish("a", "a-new").await.expect("publish");
     hub.publish("b", "b2").await.expect("publish");
     let got = common::ready(&mut sub);

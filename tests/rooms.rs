@@ -443,3 +443,50 @@ async fn presence_keeps_no_empty_room_alive_and_one_owner_cannot_fill_the_hub() 
     let sub = rooms.join(&again).await.expect("existing room");
     rooms.leave(&again, sub).await;
 }
+
+/// Issue 18, defect 13 (the hub's side) and the `unhold` after an epoch change: when a room's
+/// remote log is lost (a Redis restarted empty), its members stay members. Each stream moves
+/// to the new log with a reset; the members' holds move too, so a member joining after the
+/// loss and one leaving don't free the room under the others.
+#[tokio::test]
+async fn a_room_whose_remote_log_is_lost_keeps_its_members_with_a_reset() {
+    let rooms = Rooms::with_backend(HubConfig::new(), common::remote::Remote::default());
+    let (ann, bob) = (member("ann", &["r"]), member("bob", &["r"]));
+    let mut ann_sub = join_any(&rooms, &ann).await;
+    let mut bob_sub = join_any(&rooms, &bob).await;
+    rooms.broadcast("r", "before").await.expect("broadcast");
+    for sub in [&mut ann_sub, &mut bob_sub] {
+        assert_eq!(texts(&ready(sub)), ["before"]);
+    }
+    rooms.backend().lose("rooms", "r");
+    let cy = member("cy", &["r"]);
+    let mut cy_sub = join_any(&rooms, &cy).await;
+    rooms.broadcast("r", "after").await.expect("broadcast");
+    for sub in [&mut ann_sub, &mut bob_sub] {
+        let got = ready(sub);
+        assert!(
+            matches!(got.first(), Some(Delivery::Reset(r)) if r.reason == salvo_realtime::ResetReason::EpochChanged),
+            "a reset first, then the new log: {got:?}"
+        );
+        assert_eq!(texts(&got), ["after"]);
+    }
+    assert_eq!(texts(&ready(&mut cy_sub)), ["after"]);
+    assert_eq!(rooms.connection_count(), 3, "nobody was disconnected");
+    rooms.leave(&ann, ann_sub).await;
+    rooms.leave(&bob, bob_sub).await;
+    assert_eq!(rooms.room_count(), 1, "cy still holds the room");
+    rooms.broadcast("r", "still here").await.expect("broadcast");
+    assert_eq!(texts(&ready(&mut cy_sub)), ["still here"]);
+    rooms.leave(&cy, cy_sub).await;
+    assert_eq!((rooms.room_count(), rooms.log_count()), (0, 0));
+}
+
+/// Joins over any backend and skips what comes first (the presence snapshot).
+async fn join_any<B: salvo_realtime::backend::Backend>(
+    rooms: &Rooms<B>,
+    conn: &Connection,
+) -> Subscription {
+    let mut sub = rooms.join(conn).await.expect("join");
+    let _ = ready(&mut sub);
+    sub
+}

@@ -649,13 +649,18 @@ impl<B: Backend> Channels<B> {
     ///
     /// As [`Rooms::leave_room`].
     pub async fn unsubscribe(&self, conn: ConnectionId, topic: &str) -> Result<bool, HubError> {
-        let was = self.rooms.leave_room(conn, topic).await?;
-        if was {
-            let notice = Publication::json(&serde_json::json!({ "topic": topic }))?
-                .event_name_checked(EventName::from_static("unsubscribed"));
-            let _ = self.rooms.send_to_connection(conn, notice);
-        }
-        Ok(was)
+        let notice = Publication::json(&serde_json::json!({ "topic": topic }))?
+            .event_name_checked(EventName::from_static("unsubscribed"));
+        let notice = Message::notice(
+            Topic::new(CONNECTION_TOPIC)?,
+            MessageId::new(crate::Epoch::random(), 0),
+            notice,
+        );
+        // The notice is the room stream's last delivery: it can't be lost to a full queue, and
+        // nothing of the room comes after it.
+        self.rooms
+            .leave_room_with(conn, topic, Some(crate::Delivery::Message(notice)))
+            .await
     }
 }
 

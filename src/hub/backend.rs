@@ -44,9 +44,8 @@ use crate::error::HubError;
 ///   reconnect): it creates the local log with the remote epoch, catches it up from the remote
 ///   history, or replaces it if the remote epoch changed (the remote log was lost). A stream of
 ///   the old log then moves to the new one with a [`Reset`](crate::Delivery::Reset) first (a
-///   subscription holding several topics never loses one silently);
-///   [`Rooms`](crate::Rooms) disconnects the room's members instead, so they rejoin the new
-///   log's presence;
+///   subscription holding several topics never loses one silently); a room's members stay
+///   members of the new log (their holds move with them);
 /// * [`Mirror::apply`] for each message published anywhere, in the remote order. It appends the
 ///   next message, ignores a duplicate, and reports a gap or another epoch without applying
 ///   anything; the backend then fetches what is missing and calls [`Mirror::sync`];
@@ -316,6 +315,26 @@ impl Local {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+#[cfg(all(test, salvo_realtime_shuttle))]
+impl Local {
+    /// Every room's presence in `namespace`: the connections counted and each user's count,
+    /// for the interleaving tests' invariants.
+    pub(crate) fn census(
+        &self,
+        namespace: &str,
+    ) -> Vec<(Topic, HashSet<ConnectionId>, BTreeMap<Arc<str>, usize>)> {
+        self.presence
+            .lock()
+            .iter()
+            .filter(|((ns, _), _)| *ns == namespace)
+            .map(|((_, room), entry)| {
+                let users = entry.users.iter().map(|(u, (n, _))| (Arc::clone(u), *n));
+                (room.clone(), entry.conns.clone(), users.collect())
+            })
+            .collect()
     }
 }
 

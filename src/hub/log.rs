@@ -48,15 +48,9 @@ pub enum Applied {
     NotAttached,
 }
 
-/// What a mirror registry tells its hub and backend.
-pub(crate) enum MirrorEvent<'a> {
-    /// A topic's log was freed: nobody on this node follows it any more.
-    Removed(&'a Topic),
-    /// A topic's log was replaced by one of a new epoch: its subscribers' streams move to it.
-    Replaced(&'a Topic),
-}
-
-pub(crate) type MirrorHook = Box<dyn Fn(MirrorEvent<'_>) + Send + Sync>;
+/// Told when a topic's log was freed: nobody on this node follows it any more (the backend
+/// detaches).
+pub(crate) type MirrorHook = Box<dyn Fn(&Topic) + Send + Sync>;
 
 /// Retention and buffering limits of the logs in one registry.
 #[derive(Debug, Clone)]
@@ -271,12 +265,12 @@ pub(crate) struct Registry {
     owners: Mutex<HashMap<Arc<str>, usize>>,
     limits: Limits,
     last_sweep: Mutex<Instant>,
-    /// Hears when a log is freed (the backend detaches) or replaced (rooms kick its members).
+    /// Hears when a log is freed (the backend detaches).
     hook: MirrorHook,
 }
 
 impl Registry {
-    /// A registry whose freed and replaced logs are reported to `hook` (unwrapped, for
+    /// A registry whose freed logs are reported to `hook` (unwrapped, for
     /// `Arc::new_cyclic`). `limits.idle_ttl` is how long a log nobody follows is kept: the
     /// backend decides ([`Backend::idle_ttl`](crate::backend::Backend::idle_ttl)).
     pub(crate) fn new(limits: Limits, hook: MirrorHook) -> Self {
@@ -311,7 +305,7 @@ impl Registry {
     }
 
     fn removed(&self, topic: &Topic) {
-        (self.hook)(MirrorEvent::Removed(topic));
+        (self.hook)(topic);
     }
 
     /// The topic's current log, if any.
@@ -376,9 +370,21 @@ impl Registry {
                 limit: self.limits.max_topics,
             });
         }
+        // The old log's members are this node's connections: they stay members of the new one
+        // (their holds move with them), and its streams move over (they see it replaced when
+        // its live channel closes, once the map's lock is released).
+        let (holds, sender) = match &replaced {
+            Some(old) => {
+                let mut state = old.state.lock();
+                state.replaced = true;
+                (std::mem::take(&mut state.holds), state.sender.take())
+            }
+            None => (0, None),
+        };
         let log = Arc::new(TopicLog::new_with(topic.clone(), epoch, true));
         {
             let mut state = log.state.lock();
+            state.holds = holds;
             Locked {
                 log: &log,
                 state: &mut state,
@@ -388,24 +394,30 @@ impl Registry {
         }
         map.insert(topic.clone(), log);
         drop(map);
+        drop(sender);
         let Some(old) = replaced else {
             crate::metrics::topics_changed(1);
             return Ok(false);
         };
-        // Closing the old log's live channel moves its subscribers' streams to the new log.
-        let sender = {
-            let mut state = old.state.lock();
-            state.replaced = true;
-            state.sender.take()
-        };
-        drop(sender);
         self.release_owner(&old);
-        (self.hook)(MirrorEvent::Replaced(topic));
         Ok(true)
     }
 
     pub(crate) fn len(&self) -> usize {
         self.topics.read().len()
+    }
+
+    /// Every log with its holds and subscribers, for the interleaving tests' invariants.
+    #[cfg(all(test, salvo_realtime_shuttle))]
+    pub(crate) fn census(&self) -> Vec<(Topic, usize, usize)> {
+        self.topics
+            .read()
+            .iter()
+            .map(|(topic, log)| {
+                let state = log.state.lock();
+                (topic.clone(), state.holds, state.subscribers)
+            })
+            .collect()
     }
 
     /// Runs `f` on the topic's log if there is one, handing `f` back otherwise.
@@ -533,7 +545,7 @@ impl Registry {
         from: Position,
         conn: ConnectionId,
         owner: Option<&Arc<str>>,
-        left: Option<Arc<AtomicBool>>,
+        left: Option<Arc<Membership>>,
         hold: bool,
     ) -> Result<Option<TopicStream>, HubError> {
         let subscribed = self.with_existing(topic, |locked| {
@@ -576,7 +588,7 @@ impl Registry {
         topic: &Topic,
         from: Position,
         conn: ConnectionId,
-        left: Option<Arc<AtomicBool>>,
+        left: Option<Arc<Membership>>,
     ) -> TopicStream {
         {
             let state = &mut *locked.state;
@@ -781,8 +793,38 @@ pub(crate) struct TopicStream {
         reason = "8 bytes a stream, not an empty deque's 32"
     )]
     after_replay: Option<Box<VecDeque<Delivery>>>,
-    /// Set when the connection left the room: the stream ends without delivering more.
-    left: Option<Arc<AtomicBool>>,
+    /// The room membership this stream delivers for: once it ends, the stream delivers its
+    /// farewell (if any) and ends, whatever else it holds.
+    left: Option<Arc<Membership>>,
+}
+
+/// One room membership's end, shared by the hub, which ends it, and the member's stream of the
+/// room, which stops there: after [`end`](Self::end) the stream delivers the farewell (a notice
+/// such as `unsubscribed`, if one was given) and ends, so nothing of the room follows it.
+#[derive(Default)]
+pub(crate) struct Membership {
+    /// Set once, after `farewell`; read by the stream on every poll.
+    ended: AtomicBool,
+    /// Delivered once by the stream after the end.
+    farewell: Mutex<Option<Delivery>>,
+}
+
+impl Membership {
+    /// Ends the membership; the stream delivers `farewell` (if any) and ends.
+    pub(crate) fn end(&self, farewell: Option<Delivery>) {
+        if farewell.is_some() {
+            *self.farewell.lock() = farewell;
+        }
+        self.ended.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    fn take_farewell(&self) -> Option<Delivery> {
+        self.farewell.lock().take()
+    }
 }
 
 impl TopicStream {
@@ -884,10 +926,8 @@ impl TopicStream {
         true
     }
 
-    fn has_left(&self) -> bool {
-        self.left
-            .as_ref()
-            .is_some_and(|l| l.load(Ordering::Acquire))
+    pub(crate) fn has_left(&self) -> bool {
+        self.left.as_ref().is_some_and(|m| m.has_ended())
     }
 }
 
@@ -898,7 +938,7 @@ impl Stream for TopicStream {
         let this = &mut *self;
         loop {
             if this.has_left() {
-                return Poll::Ready(None);
+                return Poll::Ready(this.left.as_ref().and_then(|m| m.take_farewell()));
             }
             if let Some(notice) = this.front.as_mut().and_then(|f| f.pop_front()) {
                 return Poll::Ready(Some(notice));

@@ -21,6 +21,9 @@ pub(crate) mod pubsub;
 pub(crate) mod rooms;
 pub(crate) mod subscription;
 
+#[cfg(all(test, salvo_realtime_shuttle))]
+mod interleavings;
+
 pub use backend::{Backend, Local, MembersPage, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};

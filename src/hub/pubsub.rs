@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::backend::{Backend, Local, Mirror};
 use super::config::{HubConfig, InboundPolicy};
-use super::log::{Limits, MirrorEvent, MirrorHook, Registry, TopicStream};
+use super::log::{Limits, MirrorHook, Registry, TopicStream};
 use super::subscription::Subscription;
 use super::{
     Connection, ConnectionId, Hub, Message, MessageId, Payload, Position, Publication, Topic,
@@ -77,25 +77,21 @@ impl Default for PubSub {
     }
 }
 
-/// The logs of a hub's namespace: freed logs are reported to the backend ([`Backend::detach`])
-/// and replaced ones to `on_replaced`; a log nobody follows is kept for the backend's
+/// The logs of a hub's namespace: freed logs are reported to the backend
+/// ([`Backend::detach`]); a log nobody follows is kept for the backend's
 /// [`idle_ttl`](Backend::idle_ttl).
 pub(crate) fn registry_for<B: Backend>(
     mut limits: Limits,
     namespace: &'static str,
     backend: &Arc<B>,
-    on_replaced: impl Fn(&Topic) + Send + Sync + 'static,
 ) -> Mirror {
     limits.idle_ttl = backend.idle_ttl(limits.idle_ttl);
     let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Registry>| {
         let (weak, backend) = (weak.clone(), Arc::clone(backend));
-        let hook: MirrorHook = Box::new(move |event| match event {
-            MirrorEvent::Removed(topic) => {
-                if let Some(registry) = weak.upgrade() {
-                    backend.detach(&Mirror::new(registry, namespace), topic);
-                }
+        let hook: MirrorHook = Box::new(move |topic| {
+            if let Some(registry) = weak.upgrade() {
+                backend.detach(&Mirror::new(registry, namespace), topic);
             }
-            MirrorEvent::Replaced(topic) => on_replaced(topic),
         });
         Registry::new(limits, hook)
     });
@@ -116,7 +112,7 @@ pub(crate) async fn open_stream<B: Backend>(
     from: Position,
     conn: ConnectionId,
     owner: Option<&Arc<str>>,
-    left: Option<&Arc<crate::sync::AtomicBool>>,
+    left: Option<&Arc<super::log::Membership>>,
     hold: bool,
 ) -> Result<TopicStream, HubError> {
     for _ in 0..3 {
@@ -157,7 +153,7 @@ impl<B: Backend> PubSub<B> {
     #[must_use]
     pub fn with_backend(config: HubConfig, backend: B) -> Self {
         let backend = Arc::new(backend);
-        let mirror = registry_for(Limits::topics(&config), "topics", &backend, |_| {});
+        let mirror = registry_for(Limits::topics(&config), "topics", &backend);
         Self {
             inner: Arc::new(Inner {
                 mirror,

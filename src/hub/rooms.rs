@@ -2,15 +2,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use crate::sync::{AtomicBool, Mutex};
+use crate::sync::Mutex;
 use serde_json::json;
 
 use super::backend::{Backend, Local, MembersPage, Mirror};
 use super::config::{HubConfig, InboundPolicy, PresenceMode};
-use super::log::{Limits, TopicStream};
+use super::log::{Limits, Membership, TopicStream};
 use super::pubsub::{check_inbound, check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
 use super::{
@@ -72,8 +71,14 @@ pub const PRESENCE_PAGE: usize = 256;
 ///   this node's. The presence snapshot after joining is read after the join, so it may
 ///   already include a join or leave that also arrives as an event (applied in
 ///   order, they leave the right set). If the remote log of a
-///   room is lost (a new epoch), the node disconnects its connections in the room, so that
-///   clients reconnect, resume with their last id and get a [`Delivery::Reset`].
+///   room is lost (a new epoch: a Redis restarted without its data), the room's connections
+///   stay: each gets a [`Delivery::Reset`] for the room, then the new log's messages, and the
+///   backend brings their presence back.
+/// * One connection's membership changes ([`join`](Hub::join),
+///   [`join_room`](Rooms::join_room), [`leave_room`](Rooms::leave_room)) take effect one at a
+///   time, in the order they were called: a server-side `join_room` racing the client's own
+///   subscribe to the same room leaves it a member once, counted once in presence.
+///   [`disconnect`](Rooms::disconnect) doesn't wait: a change still in progress is undone.
 ///
 /// ```
 /// use futures_util::StreamExt;
@@ -127,14 +132,32 @@ struct Inner<B> {
     rooms: Mirror,
     direct: Mirror,
     backend: Arc<B>,
+    /// The joined connections. Lock order: before the registries' locks and the backend's
+    /// (nothing is called with it held but the logs' registry for counts); never held across
+    /// an `.await`.
     conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
     config: HubConfig,
 }
 
+/// A joined connection, as the hub keeps it.
+///
+/// # Invariants
+///
+/// * A room is in `rooms` exactly while the connection is a member: its stream of the room is
+///   in the subscription (or on its way there through `control`), the room's log holds one
+///   hold for it, and the backend counts the connection in the room's presence.
+/// * Membership changes of one connection (join, `join_room`, `leave_room`, a reposition) run
+///   one at a time, in turn on `changes`: presence is one flag per (connection, room) in the
+///   backend, so two overlapping changes of one room could undo each other's flag. A server
+///   disconnect doesn't wait its turn: it removes the entry at once, and a change in progress
+///   finds the entry gone when it registers, and undoes itself.
 struct ConnEntry {
     identity: Option<Identity>,
-    rooms: HashMap<Topic, Arc<AtomicBool>>,
+    rooms: HashMap<Topic, Arc<Membership>>,
     control: Arc<Control>,
+    /// Held by the membership change of this connection in progress (an async lock: a change
+    /// awaits the backend while it holds its turn; nothing else is held with it).
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Default for Rooms {
@@ -192,25 +215,12 @@ impl<B: Backend> Rooms<B> {
     #[must_use]
     pub fn with_backend(config: HubConfig, backend: B) -> Self {
         let backend = Arc::new(backend);
-        let inner = Arc::new_cyclic(|weak: &Weak<Inner<B>>| {
-            let kick_room = weak.clone();
-            let kick_user = weak.clone();
-            Inner {
-                rooms: registry_for(Limits::topics(&config), "rooms", &backend, move |room| {
-                    if let Some(inner) = kick_room.upgrade() {
-                        inner.kick(|entry| entry.rooms.contains_key(room));
-                    }
-                }),
-                direct: registry_for(Limits::direct(&config), "direct", &backend, move |topic| {
-                    let user = topic.as_str().strip_prefix(DIRECT_PREFIX);
-                    if let Some(inner) = kick_user.upgrade() {
-                        inner.kick(|entry| entry.identity.as_ref().map(Identity::user_id) == user);
-                    }
-                }),
-                backend,
-                conns: Mutex::new(HashMap::new()),
-                config,
-            }
+        let inner = Arc::new(Inner {
+            rooms: registry_for(Limits::topics(&config), "rooms", &backend),
+            direct: registry_for(Limits::direct(&config), "direct", &backend),
+            backend,
+            conns: Mutex::new(HashMap::new()),
+            config,
         });
         Self { inner }
     }
@@ -336,6 +346,7 @@ impl<B: Backend> Rooms<B> {
         prelude: Option<Delivery>,
     ) -> Result<(), HubError> {
         let room = room_topic(room)?;
+        let _turn = self.inner.turn(conn).await?;
         let (identity, control, member) = {
             let conns = self.inner.conns.lock();
             let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
@@ -347,65 +358,80 @@ impl<B: Backend> Rooms<B> {
             (entry.identity.clone(), Arc::clone(&entry.control), member)
         };
         if member {
+            // Already in: nothing changes (and nothing is announced) unless the delivery is to
+            // restart somewhere.
             return match from {
                 Position::Live => Ok(()),
-                from => self.reposition(conn, &room, from, &control).await,
+                from => self.reposition(conn, &room, from, prelude, &control).await,
             };
         }
         let owner = identity.as_ref().map(|i| super::user_owner(i.user_id()));
-        let (mut stream, left) = self
+        let (mut stream, membership) = self
             .enter(conn, identity.as_ref(), owner.as_ref(), &room, from)
             .await?;
         if let Some(prelude) = prelude {
             stream.push_front(prelude);
         }
-        let registered = {
-            let mut conns = self.inner.conns.lock();
-            match conns.get_mut(&conn) {
-                Some(entry) if !entry.rooms.contains_key(&room) => {
-                    entry.rooms.insert(room.clone(), Arc::clone(&left));
-                    true
-                }
-                _ => false,
+        let registered = match self.inner.conns.lock().get_mut(&conn) {
+            Some(entry) => {
+                // In turn, so nothing else added the room meanwhile.
+                entry.rooms.insert(room.clone(), Arc::clone(&membership));
+                true
             }
+            None => false,
         };
         if registered {
             control.add(stream);
+            Ok(())
         } else {
-            // The connection left (or entered the room) meanwhile: undo this entry.
+            // Disconnected by the server meanwhile: undo this membership.
             drop(stream);
-            self.exit(conn, identity.as_ref(), &room, &left);
+            self.exit(conn, identity.as_ref(), &room, &membership, None);
+            Err(HubError::NotJoined(conn))
         }
-        Ok(())
     }
 
-    /// Restarts a member's delivery of `room` at `from`: its current stream ends, a new one
-    /// starts there; the membership (and presence) is untouched.
+    /// Restarts a member's delivery of `room` at `from` (after `prelude`, if any): its current
+    /// stream ends, a new one starts there; the membership (and presence) is untouched.
     async fn reposition(
         &self,
         conn: ConnectionId,
         room: &Topic,
         from: Position,
+        prelude: Option<Delivery>,
         control: &Control,
     ) -> Result<(), HubError> {
-        let left = Arc::new(AtomicBool::new(false));
+        let membership = Arc::new(Membership::default());
         let (backend, mirror) = (&*self.inner.backend, &self.inner.rooms);
-        let stream =
-            open_stream(backend, mirror, room, from, conn, None, Some(&left), false).await?;
+        let mut stream = open_stream(
+            backend,
+            mirror,
+            room,
+            from,
+            conn,
+            None,
+            Some(&membership),
+            false,
+        )
+        .await?;
+        if let Some(prelude) = prelude {
+            stream.push_front(prelude);
+        }
         let old = self.inner.conns.lock().get_mut(&conn).and_then(|entry| {
             entry
                 .rooms
                 .get_mut(room)
-                .map(|flag| std::mem::replace(flag, left))
+                .map(|current| std::mem::replace(current, membership))
         });
         match old {
             Some(old) => {
-                old.store(true, Ordering::Release);
+                old.end(None);
                 control.add(stream);
+                Ok(())
             }
-            None => drop(stream), // left the room (or the hub) meanwhile
+            // Disconnected by the server meanwhile.
+            None => Err(HubError::NotJoined(conn)),
         }
-        Ok(())
     }
 
     /// Takes a connection out of `room`. Returns whether it was in it. When this returns, the
@@ -415,16 +441,32 @@ impl<B: Backend> Rooms<B> {
     ///
     /// [`HubError::NotJoined`] if the connection isn't joined, [`HubError::InvalidTopic`].
     pub async fn leave_room(&self, conn: ConnectionId, room: &str) -> Result<bool, HubError> {
+        self.leave_room_with(conn, room, None).await
+    }
+
+    /// [`leave_room`](Self::leave_room), delivering `farewell` as the last thing of the room
+    /// (on the room's own stream, so it can't be lost to a full queue or overtaken).
+    pub(crate) async fn leave_room_with(
+        &self,
+        conn: ConnectionId,
+        room: &str,
+        farewell: Option<Delivery>,
+    ) -> Result<bool, HubError> {
         let room = room_topic(room)?;
-        let (identity, left, control) = {
+        let _turn = self.inner.turn(conn).await?;
+        let (identity, membership, control) = {
             let mut conns = self.inner.conns.lock();
             let entry = conns.get_mut(&conn).ok_or(HubError::NotJoined(conn))?;
-            let Some(left) = entry.rooms.remove(&room) else {
+            let Some(membership) = entry.rooms.remove(&room) else {
                 return Ok(false);
             };
-            (entry.identity.clone(), left, Arc::clone(&entry.control))
+            (
+                entry.identity.clone(),
+                membership,
+                Arc::clone(&entry.control),
+            )
         };
-        self.exit(conn, identity.as_ref(), &room, &left);
+        self.exit(conn, identity.as_ref(), &room, &membership, farewell);
         control.wake();
         Ok(true)
     }
@@ -609,16 +651,16 @@ impl<B: Backend> Rooms<B> {
         owner: Option<&Arc<str>>,
         room: &Topic,
         from: Position,
-    ) -> Result<(TopicStream, Arc<AtomicBool>), HubError> {
+    ) -> Result<(TopicStream, Arc<Membership>), HubError> {
         let inner = &*self.inner;
         let mode = inner.config.presence;
-        let left = Arc::new(AtomicBool::new(false));
+        let membership = Arc::new(Membership::default());
         let mut entering = Entering {
             inner,
             conn,
             identity,
             room,
-            left: &left,
+            membership: &membership,
             stream: None,
             done: false,
         };
@@ -629,7 +671,7 @@ impl<B: Backend> Rooms<B> {
             from,
             conn,
             owner,
-            Some(&left),
+            Some(&membership),
             true,
         )
         .await?;
@@ -662,7 +704,7 @@ impl<B: Backend> Rooms<B> {
         entering.done = true;
         drop(entering);
         let stream = stream.ok_or_else(|| HubError::Backend("room stream lost".into()))?;
-        Ok((stream, left))
+        Ok((stream, membership))
     }
 
     fn exit(
@@ -670,9 +712,10 @@ impl<B: Backend> Rooms<B> {
         conn: ConnectionId,
         identity: Option<&Identity>,
         room: &Topic,
-        left: &AtomicBool,
+        membership: &Membership,
+        farewell: Option<Delivery>,
     ) {
-        self.inner.exit(conn, identity, room, left);
+        self.inner.exit(conn, identity, room, membership, farewell);
     }
 }
 
@@ -685,7 +728,7 @@ struct Entering<'a, B: Backend> {
     conn: ConnectionId,
     identity: Option<&'a Identity>,
     room: &'a Topic,
-    left: &'a AtomicBool,
+    membership: &'a Membership,
     stream: Option<TopicStream>,
     done: bool,
 }
@@ -700,7 +743,7 @@ impl<B: Backend> Drop for Entering<'_, B> {
                 // The stream first, so that the room's log can be freed by the exit.
                 drop(stream);
                 self.inner
-                    .exit(self.conn, self.identity, self.room, self.left);
+                    .exit(self.conn, self.identity, self.room, self.membership, None);
             }
             // Attaching may have created a log that nobody follows.
             None => self
@@ -786,9 +829,10 @@ impl<B: Backend> Inner<B> {
         conn: ConnectionId,
         identity: Option<&Identity>,
         room: &Topic,
-        left: &AtomicBool,
+        membership: &Membership,
+        farewell: Option<Delivery>,
     ) {
-        left.store(true, Ordering::Release);
+        membership.end(farewell);
         self.rooms.registry().unhold(room);
         let mode = self.config.presence;
         let Some(identity) = identity.filter(|_| mode != PresenceMode::Off) else {
@@ -810,18 +854,14 @@ impl<B: Backend> Inner<B> {
         finish_in_drop_path(removal);
     }
 
-    /// Disconnects the connections `which` selects (their room's log was replaced).
-    fn kick(&self, which: impl Fn(&ConnEntry) -> bool) {
-        let ids: Vec<ConnectionId> = self
-            .conns
-            .lock()
-            .iter()
-            .filter(|(_, entry)| which(entry))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.forget(id);
-        }
+    /// The turn of `conn` for a membership change (see [`ConnEntry`]).
+    async fn turn(&self, conn: ConnectionId) -> Result<tokio::sync::OwnedMutexGuard<()>, HubError> {
+        let changes = {
+            let conns = self.conns.lock();
+            let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
+            Arc::clone(&entry.changes)
+        };
+        Ok(changes.lock_owned().await)
     }
 
     /// Removes a connection and all its memberships; false if it was already gone.
@@ -829,8 +869,8 @@ impl<B: Backend> Inner<B> {
         let Some(entry) = self.conns.lock().remove(&conn) else {
             return false;
         };
-        for (room, left) in &entry.rooms {
-            self.exit(conn, entry.identity.as_ref(), room, left);
+        for (room, membership) in &entry.rooms {
+            self.exit(conn, entry.identity.as_ref(), room, membership, None);
         }
         entry.control.close();
         true
@@ -857,6 +897,10 @@ impl<B: Backend> Hub for Rooms<B> {
             return Err(HubError::TooManySubscriptions { limit });
         }
         let control = Arc::new(Control::default());
+        // The connection's first membership change is this join: it holds the turn from the
+        // moment the entry is visible (to `join_room` from another task, say) until it returns.
+        let changes = Arc::new(tokio::sync::Mutex::new(()));
+        let _turn = Arc::clone(&changes).try_lock_owned();
         {
             let mut conns = self.inner.conns.lock();
             if conns.contains_key(&conn.id()) {
@@ -868,6 +912,7 @@ impl<B: Backend> Hub for Rooms<B> {
                     identity: conn.identity().cloned(),
                     rooms: HashMap::new(),
                     control: Arc::clone(&control),
+                    changes,
                 },
             );
         }
@@ -883,12 +928,12 @@ impl<B: Backend> Hub for Rooms<B> {
             Subscription::new(Vec::new(), Some(Arc::clone(&control)), Some(on_drop));
         let owner = conn.owner();
         for (room, from) in rooms {
-            let (stream, left) = self
+            let (stream, membership) = self
                 .enter(id, conn.identity(), owner.as_ref(), room, from)
                 .await?;
             let registered = match self.inner.conns.lock().get_mut(&id) {
                 Some(entry) => {
-                    entry.rooms.insert(room.clone(), Arc::clone(&left));
+                    entry.rooms.insert(room.clone(), Arc::clone(&membership));
                     true
                 }
                 None => false,
@@ -897,7 +942,7 @@ impl<B: Backend> Hub for Rooms<B> {
                 // Disconnected by the server while joining (a ban racing a reconnect): the
                 // membership just added has no entry to be undone through, so undo it here.
                 drop(stream);
-                self.exit(id, conn.identity(), room, &left);
+                self.exit(id, conn.identity(), room, &membership, None);
                 return Err(HubError::NotJoined(id));
             }
             control.add(stream);
@@ -969,6 +1014,27 @@ impl<B: Backend> Hub for Rooms<B> {
             publication = publication.sender(Arc::clone(identity.user_arc()));
         }
         self.publish_room(topic, publication).await
+    }
+}
+
+#[cfg(all(test, salvo_realtime_shuttle))]
+impl<B: Backend> Rooms<B> {
+    /// Each joined connection's user and rooms, for the interleaving tests' invariants.
+    pub(crate) fn memberships(&self) -> Vec<(ConnectionId, Option<Arc<str>>, Vec<Topic>)> {
+        self.inner
+            .conns
+            .lock()
+            .iter()
+            .map(|(id, entry)| {
+                let user = entry.identity.as_ref().map(|i| Arc::clone(i.user_arc()));
+                (*id, user, entry.rooms.keys().cloned().collect())
+            })
+            .collect()
+    }
+
+    /// The rooms' logs: (room, holds, subscribers).
+    pub(crate) fn room_logs(&self) -> Vec<(Topic, usize, usize)> {
+        self.inner.rooms.registry().census()
     }
 }
 

@@ -118,6 +118,17 @@ impl Subscription {
         }
     }
 
+    /// The topic of each stream the subscription holds, and whether it still delivers (its
+    /// membership hasn't ended), for the interleaving tests' invariants.
+    #[cfg(all(test, salvo_realtime_shuttle))]
+    pub(crate) fn census(&mut self) -> Vec<(super::Topic, bool)> {
+        self.absorb_added();
+        self.streams
+            .iter()
+            .map(|s| (s.topic().clone(), !s.has_left()))
+            .collect()
+    }
+
     /// How many topics or rooms the subscription follows now.
     #[must_use]
     pub fn topic_count(&self) -> usize {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod remote;
+
 use futures_util::{FutureExt, Stream, StreamExt};
 use salvo_realtime::{Delivery, Message};
 
