@@ -108,13 +108,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use parking_lot::Mutex;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use salvo::http::{Request, Response};
 use salvo::{Depot, FlowCtrl, Handler};
@@ -122,6 +121,7 @@ use tracing::{Instrument, Span};
 
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
 use crate::hub::message::base64;
+use crate::sync::{AtomicU32, Mutex};
 use crate::{Connection, Delivery, EventName, Hub};
 
 /// Serves a hub over Server-Sent Events; see the [module docs](self).
@@ -593,17 +593,27 @@ impl Clock {
         };
         loop {
             tokio::time::sleep(half).await;
-            let mut state = self.state.lock();
-            if state.streams == 0 {
-                state.running = false;
+            if !self.tick() {
                 running.ended = true;
                 return;
             }
-            self.ticks.fetch_add(1, Ordering::AcqRel);
-            for waker in state.wakers.iter().flatten() {
-                waker.wake_by_ref();
-            }
         }
+    }
+
+    /// One tick: bumps `ticks` and wakes every registered stream, under the lock (so a stream
+    /// registering its waker either is woken or reads the new count). False, with `running`
+    /// cleared, if no stream is left: the task ends.
+    fn tick(&self) -> bool {
+        let mut state = self.state.lock();
+        if state.streams == 0 {
+            state.running = false;
+            return false;
+        }
+        self.ticks.fetch_add(1, Ordering::AcqRel);
+        for waker in state.wakers.iter().flatten() {
+            waker.wake_by_ref();
+        }
+        true
     }
 }
 
@@ -750,5 +760,34 @@ mod tests {
         assert_eq!(split("a\n"), ["a", ""]);
         assert_eq!(split("\r\n\r\n"), ["", "", ""]);
         assert_eq!(split("a\r\rb"), ["a", "", "b"]);
+    }
+}
+
+/// The keep-alive clock's wake, model-checked: a tick on another thread always reaches a
+/// stream that polls meanwhile, whether its waker changes or not (a lost wake would leave the
+/// stream silent, its proxy cutting it as idle).
+#[cfg(all(test, salvo_realtime_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Clock;
+
+    #[test]
+    fn loom_a_tick_always_wakes_a_polling_stream() {
+        loom::model(|| {
+            let clock = Arc::new(Clock::new(Duration::from_secs(1)));
+            let mut tick = clock.register();
+            // A first poll with another waker (the stream's task changed since).
+            assert!(tick.poll_tick(std::task::Waker::noop()).is_pending());
+            let ticker = {
+                let clock = Arc::clone(&clock);
+                loom::thread::spawn(move || assert!(clock.tick()))
+            };
+            loom::future::block_on(std::future::poll_fn(|cx| tick.poll_tick(cx.waker())));
+            ticker.join().expect("ticker");
+            drop(tick);
+            assert!(!clock.tick(), "no stream left: the clock stops");
+        });
     }
 }

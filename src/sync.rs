@@ -12,13 +12,13 @@
 //! live in a `static` or outside a model run).
 
 #[cfg(not(any(all(test, salvo_realtime_loom), all(test, salvo_realtime_shuttle))))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32};
 
 #[cfg(all(test, salvo_realtime_loom))]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU32};
 
 #[cfg(all(test, salvo_realtime_shuttle))]
-pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU8};
+pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU8, AtomicU32};
 
 #[cfg(not(any(all(test, salvo_realtime_loom), all(test, salvo_realtime_shuttle))))]
 mod imp {

@@ -381,8 +381,9 @@ fn shuttle_join_racing_join_room() {
     });
 }
 
-/// Every membership change of two users' connections at once, some of them cut short, and a
-/// server disconnect: the invariants hold whatever ran, and leaving frees everything.
+/// Every membership change of two users' connections at once, some of them cut short, a
+/// publish, and a server disconnect (of one connection, or of every connection of a user):
+/// the invariants hold whatever ran, and leaving frees everything.
 #[test]
 fn shuttle_membership_changes_cut_short_and_a_disconnect() {
     explore("membership changes", || {
@@ -415,10 +416,16 @@ fn shuttle_membership_changes_cut_short_and_a_disconnect() {
                 let rooms = rooms.clone();
                 Box::pin(async move {
                     let _ = maybe_cut(rooms.broadcast("a", "hi")).await;
-                    if thread_rng().next_u64() % 2 == 0 {
-                        let _ = rooms.disconnect(a);
-                    } else {
-                        let _ = maybe_cut(rooms.leave_room(b, "b")).await;
+                    match thread_rng().next_u64() % 3 {
+                        0 => {
+                            let _ = rooms.disconnect(a);
+                        }
+                        1 => {
+                            let _ = rooms.disconnect_user("ann");
+                        }
+                        _ => {
+                            let _ = maybe_cut(rooms.leave_room(b, "b")).await;
+                        }
                     }
                 })
             },
