@@ -4,10 +4,8 @@
 //! end. `redis-server` must be installed (`apt-get install -y redis-server`; `.ci/redis` does
 //! it): without it these tests fail, they never pass silently.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -18,117 +16,7 @@ use salvo_realtime::{
     PRESENCE_LEAVE, Position, PresenceMode, PubSub, ResetReason, Rooms, Subscription, Topic,
 };
 
-/// A `redis-server` child process on 127.0.0.1, killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-            listener.local_addr().expect("local addr").port()
-        };
-        let dir = std::env::temp_dir().join(format!("salvo-realtime-redis-{port}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not start `redis-server` ({e}): these tests need it on the PATH \
-                     (Debian/Ubuntu: apt-get install -y redis-server; see .ci/redis)"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.try_command(&["PING"]).is_some_and(|r| r == "+PONG") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Sends one command and returns the first line of the reply.
-    fn try_command(&self, args: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        stream.write_all(req.as_bytes()).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        Some(line.trim_end().to_owned())
-    }
-
-    fn command(&self, args: &[&str]) -> String {
-        self.try_command(args)
-            .unwrap_or_else(|| panic!("redis command {args:?} failed"))
-    }
-
-    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server process.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid}");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the server and starts it again on the same port; with `keep_data` it saves first
-    /// (so it reloads its data), otherwise everything is lost.
-    fn restart(&mut self, keep_data: bool) {
-        if keep_data {
-            assert_eq!(self.command(&["SAVE"]), "+OK");
-        } else {
-            let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
-        }
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::redis_env::{RedisServer, messages, next, next_event};
 
 fn config(server: &RedisServer) -> RedisConfig {
     RedisConfig::new(server.url())
@@ -153,48 +41,6 @@ async fn rooms_node(server: &RedisServer) -> Rooms<RedisBackend> {
 
 fn conn(topic: &str, from: Position) -> Connection {
     Connection::new().subscribe(Topic::new(topic).expect("valid"), from)
-}
-
-/// The next delivery, or a panic after `within`.
-async fn next<S: futures_util::Stream<Item = Delivery> + Unpin>(
-    sub: &mut S,
-    within: Duration,
-) -> Option<Delivery> {
-    tokio::time::timeout(within, sub.next())
-        .await
-        .unwrap_or_else(|_| panic!("nothing delivered within {within:?}"))
-}
-
-/// The next `n` messages (other deliveries are a failure), each within `within`.
-async fn messages(sub: &mut Subscription, n: usize, within: Duration) -> Vec<Message> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        match next(sub, within).await {
-            Some(Delivery::Message(m)) => out.push(m),
-            other => panic!(
-                "expected a message, got {other:?} after {} messages",
-                out.len()
-            ),
-        }
-    }
-    out
-}
-
-/// The next message with an event name, skipping others.
-async fn next_event(sub: &mut Subscription, within: Duration) -> (String, String) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match next(sub, left).await {
-            Some(Delivery::Message(m)) if m.event().is_some() => {
-                let v: serde_json::Value = m.json().expect("presence payload");
-                let user = v["user"].as_str().expect("user").to_owned();
-                return (m.event().expect("event").as_str().to_owned(), user);
-            }
-            Some(_) => {}
-            None => panic!("stream ended"),
-        }
-    }
 }
 
 async fn publish_retrying(hub: &PubSub<RedisBackend>, topic: &str, text: &str) -> MessageId {
@@ -528,37 +374,6 @@ async fn a_publish_that_failed_during_a_stall_is_never_delivered_later() {
         "nothing else arrives"
     );
 }
-
-impl RedisServer {
-    /// Saves the data set and keeps a copy of the snapshot, to restore later with
-    /// [`RedisServer::restore`].
-    fn snapshot(&self, name: &str) -> PathBuf {
-        assert_eq!(self.command(&["SAVE"]), "+OK");
-        let copy = self.dir.join(name);
-        std::fs::copy(self.dir.join("dump.rdb"), &copy).expect("copy the snapshot");
-        copy
-    }
-
-    /// Stops the server and starts it again from an older snapshot: everything written since
-    /// that snapshot is lost, and offsets go back.
-    fn restore(&mut self, snapshot: &std::path::Path) {
-        self.kill();
-        std::fs::copy(snapshot, self.dir.join("dump.rdb")).expect("restore the snapshot");
-        self.spawn();
-    }
-
-    /// How many keys match `pattern`.
-    fn count_keys(&self, pattern: &str) -> usize {
-        let reply = self.command(&["KEYS", pattern]);
-        reply
-            .strip_prefix('*')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("KEYS answered {reply}"))
-    }
-}
-
-// Issue 11: merely subscribing to names nobody publishes to must not leave keys behind (it
-// created a meta key living `topic_ttl`, 24 h, per name); a first publish keeps the topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_to_names_nobody_publishes_to_leaves_no_keys() {
     let server = RedisServer::start();

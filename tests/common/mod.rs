@@ -92,3 +92,7 @@ pub async fn eventually(mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis_env;
