@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use salvo_realtime::backend::conformance::Suite;
 use salvo_realtime::error::HubError;
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
 use salvo_realtime::{
@@ -537,5 +538,78 @@ async fn a_cluster_keeps_notices_live_only_pages_members_and_caps_history_in_byt
         kept[2].id().offset(),
         first.offset() + 9,
         "the newest are kept"
+    );
+}
+
+// Issue 18: the backend conformance suite (`backend::conformance`) on a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_conformance_suite_passes_on_a_cluster() {
+    let cluster = Cluster::start();
+    let config = config(&cluster);
+    let suite = Suite::new(move || {
+        let config = config.clone();
+        async move { RedisBackend::connect(config).await.expect("connect") }
+    });
+    if let Err(failure) = suite.run_all().await {
+        panic!("{failure}");
+    }
+}
+
+// Issue 18, confirm or refute: the cluster client retries a request whose connection dropped
+// (`.retries(2)`), so a publish script that ran but whose reply was lost ran again: one
+// message, two ids. Confirmed; a publish now carries a nonce the script remembers until its
+// deadline, and a second run answers the first one's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
+    let cluster = Cluster::start_proxied().await;
+    // A slow heartbeat keeps the node's connections quiet around the publish.
+    let quiet = config(&cluster)
+        .heartbeat(Duration::from_secs(30))
+        .node_ttl(Duration::from_secs(90));
+    let a = PubSub::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(quiet).await.expect("connect"),
+    );
+    let b = pubsub_node(&cluster).await;
+    let topic = "lost-reply";
+    let master = cluster.master_of("topics", topic);
+    let first = a.publish(topic, "warm").await.expect("publish");
+    let mut sub = b
+        .subscribe(topic, Position::After(first))
+        .await
+        .expect("subscribe");
+
+    let proxy = cluster.proxy(master);
+    proxy.lose_reply_to(format!("{{salvo-realtime:topics:{topic}}}:meta").as_bytes());
+    let once = a.publish(topic, "once").await;
+    assert!(!proxy.reply_loss_pending(), "the publish went through");
+    let after = loop {
+        match a.publish(topic, "after").await {
+            Ok(id) => break id,
+            Err(e) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let got = messages(&mut sub, 2, Duration::from_secs(10)).await;
+    let seen: Vec<(u64, &str)> = got
+        .iter()
+        .map(|m| (m.id().offset(), m.payload().as_text().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        seen,
+        [(2, "once"), (3, "after")],
+        "one message, one id (the publish answered {once:?})"
+    );
+    if let Ok(id) = once {
+        assert_eq!(id, got[0].id(), "the publish answered its message's id");
+    }
+    assert_eq!(got[1].id(), after);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "no duplicate arrives"
     );
 }
