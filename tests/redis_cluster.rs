@@ -21,7 +21,8 @@ use salvo_realtime::{
     PRESENCE_LEAVE, Position, PubSub, ResetReason, Rooms, Topic,
 };
 
-use common::redis_env::{Cluster, messages, next, next_event};
+use common::proxy::Mode;
+use common::redis_env::{Cluster, messages, next, next_event, redis_cli};
 
 fn config(cluster: &Cluster) -> RedisConfig {
     // `RUST_LOG=salvo_realtime=debug` shows what the backend does.
@@ -611,5 +612,188 @@ async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
             .await
             .is_err(),
         "no duplicate arrives"
+    );
+}
+
+// Issue 18, fault injection: the master of a room stalls (its proxy forwards nothing: the nodes'
+// commands and subscriptions, and its replica's link) while its replica takes over. Publishes
+// fail meanwhile and go on after; none is lost inside the history or delivered twice, and a
+// leave that could not reach Redis during the stall leaves no phantom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_during_a_cluster_failover_loses_nothing_and_duplicates_nothing() {
+    let cluster = Cluster::start_proxied().await;
+    let node = async || {
+        Rooms::with_backend(
+            HubConfig::new().history(1_000),
+            RedisBackend::connect(config(&cluster))
+                .await
+                .expect("connect"),
+        )
+    };
+    let (a, b) = (node().await, node().await);
+    let room = "stalled";
+    let master = cluster.master_of("rooms", room);
+    let replica = cluster.replica_of(master);
+    let member = |user: &str| {
+        Connection::new()
+            .authenticated(Identity::new(user))
+            .subscribe(Topic::new(room).expect("valid"), Position::Live)
+    };
+    let watcher = member("w");
+    let mut w = b.join(&watcher).await.expect("join w");
+    let reader = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
+    let mut reading = b.join(&reader).await.expect("join reader");
+    assert!(matches!(
+        next(&mut reading, Duration::from_secs(5)).await,
+        Some(Delivery::Presence(_))
+    ));
+    let alice = member("alice");
+    let alice_sub = a.join(&alice).await.expect("join alice");
+    loop {
+        if next_event(&mut w, Duration::from_secs(5)).await
+            == (PRESENCE_JOIN.to_owned(), "alice".to_owned())
+        {
+            break;
+        }
+    }
+
+    let publisher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut retried) = (Vec::new(), BTreeSet::new());
+            for i in 0..300 {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let id = loop {
+                    match a.broadcast(room, format!("m{i}")).await {
+                        Ok(id) => break id,
+                        Err(e) => {
+                            // A publish that failed may still have been applied (its answer
+                            // was lost in the stall): publishing it again is a new message.
+                            assert!(matches!(e, HubError::Backend(_)), "{e:?}");
+                            assert!(Instant::now() < deadline, "publishing kept failing: {e}");
+                            retried.insert(format!("m{i}"));
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                };
+                acked.push(id);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, retried)
+        })
+    };
+    let mut seen: Vec<Message> = Vec::new();
+    while seen.len() < 50 {
+        match next(&mut reading, Duration::from_secs(10)).await {
+            Some(Delivery::Message(m)) if m.event().is_none() => seen.push(m),
+            Some(Delivery::Message(_)) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    // The stall: nothing flows to or from the master; alice leaves meanwhile; the replica takes
+    // over (the cluster bus doesn't go through the proxy); then the stall ends.
+    let proxy = cluster.proxy(master);
+    proxy.set(Mode::Blackhole);
+    a.leave(&alice, alice_sub).await;
+    let reply = redis_cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+    assert!(reply.contains("OK"), "CLUSTER FAILOVER answered {reply}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.masters().contains_key(&replica) {
+        assert!(Instant::now() < deadline, "the replica did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the stall outlasts the timeout
+    proxy.set(Mode::Pass);
+    proxy.cut(); // what the stall held is lost, as after a long partition
+
+    let (acked, retried) = publisher.await.expect("publisher");
+    let last = *acked.last().expect("acked");
+    let mut reset = None;
+    while seen.last().map(Message::id) != Some(last) {
+        match next(&mut reading, Duration::from_secs(20)).await {
+            Some(Delivery::Message(m)) if m.event().is_none() => seen.push(m),
+            Some(Delivery::Message(_)) => {} // a presence notice
+            Some(Delivery::Reset(r)) => {
+                // The replica had not received the last writes: a new epoch, said in the stream.
+                assert_eq!(r.reason, ResetReason::EpochChanged);
+                assert!(reset.replace(r.epoch).is_none(), "one reset");
+                seen.clear();
+            }
+            Some(Delivery::Presence(_)) => {}
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                // The hub disconnected the reader when the room's log started a new epoch
+                // (until issue 18's defect 13 is fixed in the hub): it comes back with its
+                // last id, and gets the reset there.
+                let last_seen = seen.last().map(Message::id).expect("seen some");
+                let again = Connection::new()
+                    .subscribe(Topic::new(room).expect("valid"), Position::After(last_seen));
+                reading = b.join(&again).await.expect("rejoin the reader");
+            }
+        }
+    }
+    // No gap and no duplicate in what was delivered (since the reset, if any), and every
+    // acknowledged message of that log is there.
+    let ids: Vec<MessageId> = seen.iter().map(Message::id).collect();
+    for pair in ids.windows(2) {
+        assert_eq!(pair[1].epoch(), pair[0].epoch(), "{ids:?}");
+        assert_eq!(
+            pair[1].offset(),
+            pair[0].offset() + 1,
+            "gap or duplicate: {ids:?}"
+        );
+    }
+    let delivered: std::collections::HashSet<MessageId> = ids.iter().copied().collect();
+    let epoch = last.epoch();
+    let first = ids.first().map_or(0, |id| id.offset());
+    for id in acked
+        .iter()
+        .filter(|id| id.epoch() == epoch && id.offset() >= first)
+    {
+        assert!(
+            delivered.contains(id),
+            "acknowledged {id:?} never delivered"
+        );
+    }
+    // The backend never applies one publish twice: a text comes twice only if the publisher
+    // sent it twice (after a failure).
+    let mut texts = BTreeSet::new();
+    for m in &seen {
+        let text = m.payload().as_text().unwrap_or_default();
+        assert!(
+            texts.insert(text) || retried.contains(text),
+            "{text} applied twice, published once"
+        );
+    }
+
+    // alice's leave, lost in the stall, is applied: no phantom. (The watcher is listed if it
+    // is still in the room: until the hub's defect 13 is fixed, a new epoch disconnects it.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let present: Vec<String> = b
+            .presence(room)
+            .await
+            .iter()
+            .map(|m| m.user.to_string())
+            .collect();
+        let expected: &[&str] = if b.rooms_of(watcher.id()).is_empty() {
+            &[]
+        } else {
+            &["w"]
+        };
+        if present == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence after the stall: {present:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "stalled failover: {} acknowledged, reset: {}",
+        acked.len(),
+        reset.is_some()
     );
 }
