@@ -1793,3 +1793,94 @@ async fn a_node_clock_an_hour_off_neither_fails_publishes_nor_lets_stalled_ones_
         );
     }
 }
+
+// Issue 18, defect 13 (Redis side): a `Rooms` hub over Redis ended every member's subscription
+// once Redis came back empty after a restart. The room's stream must move to the new epoch in
+// place: each member gets a reset, then the room's later messages; the heartbeat registers the
+// members again; nobody is left behind. (Waits for the hub's change in src/hub/rooms.rs: until
+// then the subscription ends where the reset is expected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_data_resets_room_members_in_place() {
+    let mut server = RedisServer::start();
+    let (a, b) = (rooms_node(&server).await, rooms_node(&server).await);
+    let room = "restarted";
+    let alice = member("alice", room, Position::Live);
+    let mut alice_sub = a.join(&alice).await.expect("join alice");
+    let bob = member("bob", room, Position::Live);
+    let mut bob_sub = b.join(&bob).await.expect("join bob");
+    let before = a.broadcast(room, "before").await.expect("broadcast");
+    for sub in [&mut alice_sub, &mut bob_sub] {
+        let m = next_message(sub).await;
+        assert_eq!(m.id(), before);
+    }
+
+    server.restart(false);
+    let mut after = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while after.is_none() {
+        match a.broadcast(room, "after").await {
+            Ok(id) => after = Some(id),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "broadcast kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let after = after.expect("broadcast");
+    assert_ne!(after.epoch(), before.epoch(), "Redis lost the room's log");
+    for (who, sub) in [("alice", &mut alice_sub), ("bob", &mut bob_sub)] {
+        let reset = loop {
+            match next(sub, Duration::from_secs(10)).await {
+                Some(Delivery::Reset(r)) if r.topic.as_str() == room => break r,
+                Some(Delivery::Reset(r)) if r.topic.as_str() == format!("@{who}") => {}
+                Some(Delivery::Message(m)) if m.event().is_some() => {}
+                Some(Delivery::Presence(_)) => {}
+                Some(other) => panic!("{who}: expected a reset first, got {other:?}"),
+                None => panic!(
+                    "{who}: the subscription ended: the member was disconnected instead of \
+                     moved to the room's new epoch (issue 18, defect 13)"
+                ),
+            }
+        };
+        assert_eq!(reset.reason, ResetReason::EpochChanged, "{who}");
+        assert_eq!(reset.epoch, after.epoch(), "{who}");
+        let m = next_message(sub).await;
+        assert_eq!(
+            (m.id(), m.payload().as_text()),
+            (after, Some("after")),
+            "{who}"
+        );
+    }
+    // Presence comes back (each node registers its members again), without phantoms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listed(&b, room).await != users(&[("alice", 1), ("bob", 1)]) {
+        assert!(
+            Instant::now() < deadline,
+            "presence after the restart: {:?}",
+            listed(&b, room).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.leave(&alice, alice_sub).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listed(&b, room).await != users(&[("bob", 1)]) {
+        assert!(
+            Instant::now() < deadline,
+            "after alice left: {:?}",
+            listed(&b, room).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bob_sub);
+}
+
+/// The next message that is not a presence notice, skipping presence snapshots.
+async fn next_message(sub: &mut Subscription) -> Message {
+    loop {
+        match next(sub, Duration::from_secs(5)).await {
+            Some(Delivery::Message(m)) if m.event().is_none() => return m,
+            Some(Delivery::Message(_) | Delivery::Presence(_)) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
