@@ -22,6 +22,11 @@ use common::proxy::{Mode, Proxy};
 use common::redis_env::{RedisServer, messages, next, next_event};
 
 fn config(server: &RedisServer) -> RedisConfig {
+    // `RUST_LOG=salvo_realtime=debug` shows what the backend does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     RedisConfig::new(server.url())
         .timeout(Duration::from_millis(500))
         .heartbeat(Duration::from_millis(100))
@@ -1883,4 +1888,69 @@ async fn next_message(sub: &mut Subscription) -> Message {
             other => panic!("expected a message, got {other:?}"),
         }
     }
+}
+
+// Issue 18, found in review of the reconcile: a connection that left and came back while its
+// room was being reconciled (its leave reached Redis before the reconcile, its join after) was
+// put back by the reconcile, then taken out again by the reconcile's own second pass (which
+// removes the snapshot's memberships that left): connected, but absent from presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_leaves_and_comes_back_during_a_reconcile_stays_present() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let a = rooms_via(via(&proxy)).await;
+    let b = rooms_node(&server).await;
+    let room = "reconciled";
+    let _w = watcher(&b, room).await;
+    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
+    let holder_sub = a.join(&holder).await.expect("join holder");
+    a.broadcast(room, "hello").await.expect("broadcast");
+    // bob comes and goes: the join and leave scripts are loaded (a script Redis doesn't have
+    // yet is sent again after a round trip, which would reorder what follows).
+    let bob = member("bob", room, Position::Live);
+    let bob_sub = a.join(&bob).await.expect("join bob");
+    a.leave(&bob, bob_sub).await;
+    let alice = member("alice", room, Position::Live);
+    let alice_sub = a.join(&alice).await.expect("join alice");
+
+    // Redis loses the nodes' liveness: node a comes back as a new incarnation and, a timeout
+    // later, reconciles its rooms, listing each first. That listing is held, and alice's
+    // leave queues behind it...
+    let stall = proxy.stall_on(&[b"{salvo-realtime:nodes}", room.as_bytes()]);
+    server.command(&["DEL", "{salvo-realtime:nodes}:alive"]);
+    stall.hit().await;
+    let pk = room_key(room, "pk");
+    assert!(a.leave_room(alice.id(), room).await.expect("leave_room"));
+    stall.held_contains(pk.as_bytes(), 1).await;
+    // ...then both go through, and the reconcile's script (snapshot: alice present) is held
+    // in turn while alice comes back on the same connection: her join queues behind it. So
+    // Redis runs her leave, the reconcile, her join, in that order.
+    let reconcile = proxy.stall_on(&[pk.as_bytes()]);
+    stall.release();
+    reconcile.hit().await;
+    let rejoin = tokio::spawn({
+        let (a, id) = (a.clone(), alice.id());
+        async move { a.join_room(id, room, Position::Live).await }
+    });
+    reconcile.held_contains(pk.as_bytes(), 2).await;
+    reconcile.release();
+    rejoin.await.expect("rejoin task").expect("join_room");
+
+    // She is connected and in the room: she must be present, and stay so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listed(&b, room).await != users(&[("alice", 1), ("w", 1)]) {
+        assert!(
+            Instant::now() < deadline,
+            "presence after the reconcile: {:?}",
+            listed(&b, room).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // a few heartbeats and reconciles
+    assert_eq!(
+        listed(&b, room).await,
+        users(&[("alice", 1), ("w", 1)]),
+        "she stays present"
+    );
+    drop((holder_sub, alice_sub));
 }

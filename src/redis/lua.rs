@@ -216,14 +216,23 @@ return 0
 /// else 0.
 ///
 /// A membership (node and connection) is counted once: joining again with one already in
-/// `pk` changes nothing. `pk` keeps the sequence number with the user (`seq user`), which
-/// `LEAVE` and `RECONCILE` compare.
+/// `pk` counts and announces nothing. `pk` keeps the sequence number with the user
+/// (`seq user`), which `LEAVE` and `RECONCILE` compare; joining again raises it to the join's,
+/// so that a leave issued before this join and run after it (a script Redis had to load
+/// first is sent again, after what was sent meanwhile) can't take the membership away.
 const JOIN: &str = r"
 local pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node, user = ARGV[1], ARGV[2]
-if redis.call('HSETNX', pk, node .. '|' .. ARGV[7], ARGV[8] .. ' ' .. user) == 0 then
+local f = node .. '|' .. ARGV[7]
+local v = redis.call('HGET', pk, f)
+if v then
+  local sp = string.find(v, ' ', 1, true)
+  if sp and (tonumber(string.sub(v, 1, sp - 1)) or 0) < tonumber(ARGV[8]) then
+    redis.call('HSET', pk, f, ARGV[8] .. string.sub(v, sp))
+  end
   return 0
 end
+redis.call('HSET', pk, f, ARGV[8] .. ' ' .. user)
 redis.call('HINCRBY', pc, node .. '|' .. user, 1)
 redis.call('HINCRBY', pu, user, 1)
 if redis.call('HSETNX', pd, user, ARGV[3]) == 0 then
@@ -356,7 +365,7 @@ return {'done'}
 /// numbered below the mark that the snapshot lacks are dropped (they left before it; their
 /// leave script may never have run); those from the mark on are kept (changes after the
 /// snapshot: their own join script counts them, before or after this one); the snapshot's
-/// are added if missing. The counts are then those of the memberships; a user left with
+/// are added if missing, and keep the higher of their two sequence numbers (as a join does). The counts are then those of the memberships; a user left with
 /// none on any node (its total in `pu` reaches 0) is no longer present, and its leave is
 /// announced as the leave script would. A user still counted on another node or through
 /// another membership is not announced.
@@ -377,7 +386,7 @@ for i = first, #ARGV, 4 do
   data[u], body[u] = ARGV[i + 1], ARGV[i + 2]
   for c, s in string.gmatch(ARGV[i + 3], '(%d+):(%d+)') do keep[c] = {u, s} end
 end
-local drop, merged = {}, {}
+local drop, merged, raise = {}, {}, {}
 local h = redis.call('HGETALL', pk)
 for i = 1, #h, 2 do
   local f = h[i]
@@ -388,6 +397,9 @@ for i = 1, #h, 2 do
       local s = tonumber(string.sub(h[i + 1], 1, sp - 1)) or 0
       if keep[c] ~= nil or s >= mark then
         merged[c] = string.sub(h[i + 1], sp + 1)
+        if keep[c] ~= nil and tonumber(keep[c][2]) > s then
+          raise[f] = keep[c][2] .. ' ' .. merged[c]
+        end
       else
         table.insert(drop, f)
       end
@@ -438,6 +450,7 @@ for _, u in ipairs(olds) do
 end
 if #need > 1 then return need end
 for _, f in ipairs(drop) do redis.call('HDEL', pk, f) end
+for f, v in pairs(raise) do redis.call('HSET', pk, f, v) end
 for c, m in pairs(adds) do redis.call('HSETNX', pk, prefix .. c, m[2] .. ' ' .. m[1]) end
 for _, f in ipairs(oldf) do redis.call('HDEL', pc, f) end
 for _, u in ipairs(olds) do

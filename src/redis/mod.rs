@@ -75,7 +75,8 @@
 //!   joined stay up and get what they missed once Redis is back.
 //! * A publish reported as failed is never delivered later: its script carries a deadline on
 //!   Redis's own clock (read at each heartbeat, so this node's clock may be off by any
-//!   amount) and refuses to run past it. One whose answer was lost (the connection dropped
+//!   amount; on a cluster, the clock of the master holding the nodes' liveness, so the
+//!   masters' clocks should agree to well within the timeout) and refuses to run past it. One whose answer was lost (the connection dropped
 //!   after Redis ran it) may have been delivered; the backend never runs it twice, even when
 //!   a Redis Cluster client resends it: the script remembers each publish's nonce until its
 //!   deadline and answers a resend with the first run's id.

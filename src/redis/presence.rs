@@ -564,9 +564,10 @@ impl Shared {
             self.list(room, generation).await?;
         }
         self.run_reconcile(room, &snapshot, announce).await?;
-        // The snapshot's memberships that left meanwhile: their leave may have reached Redis
-        // before the reconcile put them back. Leave again (numbered below the mark: a join
-        // made since is left alone).
+        // The snapshot's memberships that left meanwhile (and are not back): their leave may
+        // have reached Redis before the reconcile put them back. Leave again, numbered below
+        // the mark: a join made since is left alone. (One that is back is present either
+        // way: its join, or the reconcile, counted it.)
         let gone: Vec<(u64, Arc<str>, String)> = {
             let members = self.members.lock();
             let now = members.rooms.get(room);
@@ -574,10 +575,7 @@ impl Shared {
                 .room
                 .conns
                 .iter()
-                .filter(|(conn, m)| {
-                    now.and_then(|r| r.conns.get(conn))
-                        .is_none_or(|n| n.seq != m.seq)
-                })
+                .filter(|(conn, _)| now.and_then(|r| r.conns.get(conn)).is_none())
                 .map(|(conn, m)| (*conn, Arc::clone(&m.user), m.data.clone()))
                 .collect()
         };
@@ -660,6 +658,10 @@ impl Shared {
         let (key, stale) = {
             let mut members = self.members.lock();
             let members = &mut *members;
+            if members.everything.is_some() {
+                // Every room is to be reconciled, some found only in the room set: keep it.
+                return;
+            }
             let mut stale = Vec::new();
             for (room, listing) in &mut members.listed {
                 if members.rooms.contains_key(room) || members.dirty.contains_key(room) {
@@ -730,9 +732,11 @@ impl Shared {
         let mut inv = self.scripts.dead.prepare_invoke();
         inv.key(&alive);
         let dead: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        let me = self.presence_id();
+        // This node's own earlier incarnations are evicted once it has registered its members
+        // again (`evict_retired`): before, their users would be announced leaving, then joining.
+        let own = format!("{:x}.", self.node);
         let mut result = Ok(());
-        for node in dead.into_iter().filter(|n| *n != me) {
+        for node in dead.into_iter().filter(|n| !n.starts_with(&own)) {
             if let Err(e) = self.evict_node(&node, false).await {
                 result = Err(e);
             }
