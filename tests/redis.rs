@@ -1954,3 +1954,44 @@ async fn a_member_who_leaves_and_comes_back_during_a_reconcile_stays_present() {
     );
     drop((holder_sub, alice_sub));
 }
+
+// Issue 18, fault injection: a link slower than the timeout (every byte delayed both ways):
+// publishes fail within the timeout and, arriving past their deadline, are never applied;
+// once the link is fast again publishing resumes with the next id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_a_link_slower_than_the_timeout_fail_and_are_never_applied() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let a = PubSub::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(via(&proxy)).await.expect("connect"),
+    );
+    let b = pubsub_node(&server).await;
+    let mut sub = b
+        .subscribe("slow", Position::Live)
+        .await
+        .expect("subscribe");
+    let first = a.publish("slow", "before").await.expect("publish");
+
+    proxy.set(Mode::Delay(Duration::from_millis(700)));
+    for i in 0..3 {
+        let started = Instant::now();
+        let slow = a.publish("slow", format!("slow{i}")).await;
+        assert!(matches!(slow, Err(HubError::Backend(_))), "{slow:?}");
+        assert!(started.elapsed() < Duration::from_millis(1_500));
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // the delayed requests arrive
+    proxy.set(Mode::Pass);
+    let after = publish_retrying(&a, "slow", "after").await;
+    let got = messages(&mut sub, 2, Duration::from_secs(5)).await;
+    let seen: Vec<(MessageId, &str)> = got
+        .iter()
+        .map(|m| (m.id(), m.payload().as_text().unwrap_or("")))
+        .collect();
+    assert_eq!(seen, [(first, "before"), (after, "after")]);
+    assert_eq!(
+        after.offset(),
+        first.offset() + 1,
+        "no slow publish took an id"
+    );
+}
