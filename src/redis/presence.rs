@@ -84,7 +84,8 @@ pub(super) struct Members {
     seq: u64,
     /// The current incarnation.
     incarnation: u64,
-    /// Whether a heartbeat has registered this node's liveness (the first finds none).
+    /// Whether a heartbeat has registered the current incarnation's liveness (its first beat
+    /// finds none: that is no loss).
     registered: bool,
     /// Rooms in this node's room set in Redis, or on their way there.
     listed: HashMap<Topic, Listing>,
@@ -431,15 +432,17 @@ impl Shared {
     pub(super) async fn heartbeat(&self) -> Result<(), HubError> {
         let id = self.presence_id();
         if !self.beat(&id).await? {
-            let registered = {
+            let switched = {
                 let mut members = self.members.lock();
-                let registered = std::mem::replace(&mut members.registered, true);
-                if registered {
-                    // Redis lost this incarnation (restarted, or swept it as dead): a new
-                    // one, whose counts no late sweep of the old one can touch; every room
-                    // is registered again once the old incarnation's requests have landed.
+                // Registered before: Redis lost this incarnation (restarted, or swept it as
+                // dead). A new one, whose counts no late sweep of the old one can touch;
+                // every room is registered again once the old incarnation's requests have
+                // landed. (Not registered yet: the first beat of this incarnation.)
+                let switched = std::mem::replace(&mut members.registered, true);
+                if switched {
                     let old = members.incarnation;
                     members.incarnation += 1;
+                    members.registered = false;
                     members.listed.clear();
                     members.retired.push(old);
                     if members.retired.len() > RETIRED_MAX {
@@ -448,12 +451,15 @@ impl Shared {
                     let scan = members.everything.is_some_and(|(_, scan)| scan);
                     members.everything = Some((Instant::now() + self.config.timeout, scan));
                 }
-                registered
+                switched
             };
-            if registered {
-                tracing::info!(node = %id, "redis: this node's liveness was lost; registering its members again");
-                let id = self.presence_id();
-                self.beat(&id).await?;
+            if switched {
+                tracing::info!(
+                    node = %id,
+                    "redis: this node's liveness was lost; registering its members again"
+                );
+                self.beat(&self.presence_id()).await?;
+                self.members.lock().registered = true;
             }
         }
         let reconciled = self.reconcile_due().await;
