@@ -56,6 +56,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `redis` | no | the `redis` module: a Redis [`backend::Backend`] (single server or Redis Cluster), so that several server processes behave as one hub |
+//! | `conformance` | no | `backend::conformance`: the suite of checks every [`backend::Backend`] passes, to run against your own backend |
 //! | `metrics` | no | operator metrics through the [`metrics`](https://docs.rs/metrics) facade: connections, refusals, closes, messages, lag, latency (see [Metrics](#metrics)) |
 //! | `browser-tests` | no | builds the headless-Chromium tests of the example pages (CI only); enables `metrics` |
 //!
@@ -160,7 +161,18 @@ pub use hub::{
 /// in-memory implementation [`Local`](backend::Local), and the [`Mirror`](backend::Mirror)
 /// through which a remote backend feeds a node's local logs. Needed only to write a backend or
 /// to name a hub's backend type (`Rooms<B>`).
+///
+/// # Checking a backend
+///
+/// With the `conformance` feature, `backend::conformance` holds the suite of checks every
+/// backend passes (ids and order, resume, presence per connection, cancellation at each
+/// step, idle expiry): the crate runs it against `Local`, Redis and Redis Cluster, and a
+/// third-party backend's tests run it against theirs with
+/// `conformance::run_all(|| async { make_backend() }).await` (or one check at a time: each is
+/// an `async fn` of `conformance::Suite`).
 pub mod backend {
+    #[cfg(feature = "conformance")]
+    pub use crate::hub::conformance;
     pub use crate::hub::{Applied, Backend, Local, MembersPage, Mirror, WeakMirror};
 }
 

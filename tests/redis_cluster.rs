@@ -7,254 +7,22 @@
 //! `redis-cli` (7.0 or later, for sharded pub/sub) must be installed (`.ci/redis` installs
 //! them): without them these tests fail, they never pass silently.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use salvo_realtime::backend::conformance::Suite;
 use salvo_realtime::error::HubError;
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
 use salvo_realtime::{
     Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, PRESENCE_JOIN,
-    PRESENCE_LEAVE, Position, PubSub, ResetReason, Rooms, Subscription, Topic,
+    PRESENCE_LEAVE, Position, PubSub, ResetReason, Rooms, Topic,
 };
 
-/// One `redis-server` of the cluster.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-}
-
-/// Six servers on 127.0.0.1 forming a cluster of three masters with one replica each; killed
-/// on drop.
-struct Cluster {
-    servers: Vec<Server>,
-    dir: PathBuf,
-}
-
-/// A port that is free, and whose cluster bus port (+10,000) is free too.
-fn free_port(taken: &[u16]) -> u16 {
-    for _ in 0..1_000 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = listener.local_addr().expect("local addr").port() % 20_000 + 20_000;
-        drop(listener);
-        if !taken.contains(&port)
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free port pair found");
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "could not run `redis-cli` ({e}): these tests need it on the PATH \
-                 (Debian/Ubuntu: apt-get install -y redis-server; see .ci/redis)"
-            )
-        });
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let mut ports = Vec::new();
-        for _ in 0..6 {
-            ports.push(free_port(&ports));
-        }
-        let dir = std::env::temp_dir().join(format!("salvo-realtime-cluster-{}", ports[0]));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let servers = ports
-            .iter()
-            .map(|&port| {
-                let child = Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                    .arg(format!("nodes-{port}.conf"))
-                    .args(["--cluster-node-timeout", "1000"])
-                    // A replica may take over however long ago it last heard of its master.
-                    .args(["--cluster-replica-validity-factor", "0"])
-                    .args(["--save", "", "--appendonly", "no", "--dir"])
-                    .arg(&dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "could not start `redis-server` ({e}): these tests need it on the \
-                             PATH (Debian/Ubuntu: apt-get install -y redis-server; see .ci/redis)"
-                        )
-                    });
-                Server {
-                    child: Some(child),
-                    port,
-                }
-            })
-            .collect();
-        let cluster = Self { servers, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for s in &cluster.servers {
-            while redis_cli(s.port, &["PING"]).trim() != "PONG" {
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server on port {} did not answer PING within 10 s",
-                    s.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli --cluster create runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        cluster.wait_ok(Duration::from_secs(20));
-        cluster
-    }
-
-    /// Waits until every live server reports `cluster_state:ok`, every replica is in sync
-    /// with its master, and three masters cover every slot.
-    fn wait_ok(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let ok = self.servers.iter().filter(|s| s.child.is_some()).all(|s| {
-                let replication = redis_cli(s.port, &["INFO", "replication"]);
-                redis_cli(s.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-                    && (replication.contains("role:master")
-                        || replication.contains("master_link_status:up"))
-            });
-            if ok && self.masters().len() == 3 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .servers
-            .iter()
-            .take(3)
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        format!("redis+cluster://{}", hosts.join(","))
-    }
-
-    fn any_live_port(&self) -> u16 {
-        self.servers
-            .iter()
-            .find(|s| s.child.is_some())
-            .expect("a live server")
-            .port
-    }
-
-    /// The live masters, as port -> slot ranges.
-    fn masters(&self) -> BTreeMap<u16, Vec<(u16, u16)>> {
-        let nodes = redis_cli(self.any_live_port(), &["CLUSTER", "NODES"]);
-        let mut masters = BTreeMap::new();
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
-                continue;
-            }
-            let Some(port) = fields[1]
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-            else {
-                continue;
-            };
-            let ranges: Vec<(u16, u16)> = fields[8..]
-                .iter()
-                .filter_map(|r| {
-                    let (a, b) = r.split_once('-').unwrap_or((r, r));
-                    Some((a.parse().ok()?, b.parse().ok()?))
-                })
-                .collect();
-            if !ranges.is_empty() {
-                masters.insert(port, ranges);
-            }
-        }
-        masters
-    }
-
-    /// The master serving `topic` of namespace `ns` (default prefix).
-    fn master_of(&self, ns: &str, topic: &str) -> u16 {
-        let key = format!("{{salvo-realtime:{ns}:{topic}}}:meta");
-        let slot: u16 = redis_cli(self.any_live_port(), &["CLUSTER", "KEYSLOT", &key])
-            .trim()
-            .parse()
-            .expect("a slot");
-        self.masters()
-            .into_iter()
-            .find(|(_, ranges)| ranges.iter().any(|&(a, b)| a <= slot && slot <= b))
-            .map(|(port, _)| port)
-            .expect("a master serves every slot")
-    }
-
-    /// Topics named `prefix0`, `prefix1`, ... until every master serves at least `per` of them.
-    fn topics_on_every_master(&self, prefix: &str, per: usize) -> Vec<String> {
-        let masters = self.masters();
-        let mut by_master: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-        for i in 0.. {
-            let topic = format!("{prefix}{i}");
-            let master = self.master_of("topics", &topic);
-            let list = by_master.entry(master).or_default();
-            if list.len() < per {
-                list.push(topic);
-            }
-            if by_master.len() == masters.len() && by_master.values().all(|l| l.len() == per) {
-                break;
-            }
-        }
-        by_master.into_values().flatten().collect()
-    }
-
-    fn kill(&mut self, port: u16) {
-        let server = self
-            .servers
-            .iter_mut()
-            .find(|s| s.port == port)
-            .expect("a server on that port");
-        if let Some(mut child) = server.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            if let Some(mut child) = s.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::proxy::Mode;
+use common::redis_env::{Cluster, messages, next, next_event, redis_cli};
 
 fn config(cluster: &Cluster) -> RedisConfig {
     // `RUST_LOG=salvo_realtime=debug` shows what the backend does.
@@ -274,45 +42,6 @@ async fn pubsub_node(cluster: &Cluster) -> PubSub<RedisBackend> {
         .expect("connect");
     assert!(backend.is_cluster());
     PubSub::with_backend(HubConfig::new().history(1_000), backend)
-}
-
-async fn next<S: futures_util::Stream<Item = Delivery> + Unpin>(
-    sub: &mut S,
-    within: Duration,
-) -> Option<Delivery> {
-    tokio::time::timeout(within, sub.next())
-        .await
-        .unwrap_or_else(|_| panic!("nothing delivered within {within:?}"))
-}
-
-async fn messages(sub: &mut Subscription, n: usize, within: Duration) -> Vec<Message> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        match next(sub, within).await {
-            Some(Delivery::Message(m)) => out.push(m),
-            other => panic!(
-                "expected a message, got {other:?} after {} messages",
-                out.len()
-            ),
-        }
-    }
-    out
-}
-
-async fn next_event(sub: &mut Subscription, within: Duration) -> (String, String) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match next(sub, left).await {
-            Some(Delivery::Message(m)) if m.event().is_some() => {
-                let v: serde_json::Value = m.json().expect("presence payload");
-                let user = v["user"].as_str().expect("user").to_owned();
-                return (m.event().expect("event").as_str().to_owned(), user);
-            }
-            Some(_) => {}
-            None => panic!("stream ended"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,5 +539,261 @@ async fn a_cluster_keeps_notices_live_only_pages_members_and_caps_history_in_byt
         kept[2].id().offset(),
         first.offset() + 9,
         "the newest are kept"
+    );
+}
+
+// Issue 18: the backend conformance suite (`backend::conformance`) on a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_conformance_suite_passes_on_a_cluster() {
+    let cluster = Cluster::start();
+    let config = config(&cluster);
+    let suite = Suite::new(move || {
+        let config = config.clone();
+        async move { RedisBackend::connect(config).await.expect("connect") }
+    });
+    if let Err(failure) = suite.run_all().await {
+        panic!("{failure}");
+    }
+}
+
+// Issue 18, confirm or refute: the cluster client retries a request whose connection dropped
+// (`.retries(2)`), so a publish script that ran but whose reply was lost ran again: one
+// message, two ids. Confirmed; a publish now carries a nonce the script remembers until its
+// deadline, and a second run answers the first one's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
+    let cluster = Cluster::start_proxied().await;
+    // A slow heartbeat keeps the node's connections quiet around the publish.
+    let quiet = config(&cluster)
+        .heartbeat(Duration::from_secs(30))
+        .node_ttl(Duration::from_secs(90));
+    let a = PubSub::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(quiet).await.expect("connect"),
+    );
+    let b = pubsub_node(&cluster).await;
+    let topic = "lost-reply";
+    let master = cluster.master_of("topics", topic);
+    let first = a.publish(topic, "warm").await.expect("publish");
+    let mut sub = b
+        .subscribe(topic, Position::After(first))
+        .await
+        .expect("subscribe");
+
+    let proxy = cluster.proxy(master);
+    proxy.lose_reply_to(format!("{{salvo-realtime:topics:{topic}}}:meta").as_bytes());
+    let once = a.publish(topic, "once").await;
+    assert!(!proxy.reply_loss_pending(), "the publish went through");
+    let after = loop {
+        match a.publish(topic, "after").await {
+            Ok(id) => break id,
+            Err(e) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let got = messages(&mut sub, 2, Duration::from_secs(10)).await;
+    let seen: Vec<(u64, &str)> = got
+        .iter()
+        .map(|m| (m.id().offset(), m.payload().as_text().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        seen,
+        [(2, "once"), (3, "after")],
+        "one message, one id (the publish answered {once:?})"
+    );
+    if let Ok(id) = once {
+        assert_eq!(id, got[0].id(), "the publish answered its message's id");
+    }
+    assert_eq!(got[1].id(), after);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "no duplicate arrives"
+    );
+}
+
+// Issue 18, fault injection: the master of a room stalls (its proxy forwards nothing: the nodes'
+// commands and subscriptions, and its replica's link) while its replica takes over. Publishes
+// fail meanwhile and go on after; none is lost inside the history or delivered twice, and a
+// leave that could not reach Redis during the stall leaves no phantom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_during_a_cluster_failover_loses_nothing_and_duplicates_nothing() {
+    let cluster = Cluster::start_proxied().await;
+    let node = async || {
+        Rooms::with_backend(
+            HubConfig::new().history(1_000),
+            RedisBackend::connect(config(&cluster))
+                .await
+                .expect("connect"),
+        )
+    };
+    let (a, b) = (node().await, node().await);
+    let room = "stalled";
+    let master = cluster.master_of("rooms", room);
+    let replica = cluster.replica_of(master);
+    let member = |user: &str| {
+        Connection::new()
+            .authenticated(Identity::new(user))
+            .subscribe(Topic::new(room).expect("valid"), Position::Live)
+    };
+    let watcher = member("w");
+    let mut w = b.join(&watcher).await.expect("join w");
+    let reader = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
+    let mut reading = b.join(&reader).await.expect("join reader");
+    assert!(matches!(
+        next(&mut reading, Duration::from_secs(5)).await,
+        Some(Delivery::Presence(_))
+    ));
+    let alice = member("alice");
+    let alice_sub = a.join(&alice).await.expect("join alice");
+    loop {
+        if next_event(&mut w, Duration::from_secs(5)).await
+            == (PRESENCE_JOIN.to_owned(), "alice".to_owned())
+        {
+            break;
+        }
+    }
+
+    let publisher = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut retried) = (Vec::new(), BTreeSet::new());
+            for i in 0..300 {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let id = loop {
+                    match a.broadcast(room, format!("m{i}")).await {
+                        Ok(id) => break id,
+                        Err(e) => {
+                            // A publish that failed may still have been applied (its answer
+                            // was lost in the stall): publishing it again is a new message.
+                            assert!(matches!(e, HubError::Backend(_)), "{e:?}");
+                            assert!(Instant::now() < deadline, "publishing kept failing: {e}");
+                            retried.insert(format!("m{i}"));
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                };
+                acked.push(id);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, retried)
+        })
+    };
+    let mut seen: Vec<Message> = Vec::new();
+    while seen.len() < 50 {
+        match next(&mut reading, Duration::from_secs(10)).await {
+            Some(Delivery::Message(m)) if m.event().is_none() => seen.push(m),
+            Some(Delivery::Message(_)) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    // The stall: nothing flows to or from the master; alice leaves meanwhile; the replica takes
+    // over (the cluster bus doesn't go through the proxy); then the stall ends.
+    let proxy = cluster.proxy(master);
+    proxy.set(Mode::Blackhole);
+    a.leave(&alice, alice_sub).await;
+    let reply = redis_cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+    assert!(reply.contains("OK"), "CLUSTER FAILOVER answered {reply}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.masters().contains_key(&replica) {
+        assert!(Instant::now() < deadline, "the replica did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the stall outlasts the timeout
+    proxy.set(Mode::Pass);
+    proxy.cut(); // what the stall held is lost, as after a long partition
+
+    let (acked, retried) = publisher.await.expect("publisher");
+    let last = *acked.last().expect("acked");
+    let mut reset = None;
+    while seen.last().map(Message::id) != Some(last) {
+        match next(&mut reading, Duration::from_secs(20)).await {
+            Some(Delivery::Message(m)) if m.event().is_none() => seen.push(m),
+            Some(Delivery::Message(_)) => {} // a presence notice
+            Some(Delivery::Reset(r)) => {
+                // The replica had not received the last writes: a new epoch, said in the stream.
+                assert_eq!(r.reason, ResetReason::EpochChanged);
+                assert!(reset.replace(r.epoch).is_none(), "one reset");
+                seen.clear();
+            }
+            Some(Delivery::Presence(_)) => {}
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                // The hub disconnected the reader when the room's log started a new epoch
+                // (until issue 18's defect 13 is fixed in the hub): it comes back with its
+                // last id, and gets the reset there.
+                let last_seen = seen.last().map(Message::id).expect("seen some");
+                let again = Connection::new()
+                    .subscribe(Topic::new(room).expect("valid"), Position::After(last_seen));
+                reading = b.join(&again).await.expect("rejoin the reader");
+            }
+        }
+    }
+    // No gap and no duplicate in what was delivered (since the reset, if any), and every
+    // acknowledged message of that log is there.
+    let ids: Vec<MessageId> = seen.iter().map(Message::id).collect();
+    for pair in ids.windows(2) {
+        assert_eq!(pair[1].epoch(), pair[0].epoch(), "{ids:?}");
+        assert_eq!(
+            pair[1].offset(),
+            pair[0].offset() + 1,
+            "gap or duplicate: {ids:?}"
+        );
+    }
+    let delivered: std::collections::HashSet<MessageId> = ids.iter().copied().collect();
+    let epoch = last.epoch();
+    let first = ids.first().map_or(0, |id| id.offset());
+    for id in acked
+        .iter()
+        .filter(|id| id.epoch() == epoch && id.offset() >= first)
+    {
+        assert!(
+            delivered.contains(id),
+            "acknowledged {id:?} never delivered"
+        );
+    }
+    // The backend never applies one publish twice: a text comes twice only if the publisher
+    // sent it twice (after a failure).
+    let mut texts = BTreeSet::new();
+    for m in &seen {
+        let text = m.payload().as_text().unwrap_or_default();
+        assert!(
+            texts.insert(text) || retried.contains(text),
+            "{text} applied twice, published once"
+        );
+    }
+
+    // alice's leave, lost in the stall, is applied: no phantom. (The watcher is listed if it
+    // is still in the room: until the hub's defect 13 is fixed, a new epoch disconnects it.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let present: Vec<String> = b
+            .presence(room)
+            .await
+            .iter()
+            .map(|m| m.user.to_string())
+            .collect();
+        let expected: &[&str] = if b.rooms_of(watcher.id()).is_empty() {
+            &[]
+        } else {
+            &["w"]
+        };
+        if present == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence after the stall: {present:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "stalled failover: {} acknowledged, reset: {}",
+        acked.len(),
+        reset.is_some()
     );
 }

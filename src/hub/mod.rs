@@ -14,6 +14,8 @@ use serde::Serialize;
 
 pub(crate) mod backend;
 pub(crate) mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub(crate) mod counter;
 pub(crate) mod log;
 pub(crate) mod message;

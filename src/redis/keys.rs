@@ -10,14 +10,18 @@
 //! | `{p:ns:topic}:meta` | hash | `epoch` (hex), `seq` (last offset), `bytes` (the history's size: its entries' wire forms summed) |
 //! | `{p:ns:topic}:hist` | stream | the capped history; entry id `0-<offset>`, field `m` = wire form |
 //! | `{p:ns:topic}:ch` | channel | every message's wire form, and the room's live-only notices (`PUBLISH`, or `SPUBLISH` on a cluster) |
-//! | `{p:rooms:room}:pn` | hash | node -> how many users it has in the room |
+//! | `{p:ns:topic}:dd` | hash | publish nonce -> the id it got, until the publish's deadline (a resent publish answers it) |
+//! | `{p:ns:topic}:dz` | sorted set | the nonces of `dd`, scored by deadline (Unix ms): the expired ones leave |
 //! | `{p:rooms:room}:pc` | hash | `node\|user` -> that node's connections of the user |
 //! | `{p:rooms:room}:pd` | hash | users announced present (first join / last leave) -> their data |
 //! | `{p:rooms:room}:pz` | sorted set | the users of `pd`, all scored 0: paged in user id order (`ZRANGE BYLEX`), counted by `ZCARD` |
 //! | `{p:rooms:room}:pu` | hash | user -> its connections in the room over all nodes (the sum of its `pc` fields) |
-//! | `{p:rooms:room}:pk` | hash | `node\|nonce` -> user: the memberships counted in `pc` (a nonce numbers one connection's stay in the room on its node), so that a join or leave applies once |
+//! | `{p:rooms:room}:pk` | hash | `node\|connection` -> `seq user`: the memberships counted in `pc`, once each, with the sequence number of their join on the node |
 //! | `{p:nodes}:alive` | sorted set | node -> when its heartbeat expires (Unix ms, Redis clock) |
-//! | `{p:nodes}:nr:node` | set | rooms where a node may have members (for the sweep) |
+//! | `{p:nodes}:rs:node` | hash | room -> generation: rooms where a node may have members (for the sweep) |
+//!
+//! A node is named `<node>.<incarnation>` (hex, then decimal): a node that Redis lost (a
+//! restart, or swept as dead) comes back as its next incarnation.
 //!
 //! A topic name containing `}` ends the hash tag early: its keys still share a slot (they share
 //! everything up to that brace). The prefix must not contain braces.
@@ -35,13 +39,14 @@ pub(super) struct TopicKeys {
     pub(super) meta: String,
     pub(super) hist: String,
     pub(super) channel: String,
+    pub(super) nonces: String,
+    pub(super) deadlines: String,
 }
 
 /// The presence keys of one room, next to the room's topic keys.
 #[derive(Debug, Clone)]
 pub(super) struct RoomKeys {
     pub(super) topic: TopicKeys,
-    pub(super) nodes: String,
     pub(super) counts: String,
     pub(super) present: String,
     pub(super) conns: String,
@@ -50,11 +55,10 @@ pub(super) struct RoomKeys {
 }
 
 impl RoomKeys {
-    /// The keys of the presence scripts (`JOIN`, `LEAVE`, `EVICT`, `REGISTER`), in their
-    /// order: `pn`, `pc`, `pd`, `pk`, `pz`, `pu`.
-    pub(super) fn presence(&self) -> [&str; 6] {
+    /// The keys of the presence scripts (`JOIN`, `LEAVE`, `EVICT`, `RECONCILE`), in their
+    /// order: `pc`, `pd`, `pk`, `pz`, `pu`.
+    pub(super) fn presence(&self) -> [&str; 5] {
         [
-            &self.nodes,
             &self.counts,
             &self.present,
             &self.conns,
@@ -81,6 +85,8 @@ impl Keys {
             meta: format!("{tag}:meta"),
             hist: format!("{tag}:hist"),
             channel: format!("{tag}:ch"),
+            nonces: format!("{tag}:dd"),
+            deadlines: format!("{tag}:dz"),
         }
     }
 
@@ -88,7 +94,6 @@ impl Keys {
         let tag = self.tag("rooms", room);
         RoomKeys {
             topic: self.topic("rooms", room),
-            nodes: format!("{tag}:pn"),
             counts: format!("{tag}:pc"),
             present: format!("{tag}:pd"),
             conns: format!("{tag}:pk"),
@@ -102,7 +107,7 @@ impl Keys {
     }
 
     pub(super) fn rooms_of(&self, node: &str) -> String {
-        format!("{{{}:nodes}}:nr:{node}", self.prefix)
+        format!("{{{}:nodes}}:rs:{node}", self.prefix)
     }
 }
 
@@ -127,11 +132,13 @@ mod tests {
         for name in ["lobby", "a}b", "x:meta", "{y}"] {
             let room = Topic::new(name).expect("valid");
             let r = keys.room(&room);
-            let tag = hashed(&r.nodes);
+            let tag = hashed(&r.counts);
             for key in [
                 &r.topic.meta,
                 &r.topic.hist,
                 &r.topic.channel,
+                &r.topic.nonces,
+                &r.topic.deadlines,
                 &r.counts,
                 &r.present,
                 &r.conns,

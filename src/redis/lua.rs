@@ -24,7 +24,8 @@ pub(super) struct Scripts {
     pub(super) leave: Script,
     pub(super) page: Script,
     pub(super) evict: Script,
-    pub(super) register: Script,
+    pub(super) reconcile: Script,
+    pub(super) prune: Script,
     pub(super) heartbeat: Script,
     pub(super) dead: Script,
     pub(super) forget: Script,
@@ -39,14 +40,18 @@ impl Scripts {
             Script::new(&body.replace("PUBLISH_COMMAND", command))
         };
         Self {
-            publish: with(PUBLISH),
+            publish: Script::new(&format!(
+                "{NOW}\n{}\n{PUBLISH}",
+                PUBLISH_FN.replace("PUBLISH_COMMAND", command)
+            )),
             state: Script::new(STATE),
             touch: Script::new(TOUCH),
             join: with(JOIN),
             leave: with(LEAVE),
             page: Script::new(PAGE_MEMBERS),
             evict: with(EVICT),
-            register: with(REGISTER),
+            reconcile: with(RECONCILE),
+            prune: Script::new(PRUNE),
             heartbeat: Script::new(&format!("{NOW}\n{HEARTBEAT}")),
             dead: Script::new(&format!("{NOW}\n{DEAD}")),
             forget: Script::new(&format!("{NOW}\n{FORGET}")),
@@ -113,18 +118,37 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS meta, hist; ARGV candidate epoch, body, maxlen, maxbytes, ttl, channel, deadline
-/// (Unix ms).
+/// KEYS meta, hist, nonces (hash: nonce -> id), nonce deadlines (sorted set); ARGV candidate
+/// epoch, body, maxlen, maxbytes, ttl, channel, deadline (Unix ms, Redis's clock).
 ///
 /// A publish that reaches Redis after its deadline (Redis was stalled and the node's call has
 /// already timed out and reported the failure) does nothing and answers `EXPIRED`: a publish
 /// reported as failed is never delivered later.
+///
+/// A publish runs once: its nonce (the body's random stamp) is kept until its deadline, and a
+/// second run of the same publish (a Redis Cluster client resends a request whose connection
+/// dropped, though it may have run) answers the first run's id and changes nothing. Past the
+/// deadline a resend is refused anyway.
 const PUBLISH: &str = r"
-local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[7]) then
+local deadline = tonumber(ARGV[7])
+if now > deadline then
   return redis.error_reply('EXPIRED publish past its deadline')
 end
-return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])";
+local nonce = string.sub(ARGV[2], 3, 10)
+local done = redis.call('HGET', KEYS[3], nonce)
+if done then return done end
+local id = publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now, 'LIMIT', 0, 256)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[3], unpack(expired))
+  redis.call('ZREM', KEYS[4], unpack(expired))
+end
+redis.call('HSET', KEYS[3], nonce, id)
+redis.call('ZADD', KEYS[4], deadline, nonce)
+local keep = math.max(deadline - now, redis.call('PTTL', KEYS[3]), 1)
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[4], keep)
+return id";
 
 /// KEYS meta, hist; ARGV candidate epoch, local epoch, local last offset, stamp of the local
 /// last message (8 bytes, or empty if unknown), follower TTL ms, page size.
@@ -186,20 +210,30 @@ end
 return 0
 ";
 
-/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, user, data, announce ('1'/'0'), the
-/// announcement's body, the room's channel, the membership's nonce. Returns 1 if the user is
-/// now present in the room for the first time (then announced, live only, if asked), else 0.
+/// KEYS pc, pd, pk, pz, pu; ARGV node, user, data, announce ('1'/'0'), the announcement's
+/// body, the room's channel, the connection, the join's sequence number. Returns 1 if the
+/// user is now present in the room for the first time (then announced, live only, if asked),
+/// else 0.
 ///
-/// A membership is counted once: joining again with a nonce already in `pk` changes nothing.
+/// A membership (node and connection) is counted once: joining again with one already in
+/// `pk` counts and announces nothing. `pk` keeps the sequence number with the user
+/// (`seq user`), which `LEAVE` and `RECONCILE` compare; joining again raises it to the join's,
+/// so that a leave issued before this join and run after it (a script Redis had to load
+/// first is sent again, after what was sent meanwhile) can't take the membership away.
 const JOIN: &str = r"
-local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node, user = ARGV[1], ARGV[2]
-if redis.call('HSETNX', pk, node .. '|' .. ARGV[7], user) == 0 then
+local f = node .. '|' .. ARGV[7]
+local v = redis.call('HGET', pk, f)
+if v then
+  local sp = string.find(v, ' ', 1, true)
+  if sp and (tonumber(string.sub(v, 1, sp - 1)) or 0) < tonumber(ARGV[8]) then
+    redis.call('HSET', pk, f, ARGV[8] .. string.sub(v, sp))
+  end
   return 0
 end
-if redis.call('HINCRBY', pc, node .. '|' .. user, 1) == 1 then
-  redis.call('HINCRBY', pn, node, 1)
-end
+redis.call('HSET', pk, f, ARGV[8] .. ' ' .. user)
+redis.call('HINCRBY', pc, node .. '|' .. user, 1)
 redis.call('HINCRBY', pu, user, 1)
 if redis.call('HSETNX', pd, user, ARGV[3]) == 0 then
   return 0
@@ -209,26 +243,26 @@ if ARGV[4] == '1' then notify(ARGV[6], ARGV[5]) end
 return 1
 ";
 
-/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, user, announce, the announcement's body, the
-/// room's channel, the membership's nonce. Returns 1 if that was the user's last connection
-/// in the room on any node (then announced, live only, if asked), else 0.
+/// KEYS pc, pd, pk, pz, pu; ARGV node, announce, the announcement's body, the room's channel,
+/// the connection, a sequence number. Takes the connection's membership out if it was
+/// numbered below that number; returns 1 if that was the user's last connection in the room
+/// on any node (then announced, live only, if asked), else 0.
 ///
-/// Only a counted membership (its nonce in `pk`) is taken out: leaving with a nonce whose join
-/// never ran (it was cut short) or already left changes nothing and announces nothing, so it
-/// can neither take away another connection's count nor announce a user still present.
+/// A membership not counted (its join never ran, or it already left) changes nothing and
+/// announces nothing, and neither does one numbered from the given number on: a later join of
+/// the same connection, which a leave reordered after it must not take away.
 const LEAVE: &str = r"
-local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local node, user = ARGV[1], ARGV[2]
-if redis.call('HDEL', pk, node .. '|' .. ARGV[6]) == 0 then
-  return 0
-end
-local field = node .. '|' .. user
-local n = redis.call('HINCRBY', pc, field, -1)
-if n <= 0 then
+local pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local f = ARGV[1] .. '|' .. ARGV[5]
+local v = redis.call('HGET', pk, f)
+if not v then return 0 end
+local sp = string.find(v, ' ', 1, true)
+if not sp or (tonumber(string.sub(v, 1, sp - 1)) or 0) >= tonumber(ARGV[6]) then return 0 end
+local user = string.sub(v, sp + 1)
+redis.call('HDEL', pk, f)
+local field = ARGV[1] .. '|' .. user
+if redis.call('HINCRBY', pc, field, -1) <= 0 then
   redis.call('HDEL', pc, field)
-  if n == 0 and redis.call('HINCRBY', pn, node, -1) <= 0 then
-    redis.call('HDEL', pn, node)
-  end
 end
 if redis.call('HINCRBY', pu, user, -1) > 0 then
   return 0
@@ -238,7 +272,7 @@ redis.call('ZREM', pz, user)
 if redis.call('HDEL', pd, user) == 0 then
   return 0
 end
-if ARGV[3] == '1' then notify(ARGV[5], ARGV[4]) end
+if ARGV[2] == '1' then notify(ARGV[4], ARGV[3]) end
 return 1
 ";
 
@@ -267,7 +301,7 @@ end
 return out
 ";
 
-/// KEYS pn, pc, pd, pk, pz, pu; ARGV dead node, the room's channel, then `user, body` pairs:
+/// KEYS pc, pd, pk, pz, pu; ARGV dead node, the room's channel, then `user, body` pairs:
 /// the leave announcements the caller prepared.
 ///
 /// Removes a dead node's counts from a room and announces (live only), in the same step, the
@@ -276,7 +310,7 @@ return out
 /// calls again. Returns `['done']` otherwise. A failure changes nothing, so the next sweep
 /// simply tries again: no leave is lost.
 const EVICT: &str = r"
-local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node = ARGV[1]
 local bodies = {}
 for i = 3, #ARGV, 2 do bodies[ARGV[i]] = ARGV[i + 1] end
@@ -312,7 +346,6 @@ for _, u in ipairs(leaving) do
   redis.call('ZREM', pz, u)
   if redis.call('HDEL', pd, u) == 1 and bodies[u] then notify(ARGV[2], bodies[u]) end
 end
-redis.call('HDEL', pn, node)
 local k = redis.call('HGETALL', pk)
 for i = 1, #k, 2 do
   if string.sub(k[i], 1, #prefix) == prefix then redis.call('HDEL', pk, k[i]) end
@@ -320,52 +353,67 @@ end
 return {'done'}
 ";
 
-/// KEYS pn, pc, pd, pk, pz, pu; ARGV node, the room's channel, mark, `n`, then `n`
-/// `user, body` pairs (the leave announcements the caller prepared), then
-/// `user, data, join body, nonces` quadruples (`nonces`: the user's memberships,
-/// space-separated): restores a node's memberships and counts in a room from a snapshot taken
-/// when the next nonce was `mark` (after Redis lost them, or after the node was declared dead)
-/// and announces (live only), in the same step, the users that so became present or absent.
+/// KEYS pc, pd, pk, pz, pu; ARGV node (this incarnation's id), the node's own prefix
+/// (`<node>.`, shared by its incarnations), the room's channel, mark, `n`, then `n`
+/// `user, body` pairs (the leave announcements the caller prepared; an empty body announces
+/// nothing), then `user, data, join body, memberships` quadruples (`memberships`:
+/// `connection:seq`, space-separated): makes the node's memberships in the room those of a
+/// snapshot taken when the next sequence number was `mark`, and announces (live only), in the
+/// same step, the users that so became present or absent.
 ///
-/// The node's memberships numbered below the mark that the snapshot lacks are dropped (they
-/// left before it, their leave script may never have run: Redis was unreachable); those from
-/// the mark on are kept (they joined after it, and their own join script counts them whether
-/// it ran before or runs after this one). The counts are then those of the memberships; a
-/// user left with none on any node (its total in `pu` reaches 0) is no longer present, and
-/// its leave is announced as the leave script would (a leave script that runs later finds its
-/// membership gone and announces nothing). A user still counted on another node or through
+/// Memberships of the node's earlier incarnations are dropped. Of this incarnation's, those
+/// numbered below the mark that the snapshot lacks are dropped (they left before it; their
+/// leave script may never have run); those from the mark on are kept (changes after the
+/// snapshot: their own join script counts them, before or after this one); the snapshot's
+/// are added if missing, and keep the higher of their two sequence numbers (as a join does). The counts are then those of the memberships; a user left with
+/// none on any node (its total in `pu` reaches 0) is no longer present, and its leave is
+/// announced as the leave script would. A user still counted on another node or through
 /// another membership is not announced.
 ///
 /// As with `EVICT`, if such a leaving user has no prepared announcement, changes nothing and
 /// returns `['need', user, data, ...]`: the caller prepares them and calls again. Returns
 /// `['done']` otherwise.
-const REGISTER: &str = r"
-local pn, pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local node, mark = ARGV[1], tonumber(ARGV[3])
+const RECONCILE: &str = r"
+local pc, pd, pk, pz, pu = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local node, base, channel, mark = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local prefix = node .. '|'
-local first = 5 + 2 * tonumber(ARGV[4])
+local first = 6 + 2 * tonumber(ARGV[5])
 local leaves = {}
-for i = 5, first - 1, 2 do leaves[ARGV[i]] = ARGV[i + 1] end
+for i = 6, first - 1, 2 do leaves[ARGV[i]] = ARGV[i + 1] end
 local keep, data, body = {}, {}, {}
 for i = first, #ARGV, 4 do
   local u = ARGV[i]
   data[u], body[u] = ARGV[i + 1], ARGV[i + 2]
-  for t in string.gmatch(ARGV[i + 3], '%S+') do keep[t] = u end
+  for c, s in string.gmatch(ARGV[i + 3], '(%d+):(%d+)') do keep[c] = {u, s} end
 end
-local drop, merged = {}, {}
+local drop, merged, raise = {}, {}, {}
 local h = redis.call('HGETALL', pk)
 for i = 1, #h, 2 do
-  if string.sub(h[i], 1, #prefix) == prefix then
-    local t = string.sub(h[i], #prefix + 1)
-    if keep[t] == nil and (tonumber(t) or 0) < mark then
-      table.insert(drop, h[i])
+  local f = h[i]
+  if string.sub(f, 1, #base) == base then
+    local sp = string.find(h[i + 1], ' ', 1, true)
+    if string.sub(f, 1, #prefix) == prefix and sp then
+      local c = string.sub(f, #prefix + 1)
+      local s = tonumber(string.sub(h[i + 1], 1, sp - 1)) or 0
+      if keep[c] ~= nil or s >= mark then
+        merged[c] = string.sub(h[i + 1], sp + 1)
+        if keep[c] ~= nil and tonumber(keep[c][2]) > s then
+          raise[f] = keep[c][2] .. ' ' .. merged[c]
+        end
+      else
+        table.insert(drop, f)
+      end
     else
-      merged[t] = h[i + 1]
+      table.insert(drop, f)
     end
   end
 end
-for t, u in pairs(keep) do
-  if merged[t] == nil then merged[t] = u end
+local adds = {}
+for c, m in pairs(keep) do
+  if merged[c] == nil then
+    merged[c] = m[1]
+    adds[c] = m
+  end
 end
 local counts, order = {}, {}
 for _, u in pairs(merged) do
@@ -375,13 +423,19 @@ for _, u in pairs(merged) do
   end
   counts[u] = counts[u] + 1
 end
-local old, olds = {}, {}
+local old, olds, oldf = {}, {}, {}
 h = redis.call('HGETALL', pc)
 for i = 1, #h, 2 do
-  if string.sub(h[i], 1, #prefix) == prefix then
-    local u = string.sub(h[i], #prefix + 1)
-    old[u] = tonumber(h[i + 1]) or 0
-    table.insert(olds, u)
+  local f = h[i]
+  local bar = string.find(f, '|', 1, true)
+  if string.sub(f, 1, #base) == base and bar then
+    local u = string.sub(f, bar + 1)
+    if old[u] == nil then
+      old[u] = 0
+      table.insert(olds, u)
+    end
+    old[u] = old[u] + (tonumber(h[i + 1]) or 0)
+    table.insert(oldf, f)
   end
 end
 local need = {'need'}
@@ -396,32 +450,48 @@ for _, u in ipairs(olds) do
 end
 if #need > 1 then return need end
 for _, f in ipairs(drop) do redis.call('HDEL', pk, f) end
-for t, u in pairs(keep) do redis.call('HSETNX', pk, prefix .. t, u) end
+for f, v in pairs(raise) do redis.call('HSET', pk, f, v) end
+for c, m in pairs(adds) do redis.call('HSETNX', pk, prefix .. c, m[2] .. ' ' .. m[1]) end
+for _, f in ipairs(oldf) do redis.call('HDEL', pc, f) end
 for _, u in ipairs(olds) do
-  redis.call('HDEL', pc, prefix .. u)
   if counts[u] == nil and redis.call('HINCRBY', pu, u, -old[u]) <= 0 then
     redis.call('HDEL', pu, u)
     redis.call('ZREM', pz, u)
-    if redis.call('HDEL', pd, u) == 1 and leaves[u] then notify(ARGV[2], leaves[u]) end
+    local b = leaves[u]
+    if redis.call('HDEL', pd, u) == 1 and b and b ~= '' then notify(channel, b) end
   end
 end
 for _, u in ipairs(order) do
   redis.call('HSET', pc, prefix .. u, counts[u])
   redis.call('HINCRBY', pu, u, counts[u] - (old[u] or 0))
-  if body[u] and redis.call('HSETNX', pd, u, data[u]) == 1 then notify(ARGV[2], body[u]) end
+  if data[u] and redis.call('HSETNX', pd, u, data[u]) == 1 and body[u] ~= '' then
+    notify(channel, body[u])
+  end
   if redis.call('HEXISTS', pd, u) == 1 then redis.call('ZADD', pz, 0, u) end
 end
-if #order > 0 then redis.call('HSET', pn, node, #order) else redis.call('HDEL', pn, node) end
 return {'done'}
 ";
 
-/// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns 1 if it was still
-/// alive, 0 if its state may be gone (first beat, Redis restarted, or it was declared dead).
+/// KEYS the node's room set; ARGV `room, generation` pairs. Takes each room out of the set if
+/// it is still there at that generation (a join that listed it again since wins).
+const PRUNE: &str = r"
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+";
+
+/// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns `[alive, now]`:
+/// `alive` 1 if it was still alive, 0 if its state may be gone (first beat, Redis restarted,
+/// or it was declared dead), and Redis's clock (Unix ms), which publish deadlines use.
 const HEARTBEAT: &str = r"
 local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if was and tonumber(was) >= now then return 1 end
-return 0
+if was and tonumber(was) >= now then return {1, now} end
+return {0, now}
 ";
 
 /// KEYS alive. Returns the nodes whose heartbeat expired.
@@ -429,11 +499,12 @@ const DEAD: &str = r"
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 ";
 
-/// KEYS alive, the node's room set; ARGV node. Forgets a dead node once it has been evicted
-/// from all its rooms (unless it came back meanwhile).
+/// KEYS alive, the node's room set; ARGV node, own ('1'/'0'). Forgets a dead node once it has
+/// been evicted from all its rooms (unless it came back meanwhile); an earlier incarnation of
+/// the calling node (`own`) at once, whatever its liveness says.
 const FORGET: &str = r"
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) < now then
+if ARGV[2] == '1' or (s and tonumber(s) < now) then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('DEL', KEYS[2])
   return 1

@@ -73,12 +73,34 @@
 //! * While Redis (or a cluster master) is unreachable, publish, join and presence fail with
 //!   [`HubError::Backend`] within [`timeout`](RedisConfig::timeout); connections already
 //!   joined stay up and get what they missed once Redis is back.
+//! * A publish reported as failed is never delivered later: its script carries a deadline on
+//!   Redis's own clock (read at each heartbeat, so this node's clock may be off by any
+//!   amount; on a cluster, the clock of the master holding the nodes' liveness, so the
+//!   masters' clocks should agree to well within the timeout) and refuses to run past it. One whose answer was lost (the connection dropped
+//!   after Redis ran it) may have been delivered; the backend never runs it twice, even when
+//!   a Redis Cluster client resends it: the script remembers each publish's nonce until its
+//!   deadline and answers a resend with the first run's id.
+//! * Presence is counted per (connection, room), once, as [`Backend`] promises: adding or
+//!   removing twice changes nothing. A join or leave whose outcome is unknown (Redis
+//!   unreachable, a timeout, a join cut short) is not lost: the node keeps its true
+//!   membership and, at a later heartbeat, makes Redis agree with it for that room,
+//!   announcing the joins and leaves that so happen. So after an outage of any length, a
+//!   user who left while Redis could not record it is announced leaving, and nobody stays
+//!   counted who left.
 //! * A node's presence is refreshed by a heartbeat every
 //!   [`heartbeat`](RedisConfig::heartbeat); every node sweeps the nodes whose heartbeat
 //!   expired, room by room: removing a dead node's counts from a room and announcing its
 //!   users' last leaves is one script, so a leave is never lost (a failed sweep is redone by
-//!   the next) nor announced twice. If a node finds its own heartbeat gone (Redis restarted,
-//!   or it was paused so long it was declared dead), it registers its members again.
+//!   the next) nor announced twice. A node lists every room it has members in before they
+//!   are counted, so the sweep finds them all. If a node finds its own heartbeat gone (Redis
+//!   restarted, or it was paused so long it was declared dead), it comes back as a new
+//!   *incarnation* (a late sweep of the old one can't touch it) and registers its members
+//!   again, a [`timeout`](RedisConfig::timeout) later.
+//! * On a cluster, a failover can leave a subscription on the old master, now a replica that
+//!   gets none of the new master's messages, without any error. A node subscribes only after
+//!   a keyed command on the channel's slot (a stale slot map gets `MOVED` and is refreshed),
+//!   and after a dropped connection or subscription it subscribes everything again over the
+//!   next two heartbeats, catching up from the history each time.
 //!
 //! Errors of the Redis client never appear in the API: they are boxed in
 //! [`HubError::Backend`].
@@ -108,7 +130,7 @@ mod wire;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -146,6 +168,8 @@ pub struct RedisConfig {
     history: usize,
     history_bytes: usize,
     topic_ttl: Duration,
+    /// Milliseconds added to this node's wall clock (tests of a skewed clock).
+    clock_skew_ms: i64,
 }
 
 impl Default for RedisConfig {
@@ -170,6 +194,7 @@ impl RedisConfig {
             history: 1_000,
             history_bytes: 1 << 20,
             topic_ttl: Duration::from_secs(24 * 3600),
+            clock_skew_ms: 0,
         }
     }
 
@@ -263,6 +288,16 @@ impl RedisConfig {
         self
     }
 
+    /// Runs this node as if its wall clock were `ms` milliseconds ahead (negative: behind) of
+    /// the machine's: for tests of a node whose clock is wrong, without changing the
+    /// machine's. Not for production use.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn clock_skew_ms(mut self, ms: i64) -> Self {
+        self.clock_skew_ms = ms;
+        self
+    }
+
     /// How long a topic's epoch, offset and history are kept in Redis after its last publish;
     /// after it, the topic starts a new epoch. Default: 24 hours.
     #[must_use]
@@ -312,10 +347,10 @@ type HistoryEntry = (String, Vec<(String, Vec<u8>)>);
 /// What the backend, its tasks and its clones share.
 ///
 /// Locks (`parking_lot`, never held across an await, never two at once): `mirrors`,
-/// `subscribed`, `present`, `listed`, `tasks`.
+/// `subscribed`, `members`, `redis_clock`, `tasks`.
 struct Shared {
     config: RedisConfig,
-    /// This node's id: random, in hex in Redis.
+    /// This node's id: random, in hex in Redis (with its incarnation: see `presence.rs`).
     node: u64,
     conn: Conn,
     scripts: Scripts,
@@ -327,19 +362,13 @@ struct Shared {
     mirrors: Mutex<HashMap<&'static str, WeakMirror>>,
     /// Channels whose subscription the server confirmed (kept by the pub/sub task).
     subscribed: Mutex<HashMap<String, (&'static str, Topic)>>,
-    /// This node's members: room -> user -> (connections, data as JSON).
-    present: Mutex<HashMap<Topic, RoomCounts>>,
-    /// The next membership nonce, taken under the `present` lock (`presence.rs`).
-    nonces: std::sync::atomic::AtomicU64,
-    /// Rooms listed in this node's room set in Redis (which the sweep of a dead node reads),
-    /// with whether the room had no local member at the last heartbeat (pruned at the next).
-    listed: Mutex<HashMap<Topic, bool>>,
+    /// This node's memberships, and what Redis may lack of them (`presence.rs`).
+    members: Mutex<presence::Members>,
+    /// Redis's clock as the last heartbeat read it: (when the answer came, Redis's Unix ms
+    /// then, a lower bound). Publish deadlines are set on it, not on this node's clock.
+    redis_clock: Mutex<Option<(Instant, u64)>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
-
-/// A room's users on this node: user -> (its connections: id -> membership nonces, oldest
-/// first, data as JSON). A nonce numbers a membership in Redis (see `presence.rs`).
-type RoomCounts = HashMap<Arc<str>, (HashMap<u64, Vec<u64>>, String)>;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -385,9 +414,8 @@ impl RedisBackend {
             fetches: Semaphore::new(task::FETCHES),
             mirrors: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashMap::new()),
-            present: Mutex::new(HashMap::new()),
-            nonces: std::sync::atomic::AtomicU64::new(1),
-            listed: Mutex::new(HashMap::new()),
+            members: Mutex::new(presence::Members::default()),
+            redis_clock: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             config,
         });
@@ -437,12 +465,12 @@ async fn within<T>(
     }
 }
 
-/// `timeout` from now, in Unix milliseconds.
-fn deadline_ms(timeout: Duration) -> u64 {
+/// This machine's clock, in Unix milliseconds.
+fn unix_ms() -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    u64::try_from((now + timeout).as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn candidate_epoch() -> String {
@@ -469,8 +497,25 @@ fn parse_epoch(raw: &[u8]) -> Option<Epoch> {
 }
 
 impl Shared {
-    fn node_hex(&self) -> String {
-        format!("{:x}", self.node)
+    /// This node's wall clock in Unix milliseconds (the message timestamps): the machine's,
+    /// shifted by [`RedisConfig::clock_skew_ms`] in tests.
+    fn wall_ms(&self) -> u64 {
+        unix_ms().saturating_add_signed(self.config.clock_skew_ms)
+    }
+
+    /// Records Redis's clock as a heartbeat just read it.
+    fn set_redis_clock(&self, redis_ms: u64) {
+        *self.redis_clock.lock() = Some((Instant::now(), redis_ms));
+    }
+
+    /// Redis's clock now, in Unix milliseconds, at most what it really reads: the last value
+    /// a heartbeat read plus the time since its answer came (it was read before that). Before
+    /// the first heartbeat (never, once connected), this node's clock.
+    fn redis_now_ms(&self) -> u64 {
+        match *self.redis_clock.lock() {
+            Some((at, redis_ms)) => redis_ms.saturating_add(millis(at.elapsed())),
+            None => self.wall_ms(),
+        }
     }
 
     /// Adds the arguments of a publish (candidate, body, maxlen, maxbytes, ttl, channel).
@@ -482,7 +527,7 @@ impl Shared {
         p: &Publication,
     ) {
         inv.arg(candidate_epoch())
-            .arg(wire::encode_body(topic, p, self.node))
+            .arg(wire::encode_body(topic, p, self.node, self.wall_ms()))
             .arg(self.config.history)
             .arg(self.config.history_bytes)
             .arg(millis(self.config.topic_ttl))
@@ -496,13 +541,19 @@ impl Shared {
         p: &Publication,
     ) -> Result<MessageId, Failure> {
         // The deadline goes with the script: if Redis runs it only after this call has timed
-        // out (a stalled server), it refuses, so "failed" always means "not delivered". This
-        // trusts the node's and Redis's clocks to agree to within the timeout.
+        // out (a stalled server), it refuses, so "failed" always means "not delivered". It is
+        // set on Redis's clock (as the heartbeat reads it), so this node's clock may be off.
         let keys = self.keys.topic(ns, topic);
         let mut inv = self.scripts.publish.prepare_invoke();
-        inv.key(&keys.meta).key(&keys.hist);
+        inv.key(&keys.meta)
+            .key(&keys.hist)
+            .key(&keys.nonces)
+            .key(&keys.deadlines);
         self.publish_args(&mut inv, &keys.channel, topic, p);
-        inv.arg(deadline_ms(self.config.timeout));
+        inv.arg(
+            self.redis_now_ms()
+                .saturating_add(millis(self.config.timeout)),
+        );
         let mut conn = self.conn.clone();
         let id: String = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
         id.parse().map_err(|_| Failure::Reply("publish"))

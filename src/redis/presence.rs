@@ -1,26 +1,65 @@
 //! Presence across nodes: joins and leaves, members, and the heartbeat that keeps a node's
-//! members alive, sweeps dead nodes and renews the topics followers are waiting on.
+//! members alive, reconciles what Redis missed, sweeps dead nodes and renews the topics
+//! followers are waiting on.
 //!
 //! A room's counts live next to its topic (one hash tag), so a join or leave and its
 //! announcement (a live-only notice on the room's channel) are one script. The room's users
 //! are also kept in a sorted set (all scored 0, so ordered by id) with their connection totals
 //! in a hash: counting them is `ZCARD`, a page is `ZRANGE BYLEX` plus two `HMGET`s, so a room
-//! of 100,000 members costs a join no more than one of 10. A node's liveness lives in `{p:nodes}`, with the set of rooms
-//! where it may have members. The sweep, run by every node every heartbeat, takes each dead
-//! node's rooms one by one: removing its counts and announcing the leaves that follow is one
-//! script per room, and the node is forgotten only once every room is done. A sweep that fails
-//! part way (Redis busy, a publish refused) is redone by the next one: no leave is lost, none
-//! is announced twice.
+//! of 100,000 members costs a join no more than one of 10. A node's liveness lives in
+//! `{p:nodes}`, with the hash of rooms where it may have members. The sweep, run by every node
+//! every heartbeat, takes each dead node's rooms one by one: removing its counts and
+//! announcing the leaves that follow is one script per room, and the node is forgotten only
+//! once every room is done. A sweep that fails part way (Redis busy, a publish refused) is
+//! redone by the next one: no leave is lost, none is announced twice.
+//!
+//! # Invariants
+//!
+//! * **The node's table is the truth.** [`Members`] holds this node's memberships as the hub
+//!   asked for them, in the order it asked: a `presence_add` puts the (room, connection) in
+//!   before anything is sent, a `presence_remove` takes it out. Redis holds one field per
+//!   membership (`pk`: `node|connection`), so adding or removing twice changes nothing there
+//!   either: presence is idempotent per (connection, room), as [`Backend`](crate::backend::Backend)
+//!   promises.
+//! * **What Redis may have missed is reconciled.** An operation whose outcome is unknown (an
+//!   error, a timeout, a future dropped mid-way) marks its room *dirty*; the heartbeat then
+//!   makes the room's memberships of this node in Redis equal to the table's, announcing the
+//!   joins and leaves that so happen (`RECONCILE`), at least a [`timeout`] after the failure
+//!   (so that a request still on its way lands first). So after an outage of any length the
+//!   node converges on its true membership; a leave is never lost. Dirty rooms are bounded
+//!   ([`DIRTY_MAX`]): past it, the next heartbeat reconciles every room instead.
+//! * **Reconciling races nothing.** Every change takes a sequence number under the table's
+//!   lock and writes it with the membership; a reconcile sends the room's snapshot with the
+//!   next number (its *mark*), keeps the memberships numbered from the mark on (changes made
+//!   after the snapshot, whose own scripts count them), and afterwards removes again the
+//!   snapshot's memberships that left meanwhile. A leave removes only a membership numbered
+//!   below its own number, so a reordered leave never takes away a later join.
+//! * **A node that Redis lost starts a new incarnation.** Its id in Redis is
+//!   `<node>.<incarnation>`. When the heartbeat finds the node's liveness gone (Redis lost it,
+//!   or the node was declared dead and swept), the node takes the next incarnation and, a
+//!   [`timeout`] later, reconciles every room it has members in: a sweep of the old
+//!   incarnation still running elsewhere can't remove the new one's counts, and the node
+//!   evicts its old incarnations itself (their liveness may be gone with Redis's data).
+//! * **A room with members on this node is in its room set** (`rs`, which the sweep of a dead
+//!   node reads) before any of its memberships is counted: a join lists it unless the table
+//!   knows the listing landed ([`Listing::confirmed`], set only once Redis answered). The
+//!   heartbeat prunes rooms without members for two beats; each listing carries a generation
+//!   and a prune removes only the generation it saw, so a prune racing a join never takes
+//!   the room out from under it.
+//!
+//! Lock: `Shared::members` (a `parking_lot` mutex), never held across an await, taken alone.
+//!
+//! [`timeout`]: super::RedisConfig::timeout
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
 use super::lua::MEMBERS_MAX;
 use super::wire::encode_body;
-use super::{Failure, RoomCounts, Shared, millis, presence_publication, within};
+use super::{Failure, Shared, millis, presence_publication, within};
 use crate::error::HubError;
 use crate::hub::{
     ConnectionId, Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication, Topic,
@@ -29,9 +68,169 @@ use crate::hub::{
 /// Script calls a heartbeat runs at once (renewals of idle topics).
 const CONCURRENCY: usize = 16;
 
+/// Most rooms kept dirty one by one; past it, the next heartbeat reconciles every room.
+pub(super) const DIRTY_MAX: usize = 10_000;
+
+/// Old incarnations kept for the node to evict itself; past it the oldest is left to the
+/// other nodes' sweep (or to Redis having lost it).
+const RETIRED_MAX: usize = 64;
+
+/// This node's memberships and what Redis may lack of them. See the module's invariants.
+#[derive(Default)]
+pub(super) struct Members {
+    /// Room -> its memberships on this node.
+    rooms: HashMap<Topic, Room>,
+    /// The next sequence number.
+    seq: u64,
+    /// The current incarnation.
+    incarnation: u64,
+    /// Whether a heartbeat has registered the current incarnation's liveness (its first beat
+    /// finds none: that is no loss).
+    registered: bool,
+    /// Rooms in this node's room set in Redis, or on their way there.
+    listed: HashMap<Topic, Listing>,
+    /// Rooms whose memberships in Redis may differ from `rooms`.
+    dirty: HashMap<Topic, Dirty>,
+    /// Reconcile every room (a new incarnation, or too many dirty ones) once this time has
+    /// come; with `scan`, also the rooms of the node's room set in Redis.
+    everything: Option<(Instant, bool)>,
+    /// Earlier incarnations to evict from Redis.
+    retired: Vec<u64>,
+}
+
+/// One room's memberships on this node.
+#[derive(Default, Clone)]
+struct Room {
+    /// Connection -> its membership.
+    conns: HashMap<u64, Membership>,
+    /// Whether the hub announces joins and leaves in this room (its last call said so).
+    announce: bool,
+}
+
+#[derive(Clone)]
+struct Membership {
+    user: Arc<str>,
+    /// The user's data, as JSON (empty if none).
+    data: String,
+    /// The sequence number of the join.
+    seq: u64,
+}
+
+/// A room's entry in the node's room set.
+pub(super) struct Listing {
+    /// The value written with the room (a sequence number): a prune removes only this one.
+    generation: u64,
+    /// Redis answered the write: joins needn't list the room again.
+    confirmed: bool,
+    /// Heartbeats in a row that found the room without members here.
+    idle: u8,
+}
+
+struct Dirty {
+    /// The sequence number when it was last marked: a reconcile whose mark is above it
+    /// covers it.
+    seq: u64,
+    /// Not reconciled before (a request of the failed operation may still be on its way).
+    not_before: Instant,
+    /// Whether the room announces (for a room left without members).
+    announce: bool,
+}
+
+impl Members {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The generation to list `room` with, unless a confirmed listing exists.
+    fn listing(&mut self, room: &Topic) -> Option<u64> {
+        if let Some(listing) = self.listed.get_mut(room)
+            && listing.confirmed
+        {
+            listing.idle = 0;
+            return None;
+        }
+        let generation = self.next_seq();
+        self.listed.insert(
+            room.clone(),
+            Listing {
+                generation,
+                confirmed: false,
+                idle: 0,
+            },
+        );
+        Some(generation)
+    }
+
+    fn mark_dirty(&mut self, room: &Topic, announce: bool, wait: Duration) {
+        let not_before = Instant::now() + wait;
+        if let Some((at, true)) = &mut self.everything {
+            *at = (*at).max(not_before);
+            return;
+        }
+        if self.dirty.len() >= DIRTY_MAX && !self.dirty.contains_key(room) {
+            // Too many to track one by one: reconcile every room, found in Redis too.
+            self.dirty.clear();
+            let at = self
+                .everything
+                .map_or(not_before, |(at, _)| at.max(not_before));
+            self.everything = Some((at, true));
+            return;
+        }
+        // A number of its own: a reconcile whose snapshot came before this is not enough.
+        let seq = self.next_seq();
+        self.dirty.insert(
+            room.clone(),
+            Dirty {
+                seq,
+                not_before,
+                announce,
+            },
+        );
+    }
+}
+
+/// Marks its room dirty when dropped armed: the operation failed or was cut short, so Redis
+/// may or may not have applied it.
+struct Unsure<'a> {
+    shared: &'a Shared,
+    room: &'a Topic,
+    announce: bool,
+    armed: bool,
+}
+
+impl Drop for Unsure<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let wait = self.shared.config.timeout;
+            self.shared
+                .members
+                .lock()
+                .mark_dirty(self.room, self.announce, wait);
+        }
+    }
+}
+
+/// A room's snapshot for `RECONCILE`.
+struct Snapshot {
+    room: Room,
+    /// The next sequence number when it was taken.
+    mark: u64,
+}
+
 impl Shared {
-    /// Counts connection `conn` of `identity`'s user in `room` as a new membership, numbered
-    /// by a nonce: the join script counts a nonce once (it records it in the room's `pk`).
+    /// This node's id in Redis: `<node>.<incarnation>`.
+    pub(super) fn presence_id(&self) -> String {
+        let incarnation = self.members.lock().incarnation;
+        self.id_of(incarnation)
+    }
+
+    fn id_of(&self, incarnation: u64) -> String {
+        format!("{:x}.{incarnation}", self.node)
+    }
+
+    /// Counts connection `conn` of `identity`'s user in `room`, once: a connection already
+    /// counted changes nothing (see the module's invariants).
     pub(super) async fn join(
         &self,
         mirror: &Mirror,
@@ -40,126 +239,139 @@ impl Shared {
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
+        debug_assert_eq!(mirror.namespace(), "rooms");
         let data = identity
             .user_data()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let token = conn.as_u64();
-        // The membership's nonce, unique on this node and taken under the lock, so that a
-        // snapshot of `present` knows every membership numbered below the next nonce.
-        let nonce = {
-            let mut present = self.present.lock();
-            let users = present.entry(room.clone()).or_default();
-            let entry = users
-                .entry(Arc::clone(identity.user_arc()))
-                .or_insert_with(|| (HashMap::new(), data.clone()));
-            // A fresh one even if the connection is still counted here: it may join again
-            // before the leave that undoes a join cut short has run; leaves then take the
-            // connection's nonces in the order of its joins.
-            let nonce = self.nonces.fetch_add(1, Ordering::Relaxed);
-            entry.0.entry(token).or_default().push(nonce);
-            nonce
-        };
-        // List the room in this node's set first: if the node dies after joining, the sweep
-        // finds its counts there.
-        let unlisted = self.listed.lock().insert(room.clone(), false).is_none();
-        if unlisted {
-            let mut conn = self.conn.clone();
-            let listed = within(
-                self.config.timeout,
-                redis::cmd("SADD")
-                    .arg(self.keys.rooms_of(&self.node_hex()))
-                    .arg(room.as_str())
-                    .exec_async(&mut conn),
-            )
-            .await;
-            if let Err(e) = listed {
-                self.listed.lock().remove(room);
-                return Err(e.into());
+        let (seq, listing) = {
+            let mut guard = self.members.lock();
+            let members = &mut *guard;
+            let entry = members.rooms.entry(room.clone()).or_default();
+            if entry.conns.contains_key(&conn.as_u64()) {
+                return Ok(false);
             }
+            entry.announce = announce.is_some();
+            members.seq += 1;
+            let seq = members.seq;
+            entry.conns.insert(
+                conn.as_u64(),
+                Membership {
+                    user: Arc::clone(identity.user_arc()),
+                    data: data.clone(),
+                    seq,
+                },
+            );
+            (seq, members.listing(room))
+        };
+        let mut unsure = Unsure {
+            shared: self,
+            room,
+            announce: announce.is_some(),
+            armed: true,
+        };
+        // List the room first: if the node dies after joining, the sweep finds it there.
+        if let Some(generation) = listing {
+            self.list(room, generation).await?;
         }
-        debug_assert_eq!(mirror.namespace(), "rooms");
-        self.presence(true, room, nonce, identity.user_id(), &data, announce)
-            .await
+        let keys = self.keys.room(room);
+        let mut inv = self.scripts.join.prepare_invoke();
+        for key in keys.presence() {
+            inv.key(key);
+        }
+        inv.arg(self.presence_id())
+            .arg(identity.user_id())
+            .arg(&data)
+            .arg(if announce.is_some() { "1" } else { "0" });
+        let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node, 0));
+        inv.arg(body)
+            .arg(&keys.topic.channel)
+            .arg(conn.as_u64())
+            .arg(seq);
+        let mut redis = self.conn.clone();
+        let first: i64 = within(self.config.timeout, inv.invoke_async(&mut redis)).await?;
+        unsure.armed = false;
+        Ok(first == 1)
     }
 
-    /// Takes connection `conn` of the user out of `room`. Taking out a connection that was never counted (its join was cut short before the
-    /// script ran) or already taken out changes nothing and announces nothing.
+    /// Takes connection `conn` out of `room`. A connection not counted here (its join never
+    /// started, or it already left) changes nothing and announces nothing.
     pub(super) async fn leave(
         &self,
         mirror: &Mirror,
         room: &Topic,
         conn: ConnectionId,
-        identity: &Identity,
+        _identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        let nonce = {
-            let mut present = self.present.lock();
-            let mut nonce = None;
-            if let Some(users) = present.get_mut(room) {
-                if let Some(entry) = users.get_mut(identity.user_id()) {
-                    let token = conn.as_u64();
-                    if let Some(nonces) = entry.0.get_mut(&token) {
-                        if !nonces.is_empty() {
-                            nonce = Some(nonces.remove(0));
-                        }
-                        if nonces.is_empty() {
-                            entry.0.remove(&token);
-                        }
-                    }
-                    if entry.0.is_empty() {
-                        users.remove(identity.user_id());
-                    }
-                }
-                if users.is_empty() {
-                    present.remove(room);
-                }
-            }
-            nonce
-        };
-        // Not counted here: its join never started (it was dropped before its first poll),
-        // so nothing of it reached Redis; or it already left.
-        let Some(nonce) = nonce else {
-            return Ok(false);
-        };
         debug_assert_eq!(mirror.namespace(), "rooms");
-        self.presence(false, room, nonce, identity.user_id(), "", announce)
-            .await
+        let seq = {
+            let mut members = self.members.lock();
+            let Some(entry) = members.rooms.get_mut(room) else {
+                return Ok(false);
+            };
+            if entry.conns.remove(&conn.as_u64()).is_none() {
+                return Ok(false);
+            }
+            entry.announce = announce.is_some();
+            if entry.conns.is_empty() {
+                members.rooms.remove(room);
+            }
+            members.next_seq()
+        };
+        let mut unsure = Unsure {
+            shared: self,
+            room,
+            announce: announce.is_some(),
+            armed: true,
+        };
+        let left = self.run_leave(room, conn.as_u64(), seq, announce).await?;
+        unsure.armed = false;
+        Ok(left)
     }
 
-    /// Runs the join or leave script for one membership (`nonce`); returns whether the user
-    /// became present or absent.
-    async fn presence(
+    /// Runs the leave script for one membership: it removes the connection's membership if it
+    /// was numbered below `below`; returns whether the user became absent.
+    async fn run_leave(
         &self,
-        join: bool,
         room: &Topic,
-        nonce: u64,
-        user: &str,
-        data: &str,
+        conn: u64,
+        below: u64,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        // Rooms' presence sits next to their topic in the rooms namespace (the only one whose
-        // hub keeps presence), so that a join and its announcement are one script.
         let keys = self.keys.room(room);
-        let script = if join {
-            &self.scripts.join
-        } else {
-            &self.scripts.leave
-        };
-        let mut inv = script.prepare_invoke();
+        let mut inv = self.scripts.leave.prepare_invoke();
         for key in keys.presence() {
             inv.key(key);
         }
-        inv.arg(self.node_hex()).arg(user);
-        if join {
-            inv.arg(data);
+        inv.arg(self.presence_id())
+            .arg(if announce.is_some() { "1" } else { "0" });
+        let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node, 0));
+        inv.arg(body).arg(&keys.topic.channel).arg(conn).arg(below);
+        let mut redis = self.conn.clone();
+        let left: i64 = within(self.config.timeout, inv.invoke_async(&mut redis)).await?;
+        Ok(left == 1)
+    }
+
+    /// Writes `room` with `generation` into this node's room set; once Redis answered, joins
+    /// trust it (unless a newer listing replaced this one meanwhile).
+    async fn list(&self, room: &Topic, generation: u64) -> Result<(), HubError> {
+        let mut redis = self.conn.clone();
+        within(
+            self.config.timeout,
+            redis::cmd("HSET")
+                .arg(self.keys.rooms_of(&self.presence_id()))
+                .arg(room.as_str())
+                .arg(generation)
+                .exec_async(&mut redis),
+        )
+        .await?;
+        if let Some(listing) = self.members.lock().listed.get_mut(room)
+            && listing.generation == generation
+        {
+            listing.confirmed = true;
         }
-        inv.arg(if announce.is_some() { "1" } else { "0" });
-        let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node));
-        inv.arg(body).arg(&keys.topic.channel).arg(nonce);
-        let mut conn = self.conn.clone();
-        let changed: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        Ok(changed == 1)
+        Ok(())
     }
 
     /// One page of the room's users over all nodes: those whose id is above `after` (all
@@ -214,173 +426,278 @@ impl Shared {
         Ok(n)
     }
 
-    /// One heartbeat: refresh this node's liveness (registering its members again if they
-    /// may be gone), prune its room set, renew the idle topics it follows, sweep dead nodes.
+    /// One heartbeat: refresh this node's liveness (a new incarnation if Redis lost it, and
+    /// with it Redis's clock), reconcile the rooms Redis may be wrong about, prune the room
+    /// set, renew the idle topics it follows, sweep dead nodes.
     pub(super) async fn heartbeat(&self) -> Result<(), HubError> {
-        let node = self.node_hex();
+        let id = self.presence_id();
+        if !self.beat(&id).await? {
+            let switched = {
+                let mut members = self.members.lock();
+                // Registered before: Redis lost this incarnation (restarted, or swept it as
+                // dead). A new one, whose counts no late sweep of the old one can touch;
+                // every room is registered again once the old incarnation's requests have
+                // landed. (Not registered yet: the first beat of this incarnation.)
+                let switched = std::mem::replace(&mut members.registered, true);
+                if switched {
+                    let old = members.incarnation;
+                    members.incarnation += 1;
+                    members.registered = false;
+                    members.listed.clear();
+                    members.retired.push(old);
+                    if members.retired.len() > RETIRED_MAX {
+                        members.retired.remove(0);
+                    }
+                    let scan = members.everything.is_some_and(|(_, scan)| scan);
+                    members.everything = Some((Instant::now() + self.config.timeout, scan));
+                }
+                switched
+            };
+            if switched {
+                tracing::info!(
+                    node = %id,
+                    "redis: this node's liveness was lost; registering its members again"
+                );
+                self.beat(&self.presence_id()).await?;
+                self.members.lock().registered = true;
+            }
+        }
+        let reconciled = self.reconcile_due().await;
+        self.prune_listed().await;
+        self.renew_idle().await;
+        let swept = self.sweep().await;
+        // Only once the new incarnation holds every member: evicting the old one first would
+        // announce each of them leaving, then joining again.
+        if reconciled.is_ok() && self.members.lock().everything.is_none() {
+            self.evict_retired().await;
+        }
+        reconciled.and(swept)
+    }
+
+    /// Refreshes the liveness of `id`; returns whether it was still alive. Reads Redis's clock
+    /// on the way (see [`Shared::redis_now_ms`]).
+    async fn beat(&self, id: &str) -> Result<bool, HubError> {
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.heartbeat.prepare_invoke();
         inv.key(self.keys.alive())
-            .arg(&node)
+            .arg(id)
             .arg(millis(self.config.node_ttl));
-        let alive: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        if alive == 0 {
-            self.register_all().await?;
-        }
-        self.prune_listed().await;
-        self.renew_idle().await;
-        self.sweep().await
+        let (alive, now): (i64, u64) =
+            within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
+        self.set_redis_clock(now);
+        Ok(alive == 1)
     }
 
-    /// Restores this node's counts in every room it has members in (first beat, Redis
-    /// restarted, or the node was declared dead), announcing the users that so join, and the
-    /// leaves Redis missed: a user that left this node while its leave script could not run
-    /// (Redis unreachable) and has no connection left on any node.
-    ///
-    /// Joins and leaves go on meanwhile, and their scripts may reach Redis before or after a
-    /// room's register script. So the script takes the room's snapshot with its mark (the
-    /// next nonce when it was taken): it drops the node's memberships numbered below the mark
-    /// that the snapshot lacks (they left before it), keeps those from the mark on (joined
-    /// after it: their own join script counts them, before or after), and adds the
-    /// snapshot's. A membership of the snapshot that leaves before the script runs would so
-    /// come back: once the script is done, the leave script runs again for every such one (a
-    /// leave is idempotent per membership, and a nonce never joins again).
-    async fn register_all(&self) -> Result<(), HubError> {
-        let rooms: Vec<Topic> = self.present.lock().keys().cloned().collect();
-        let node = self.node_hex();
-        let mut conn = self.conn.clone();
-        for room in rooms {
-            within(
+    /// Reconciles the dirty rooms whose time has come (or every room, when due).
+    async fn reconcile_due(&self) -> Result<(), HubError> {
+        let now = Instant::now();
+        let (rooms, everything) = {
+            let members = self.members.lock();
+            match members.everything {
+                Some((at, scan)) if at <= now => {
+                    let rooms: HashSet<Topic> = members
+                        .rooms
+                        .keys()
+                        .chain(members.dirty.keys())
+                        .cloned()
+                        .collect();
+                    (rooms, Some(scan))
+                }
+                _ => (
+                    members
+                        .dirty
+                        .iter()
+                        .filter(|(_, d)| d.not_before <= now)
+                        .map(|(room, _)| room.clone())
+                        .collect(),
+                    None,
+                ),
+            }
+        };
+        let mut rooms = rooms;
+        if everything == Some(true) {
+            // Rooms dropped from the dirty set when it overflowed: the room set has them all.
+            let mut conn = self.conn.clone();
+            let listed: Vec<String> = within(
                 self.config.timeout,
-                redis::cmd("SADD")
-                    .arg(self.keys.rooms_of(&node))
-                    .arg(room.as_str())
-                    .exec_async(&mut conn),
+                redis::cmd("HKEYS")
+                    .arg(self.keys.rooms_of(&self.presence_id()))
+                    .query_async(&mut conn),
             )
             .await?;
-            self.listed.lock().insert(room.clone(), false);
-            let (users, mark) = {
-                let present = self.present.lock();
-                let users = present.get(&room).cloned().unwrap_or_default();
-                (users, self.nonces.load(Ordering::Relaxed))
-            };
-            self.register_room(&room, &users, mark).await?;
-            // The snapshot's memberships that left meanwhile: leave again.
-            let gone: Vec<(Arc<str>, u64, String)> = {
-                let present = self.present.lock();
-                let now = present.get(&room);
-                users
-                    .iter()
-                    .flat_map(|(user, (conns, data))| {
-                        conns.iter().flat_map(move |(token, nonces)| {
-                            nonces.iter().filter_map(move |nonce| {
-                                let still = now
-                                    .and_then(|u| u.get(user))
-                                    .and_then(|(c, _)| c.get(token))
-                                    .is_some_and(|n| n.contains(nonce));
-                                (!still).then(|| (Arc::clone(user), *nonce, data.clone()))
-                            })
-                        })
-                    })
-                    .collect()
-            };
-            for (user, nonce, data) in gone {
-                let p = presence_publication(PRESENCE_LEAVE, &user, &data);
-                self.presence(false, &room, nonce, &user, "", Some(p))
-                    .await?;
+            rooms.extend(listed.iter().filter_map(|r| Topic::new(r).ok()));
+        }
+        let mut result = Ok(());
+        for room in rooms {
+            if let Err(e) = self.reconcile(&room).await {
+                tracing::debug!(room = %room, error = %e, "redis: reconciling presence failed");
+                result = Err(e);
             }
+        }
+        if result.is_ok() && everything.is_some() {
+            let mut members = self.members.lock();
+            if members.everything.is_some_and(|(at, _)| at <= now) {
+                members.everything = None;
+            }
+        }
+        result
+    }
+
+    /// Makes this node's memberships of `room` in Redis those of its table, announcing the
+    /// users that so join or leave (see the module's invariants).
+    async fn reconcile(&self, room: &Topic) -> Result<(), HubError> {
+        let (snapshot, listing, announce) = {
+            let mut members = self.members.lock();
+            let current = members.rooms.get(room).cloned();
+            // Unknown for a room without members whose dirty mark was dropped (too many):
+            // announce, as the default presence mode does.
+            let announce = current.as_ref().map_or_else(
+                || members.dirty.get(room).is_none_or(|d| d.announce),
+                |r| r.announce,
+            );
+            let listing = if current.is_some() {
+                members.listing(room)
+            } else {
+                None
+            };
+            let snapshot = Snapshot {
+                room: current.unwrap_or_default(),
+                mark: members.seq + 1,
+            };
+            (snapshot, listing, announce)
+        };
+        if let Some(generation) = listing {
+            self.list(room, generation).await?;
+        }
+        self.run_reconcile(room, &snapshot, announce).await?;
+        // The snapshot's memberships that left meanwhile (and are not back): their leave may
+        // have reached Redis before the reconcile put them back. Leave again, numbered below
+        // the mark: a join made since is left alone. (One that is back is present either
+        // way: its join, or the reconcile, counted it.)
+        let gone: Vec<(u64, Arc<str>, String)> = {
+            let members = self.members.lock();
+            let now = members.rooms.get(room);
+            snapshot
+                .room
+                .conns
+                .iter()
+                .filter(|(conn, _)| now.and_then(|r| r.conns.get(conn)).is_none())
+                .map(|(conn, m)| (*conn, Arc::clone(&m.user), m.data.clone()))
+                .collect()
+        };
+        for (conn, user, data) in gone {
+            let p = announce.then(|| presence_publication(PRESENCE_LEAVE, &user, &data));
+            self.run_leave(room, conn, snapshot.mark, p).await?;
+        }
+        let mut members = self.members.lock();
+        if members
+            .dirty
+            .get(room)
+            .is_some_and(|d| d.seq < snapshot.mark)
+        {
+            members.dirty.remove(room);
         }
         Ok(())
     }
 
-    /// Runs the register script for one room's snapshot `users`, taken when the next nonce
-    /// was `mark`. The first call names the users it drops whose leave must be announced (they
-    /// left this node while Redis could not record it, and no other connection holds them);
-    /// the second brings their announcements, built here as the leave script's are.
-    async fn register_room(
+    /// Runs the reconcile script for `snapshot`. The first call names the users it drops whose
+    /// leave must be announced (they left this node while Redis could not record it, and no
+    /// other connection holds them); the second brings their announcements (empty bodies if
+    /// the room doesn't announce), built here as the leave script's are.
+    async fn run_reconcile(
         &self,
         room: &Topic,
-        users: &RoomCounts,
-        mark: u64,
+        snapshot: &Snapshot,
+        announce: bool,
     ) -> Result<(), HubError> {
         let keys = self.keys.room(room);
+        let mut users: HashMap<&Arc<str>, (&str, Vec<String>)> = HashMap::new();
+        for (conn, m) in &snapshot.room.conns {
+            users
+                .entry(&m.user)
+                .or_insert_with(|| (m.data.as_str(), Vec::new()))
+                .1
+                .push(format!("{conn}:{}", m.seq));
+        }
         let joins: Vec<(&str, &str, Vec<u8>, String)> = users
-            .iter()
-            .map(|(user, (conns, data))| {
-                let p = presence_publication(PRESENCE_JOIN, user, data);
-                let nonces: Vec<String> = conns.values().flatten().map(u64::to_string).collect();
-                (
-                    &**user,
-                    data.as_str(),
-                    encode_body(room, &p, self.node),
-                    nonces.join(" "),
-                )
+            .into_iter()
+            .map(|(user, (data, conns))| {
+                let body = if announce {
+                    let p = presence_publication(PRESENCE_JOIN, user, data);
+                    encode_body(room, &p, self.node, 0)
+                } else {
+                    Vec::new()
+                };
+                (&**user, data, body, conns.join(" "))
             })
             .collect();
         let mut leaves: Vec<(String, Vec<u8>)> = Vec::new();
         let mut conn = self.conn.clone();
         for _ in 0..3 {
-            let mut inv = self.scripts.register.prepare_invoke();
+            let mut inv = self.scripts.reconcile.prepare_invoke();
             for key in keys.presence() {
                 inv.key(key);
             }
-            inv.arg(self.node_hex())
+            inv.arg(self.presence_id())
+                .arg(format!("{:x}.", self.node))
                 .arg(&keys.topic.channel)
-                .arg(mark)
+                .arg(snapshot.mark)
                 .arg(leaves.len());
             for (user, body) in &leaves {
                 inv.arg(user).arg(body);
             }
-            for (user, data, body, nonces) in &joins {
-                inv.arg(*user).arg(*data).arg(body).arg(nonces);
+            for (user, data, body, conns) in &joins {
+                inv.arg(*user).arg(*data).arg(body).arg(conns);
             }
             let reply: Vec<String> =
                 within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-            if self.leaves_needed(room, &reply, &mut leaves, "register")? {
+            if self.leaves_needed(room, &reply, &mut leaves, "reconcile", announce)? {
                 return Ok(());
             }
         }
-        Err(Failure::Reply("register").into())
+        Err(Failure::Reply("reconcile").into())
     }
 
-    /// Takes the rooms this node no longer has members in out of its room set (after two
-    /// heartbeats without, so that a join or leave in flight is never missed).
+    /// Takes the rooms this node has had no members in for two heartbeats out of its room set
+    /// (each only at the generation it was listed with: a join listing it again wins).
     async fn prune_listed(&self) {
-        let stale: Vec<Topic> = {
-            let present = self.present.lock();
-            let mut listed = self.listed.lock();
+        let (key, stale) = {
+            let mut members = self.members.lock();
+            let members = &mut *members;
+            if members.everything.is_some() {
+                // Every room is to be reconciled, some found only in the room set: keep it.
+                return;
+            }
             let mut stale = Vec::new();
-            for (room, absent) in listed.iter_mut() {
-                if present.contains_key(room) {
-                    *absent = false;
-                } else if *absent {
-                    stale.push(room.clone());
+            for (room, listing) in &mut members.listed {
+                if members.rooms.contains_key(room) || members.dirty.contains_key(room) {
+                    listing.idle = 0;
                 } else {
-                    *absent = true;
+                    listing.idle = listing.idle.saturating_add(1);
+                    if listing.idle >= 2 {
+                        stale.push((room.clone(), listing.generation));
+                    }
                 }
             }
-            stale
+            for (room, _) in &stale {
+                members.listed.remove(room);
+            }
+            let incarnation = members.incarnation;
+            (self.keys.rooms_of(&self.id_of(incarnation)), stale)
         };
         if stale.is_empty() {
             return;
         }
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("SREM");
-        cmd.arg(self.keys.rooms_of(&self.node_hex()));
-        for room in &stale {
-            cmd.arg(room.as_str());
+        let mut inv = self.scripts.prune.prepare_invoke();
+        inv.key(key);
+        for (room, generation) in &stale {
+            inv.arg(room.as_str()).arg(*generation);
         }
-        if within(self.config.timeout, cmd.exec_async(&mut conn))
-            .await
-            .is_ok()
-        {
-            let present = self.present.lock();
-            let mut listed = self.listed.lock();
-            for room in stale {
-                if !present.contains_key(&room) {
-                    listed.remove(&room);
-                }
-            }
+        // A failed prune leaves rooms listed for nothing: the sweep of this node visits them
+        // in vain, and they go with the node.
+        if let Err(e) = within(self.config.timeout, inv.invoke_async::<i64>(&mut conn)).await {
+            tracing::debug!(error = %e, "redis: pruning the room set failed");
         }
     }
 
@@ -421,24 +738,41 @@ impl Shared {
         let mut inv = self.scripts.dead.prepare_invoke();
         inv.key(&alive);
         let dead: Vec<String> = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-        let me = self.node_hex();
+        // This node's own earlier incarnations are evicted once it has registered its members
+        // again (`evict_retired`): before, their users would be announced leaving, then joining.
+        let own = format!("{:x}.", self.node);
         let mut result = Ok(());
-        for node in dead.into_iter().filter(|n| *n != me) {
-            if let Err(e) = self.evict_node(&node).await {
+        for node in dead.into_iter().filter(|n| !n.starts_with(&own)) {
+            if let Err(e) = self.evict_node(&node, false).await {
                 result = Err(e);
             }
         }
         result
     }
 
-    async fn evict_node(&self, node: &str) -> Result<(), HubError> {
+    /// Evicts this node's earlier incarnations (their liveness entries may be gone with
+    /// Redis's data, so no other node would).
+    async fn evict_retired(&self) {
+        let retired: Vec<u64> = self.members.lock().retired.clone();
+        for incarnation in retired {
+            match self.evict_node(&self.id_of(incarnation), true).await {
+                Ok(()) => self.members.lock().retired.retain(|i| *i != incarnation),
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis: evicting an old incarnation failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes `node`'s counts from every room of its room set, announcing the leaves, then
+    /// forgets it: if it is still dead, or at once for an incarnation of this node (`own`).
+    async fn evict_node(&self, node: &str, own: bool) -> Result<(), HubError> {
         let mut conn = self.conn.clone();
         let rooms_key = self.keys.rooms_of(node);
         let rooms: Vec<String> = within(
             self.config.timeout,
-            redis::cmd("SMEMBERS")
-                .arg(&rooms_key)
-                .query_async(&mut conn),
+            redis::cmd("HKEYS").arg(&rooms_key).query_async(&mut conn),
         )
         .await?;
         for room in rooms {
@@ -448,28 +782,37 @@ impl Shared {
             self.evict(node, &room).await?;
         }
         let mut inv = self.scripts.forget.prepare_invoke();
-        inv.key(self.keys.alive()).key(rooms_key).arg(node);
+        inv.key(self.keys.alive())
+            .key(rooms_key)
+            .arg(node)
+            .arg(if own { "1" } else { "0" });
         let _: i64 = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
         Ok(())
     }
 
-    /// Removes a dead node's counts from one room and announces the leaves, in one script.
-    /// Reads the reply of a presence script that announces leaves (EVICT, REGISTER): `done`
+    /// Reads the reply of a presence script that announces leaves (EVICT, RECONCILE): `done`
     /// (true), or `need` with the `(user, data)` pairs whose leave announcements the next call
-    /// must bring, which are encoded into `leaves` (false).
+    /// must bring, which are encoded into `leaves` (empty when the room doesn't announce)
+    /// (false).
     fn leaves_needed(
         &self,
         room: &Topic,
         reply: &[String],
         leaves: &mut Vec<(String, Vec<u8>)>,
         op: &'static str,
+        announce: bool,
     ) -> Result<bool, HubError> {
         match reply.first().map(String::as_str) {
             Some("done") => Ok(true),
             Some("need") => {
                 for pair in reply[1..].chunks_exact(2) {
-                    let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
-                    leaves.push((pair[0].clone(), encode_body(room, &p, self.node)));
+                    let body = if announce {
+                        let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
+                        encode_body(room, &p, self.node, 0)
+                    } else {
+                        Vec::new()
+                    };
+                    leaves.push((pair[0].clone(), body));
                 }
                 Ok(false)
             }
@@ -477,6 +820,7 @@ impl Shared {
         }
     }
 
+    /// Removes a dead node's counts from one room and announces the leaves, in one script.
     async fn evict(&self, node: &str, room: &Topic) -> Result<(), HubError> {
         let keys = self.keys.room(room);
         let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
@@ -493,7 +837,7 @@ impl Shared {
             }
             let reply: Vec<String> =
                 within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
-            if self.leaves_needed(room, &reply, &mut bodies, "evict")? {
+            if self.leaves_needed(room, &reply, &mut bodies, "evict", true)? {
                 return Ok(());
             }
         }

@@ -17,6 +17,15 @@
 //!   the fetch read the history is never lost, and one published before it is a duplicate
 //!   the mirror ignores.
 //!
+//! On a cluster a subscription can be lost without an error while the topology changes (a
+//! failover): the client's own resubscription and the task's race the slot map and the
+//! servers' unsubscribe notices, and one may land on the old master, now a replica that gets
+//! none of the new master's messages. So each subscription first sends a keyed command on the
+//! channel's slot (a stale slot map gets `MOVED` and is refreshed before the subscription is
+//! routed), and after a dropped connection or subscription the task subscribes every
+//! followed channel again over the next [`RECHECKS`] heartbeats (idempotent; each catches up
+//! from the history).
+//!
 //! Per followed channel, the task keeps a [`Follow`]: whether the server confirmed the
 //! subscription, the fetch in flight and its buffer, the attaches waiting for it, and the
 //! stamp of the last message applied (which tells a rewound Redis apart, see `STATE`).
@@ -41,6 +50,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Fetch jobs that may run at once (after a reconnect, every followed topic catches up).
 pub(super) const FETCHES: usize = 16;
+
+/// Heartbeats after a cluster disruption at which every followed channel is subscribed again.
+const RECHECKS: u8 = 2;
 
 /// Subscriptions a cluster worker sends at once (each to its channel's shard).
 const CLUSTER_BATCH: usize = 32;
@@ -216,6 +228,7 @@ pub(super) async fn pubsub(
         ops,
         generation: 0,
         connected: matches!(source, Source::Cluster { .. }),
+        recheck: 0,
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,6 +299,9 @@ struct Task {
     /// The single-server connection is up (always true on a cluster, which reconnects per
     /// node by itself).
     connected: bool,
+    /// Heartbeats at which to subscribe every followed channel again (cluster, after a
+    /// connection dropped or the server dropped a subscription): see [`Task::tick`].
+    recheck: u8,
 }
 
 impl Task {
@@ -438,17 +454,26 @@ impl Task {
         match event {
             Event::Message { channel, payload } => self.message(&channel, &payload),
             Event::Confirmed(channel) => {
+                tracing::debug!(channel, "redis pub/sub: subscription confirmed");
                 if self.follows.get(&channel).is_some_and(|f| f.subscribed) {
                     self.request_fetch(&channel);
                 }
             }
-            Event::Dropped(channel) => self.resubscribe(&channel),
+            Event::Dropped(channel) => {
+                tracing::debug!(
+                    channel,
+                    "redis pub/sub: subscription dropped; subscribing again"
+                );
+                self.resubscribe(&channel);
+                self.recheck = RECHECKS;
+            }
             Event::Disconnected => {
+                tracing::debug!(
+                    "redis pub/sub: a cluster node's connection dropped; resubscribing"
+                );
                 crate::metrics::redis_reconnect();
-                let channels: Vec<String> = self.follows.keys().cloned().collect();
-                for channel in channels {
-                    self.resubscribe(&channel);
-                }
+                self.resubscribe_all();
+                self.recheck = RECHECKS;
             }
             Event::Lost(generation) => {
                 if let Source::Single {
@@ -703,6 +728,11 @@ impl Task {
         if !self.connected {
             return;
         }
+        if self.recheck > 0 {
+            // A cluster's topology may still be settling: see the module docs.
+            self.recheck -= 1;
+            self.resubscribe_all();
+        }
         let retry: Vec<(String, bool)> = self
             .follows
             .iter()
@@ -829,19 +859,15 @@ async fn subscribe(
                 .map(|(channel, _)| {
                     let (mut conn, channel) = (conn.clone(), channel.clone());
                     async move {
+                        // A stale slot map would route the subscription to a replica that
+                        // accepts it and stays silent (see the module docs): the probe's
+                        // MOVED refreshes the map first. A refused subscription gets the
+                        // same before it is sent again.
+                        probe(&mut conn, &channel, timeout).await;
                         match within(timeout, conn.ssubscribe(&channel)).await {
                             Ok(()) => Ok(()),
                             Err(_) => {
-                                // The client doesn't follow a MOVED answer to a subscription
-                                // (the slot failed over or migrated); a keyed command on the
-                                // channel's slot does, and refreshes the slot map. Then again.
-                                let _ = within(
-                                    timeout,
-                                    redis::cmd("EXISTS")
-                                        .arg(&channel)
-                                        .query_async::<i64>(&mut conn),
-                                )
-                                .await;
+                                probe(&mut conn, &channel, timeout).await;
                                 within(timeout, conn.ssubscribe(&channel)).await
                             }
                         }
@@ -854,6 +880,16 @@ async fn subscribe(
                 .await
         }
     }
+}
+
+/// A keyed command on `channel`'s slot: a stale slot map gets a MOVED answer, which makes the
+/// cluster client refresh it.
+async fn probe(conn: &mut ClusterConnection, channel: &str, timeout: Duration) {
+    let _ = within(
+        timeout,
+        redis::cmd("EXISTS").arg(channel).query_async::<i64>(conn),
+    )
+    .await;
 }
 
 /// Refreshes the node's presence and sweeps dead nodes, every heartbeat.

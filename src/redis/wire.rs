@@ -22,8 +22,6 @@
 //! The stamp sits at a fixed place (bytes 3 to 10 of the body) so that the `STATE` script can
 //! compare it without decoding the rest.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 
 use crate::hub::{ConnectionId, Epoch, EventName, Message, MessageId, Payload, Publication, Topic};
@@ -39,8 +37,9 @@ const EVENT: u8 = 16;
 /// rewound to an older snapshot) is told apart from the one the nodes hold.
 pub(crate) type Stamp = [u8; 8];
 
-/// Encodes what the Lua script needs to prepend an id to.
-pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64) -> Vec<u8> {
+/// Encodes what the Lua script needs to prepend an id to; `ts` is the message's timestamp
+/// (Unix ms; 0 for a notice, which has none).
+pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64, ts: u64) -> Vec<u8> {
     let sender = p.sender_id();
     let event = p.event_name().map(EventName::as_str);
     let payload = p.payload();
@@ -56,9 +55,6 @@ pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64) -> Vec<u8> 
             flags |= flag;
         }
     }
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut out = Vec::with_capacity(32 + topic.as_str().len() + payload.len());
     out.push(VERSION);
     out.push(flags);
@@ -210,7 +206,7 @@ mod tests {
             .origin(conn)
             .skip_origin(true);
         let epoch = Epoch::from_u64(0xabc).expect("nonzero");
-        let w = wire("abc-7", &encode_body(&topic, &p, 42));
+        let w = wire("abc-7", &encode_body(&topic, &p, 42, 7));
         let (m, stamp) = decode(&w, 42).expect("decodes");
         assert_eq!(decode(&w, 42).map(|(_, s)| s), Some(stamp));
         assert_eq!(m.id(), MessageId::new(epoch, 7));
@@ -225,7 +221,7 @@ mod tests {
         assert!(other.is_for(conn));
 
         let bin = Publication::new(vec![0u8, 255, b' ']);
-        let (m, _) = decode(&wire("abc-8", &encode_body(&topic, &bin, 1)), 1).expect("decodes");
+        let (m, _) = decode(&wire("abc-8", &encode_body(&topic, &bin, 1, 7)), 1).expect("decodes");
         assert_eq!(m.payload().as_bytes(), &[0, 255, b' ']);
         assert!(!m.payload().is_text());
         assert!(decode(b"abc-8", 1).is_none());
@@ -240,7 +236,7 @@ mod tests {
             for tail in ["é", "€", "a"] {
                 let user = format!("{}{tail}", "a".repeat(fill));
                 let p = Publication::new("x").sender(user.as_str());
-                let (m, _) = decode(&wire("abc-1", &encode_body(&topic, &p, 1)), 1)
+                let (m, _) = decode(&wire("abc-1", &encode_body(&topic, &p, 1, 7)), 1)
                     .unwrap_or_else(|| panic!("{fill} + {tail:?} decodes"));
                 let sender = m.sender().expect("a sender");
                 assert!(sender.len() <= usize::from(u16::MAX));
@@ -256,7 +252,7 @@ mod tests {
         let p = Publication::new("{}")
             .event("presence.join")
             .expect("valid");
-        let body = encode_body(&topic, &p, 1);
+        let body = encode_body(&topic, &p, 1, 7);
         let Some(Incoming::Notice(n)) = decode_incoming(&wire("~", &body), 2) else {
             panic!("a notice");
         };
@@ -272,8 +268,8 @@ mod tests {
     #[test]
     fn stamps_differ_and_sit_where_the_script_reads_them() {
         let topic = Topic::new("t").expect("valid");
-        let body = encode_body(&topic, &Publication::new("x"), 1);
-        let again = encode_body(&topic, &Publication::new("x"), 1);
+        let body = encode_body(&topic, &Publication::new("x"), 1, 7);
+        let again = encode_body(&topic, &Publication::new("x"), 1, 7);
         assert_ne!(body[2..10], again[2..10]);
         let (_, stamp) = decode(&wire("abc-1", &body), 1).expect("decodes");
         assert_eq!(stamp, body[2..10]);

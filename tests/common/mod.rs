@@ -283,3 +283,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         self.0.lock().expect("log lines").push(message.0);
     }
 }
+
+pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis_env;
