@@ -845,7 +845,7 @@ struct Node<B> {
 impl<B: Backend> Node<B> {
     fn new(backend: B) -> Self {
         let backend = Arc::new(backend);
-        let mirror = registry_for(Limits::topics(&HubConfig::new()), "rooms", &backend, |_| {});
+        let mirror = registry_for(Limits::topics(&HubConfig::new()), "rooms", &backend);
         Self { backend, mirror }
     }
 

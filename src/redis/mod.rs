@@ -59,10 +59,10 @@
 //!   every second at most), resubscribes, and catches every mirrored topic up from the
 //!   history; what left the history meanwhile reaches subscribers as
 //!   [`Delivery::Lagged`](crate::Delivery::Lagged). If Redis lost the topic (restarted
-//!   without persistence), its epoch changes: a `PubSub` subscriber gets a
-//!   [`Delivery::Reset`](crate::Delivery::Reset) in its open stream, then the new log (its
-//!   other topics go on); room members are disconnected, so that they rejoin (and are counted
-//!   again in the new log's presence) with their last id and get the reset then.
+//!   without persistence), its epoch changes: every subscriber, a room's member or a
+//!   `PubSub` subscriber, gets a [`Delivery::Reset`](crate::Delivery::Reset) in its open
+//!   stream, then the new log (its other topics go on); the connection stays up, and the
+//!   node's heartbeat counts its members again in the room's presence.
 //! * If Redis went back in time (restored from an older snapshot, or a cluster replica that
 //!   had not received the last writes took over), the offsets the nodes already delivered
 //!   would be given to new messages. Each message carries a random stamp; a node catching up
