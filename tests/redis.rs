@@ -1995,3 +1995,332 @@ async fn publishes_over_a_link_slower_than_the_timeout_fail_and_are_never_applie
         "no slow publish took an id"
     );
 }
+
+// --- Issue 18: the defaults `RedisConfig`'s setters and the README promise, seen in Redis ---
+//
+// Each test runs nodes on `RedisConfig::new(url)` and nothing else, so every key is under the
+// default prefix: each test has a server of its own (the URL is a proxy's where the test
+// needs faults).
+
+/// `RedisConfig::new(url)` with every default.
+fn defaults(url: String) -> RedisConfig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    RedisConfig::new(url)
+}
+
+/// A `PubSub` node with the default Redis settings; its own history (the hub's, not Redis's)
+/// is larger than Redis's default cap, so that what a new subscriber replays is Redis's.
+async fn default_node(url: String) -> PubSub<RedisBackend> {
+    let backend = RedisBackend::connect(defaults(url)).await.expect("connect");
+    PubSub::with_backend(HubConfig::new().history(5_000), backend)
+}
+
+/// Redis's clock, in Unix milliseconds.
+fn redis_ms(redis: &mut redis::Connection) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(redis).expect("TIME");
+    secs * 1_000 + micros / 1_000
+}
+
+fn pttl(redis: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query(redis).expect("PTTL")
+}
+
+/// The liveness entries of the nodes: (node, when its heartbeat expires, Unix ms).
+fn alive(redis: &mut redis::Connection) -> Vec<(String, i64)> {
+    redis::cmd("ZRANGE")
+        .arg("{salvo-realtime:nodes}:alive")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(redis)
+        .expect("ZRANGE alive")
+}
+
+const DAY_MS: i64 = 24 * 3_600 * 1_000;
+
+// Defaults: prefix "salvo-realtime" (every key and channel), topic_ttl 24 h.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_keys_and_channels_are_under_salvo_realtime_and_topics_live_a_day() {
+    let server = RedisServer::start();
+    let node = default_node(server.url()).await;
+    let _sub = node
+        .subscribe("news", Position::Live)
+        .await
+        .expect("subscribe");
+    node.publish("news", "hello").await.expect("publish");
+    let mut redis = inspect(&server);
+
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis).expect("KEYS");
+    for key in [
+        "{salvo-realtime:topics:news}:meta",
+        "{salvo-realtime:topics:news}:hist",
+        "{salvo-realtime:nodes}:alive",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "no {key} in {keys:?}");
+    }
+    assert!(
+        keys.iter().all(|k| k.starts_with("{salvo-realtime:")),
+        "a key outside the default prefix: {keys:?}"
+    );
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query(&mut redis)
+        .expect("PUBSUB CHANNELS");
+    assert!(
+        channels
+            .iter()
+            .any(|c| c == "{salvo-realtime:topics:news}:ch")
+            && channels.iter().all(|c| c.starts_with("{salvo-realtime:")),
+        "{channels:?}"
+    );
+
+    // A published topic's epoch, offset and history are kept 24 h after its last publish.
+    for kind in ["meta", "hist"] {
+        let ttl = pttl(&mut redis, &meta_key(kind, "topics", "news"));
+        assert!(
+            (DAY_MS - 60_000..=DAY_MS).contains(&ttl),
+            "the topic's {kind} lives {ttl} ms, not a day"
+        );
+    }
+}
+
+// Default: history 1,000 messages per topic in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_redis_history_keeps_the_last_1000_messages() {
+    let server = RedisServer::start();
+    let a = default_node(server.url()).await;
+    for i in 1..=1_005 {
+        a.publish("many", format!("m{i}")).await.expect("publish");
+    }
+    let mut redis = inspect(&server);
+    let hist = meta_key("hist", "topics", "many");
+    let len: usize = redis::cmd("XLEN")
+        .arg(&hist)
+        .query(&mut redis)
+        .expect("XLEN");
+    assert_eq!(len, 1_000, "the stream holds the last 1,000");
+    let oldest: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg(&hist)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut redis)
+        .expect("XRANGE");
+    assert_eq!(oldest[0].0, "0-6");
+
+    // A node that never saw the topic backfills from Redis: the last 1,000, from m6.
+    let b = default_node(server.url()).await;
+    let mut sub = b
+        .subscribe("many", Position::Recent(5_000))
+        .await
+        .expect("subscribe");
+    let got = messages(&mut sub, 1_000, Duration::from_secs(5)).await;
+    assert_eq!(got[0].payload().as_text(), Some("m6"));
+    assert_eq!(got[0].id().offset(), 6);
+    assert_eq!(got[999].payload().as_text(), Some("m1005"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sub.next())
+            .await
+            .is_err(),
+        "nothing more than the 1,000"
+    );
+}
+
+// Default: history_bytes 1 MiB per topic in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_redis_history_keeps_at_most_1_mib() {
+    const MIB: usize = 1 << 20;
+    let server = RedisServer::start();
+    let node = default_node(server.url()).await;
+    // 58 KiB payloads (under the hub's 64 KiB default): 17 fit in 1 MiB but only 16 in 1 MB,
+    // so the assertions below tell the two apart.
+    let payload = "z".repeat(58 * 1024);
+    for i in 0..24 {
+        node.publish("big", format!("{i:02}{payload}"))
+            .await
+            .expect("publish");
+    }
+    let mut redis = inspect(&server);
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg(meta_key("hist", "topics", "big"))
+        .arg("-")
+        .arg("+")
+        .query(&mut redis)
+        .expect("XRANGE");
+    let sizes: Vec<usize> = entries
+        .iter()
+        .map(|(_, fields)| fields.iter().map(|(_, w)| w.len()).sum())
+        .collect();
+    let kept: usize = sizes.iter().sum();
+    let smallest = sizes.iter().copied().min().expect("something is kept");
+    assert!(kept <= MIB, "{kept} bytes kept, over 1 MiB");
+    assert!(
+        kept + smallest > MIB,
+        "{kept} bytes kept in {} entries: another would have fit in 1 MiB",
+        entries.len()
+    );
+    let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.last(), Some(&"0-24"), "the newest are kept");
+}
+
+/// How `op` ended (`"Backend"` for a [`HubError::Backend`]) and how long it took.
+async fn timed<T>(op: impl Future<Output = Result<T, HubError>>) -> (String, Duration) {
+    let started = Instant::now();
+    let outcome = match op.await {
+        Ok(_) => "Ok".to_owned(),
+        Err(HubError::Backend(_)) => "Backend".to_owned(),
+        Err(e) => format!("{e:?}"),
+    };
+    (outcome, started.elapsed())
+}
+
+// Default: timeout 2 s: publish, join, presence and connecting fail with `HubError::Backend`
+// after it while Redis does not answer (the window is generous: a bound, not a benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_redis_operations_and_connecting_fail_after_2_seconds() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let node = Rooms::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(defaults(proxy.url()))
+            .await
+            .expect("connect"),
+    );
+    let _alice = node
+        .join(&member("alice", "r", Position::Live))
+        .await
+        .expect("join");
+    node.broadcast("r", "before").await.expect("publish");
+
+    // Redis stops answering, and a new connection gets no answer either.
+    proxy.set(Mode::Blackhole);
+    let bob = member("bob", "r", Position::Live);
+    let (publish, join, count, page, connect) = tokio::join!(
+        timed(node.broadcast("r", "lost")),
+        timed(node.join(&bob)),
+        timed(node.member_count("r")),
+        timed(node.presence_page("r", None, 10)),
+        timed(RedisBackend::connect(defaults(proxy.url()))),
+    );
+    let window = Duration::from_millis(1_500)..Duration::from_secs(6);
+    for (op, (outcome, took)) in [
+        ("publish", publish),
+        ("join", join),
+        ("member_count", count),
+        ("presence_page", page),
+        ("connect", connect),
+    ] {
+        assert_eq!(outcome, "Backend", "{op}");
+        assert!(window.contains(&took), "{op} failed after {took:?}");
+    }
+}
+
+// Defaults: heartbeat 5 s, node_ttl 15 s: a node that can no longer reach Redis counts as dead
+// 15 s after its last heartbeat, and its members leave at the next sweep of another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_nodes_beat_every_5_seconds_and_a_lost_ones_members_leave_after_15() {
+    let server = RedisServer::start();
+    let mut redis = inspect(&server);
+    let b = Rooms::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(defaults(server.url()))
+            .await
+            .expect("connect b"),
+    );
+    let b_node = match alive(&mut redis).as_slice() {
+        [(node, expires)] => {
+            // Liveness right after a heartbeat (connecting beats once): 15 s.
+            let left = expires - redis_ms(&mut redis);
+            assert!((10_000..=15_000).contains(&left), "alive for {left} ms");
+            node.clone()
+        }
+        other => panic!("one node expected, got {other:?}"),
+    };
+    let mut w = watcher(&b, "r").await;
+    // A topic followed but never published to lives the node TTL, renewed by the heartbeat.
+    let _quiet = b
+        .join(&member("q", "quiet", Position::Live))
+        .await
+        .expect("join quiet");
+
+    // Node a, through a proxy: alice joins there, then a loses Redis for good.
+    let proxy = Proxy::start(server.addr()).await;
+    let a_started = Instant::now();
+    let a = Rooms::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(defaults(proxy.url()))
+            .await
+            .expect("connect a"),
+    );
+    let _alice = a
+        .join(&member("alice", "r", Position::Live))
+        .await
+        .expect("join alice");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        event(PRESENCE_JOIN, "alice")
+    );
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    assert!(
+        a_started.elapsed() < Duration::from_secs(4),
+        "a was cut off before its second heartbeat"
+    );
+
+    // Meanwhile b's liveness moves on by one heartbeat at a time, each 5 s apart.
+    let beats = async {
+        let mut redis = inspect(&server);
+        let mut seen = Vec::new();
+        let mut last = None;
+        while seen.len() < 3 {
+            let now = alive(&mut redis);
+            let expires = now.iter().find(|(n, _)| *n == b_node).map(|(_, e)| *e);
+            if expires != last {
+                let left = expires.map(|e| e - redis_ms(&mut redis));
+                if last.is_some() {
+                    assert!(
+                        left.is_some_and(|l| (10_000..=15_000).contains(&l)),
+                        "b alive for {left:?} ms right after a heartbeat"
+                    );
+                }
+                seen.extend(expires);
+                last = expires;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    };
+    let (leave, beats) = tokio::join!(
+        async {
+            let leave = next_event(&mut w, Duration::from_secs(30)).await;
+            (leave, a_started.elapsed())
+        },
+        tokio::time::timeout(Duration::from_secs(20), beats)
+    );
+    let (leave, after) = leave;
+    assert_eq!(leave, event(PRESENCE_LEAVE, "alice"));
+    // a's last heartbeat was while it connected (its second never got through): alice can't
+    // leave before 15 s after it, and leaves at b's first sweep after that (every 5 s).
+    assert!(
+        (Duration::from_secs(15)..Duration::from_secs(24)).contains(&after),
+        "alice left {after:?} after a connected"
+    );
+    let beats = beats.expect("b kept beating");
+    for pair in beats.windows(2) {
+        let every = pair[1] - pair[0];
+        assert!(
+            (4_000..=7_000).contains(&every),
+            "b's heartbeats {every} ms apart"
+        );
+    }
+    let quiet = pttl(&mut redis, &meta_key("meta", "rooms", "quiet"));
+    assert!(
+        (5_000..=15_000).contains(&quiet),
+        "a followed idle topic lives {quiet} ms (renewed, at most the node TTL)"
+    );
+    drop(a);
+}
