@@ -131,7 +131,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// deadline a resend is refused anyway.
 const PUBLISH: &str = r"
 local deadline = tonumber(ARGV[7])
-if now > deadline then
+-- At the deadline's own millisecond the node's call may already have timed out: refuse.
+if now >= deadline then
   return redis.error_reply('EXPIRED publish past its deadline')
 end
 local nonce = string.sub(ARGV[2], 3, 10)
