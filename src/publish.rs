@@ -65,7 +65,8 @@
 //! [`Publish::authorize`] (or [`Publish::authorize_async`]), which sees the request and the
 //! topic and answers with a [`Rejection`] (`401` or `403`) to refuse, or call
 //! [`Publish::allow_anyone`] when the route already sits behind the application's own
-//! authentication middleware. The rule runs before the body is read.
+//! authentication middleware. The rule runs before the body is read. A rule that panics (in
+//! the call or in its future) gets `500` and publishes nothing.
 //!
 //! # The answer
 //!
@@ -78,10 +79,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use salvo::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use salvo::http::{ParseError, StatusCode};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
@@ -450,7 +453,20 @@ impl<H: Publisher> Publish<H> {
     async fn check_access(&self, req: &Request, topic: &Topic) -> Result<(), Bad> {
         match &self.access {
             Access::Anyone => Ok(()),
-            Access::Rule(rule) => Ok(rule(req, topic).await?),
+            Access::Rule(rule) => {
+                // A panic in the rule or its future is the app's bug: 500, never a dropped
+                // connection.
+                let panicked = || {
+                    tracing::error!("publish: the authorization rule panicked");
+                    Bad::Status(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+                };
+                let fut = std::panic::catch_unwind(AssertUnwindSafe(|| rule(req, topic)))
+                    .map_err(|_| panicked())?;
+                Ok(AssertUnwindSafe(fut)
+                    .catch_unwind()
+                    .await
+                    .map_err(|_| panicked())??)
+            }
             Access::Closed => {
                 tracing::warn!(
                     "publish refused: the handler has no authorization rule \

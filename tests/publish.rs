@@ -398,3 +398,26 @@ async fn a_counted_hub_publishes_through_its_inner_hub() {
     );
     server.stop().await;
 }
+
+/// Issue 18: a panic in the application's authorization rule (in the call or in its future)
+/// answers 500 and publishes nothing; the server keeps serving.
+#[tokio::test]
+async fn a_panicking_authorization_rule_is_a_500_and_publishes_nothing() {
+    let hub = PubSub::new();
+    let sync_rule = Publish::new(hub.clone())
+        .authorize(|_req, _topic| -> Result<(), Rejection> { panic!("a bug in the app's rule") });
+    let async_rule = Publish::new(hub.clone()).authorize_async(|_req, _topic| async move {
+        if true {
+            panic!("a bug in the app's async rule");
+        }
+        Ok::<(), Rejection>(())
+    });
+    for publish in [sync_rule, async_rule] {
+        let server = serve(publish).await;
+        let (status, _) = post(&server, "/publish/news", Some("text/plain"), "hi").await;
+        assert_eq!(status, 500);
+        assert!(hub.history("news").is_empty(), "nothing published");
+        let (status, _) = post(&server, "/publish/news", Some("text/plain"), "again").await;
+        assert_eq!(status, 500, "the server still answers");
+    }
+}
