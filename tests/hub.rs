@@ -531,3 +531,50 @@ async fn an_epoch_change_resets_one_topic_of_a_multi_topic_subscription() {
     assert_eq!(texts, ["a-new", "b2"]);
     assert_eq!(sub.topic_count(), 2);
 }
+
+/// Issue 18 review: a log that replaces a lost one starts with no subscriber of its own (its
+/// readers move over as they poll), so with a remote backend (logs nobody follows are freed at
+/// once) a sweep, or any release, before a reader moved freed it, and the reader's stream
+/// ended instead of moving. The readers still to come now keep the new log.
+#[tokio::test]
+async fn a_replacement_log_waits_for_the_readers_of_the_one_it_replaced() {
+    let hub = PubSub::with_backend(HubConfig::new(), common::remote::Remote::default());
+    let mut x = hub.subscribe("x", Position::Live).await.expect("subscribe");
+    let mut y = hub.subscribe("y", Position::Live).await.expect("subscribe");
+    hub.backend().lose("topics", "x");
+    hub.backend().lose("topics", "y");
+    // x's reader moves first; a sweep runs before y's does.
+    assert!(matches!(ready(&mut x).first(), Some(Delivery::Reset(_))));
+    hub.sweep();
+    assert_eq!(hub.topic_count(), 2, "y's new log waits for y's reader");
+    hub.publish("y", "after").await.expect("publish");
+    let got = ready(&mut y);
+    assert!(
+        matches!(got.first(), Some(Delivery::Reset(r)) if r.reason == ResetReason::EpochChanged),
+        "a reset, then the new log: {got:?}"
+    );
+    assert_eq!(texts(&got), ["after"]);
+    drop((x, y));
+    assert_eq!(
+        hub.topic_count(),
+        0,
+        "nothing kept once the readers are gone"
+    );
+}
+
+/// The other way out: a reader of the replaced log drops before it moves. The new log must
+/// not wait for it forever.
+#[tokio::test]
+async fn a_replacement_log_is_freed_when_the_old_readers_drop_instead_of_moving() {
+    let hub = PubSub::with_backend(HubConfig::new(), common::remote::Remote::default());
+    let x = hub.subscribe("x", Position::Live).await.expect("subscribe");
+    hub.backend().lose("topics", "x");
+    hub.backend().lose("topics", "x");
+    assert_eq!(hub.topic_count(), 1);
+    drop(x);
+    assert_eq!(
+        hub.topic_count(),
+        0,
+        "the new log was freed with its last reader to come"
+    );
+}

@@ -515,3 +515,78 @@ fn shuttle_close_racing_publish() {
         );
     });
 }
+
+/// A log replaced (a remote backend's log lost and recreated), twice, sometimes then closed,
+/// while one reader polls and another is dropped: the reader ends up on the newest log (or
+/// ends, if it was closed), the replacement waits for readers still to come and no longer,
+/// and dropping the last reader leaves nothing.
+#[test]
+fn shuttle_replacement_racing_readers_and_drops() {
+    explore("replacement vs readers", || {
+        let config = HubConfig::new().idle_ttl(Duration::ZERO);
+        let hub = PubSub::with_backend(config, Stepped::default());
+        let reader = slot(Some(
+            shuttle::future::block_on(hub.subscribe("t", Position::Live)).expect("subscribe"),
+        ));
+        let dropped = slot(Some(
+            shuttle::future::block_on(hub.subscribe("t", Position::Live)).expect("subscribe"),
+        ));
+        let closing = thread_rng().next_u64() % 3 == 0;
+        let ops: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![
+            {
+                let hub = hub.clone();
+                Box::pin(async move {
+                    let t = topic("t");
+                    for _ in 0..2 {
+                        let _ = hub.mirror().sync(&t, super::Epoch::random(), 0, &[]);
+                        shuttle::future::yield_now().await;
+                    }
+                    if closing {
+                        let _ = hub.close("t");
+                    }
+                })
+            },
+            {
+                let reader = Arc::clone(&reader);
+                Box::pin(async move {
+                    for _ in 0..3 {
+                        if let Some(sub) = reader
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .as_mut()
+                        {
+                            let _ = settle(sub);
+                        }
+                        shuttle::future::yield_now().await;
+                    }
+                })
+            },
+            {
+                let dropped = Arc::clone(&dropped);
+                Box::pin(async move {
+                    shuttle::future::yield_now().await;
+                    drop(take(&dropped));
+                })
+            },
+        ];
+        race(ops);
+        let mut reader = take(&reader).expect("the reader");
+        let got = settle(&mut reader);
+        let mut cx = Context::from_waker(Waker::noop());
+        let ended = matches!(reader.poll_next_unpin(&mut cx), Poll::Ready(None));
+        let census = hub.census();
+        if ended {
+            assert!(closing, "only a close ends the stream: {got:?}");
+        } else {
+            assert_eq!(census.len(), 1, "{census:?}");
+            let (_, _, subscribers, to_come) = &census[0];
+            assert_eq!(
+                (*subscribers, *to_come),
+                (1, 0),
+                "the reader moved: {census:?}"
+            );
+        }
+        drop(reader);
+        assert!(hub.census().is_empty(), "left: {:?}", hub.census());
+    });
+}

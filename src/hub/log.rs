@@ -107,11 +107,18 @@ pub(crate) struct LogState {
     /// Created for a subscriber ([`Registry::create`], [`Registry::sync`]) and not yet
     /// subscribed to: the first subscriber becomes its owner.
     claimable: bool,
-    /// Set when a log of a new epoch took this one's place ([`Registry::sync`]), just before
-    /// its live channel closes: its streams move to the new log. A log that closes without it
-    /// was closed ([`Registry::close`]): its streams end, even if a new log of the same name
-    /// exists by the time they notice.
-    replaced: bool,
+    /// The log of a new epoch that took this one's place ([`Registry::sync`]), set just
+    /// before this one's live channel closes: its streams move there when they see the
+    /// channel closed (to that log, not to whatever log has the name by then).
+    successor: Option<Arc<TopicLog>>,
+    /// Set by [`Registry::close`], just before the live channel closes: its streams end, and so
+    /// do the streams of the logs it replaced that hadn't moved here yet.
+    closed: bool,
+    /// Streams of the logs this one replaced that haven't moved here yet: each will move (one
+    /// less here, one more in `subscribers`) or be dropped (one less here, counted down along
+    /// the chain of successors). The log is kept while any is to come, so that a reader still
+    /// on the old log never finds its successor freed.
+    inherited: usize,
 }
 
 impl LogState {
@@ -142,6 +149,7 @@ impl LogState {
 
     fn removable(&self, limits: &Limits) -> bool {
         self.subscribers == 0
+            && self.inherited == 0
             && self.holds == 0
             && (self.history.is_empty()
                 || limits.idle_ttl.is_zero()
@@ -257,7 +265,8 @@ impl Locked<'_> {
 
 /// The logs of one namespace (topics, rooms, or users' direct messages).
 ///
-/// Lock order: `topics` (read or write), then one log's `state`, then `owners`. Nothing is
+/// Lock order: `topics` (read or write), then one log's `state` (or, replacing a log, the old
+/// log's and then its successor's, the only place two are held), then `owners`. Nothing is
 /// awaited while any of them is held.
 pub(crate) struct Registry {
     topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
@@ -306,11 +315,6 @@ impl Registry {
 
     fn removed(&self, topic: &Topic) {
         (self.hook)(topic);
-    }
-
-    /// The topic's current log, if any.
-    fn current(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
-        self.topics.read().get(topic).map(Arc::clone)
     }
 
     pub(crate) fn contains(&self, topic: &Topic) -> bool {
@@ -371,20 +375,21 @@ impl Registry {
             });
         }
         // The old log's members are this node's connections: they stay members of the new one
-        // (their holds move with them), and its streams move over (they see it replaced when
-        // its live channel closes, once the map's lock is released).
-        let (holds, sender) = match &replaced {
-            Some(old) => {
-                let mut state = old.state.lock();
-                state.replaced = true;
-                (std::mem::take(&mut state.holds), state.sender.take())
-            }
-            None => (0, None),
-        };
+        // (their holds move with them), and its streams move over when they see its live
+        // channel closed, once the map's lock is released; the new log waits for them.
         let log = Arc::new(TopicLog::new_with(topic.clone(), epoch, true));
+        let sender = replaced.as_ref().and_then(|old| {
+            let mut state = old.state.lock();
+            // The new log's counts are in place before the old one points at it (its lock is
+            // taken inside the old one's): a stream that sees the successor finds them set.
+            let mut new = log.state.lock();
+            new.holds = std::mem::take(&mut state.holds);
+            new.inherited = state.subscribers + state.inherited;
+            state.successor = Some(Arc::clone(&log));
+            state.sender.take()
+        });
         {
             let mut state = log.state.lock();
-            state.holds = holds;
             Locked {
                 log: &log,
                 state: &mut state,
@@ -407,15 +412,21 @@ impl Registry {
         self.topics.read().len()
     }
 
-    /// Every log with its holds and subscribers, for the interleaving tests' invariants.
+    /// Every log with its holds, subscribers and streams to come, for the interleaving
+    /// tests' invariants.
     #[cfg(all(test, salvo_realtime_shuttle))]
-    pub(crate) fn census(&self) -> Vec<(Topic, usize, usize)> {
+    pub(crate) fn census(&self) -> Vec<(Topic, usize, usize, usize)> {
         self.topics
             .read()
             .iter()
             .map(|(topic, log)| {
                 let state = log.state.lock();
-                (topic.clone(), state.holds, state.subscribers)
+                (
+                    topic.clone(),
+                    state.holds,
+                    state.subscribers,
+                    state.inherited,
+                )
             })
             .collect()
     }
@@ -656,20 +667,39 @@ impl Registry {
         }
     }
 
-    /// Called when a subscriber goes away; frees the log if nothing keeps it.
+    /// Called when a subscriber's stream is dropped; frees the log if nothing keeps it. A stream
+    /// of a replaced log that never moved is counted down in every log after it (each was
+    /// waiting for it), and the current one freed if nothing else keeps it.
     fn release(&self, log: &Arc<TopicLog>) {
-        let now_unused = {
+        let (now_unused, mut next) = {
             let mut state = log.state.lock();
             state.subscribers -= 1;
             if state.subscribers == 0 {
                 state.idle_since = Some(Instant::now());
             }
-            state.removable(&self.limits)
+            (state.removable(&self.limits), state.successor.clone())
         };
         if now_unused {
             self.remove_if_unused(&log.topic, Some(log));
         }
+        while let Some(successor) = next {
+            let unused = {
+                let mut state = successor.state.lock();
+                state.inherited = state.inherited.saturating_sub(1);
+                next = state.successor.clone();
+                state.removable(&self.limits)
+            };
+            if unused {
+                self.remove_if_unused(&successor.topic, Some(&successor));
+            }
+        }
         self.maybe_sweep();
+    }
+
+    /// A stream moved off `log` (to its successor): one subscriber less, nothing else to count
+    /// down (the successor counted the move).
+    fn moved_off(&self, log: &Arc<TopicLog>) {
+        log.state.lock().subscribers -= 1;
     }
 
     pub(crate) fn remove_if_unused(&self, topic: &Topic, expected: Option<&Arc<TopicLog>>) {
@@ -721,7 +751,11 @@ impl Registry {
         let removed = self.topics.write().remove(topic);
         match removed {
             Some(log) => {
-                let sender = log.state.lock().sender.take();
+                let sender = {
+                    let mut state = log.state.lock();
+                    state.closed = true;
+                    state.sender.take()
+                };
                 drop(sender);
                 self.removed_log(&log);
                 true
@@ -762,7 +796,9 @@ impl TopicLog {
                 holds: 0,
                 owner: None,
                 claimable,
-                replaced: false,
+                successor: None,
+                closed: false,
+                inherited: 0,
             }),
         }
     }
@@ -883,41 +919,52 @@ impl TopicStream {
     }
 
     /// The log's live channel closed. If a log of a new epoch replaced it (a mirror whose
-    /// remote log was lost), move to that log: a reset first, then its whole history, then
-    /// live, so a subscription holding several topics never loses one silently. Returns
-    /// false if the topic was closed instead (the stream ends).
+    /// remote log was lost), move to that log (or to the last of a chain of replacements): a
+    /// reset first, then its whole history, then live, so a subscription holding several
+    /// topics never loses one silently. Returns false if the log, or one it was replaced by,
+    /// was closed instead (the stream ends).
     fn follow_new_epoch(&mut self) -> bool {
-        if !self.log.state.lock().replaced {
-            return false;
-        }
-        let Some(new) = self.registry.current(&self.log.topic) else {
+        let Some(mut target) = self.log.state.lock().successor.clone() else {
             return false;
         };
-        if Arc::ptr_eq(&new, &self.log) || new.epoch == self.log.epoch {
-            return false;
-        }
-        let (first, last, rx) = {
-            let mut state = new.state.lock();
+        let capacity = self.registry.limits.channel_capacity;
+        // Each log passed counted this stream among those to come; the one it stays on counts
+        // it as a subscriber instead.
+        let (first, last, rx) = loop {
+            let mut state = target.state.lock();
+            state.inherited = state.inherited.saturating_sub(1);
+            if let Some(next) = state.successor.clone() {
+                drop(state);
+                target = next;
+                continue;
+            }
             state.subscribers += 1;
+            if state.closed {
+                // Closed: the stream ends here (its drop releases the closed log, with nothing
+                // after it to count down).
+                drop(state);
+                let old = std::mem::replace(&mut self.log, target);
+                self.registry.moved_off(&old);
+                return false;
+            }
             state.idle_since = None;
-            let capacity = self.registry.limits.channel_capacity;
             let (first, last) = (state.first_available(), state.last());
             let sender = state
                 .sender
                 .get_or_insert_with(|| broadcast::channel(capacity).0);
-            (first, last, sender.subscribe())
+            break (first, last, sender.subscribe());
         };
         self.front
             .get_or_insert_default()
             .push_back(Delivery::Reset(Reset {
                 topic: self.log.topic.clone(),
                 requested: Some(MessageId::new(self.log.epoch, self.last)),
-                epoch: new.epoch,
-                replay_after: MessageId::new(new.epoch, first - 1),
+                epoch: target.epoch,
+                replay_after: MessageId::new(target.epoch, first - 1),
                 reason: ResetReason::EpochChanged,
             }));
-        let old = std::mem::replace(&mut self.log, new);
-        self.registry.release(&old);
+        let old = std::mem::replace(&mut self.log, target);
+        self.registry.moved_off(&old);
         self.rx = LiveRx::new(rx);
         self.buf = None;
         self.held = None;

@@ -328,6 +328,19 @@ impl<B: Backend> Hub for PubSub<B> {
     }
 }
 
+#[cfg(all(test, salvo_realtime_shuttle))]
+impl<B: Backend> PubSub<B> {
+    /// The hub's mirror, for the interleaving tests to replace logs through.
+    pub(crate) fn mirror(&self) -> &Mirror {
+        &self.inner.mirror
+    }
+
+    /// The logs: (topic, holds, subscribers, streams to come).
+    pub(crate) fn census(&self) -> Vec<(Topic, usize, usize, usize)> {
+        self.inner.mirror.registry().census()
+    }
+}
+
 impl<B: Backend> fmt::Debug for PubSub<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PubSub")

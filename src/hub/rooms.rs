@@ -1034,7 +1034,8 @@ impl<B: Backend> Rooms<B> {
 
     /// The rooms' logs: (room, holds, subscribers).
     pub(crate) fn room_logs(&self) -> Vec<(Topic, usize, usize)> {
-        self.inner.rooms.registry().census()
+        let census = self.inner.rooms.registry().census();
+        census.into_iter().map(|(t, h, s, _)| (t, h, s)).collect()
     }
 }
 
