@@ -59,8 +59,11 @@ impl LastWaker {
     /// Call before reading the state `task` is woken for.
     pub(crate) fn register(&self, task: &TaskWaker, waker: &Waker) {
         if !self.is(waker) {
-            *task.slot.lock() = Some(waker.clone());
+            // The old waker is dropped after the lock is released (the statement's guard
+            // goes first).
+            let old = task.slot.lock().replace(waker.clone());
             self.set(waker);
+            drop(old);
         }
     }
 
