@@ -98,6 +98,8 @@
 //! mutex, another hub) by cloning it in, and reach this hub through [`Ctx::channels`]. No
 //! globals are needed.
 
+pub(crate) mod dispatch;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
