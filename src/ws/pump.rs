@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Sink as _, SinkExt, Stream, StreamExt};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
@@ -19,7 +18,7 @@ use super::close::close_code::{GOING_AWAY, INTERNAL, NORMAL, POLICY, TOO_BIG};
 use super::close::{CLOSE_WAIT, End, classify};
 use super::writer::{Socket, Unsent, frame, lone_data, lone_message, poll_write_rest, with_frame};
 use super::{Framing, RateLimit, RatePolicy, Settings, SlowConsumerPolicy};
-use crate::channel::dispatch::{Done, MAX_CALLS, Pending, handle};
+use crate::channel::dispatch::{Commands, Done};
 use crate::endpoint::{Admission, Admitted};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload};
@@ -181,57 +180,28 @@ impl<'a, H: Hub> Pump<'a, H> {
         let timer = tokio::time::sleep_until(self.clock.next());
         tokio::pin!(timer);
         let gates = Gates::<3>::new();
-        let mut ordered: Option<Pending<'a>> = None;
-        // Created on the first call: most connections never make one, and an empty set still
-        // allocates.
-        let mut calls: Option<FuturesUnordered<Pending<'a>>> = None;
-        let mut in_flight: Vec<String> = Vec::new();
+        let mut commands = Commands::new();
         loop {
-            let running = calls.as_ref().map_or(0, FuturesUnordered::len);
-            let reading = ordered.is_none() && running < MAX_CALLS;
+            let reading = commands.accepting();
             let step = tokio::select! {
                 biased;
                 () = std::future::poll_fn(|cx| gates.poll(DRAIN, cx, |cx| admission.drain.poll_requested(cx))) => {
                     ControlFlow::Break(End::Close(GOING_AWAY, "server shutting down"))
                 }
-                done = async {
-                    match ordered.as_mut() {
-                        Some(command) => command.await,
-                        None => std::future::pending().await,
-                    }
-                }, if ordered.is_some() => {
-                    ordered = None;
+                done = std::future::poll_fn(|cx| commands.poll_done(cx)), if commands.running() => {
                     // Boxed, like the other rare paths: their state shouldn't be part of
                     // every idle connection's.
-                    Box::pin(self.answer(sub, &mut in_flight, done)).await
-                }
-                Some(done) = async { calls.as_mut()?.next().await }, if running > 0 => {
-                    Box::pin(self.answer(sub, &mut in_flight, done)).await
+                    Box::pin(self.answer(sub, done)).await
                 }
                 frame = std::future::poll_fn(|cx| gates.poll(READ, cx, |cx| self.ws.poll_next_unpin(cx))), if reading => {
                     self.unflushed = true;
                     // Boxed: a client frame is rare on most connections, and its handling (the
                     // hub's receive, a refusal) shouldn't be part of every idle one's state.
                     let step = match Box::pin(self.inbound(frame, sub)).await {
-                        ControlFlow::Continue(Some(request)) => {
-                            let key = request.key();
-                            if in_flight.contains(&key) {
-                                let message = "a command with this ref is still in flight";
-                                let text = protocol::error(Some(&request.reference), "duplicate_ref", message);
-                                drop(request);
-                                Box::pin(self.send_now(WsMessage::text(text))).await
-                            } else {
-                                in_flight.push(key);
-                                let is_call = request.command.is_call();
-                                let pending = handle(hub, conn, request);
-                                if is_call {
-                                    calls.get_or_insert_with(FuturesUnordered::new).push(pending);
-                                } else {
-                                    ordered = Some(pending);
-                                }
-                                ControlFlow::Continue(())
-                            }
-                        }
+                        ControlFlow::Continue(Some(request)) => match commands.start(hub, conn, request) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(refusal) => Box::pin(self.send_now(WsMessage::text(refusal))).await,
+                        },
                         ControlFlow::Continue(None) => ControlFlow::Continue(()),
                         ControlFlow::Break(end) => ControlFlow::Break(end),
                     };
@@ -258,11 +228,8 @@ impl<'a, H: Hub> Pump<'a, H> {
     async fn answer(
         &mut self,
         sub: &mut Deliveries<H>,
-        in_flight: &mut Vec<String>,
         (reference, result): Done,
     ) -> ControlFlow<End> {
-        let key = reference.to_string();
-        in_flight.retain(|k| *k != key);
         let text = match result {
             Ok(data) => protocol::ok(&reference, &data),
             Err(e) => {
