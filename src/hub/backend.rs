@@ -1,13 +1,9 @@
 //! The seam between the hubs and where ids, history and presence live.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::ops::Bound;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-
-use crate::sync::Mutex;
 
 use super::log::{Applied, Registry};
 use super::{
@@ -15,11 +11,11 @@ use super::{
 };
 use crate::error::HubError;
 
-/// Where a hub's ids, history and presence live: this process ([`Local`], the default) or a
+/// Where a hub's ids, history and presence live: this process ([`Local`](crate::backend::Local), the default) or a
 /// server shared by many processes (the Redis backend of the `redis` module, feature `redis`).
 ///
 /// [`PubSub`](crate::PubSub) and [`Rooms`](crate::Rooms) take a backend as a type parameter
-/// (`PubSub<B: Backend = Local>`) and have **one code path for every backend**: [`Local`] is
+/// (`PubSub<B: Backend = Local>`) and have **one code path for every backend**: [`Local`](crate::backend::Local) is
 /// just one implementation of this trait, written against the same public [`Mirror`] handle a
 /// remote backend uses, so a third backend needs no change in the hubs. A backend implements:
 ///
@@ -39,7 +35,7 @@ use crate::error::HubError;
 /// the backend a [`Mirror`] of those logs, which the backend feeds:
 ///
 /// * [`Mirror::append`] assigns the next id in the local log itself: the operation of a
-///   backend for which this node is the authority ([`Local`]);
+///   backend for which this node is the authority ([`Local`](crate::backend::Local));
 /// * [`Mirror::sync`] when attaching and whenever the backend may have missed something (a
 ///   reconnect): it creates the local log with the remote epoch, catches it up from the remote
 ///   history, or replaces it if the remote epoch changed (the remote log was lost). A stream of
@@ -53,7 +49,7 @@ use crate::error::HubError;
 ///
 /// # The contract
 ///
-/// * **Ids.** One authority per topic assigns them (this node for [`Local`], a script in the
+/// * **Ids.** One authority per topic assigns them (this node for [`Local`](crate::backend::Local), a script in the
 ///   remote server for Redis), in the order messages are applied on every node: offsets one
 ///   apart within an epoch, a new random epoch whenever the log starts anew. Then every node
 ///   delivers the same ids in the same order, and a client may resume on any node.
@@ -84,7 +80,7 @@ use crate::error::HubError;
 /// order, and a backend calling into the [`Mirror`] must not hold a lock that a mirror
 /// callback ([`detach`](Backend::detach)) takes:
 ///
-/// 1. the backend's own state (for [`Local`]: its presence table);
+/// 1. the backend's own state (for [`Local`](crate::backend::Local): its presence table);
 /// 2. the registry's map of logs (read or write);
 /// 3. one log's state;
 /// 4. the registry's per-owner counts (a leaf).
@@ -257,7 +253,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// How long this node keeps a log that no local connection follows, given the hub's
     /// [`idle_ttl`](crate::HubConfig::idle_ttl). The default frees it at once: a remote
-    /// backend keeps the history, and attaching again fetches it. [`Local`] keeps it for the
+    /// backend keeps the history, and attaching again fetches it. [`Local`](crate::backend::Local) keeps it for the
     /// configured time, since its log is the only copy.
     fn idle_ttl(&self, configured: Duration) -> Duration {
         let _ = configured;
@@ -280,184 +276,6 @@ impl MembersPage {
     #[must_use]
     pub fn new(members: Vec<Member>, more: bool) -> Self {
         Self { members, more }
-    }
-}
-
-/// The in-memory backend, the default of [`PubSub`](crate::PubSub) and
-/// [`Rooms`](crate::Rooms): each topic's log in this process assigns its ids and keeps its
-/// history ([`Mirror::create`], [`Mirror::append`]), and presence is a table in the backend,
-/// ordered by user id so that pages and counts cost O(page) and O(1).
-///
-/// Each hub owns its backend; `Local::default()` is a fresh, empty one.
-///
-/// ```
-/// use salvo_realtime::backend::Local;
-/// use salvo_realtime::{HubConfig, PubSub};
-///
-/// let hub: PubSub<Local> = PubSub::with_backend(HubConfig::new(), Local::default());
-/// # drop(hub);
-/// ```
-#[derive(Default)]
-pub struct Local {
-    /// Presence per (namespace, room). Lock order: before any of the mirror's locks.
-    presence: Mutex<HashMap<(&'static str, Topic), RoomPresence>>,
-}
-
-#[derive(Default)]
-struct RoomPresence {
-    users: BTreeMap<Arc<str>, (usize, Option<Arc<serde_json::Value>>)>,
-    /// The connections counted, so that adds and removes are idempotent per connection.
-    conns: HashSet<ConnectionId>,
-}
-
-impl Local {
-    /// An empty in-memory backend (the same as `Local::default()`).
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-#[cfg(all(test, salvo_realtime_shuttle))]
-impl Local {
-    /// Every room's presence in `namespace`: the connections counted and each user's count,
-    /// for the interleaving tests' invariants.
-    pub(crate) fn census(
-        &self,
-        namespace: &str,
-    ) -> Vec<(Topic, HashSet<ConnectionId>, BTreeMap<Arc<str>, usize>)> {
-        self.presence
-            .lock()
-            .iter()
-            .filter(|((ns, _), _)| *ns == namespace)
-            .map(|((_, room), entry)| {
-                let users = entry.users.iter().map(|(u, (n, _))| (Arc::clone(u), *n));
-                (room.clone(), entry.conns.clone(), users.collect())
-            })
-            .collect()
-    }
-}
-
-impl fmt::Debug for Local {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Local")
-            .field("rooms_with_presence", &self.presence.lock().len())
-            .finish()
-    }
-}
-
-impl Backend for Local {
-    async fn publish(
-        &self,
-        mirror: &Mirror,
-        topic: &Topic,
-        publication: Publication,
-    ) -> Result<MessageId, HubError> {
-        mirror.append(topic, publication)
-    }
-
-    async fn attach(&self, mirror: &Mirror, topic: &Topic) -> Result<(), HubError> {
-        mirror.create(topic).map(|_| ())
-    }
-
-    fn detach(&self, _mirror: &Mirror, _topic: &Topic) {}
-
-    async fn presence_add(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        let mut table = self.presence.lock();
-        let entry = table.entry((mirror.namespace(), room.clone())).or_default();
-        if !entry.conns.insert(conn) {
-            return Ok(false);
-        }
-        let user = entry
-            .users
-            .entry(Arc::clone(identity.user_arc()))
-            .or_insert_with(|| (0, identity.data_arc().cloned()));
-        user.0 += 1;
-        let first = user.0 == 1;
-        if let (true, Some(p)) = (first, announce) {
-            // Under the table's lock, so joins and leaves are announced in their order.
-            mirror.announce(room, p);
-        }
-        Ok(first)
-    }
-
-    async fn presence_remove(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        let mut table = self.presence.lock();
-        let key = (mirror.namespace(), room.clone());
-        let Some(entry) = table.get_mut(&key) else {
-            return Ok(false);
-        };
-        if !entry.conns.remove(&conn) {
-            return Ok(false);
-        }
-        let last = match entry.users.get_mut(identity.user_id()) {
-            Some(user) if user.0 > 1 => {
-                user.0 -= 1;
-                false
-            }
-            Some(_) => {
-                entry.users.remove(identity.user_id());
-                true
-            }
-            None => false,
-        };
-        if entry.conns.is_empty() {
-            table.remove(&key);
-        }
-        if let (true, Some(p)) = (last, announce) {
-            mirror.announce(room, p);
-        }
-        Ok(last)
-    }
-
-    async fn members(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<MembersPage, HubError> {
-        let table = self.presence.lock();
-        let Some(entry) = table.get(&(mirror.namespace(), room.clone())) else {
-            return Ok(MembersPage::default());
-        };
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut range = entry.users.range::<str, _>((start, Bound::Unbounded)).map(
-            |(user, (connections, data))| Member {
-                user: Arc::clone(user),
-                connections: *connections,
-                data: data.clone(),
-            },
-        );
-        let members: Vec<Member> = range.by_ref().take(limit).collect();
-        let more = range.next().is_some();
-        Ok(MembersPage { members, more })
-    }
-
-    async fn member_count(&self, mirror: &Mirror, room: &Topic) -> Result<usize, HubError> {
-        Ok(self
-            .presence
-            .lock()
-            .get(&(mirror.namespace(), room.clone()))
-            .map_or(0, |entry| entry.users.len()))
-    }
-
-    fn idle_ttl(&self, configured: Duration) -> Duration {
-        configured
     }
 }
 
@@ -500,7 +318,7 @@ impl Mirror {
 
     /// Creates the topic's local log with a fresh random epoch if there is none, and returns
     /// its position (epoch and last offset): how a backend for which this node is the
-    /// authority ([`Local`]) attaches.
+    /// authority ([`Local`](crate::backend::Local)) attaches.
     ///
     /// # Errors
     ///
@@ -512,7 +330,7 @@ impl Mirror {
 
     /// Gives `publication` the next id of the topic's local log (creating the log with a fresh
     /// epoch if needed), appends it to the history and hands it to the local subscribers: how
-    /// a backend for which this node is the authority ([`Local`]) publishes.
+    /// a backend for which this node is the authority ([`Local`](crate::backend::Local)) publishes.
     ///
     /// # Errors
     ///

@@ -25,7 +25,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use shuttle::rand::{RngCore, thread_rng};
 
-use super::backend::{Backend, Local, MembersPage, Mirror};
+use super::backend::{Backend, MembersPage, Mirror};
+use super::local::Local;
 use super::subscription::Subscription;
 use super::{
     Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, MessageId, Position, PubSub,

@@ -17,6 +17,7 @@ pub(crate) mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod counter;
+pub(crate) mod local;
 pub(crate) mod log;
 pub(crate) mod message;
 pub(crate) mod pubsub;
@@ -26,9 +27,10 @@ pub(crate) mod subscription;
 #[cfg(all(test, salvo_realtime_shuttle))]
 mod interleavings;
 
-pub use backend::{Backend, Local, MembersPage, Mirror, WeakMirror};
+pub use backend::{Backend, MembersPage, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
+pub use local::Local;
 pub use log::Applied;
 pub use message::{
     Epoch, EventName, MAX_JSON_DEPTH, Message, MessageId, Offset, Payload, Publication, Topic,

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::backend::{Backend, Local, Mirror};
+use super::backend::{Backend, Mirror};
 use super::config::{HubConfig, InboundPolicy};
+use super::local::Local;
 use super::log::{Limits, MirrorHook, Registry, TopicStream};
 use super::subscription::Subscription;
 use super::{

@@ -7,8 +7,9 @@ use std::sync::{Arc, Weak};
 use crate::sync::Mutex;
 use serde_json::json;
 
-use super::backend::{Backend, Local, MembersPage, Mirror};
+use super::backend::{Backend, MembersPage, Mirror};
 use super::config::{HubConfig, InboundPolicy, PresenceMode};
+use super::local::Local;
 use super::log::{Limits, Membership, TopicStream};
 use super::pubsub::{check_inbound, check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
