@@ -1996,6 +1996,69 @@ async fn publishes_over_a_link_slower_than_the_timeout_fail_and_are_never_applie
     );
 }
 
+// --- Issue 18, second review of the Redis backend: faults between a node's steps ---
+
+// Issue 18, second review: a publish deadline equal to the node's timeout let a script that
+// started just before it run, while its answer came back after the node had given up: reported
+// failed, yet delivered. The deadline now leaves a margin for the answer's way back (a quarter
+// of the timeout, 250 ms here): a publish is reported succeeded, or it is never applied, as
+// long as answers take less than that margin to come back (200 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_reaches_redis_just_before_its_timeout_is_not_reported_failed_and_applied() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    // A slow heartbeat: Redis's clock is read once, while connecting, over a fast link.
+    let config = via(&proxy)
+        .timeout(Duration::from_secs(1))
+        .heartbeat(Duration::from_secs(30))
+        .node_ttl(Duration::from_secs(90));
+    let a = PubSub::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(config).await.expect("connect"),
+    );
+    let b = pubsub_node(&server).await;
+    a.publish("warm", "load the script").await.expect("publish");
+    let mut sub = b
+        .subscribe("edge", Position::Live)
+        .await
+        .expect("subscribe");
+
+    // Requests reach Redis 600 ms, then 900 ms after they were sent; answers take 200 ms back.
+    let mut outcomes = Vec::new();
+    for (i, requests) in [600, 900].into_iter().enumerate() {
+        proxy.set(Mode::DelayEach {
+            requests: Duration::from_millis(requests),
+            replies: Duration::from_millis(200),
+        });
+        let text = format!("late{i}");
+        let outcome = a.publish("edge", text.as_str()).await;
+        outcomes.push((text, outcome.ok()));
+        proxy.set(Mode::Pass);
+    }
+    let after = publish_retrying(&a, "edge", "after").await;
+    let mut delivered = Vec::new();
+    loop {
+        let m = messages(&mut sub, 1, Duration::from_secs(5))
+            .await
+            .remove(0);
+        if m.id() == after {
+            break;
+        }
+        delivered.push((m.payload().as_text().unwrap_or("").to_owned(), m.id()));
+    }
+    for (text, outcome) in &outcomes {
+        let seen = delivered.iter().find(|(t, _)| t == text).map(|(_, id)| *id);
+        match outcome {
+            Some(id) => assert_eq!(seen, Some(*id), "{text} succeeded: delivered with its id"),
+            None => assert_eq!(seen, None, "{text} was reported failed, yet delivered"),
+        }
+    }
+    assert!(
+        outcomes[0].1.is_some(),
+        "a publish whose script runs well before the deadline succeeds"
+    );
+}
+
 // --- Issue 18: the defaults `RedisConfig`'s setters and the README promise, seen in Redis ---
 //
 // Each test runs nodes on `RedisConfig::new(url)` and nothing else, so every key is under the

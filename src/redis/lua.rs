@@ -121,9 +121,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// KEYS meta, hist, nonces (hash: nonce -> id), nonce deadlines (sorted set); ARGV candidate
 /// epoch, body, maxlen, maxbytes, ttl, channel, deadline (Unix ms, Redis's clock).
 ///
-/// A publish that reaches Redis after its deadline (Redis was stalled and the node's call has
-/// already timed out and reported the failure) does nothing and answers `EXPIRED`: a publish
-/// reported as failed is never delivered later.
+/// A publish that reaches Redis after its deadline (Redis was stalled, or the link slow: the
+/// node's call has timed out, or would before the answer came back) does nothing and answers
+/// `EXPIRED`. The node sets the deadline a margin before its own timeout, so a publish
+/// reported as failed is not delivered later unless its answer took longer than that margin
+/// to come back (see the module docs' "Faults").
 ///
 /// A publish runs once: its nonce (the body's random stamp) is kept until its deadline, and a
 /// second run of the same publish (a Redis Cluster client resends a request whose connection
@@ -131,7 +133,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// deadline a resend is refused anyway.
 const PUBLISH: &str = r"
 local deadline = tonumber(ARGV[7])
--- At the deadline's own millisecond the node's call may already have timed out: refuse.
+-- At the deadline's own millisecond the answer may no longer be back in time: refuse.
 if now >= deadline then
   return redis.error_reply('EXPIRED publish past its deadline')
 end
