@@ -69,7 +69,12 @@
 //!   sees that Redis has fewer messages than it delivered, or another message at its last
 //!   offset, and the topic starts a new epoch: clients get a reset rather than silently
 //!   missing messages. Messages published between the rewind and its detection (at most a
-//!   reconnect) are dropped with the old epoch.
+//!   reconnect) are dropped with the old epoch. Presence that went back with it is repaired:
+//!   each node reconciles its members of every room whose topic so started a new epoch at
+//!   its next heartbeat (announcing the joins Redis forgot, and listing the room again for
+//!   the sweep). A rewind is seen in a room's messages: one that lost only presence writes
+//!   of a room with no message published since is repaired only if it lost the node's
+//!   liveness too (the node then registers every room again, see below).
 //! * While Redis (or a cluster master) is unreachable, publish, join and presence fail with
 //!   [`HubError::Backend`] within [`timeout`](RedisConfig::timeout); connections already
 //!   joined stay up and get what they missed once Redis is back.

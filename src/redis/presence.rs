@@ -27,7 +27,11 @@
 //!   joins and leaves that so happen (`RECONCILE`), at least a [`timeout`] after the failure
 //!   (so that a request still on its way lands first). So after an outage of any length the
 //!   node converges on its true membership; a leave is never lost. Dirty rooms are bounded
-//!   ([`DIRTY_MAX`]): past it, the next heartbeat reconciles every room instead.
+//!   ([`DIRTY_MAX`]): past it, the next heartbeat reconciles every room instead. A room whose
+//!   log Redis lost (its topic started a new epoch: Redis restored an older snapshot, or a
+//!   replica that missed the last writes took over) is marked dirty too, and its listing
+//!   unconfirmed: the writes that made this node's presence there, and its listing, may be
+//!   gone with the log, while the node's liveness (and so its incarnation) survived.
 //! * **Reconciling races nothing.** Every change takes a sequence number under the table's
 //!   lock and writes it with the membership; a reconcile sends the room's snapshot with the
 //!   next number (its *mark*), keeps the memberships numbered from the mark on (changes made
@@ -227,6 +231,20 @@ impl Shared {
 
     fn id_of(&self, incarnation: u64) -> String {
         format!("{:x}.{incarnation}", self.node)
+    }
+
+    /// Redis lost `room`'s log (the topic started a new epoch): it may have lost this node's
+    /// presence there too, and its listing of the room (a restore of an older snapshot, a
+    /// failover to a replica that missed the last writes), while the node's liveness, and so
+    /// its incarnation, survived. The next heartbeat lists the room again and reconciles it.
+    pub(super) fn room_replaced(&self, room: &Topic) {
+        let mut members = self.members.lock();
+        if let Some(listing) = members.listed.get_mut(room) {
+            listing.confirmed = false;
+        }
+        if let Some(announce) = members.rooms.get(room).map(|r| r.announce) {
+            members.mark_dirty(room, announce, Duration::ZERO);
+        }
     }
 
     /// Counts connection `conn` of `identity`'s user in `room`, once: a connection already
