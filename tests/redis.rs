@@ -2128,6 +2128,58 @@ async fn a_publish_that_reaches_redis_just_before_its_timeout_is_not_reported_fa
     );
 }
 
+// Issue 18, second review: a join that spanned an incarnation switch listed its room under the
+// old incarnation and counted its member under the new one. When the node then died (before
+// reconciling its rooms under the new incarnation), the sweep of the new incarnation never
+// visited the room: the member stayed present forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_spanning_an_incarnation_switch_is_swept_when_the_node_dies() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let backend = RedisBackend::connect(via(&proxy)).await.expect("connect");
+    let (x, y) = (node_id(&backend, 0), node_id(&backend, 1));
+    let a = Rooms::with_backend(HubConfig::new(), backend);
+    let b = rooms_node(&server).await;
+    let room = "spanned";
+    let mut w = watcher(&b, room).await;
+    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
+    let holder_sub = a.join(&holder).await.expect("join holder");
+    a.broadcast(room, "hello").await.expect("broadcast");
+
+    // Node a's next heartbeat is held while Redis loses its liveness, and alice joins: the
+    // request listing the room under the current incarnation queues behind the heartbeat.
+    let beat = proxy.stall_on(&[b"{salvo-realtime:nodes}:alive", x.as_bytes()]);
+    beat.hit().await;
+    server.command(&["ZREM", "{salvo-realtime:nodes}:alive", &x]);
+    let join = tokio::spawn({
+        let a = a.clone();
+        async move { a.join(&member("alice", room, Position::Live)).await }
+    });
+    beat.held_contains(room.as_bytes(), 1).await;
+    // The heartbeat goes through: node a finds its liveness gone and registers a new
+    // incarnation; only then does the listing go, and the join goes on.
+    let listing = beat.advance_to(&[b"{salvo-realtime:nodes}:rs:", room.as_bytes()]);
+    listing.hit().await;
+    listing.held_contains(y.as_bytes(), 1).await;
+    listing.release();
+    let alice_sub = join.await.expect("join task").expect("join alice");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        event(PRESENCE_JOIN, "alice")
+    );
+
+    // Node a dies at once (before reconciling its rooms, a timeout after the switch).
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        event(PRESENCE_LEAVE, "alice"),
+        "the dead node's member is swept"
+    );
+    assert_eq!(listed(&b, room).await, users(&[("w", 1)]));
+    drop((holder_sub, alice_sub));
+}
+
 // --- Issue 18: the defaults `RedisConfig`'s setters and the README promise, seen in Redis ---
 //
 // Each test runs nodes on `RedisConfig::new(url)` and nothing else, so every key is under the

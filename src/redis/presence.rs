@@ -44,6 +44,12 @@
 //!   [`timeout`] later, reconciles every room it has members in: a sweep of the old
 //!   incarnation still running elsewhere can't remove the new one's counts, and the node
 //!   evicts its old incarnations itself (their liveness may be gone with Redis's data).
+//! * **A membership is counted under the incarnation that lists its room.** A join or a
+//!   reconcile lists the room and counts its memberships under one incarnation; if the
+//!   node switched to a new one before the count was sent, the room is listed under the new
+//!   one first. (A join whose script was already on its way when the node switched is
+//!   counted under the old incarnation; the node reconciles that room at its next
+//!   heartbeat.)
 //! * **A room with members on this node is in its room set** (`rs`, which the sweep of a dead
 //!   node reads) before any of its memberships is counted: a join lists it unless the table
 //!   knows the listing landed ([`Listing::confirmed`], set only once Redis answered). The
@@ -262,7 +268,7 @@ impl Shared {
             .user_data()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let (seq, listing) = {
+        let (seq, listing, incarnation) = {
             let mut guard = self.members.lock();
             let members = &mut *guard;
             let entry = members.rooms.entry(room.clone()).or_default();
@@ -280,7 +286,7 @@ impl Shared {
                     seq,
                 },
             );
-            (seq, members.listing(room))
+            (seq, members.listing(room), members.incarnation)
         };
         let mut unsure = Unsure {
             shared: self,
@@ -288,16 +294,15 @@ impl Shared {
             announce: announce.is_some(),
             armed: true,
         };
-        // List the room first: if the node dies after joining, the sweep finds it there.
-        if let Some(generation) = listing {
-            self.list(room, generation).await?;
-        }
+        // List the room first, under the incarnation that counts the member: if the node dies
+        // after joining, the sweep of that incarnation finds it there.
+        let incarnation = self.list_under(room, incarnation, listing).await?;
         let keys = self.keys.room(room);
         let mut inv = self.scripts.join.prepare_invoke();
         for key in keys.presence() {
             inv.key(key);
         }
-        inv.arg(self.presence_id())
+        inv.arg(self.id_of(incarnation))
             .arg(identity.user_id())
             .arg(&data)
             .arg(if announce.is_some() { "1" } else { "0" });
@@ -309,6 +314,12 @@ impl Shared {
         let mut redis = self.conn.clone();
         let first: i64 = within(self.config.timeout, inv.invoke_async(&mut redis)).await?;
         unsure.armed = false;
+        let mut members = self.members.lock();
+        if members.incarnation != incarnation {
+            // A new incarnation while the script was on its way: counted under the old one,
+            // which only this node evicts. Move it over now rather than at the full reconcile.
+            members.mark_dirty(room, unsure.announce, Duration::ZERO);
+        }
         Ok(first == 1)
     }
 
@@ -323,7 +334,7 @@ impl Shared {
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
         debug_assert_eq!(mirror.namespace(), "rooms");
-        let seq = {
+        let (seq, incarnation) = {
             let mut members = self.members.lock();
             let Some(entry) = members.rooms.get_mut(room) else {
                 return Ok(false);
@@ -335,7 +346,7 @@ impl Shared {
             if entry.conns.is_empty() {
                 members.rooms.remove(room);
             }
-            members.next_seq()
+            (members.next_seq(), members.incarnation)
         };
         let mut unsure = Unsure {
             shared: self,
@@ -343,16 +354,19 @@ impl Shared {
             announce: announce.is_some(),
             armed: true,
         };
-        let left = self.run_leave(room, conn.as_u64(), seq, announce).await?;
+        let left = self
+            .run_leave(room, incarnation, conn.as_u64(), seq, announce)
+            .await?;
         unsure.armed = false;
         Ok(left)
     }
 
-    /// Runs the leave script for one membership: it removes the connection's membership if it
-    /// was numbered below `below`; returns whether the user became absent.
+    /// Runs the leave script for one membership of `incarnation`: it removes the connection's
+    /// membership if it was numbered below `below`; returns whether the user became absent.
     async fn run_leave(
         &self,
         room: &Topic,
+        incarnation: u64,
         conn: u64,
         below: u64,
         announce: Option<Publication>,
@@ -362,7 +376,7 @@ impl Shared {
         for key in keys.presence() {
             inv.key(key);
         }
-        inv.arg(self.presence_id())
+        inv.arg(self.id_of(incarnation))
             .arg(if announce.is_some() { "1" } else { "0" });
         let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node, 0));
         inv.arg(body).arg(&keys.topic.channel).arg(conn).arg(below);
@@ -371,14 +385,41 @@ impl Shared {
         Ok(left == 1)
     }
 
-    /// Writes `room` with `generation` into this node's room set; once Redis answered, joins
-    /// trust it (unless a newer listing replaced this one meanwhile).
-    async fn list(&self, room: &Topic, generation: u64) -> Result<(), HubError> {
+    /// Lists `room` (with `listing`'s generation, if any) in the room set of `incarnation`,
+    /// and again in that of each newer incarnation a switch brings meanwhile (its listings
+    /// start over). Returns the incarnation the room is listed under, still the current one
+    /// when this returns: the one to count the room's memberships under.
+    async fn list_under(
+        &self,
+        room: &Topic,
+        mut incarnation: u64,
+        mut listing: Option<u64>,
+    ) -> Result<u64, HubError> {
+        loop {
+            if let Some(generation) = listing {
+                self.list(incarnation, room, generation).await?;
+            }
+            let mut members = self.members.lock();
+            if members.incarnation == incarnation {
+                return Ok(incarnation);
+            }
+            incarnation = members.incarnation;
+            listing = if members.rooms.contains_key(room) {
+                members.listing(room)
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Writes `room` with `generation` into the room set of this node's `incarnation`; once
+    /// Redis answered, joins trust it (unless a newer listing replaced this one meanwhile).
+    async fn list(&self, incarnation: u64, room: &Topic, generation: u64) -> Result<(), HubError> {
         let mut redis = self.conn.clone();
         within(
             self.config.timeout,
             redis::cmd("HSET")
-                .arg(self.keys.rooms_of(&self.presence_id()))
+                .arg(self.keys.rooms_of(&self.id_of(incarnation)))
                 .arg(room.as_str())
                 .arg(generation)
                 .exec_async(&mut redis),
@@ -564,7 +605,7 @@ impl Shared {
     /// Makes this node's memberships of `room` in Redis those of its table, announcing the
     /// users that so join or leave (see the module's invariants).
     async fn reconcile(&self, room: &Topic) -> Result<(), HubError> {
-        let (snapshot, listing, announce) = {
+        let (snapshot, listing, announce, incarnation) = {
             let mut members = self.members.lock();
             let current = members.rooms.get(room).cloned();
             // Unknown for a room without members whose dirty mark was dropped (too many):
@@ -582,12 +623,11 @@ impl Shared {
                 room: current.unwrap_or_default(),
                 mark: members.seq + 1,
             };
-            (snapshot, listing, announce)
+            (snapshot, listing, announce, members.incarnation)
         };
-        if let Some(generation) = listing {
-            self.list(room, generation).await?;
-        }
-        self.run_reconcile(room, &snapshot, announce).await?;
+        let incarnation = self.list_under(room, incarnation, listing).await?;
+        self.run_reconcile(room, &snapshot, announce, incarnation)
+            .await?;
         // The snapshot's memberships that left meanwhile (and are not back): their leave may
         // have reached Redis before the reconcile put them back. Leave again, numbered below
         // the mark: a join made since is left alone. (One that is back is present either
@@ -605,7 +645,8 @@ impl Shared {
         };
         for (conn, user, data) in gone {
             let p = announce.then(|| presence_publication(PRESENCE_LEAVE, &user, &data));
-            self.run_leave(room, conn, snapshot.mark, p).await?;
+            self.run_leave(room, incarnation, conn, snapshot.mark, p)
+                .await?;
         }
         let mut members = self.members.lock();
         if members
@@ -627,6 +668,7 @@ impl Shared {
         room: &Topic,
         snapshot: &Snapshot,
         announce: bool,
+        incarnation: u64,
     ) -> Result<(), HubError> {
         let keys = self.keys.room(room);
         let mut users: HashMap<&Arc<str>, (&str, Vec<String>)> = HashMap::new();
@@ -656,7 +698,7 @@ impl Shared {
             for key in keys.presence() {
                 inv.key(key);
             }
-            inv.arg(self.presence_id())
+            inv.arg(self.id_of(incarnation))
                 .arg(format!("{:x}.", self.node))
                 .arg(&keys.topic.channel)
                 .arg(snapshot.mark)
