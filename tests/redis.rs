@@ -2010,6 +2010,113 @@ fn node_id(backend: &RedisBackend, incarnation: u64) -> String {
     format!("{hex}.{incarnation}")
 }
 
+/// A connection of `user` in every one of `rooms`.
+fn member_of_all(user: &str, rooms: &[String]) -> Connection {
+    rooms.iter().fold(
+        Connection::new().authenticated(Identity::new(user)),
+        |c, room| c.subscribe(Topic::new(room).expect("valid"), Position::Live),
+    )
+}
+
+/// The next presence notice, with its room: (room, event, user).
+async fn next_notice(sub: &mut Subscription) -> (String, String, String) {
+    loop {
+        match next(sub, Duration::from_secs(10)).await {
+            Some(Delivery::Message(m)) if m.event().is_some() => {
+                let v: serde_json::Value = m.json().expect("presence payload");
+                return (
+                    m.topic().as_str().to_owned(),
+                    m.event().expect("event").as_str().to_owned(),
+                    v["user"].as_str().expect("user").to_owned(),
+                );
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+}
+
+/// Waits (10 s at most) until `key` is gone from Redis.
+async fn gone(server: &RedisServer, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.command(&["EXISTS", key]) != ":0" {
+        assert!(Instant::now() < deadline, "{what}: {key} is still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Issue 18, second review: the heartbeat refreshed the node's liveness once, then reconciled
+// its rooms one at a time, several round trips each, before the next beat. After a new
+// incarnation every room is reconciled; when that took longer than the node TTL, the other
+// nodes declared this one dead and swept it (its users announced leaving, then joining again
+// as the reconcile went on, and again at the next incarnation): waves of leaves and joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_longer_than_the_node_ttl_never_gets_the_node_declared_dead() {
+    const ROOMS: usize = 60;
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let backend = RedisBackend::connect(via(&proxy)).await.expect("connect");
+    let x = node_id(&backend, 0);
+    let a = Rooms::with_backend(HubConfig::new().max_subscriptions(ROOMS), backend);
+    let b = Rooms::with_backend(
+        HubConfig::new().max_subscriptions(ROOMS),
+        RedisBackend::connect(config(&server))
+            .await
+            .expect("connect"),
+    );
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("long{i}")).collect();
+    let mut w = b.join(&member_of_all("w", &rooms)).await.expect("join w");
+    let alice = member_of_all("alice", &rooms);
+    let alice_sub = a.join(&alice).await.expect("join alice");
+    for _ in 0..ROOMS {
+        let (_, kind, user) = next_notice(&mut w).await;
+        assert_eq!((kind.as_str(), user.as_str()), (PRESENCE_JOIN, "alice"));
+    }
+
+    // Each chunk now takes 8 ms each way: reconciling the rooms one at a time (listing, then
+    // the script: two round trips each) would take about 2 s, over three node TTLs (600 ms).
+    proxy.set(Mode::Delay(Duration::from_millis(8)));
+    // Redis loses node a's liveness: a comes back as a new incarnation and, a timeout later,
+    // reconciles every room, then evicts its old incarnation (its room set goes).
+    server.command(&["ZREM", "{salvo-realtime:nodes}:alive", &x]);
+    let rooms_of_x = format!("{{salvo-realtime:nodes}}:rs:{x}");
+    gone(
+        &server,
+        &rooms_of_x,
+        "node a's old incarnation was never evicted",
+    )
+    .await;
+    proxy.set(Mode::Pass);
+
+    // zed joins every room on node b: in each room, whatever was announced before reached the
+    // watcher before zed's join. Nobody else may have come or gone meanwhile.
+    let _zed = b
+        .join(&member_of_all("zed", &rooms))
+        .await
+        .expect("join zed");
+    let mut zed_joined = 0;
+    let mut others = Vec::new();
+    while zed_joined < ROOMS {
+        let notice = next_notice(&mut w).await;
+        if notice.1 == PRESENCE_JOIN && notice.2 == "zed" {
+            zed_joined += 1;
+        } else {
+            others.push(notice);
+        }
+    }
+    assert!(
+        others.is_empty(),
+        "node a was declared dead while it reconciled: {} notices, first {:?}",
+        others.len(),
+        others.first()
+    );
+    assert_eq!(
+        listed(&b, "long0").await,
+        users(&[("alice", 1), ("w", 1), ("zed", 1)])
+    );
+    drop(alice_sub);
+}
+
 // Issue 18, second review: a Redis that went back in time (restored from an older snapshot, or a
 // replica that missed the last writes took over) lost presence writes too, but while the
 // node's liveness survived nothing repaired them: no new incarnation, so no reconcile. The

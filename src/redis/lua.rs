@@ -487,12 +487,16 @@ end
 return n
 ";
 
-/// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns `[alive, now]`:
-/// `alive` 1 if it was still alive, 0 if its state may be gone (first beat, Redis restarted,
-/// or it was declared dead), and Redis's clock (Unix ms), which publish deadlines use.
+/// KEYS alive; ARGV node, ttl ms, then the node's retired incarnations. Refreshes the node's
+/// heartbeat, and its retired incarnations' (kept alive until the node evicts them itself);
+/// returns `[alive, now]`: `alive` 1 if the node was still alive, 0 if its state may be gone
+/// (first beat, Redis restarted, or it was declared dead), and Redis's clock (Unix ms), which
+/// publish deadlines use.
 const HEARTBEAT: &str = r"
+local expires = now + tonumber(ARGV[2])
 local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], expires, ARGV[i]) end
 if was and tonumber(was) >= now then return {1, now} end
 return {0, now}
 ";

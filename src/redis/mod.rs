@@ -97,14 +97,17 @@
 //!   user who left while Redis could not record it is announced leaving, and nobody stays
 //!   counted who left.
 //! * A node's presence is refreshed by a heartbeat every
-//!   [`heartbeat`](RedisConfig::heartbeat); every node sweeps the nodes whose heartbeat
-//!   expired, room by room: removing a dead node's counts from a room and announcing its
-//!   users' last leaves is one script, so a leave is never lost (a failed sweep is redone by
-//!   the next) nor announced twice. A node lists every room it has members in before they
-//!   are counted, so the sweep finds them all. If a node finds its own heartbeat gone (Redis
-//!   restarted, or it was paused so long it was declared dead), it comes back as a new
-//!   *incarnation* (a late sweep of the old one can't touch it) and registers its members
-//!   again, a [`timeout`](RedisConfig::timeout) later.
+//!   [`heartbeat`](RedisConfig::heartbeat), on a clock of its own: no amount of work the node
+//!   has to do with Redis (registering thousands of rooms, sweeping a dead node) delays it.
+//!   Every node sweeps the nodes whose heartbeat expired, room by room: removing a dead
+//!   node's counts from a room and announcing its users' last leaves is one script, so a
+//!   leave is never lost (a failed sweep is redone by the next) nor announced twice. A node
+//!   lists every room it has members in before they are counted, so the sweep finds them
+//!   all. If a node finds its own heartbeat gone (Redis restarted, or it was paused so long
+//!   it was declared dead), it comes back as a new *incarnation* (a late sweep of the old one
+//!   can't touch it) and registers its members again, a [`timeout`](RedisConfig::timeout)
+//!   later, a few rooms at a time over as many heartbeats as that takes; meanwhile it keeps
+//!   its old incarnation alive, so no member is announced leaving and joining again.
 //! * On a cluster, a failover can leave a subscription on the old master, now a replica that
 //!   gets none of the new master's messages, without any error. A node subscribes only after
 //!   a keyed command on the channel's slot (a stale slot map gets `MOVED` and is refreshed),
