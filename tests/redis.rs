@@ -1996,6 +1996,297 @@ async fn publishes_over_a_link_slower_than_the_timeout_fail_and_are_never_applie
     );
 }
 
+// --- Issue 18, second review of the Redis backend: faults between a node's steps ---
+
+/// Node `backend`'s id in Redis at `incarnation` (`<node>.<incarnation>`), read from its
+/// `Debug` form (`RedisBackend { node: <hex>, .. }`).
+fn node_id(backend: &RedisBackend, incarnation: u64) -> String {
+    let debug = format!("{backend:?}");
+    let hex = debug
+        .split("node: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no node id in {debug}"));
+    format!("{hex}.{incarnation}")
+}
+
+/// A connection of `user` in every one of `rooms`.
+fn member_of_all(user: &str, rooms: &[String]) -> Connection {
+    rooms.iter().fold(
+        Connection::new().authenticated(Identity::new(user)),
+        |c, room| c.subscribe(Topic::new(room).expect("valid"), Position::Live),
+    )
+}
+
+/// The next presence notice, with its room: (room, event, user).
+async fn next_notice(sub: &mut Subscription) -> (String, String, String) {
+    loop {
+        match next(sub, Duration::from_secs(10)).await {
+            Some(Delivery::Message(m)) if m.event().is_some() => {
+                let v: serde_json::Value = m.json().expect("presence payload");
+                return (
+                    m.topic().as_str().to_owned(),
+                    m.event().expect("event").as_str().to_owned(),
+                    v["user"].as_str().expect("user").to_owned(),
+                );
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+}
+
+/// Waits (10 s at most) until `key` is gone from Redis.
+async fn gone(server: &RedisServer, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.command(&["EXISTS", key]) != ":0" {
+        assert!(Instant::now() < deadline, "{what}: {key} is still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Issue 18, second review: the heartbeat refreshed the node's liveness once, then reconciled
+// its rooms one at a time, several round trips each, before the next beat. After a new
+// incarnation every room is reconciled; when that took longer than the node TTL, the other
+// nodes declared this one dead and swept it (its users announced leaving, then joining again
+// as the reconcile went on, and again at the next incarnation): waves of leaves and joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_longer_than_the_node_ttl_never_gets_the_node_declared_dead() {
+    const ROOMS: usize = 60;
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let backend = RedisBackend::connect(via(&proxy)).await.expect("connect");
+    let x = node_id(&backend, 0);
+    let a = Rooms::with_backend(HubConfig::new().max_subscriptions(ROOMS), backend);
+    let b = Rooms::with_backend(
+        HubConfig::new().max_subscriptions(ROOMS),
+        RedisBackend::connect(config(&server))
+            .await
+            .expect("connect"),
+    );
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("long{i}")).collect();
+    let mut w = b.join(&member_of_all("w", &rooms)).await.expect("join w");
+    let alice = member_of_all("alice", &rooms);
+    let alice_sub = a.join(&alice).await.expect("join alice");
+    for _ in 0..ROOMS {
+        let (_, kind, user) = next_notice(&mut w).await;
+        assert_eq!((kind.as_str(), user.as_str()), (PRESENCE_JOIN, "alice"));
+    }
+
+    // Each chunk now takes 8 ms each way: reconciling the rooms one at a time (listing, then
+    // the script: two round trips each) would take about 2 s, over three node TTLs (600 ms).
+    proxy.set(Mode::Delay(Duration::from_millis(8)));
+    // Redis loses node a's liveness: a comes back as a new incarnation and, a timeout later,
+    // reconciles every room, then evicts its old incarnation (its room set goes).
+    server.command(&["ZREM", "{salvo-realtime:nodes}:alive", &x]);
+    let rooms_of_x = format!("{{salvo-realtime:nodes}}:rs:{x}");
+    gone(
+        &server,
+        &rooms_of_x,
+        "node a's old incarnation was never evicted",
+    )
+    .await;
+    proxy.set(Mode::Pass);
+
+    // zed joins every room on node b: in each room, whatever was announced before reached the
+    // watcher before zed's join. Nobody else may have come or gone meanwhile.
+    let _zed = b
+        .join(&member_of_all("zed", &rooms))
+        .await
+        .expect("join zed");
+    let mut zed_joined = 0;
+    let mut others = Vec::new();
+    while zed_joined < ROOMS {
+        let notice = next_notice(&mut w).await;
+        if notice.1 == PRESENCE_JOIN && notice.2 == "zed" {
+            zed_joined += 1;
+        } else {
+            others.push(notice);
+        }
+    }
+    assert!(
+        others.is_empty(),
+        "node a was declared dead while it reconciled: {} notices, first {:?}",
+        others.len(),
+        others.first()
+    );
+    assert_eq!(
+        listed(&b, "long0").await,
+        users(&[("alice", 1), ("w", 1), ("zed", 1)])
+    );
+    drop(alice_sub);
+}
+
+// Issue 18, second review: a Redis that went back in time (restored from an older snapshot, or a
+// replica that missed the last writes took over) lost presence writes too, but while the
+// node's liveness survived nothing repaired them: no new incarnation, so no reconcile. The
+// member whose join was lost stayed invisible, and the node trusted a room listing Redis no
+// longer had (a phantom once the node died).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_lost_to_a_rewound_redis_comes_back_while_the_node_lives() {
+    let mut server = RedisServer::start();
+    // A node TTL longer than the test: the rewind keeps both nodes' liveness.
+    let long = || config(&server).node_ttl(Duration::from_secs(60));
+    let a_backend = RedisBackend::connect(long()).await.expect("connect");
+    let a_id = node_id(&a_backend, 0);
+    let a = Rooms::with_backend(HubConfig::new(), a_backend);
+    let b = Rooms::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(long()).await.expect("connect"),
+    );
+    let room = "rewound";
+    let mut w = watcher(&b, room).await;
+    b.broadcast(room, "m1").await.expect("broadcast");
+    let old = server.snapshot("old.rdb");
+
+    let alice = member("alice", room, Position::Live);
+    let mut alice_sub = a.join(&alice).await.expect("join alice");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        event(PRESENCE_JOIN, "alice")
+    );
+    b.broadcast(room, "m2").await.expect("broadcast");
+    assert_eq!(
+        next_message(&mut alice_sub).await.payload().as_text(),
+        Some("m2")
+    );
+    let rooms_of_a = format!("{{salvo-realtime:nodes}}:rs:{a_id}");
+    assert_eq!(server.command(&["HEXISTS", &rooms_of_a, room]), ":1");
+
+    // Redis goes back to before alice joined: her join and node a's listing of the room are
+    // lost; the room's history went back, so the nodes start a new epoch when they catch up.
+    server.restore(&old);
+    assert_eq!(server.command(&["HEXISTS", &rooms_of_a, room]), ":0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(&b, room).await != users(&[("alice", 1), ("w", 1)]) {
+        assert!(
+            Instant::now() < deadline,
+            "alice's presence, lost to the rewind, never came back: {:?}",
+            listed(&b, room).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.command(&["HEXISTS", &rooms_of_a, room]),
+        ":1",
+        "node a lists the room again (a sweep of node a finds alice)"
+    );
+    drop(alice_sub);
+}
+
+// Issue 18, second review: a publish deadline equal to the node's timeout let a script that
+// started just before it run, while its answer came back after the node had given up: reported
+// failed, yet delivered. The deadline now leaves a margin for the answer's way back (a quarter
+// of the timeout, 250 ms here): a publish is reported succeeded, or it is never applied, as
+// long as answers take less than that margin to come back (200 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_reaches_redis_just_before_its_timeout_is_not_reported_failed_and_applied() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    // A slow heartbeat: Redis's clock is read once, while connecting, over a fast link.
+    let config = via(&proxy)
+        .timeout(Duration::from_secs(1))
+        .heartbeat(Duration::from_secs(30))
+        .node_ttl(Duration::from_secs(90));
+    let a = PubSub::with_backend(
+        HubConfig::new(),
+        RedisBackend::connect(config).await.expect("connect"),
+    );
+    let b = pubsub_node(&server).await;
+    a.publish("warm", "load the script").await.expect("publish");
+    let mut sub = b
+        .subscribe("edge", Position::Live)
+        .await
+        .expect("subscribe");
+
+    // Requests reach Redis 600 ms, then 900 ms after they were sent; answers take 200 ms back.
+    let mut outcomes = Vec::new();
+    for (i, requests) in [600, 900].into_iter().enumerate() {
+        proxy.set(Mode::DelayEach {
+            requests: Duration::from_millis(requests),
+            replies: Duration::from_millis(200),
+        });
+        let text = format!("late{i}");
+        let outcome = a.publish("edge", text.as_str()).await;
+        outcomes.push((text, outcome.ok()));
+        proxy.set(Mode::Pass);
+    }
+    let after = publish_retrying(&a, "edge", "after").await;
+    let mut delivered = Vec::new();
+    loop {
+        let m = messages(&mut sub, 1, Duration::from_secs(5))
+            .await
+            .remove(0);
+        if m.id() == after {
+            break;
+        }
+        delivered.push((m.payload().as_text().unwrap_or("").to_owned(), m.id()));
+    }
+    for (text, outcome) in &outcomes {
+        let seen = delivered.iter().find(|(t, _)| t == text).map(|(_, id)| *id);
+        match outcome {
+            Some(id) => assert_eq!(seen, Some(*id), "{text} succeeded: delivered with its id"),
+            None => assert_eq!(seen, None, "{text} was reported failed, yet delivered"),
+        }
+    }
+    assert!(
+        outcomes[0].1.is_some(),
+        "a publish whose script runs well before the deadline succeeds"
+    );
+}
+
+// Issue 18, second review: a join that spanned an incarnation switch listed its room under the
+// old incarnation and counted its member under the new one. When the node then died (before
+// reconciling its rooms under the new incarnation), the sweep of the new incarnation never
+// visited the room: the member stayed present forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_spanning_an_incarnation_switch_is_swept_when_the_node_dies() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let backend = RedisBackend::connect(via(&proxy)).await.expect("connect");
+    let (x, y) = (node_id(&backend, 0), node_id(&backend, 1));
+    let a = Rooms::with_backend(HubConfig::new(), backend);
+    let b = rooms_node(&server).await;
+    let room = "spanned";
+    let mut w = watcher(&b, room).await;
+    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
+    let holder_sub = a.join(&holder).await.expect("join holder");
+    a.broadcast(room, "hello").await.expect("broadcast");
+
+    // Node a's next heartbeat is held while Redis loses its liveness, and alice joins: the
+    // request listing the room under the current incarnation queues behind the heartbeat.
+    let beat = proxy.stall_on(&[b"{salvo-realtime:nodes}:alive", x.as_bytes()]);
+    beat.hit().await;
+    server.command(&["ZREM", "{salvo-realtime:nodes}:alive", &x]);
+    let join = tokio::spawn({
+        let a = a.clone();
+        async move { a.join(&member("alice", room, Position::Live)).await }
+    });
+    beat.held_contains(room.as_bytes(), 1).await;
+    // The heartbeat goes through: node a finds its liveness gone and registers a new
+    // incarnation; only then does the listing go, and the join goes on.
+    let listing = beat.advance_to(&[b"{salvo-realtime:nodes}:rs:", room.as_bytes()]);
+    listing.hit().await;
+    listing.held_contains(y.as_bytes(), 1).await;
+    listing.release();
+    let alice_sub = join.await.expect("join task").expect("join alice");
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        event(PRESENCE_JOIN, "alice")
+    );
+
+    // Node a dies at once (before reconciling its rooms, a timeout after the switch).
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(5)).await,
+        event(PRESENCE_LEAVE, "alice"),
+        "the dead node's member is swept"
+    );
+    assert_eq!(listed(&b, room).await, users(&[("w", 1)]));
+    drop((holder_sub, alice_sub));
+}
+
 // --- Issue 18: the defaults `RedisConfig`'s setters and the README promise, seen in Redis ---
 //
 // Each test runs nodes on `RedisConfig::new(url)` and nothing else, so every key is under the

@@ -28,6 +28,10 @@
 
 use crate::hub::Topic;
 
+/// The namespace of the rooms' topics (a [`Rooms`](crate::Rooms) hub's mirror): their keys
+/// hold presence too.
+pub(super) const ROOMS: &str = "rooms";
+
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
     prefix: String,
@@ -91,9 +95,9 @@ impl Keys {
     }
 
     pub(super) fn room(&self, room: &Topic) -> RoomKeys {
-        let tag = self.tag("rooms", room);
+        let tag = self.tag(ROOMS, room);
         RoomKeys {
-            topic: self.topic("rooms", room),
+            topic: self.topic(ROOMS, room),
             counts: format!("{tag}:pc"),
             present: format!("{tag}:pd"),
             conns: format!("{tag}:pk"),

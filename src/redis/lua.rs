@@ -121,9 +121,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// KEYS meta, hist, nonces (hash: nonce -> id), nonce deadlines (sorted set); ARGV candidate
 /// epoch, body, maxlen, maxbytes, ttl, channel, deadline (Unix ms, Redis's clock).
 ///
-/// A publish that reaches Redis after its deadline (Redis was stalled and the node's call has
-/// already timed out and reported the failure) does nothing and answers `EXPIRED`: a publish
-/// reported as failed is never delivered later.
+/// A publish that reaches Redis after its deadline (Redis was stalled, or the link slow: the
+/// node's call has timed out, or would before the answer came back) does nothing and answers
+/// `EXPIRED`. The node sets the deadline a margin before its own timeout, so a publish
+/// reported as failed is not delivered later unless its answer took longer than that margin
+/// to come back (see the module docs' "Faults").
 ///
 /// A publish runs once: its nonce (the body's random stamp) is kept until its deadline, and a
 /// second run of the same publish (a Redis Cluster client resends a request whose connection
@@ -131,7 +133,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// deadline a resend is refused anyway.
 const PUBLISH: &str = r"
 local deadline = tonumber(ARGV[7])
--- At the deadline's own millisecond the node's call may already have timed out: refuse.
+-- At the deadline's own millisecond the answer may no longer be back in time: refuse.
 if now >= deadline then
   return redis.error_reply('EXPIRED publish past its deadline')
 end
@@ -485,12 +487,16 @@ end
 return n
 ";
 
-/// KEYS alive; ARGV node, ttl ms. Refreshes the node's heartbeat; returns `[alive, now]`:
-/// `alive` 1 if it was still alive, 0 if its state may be gone (first beat, Redis restarted,
-/// or it was declared dead), and Redis's clock (Unix ms), which publish deadlines use.
+/// KEYS alive; ARGV node, ttl ms, then the node's retired incarnations. Refreshes the node's
+/// heartbeat, and its retired incarnations' (kept alive until the node evicts them itself);
+/// returns `[alive, now]`: `alive` 1 if the node was still alive, 0 if its state may be gone
+/// (first beat, Redis restarted, or it was declared dead), and Redis's clock (Unix ms), which
+/// publish deadlines use.
 const HEARTBEAT: &str = r"
+local expires = now + tonumber(ARGV[2])
 local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], expires, ARGV[i]) end
 if was and tonumber(was) >= now then return {1, now} end
 return {0, now}
 ";

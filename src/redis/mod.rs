@@ -69,17 +69,26 @@
 //!   sees that Redis has fewer messages than it delivered, or another message at its last
 //!   offset, and the topic starts a new epoch: clients get a reset rather than silently
 //!   missing messages. Messages published between the rewind and its detection (at most a
-//!   reconnect) are dropped with the old epoch.
+//!   reconnect) are dropped with the old epoch. Presence that went back with it is repaired:
+//!   each node reconciles its members of every room whose topic so started a new epoch at
+//!   its next heartbeat (announcing the joins Redis forgot, and listing the room again for
+//!   the sweep). A rewind is seen in a room's messages: one that lost only presence writes
+//!   of a room with no message published since is repaired only if it lost the node's
+//!   liveness too (the node then registers every room again, see below).
 //! * While Redis (or a cluster master) is unreachable, publish, join and presence fail with
 //!   [`HubError::Backend`] within [`timeout`](RedisConfig::timeout); connections already
 //!   joined stay up and get what they missed once Redis is back.
-//! * A publish reported as failed is never delivered later: its script carries a deadline on
+//! * A publish reported as failed is not delivered later: its script carries a deadline on
 //!   Redis's own clock (read at each heartbeat, so this node's clock may be off by any
 //!   amount; on a cluster, the clock of the master holding the nodes' liveness, so the
-//!   masters' clocks should agree to well within the timeout) and refuses to run past it. One whose answer was lost (the connection dropped
-//!   after Redis ran it) may have been delivered; the backend never runs it twice, even when
-//!   a Redis Cluster client resends it: the script remembers each publish's nonce until its
-//!   deadline and answers a resend with the first run's id.
+//!   masters' clocks should agree to well within the timeout) and refuses to run past it.
+//!   The deadline falls a margin before the node's own [`timeout`](RedisConfig::timeout)
+//!   (a quarter of it, at most 500 ms), the time the answer has to come back: a script that
+//!   runs has its answer back in time unless the way back from Redis takes longer than the
+//!   margin. So a publish may be reported as failed and yet delivered only if its answer was
+//!   that slow, or lost (the connection dropped after Redis ran it). Either way the backend
+//!   never runs it twice, even when a Redis Cluster client resends it: the script remembers
+//!   each publish's nonce until its deadline and answers a resend with the first run's id.
 //! * Presence is counted per (connection, room), once, as [`Backend`] promises: adding or
 //!   removing twice changes nothing. A join or leave whose outcome is unknown (Redis
 //!   unreachable, a timeout, a join cut short) is not lost: the node keeps its true
@@ -88,14 +97,17 @@
 //!   user who left while Redis could not record it is announced leaving, and nobody stays
 //!   counted who left.
 //! * A node's presence is refreshed by a heartbeat every
-//!   [`heartbeat`](RedisConfig::heartbeat); every node sweeps the nodes whose heartbeat
-//!   expired, room by room: removing a dead node's counts from a room and announcing its
-//!   users' last leaves is one script, so a leave is never lost (a failed sweep is redone by
-//!   the next) nor announced twice. A node lists every room it has members in before they
-//!   are counted, so the sweep finds them all. If a node finds its own heartbeat gone (Redis
-//!   restarted, or it was paused so long it was declared dead), it comes back as a new
-//!   *incarnation* (a late sweep of the old one can't touch it) and registers its members
-//!   again, a [`timeout`](RedisConfig::timeout) later.
+//!   [`heartbeat`](RedisConfig::heartbeat), on a clock of its own: no amount of work the node
+//!   has to do with Redis (registering thousands of rooms, sweeping a dead node) delays it.
+//!   Every node sweeps the nodes whose heartbeat expired, room by room: removing a dead
+//!   node's counts from a room and announcing its users' last leaves is one script, so a
+//!   leave is never lost (a failed sweep is redone by the next) nor announced twice. A node
+//!   lists every room it has members in before they are counted, so the sweep finds them
+//!   all. If a node finds its own heartbeat gone (Redis restarted, or it was paused so long
+//!   it was declared dead), it comes back as a new *incarnation* (a late sweep of the old one
+//!   can't touch it) and registers its members again, a [`timeout`](RedisConfig::timeout)
+//!   later, a few rooms at a time over as many heartbeats as that takes; meanwhile it keeps
+//!   its old incarnation alive, so no member is announced leaving and joining again.
 //! * On a cluster, a failover can leave a subscription on the old master, now a replica that
 //!   gets none of the new master's messages, without any error. A node subscribes only after
 //!   a keyed command on the channel's slot (a stale slot map gets `MOVED` and is refreshed),
@@ -477,6 +489,16 @@ fn candidate_epoch() -> String {
     format!("{:x}", Epoch::random().as_u64())
 }
 
+/// How long before this node's own timeout a publish's deadline falls: the time its answer
+/// has to come back. A quarter of the timeout, at most [`REPLY_MARGIN_MAX`].
+fn reply_margin(timeout: Duration) -> Duration {
+    (timeout / 4).min(REPLY_MARGIN_MAX)
+}
+
+/// The longest [`reply_margin`]: a link slower than this is slower than any deadline should
+/// wait for (a longer margin would refuse publishes a slow Redis could still run in time).
+const REPLY_MARGIN_MAX: Duration = Duration::from_millis(500);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -540,9 +562,11 @@ impl Shared {
         topic: &Topic,
         p: &Publication,
     ) -> Result<MessageId, Failure> {
-        // The deadline goes with the script: if Redis runs it only after this call has timed
-        // out (a stalled server), it refuses, so "failed" always means "not delivered". It is
-        // set on Redis's clock (as the heartbeat reads it), so this node's clock may be off.
+        // The deadline goes with the script: if Redis would run it too late for its answer to
+        // be back before this call times out (a stalled server, a slow link), it refuses, so
+        // "failed" means "not delivered" unless the answer takes longer than the margin to
+        // come back. It is set on Redis's clock (as the heartbeat reads it), so this node's
+        // clock may be off.
         let keys = self.keys.topic(ns, topic);
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(&keys.meta)
@@ -550,9 +574,10 @@ impl Shared {
             .key(&keys.nonces)
             .key(&keys.deadlines);
         self.publish_args(&mut inv, &keys.channel, topic, p);
+        let timeout = self.config.timeout;
         inv.arg(
             self.redis_now_ms()
-                .saturating_add(millis(self.config.timeout)),
+                .saturating_add(millis(timeout.saturating_sub(reply_margin(timeout)))),
         );
         let mut conn = self.conn.clone();
         let id: String = within(self.config.timeout, inv.invoke_async(&mut conn)).await?;

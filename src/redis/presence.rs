@@ -8,7 +8,7 @@
 //! in a hash: counting them is `ZCARD`, a page is `ZRANGE BYLEX` plus two `HMGET`s, so a room
 //! of 100,000 members costs a join no more than one of 10. A node's liveness lives in
 //! `{p:nodes}`, with the hash of rooms where it may have members. The sweep, run by every node
-//! every heartbeat, takes each dead node's rooms one by one: removing its counts and
+//! every heartbeat, takes each dead node's rooms (a few at a time): removing its counts and
 //! announcing the leaves that follow is one script per room, and the node is forgotten only
 //! once every room is done. A sweep that fails part way (Redis busy, a publish refused) is
 //! redone by the next one: no leave is lost, none is announced twice.
@@ -27,19 +27,38 @@
 //!   joins and leaves that so happen (`RECONCILE`), at least a [`timeout`] after the failure
 //!   (so that a request still on its way lands first). So after an outage of any length the
 //!   node converges on its true membership; a leave is never lost. Dirty rooms are bounded
-//!   ([`DIRTY_MAX`]): past it, the next heartbeat reconciles every room instead.
+//!   ([`DIRTY_MAX`]): past it, the next heartbeat reconciles every room instead. A room whose
+//!   log Redis lost (its topic started a new epoch: Redis restored an older snapshot, or a
+//!   replica that missed the last writes took over) is marked dirty too, and its listing
+//!   unconfirmed: the writes that made this node's presence there, and its listing, may be
+//!   gone with the log, while the node's liveness (and so its incarnation) survived.
 //! * **Reconciling races nothing.** Every change takes a sequence number under the table's
 //!   lock and writes it with the membership; a reconcile sends the room's snapshot with the
 //!   next number (its *mark*), keeps the memberships numbered from the mark on (changes made
 //!   after the snapshot, whose own scripts count them), and afterwards removes again the
 //!   snapshot's memberships that left meanwhile. A leave removes only a membership numbered
 //!   below its own number, so a reordered leave never takes away a later join.
+//! * **Liveness never waits.** The beat that refreshes the node's liveness runs on its own
+//!   clock, beside the rest of the heartbeat (reconciling, pruning, renewing, sweeping: the
+//!   *upkeep*), never after it: however long the upkeep takes, the node is not declared dead
+//!   meanwhile. The upkeep reconciles [`CONCURRENCY`] rooms at a time, and starts new ones for
+//!   about one heartbeat per round; a reconcile of every room goes on over as many as it
+//!   needs.
 //! * **A node that Redis lost starts a new incarnation.** Its id in Redis is
-//!   `<node>.<incarnation>`. When the heartbeat finds the node's liveness gone (Redis lost it,
-//!   or the node was declared dead and swept), the node takes the next incarnation and, a
+//!   `<node>.<incarnation>`. When the beat finds the node's liveness gone (Redis lost it, or
+//!   the node was declared dead and swept), the node takes the next incarnation and, a
 //!   [`timeout`] later, reconciles every room it has members in: a sweep of the old
 //!   incarnation still running elsewhere can't remove the new one's counts, and the node
-//!   evicts its old incarnations itself (their liveness may be gone with Redis's data).
+//!   evicts its old incarnations itself once that is done (their liveness may be gone with
+//!   Redis's data). Until then its beats keep the old incarnations alive too: no other node
+//!   sweeps their members (announcing them leaving, then joining again as the reconcile
+//!   goes on) however long the reconcile takes, and all are swept if the node dies.
+//! * **A membership is counted under the incarnation that lists its room.** A join or a
+//!   reconcile lists the room and counts its memberships under one incarnation; if the
+//!   node switched to a new one before the count was sent, the room is listed under the new
+//!   one first. (A join whose script was already on its way when the node switched is
+//!   counted under the old incarnation, swept if the node dies; the node reconciles that room
+//!   at its next heartbeat.)
 //! * **A room with members on this node is in its room set** (`rs`, which the sweep of a dead
 //!   node reads) before any of its memberships is counted: a join lists it unless the table
 //!   knows the listing landed ([`Listing::confirmed`], set only once Redis answered). The
@@ -65,7 +84,7 @@ use crate::hub::{
     ConnectionId, Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication, Topic,
 };
 
-/// Script calls a heartbeat runs at once (renewals of idle topics).
+/// Script calls a heartbeat runs at once (reconciles, evictions, renewals of idle topics).
 const CONCURRENCY: usize = 16;
 
 /// Most rooms kept dirty one by one; past it, the next heartbeat reconciles every room.
@@ -94,8 +113,20 @@ pub(super) struct Members {
     /// Reconcile every room (a new incarnation, or too many dirty ones) once this time has
     /// come; with `scan`, also the rooms of the node's room set in Redis.
     everything: Option<(Instant, bool)>,
-    /// Earlier incarnations to evict from Redis.
+    /// The round of reconciling every room in progress, spread over heartbeats.
+    full: Option<Full>,
+    /// Earlier incarnations to evict from Redis; the heartbeat keeps them alive until then.
     retired: Vec<u64>,
+}
+
+/// A round of reconciling every room: what it has yet to do.
+struct Full {
+    /// Tells this round from a later one (a new incarnation starts over).
+    id: u64,
+    /// When it began: it covers the requests for a full reconcile made until then.
+    began: Instant,
+    /// The rooms still to reconcile (each leaves once reconciled).
+    rooms: HashSet<Topic>,
 }
 
 /// One room's memberships on this node.
@@ -229,6 +260,20 @@ impl Shared {
         format!("{:x}.{incarnation}", self.node)
     }
 
+    /// Redis lost `room`'s log (the topic started a new epoch): it may have lost this node's
+    /// presence there too, and its listing of the room (a restore of an older snapshot, a
+    /// failover to a replica that missed the last writes), while the node's liveness, and so
+    /// its incarnation, survived. The next heartbeat lists the room again and reconciles it.
+    pub(super) fn room_replaced(&self, room: &Topic) {
+        let mut members = self.members.lock();
+        if let Some(listing) = members.listed.get_mut(room) {
+            listing.confirmed = false;
+        }
+        if let Some(announce) = members.rooms.get(room).map(|r| r.announce) {
+            members.mark_dirty(room, announce, Duration::ZERO);
+        }
+    }
+
     /// Counts connection `conn` of `identity`'s user in `room`, once: a connection already
     /// counted changes nothing (see the module's invariants).
     pub(super) async fn join(
@@ -244,7 +289,7 @@ impl Shared {
             .user_data()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let (seq, listing) = {
+        let (seq, listing, incarnation) = {
             let mut guard = self.members.lock();
             let members = &mut *guard;
             let entry = members.rooms.entry(room.clone()).or_default();
@@ -262,7 +307,7 @@ impl Shared {
                     seq,
                 },
             );
-            (seq, members.listing(room))
+            (seq, members.listing(room), members.incarnation)
         };
         let mut unsure = Unsure {
             shared: self,
@@ -270,16 +315,15 @@ impl Shared {
             announce: announce.is_some(),
             armed: true,
         };
-        // List the room first: if the node dies after joining, the sweep finds it there.
-        if let Some(generation) = listing {
-            self.list(room, generation).await?;
-        }
+        // List the room first, under the incarnation that counts the member: if the node dies
+        // after joining, the sweep of that incarnation finds it there.
+        let incarnation = self.list_under(room, incarnation, listing).await?;
         let keys = self.keys.room(room);
         let mut inv = self.scripts.join.prepare_invoke();
         for key in keys.presence() {
             inv.key(key);
         }
-        inv.arg(self.presence_id())
+        inv.arg(self.id_of(incarnation))
             .arg(identity.user_id())
             .arg(&data)
             .arg(if announce.is_some() { "1" } else { "0" });
@@ -291,6 +335,12 @@ impl Shared {
         let mut redis = self.conn.clone();
         let first: i64 = within(self.config.timeout, inv.invoke_async(&mut redis)).await?;
         unsure.armed = false;
+        let mut members = self.members.lock();
+        if members.incarnation != incarnation {
+            // A new incarnation while the script was on its way: counted under the old one,
+            // which only this node evicts. Move it over now rather than at the full reconcile.
+            members.mark_dirty(room, unsure.announce, Duration::ZERO);
+        }
         Ok(first == 1)
     }
 
@@ -305,7 +355,7 @@ impl Shared {
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
         debug_assert_eq!(mirror.namespace(), "rooms");
-        let seq = {
+        let (seq, incarnation) = {
             let mut members = self.members.lock();
             let Some(entry) = members.rooms.get_mut(room) else {
                 return Ok(false);
@@ -317,7 +367,7 @@ impl Shared {
             if entry.conns.is_empty() {
                 members.rooms.remove(room);
             }
-            members.next_seq()
+            (members.next_seq(), members.incarnation)
         };
         let mut unsure = Unsure {
             shared: self,
@@ -325,16 +375,19 @@ impl Shared {
             announce: announce.is_some(),
             armed: true,
         };
-        let left = self.run_leave(room, conn.as_u64(), seq, announce).await?;
+        let left = self
+            .run_leave(room, incarnation, conn.as_u64(), seq, announce)
+            .await?;
         unsure.armed = false;
         Ok(left)
     }
 
-    /// Runs the leave script for one membership: it removes the connection's membership if it
-    /// was numbered below `below`; returns whether the user became absent.
+    /// Runs the leave script for one membership of `incarnation`: it removes the connection's
+    /// membership if it was numbered below `below`; returns whether the user became absent.
     async fn run_leave(
         &self,
         room: &Topic,
+        incarnation: u64,
         conn: u64,
         below: u64,
         announce: Option<Publication>,
@@ -344,7 +397,7 @@ impl Shared {
         for key in keys.presence() {
             inv.key(key);
         }
-        inv.arg(self.presence_id())
+        inv.arg(self.id_of(incarnation))
             .arg(if announce.is_some() { "1" } else { "0" });
         let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node, 0));
         inv.arg(body).arg(&keys.topic.channel).arg(conn).arg(below);
@@ -353,14 +406,41 @@ impl Shared {
         Ok(left == 1)
     }
 
-    /// Writes `room` with `generation` into this node's room set; once Redis answered, joins
-    /// trust it (unless a newer listing replaced this one meanwhile).
-    async fn list(&self, room: &Topic, generation: u64) -> Result<(), HubError> {
+    /// Lists `room` (with `listing`'s generation, if any) in the room set of `incarnation`,
+    /// and again in that of each newer incarnation a switch brings meanwhile (its listings
+    /// start over). Returns the incarnation the room is listed under, still the current one
+    /// when this returns: the one to count the room's memberships under.
+    async fn list_under(
+        &self,
+        room: &Topic,
+        mut incarnation: u64,
+        mut listing: Option<u64>,
+    ) -> Result<u64, HubError> {
+        loop {
+            if let Some(generation) = listing {
+                self.list(incarnation, room, generation).await?;
+            }
+            let mut members = self.members.lock();
+            if members.incarnation == incarnation {
+                return Ok(incarnation);
+            }
+            incarnation = members.incarnation;
+            listing = if members.rooms.contains_key(room) {
+                members.listing(room)
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Writes `room` with `generation` into the room set of this node's `incarnation`; once
+    /// Redis answered, joins trust it (unless a newer listing replaced this one meanwhile).
+    async fn list(&self, incarnation: u64, room: &Topic, generation: u64) -> Result<(), HubError> {
         let mut redis = self.conn.clone();
         within(
             self.config.timeout,
             redis::cmd("HSET")
-                .arg(self.keys.rooms_of(&self.presence_id()))
+                .arg(self.keys.rooms_of(&self.id_of(incarnation)))
                 .arg(room.as_str())
                 .arg(generation)
                 .exec_async(&mut redis),
@@ -426,97 +506,187 @@ impl Shared {
         Ok(n)
     }
 
-    /// One heartbeat: refresh this node's liveness (a new incarnation if Redis lost it, and
-    /// with it Redis's clock), reconcile the rooms Redis may be wrong about, prune the room
-    /// set, renew the idle topics it follows, sweep dead nodes.
+    /// One heartbeat, as when connecting: [`beat`](Self::beat), then
+    /// [`upkeep`](Self::upkeep). The node's task runs the two on their own clocks.
     pub(super) async fn heartbeat(&self) -> Result<(), HubError> {
-        let id = self.presence_id();
-        if !self.beat(&id).await? {
-            let switched = {
-                let mut members = self.members.lock();
-                // Registered before: Redis lost this incarnation (restarted, or swept it as
-                // dead). A new one, whose counts no late sweep of the old one can touch;
-                // every room is registered again once the old incarnation's requests have
-                // landed. (Not registered yet: the first beat of this incarnation.)
-                let switched = std::mem::replace(&mut members.registered, true);
-                if switched {
-                    let old = members.incarnation;
-                    members.incarnation += 1;
-                    members.registered = false;
-                    members.listed.clear();
-                    members.retired.push(old);
-                    if members.retired.len() > RETIRED_MAX {
-                        members.retired.remove(0);
-                    }
-                    let scan = members.everything.is_some_and(|(_, scan)| scan);
-                    members.everything = Some((Instant::now() + self.config.timeout, scan));
-                }
-                switched
-            };
-            if switched {
-                tracing::info!(
-                    node = %id,
-                    "redis: this node's liveness was lost; registering its members again"
-                );
-                self.beat(&self.presence_id()).await?;
-                self.members.lock().registered = true;
-            }
-        }
-        let reconciled = self.reconcile_due().await;
-        self.prune_listed().await;
-        self.renew_idle().await;
-        let swept = self.sweep().await;
-        // Only once the new incarnation holds every member: evicting the old one first would
-        // announce each of them leaving, then joining again.
-        if reconciled.is_ok() && self.members.lock().everything.is_none() {
-            self.evict_retired().await;
-        }
-        reconciled.and(swept)
+        self.beat().await?;
+        self.upkeep().await
     }
 
-    /// Refreshes the liveness of `id`; returns whether it was still alive. Reads Redis's clock
-    /// on the way (see [`Shared::redis_now_ms`]).
-    async fn beat(&self, id: &str) -> Result<bool, HubError> {
+    /// Refreshes this node's liveness, and its retired incarnations' until it has evicted
+    /// them (so that no other node sweeps them while it registers their members again, and
+    /// all are swept if it dies); reads Redis's clock on the way. If Redis lost the current
+    /// incarnation, starts the next (see the module's invariants).
+    pub(super) async fn beat(&self) -> Result<(), HubError> {
+        let (id, retired) = self.beat_ids();
+        if self.beat_as(&id, &retired).await? {
+            return Ok(());
+        }
+        let switched = {
+            let mut members = self.members.lock();
+            // Registered before: Redis lost this incarnation (restarted, or swept it as
+            // dead). A new one, whose counts no late sweep of the old one can touch;
+            // every room is registered again once the old incarnation's requests have
+            // landed. (Not registered yet: the first beat of this incarnation.)
+            let switched = std::mem::replace(&mut members.registered, true);
+            if switched {
+                let old = members.incarnation;
+                members.incarnation += 1;
+                members.registered = false;
+                members.listed.clear();
+                members.retired.push(old);
+                if members.retired.len() > RETIRED_MAX {
+                    members.retired.remove(0);
+                }
+                let scan = members.everything.is_some_and(|(_, scan)| scan);
+                members.everything = Some((Instant::now() + self.config.timeout, scan));
+                members.full = None;
+            }
+            switched
+        };
+        if switched {
+            tracing::info!(
+                node = %id,
+                "redis: this node's liveness was lost; registering its members again"
+            );
+            let (id, retired) = self.beat_ids();
+            self.beat_as(&id, &retired).await?;
+            self.members.lock().registered = true;
+        }
+        Ok(())
+    }
+
+    /// The ids a beat refreshes: the current incarnation's, and the retired ones'.
+    fn beat_ids(&self) -> (String, Vec<String>) {
+        let members = self.members.lock();
+        let retired = members.retired.iter().map(|i| self.id_of(*i)).collect();
+        (self.id_of(members.incarnation), retired)
+    }
+
+    /// Refreshes the liveness of `id` and of `retired`; returns whether `id` was still alive.
+    /// Reads Redis's clock on the way (see [`Shared::redis_now_ms`]).
+    async fn beat_as(&self, id: &str, retired: &[String]) -> Result<bool, HubError> {
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.heartbeat.prepare_invoke();
         inv.key(self.keys.alive())
             .arg(id)
             .arg(millis(self.config.node_ttl));
+        for old in retired {
+            inv.arg(old);
+        }
         let (alive, now): (i64, u64) =
             within(self.config.timeout, inv.invoke_async(&mut conn)).await?;
         self.set_redis_clock(now);
         Ok(alive == 1)
     }
 
-    /// Reconciles the dirty rooms whose time has come (or every room, when due).
+    /// What the heartbeat does besides the beat, which never waits for it: reconcile the rooms
+    /// Redis may be wrong about, prune the room set, renew the idle topics the node follows,
+    /// sweep dead nodes, evict this node's retired incarnations once every room is registered
+    /// under the current one.
+    pub(super) async fn upkeep(&self) -> Result<(), HubError> {
+        let reconciled = self.reconcile_due().await;
+        self.prune_listed().await;
+        self.renew_idle().await;
+        let swept = self.sweep().await;
+        if reconciled.is_ok() {
+            self.evict_retired().await;
+        }
+        reconciled.and(swept)
+    }
+
+    /// Reconciles the dirty rooms whose time has come and, when due, every room (a round
+    /// spread over heartbeats): [`CONCURRENCY`] rooms at a time, starting new ones for about
+    /// one heartbeat; the rest waits for the next.
     async fn reconcile_due(&self) -> Result<(), HubError> {
         let now = Instant::now();
-        let (rooms, everything) = {
+        // A round that can't start (its scan failed) leaves the dirty rooms to do.
+        let mut result = self.start_full(now).await;
+        // The round's rooms stay in it until reconciled: a pass cut short loses none.
+        let (work, round) = {
+            let members = self.members.lock();
+            let mut work: Vec<(Topic, bool)> = Vec::new();
+            let round = members.full.as_ref().map(|full| {
+                work.extend(full.rooms.iter().map(|room| (room.clone(), true)));
+                full.id
+            });
+            work.extend(
+                members
+                    .dirty
+                    .iter()
+                    .filter(|(room, d)| {
+                        d.not_before <= now
+                            && members
+                                .full
+                                .as_ref()
+                                .is_none_or(|f| !f.rooms.contains(*room))
+                    })
+                    .map(|(room, _)| (room.clone(), false)),
+            );
+            (work, round)
+        };
+        let until = Instant::now() + self.config.heartbeat;
+        let mut work = work.into_iter();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        loop {
+            while running.len() < CONCURRENCY && Instant::now() < until {
+                let Some((room, in_round)) = work.next() else {
+                    break;
+                };
+                running.push(async move {
+                    let reconciled = self.reconcile(&room).await;
+                    (room, in_round, reconciled)
+                });
+            }
+            let Some((room, in_round, reconciled)) = running.next().await else {
+                break;
+            };
+            match reconciled {
+                Ok(()) if in_round => self.reconciled_in_round(&room, round),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::debug!(room = %room, error = %e, "redis: reconciling presence failed");
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Takes `room` out of the full reconcile `round` (if still in progress); the round ends
+    /// with its last room.
+    fn reconciled_in_round(&self, room: &Topic, round: Option<u64>) {
+        let mut members = self.members.lock();
+        let Some(full) = members.full.as_mut() else {
+            return;
+        };
+        if Some(full.id) != round {
+            return; // A new incarnation started over meanwhile.
+        }
+        full.rooms.remove(room);
+        if full.rooms.is_empty() {
+            let began = full.began;
+            members.full = None;
+            // A request made after the round began (an operation failed) needs another.
+            if members.everything.is_some_and(|(at, _)| at <= began) {
+                members.everything = None;
+            }
+        }
+    }
+
+    /// Starts a round of reconciling every room if one is due and none is in progress: the
+    /// rooms with members here, the dirty ones and, with `scan`, those of the node's room set
+    /// in Redis (rooms dropped from the dirty set when it overflowed).
+    async fn start_full(&self, now: Instant) -> Result<(), HubError> {
+        let scan = {
             let members = self.members.lock();
             match members.everything {
-                Some((at, scan)) if at <= now => {
-                    let rooms: HashSet<Topic> = members
-                        .rooms
-                        .keys()
-                        .chain(members.dirty.keys())
-                        .cloned()
-                        .collect();
-                    (rooms, Some(scan))
-                }
-                _ => (
-                    members
-                        .dirty
-                        .iter()
-                        .filter(|(_, d)| d.not_before <= now)
-                        .map(|(room, _)| room.clone())
-                        .collect(),
-                    None,
-                ),
+                Some((at, scan)) if at <= now && members.full.is_none() => scan,
+                _ => return Ok(()),
             }
         };
-        let mut rooms = rooms;
-        if everything == Some(true) {
-            // Rooms dropped from the dirty set when it overflowed: the room set has them all.
+        let mut found = Vec::new();
+        if scan {
             let mut conn = self.conn.clone();
             let listed: Vec<String> = within(
                 self.config.timeout,
@@ -525,28 +695,38 @@ impl Shared {
                     .query_async(&mut conn),
             )
             .await?;
-            rooms.extend(listed.iter().filter_map(|r| Topic::new(r).ok()));
+            found.extend(listed.iter().filter_map(|r| Topic::new(r).ok()));
         }
-        let mut result = Ok(());
-        for room in rooms {
-            if let Err(e) = self.reconcile(&room).await {
-                tracing::debug!(room = %room, error = %e, "redis: reconciling presence failed");
-                result = Err(e);
-            }
+        let mut members = self.members.lock();
+        let members = &mut *members;
+        if members.full.is_some() || members.everything.is_none_or(|(at, _)| at > now) {
+            // A new incarnation meanwhile: its round starts when due.
+            return Ok(());
         }
-        if result.is_ok() && everything.is_some() {
-            let mut members = self.members.lock();
-            if members.everything.is_some_and(|(at, _)| at <= now) {
-                members.everything = None;
-            }
+        let mut rooms: HashSet<Topic> = members
+            .rooms
+            .keys()
+            .chain(members.dirty.keys())
+            .cloned()
+            .collect();
+        rooms.extend(found);
+        if rooms.is_empty() {
+            members.everything = None; // Nothing to register: done already.
+            return Ok(());
         }
-        result
+        members.seq += 1;
+        members.full = Some(Full {
+            id: members.seq,
+            began: now,
+            rooms,
+        });
+        Ok(())
     }
 
     /// Makes this node's memberships of `room` in Redis those of its table, announcing the
     /// users that so join or leave (see the module's invariants).
     async fn reconcile(&self, room: &Topic) -> Result<(), HubError> {
-        let (snapshot, listing, announce) = {
+        let (snapshot, listing, announce, incarnation) = {
             let mut members = self.members.lock();
             let current = members.rooms.get(room).cloned();
             // Unknown for a room without members whose dirty mark was dropped (too many):
@@ -564,12 +744,11 @@ impl Shared {
                 room: current.unwrap_or_default(),
                 mark: members.seq + 1,
             };
-            (snapshot, listing, announce)
+            (snapshot, listing, announce, members.incarnation)
         };
-        if let Some(generation) = listing {
-            self.list(room, generation).await?;
-        }
-        self.run_reconcile(room, &snapshot, announce).await?;
+        let incarnation = self.list_under(room, incarnation, listing).await?;
+        self.run_reconcile(room, &snapshot, announce, incarnation)
+            .await?;
         // The snapshot's memberships that left meanwhile (and are not back): their leave may
         // have reached Redis before the reconcile put them back. Leave again, numbered below
         // the mark: a join made since is left alone. (One that is back is present either
@@ -587,7 +766,8 @@ impl Shared {
         };
         for (conn, user, data) in gone {
             let p = announce.then(|| presence_publication(PRESENCE_LEAVE, &user, &data));
-            self.run_leave(room, conn, snapshot.mark, p).await?;
+            self.run_leave(room, incarnation, conn, snapshot.mark, p)
+                .await?;
         }
         let mut members = self.members.lock();
         if members
@@ -609,6 +789,7 @@ impl Shared {
         room: &Topic,
         snapshot: &Snapshot,
         announce: bool,
+        incarnation: u64,
     ) -> Result<(), HubError> {
         let keys = self.keys.room(room);
         let mut users: HashMap<&Arc<str>, (&str, Vec<String>)> = HashMap::new();
@@ -638,7 +819,7 @@ impl Shared {
             for key in keys.presence() {
                 inv.key(key);
             }
-            inv.arg(self.presence_id())
+            inv.arg(self.id_of(incarnation))
                 .arg(format!("{:x}.", self.node))
                 .arg(&keys.topic.channel)
                 .arg(snapshot.mark)
@@ -753,7 +934,15 @@ impl Shared {
     /// Evicts this node's earlier incarnations (their liveness entries may be gone with
     /// Redis's data, so no other node would).
     async fn evict_retired(&self) {
-        let retired: Vec<u64> = self.members.lock().retired.clone();
+        let retired: Vec<u64> = {
+            let members = self.members.lock();
+            if members.everything.is_some() || members.full.is_some() {
+                // Not before the current incarnation holds every member: evicting an old one
+                // first would announce each of them leaving, then joining again.
+                return;
+            }
+            members.retired.clone()
+        };
         for incarnation in retired {
             match self.evict_node(&self.id_of(incarnation), true).await {
                 Ok(()) => self.members.lock().retired.retain(|i| *i != incarnation),
@@ -775,12 +964,22 @@ impl Shared {
             redis::cmd("HKEYS").arg(&rooms_key).query_async(&mut conn),
         )
         .await?;
-        for room in rooms {
-            let Ok(room) = Topic::new(&room) else {
-                continue;
+        let mut rooms = rooms.iter().filter_map(|r| Topic::new(r).ok());
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut result = Ok(());
+        loop {
+            while running.len() < CONCURRENCY {
+                let Some(room) = rooms.next() else {
+                    break;
+                };
+                running.push(async move { self.evict(node, &room).await });
+            }
+            let Some(evicted) = running.next().await else {
+                break;
             };
-            self.evict(node, &room).await?;
+            result = result.and(evicted);
         }
+        result?;
         let mut inv = self.scripts.forget.prepare_invoke();
         inv.key(self.keys.alive())
             .key(rooms_key)

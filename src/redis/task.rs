@@ -612,6 +612,10 @@ impl Task {
             let history: Vec<Message> = fetched.history.iter().map(|(m, _)| m.clone()).collect();
             if mirror.sync(&follow.topic, fetched.epoch, fetched.last, &history)? {
                 follow.stamp = None;
+                if follow.namespace == super::keys::ROOMS {
+                    // Redis lost the room's log: this node's presence there may be gone too.
+                    shared.room_replaced(&follow.topic);
+                }
             }
             let position = mirror.position(&follow.topic);
             if let Some((m, stamp)) = fetched
@@ -892,11 +896,31 @@ async fn probe(conn: &mut ClusterConnection, channel: &str, timeout: Duration) {
     .await;
 }
 
-/// Refreshes the node's presence and sweeps dead nodes, every heartbeat.
+/// The heartbeat: every [`heartbeat`](super::RedisConfig::heartbeat), the beat that keeps the
+/// node alive, and beside it, on a clock of its own, the upkeep (reconciling, pruning,
+/// renewing, sweeping). The beat never waits for the upkeep: however long a reconcile or a
+/// sweep takes, the node is not declared dead meanwhile.
 pub(super) async fn heartbeat(weak: Weak<Shared>) {
     let Some(every) = weak.upgrade().map(|s| s.config.heartbeat) else {
         return;
     };
+    tokio::join!(
+        every_tick(weak.clone(), every, "heartbeat", |shared| async move {
+            shared.beat().await
+        }),
+        every_tick(weak, every, "upkeep", |shared| async move {
+            shared.upkeep().await
+        }),
+    );
+}
+
+/// Runs `step` every `every` (the first a period from now, the next a period after the last
+/// ended, at most) until the backend is dropped.
+async fn every_tick<F, Fut>(weak: Weak<Shared>, every: Duration, name: &'static str, step: F)
+where
+    F: Fn(Arc<Shared>) -> Fut,
+    Fut: Future<Output = Result<(), HubError>>,
+{
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
@@ -905,8 +929,8 @@ pub(super) async fn heartbeat(weak: Weak<Shared>) {
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        if let Err(e) = shared.heartbeat().await {
-            tracing::warn!(error = %e, "redis: heartbeat failed");
+        if let Err(e) = step(shared).await {
+            tracing::warn!(error = %e, "redis: {name} failed");
         }
     }
 }

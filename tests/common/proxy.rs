@@ -1,13 +1,17 @@
 //! A TCP proxy on loopback for fault injection: it sits between a node and Redis and, on the
-//! test's command, passes, delays, holds (a partition: nothing flows, nothing is lost), cuts,
-//! refuses, or stalls one connection at a chosen request.
+//! test's command, passes, delays (both ways, or requests and replies by different amounts),
+//! holds (a partition: nothing flows, nothing is lost), cuts, refuses, or stalls one
+//! connection at a chosen request (and moves that stall forward to a later request).
 //!
 //! Every connection is two pumps (client to server, server to client). A pump reads a chunk,
 //! then delivers it as the mode says at that moment; while the mode is [`Mode::Blackhole`] it
 //! keeps reading (up to [`HOLD_MAX`] bytes per direction) and delivers nothing, so what was
 //! sent is neither lost nor seen by the other side until the mode changes or the connection
-//! is cut (then it is lost, as after a real partition that outlived TCP's patience).
+//! is cut (then it is lost, as after a real partition that outlived TCP's patience). A stall
+//! keeps the chunks it holds apart (a client's requests sent at different moments arrive as
+//! different chunks), so it can let the first ones through and hold the rest.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +32,12 @@ pub enum Mode {
     Pass,
     /// Forward each chunk after this delay (in order).
     Delay(Duration),
+    /// Forward each chunk after a delay of its direction's: `requests` from the client to
+    /// the server, `replies` back (in order).
+    DelayEach {
+        requests: Duration,
+        replies: Duration,
+    },
     /// Accept connections, forward nothing (hold it); connecting still succeeds.
     Blackhole,
     /// New connections are reset at once; open ones pass.
@@ -36,20 +46,66 @@ pub enum Mode {
 
 /// A stall armed with [`Proxy::stall_on`]: the first client request containing every pattern
 /// stops its connection's client-to-server direction (that request and all after it are held)
-/// until [`release`](Stall::release) or [`discard`](Stall::discard).
+/// until [`release`](Stall::release), [`discard`](Stall::discard) or
+/// [`advance_to`](Stall::advance_to).
 pub struct Stall {
     inner: Arc<StallInner>,
 }
+
+/// [`StallInner::outcome`]: still holding.
+const HELD: u8 = 0;
+/// Let everything held through.
+const RELEASED: u8 = 1;
+/// Drop everything held and cut the connection.
+const DISCARDED: u8 = 2;
+/// Let through what precedes the request `next` matches; `next` holds the rest.
+const ADVANCED: u8 = 3;
 
 struct StallInner {
     patterns: Vec<Vec<u8>>,
     hit: AtomicBool,
     hit_notify: Notify,
-    /// 0 held, 1 released, 2 discarded.
     outcome: watch::Sender<u8>,
-    /// Chunks held since the hit, and the bytes of each (to look for later requests).
+    /// The stall that takes over on [`ADVANCED`].
+    next: Mutex<Option<Arc<StallInner>>>,
+    /// The bytes held since the hit (to look for later requests).
     held: Mutex<Vec<u8>>,
     held_notify: Notify,
+}
+
+impl StallInner {
+    fn new(patterns: &[&[u8]]) -> Self {
+        Self {
+            patterns: patterns.iter().map(|p| p.to_vec()).collect(),
+            hit: AtomicBool::new(false),
+            hit_notify: Notify::new(),
+            outcome: watch::channel(HELD).0,
+            next: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
+            held_notify: Notify::new(),
+        }
+    }
+
+    fn matches(&self, chunk: &[u8]) -> bool {
+        self.patterns.iter().all(|p| contains(chunk, p))
+    }
+
+    /// Marks the stall hit, holding `chunks`.
+    fn hit_with<'a>(&self, chunks: impl IntoIterator<Item = &'a Vec<u8>>) {
+        let mut held = self.held.lock();
+        for chunk in chunks {
+            held.extend_from_slice(chunk);
+        }
+        drop(held);
+        self.hit.store(true, Ordering::Release);
+        self.hit_notify.notify_waiters();
+        self.held_notify.notify_waiters();
+    }
+
+    fn hold(&self, chunk: &[u8]) {
+        self.held.lock().extend_from_slice(chunk);
+        self.held_notify.notify_waiters();
+    }
 }
 
 impl Stall {
@@ -98,12 +154,24 @@ impl Stall {
 
     /// Lets the held requests through, in order.
     pub fn release(&self) {
-        self.inner.outcome.send_replace(1);
+        self.inner.outcome.send_replace(RELEASED);
     }
 
     /// Drops the held requests (they never reach the server) and cuts their connection.
     pub fn discard(&self) {
-        self.inner.outcome.send_replace(2);
+        self.inner.outcome.send_replace(DISCARDED);
+    }
+
+    /// Lets the held requests through up to the first one containing every one of
+    /// `patterns`, which the returned stall holds, with everything after it; if none of the
+    /// held requests matches, they all go and the returned stall waits for the next that does
+    /// (as [`Proxy::stall_on`]). Only for a stall that was hit.
+    pub fn advance_to(&self, patterns: &[&[u8]]) -> Stall {
+        assert!(self.is_hit(), "advance_to on a stall that was never hit");
+        let next = Arc::new(StallInner::new(patterns));
+        *self.inner.next.lock() = Some(Arc::clone(&next));
+        self.inner.outcome.send_replace(ADVANCED);
+        Stall { inner: next }
     }
 }
 
@@ -222,14 +290,7 @@ impl Proxy {
 
     /// Arms a stall on the first client request (a chunk) containing every one of `patterns`.
     pub fn stall_on(&self, patterns: &[&[u8]]) -> Stall {
-        let inner = Arc::new(StallInner {
-            patterns: patterns.iter().map(|p| p.to_vec()).collect(),
-            hit: AtomicBool::new(false),
-            hit_notify: Notify::new(),
-            outcome: watch::channel(0).0,
-            held: Mutex::new(Vec::new()),
-            held_notify: Notify::new(),
-        });
+        let inner = Arc::new(StallInner::new(patterns));
         self.control.stalls.lock().push(Arc::clone(&inner));
         Stall { inner }
     }
@@ -324,27 +385,51 @@ async fn pump(
 ) -> Ended {
     let mut mode = control.mode.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
-    // Bytes read but not yet delivered (blackholed or stalled), oldest first.
-    let mut held: Vec<u8> = Vec::new();
+    // Bytes read and free to go as soon as the mode lets them (not while blackholed).
+    let mut ready: Vec<u8> = Vec::new();
+    // The stall this connection hit, and the chunks it holds, oldest first.
     let mut stall: Option<Arc<StallInner>> = None;
-    // A request whose reply must be lost is among the held bytes.
+    let mut stalled: VecDeque<Vec<u8>> = VecDeque::new();
+    // A request whose reply must be lost was read: its reply goes once it was delivered.
     let mut lose_armed = false;
     loop {
         let current = *mode.borrow_and_update();
-        let holding =
-            current == Mode::Blackhole || stall.as_ref().is_some_and(|s| *s.outcome.borrow() == 0);
-        if !holding && !held.is_empty() {
-            if let Some(s) = stall.take_if(|s| *s.outcome.borrow() == 2) {
-                drop(s);
-                return Ended;
+        if let Some(s) = stall.take() {
+            let outcome = *s.outcome.borrow();
+            match outcome {
+                HELD => stall = Some(s),
+                RELEASED => ready.extend(stalled.drain(..).flatten()),
+                DISCARDED => return Ended,
+                _ => {
+                    let next = s.next.lock().take().expect("advanced to a stall");
+                    match stalled.iter().position(|c| next.matches(c)) {
+                        Some(i) => {
+                            ready.extend(stalled.drain(..i).flatten());
+                            next.hit_with(&stalled);
+                            stall = Some(next);
+                        }
+                        None => {
+                            ready.extend(stalled.drain(..).flatten());
+                            control.stalls.lock().push(next);
+                        }
+                    }
+                }
             }
-            if let Mode::Delay(d) = current {
+        }
+        if current != Mode::Blackhole && !ready.is_empty() {
+            let delay = match (current, &direction) {
+                (Mode::Delay(d), _) => Some(d),
+                (Mode::DelayEach { requests, .. }, Direction::Up(_)) => Some(requests),
+                (Mode::DelayEach { replies, .. }, Direction::Down(_)) => Some(replies),
+                _ => None,
+            };
+            if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
-            if to.write_all(&held).await.is_err() {
+            if to.write_all(&ready).await.is_err() {
                 return Ended;
             }
-            held.clear();
+            ready.clear();
             if let (Direction::Up(lose), true) = (&direction, lose_armed) {
                 // Only once the request is on its way may its reply be dropped.
                 lose_armed = false;
@@ -352,12 +437,13 @@ async fn pump(
             }
             continue;
         }
-        let room = held.len() < HOLD_MAX;
+        let kept = ready.len() + stalled.iter().map(Vec::len).sum::<usize>();
+        let room = kept < HOLD_MAX;
         let stall_changed = async {
             match &stall {
                 Some(s) => {
                     let mut rx = s.outcome.subscribe();
-                    let _ = rx.wait_for(|o| *o != 0).await;
+                    let _ = rx.wait_for(|o| *o != HELD).await;
                 }
                 None => std::future::pending().await,
             }
@@ -368,26 +454,25 @@ async fn pump(
                 Ok(n) => n,
             },
             _ = mode.changed() => continue,
-            () = stall_changed, if holding => continue,
+            () = stall_changed => continue,
         };
         let chunk = &buf[..n];
         match &direction {
             Direction::Up(_) => {
-                if stall.as_ref().is_some_and(|s| *s.outcome.borrow() == 1) {
-                    stall = None; // released: a later stall may hit this connection again
-                }
-                match &stall {
-                    None => stall = take_stall(&control, chunk),
-                    Some(s) if *s.outcome.borrow() == 0 => {
-                        s.held.lock().extend_from_slice(chunk);
-                        s.held_notify.notify_waiters();
-                    }
-                    Some(_) => {}
-                }
                 let mut rules = control.lose_reply.lock();
                 if let Some(i) = rules.iter().position(|p| contains(chunk, p)) {
                     rules.remove(i);
                     lose_armed = true;
+                }
+                drop(rules);
+                if let Some(s) = &stall {
+                    s.hold(chunk);
+                    stalled.push_back(chunk.to_vec());
+                } else if let Some(s) = take_stall(&control, chunk) {
+                    stalled.push_back(chunk.to_vec());
+                    stall = Some(s);
+                } else {
+                    ready.extend_from_slice(chunk);
                 }
             }
             Direction::Down(lose) => {
@@ -395,22 +480,18 @@ async fn pump(
                     // The reply (and whatever came with it) is lost with the connection.
                     return Ended;
                 }
+                ready.extend_from_slice(chunk);
             }
         }
-        held.extend_from_slice(chunk);
     }
 }
 
 /// The armed stall this request matches, if any: it is hit (and disarmed).
 fn take_stall(control: &Control, chunk: &[u8]) -> Option<Arc<StallInner>> {
     let mut stalls = control.stalls.lock();
-    let i = stalls
-        .iter()
-        .position(|s| s.patterns.iter().all(|p| contains(chunk, p)))?;
+    let i = stalls.iter().position(|s| s.matches(chunk))?;
     let s = stalls.remove(i);
-    s.held.lock().extend_from_slice(chunk);
-    s.hit.store(true, Ordering::Release);
-    s.hit_notify.notify_waiters();
-    s.held_notify.notify_waiters();
+    drop(stalls);
+    s.hit_with([&chunk.to_vec()]);
     Some(s)
 }
