@@ -722,7 +722,9 @@ async fn joins_cut_short_leave_no_phantom_presence_and_no_log() {
     assert!(cut >= 8, "only {cut} of 40 joins were cut short");
 
     let rooms: Vec<String> = (0..8).map(|r| format!("cut-{r}")).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A bound against a hang only: cleanup is asynchronous (cut-short catch-ups and removals
+    // finish in the node's task), and a loaded machine may take a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut phantom = Vec::new();
     loop {
         phantom.clear();
@@ -761,7 +763,9 @@ async fn joins_cut_short_leave_no_phantom_presence_and_no_log() {
 
     // The lasting connection's leave is the user's last: nothing is left anywhere.
     a.leave(&lasting, lasting_sub).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A bound against a hang only: cleanup is asynchronous (cut-short catch-ups and removals
+    // finish in the node's task), and a loaded machine may take a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let listed = b.presence("cut-0").await.len();
         let keys = server.count_keys("*cut-*:p[cdnkzu]");
