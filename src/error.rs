@@ -5,72 +5,9 @@
 
 use std::error::Error as StdError;
 
-use crate::hub::ConnectionId;
+use crate::ids::ConnectionId;
 
-/// Why a topic or room name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidTopic {
-    /// The name is empty.
-    #[error("topic name is empty")]
-    Empty,
-    /// The name is longer than [`Topic::MAX_LEN`](crate::Topic::MAX_LEN) bytes.
-    #[error("topic name is {len} bytes, over the limit of {limit}")]
-    TooLong {
-        /// Length of the refused name in bytes.
-        len: usize,
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// The name contains a control character (CR, LF, NUL, ...).
-    #[error("topic name contains a control character")]
-    ControlCharacter,
-    /// The name uses a prefix the hub reserves (room names can't start with `@`, which names a
-    /// user's direct-message log).
-    #[error("topic name uses the reserved prefix {prefix:?}")]
-    Reserved {
-        /// The reserved prefix.
-        prefix: &'static str,
-    },
-}
-
-/// Why an event name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidEvent {
-    /// The name is empty.
-    #[error("event name is empty")]
-    Empty,
-    /// The name is longer than [`EventName::MAX_LEN`](crate::EventName::MAX_LEN) bytes.
-    #[error("event name is {len} bytes, over the limit of {limit}")]
-    TooLong {
-        /// Length of the refused name in bytes.
-        len: usize,
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// The name contains a control character: it could not travel in an SSE `event:` line.
-    #[error("event name contains a control character")]
-    ControlCharacter,
-}
-
-/// Why a message id string could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ParseIdError {
-    /// The string is empty.
-    #[error("message id is empty")]
-    Empty,
-    /// The string is longer than [`MessageId::MAX_LEN`](crate::MessageId::MAX_LEN) bytes.
-    #[error("message id is longer than {limit} bytes")]
-    TooLong {
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// The string is not of the form `<epoch>-<offset>` in canonical notation.
-    #[error("message id is malformed")]
-    Malformed,
-}
+pub use crate::ids::{InvalidEvent, InvalidTopic, ParseIdError};
 
 /// A refusal an application handler gives (an authorization rule, a publish or call handler),
 /// with a machine-readable `code` the client can act on and a message for people. It travels to
@@ -303,7 +240,7 @@ pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use super::{HubError, InvalidEvent, InvalidTopic, Refused};
-    use crate::hub::{ConnectionId, Topic};
+    use crate::ids::{ConnectionId, Topic};
 
     /// One error of each variant.
     pub(crate) fn every_variant() -> Vec<HubError> {

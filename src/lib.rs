@@ -138,6 +138,7 @@ pub mod client;
 mod endpoint;
 pub mod error;
 mod hub;
+mod ids;
 mod metrics;
 mod protocol;
 pub mod publish;
@@ -150,12 +151,12 @@ pub mod ws;
 
 pub use endpoint::{Drain, ForwardedHeader, Rejection};
 pub use hub::{
-    CONNECTION_TOPIC, Connection, ConnectionId, Counted, CountedSubscription, DIRECT_PREFIX,
-    Delivery, Epoch, EventName, Hub, HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member,
-    Message, MessageId, Offset, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position,
-    Presence, PresenceMode, PubSub, Publication, Reset, ResetReason, Rooms, Snapshot, Subscription,
-    Topic, TopicCount,
+    CONNECTION_TOPIC, Connection, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Hub,
+    HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member, Message, PRESENCE_JOIN,
+    PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position, Presence, PresenceMode, PubSub, Publication,
+    Reset, ResetReason, Rooms, Snapshot, Subscription, TopicCount,
 };
+pub use ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
 
 /// Where a hub's ids, history and presence live: the [`Backend`](backend::Backend) seam, its
 /// in-memory implementation [`Local`](backend::Local), and the [`Mirror`](backend::Mirror)

@@ -9,20 +9,11 @@
 //! heartbeat or keep-alive tick, and when it closes. The latency histogram is sampled: one
 //! observation per batch, the age of the batch's first message when the endpoint handed it to
 //! the connection's writer. The facade's handles are looked up once per connection, when it
-//! opens. The topics gauge ([`topics_changed`]) is not wired yet: its calls belong in the
-//! hub core's registry.
-
-use crate::endpoint::Transport;
-
-/// The `transport` label of a connection.
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-pub(crate) fn transport_label(transport: Transport) -> &'static str {
-    match transport {
-        Transport::WebSocket => "websocket",
-        Transport::Channels => "channels",
-        Transport::EventStream => "sse",
-    }
-}
+//! opens. The topics gauge ([`topics_changed`]) is moved by the hub core's registry.
+//!
+//! A leaf of the crate: it imports none of it. Callers hand over labels and instants
+//! (`Transport::label` in `endpoint/`, `Delivery::logged_at` in `hub/`), so the hub core and the
+//! endpoints depend on this module and never the other way round.
 
 #[cfg(feature = "metrics")]
 pub(crate) use enabled::*;
@@ -41,9 +32,7 @@ mod enabled {
 
     use metrics::{Counter, Gauge, Histogram, Unit};
 
-    use super::{FLUSH_EVERY, transport_label};
-    use crate::endpoint::Transport;
-    use crate::hub::Delivery;
+    use super::FLUSH_EVERY;
 
     pub(crate) const CONNECTIONS_OPEN: &str = "salvo_realtime_connections_open";
     pub(crate) const CONNECTIONS_TOTAL: &str = "salvo_realtime_connections_total";
@@ -123,9 +112,9 @@ mod enabled {
     }
 
     /// A request refused before it became a connection (or a refused subscribe command).
-    pub(crate) fn refused(transport: Transport, reason: &'static str) {
+    pub(crate) fn refused(transport: &'static str, reason: &'static str) {
         describe();
-        metrics::counter!(REFUSALS_TOTAL, "transport" => transport_label(transport), "reason" => reason)
+        metrics::counter!(REFUSALS_TOTAL, "transport" => transport, "reason" => reason)
             .increment(1);
     }
 
@@ -182,16 +171,15 @@ mod enabled {
         }
 
         /// A connection that joined the hub: counts it and holds it open until dropped.
-        pub(crate) fn open(transport: Transport, endpoint: &Arc<str>) -> Self {
+        pub(crate) fn open(transport: &'static str, reads: bool, endpoint: &Arc<str>) -> Self {
             describe();
-            let t = transport_label(transport);
+            let t = transport;
             let endpoint = metrics::SharedString::from(Arc::clone(endpoint));
             metrics::counter!(CONNECTIONS_TOTAL, "transport" => t, "endpoint" => endpoint.clone())
                 .increment(1);
             let open = metrics::gauge!(CONNECTIONS_OPEN, "transport" => t, "endpoint" => endpoint);
             open.increment(1.0);
             // An event stream reads nothing from its client: no series that is always zero.
-            let reads = transport != Transport::EventStream;
             let inbound = |name: &'static str| {
                 if reads {
                     metrics::counter!(name, "transport" => t)
@@ -214,7 +202,7 @@ mod enabled {
                 pending_dropped: 0,
                 pending_lagged: 0,
                 sample: None,
-                close: (transport == Transport::EventStream).then_some("end"),
+                close: (!reads).then_some("end"),
             })))
         }
 
@@ -226,18 +214,18 @@ mod enabled {
 
         /// A delivery was handed to the connection's writer.
         #[inline]
-        pub(crate) fn sent(&mut self, delivery: &Delivery) {
+        pub(crate) fn sent(&mut self, logged_at: Option<Instant>) {
             let Some(s) = self.0.as_deref_mut() else {
                 return;
             };
             s.pending_sent += 1;
             // Messages logged before the connection opened are replays (resume, `recent`):
             // their age is the client's absence, not the hub's latency.
-            if let Delivery::Message(m) = delivery
+            if let Some(logged_at) = logged_at
                 && s.sample.is_none()
-                && m.logged_at() >= s.opened
+                && logged_at >= s.opened
             {
-                s.sample = Some(m.logged_at().elapsed());
+                s.sample = Some(logged_at.elapsed());
             }
             if s.pending_sent >= FLUSH_EVERY {
                 s.flush();
@@ -348,8 +336,6 @@ mod enabled {
         use std::sync::Arc;
 
         use super::{ConnMetrics, FLUSH_EVERY, MESSAGES_SENT_TOTAL, State, code_label};
-        use crate::endpoint::Transport;
-        use crate::hub::{Delivery, Topic};
 
         // The crate docs' promise: a batch is at most 64 deliveries, however long the write
         // burst (up to 512) that counts them.
@@ -366,16 +352,12 @@ mod enabled {
                     .unwrap_or(0)
             };
             metrics::with_local_recorder(&recorder, || {
-                let mut conn = ConnMetrics::open(Transport::WebSocket, &Arc::from("test"));
-                let delivery = Delivery::Lagged {
-                    topic: Topic::new("t").expect("name"),
-                    missed: 0,
-                };
+                let mut conn = ConnMetrics::open("websocket", true, &Arc::from("test"));
                 for i in 1..=512 {
-                    conn.sent(&delivery);
+                    conn.sent(None);
                     assert_eq!(sent(), i / FLUSH_EVERY * FLUSH_EVERY, "after {i}");
                 }
-                conn.sent(&delivery);
+                conn.sent(None);
                 conn.flush();
                 assert_eq!(sent(), 513, "the rest at the burst's end");
             });
@@ -403,11 +385,8 @@ mod enabled {
 mod disabled {
     use std::sync::Arc;
 
-    use crate::endpoint::Transport;
-    use crate::hub::Delivery;
-
     #[inline]
-    pub(crate) fn refused(_transport: Transport, _reason: &'static str) {}
+    pub(crate) fn refused(_transport: &'static str, _reason: &'static str) {}
 
     #[inline]
     pub(crate) fn topics_changed(_delta: i8) {}
@@ -436,7 +415,7 @@ mod disabled {
         }
 
         #[inline]
-        pub(crate) fn open(_transport: Transport, _endpoint: &Arc<str>) -> Self {
+        pub(crate) fn open(_transport: &'static str, _reads: bool, _endpoint: &Arc<str>) -> Self {
             Self
         }
 
@@ -446,7 +425,7 @@ mod disabled {
         }
 
         #[inline]
-        pub(crate) fn sent(&mut self, _delivery: &Delivery) {}
+        pub(crate) fn sent(&mut self, _logged_at: Option<std::time::Instant>) {}
 
         #[inline]
         pub(crate) fn received(&mut self) {}

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::error::HubError;
 use crate::hub::message::{MAX_JSON_DEPTH, json_depth};
-use crate::hub::{EventName, MessageId, Payload, Position, Topic};
+use crate::hub::{Payload, Position};
+use crate::ids::{EventName, MessageId, Topic};
 
 /// The `Sec-WebSocket-Protocol` name of version 1.
 pub(crate) const SUBPROTOCOL: &str = "salvo-realtime.v1";

@@ -93,7 +93,8 @@ use serde::Serialize;
 use crate::endpoint::Refusal;
 use crate::error::HubError;
 use crate::hub::message::json_depth;
-use crate::hub::{Backend, Counted, EventName, Hub, MAX_JSON_DEPTH, Rooms};
+use crate::hub::{Backend, Counted, Hub, MAX_JSON_DEPTH, Rooms};
+use crate::ids::EventName;
 use crate::{MessageId, Payload, PubSub, Publication, Rejection, Topic};
 
 /// The default [`Publish::max_body`]: 64 KiB, the default hub payload limit.

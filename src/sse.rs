@@ -502,7 +502,7 @@ impl<H: Hub> Live<H> {
                         tracing::warn!(parent: &self.span, %topic, missed, "sse subscriber lagged");
                         self.admission.metrics.lagged(*missed);
                     }
-                    self.admission.metrics.sent(&delivery);
+                    self.admission.metrics.sent(delivery.logged_at());
                     self.sent = true;
                     return Poll::Ready(Ok(encode(&delivery)));
                 }

@@ -31,7 +31,7 @@ pub(crate) fn handle<'a, H: Hub>(
             Command::Subscribe { topic, from, data } => {
                 let subscribed = hub.add_topic(conn, &topic, from, data.as_ref()).await;
                 if let Err(HubError::Refused(_)) = &subscribed {
-                    crate::metrics::refused(Transport::Channels, "subscribe");
+                    crate::metrics::refused(Transport::Channels.label(), "subscribe");
                 }
                 subscribed.map(|()| serde_json::json!({ "topic": topic }))
             }

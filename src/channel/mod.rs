@@ -115,9 +115,10 @@ use serde::de::DeserializeOwned;
 use crate::backend::{Backend, Local};
 use crate::error::{HubError, Refused};
 use crate::hub::{
-    CONNECTION_TOPIC, Connection, ConnectionId, DIRECT_PREFIX, EventName, Hub, Identity, Message,
-    MessageId, Payload, Position, Publication, Rooms, Subscription, Topic,
+    CONNECTION_TOPIC, Connection, DIRECT_PREFIX, Hub, Identity, Message, Payload, Position,
+    Publication, Rooms, Subscription,
 };
+use crate::ids::{ConnectionId, EventName, MessageId, Topic};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type AuthorizeFn<B> =

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::hub::ConnectionId;
+use crate::ids::ConnectionId;
 use crate::wake::{LastWaker, Signal};
 
 /// Closes an endpoint's connections for a graceful shutdown.

@@ -18,7 +18,8 @@ use futures_util::FutureExt;
 use salvo::{Depot, Request, Response};
 
 use crate::Connection;
-use crate::hub::{DIRECT_PREFIX, Hub, Identity, Position, Topic};
+use crate::hub::{DIRECT_PREFIX, Hub, Identity, Position};
+use crate::ids::Topic;
 use crate::metrics::ConnMetrics;
 
 pub(crate) mod builders;
@@ -61,6 +62,17 @@ pub(crate) enum Transport {
     Channels,
     /// A `GET` for `text/event-stream`; resume from `Last-Event-ID` or `?lastEventId=`.
     EventStream,
+}
+
+impl Transport {
+    /// The `transport` label of its metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Channels => "channels",
+            Self::EventStream => "sse",
+        }
+    }
 }
 
 /// A request that passed every check: the hub connection to join and what it holds (slot,
@@ -262,7 +274,11 @@ impl Common {
         let mut admitted = self.admit(req, depot, transport).await?;
         match hub.join(&admitted.conn).await {
             Ok(sub) => {
-                admitted.admission.metrics = ConnMetrics::open(transport, &self.name);
+                admitted.admission.metrics = ConnMetrics::open(
+                    transport.label(),
+                    transport != Transport::EventStream,
+                    &self.name,
+                );
                 Ok((admitted, sub))
             }
             Err(e) => Err(Refusal::Hub(e)),
@@ -282,7 +298,7 @@ impl Common {
             Transport::EventStream => "sse",
         };
         refusal.log(name, req.remote_addr().ip());
-        crate::metrics::refused(transport, refusal.kind());
+        crate::metrics::refused(transport.label(), refusal.kind());
         refusal.respond(res, self.caps.retry_after());
     }
 }

@@ -4,7 +4,8 @@ use salvo::Request;
 
 use super::Transport;
 use crate::MessageId;
-use crate::hub::{Position, Topic};
+use crate::hub::Position;
+use crate::ids::Topic;
 
 /// The resume ids a request carries, each with the topic it names, if it names one.
 pub(super) fn resume_values(req: &Request, transport: Transport) -> Vec<String> {

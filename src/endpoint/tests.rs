@@ -10,7 +10,8 @@ use super::{
     ForwardedHeader, IpRange, OriginPolicy, ProxyTrust, Refusal, cap_key, caps::CapExceeded,
     check_handshake, client_ip, positions,
 };
-use crate::hub::{Epoch, MessageId, Position, Topic};
+use crate::hub::Position;
+use crate::ids::{Epoch, MessageId, Topic};
 
 fn request(peer: &str, headers: &[(&str, &str)]) -> Request {
     let mut req = Request::new();

@@ -6,10 +6,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::log::{Applied, Registry};
-use super::{
-    ConnectionId, Epoch, Identity, Member, Message, MessageId, Offset, Publication, Topic,
-};
+use super::{Identity, Member, Message, Publication};
 use crate::error::HubError;
+use crate::ids::{ConnectionId, Epoch, MessageId, Offset, Topic};
 
 /// Where a hub's ids, history and presence live: this process ([`Local`](crate::backend::Local), the default) or a
 /// server shared by many processes (the Redis backend of the `redis` module, feature `redis`).

@@ -80,10 +80,10 @@ use super::config::HubConfig;
 use super::log::{Limits, TopicStream};
 use super::pubsub::{open_stream, registry_for};
 use super::{
-    Connection, ConnectionId, Delivery, Epoch, Hub, Identity, Message, MessageId, Position, PubSub,
-    Publication, ResetReason, Rooms, Topic,
+    Connection, Delivery, Hub, Identity, Message, Position, PubSub, Publication, ResetReason, Rooms,
 };
 use crate::error::HubError;
+use crate::ids::{ConnectionId, Epoch, MessageId, Topic};
 
 /// A check the backend failed: which one, and what it saw.
 #[derive(Debug, thiserror::Error)]
@@ -1011,7 +1011,7 @@ impl<B: Backend> Node<B> {
 fn notice(event: &'static str, who: &Identity) -> Publication {
     let payload = serde_json::json!({ "user": who.user_id(), "data": who.user_data() });
     Publication::new(super::Payload::text(payload.to_string()))
-        .event_name_checked(super::EventName::from_static(event))
+        .event_name_checked(crate::ids::EventName::from_static(event))
         .sender(Arc::clone(who.user_arc()))
 }
 

@@ -12,8 +12,9 @@ use futures_util::Stream;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{Connection, Delivery, Hub, MessageId, Payload, Position, Publication, Topic};
+use super::{Connection, Delivery, Hub, Payload, Position, Publication};
 use crate::error::HubError;
+use crate::ids::{MessageId, Topic};
 
 /// Wraps any [`Hub`] and counts what passes through it; itself a [`Hub`].
 ///

@@ -28,11 +28,9 @@ use shuttle::rand::{RngCore, thread_rng};
 use super::backend::{Backend, MembersPage, Mirror};
 use super::local::Local;
 use super::subscription::Subscription;
-use super::{
-    Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, MessageId, Position, PubSub,
-    Publication, Rooms, Topic,
-};
+use super::{Connection, Delivery, Hub, HubConfig, Identity, Position, PubSub, Publication, Rooms};
 use crate::error::HubError;
+use crate::ids::{ConnectionId, MessageId, Topic};
 
 /// The in-memory backend, with each call (but the removal, which runs in drop paths) waiting
 /// once before it runs: an await point where another operation may run and where a dropped

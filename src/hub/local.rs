@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::{Backend, MembersPage, Mirror};
-use super::{ConnectionId, Identity, Member, MessageId, Publication, Topic};
+use super::{Identity, Member, Publication};
 use crate::error::HubError;
+use crate::ids::{ConnectionId, MessageId, Topic};
 use crate::sync::Mutex;
 
 /// The in-memory backend, the default of [`PubSub`](crate::PubSub) and

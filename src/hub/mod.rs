@@ -3,11 +3,9 @@
 //! Nothing in this module knows about Salvo, HTTP, WebSocket or SSE. Transport adapters drive
 //! any [`Hub`]; a remote backend implements the same trait.
 
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::Stream;
 use serde::Serialize;
@@ -32,9 +30,7 @@ pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
 pub use local::Local;
 pub use log::Applied;
-pub use message::{
-    Epoch, EventName, MAX_JSON_DEPTH, Message, MessageId, Offset, Payload, Publication, Topic,
-};
+pub use message::{MAX_JSON_DEPTH, Message, Payload, Publication};
 pub(crate) use message::{WS_BINARY, WS_TEXT, ws_frame_header};
 pub use pubsub::PubSub;
 pub use rooms::{
@@ -43,6 +39,7 @@ pub use rooms::{
 pub use subscription::Subscription;
 
 use crate::error::HubError;
+use crate::ids::{ConnectionId, Epoch, MessageId, Topic};
 
 /// What a connection attaches to: the contract between transports and message routing.
 ///
@@ -414,50 +411,6 @@ impl<H: Hub> Hub for Arc<H> {
     }
 }
 
-/// Identifies one connection within a process.
-///
-/// ```
-/// use salvo_realtime::ConnectionId;
-///
-/// let (a, b) = (ConnectionId::next(), ConnectionId::next());
-/// assert_ne!(a, b);
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(u64);
-
-impl ConnectionId {
-    /// A new id, never handed out before in this process.
-    #[must_use]
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// The numeric value.
-    #[must_use]
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// The id of a connection of this process, as a backend's wire format carries it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn from_u64(value: u64) -> Self {
-        Self(value)
-    }
-}
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}", self.0)
-    }
-}
-
-impl fmt::Debug for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnectionId({})", self.0)
-    }
-}
-
 /// Who is on the other end of a connection, as established by authentication.
 ///
 /// ```
@@ -700,6 +653,16 @@ impl Delivery {
             Self::Lagged { topic, .. } => topic,
             Self::Reset(r) => &r.topic,
             Self::Presence(p) => &p.room,
+        }
+    }
+
+    /// When the hub logged the message this delivery carries (the start of its
+    /// publish-to-write latency); `None` for the other deliveries.
+    #[inline]
+    pub(crate) fn logged_at(&self) -> Option<std::time::Instant> {
+        match self {
+            Self::Message(m) => Some(m.logged_at()),
+            _ => None,
         }
     }
 

@@ -8,10 +8,9 @@ use super::config::{HubConfig, InboundPolicy};
 use super::local::Local;
 use super::log::{Limits, MirrorHook, Registry, TopicStream};
 use super::subscription::Subscription;
-use super::{
-    Connection, ConnectionId, Hub, Message, MessageId, Payload, Position, Publication, Topic,
-};
+use super::{Connection, Hub, Message, Payload, Position, Publication};
 use crate::error::HubError;
+use crate::ids::{ConnectionId, MessageId, Topic};
 
 /// Publish/subscribe over named topics: the simplest [`Hub`].
 ///

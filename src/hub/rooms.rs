@@ -14,10 +14,10 @@ use super::log::{Limits, Membership, TopicStream};
 use super::pubsub::{check_inbound, check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
 use super::{
-    Connection, ConnectionId, Delivery, Hub, Identity, Member, Message, MessageId, Payload,
-    Position, Presence, Publication, Topic,
+    Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Presence, Publication,
 };
 use crate::error::{HubError, InvalidTopic};
+use crate::ids::{ConnectionId, MessageId, Topic};
 
 /// Event name of the message logged when a user's first connection enters a room.
 pub const PRESENCE_JOIN: &str = "presence.join";
@@ -189,7 +189,7 @@ fn direct_topic(user: &str) -> Result<Topic, HubError> {
 fn presence_event(event: &'static str, conn: ConnectionId, identity: &Identity) -> Publication {
     let payload = json!({ "user": identity.user_id(), "data": identity.user_data() });
     Publication::new(Payload::text(payload.to_string()))
-        .event_name_checked(super::EventName::from_static(event))
+        .event_name_checked(crate::ids::EventName::from_static(event))
         .sender(Arc::clone(identity.user_arc()))
         .origin(conn)
         .skip_origin(true)

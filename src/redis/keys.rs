@@ -26,7 +26,7 @@
 //! A topic name containing `}` ends the hash tag early: its keys still share a slot (they share
 //! everything up to that brace). The prefix must not contain braces.
 
-use crate::hub::Topic;
+use crate::ids::Topic;
 
 /// The namespace of the rooms' topics (a [`Rooms`](crate::Rooms) hub's mirror): their keys
 /// hold presence too.

@@ -152,10 +152,8 @@ use self::keys::Keys;
 use self::lua::Scripts;
 use self::wire::Stamp;
 use crate::error::HubError;
-use crate::hub::{
-    Backend, ConnectionId, Epoch, EventName, Identity, MembersPage, MessageId, Mirror, Offset,
-    Payload, Publication, Topic, WeakMirror,
-};
+use crate::hub::{Backend, Identity, MembersPage, Mirror, Payload, Publication, WeakMirror};
+use crate::ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
 
 /// Settings of a [`RedisBackend`].
 ///

@@ -43,7 +43,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::wire::{Incoming, Stamp};
 use super::{Failure, Shared, within};
 use crate::error::HubError;
-use crate::hub::{Applied, Epoch, Message, Offset, Topic};
+use crate::hub::{Applied, Message};
+use crate::ids::{Epoch, Offset, Topic};
 
 /// Longest pause between two reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);

@@ -24,7 +24,8 @@
 
 use bytes::Bytes;
 
-use crate::hub::{ConnectionId, Epoch, EventName, Message, MessageId, Payload, Publication, Topic};
+use crate::hub::{Message, Payload, Publication};
+use crate::ids::{ConnectionId, Epoch, EventName, MessageId, Topic};
 
 const VERSION: u8 = 2;
 const TEXT: u8 = 1;

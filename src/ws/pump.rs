@@ -465,7 +465,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                     Poll::Ready(Err(_)) => return Fast::End(self.send_failed()),
                     Poll::Pending => return Fast::Blocked(Some(delivery)),
                 }
-                self.metrics.sent(&delivery);
+                self.metrics.sent(delivery.logged_at());
                 buffered += frame.len();
                 if Pin::new(&mut self.ws).start_send(frame).is_err() {
                     return Fast::End(self.send_failed());
@@ -532,7 +532,7 @@ impl<'a, H: Hub> Pump<'a, H> {
             // Nothing written: the timed path sends it through tungstenite.
             Poll::Pending => return Fast::Blocked(Some(delivery)),
         };
-        self.metrics.sent(&delivery);
+        self.metrics.sent(delivery.logged_at());
         if written < len {
             self.unsent = Some(Unsent {
                 message: message.clone(),
@@ -672,7 +672,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 _ => {}
             }
             if let Some(frame) = frame(&delivery, settings.framing) {
-                self.metrics.sent(&delivery);
+                self.metrics.sent(delivery.logged_at());
                 buffered += frame.len();
                 if self.ws.feed(frame).await.is_err() {
                     return Some(self.send_failed());

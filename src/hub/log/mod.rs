@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use crate::hub::config::HubConfig;
-use crate::hub::{Epoch, Message, MessageId, Offset, Publication, Topic};
+use crate::hub::{Message, Publication};
+use crate::ids::{Epoch, MessageId, Offset, Topic};
 use crate::sync::Mutex;
 
 pub(crate) mod registry;

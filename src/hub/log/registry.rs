@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use crate::error::HubError;
-use crate::hub::{
-    ConnectionId, Delivery, Epoch, Message, MessageId, Offset, Position, Publication, Reset,
-    ResetReason, Topic,
-};
+use crate::hub::{Delivery, Message, Position, Publication, Reset, ResetReason};
+use crate::ids::{ConnectionId, Epoch, MessageId, Offset, Topic};
 use crate::sync::{Mutex, RwLock};
 
 use super::stream::{LiveRx, Membership, TopicStream};

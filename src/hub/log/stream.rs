@@ -12,7 +12,8 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::hub::{ConnectionId, Delivery, Message, MessageId, Offset, Reset, ResetReason, Topic};
+use crate::hub::{Delivery, Message, Reset, ResetReason};
+use crate::ids::{ConnectionId, MessageId, Offset, Topic};
 use crate::sync::{AtomicBool, Mutex};
 
 use super::registry::Registry;
