@@ -359,9 +359,19 @@ impl ConnectionId {
         self.0
     }
 
-    /// The id of a connection of this process, as a backend's wire format carries it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn from_u64(value: u64) -> Self {
+    /// The id that [`as_u64`](Self::as_u64) gave: how a backend's wire format carries the
+    /// origin of a message ([`Publication::origin`](crate::Publication::origin)) back to the
+    /// process that published it, so [`skip_origin`](crate::Publication::skip_origin) holds
+    /// across nodes. Ids are only meaningful in the process that handed them out.
+    ///
+    /// ```
+    /// use salvo_realtime::ConnectionId;
+    ///
+    /// let id = ConnectionId::next();
+    /// assert_eq!(ConnectionId::from_u64(id.as_u64()), id);
+    /// ```
+    #[must_use]
+    pub fn from_u64(value: u64) -> Self {
         Self(value)
     }
 }

@@ -252,6 +252,8 @@ async fn a_big_room_snapshot_comes_in_ordered_pages_with_the_count() {
 struct Remote {
     logs: parking_lot::Mutex<std::collections::HashMap<Topic, (salvo_realtime::Epoch, u64)>>,
     detached: AtomicUsize,
+    /// The mirror of the last attach, for tests that act as the backend would.
+    mirror: parking_lot::Mutex<Option<Mirror>>,
 }
 
 impl Backend for Remote {
@@ -275,6 +277,7 @@ impl Backend for Remote {
             .entry(t.clone())
             .or_insert((salvo_realtime::Epoch::random(), 0));
         m.sync(t, epoch, last, &[])?;
+        *self.mirror.lock() = Some(m.clone());
         Ok(())
     }
 
@@ -369,4 +372,26 @@ async fn idle_logs_follow_the_backends_idle_ttl() {
     local.publish("news", "one").await.expect("publish");
     drop(sub);
     assert_eq!(local.topic_count(), 1, "kept for late joiners");
+}
+
+/// What the Redis backend does after a join cut short, any backend can do through the public
+/// `Mirror`: free a log it synced for nobody, and never one that somebody follows.
+#[tokio::test]
+async fn a_backend_releases_a_log_it_synced_for_nobody() {
+    let hub = PubSub::with_backend(HubConfig::new(), Remote::default());
+    let sub = hub.subscribe("news", Position::Live).await.expect("sub");
+    let mirror = hub.backend().mirror.lock().clone().expect("attached");
+    let news = Topic::new("news").expect("topic");
+    assert!(!mirror.release(&news), "followed: kept");
+    let orphan = Topic::new("orphan").expect("topic");
+    mirror
+        .sync(&orphan, salvo_realtime::Epoch::random(), 0, &[])
+        .expect("sync");
+    assert_eq!(hub.topic_count(), 2);
+    assert!(mirror.release(&orphan), "nobody follows it");
+    assert!(!mirror.release(&orphan), "already gone");
+    assert_eq!(hub.topic_count(), 1);
+    hub.publish("news", "still here").await.expect("publish");
+    drop(sub);
+    assert_eq!(hub.topic_count(), 0);
 }

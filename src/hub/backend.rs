@@ -309,6 +309,20 @@ impl Mirror {
         self.namespace
     }
 
+    /// Frees the topic's local log if nothing uses it any more: no subscriber, no hold, no
+    /// stream about to open, and a history that is empty or past the hub's idle TTL (the rule
+    /// the hub's periodic sweep applies). A remote backend calls it when it synced a log for a
+    /// caller that went away before using it (a join cut short at an await point), so the log
+    /// does not wait for the sweep. Returns whether the log was freed. Calling it on a topic in
+    /// use, or with no log, changes nothing.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "an action; the result is informational"
+    )]
+    pub fn release(&self, topic: &Topic) -> bool {
+        self.registry.remove_if_unused(topic, None)
+    }
+
     /// Whether this node has a log for `topic` (some local connection follows it).
     #[must_use]
     pub fn is_attached(&self, topic: &Topic) -> bool {

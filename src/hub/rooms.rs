@@ -747,11 +747,9 @@ impl<B: Backend> Drop for Entering<'_, B> {
                     .exit(self.conn, self.identity, self.room, self.membership, None);
             }
             // Attaching may have created a log that nobody follows.
-            None => self
-                .inner
-                .rooms
-                .registry()
-                .remove_if_unused(self.room, None),
+            None => {
+                self.inner.rooms.release(self.room);
+            }
         }
     }
 }

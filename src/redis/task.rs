@@ -651,7 +651,7 @@ impl Task {
                     // Everyone who asked gave up (a join or subscribe cut short): free the log
                     // the sync may have created for them, unless someone follows it now.
                     if let Some(mirror) = shared.mirror(follow.namespace) {
-                        mirror.registry().remove_if_unused(&follow.topic, None);
+                        mirror.release(&follow.topic);
                     }
                 }
             }

@@ -458,19 +458,23 @@ impl Registry {
         log.state.lock().subscribers -= 1;
     }
 
-    pub(crate) fn remove_if_unused(&self, topic: &Topic, expected: Option<&Arc<TopicLog>>) {
+    /// Removes `topic`'s log (only if it is `expected`, when given) if nothing uses it; returns
+    /// whether it did.
+    pub(crate) fn remove_if_unused(&self, topic: &Topic, expected: Option<&Arc<TopicLog>>) -> bool {
         let mut map = self.topics.write();
         if let Some(current) = map.get(topic) {
             if expected.is_some_and(|e| !Arc::ptr_eq(e, current)) {
-                return;
+                return false;
             }
             if current.state.lock().removable(&self.limits)
                 && let Some(log) = map.remove(topic)
             {
                 drop(map);
                 self.removed_log(&log);
+                return true;
             }
         }
+        false
     }
 
     /// Frees every log that nothing keeps any more (idle for longer than the TTL).
