@@ -147,6 +147,7 @@ pub mod redis;
 pub mod sse;
 mod sync;
 mod wake;
+mod wire;
 pub mod ws;
 
 pub use endpoint::{Drain, ForwardedHeader, Rejection};

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::error::HubError;
-use crate::hub::message::{MAX_JSON_DEPTH, json_depth};
+use crate::hub::inbound::{MAX_JSON_DEPTH, json_depth};
 use crate::hub::{Payload, Position};
 use crate::ids::{EventName, MessageId, Topic};
 

@@ -120,8 +120,8 @@ use salvo::{Depot, FlowCtrl, Handler};
 use tracing::{Instrument, Span};
 
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
-use crate::hub::message::base64;
 use crate::sync::{AtomicU32, Mutex};
+use crate::wire::{SSE_EVENT, base64};
 use crate::{Connection, Delivery, EventName, Hub};
 
 /// Serves a hub over Server-Sent Events; see the [module docs](self).
@@ -299,17 +299,19 @@ impl<H: Hub> Handler for SseEndpoint<H> {
 #[must_use]
 pub fn encode(delivery: &Delivery) -> Bytes {
     match delivery {
-        Delivery::Message(m) => m.cached_sse(|m| {
-            let id = (!m.is_ephemeral()).then(|| m.id().to_string());
-            match m.payload().as_text() {
-                Some(text) => event(m.event().map(EventName::as_str), text, id.as_deref()),
-                None => event(
-                    m.event().map(EventName::as_str),
-                    &base64(m.payload().as_bytes()),
-                    id.as_deref(),
-                ),
-            }
-        }),
+        Delivery::Message(m) => m
+            .encoded(SSE_EVENT, |m| {
+                let id = (!m.is_ephemeral()).then(|| m.id().to_string());
+                match m.payload().as_text() {
+                    Some(text) => event(m.event().map(EventName::as_str), text, id.as_deref()),
+                    None => event(
+                        m.event().map(EventName::as_str),
+                        &base64(m.payload().as_bytes()),
+                        id.as_deref(),
+                    ),
+                }
+            })
+            .clone(),
         Delivery::Reset(reset) => notice("reset", delivery, Some(&reset.replay_after.to_string())),
         Delivery::Lagged { .. } => notice("lagged", delivery, None),
         Delivery::Presence(_) => notice("presence", delivery, None),

@@ -98,7 +98,7 @@ async fn json_text_and_binary_bodies_arrive_as_such_with_the_answered_ids() {
         serde_json::json!({"title": "up"})
     );
     let envelope: serde_json::Value =
-        serde_json::from_slice(got[0].envelope_json()).expect("envelope");
+        serde_json::from_slice(&got[0].envelope_json()).expect("envelope");
     assert_eq!(
         envelope["data"]["title"], "up",
         "JSON travels as a value: {envelope}"

@@ -562,7 +562,7 @@ impl<B: Backend> Channels<B> {
         let Some(handler) = handler else {
             return Ok(publication);
         };
-        crate::hub::pubsub::check_inbound(publication.payload(), usize::MAX)?;
+        crate::hub::inbound::check_inbound(publication.payload(), usize::MAX)?;
         let msg = Inbound {
             topic: topic.clone(),
             event: publication.event_name().cloned(),

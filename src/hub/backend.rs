@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::log::{Applied, Registry};
-use super::{Identity, Member, Message, Publication};
+use super::log::{Applied, Limits, Membership, MirrorHook, Registry, TopicStream};
+use super::{Identity, Member, Message, Position, Publication};
 use crate::error::HubError;
 use crate::ids::{ConnectionId, Epoch, MessageId, Offset, Topic};
 
@@ -442,4 +442,57 @@ impl fmt::Debug for WeakMirror {
             .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
+}
+
+/// The logs of a hub's namespace: freed logs are reported to the backend
+/// ([`Backend::detach`]); a log nobody follows is kept for the backend's
+/// [`idle_ttl`](Backend::idle_ttl).
+pub(crate) fn registry_for<B: Backend>(
+    mut limits: Limits,
+    namespace: &'static str,
+    backend: &Arc<B>,
+) -> Mirror {
+    limits.idle_ttl = backend.idle_ttl(limits.idle_ttl);
+    let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Registry>| {
+        let (weak, backend) = (weak.clone(), Arc::clone(backend));
+        let hook: MirrorHook = Box::new(move |topic| {
+            if let Some(registry) = weak.upgrade() {
+                backend.detach(&Mirror::new(registry, namespace), topic);
+            }
+        });
+        Registry::new(limits, hook)
+    });
+    Mirror::new(registry, namespace)
+}
+
+/// A subscription to one topic, the same for every backend: attach (the backend brings the
+/// local log into being and up to date), then subscribe to the local log, again if the log was
+/// freed in between. `hold` makes the connection a member that keeps the log (rooms).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "crate-private; each is one piece of the join"
+)]
+pub(crate) async fn open_stream<B: Backend>(
+    backend: &B,
+    mirror: &Mirror,
+    topic: &Topic,
+    from: Position,
+    conn: ConnectionId,
+    owner: Option<&Arc<str>>,
+    left: Option<&Arc<Membership>>,
+    hold: bool,
+) -> Result<TopicStream, HubError> {
+    for _ in 0..3 {
+        backend.attach(mirror, topic).await?;
+        if let Some(stream) =
+            mirror
+                .registry()
+                .subscribe(topic, from, conn, owner, left.cloned(), hold)?
+        {
+            return Ok(stream);
+        }
+    }
+    Err(HubError::Backend(
+        format!("topic {topic} could not be attached").into(),
+    ))
 }

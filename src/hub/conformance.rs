@@ -76,9 +76,9 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 
 use super::backend::{Backend, MembersPage, Mirror};
+use super::backend::{open_stream, registry_for};
 use super::config::HubConfig;
 use super::log::{Limits, TopicStream};
-use super::pubsub::{open_stream, registry_for};
 use super::{
     Connection, Delivery, Hub, Identity, Message, Position, PubSub, Publication, ResetReason, Rooms,
 };

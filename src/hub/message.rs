@@ -361,10 +361,9 @@ struct MessageInner {
     logged_at: Instant,
     /// A live-only notice (presence change): not in history, no offset of its own.
     ephemeral: bool,
-    /// The envelope, encoded once by the first subscriber that sends it.
-    json: OnceLock<Encoded>,
-    /// The SSE event, encoded once by the first stream that sends it.
-    sse: OnceLock<Bytes>,
+    /// The wire forms of the message, each encoded at most once, by the first connection that
+    /// sends it (a `OnceLock`: one atomic load for every later reader).
+    encodings: [OnceLock<Bytes>; ENCODINGS],
 }
 
 impl Message {
@@ -396,8 +395,7 @@ impl Message {
             timestamp_ms,
             logged_at: Instant::now(),
             ephemeral,
-            json: OnceLock::new(),
-            sse: OnceLock::new(),
+            encodings: std::array::from_fn(|_| OnceLock::new()),
         }))
     }
 
@@ -493,212 +491,22 @@ impl Message {
         self.0.logged_at
     }
 
-    /// The message as one JSON object, encoded once and shared by every connection that sends it:
-    ///
-    /// ```json
-    /// {"type":"message","topic":"lobby","id":"3f9a0c1de2b47781-7","event":"chat",
-    ///  "from":"alice","ts":1764277200000,"data":"hello"}
-    /// ```
-    ///
-    /// `event` and `from` are left out when absent, and so is `id` for an
-    /// [ephemeral](Self::is_ephemeral) notice. A text payload that is itself JSON (nested at most
-    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) deep) is embedded as is; other text becomes a
-    /// JSON string; binary becomes a standard base64 string with `"binary":true` beside it.
-    #[must_use]
-    pub fn envelope_json(&self) -> &Bytes {
-        &self.encoded().json
-    }
-
-    /// The envelope as one final, unmasked WebSocket text frame (what a server sends): the
-    /// frame header and then [`envelope_json`](Self::envelope_json), in the same allocation.
-    pub(crate) fn ws_text_frame(&self) -> &Bytes {
-        &self.encoded().frame
-    }
-
-    fn encoded(&self) -> &Encoded {
-        self.0.json.get_or_init(|| {
-            let mut out = self.encode_envelope();
-            let len = out.len() - HEADROOM;
-            let (header, used) = ws_frame_header(WS_TEXT, len);
-            out[HEADROOM - used..HEADROOM].copy_from_slice(&header[..used]);
-            let all = Bytes::from(out);
-            Encoded {
-                frame: all.slice(HEADROOM - used..),
-                json: all.slice(HEADROOM..),
-            }
-        })
-    }
-
-    /// The message's SSE event bytes, encoded by `encode` the first time and shared after.
-    pub(crate) fn cached_sse(&self, encode: impl FnOnce(&Self) -> Bytes) -> Bytes {
-        self.0.sse.get_or_init(|| encode(self)).clone()
-    }
-
-    fn encode_envelope(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            topic: &'a Topic,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<MessageId>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            event: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            from: Option<&'a str>,
-            ts: u64,
-            data: Data<'a>,
-            #[serde(skip_serializing_if = "std::ops::Not::not")]
-            binary: bool,
-        }
-        enum Data<'a> {
-            Raw(&'a serde_json::value::RawValue),
-            Text(&'a str),
-            Binary(String),
-        }
-        impl Serialize for Data<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                match self {
-                    Data::Raw(raw) => raw.serialize(s),
-                    Data::Text(text) => s.serialize_str(text),
-                    Data::Binary(b64) => s.serialize_str(b64),
-                }
-            }
-        }
-        let payload = &self.0.payload;
-        let data = match payload.as_text() {
-            Some(text) => match embeddable_json(text) {
-                Some(raw) => Data::Raw(raw),
-                None => Data::Text(text),
-            },
-            None => Data::Binary(base64(payload.as_bytes())),
-        };
-        let envelope = Envelope {
-            kind: "message",
-            topic: &self.0.topic,
-            id: (!self.0.ephemeral).then_some(self.0.id),
-            event: self.0.event.as_ref().map(EventName::as_str),
-            from: self.0.sender.as_deref(),
-            ts: self.0.timestamp_ms,
-            binary: matches!(data, Data::Binary(_)),
-            data,
-        };
-        // Room in front for the WebSocket frame header, filled in by the caller.
-        let mut out = vec![0; HEADROOM];
-        // Serializing borrowed strings and numbers into a Vec can't fail.
-        let _ = serde_json::to_writer(&mut out, &envelope);
-        out
+    /// The message's encoding number `slot`, made by `encode` the first time any connection
+    /// asks for it and shared by every connection after that (see [`crate::wire`], which owns
+    /// the slots and the encodings; this module knows no wire format).
+    #[inline]
+    pub(crate) fn encoded(&self, slot: usize, encode: impl FnOnce(&Self) -> Bytes) -> &Bytes {
+        self.0.encodings[slot].get_or_init(|| encode(self))
     }
 }
 
-/// A message's envelope JSON and the same bytes as a WebSocket frame, sharing one buffer.
-struct Encoded {
-    frame: Bytes,
-    json: Bytes,
-}
-
-/// The longest WebSocket frame header a server sends (RFC 6455 §5.2: two bytes, and eight
-/// more for a 64-bit length; no mask).
-const HEADROOM: usize = 10;
-
-/// RFC 6455 §5.2 opcodes.
-pub(crate) const WS_TEXT: u8 = 0x1;
-pub(crate) const WS_BINARY: u8 = 0x2;
-
-/// The header of a final, unmasked (server-to-client) WebSocket frame of `len` payload bytes,
-/// and how many of the ten bytes it takes (RFC 6455 §5.2: the shortest length form).
-pub(crate) fn ws_frame_header(opcode: u8, len: usize) -> ([u8; HEADROOM], usize) {
-    let mut header = [0u8; HEADROOM];
-    header[0] = 0x80 | opcode;
-    let used = if let Ok(short) = u8::try_from(len)
-        && short < 126
-    {
-        header[1] = short;
-        2
-    } else if let Ok(short) = u16::try_from(len) {
-        header[1] = 126;
-        header[2..4].copy_from_slice(&short.to_be_bytes());
-        4
-    } else {
-        header[1] = 127;
-        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    };
-    (header, used)
-}
+/// How many encodings a message caches ([`crate::wire`] numbers them).
+pub(crate) const ENCODINGS: usize = 2;
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// How deep JSON may nest to travel as JSON: a text payload nested deeper is refused from
-/// clients ([`HubError::JsonTooDeep`]) and embedded in envelopes as a plain string. Many JSON
-/// parsers give up at a few hundred levels; 64 is far beyond what real data needs.
-pub const MAX_JSON_DEPTH: usize = 64;
-
-/// `text` as raw JSON to embed, if it is JSON nested at most [`MAX_JSON_DEPTH`] deep.
-fn embeddable_json(text: &str) -> Option<&serde_json::value::RawValue> {
-    if json_depth(text) > MAX_JSON_DEPTH {
-        return None;
-    }
-    serde_json::from_str::<&serde_json::value::RawValue>(text).ok()
-}
-
-/// The deepest nesting of `[` and `{` in `text` outside strings: an upper bound of its depth
-/// as JSON, found without parsing (and without recursion).
-pub(crate) fn json_depth(text: &str) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
-/// Whether `payload` is JSON text nested deeper than [`MAX_JSON_DEPTH`].
-pub(crate) fn too_deep(payload: &Payload) -> bool {
-    payload.as_text().is_some_and(|text| {
-        json_depth(text) > MAX_JSON_DEPTH
-            && serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok()
-    })
-}
-
-/// Standard base64 (RFC 4648 alphabet, `=` padding), small enough not to need a dependency.
-pub(crate) fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
 }
 
 impl fmt::Debug for Message {
@@ -710,65 +518,5 @@ impl fmt::Debug for Message {
             .field("payload", &self.0.payload)
             .field("sender", &self.0.sender)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::Epoch;
-
-    #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in cases {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
-        assert_eq!(base64(&[0xfb, 0xef]), "++8=");
-    }
-
-    #[test]
-    fn json_depth_counts_nesting_outside_strings() {
-        assert_eq!(json_depth("1"), 0);
-        assert_eq!(json_depth(r#"{"a":[1,{"b":2}]}"#), 3);
-        assert_eq!(json_depth(r#"["[[[[", "\"[["]"#), 1);
-        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
-        assert!(too_deep(&Payload::text(deep)));
-        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
-        assert!(!too_deep(&Payload::text(ok)));
-        // Not JSON: plain text full of brackets is just text.
-        assert!(!too_deep(&Payload::text("[".repeat(100))));
-    }
-
-    #[test]
-    fn envelope_embeds_json_and_escapes_text() {
-        let topic = Topic::new("room").expect("valid");
-        let epoch = Epoch::from_u64(0xab).expect("nonzero");
-        let m = Message::new(
-            topic.clone(),
-            MessageId::new(epoch, 3),
-            Publication::new(r#"{"n":1}"#).sender("alice"),
-        );
-        let v: serde_json::Value = serde_json::from_slice(m.envelope_json()).expect("json");
-        assert_eq!(v["data"]["n"], 1);
-        assert_eq!(v["id"], "ab-3");
-        assert_eq!(v["from"], "alice");
-        assert!(v.get("event").is_none());
-        let m = Message::new(
-            topic,
-            MessageId::new(epoch, 4),
-            Publication::new("a \"quote\""),
-        );
-        let v: serde_json::Value = serde_json::from_slice(m.envelope_json()).expect("json");
-        assert_eq!(v["data"], "a \"quote\"");
     }
 }

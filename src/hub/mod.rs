@@ -15,6 +15,7 @@ pub(crate) mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod counter;
+pub(crate) mod inbound;
 pub(crate) mod local;
 pub(crate) mod log;
 pub(crate) mod message;
@@ -28,10 +29,11 @@ mod interleavings;
 pub use backend::{Backend, MembersPage, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
+pub use inbound::MAX_JSON_DEPTH;
 pub use local::Local;
 pub use log::Applied;
-pub use message::{MAX_JSON_DEPTH, Message, Payload, Publication};
-pub(crate) use message::{WS_BINARY, WS_TEXT, ws_frame_header};
+pub(crate) use message::ENCODINGS;
+pub use message::{Message, Payload, Publication};
 pub use pubsub::PubSub;
 pub use rooms::{
     CONNECTION_TOPIC, DIRECT_PREFIX, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_PAGE, Rooms,
@@ -664,58 +666,6 @@ impl Delivery {
             Self::Message(m) => Some(m.logged_at()),
             _ => None,
         }
-    }
-
-    /// The delivery as one JSON object, the form the WebSocket adapter sends. A message gives
-    /// [`Message::envelope_json`]; the others give
-    /// `{"type":"lagged","topic":..,"missed":..}`, `{"type":"reset","topic":..,"requested":..,
-    /// "epoch":..,"replay_after":..,"reason":..}` and `{"type":"presence","topic":..,"members":[{"user":..,
-    /// "connections":..,"data":..}],"more":false,"count":..}`.
-    #[must_use]
-    pub fn envelope_json(&self) -> bytes::Bytes {
-        #[derive(Serialize)]
-        #[serde(tag = "type", rename_all = "lowercase")]
-        enum Notice<'a> {
-            Lagged {
-                topic: &'a Topic,
-                missed: u64,
-            },
-            Reset {
-                topic: &'a Topic,
-                requested: Option<MessageId>,
-                epoch: String,
-                replay_after: MessageId,
-                reason: ResetReason,
-            },
-            Presence {
-                topic: &'a Topic,
-                members: &'a [Member],
-                more: bool,
-                count: usize,
-            },
-        }
-        let notice = match self {
-            Self::Message(m) => return m.envelope_json().clone(),
-            Self::Lagged { topic, missed } => Notice::Lagged {
-                topic,
-                missed: *missed,
-            },
-            Self::Reset(r) => Notice::Reset {
-                topic: &r.topic,
-                requested: r.requested,
-                epoch: format!("{:x}", r.epoch.as_u64()),
-                replay_after: r.replay_after,
-                reason: r.reason,
-            },
-            Self::Presence(p) => Notice::Presence {
-                topic: &p.room,
-                members: &p.members,
-                more: p.more,
-                count: p.count,
-            },
-        };
-        // Plain strings and numbers always encode.
-        bytes::Bytes::from(serde_json::to_vec(&notice).unwrap_or_default())
     }
 }
 

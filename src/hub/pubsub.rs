@@ -4,13 +4,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::backend::{Backend, Mirror};
+use super::backend::{open_stream, registry_for};
 use super::config::{HubConfig, InboundPolicy};
+use super::inbound::{check_inbound, check_payload, inbound_publication};
 use super::local::Local;
-use super::log::{Limits, MirrorHook, Registry, TopicStream};
+use super::log::Limits;
 use super::subscription::Subscription;
 use super::{Connection, Hub, Message, Payload, Position, Publication};
 use crate::error::HubError;
-use crate::ids::{ConnectionId, MessageId, Topic};
+use crate::ids::{MessageId, Topic};
 
 /// Publish/subscribe over named topics: the simplest [`Hub`].
 ///
@@ -75,59 +77,6 @@ impl Default for PubSub {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The logs of a hub's namespace: freed logs are reported to the backend
-/// ([`Backend::detach`]); a log nobody follows is kept for the backend's
-/// [`idle_ttl`](Backend::idle_ttl).
-pub(crate) fn registry_for<B: Backend>(
-    mut limits: Limits,
-    namespace: &'static str,
-    backend: &Arc<B>,
-) -> Mirror {
-    limits.idle_ttl = backend.idle_ttl(limits.idle_ttl);
-    let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Registry>| {
-        let (weak, backend) = (weak.clone(), Arc::clone(backend));
-        let hook: MirrorHook = Box::new(move |topic| {
-            if let Some(registry) = weak.upgrade() {
-                backend.detach(&Mirror::new(registry, namespace), topic);
-            }
-        });
-        Registry::new(limits, hook)
-    });
-    Mirror::new(registry, namespace)
-}
-
-/// A subscription to one topic, the same for every backend: attach (the backend brings the
-/// local log into being and up to date), then subscribe to the local log, again if the log was
-/// freed in between. `hold` makes the connection a member that keeps the log (rooms).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "crate-private; each is one piece of the join"
-)]
-pub(crate) async fn open_stream<B: Backend>(
-    backend: &B,
-    mirror: &Mirror,
-    topic: &Topic,
-    from: Position,
-    conn: ConnectionId,
-    owner: Option<&Arc<str>>,
-    left: Option<&Arc<super::log::Membership>>,
-    hold: bool,
-) -> Result<TopicStream, HubError> {
-    for _ in 0..3 {
-        backend.attach(mirror, topic).await?;
-        if let Some(stream) =
-            mirror
-                .registry()
-                .subscribe(topic, from, conn, owner, left.cloned(), hold)?
-        {
-            return Ok(stream);
-        }
-    }
-    Err(HubError::Backend(
-        format!("topic {topic} could not be attached").into(),
-    ))
 }
 
 impl PubSub {
@@ -242,45 +191,6 @@ impl<B: Backend> PubSub<B> {
     /// Frees idle topics now instead of waiting for the next periodic check.
     pub fn sweep(&self) {
         self.inner.mirror.registry().sweep();
-    }
-}
-
-pub(crate) fn check_payload(payload: &Payload, limit: usize) -> Result<(), HubError> {
-    if payload.len() > limit {
-        Err(HubError::PayloadTooLarge {
-            size: payload.len(),
-            limit,
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// [`check_payload`] for what a connection sends, which also may not be JSON nested deeper
-/// than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH).
-pub(crate) fn check_inbound(payload: &Payload, limit: usize) -> Result<(), HubError> {
-    check_payload(payload, limit)?;
-    if super::message::too_deep(payload) {
-        return Err(HubError::JsonTooDeep {
-            limit: super::message::MAX_JSON_DEPTH,
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn inbound_publication(
-    conn: &Connection,
-    payload: Payload,
-    policy: InboundPolicy,
-) -> Result<Publication, HubError> {
-    let mut p = Publication::new(payload).origin(conn.id());
-    if let Some(identity) = conn.identity() {
-        p = p.sender(Arc::clone(identity.user_arc()));
-    }
-    match policy {
-        InboundPolicy::Publish => Ok(p),
-        InboundPolicy::PublishExceptSender => Ok(p.skip_origin(true)),
-        InboundPolicy::Reject => Err(HubError::InboundRejected),
     }
 }
 

@@ -8,10 +8,11 @@ use crate::sync::Mutex;
 use serde_json::json;
 
 use super::backend::{Backend, MembersPage, Mirror};
+use super::backend::{open_stream, registry_for};
 use super::config::{HubConfig, InboundPolicy, PresenceMode};
+use super::inbound::{check_inbound, check_payload, inbound_publication};
 use super::local::Local;
 use super::log::{Limits, Membership, TopicStream};
-use super::pubsub::{check_inbound, check_payload, inbound_publication, open_stream, registry_for};
 use super::subscription::{Control, Subscription};
 use super::{
     Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Presence, Publication,

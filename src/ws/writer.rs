@@ -21,7 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::Framing;
-use crate::hub::{Delivery, Message, WS_BINARY, WS_TEXT, ws_frame_header};
+use crate::hub::{Delivery, Message};
+use crate::wire::frame::{BINARY, TEXT, header as ws_frame_header};
 
 /// The socket after the upgrade.
 pub(super) type Socket = WebSocketStream<Progress<TokioIo<Upgraded>>>;
@@ -165,7 +166,7 @@ pub(super) fn json_frame(bytes: bytes::Bytes) -> WsMessage {
 /// The frame a delivery travels as; `None` for what [`Framing::Raw`] doesn't carry.
 pub(super) fn frame(delivery: &Delivery, framing: Framing) -> Option<WsMessage> {
     match (delivery, framing) {
-        (Delivery::Message(m), Framing::Envelope) => Some(json_frame(m.envelope_json().clone())),
+        (Delivery::Message(m), Framing::Envelope) => Some(json_frame(m.envelope_json())),
         (Delivery::Message(m), Framing::Raw) if !m.is_ephemeral() => {
             let payload = m.payload();
             Some(if payload.is_text() {
@@ -198,10 +199,10 @@ pub(super) fn lone_data(delivery: &Delivery, framing: Framing) -> Option<Lone<'_
 
 pub(super) fn lone_message(m: &Message, framing: Framing) -> Option<Lone<'_>> {
     match framing {
-        Framing::Envelope => Some(Lone::Frame(m.ws_text_frame())),
+        Framing::Envelope => Some(Lone::Frame(m.envelope_frame())),
         Framing::Raw if m.is_ephemeral() => None,
-        Framing::Raw if m.payload().is_text() => Some(Lone::Parts(WS_TEXT, m.payload().bytes())),
-        Framing::Raw => Some(Lone::Parts(WS_BINARY, m.payload().bytes())),
+        Framing::Raw if m.payload().is_text() => Some(Lone::Parts(TEXT, m.payload().bytes())),
+        Framing::Raw => Some(Lone::Parts(BINARY, m.payload().bytes())),
     }
 }
 
@@ -247,7 +248,7 @@ pub(super) struct Unsent {
 
 #[cfg(test)]
 mod tests {
-    use crate::hub::ws_frame_header as frame_header;
+    use crate::wire::frame::header as frame_header;
 
     #[test]
     fn frame_headers_use_the_shortest_length_form() {
