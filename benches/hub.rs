@@ -158,7 +158,7 @@ fn raw_setup(rt: &Runtime, n: usize, round: &Arc<Round>) -> broadcast::Sender<By
     tx
 }
 
-async fn pubsub_subscribe(hub: &PubSub) -> salvo_realtime::Subscription {
+async fn pubsub_subscribe(hub: &PubSub) -> salvo_realtime::hub::Subscription {
     hub.subscribe(TOPIC, Position::Live)
         .await
         .expect("subscribe")

@@ -15,9 +15,10 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use salvo_realtime::backend::{Backend, Local, MembersPage, Mirror};
 use salvo_realtime::error::HubError;
+use salvo_realtime::hub::PresenceMode;
 use salvo_realtime::{
-    Connection, ConnectionId, Hub, HubConfig, Identity, MessageId, Position, PresenceMode,
-    Publication, Rooms, Topic,
+    Connection, ConnectionId, Hub, HubConfig, Identity, MessageId, Position, Publication, Rooms,
+    Topic,
 };
 
 /// `Local`, which on its first attach of a room counts `members` users into its presence.

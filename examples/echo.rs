@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
+use salvo_realtime::hub::InboundPolicy;
 use salvo_realtime::ws::{Framing, WsEndpoint};
-use salvo_realtime::{ConnectionId, Drain, HubConfig, InboundPolicy, PubSub, Topic};
+use salvo_realtime::{ConnectionId, Drain, HubConfig, PubSub, Topic};
 
 /// What the environment knobs change; the default keeps the endpoint's and hub's own limits.
 #[derive(Debug, Clone, Copy, Default)]

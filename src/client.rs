@@ -86,8 +86,8 @@
 //! |---|---|
 //! | `rate_limited` | sent faster than the endpoint's inbound rate limit; the message was dropped |
 //! | `unavailable` | the hub's backend is down or timed out; the message was **not** delivered and is safe to send again |
-//! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); dropped |
-//! | `refused` | the hub refused the message (for example [`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH); dropped |
+//! | `refused` | the hub refused the message (for example [`InboundPolicy::Reject`](crate::hub::InboundPolicy::Reject)) |
 //!
 //! Options (all optional): `minDelay` (500 ms) and `maxDelay` (15 s) bound the reconnect delay,
 //! which doubles per failed attempt with random jitter (half to all of it) and starts over once

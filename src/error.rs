@@ -91,7 +91,7 @@ pub enum HubError {
         limit: usize,
     },
     /// A text payload from a connection is JSON nested deeper than
-    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH): relaying it would break other clients'
+    /// [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH): relaying it would break other clients'
     /// parsers.
     #[error("json nested deeper than {limit} levels")]
     JsonTooDeep {

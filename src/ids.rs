@@ -107,7 +107,7 @@ impl Serialize for Topic {
 /// [`EventName::MAX_LEN`] bytes.
 ///
 /// ```
-/// use salvo_realtime::EventName;
+/// use salvo_realtime::hub::EventName;
 ///
 /// assert_eq!(EventName::new("alert")?.as_str(), "alert");
 /// assert!(EventName::new("a\rb").is_err());
@@ -155,7 +155,7 @@ impl EventName {
     /// names from users or the network on [`new`](Self::new).
     ///
     /// ```
-    /// use salvo_realtime::{EventName, Publication};
+    /// use salvo_realtime::{Publication, hub::EventName};
     ///
     /// let alert = EventName::from_static("alert");
     /// let p = Publication::new("disk almost full").event_name_checked(alert);
@@ -422,7 +422,7 @@ pub enum InvalidEvent {
     /// The name is empty.
     #[error("event name is empty")]
     Empty,
-    /// The name is longer than [`EventName::MAX_LEN`](crate::EventName::MAX_LEN) bytes.
+    /// The name is longer than [`EventName::MAX_LEN`](crate::hub::EventName::MAX_LEN) bytes.
     #[error("event name is {len} bytes, over the limit of {limit}")]
     TooLong {
         /// Length of the refused name in bytes.

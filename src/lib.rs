@@ -23,7 +23,7 @@
 //!   for dashboards.
 //!
 //! One message log serves every transport: each message gets a [`MessageId`] (the topic log's
-//! [`Epoch`] and an offset), each topic keeps a bounded history, and a connection that comes back
+//! [`Epoch`](hub::Epoch) and an offset), each topic keeps a bounded history, and a connection that comes back
 //! with the last id it saw ([`Position::After`]) gets exactly what it missed, or a
 //! [`Delivery::Reset`] first when that can't be done. Falling behind is never silent: a
 //! subscriber is refilled from history, or told how many messages it lost
@@ -135,9 +135,9 @@
 
 pub mod channel;
 pub mod client;
-mod endpoint;
+pub mod endpoint;
 pub mod error;
-mod hub;
+pub mod hub;
 mod ids;
 mod metrics;
 mod protocol;
@@ -150,14 +150,12 @@ mod wake;
 mod wire;
 pub mod ws;
 
-pub use endpoint::{Drain, ForwardedHeader, Rejection};
+pub use endpoint::{Drain, Rejection};
 pub use hub::{
-    CONNECTION_TOPIC, Connection, Counted, CountedSubscription, DIRECT_PREFIX, Delivery, Hub,
-    HubConfig, Identity, InboundPolicy, MAX_JSON_DEPTH, Member, Message, PRESENCE_JOIN,
-    PRESENCE_LEAVE, PRESENCE_PAGE, Payload, Position, Presence, PresenceMode, PubSub, Publication,
-    Reset, ResetReason, Rooms, Snapshot, Subscription, TopicCount,
+    Connection, Counted, Delivery, Hub, HubConfig, Identity, Message, Payload, Position, PubSub,
+    Publication, Rooms,
 };
-pub use ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
+pub use ids::{ConnectionId, MessageId, Topic};
 
 /// Where a hub's ids, history and presence live: the [`Backend`](backend::Backend) seam, its
 /// in-memory implementation [`Local`](backend::Local), and the [`Mirror`](backend::Mirror)
@@ -173,9 +171,11 @@ pub use ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
 /// `conformance::run_all(|| async { make_backend() }).await` (or one check at a time: each is
 /// an `async fn` of `conformance::Suite`).
 pub mod backend {
+    pub use crate::hub::backend::{Backend, MembersPage, Mirror, WeakMirror};
     #[cfg(feature = "conformance")]
     pub use crate::hub::conformance;
-    pub use crate::hub::{Applied, Backend, Local, MembersPage, Mirror, WeakMirror};
+    pub use crate::hub::local::Local;
+    pub use crate::hub::log::Applied;
 }
 
 /// Compiles the README's code blocks as doc-tests, so its quick start can't rot.

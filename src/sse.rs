@@ -120,9 +120,10 @@ use salvo::{Depot, FlowCtrl, Handler};
 use tracing::{Instrument, Span};
 
 use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
+use crate::hub::EventName;
 use crate::sync::{AtomicU32, Mutex};
 use crate::wire::{SSE_EVENT, base64};
-use crate::{Connection, Delivery, EventName, Hub};
+use crate::{Connection, Delivery, Hub};
 
 /// Serves a hub over Server-Sent Events; see the [module docs](self).
 ///

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use common::ready;
 use futures_util::StreamExt;
+use salvo_realtime::hub::InboundPolicy;
 use salvo_realtime::{
-    Connection, Counted, Hub, HubConfig, Identity, InboundPolicy, Payload, Position, PubSub, Rooms,
-    Topic,
+    Connection, Counted, Hub, HubConfig, Identity, Payload, Position, PubSub, Rooms, Topic,
 };
 
 fn conn(topics: &[&str]) -> Connection {

@@ -10,11 +10,11 @@ use common::{TestServer, messages, ready, texts};
 use futures_util::StreamExt;
 use salvo::Router;
 use salvo::http::HeaderValue;
+use salvo_realtime::hub::{EventName, InboundPolicy};
 use salvo_realtime::sse::SseEndpoint;
 use salvo_realtime::ws::{Framing, WsEndpoint};
 use salvo_realtime::{
-    Connection, EventName, Hub, HubConfig, Identity, InboundPolicy, Position, PubSub, Publication,
-    Rejection, Rooms, Topic,
+    Connection, Hub, HubConfig, Identity, Position, PubSub, Publication, Rejection, Rooms, Topic,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -9,9 +9,9 @@ use common::{messages, offsets, ready, texts};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use salvo_realtime::error::{HubError, InvalidTopic};
+use salvo_realtime::hub::{Epoch, InboundPolicy, ResetReason};
 use salvo_realtime::{
-    Connection, Delivery, Epoch, Hub, HubConfig, InboundPolicy, MessageId, Payload, Position,
-    PubSub, Publication, ResetReason, Topic,
+    Connection, Delivery, Hub, HubConfig, MessageId, Payload, Position, PubSub, Publication, Topic,
 };
 
 fn conn(topic: &str, from: Position) -> Connection {
@@ -525,7 +525,7 @@ async fn an_epoch_change_resets_one_topic_of_a_multi_topic_subscription() {
     });
     let reset = reset.expect("a reset for the lost topic, not silence");
     assert_eq!(reset.topic.as_str(), "a");
-    assert_eq!(reset.reason, salvo_realtime::ResetReason::EpochChanged);
+    assert_eq!(reset.reason, salvo_realtime::hub::ResetReason::EpochChanged);
     let mut texts = common::texts(&got);
     texts.sort();
     assert_eq!(texts, ["a-new", "b2"]);

@@ -198,3 +198,74 @@ fn the_detector_sees_a_cycle() {
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
 }
+
+/// The names `src/lib.rs` re-exports at the crate root (`pub use a::{B, C};` outside any
+/// inline module).
+fn root_exports() -> BTreeSet<String> {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("read lib.rs");
+    let mut names = BTreeSet::new();
+    let mut depth = 0usize;
+    let mut statement: Option<String> = None;
+    for line in lib.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        if let Some(s) = statement.as_mut() {
+            s.push_str(trimmed);
+        } else if depth == 0 && trimmed.starts_with("pub use ") {
+            statement = Some(trimmed.to_owned());
+        } else {
+            depth += trimmed.matches('{').count();
+            depth -= trimmed.matches('}').count().min(depth);
+            continue;
+        }
+        if statement.as_ref().is_some_and(|s| s.ends_with(';')) {
+            let s = statement.take().unwrap_or_default();
+            let body = s.trim_end_matches(';');
+            let list = match (body.find('{'), body.rfind('}')) {
+                (Some(open), Some(close)) => &body[open + 1..close],
+                _ => body.rsplit("::").next().unwrap_or_default(),
+            };
+            for name in list.split(',') {
+                let name = name.trim();
+                let name = name.rsplit(" as ").next().unwrap_or(name);
+                if !name.is_empty() {
+                    names.insert(name.rsplit("::").next().unwrap_or(name).to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The root holds what a first app names and nothing else; the rest lives in its module
+/// (`hub`, `endpoint`, `backend`, `error`, ...). Adding a name here is a decision: change this
+/// list with it.
+#[test]
+fn the_root_exports_what_a_first_app_names() {
+    let expected: BTreeSet<String> = [
+        "Connection",
+        "ConnectionId",
+        "Counted",
+        "Delivery",
+        "Drain",
+        "Hub",
+        "HubConfig",
+        "Identity",
+        "Message",
+        "MessageId",
+        "Payload",
+        "Position",
+        "PubSub",
+        "Publication",
+        "Rejection",
+        "Rooms",
+        "Topic",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(root_exports(), expected);
+}

@@ -9,12 +9,12 @@ use std::time::Duration;
 use common::{TestServer, eventually};
 use futures_util::stream::Empty;
 use salvo::Router;
+use salvo_realtime::endpoint::ForwardedHeader;
 use salvo_realtime::error::{HubError, InvalidTopic};
 use salvo_realtime::sse::SseEndpoint;
 use salvo_realtime::ws::WsEndpoint;
 use salvo_realtime::{
-    Connection, Counted, Delivery, ForwardedHeader, Hub, HubConfig, Identity, Payload, PubSub,
-    Rooms,
+    Connection, Counted, Delivery, Hub, HubConfig, Identity, Payload, PubSub, Rooms,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

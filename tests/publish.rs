@@ -10,11 +10,10 @@ use common::{TestServer, messages, ready};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use salvo::Router;
+use salvo_realtime::hub::MAX_JSON_DEPTH;
 use salvo_realtime::publish::{DEFAULT_MAX_BODY, Publish, Publisher};
 use salvo_realtime::sse::SseEndpoint;
-use salvo_realtime::{
-    Delivery, HubConfig, MAX_JSON_DEPTH, MessageId, Position, PubSub, Rejection, Rooms, Topic,
-};
+use salvo_realtime::{Delivery, HubConfig, MessageId, Position, PubSub, Rejection, Rooms, Topic};
 
 /// The bound on every wait for the network.
 const WAIT: Duration = Duration::from_secs(5);

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use salvo_realtime::backend::conformance::Suite;
 use salvo_realtime::error::HubError;
+use salvo_realtime::hub::{PRESENCE_JOIN, PRESENCE_LEAVE, PresenceMode, ResetReason, Subscription};
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
 use salvo_realtime::{
-    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, PRESENCE_JOIN,
-    PRESENCE_LEAVE, Position, PresenceMode, PubSub, ResetReason, Rooms, Subscription, Topic,
+    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, Position, PubSub, Rooms,
+    Topic,
 };
 
 use common::proxy::{Mode, Proxy};
@@ -1340,8 +1341,11 @@ async fn join_latency_in_big_redis_rooms_full_snapshot_vs_count_only() {
                 took.push(start.elapsed());
                 assert_eq!(p.count, n + 1, "{name}");
                 if name == "full snapshot" {
-                    assert_eq!(p.members.len(), (n + 1).min(salvo_realtime::PRESENCE_PAGE));
-                    assert_eq!(p.more, n + 1 > salvo_realtime::PRESENCE_PAGE);
+                    assert_eq!(
+                        p.members.len(),
+                        (n + 1).min(salvo_realtime::hub::PRESENCE_PAGE)
+                    );
+                    assert_eq!(p.more, n + 1 > salvo_realtime::hub::PRESENCE_PAGE);
                 } else {
                     assert!(p.members.is_empty());
                 }
@@ -1359,11 +1363,14 @@ async fn join_latency_in_big_redis_rooms_full_snapshot_vs_count_only() {
         for _ in 0..15 {
             let start = Instant::now();
             let page = count
-                .presence_page(&room, None, salvo_realtime::PRESENCE_PAGE)
+                .presence_page(&room, None, salvo_realtime::hub::PRESENCE_PAGE)
                 .await
                 .expect("page");
             page_took.push(start.elapsed());
-            assert_eq!(page.members.len(), n.min(salvo_realtime::PRESENCE_PAGE));
+            assert_eq!(
+                page.members.len(),
+                n.min(salvo_realtime::hub::PRESENCE_PAGE)
+            );
             assert_eq!(page.members[0].user.as_ref(), "m000000");
             let start = Instant::now();
             assert_eq!(count.member_count(&room).await.expect("count"), n);

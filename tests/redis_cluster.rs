@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use salvo_realtime::backend::conformance::Suite;
 use salvo_realtime::error::HubError;
+use salvo_realtime::hub::{PRESENCE_JOIN, PRESENCE_LEAVE, ResetReason};
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
 use salvo_realtime::{
-    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, PRESENCE_JOIN,
-    PRESENCE_LEAVE, Position, PubSub, ResetReason, Rooms, Topic,
+    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, Position, PubSub, Rooms,
+    Topic,
 };
 
 use common::proxy::Mode;

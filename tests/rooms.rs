@@ -7,9 +7,9 @@ use std::time::Duration;
 use common::{messages, ready, texts};
 use futures_util::StreamExt;
 use salvo_realtime::error::{HubError, InvalidTopic};
+use salvo_realtime::hub::{InboundPolicy, PRESENCE_JOIN, PRESENCE_LEAVE, Subscription};
 use salvo_realtime::{
-    Connection, Delivery, Hub, HubConfig, Identity, InboundPolicy, PRESENCE_JOIN, PRESENCE_LEAVE,
-    Payload, Position, Rooms, Subscription, Topic,
+    Connection, Delivery, Hub, HubConfig, Identity, Payload, Position, Rooms, Topic,
 };
 
 fn member(user: &str, rooms: &[&str]) -> Connection {
@@ -465,7 +465,7 @@ async fn a_room_whose_remote_log_is_lost_keeps_its_members_with_a_reset() {
     for sub in [&mut ann_sub, &mut bob_sub] {
         let got = ready(sub);
         assert!(
-            matches!(got.first(), Some(Delivery::Reset(r)) if r.reason == salvo_realtime::ResetReason::EpochChanged),
+            matches!(got.first(), Some(Delivery::Reset(r)) if r.reason == salvo_realtime::hub::ResetReason::EpochChanged),
             "a reset first, then the new log: {got:?}"
         );
         assert_eq!(texts(&got), ["after"]);

@@ -11,9 +11,10 @@ use std::time::Duration;
 use common::{messages, ready};
 use salvo_realtime::backend::{Backend, Local, MembersPage, Mirror};
 use salvo_realtime::error::HubError;
+use salvo_realtime::hub::{PRESENCE_JOIN, PresenceMode};
 use salvo_realtime::{
-    Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, MessageId, PRESENCE_JOIN,
-    Position, PresenceMode, PubSub, Publication, Rooms, Topic,
+    Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, MessageId, Position, PubSub,
+    Publication, Rooms, Topic,
 };
 use tokio::sync::Semaphore;
 
@@ -230,7 +231,7 @@ async fn a_big_room_snapshot_comes_in_ordered_pages_with_the_count() {
         .collect();
     assert_eq!(
         pages.len(),
-        601usize.div_ceil(salvo_realtime::PRESENCE_PAGE)
+        601usize.div_ceil(salvo_realtime::hub::PRESENCE_PAGE)
     );
     assert!(pages.iter().all(|p| p.count == 601));
     assert!(pages[..pages.len() - 1].iter().all(|p| p.more));
@@ -250,7 +251,7 @@ async fn a_big_room_snapshot_comes_in_ordered_pages_with_the_count() {
 /// `apply` only, like a real remote backend.
 #[derive(Default)]
 struct Remote {
-    logs: parking_lot::Mutex<std::collections::HashMap<Topic, (salvo_realtime::Epoch, u64)>>,
+    logs: parking_lot::Mutex<std::collections::HashMap<Topic, (salvo_realtime::hub::Epoch, u64)>>,
     detached: AtomicUsize,
     /// The mirror of the last attach, for tests that act as the backend would.
     mirror: parking_lot::Mutex<Option<Mirror>>,
@@ -262,7 +263,7 @@ impl Backend for Remote {
             let mut logs = self.logs.lock();
             let (epoch, last) = logs
                 .entry(t.clone())
-                .or_insert((salvo_realtime::Epoch::random(), 0));
+                .or_insert((salvo_realtime::hub::Epoch::random(), 0));
             *last += 1;
             MessageId::new(*epoch, *last)
         };
@@ -275,7 +276,7 @@ impl Backend for Remote {
             .logs
             .lock()
             .entry(t.clone())
-            .or_insert((salvo_realtime::Epoch::random(), 0));
+            .or_insert((salvo_realtime::hub::Epoch::random(), 0));
         m.sync(t, epoch, last, &[])?;
         *self.mirror.lock() = Some(m.clone());
         Ok(())
@@ -385,7 +386,7 @@ async fn a_backend_releases_a_log_it_synced_for_nobody() {
     assert!(!mirror.release(&news), "followed: kept");
     let orphan = Topic::new("orphan").expect("topic");
     mirror
-        .sync(&orphan, salvo_realtime::Epoch::random(), 0, &[])
+        .sync(&orphan, salvo_realtime::hub::Epoch::random(), 0, &[])
         .expect("sync");
     assert_eq!(hub.topic_count(), 2);
     assert!(mirror.release(&orphan), "nobody follows it");

@@ -22,11 +22,12 @@ use proptest::prelude::*;
 use salvo::Router;
 use salvo::compression::Compression;
 use salvo_realtime::error::HubError;
+use salvo_realtime::hub::{Epoch, EventName};
 use salvo_realtime::sse::{self, SseEndpoint};
 use salvo_realtime::{Connection, Counted, Hub};
 use salvo_realtime::{
-    Delivery, Drain, Epoch, EventName, HubConfig, Identity, MessageId, Payload, Position, PubSub,
-    Publication, Rejection, Rooms, Topic,
+    Delivery, Drain, HubConfig, Identity, MessageId, Payload, Position, PubSub, Publication,
+    Rejection, Rooms, Topic,
 };
 
 /// The bound on every wait for the network.

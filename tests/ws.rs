@@ -12,9 +12,10 @@ use std::time::Duration;
 use common::{Logs, Pace, Proxy, TestServer, eventually};
 use futures_util::{SinkExt, Stream, StreamExt};
 use salvo::Router;
+use salvo_realtime::hub::InboundPolicy;
 use salvo_realtime::ws::close_code::{GOING_AWAY, INTERNAL, INVALID_DATA, NORMAL, POLICY, TOO_BIG};
 use salvo_realtime::ws::{Framing, RateLimit, RatePolicy, SlowConsumerPolicy, WsEndpoint};
-use salvo_realtime::{Counted, HubConfig, Identity, InboundPolicy, Rejection, Rooms};
+use salvo_realtime::{Counted, HubConfig, Identity, Rejection, Rooms};
 use serde_json::{Value, json};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::net::TcpStream;
@@ -1210,7 +1211,7 @@ async fn a_client_that_pauses_reading_gets_everything_in_order_afterwards() {
 // the same count beside the list.
 #[tokio::test]
 async fn presence_frames_carry_the_count_and_count_mode_sends_only_that() {
-    use salvo_realtime::PresenceMode;
+    use salvo_realtime::hub::PresenceMode;
     for mode in [PresenceMode::Count, PresenceMode::Full] {
         let hub = hub(HubConfig::new().presence_mode(mode));
         let ep = endpoint(&hub);

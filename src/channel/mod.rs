@@ -636,7 +636,7 @@ impl<B: Backend> Channels<B> {
             .event_name_checked(EventName::from_static("subscribed"));
         let notice = Message::notice(
             Topic::new(CONNECTION_TOPIC)?,
-            MessageId::new(crate::Epoch::random(), 0),
+            MessageId::new(crate::hub::Epoch::random(), 0),
             notice,
         );
         // The notice travels first on the room's own stream: nothing of the room overtakes it.
@@ -656,7 +656,7 @@ impl<B: Backend> Channels<B> {
             .event_name_checked(EventName::from_static("unsubscribed"));
         let notice = Message::notice(
             Topic::new(CONNECTION_TOPIC)?,
-            MessageId::new(crate::Epoch::random(), 0),
+            MessageId::new(crate::hub::Epoch::random(), 0),
             notice,
         );
         // The notice is the room stream's last delivery: it can't be lost to a full queue, and

@@ -117,10 +117,10 @@ macro_rules! common_builders {
         /// The one header the [`trusted_proxies`](Self::trusted_proxies) write the client's
         /// address in; the others are ignored, as a proxy passes them through from the client.
         /// Name what your proxy sets: nginx's usual `proxy_set_header X-Forwarded-For
-        /// $proxy_add_x_forwarded_for` is [`XForwardedFor`](crate::ForwardedHeader::XForwardedFor).
+        /// $proxy_add_x_forwarded_for` is [`XForwardedFor`](crate::endpoint::ForwardedHeader::XForwardedFor).
         /// Default: `XForwardedFor`.
         #[must_use]
-        pub fn forwarded_header(mut self, header: crate::ForwardedHeader) -> Self {
+        pub fn forwarded_header(mut self, header: crate::endpoint::ForwardedHeader) -> Self {
             self.common.set_forwarded_header(header);
             self
         }

@@ -1,13 +1,30 @@
+//! What the WebSocket and SSE endpoints share: graceful shutdown ([`Drain`]), the refusal an
+//! identity check gives ([`Rejection`]), and which proxy header names the client's address
+//! ([`ForwardedHeader`]).
+//!
+//! ```
+//! use salvo_realtime::endpoint::{Drain, ForwardedHeader, Rejection};
+//! use salvo_realtime::{PubSub, ws::WsEndpoint};
+//!
+//! let drain = Drain::new();
+//! let ws = WsEndpoint::new(PubSub::new())
+//!     .drain(drain.clone())
+//!     .trusted_proxies(&["10.0.0.0/8"])
+//!     .forwarded_header(ForwardedHeader::XForwardedFor);
+//! let _ = (ws, Rejection::unauthorized("no token"));
+//! ```
+//!
+//! # Inside
+//!
 //! The one connection lifecycle both transports share. A request is validated completely
 //! (handshake, origin, topics, resume positions, identity, caps) into an admitted connection or
-//! one typed [`Refusal`] with one status map; only then does it join the hub. The transports
-//! (`ws`, `sse`) then only frame and pump.
-//!
-//! One concern a file: [`refusal`] the refusals and their one status map, [`handshake`] the
-//! WebSocket handshake's checks, [`origin`] the `Origin` policy, [`proxy`] trusted proxies and
-//! the client's address, [`caps`] the connection caps, [`resume`] resume positions,
-//! [`drain`] graceful shutdown, [`builders`] the builder methods both endpoints share; this
-//! file holds the lifecycle itself ([`Common::admit`], [`Common::connect`]).
+//! one typed `Refusal` with one status map; only then does it join the hub. The transports
+//! (`ws`, `sse`) then only frame and pump. One concern a file: `refusal.rs` the refusals and
+//! their one status map, `handshake.rs` the WebSocket handshake's checks, `origin.rs` the
+//! `Origin` policy, `proxy.rs` trusted proxies and the client's address, `caps.rs` the
+//! connection caps, `resume.rs` resume positions, `drain.rs` graceful shutdown, `builders.rs`
+//! the builder methods both endpoints share; `mod.rs` holds the lifecycle itself
+//! (`Common::admit`, `Common::connect`).
 
 use std::fmt;
 use std::future::Future;

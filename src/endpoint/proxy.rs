@@ -59,7 +59,7 @@ pub(super) fn canonical(ip: IpAddr) -> IpAddr {
 /// reading them would let a client pick the address its connections are counted under.
 ///
 /// ```
-/// use salvo_realtime::{ForwardedHeader, PubSub, ws::WsEndpoint};
+/// use salvo_realtime::{PubSub, endpoint::ForwardedHeader, ws::WsEndpoint};
 ///
 /// // nginx on the same host with `proxy_set_header X-Real-IP $remote_addr;`
 /// let ws = WsEndpoint::new(PubSub::new())

@@ -97,9 +97,10 @@ use crate::ids::{ConnectionId, Epoch, MessageId, Offset, Topic};
 /// use parking_lot::Mutex;
 /// use salvo_realtime::backend::{Backend, MembersPage, Mirror};
 /// use salvo_realtime::error::HubError;
+/// use salvo_realtime::hub::Epoch;
 /// use salvo_realtime::{
-///     ConnectionId, Delivery, Epoch, HubConfig, Identity, Message, MessageId, Position,
-///     PubSub, Publication, Topic,
+///     ConnectionId, Delivery, HubConfig, Identity, Message, MessageId, Position, PubSub,
+///     Publication, Topic,
 /// };
 ///
 /// #[derive(Default)]

@@ -185,7 +185,7 @@ impl HubConfig {
     /// Default: [`PresenceMode::Full`].
     ///
     /// ```
-    /// use salvo_realtime::{HubConfig, PresenceMode, Rooms};
+    /// use salvo_realtime::{HubConfig, Rooms, hub::PresenceMode};
     ///
     /// // A 100,000-member audience: members learn the count, not the list.
     /// let rooms = Rooms::with_config(HubConfig::new().presence_mode(PresenceMode::Count));
@@ -202,7 +202,7 @@ impl HubConfig {
 ///
 /// | mode | on joining a room | when a user's first connection joins or last one leaves | join cost |
 /// |---|---|---|---|
-/// | `Full` | every member, in pages of [`PRESENCE_PAGE`](crate::PRESENCE_PAGE) | a live `presence.join` / `presence.leave` to the room | O(members) |
+/// | `Full` | every member, in pages of [`PRESENCE_PAGE`](crate::hub::PRESENCE_PAGE) | a live `presence.join` / `presence.leave` to the room | O(members) |
 /// | `Count` | the member count | nothing: the room is not told | O(1) |
 /// | `Off` | nothing | nothing | O(1) |
 ///

@@ -299,7 +299,7 @@ where
     /// A topic of ten messages, resumed from each kind of [`Position`]: `After` an id (the
     /// rest, then live), `Recent(3)`, `Invalid`, an id of another epoch, one ahead of the log,
     /// one that left a four-message history (each of the last three with its
-    /// [`Reset`](crate::Reset) first); and on another node, `After` an id.
+    /// [`Reset`](crate::hub::Reset) first); and on another node, `After` an id.
     ///
     /// # Errors
     ///

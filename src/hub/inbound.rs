@@ -28,7 +28,7 @@ pub(crate) fn check_payload(payload: &Payload, limit: usize) -> Result<(), HubEr
 }
 
 /// [`check_payload`] for what a connection sends, which also may not be JSON nested deeper
-/// than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH).
+/// than [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH).
 pub(crate) fn check_inbound(payload: &Payload, limit: usize) -> Result<(), HubError> {
     check_payload(payload, limit)?;
     if too_deep(payload) {

@@ -403,7 +403,7 @@ impl Message {
     /// a [`Mirror`](crate::backend::Mirror): its id and timestamp were assigned there.
     ///
     /// ```
-    /// use salvo_realtime::{Epoch, Message, MessageId, Topic};
+    /// use salvo_realtime::{Message, MessageId, Topic, hub::Epoch};
     ///
     /// let epoch = Epoch::from_u64(7).expect("nonzero");
     /// let m = Message::remote(Topic::new("t")?, MessageId::new(epoch, 1), "hi".into(), 1_000);

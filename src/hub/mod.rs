@@ -1,4 +1,10 @@
-//! The transport-agnostic hub core: what a connection attaches to.
+//! The transport-agnostic hub core: what a connection attaches to, and every name of it.
+//!
+//! The crate root re-exports what a first app names ([`PubSub`], [`Rooms`], [`Publication`],
+//! [`Connection`], ...); this module holds the rest too: the ids' parts ([`Epoch`],
+//! [`EventName`], [`Offset`]), the deliveries' parts ([`Reset`], [`Presence`], [`Member`]),
+//! the hubs' settings ([`InboundPolicy`], [`PresenceMode`]), the counted hub's
+//! [`Snapshot`], and the reserved names ([`PRESENCE_JOIN`], [`DIRECT_PREFIX`], ...).
 //!
 //! Nothing in this module knows about Salvo, HTTP, WebSocket or SSE. Transport adapters drive
 //! any [`Hub`]; a remote backend implements the same trait.
@@ -26,12 +32,11 @@ pub(crate) mod subscription;
 #[cfg(all(test, salvo_realtime_shuttle))]
 mod interleavings;
 
-pub use backend::{Backend, MembersPage, Mirror, WeakMirror};
+pub(crate) use backend::{Backend, MembersPage, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
 pub use inbound::MAX_JSON_DEPTH;
-pub use local::Local;
-pub use log::Applied;
+pub(crate) use log::Applied;
 pub(crate) use message::ENCODINGS;
 pub use message::{Message, Payload, Publication};
 pub use pubsub::PubSub;
@@ -40,8 +45,9 @@ pub use rooms::{
 };
 pub use subscription::Subscription;
 
+pub use crate::ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
+
 use crate::error::HubError;
-use crate::ids::{ConnectionId, Epoch, MessageId, Topic};
 
 /// What a connection attaches to: the contract between transports and message routing.
 ///
@@ -105,7 +111,7 @@ use crate::ids::{ConnectionId, Epoch, MessageId, Topic};
 /// [`remove_topic`](Hub::remove_topic), [`publish_from`](Hub::publish_from),
 /// [`call`](Hub::call)) have defaults that answer [`HubError::Unsupported`]; a hub that can
 /// change a joined connection's topics, or answer calls, overrides them. A wrapper (like
-/// [`Counted`](crate::Counted)) should pass them on.
+/// [`Counted`]) should pass them on.
 ///
 /// ```
 /// use futures_util::stream::{self, Empty};
@@ -134,12 +140,12 @@ use crate::ids::{ConnectionId, Epoch, MessageId, Topic};
 ///
 /// To add behaviour around a hub (metrics, auditing, a policy of your own), wrap it in a type
 /// that implements `Hub` by passing each call on to the hub inside, as
-/// [`Counted`](crate::Counted) does. Pass on *every* method, the provided ones too: a wrapper
+/// [`Counted`] does. Pass on *every* method, the provided ones too: a wrapper
 /// that leaves [`add_topic`](Hub::add_topic), [`remove_topic`](Hub::remove_topic),
 /// [`publish_from`](Hub::publish_from) or [`call`](Hub::call) to their defaults answers
 /// [`HubError::Unsupported`] for them, and the channel protocol stops working behind it. To
 /// count deliveries too, wrap the subscription stream as well (see
-/// [`CountedSubscription`](crate::CountedSubscription)). Keep the wrapper's own state behind
+/// [`CountedSubscription`]). Keep the wrapper's own state behind
 /// an `Arc`, so that clones share it like clones of the hub they wrap.
 ///
 /// ```
@@ -266,7 +272,7 @@ pub trait Hub: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 
     /// Told by a transport that it dropped `count` messages meant for `conn` (slow-consumer
-    /// policy). The default does nothing; [`Counted`](crate::Counted) counts them.
+    /// policy). The default does nothing; [`Counted`] counts them.
     fn note_dropped(&self, conn: &Connection, count: u64) {
         let _ = (conn, count);
     }
@@ -274,7 +280,7 @@ pub trait Hub: Send + Sync + 'static {
     /// Adds `topic` to a joined connection's subscription, delivering from `from` (the channel
     /// protocol's `subscribe`). `data` is what the client sent with the request, for an
     /// authorization rule to read. Deliveries of the topic arrive on the same subscription.
-    /// The default: [`HubError::Unsupported`]. [`Rooms`](crate::Rooms) and
+    /// The default: [`HubError::Unsupported`]. [`Rooms`] and
     /// [`Channels`](crate::channel::Channels) implement it.
     ///
     /// # Errors
@@ -551,7 +557,7 @@ impl Connection {
         self
     }
 
-    /// Asks for `topic` (a room, for [`Rooms`](crate::Rooms)) starting at `from`. Asking for
+    /// Asks for `topic` (a room, for [`Rooms`]) starting at `from`. Asking for
     /// the same topic twice keeps the last position.
     #[must_use]
     pub fn subscribe(mut self, topic: Topic, from: Position) -> Self {
@@ -711,7 +717,7 @@ pub struct Presence {
     /// One entry per user, sorted by user id. Anonymous connections are not listed.
     pub members: Vec<Member>,
     /// More pages of the same snapshot follow: a big room's members come in pages of at most
-    /// [`PRESENCE_PAGE`](crate::PRESENCE_PAGE), so no frame grows with the room. The snapshot
+    /// [`PRESENCE_PAGE`], so no frame grows with the room. The snapshot
     /// is complete at the page with `more == false`.
     pub more: bool,
     /// How many users are in the room (across nodes), anonymous connections not counted. In

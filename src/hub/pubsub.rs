@@ -16,7 +16,7 @@ use crate::ids::{MessageId, Topic};
 
 /// Publish/subscribe over named topics: the simplest [`Hub`].
 ///
-/// * A topic is created on first use (publish or subscribe) and gets a fresh [`Epoch`](crate::Epoch).
+/// * A topic is created on first use (publish or subscribe) and gets a fresh [`Epoch`](crate::hub::Epoch).
 /// * Each publish gets the next [`MessageId`] of its topic; live subscribers receive it through
 ///   a tokio broadcast channel and the topic's history retains the last
 ///   [`history`](HubConfig::history) messages (optionally capped by bytes and age).

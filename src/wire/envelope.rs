@@ -21,7 +21,7 @@ impl Message {
     ///
     /// `event` and `from` are left out when absent, and so is `id` for an
     /// [ephemeral](Self::is_ephemeral) notice. A text payload that is itself JSON (nested at most
-    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) deep) is embedded as is; other text becomes a
+    /// [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH) deep) is embedded as is; other text becomes a
     /// JSON string; binary becomes a standard base64 string with `"binary":true` beside it.
     /// Cloning the result is a reference count: the bytes are the tail of the cached frame.
     ///

@@ -87,8 +87,8 @@
 //! |---|---|
 //! | `rate_limited` | over the inbound rate limit ([`RatePolicy::Reject`]); dropped |
 //! | `unavailable` | the hub's backend failed or timed out, or the hub is full: not delivered to the room that failed (a connection in several rooms gets it published room by room, so rooms before that one have it); safe to retry |
-//! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); dropped |
-//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH); dropped |
+//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::hub::InboundPolicy::Reject)) |
 //! | `not_joined` | the connection is no longer joined (the server ended it while the message was on its way) |
 //! | `not_subscribed` | the connection left a room while the message was on its way to it |
 //! | `invalid_data` | a [`Channels`](crate::channel::Channels) room's publish handler can't take the data (binary, or not the type it reads) |
@@ -100,7 +100,7 @@
 //!
 //! Order: an `error` frame is sent after every delivery the connection had ready when its
 //! message was refused, so with an in-memory hub the echo of an earlier accepted message (under
-//! [`InboundPolicy::Publish`](crate::InboundPolicy::Publish)) always comes before the error for
+//! [`InboundPolicy::Publish`](crate::hub::InboundPolicy::Publish)) always comes before the error for
 //! a later one. With a remote backend, deliveries travel
 //! through it and may come after.
 //!
@@ -160,7 +160,7 @@
 //! | `too_large`, `json_too_deep` | the data is over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload)), or nested too deep; a frame over the endpoint's [`max_message_size`](WsEndpoint::max_message_size) closes 1009 instead |
 //! | `unavailable` | the backend failed or the hub is full: not done, safe to retry |
 //! | `unsupported` | this hub has no such operation |
-//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::InboundPolicy::Reject)) |
+//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::hub::InboundPolicy::Reject)) |
 //! | `internal` | a bug of the server's (a connection joined twice); the detail is in its log |
 //! | `rate_limited` | over the inbound rate limit: the command was not run (a client should pace its commands, say a reconnect's resubscriptions, within the burst, and may retry later) |
 //!

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use salvo_realtime::{Delivery, Message, Subscription};
+use salvo_realtime::hub::Subscription;
+use salvo_realtime::{Delivery, Message};
 
 use super::proxy::Proxy;
 

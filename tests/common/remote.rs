@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use salvo_realtime::backend::{Backend, MembersPage, Mirror};
 use salvo_realtime::error::HubError;
-use salvo_realtime::{ConnectionId, Epoch, Identity, Message, MessageId, Publication, Topic};
+use salvo_realtime::hub::Epoch;
+use salvo_realtime::{ConnectionId, Identity, Message, MessageId, Publication, Topic};
 
 /// Each remote log by (namespace, topic): its epoch and its messages.
 type Logs = HashMap<(&'static str, Topic), (Epoch, Vec<Message>)>;
