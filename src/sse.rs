@@ -110,20 +110,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use salvo::http::{Request, Response};
 use salvo::{Depot, FlowCtrl, Handler};
-use tracing::{Instrument, Span};
 
-use crate::endpoint::{Admission, Admitted, Common, Transport, common_builders};
+use tracing::Span;
+
+use crate::endpoint::{Attached, Common, Transport, common_builders};
 use crate::hub::EventName;
 use crate::sync::{AtomicU32, Mutex};
 use crate::wire::{SSE_EVENT, base64};
-use crate::{Connection, Delivery, Hub};
+use crate::{Delivery, Hub};
 
 /// Serves a hub over Server-Sent Events; see the [module docs](self).
 ///
@@ -229,28 +230,23 @@ impl<H: Hub> Handler for SseEndpoint<H> {
                 return;
             }
         };
-        let Admitted { conn, admission } = admitted;
         let span = tracing::info_span!(
             "sse",
-            conn = %conn.id(),
-            peer = ?conn.remote_addr(),
-            user = conn.user_id(),
+            conn = %admitted.conn.id(),
+            peer = ?admitted.conn.remote_addr(),
+            user = admitted.conn.user_id(),
         );
         tracing::info!(
             parent: &span,
-            topics = ?conn.topics(),
+            topics = ?admitted.conn.topics(),
             "sse connected"
         );
         let keep_alive = self.keep_alive.register();
         // The `retry:` hint goes out now.
         let quiet_since = keep_alive.seen;
         let live = Live {
-            hub: Arc::clone(&self.hub),
-            conn,
-            subscription: Some(subscription),
-            admission,
+            attached: Attached::new(Arc::clone(&self.hub), admitted, subscription),
             span,
-            opened: Instant::now(),
             keep_alive,
             sent: false,
             quiet_since,
@@ -375,17 +371,11 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Everything one open stream holds. Salvo drops the body stream when the client disconnects,
-/// so this is dropped on every end path: `Drop` hands the subscription back to the hub and the
-/// admission (cap slot, drain registration) goes with it.
+/// so this is dropped on every end path, and the connection's [`Attached`] leaves the hub (the
+/// teardown the WebSocket endpoint uses too); its admission's metrics count the events sent.
 struct Live<H: Hub> {
-    hub: Arc<H>,
-    conn: Connection,
-    subscription: Option<H::Subscription>,
-    /// Held for its `Drop`: the cap slot, the drain registration and the open-connection
-    /// metrics go with the stream. Its metrics count the events sent.
-    admission: Admission,
+    attached: Attached<H>,
     span: Span,
-    opened: Instant,
     /// Ticks every half keep-alive period (the endpoint's one timer, never reset per event).
     keep_alive: Tick,
     /// Whether an event went out since the last tick.
@@ -395,32 +385,12 @@ struct Live<H: Hub> {
     quiet_since: u32,
 }
 
-impl<H: Hub> Live<H> {
-    /// Leaves the hub, the first time it is called: spawns `leave` (it is async and `Drop`
-    /// can't wait) and returns its handle so a graceful end can await it.
-    fn leave(&mut self, reason: &'static str) -> Option<tokio::task::JoinHandle<()>> {
-        let subscription = self.subscription.take()?;
-        tracing::info!(
-            parent: &self.span,
-            reason,
-            duration_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "sse disconnected"
-        );
-        let hub = Arc::clone(&self.hub);
-        let conn = self.conn.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => Some(runtime.spawn(
-                async move { hub.leave(&conn, subscription).await }.instrument(self.span.clone()),
-            )),
-            // No runtime left (process shutdown): dropping the subscription frees it too.
-            Err(_) => None,
-        }
-    }
-}
-
 impl<H: Hub> Drop for Live<H> {
     fn drop(&mut self) {
-        let _ = self.leave("client disconnected");
+        // Before `attached` drops, so the log says why.
+        let _ = self
+            .attached
+            .leave_in_background("client disconnected", &self.span);
     }
 }
 
@@ -483,7 +453,10 @@ impl<H: Hub> Stream for Events<H> {
                 Poll::Ready(Err(reason)) => reason,
                 Poll::Pending => return Poll::Pending,
             };
-            this.phase = live.leave(reason).map_or(Phase::Done, Phase::Leaving);
+            this.phase = live
+                .attached
+                .leave_in_background(reason, &live.span)
+                .map_or(Phase::Done, Phase::Leaving);
         }
     }
 }
@@ -493,19 +466,19 @@ impl<H: Hub> Live<H> {
     /// keep-alive tick (a comment only if nothing was sent since the last one).
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, &'static str>> {
         loop {
-            let Some(subscription) = self.subscription.as_mut() else {
+            let Some((subscription, admission)) = self.attached.parts() else {
                 return Poll::Ready(Err("hub closed the subscription"));
             };
-            if self.admission.drain.poll_requested(cx).is_ready() {
+            if admission.drain.poll_requested(cx).is_ready() {
                 return Poll::Ready(Err("drained"));
             }
             match Pin::new(subscription).poll_next(cx) {
                 Poll::Ready(Some(delivery)) => {
+                    admission.metrics.sent(delivery.logged_at());
                     if let Delivery::Lagged { topic, missed } = &delivery {
+                        admission.metrics.lagged(*missed);
                         tracing::warn!(parent: &self.span, %topic, missed, "sse subscriber lagged");
-                        self.admission.metrics.lagged(*missed);
                     }
-                    self.admission.metrics.sent(delivery.logged_at());
                     self.sent = true;
                     return Poll::Ready(Ok(encode(&delivery)));
                 }
@@ -513,7 +486,7 @@ impl<H: Hub> Live<H> {
                 Poll::Pending => {}
             }
             let (before, now) = std::task::ready!(self.keep_alive.poll_tick(cx.waker()));
-            self.admission.metrics.flush();
+            self.attached.admission.metrics.flush();
             if std::mem::take(&mut self.sent) {
                 // Sent after the tick `before`: the latest it may have been.
                 self.quiet_since = before;

@@ -124,6 +124,29 @@ async fn bad_handshakes_are_refused_before_anything_joins() {
     server.stop().await;
 }
 
+// A valid handshake on a connection that can't be upgraded (an in-process test client, as
+// HTTP/2 would be) is refused before the join, through the one status map: it used to join,
+// then leave again and answer a 400 of its own that no refusal metric or log saw.
+#[tokio::test]
+async fn a_handshake_that_cannot_be_upgraded_is_refused_before_the_join() {
+    use salvo::test::{ResponseExt, TestClient};
+    let hub = Counted::new(Rooms::new());
+    let ep = named(WsEndpoint::new(hub.clone()));
+    let service = salvo::Service::new(Router::with_path("ws/{topic}").goal(ep.clone()));
+    let mut res = TestClient::get("http://127.0.0.1:5800/ws/room?user=ghost")
+        .add_header("connection", "Upgrade", true)
+        .add_header("upgrade", "websocket", true)
+        .add_header("sec-websocket-key", KEY, true)
+        .add_header("sec-websocket-version", "13", true)
+        .send(&service)
+        .await;
+    assert_eq!(res.status_code, Some(salvo::http::StatusCode::BAD_REQUEST));
+    let body = res.take_string().await.expect("body");
+    assert!(body.contains("can't be upgraded"), "{body}");
+    assert_eq!(hub.snapshot().total, 0, "nothing joined");
+    assert_eq!(ep.open_connections(), 0);
+}
+
 /// A hub whose join always fails with the error `make` builds.
 struct Refuses(fn() -> HubError);
 

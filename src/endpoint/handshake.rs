@@ -6,7 +6,8 @@ use super::Refusal;
 
 /// Checks the WebSocket handshake of RFC 6455 §4.2.1 completely, before anything joins or is
 /// counted: GET over HTTP/1.1 or later, `Connection` with the `upgrade` token, `Upgrade:
-/// websocket`, a `Sec-WebSocket-Key` of 16 base64-encoded bytes, and version 13.
+/// websocket`, a `Sec-WebSocket-Key` of 16 base64-encoded bytes, and version 13; and that the
+/// connection can be upgraded at all (the server gave the request hyper's upgrade handle).
 pub(crate) fn check_handshake(req: &Request) -> Result<(), Refusal> {
     use salvo::http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
     if req.method() != salvo::http::Method::GET {
@@ -49,8 +50,16 @@ pub(crate) fn check_handshake(req: &Request) -> Result<(), Refusal> {
     }
     let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
     match (versions.next(), versions.next()) {
-        (None, _) => Err(Refusal::Handshake("missing `Sec-WebSocket-Version`")),
-        (Some(v), None) if v.as_bytes() == b"13" => Ok(()),
-        _ => Err(Refusal::Version),
+        (None, _) => return Err(Refusal::Handshake("missing `Sec-WebSocket-Version`")),
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        _ => return Err(Refusal::Version),
     }
+    if req
+        .extensions()
+        .get::<salvo::hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return Err(Refusal::NotUpgradable);
+    }
+    Ok(())
 }

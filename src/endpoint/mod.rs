@@ -39,6 +39,7 @@ use crate::hub::{DIRECT_PREFIX, Hub, Identity, Position};
 use crate::ids::Topic;
 use crate::metrics::ConnMetrics;
 
+pub(crate) mod attached;
 pub(crate) mod builders;
 pub(crate) mod caps;
 pub(crate) mod drain;
@@ -50,6 +51,7 @@ pub(crate) mod resume;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use attached::Attached;
 pub(crate) use builders::common_builders;
 pub(crate) use caps::Slot;
 use caps::{Caps, cap_key};

@@ -111,6 +111,10 @@ pub(crate) enum Refusal {
     Handshake(&'static str),
     /// A `Sec-WebSocket-Version` other than 13: 426 with `Sec-WebSocket-Version: 13`.
     Version,
+    /// A valid handshake on a connection that can't be upgraded (the server handed the
+    /// request over without an HTTP/1.1 upgrade: HTTP/2, an in-process test client): 400,
+    /// before anything joins.
+    NotUpgradable,
     /// The `Origin` is not allowed (or missing when required, or sent twice): 403.
     Origin,
     /// Refused by the request's own data or the application's closures: 400, 401 or 403.
@@ -140,7 +144,7 @@ impl Refusal {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Handshake(_) => StatusCode::BAD_REQUEST,
+            Self::Handshake(_) | Self::NotUpgradable => StatusCode::BAD_REQUEST,
             Self::Version => StatusCode::UPGRADE_REQUIRED,
             Self::Origin => StatusCode::FORBIDDEN,
             Self::Rejected(r) => r.status(),
@@ -175,6 +179,9 @@ impl Refusal {
             Self::Draining => "the server is shutting down".into(),
             Self::Handshake(why) => (*why).into(),
             Self::Version => "unsupported websocket version (this server speaks 13)".into(),
+            Self::NotUpgradable => {
+                "this connection can't be upgraded to a websocket (HTTP/1.1 is needed)".into()
+            }
             Self::Origin => "origin not allowed".into(),
             Self::Rejected(r) => r.reason().into(),
             Self::Panicked(_) => "internal error".into(),
@@ -215,7 +222,7 @@ impl Refusal {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Draining => "draining",
-            Self::Handshake(_) | Self::Version => "handshake",
+            Self::Handshake(_) | Self::Version | Self::NotUpgradable => "handshake",
             Self::Origin | Self::Panicked("allow_origin_fn") => "origin",
             Self::Rejected(Rejection::BadRequest(_)) | Self::Panicked("topics") => "request",
             Self::Rejected(_) | Self::Panicked(_) => "identity",

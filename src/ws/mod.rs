@@ -23,7 +23,8 @@
 //!
 //! 1. **Drain.** A draining endpoint answers 503.
 //! 2. **Handshake** (RFC 6455 §4.2.1): `GET` over HTTP/1.1 or later, `Connection: upgrade`,
-//!    `Upgrade: websocket`, a well-formed `Sec-WebSocket-Key`: else 400.
+//!    `Upgrade: websocket`, a well-formed `Sec-WebSocket-Key`, on a connection the server can
+//!    upgrade (not HTTP/2, not an in-process test client): else 400.
 //!    `Sec-WebSocket-Version` other than 13: 426 with `Sec-WebSocket-Version: 13`.
 //! 3. **Origin.** A browser's `Origin` must name the request's own `Host`, or be on the
 //!    [`allowed_origins`](WsEndpoint::allowed_origins) list (exact match, no wildcards), or
@@ -216,7 +217,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use salvo::conn::ConnCtrl;
-use salvo::http::StatusError;
 use salvo::http::headers::{HeaderMapExt, SecWebsocketKey};
 use salvo::hyper::upgrade::OnUpgrade;
 use salvo::rt::tokio::TokioIo;
@@ -224,7 +224,7 @@ use salvo::{Depot, FlowCtrl, Handler, Request, Response, async_trait};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
 
-use crate::endpoint::{Common, Transport, common_builders};
+use crate::endpoint::{Attached, Common, Refusal, Transport, common_builders};
 use crate::hub::Hub;
 
 mod close;
@@ -507,18 +507,18 @@ impl<H: Hub> Handler for WsEndpoint<H> {
             user = admitted.conn.user_id().unwrap_or("-"),
             peer = ?admitted.conn.remote_addr(),
         );
-        // The handshake was checked whole before the join (`check_handshake`); what is left is
-        // the 101 and the connection it hands over. Without it (not an HTTP/1.1 connection
-        // that can be upgraded), the join is undone.
+        // From here on the connection leaves the hub through its one teardown, whatever ends it.
+        let attached = Attached::new(Arc::clone(&self.hub), admitted, sub);
+        // The handshake was checked whole before the join (`check_handshake`), the upgrade
+        // handle's presence included (`Refusal::NotUpgradable`); what is left is the 101 and
+        // the connection it hands over. Nothing between the check and here takes them, so
+        // the `else` is a guard: the join is undone and the refusal answered as every other.
         let key = req.headers().typed_get::<SecWebsocketKey>();
         let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
         let (Some(key), Some(on_upgrade)) = (key, on_upgrade) else {
-            tracing::info!("websocket upgrade impossible after the join");
-            self.hub.leave(&admitted.conn, sub).await;
-            res.render(
-                StatusError::bad_request()
-                    .brief("this connection can't be upgraded to a websocket"),
-            );
+            attached.finish("not upgradable").await;
+            self.common
+                .refuse(&Refusal::NotUpgradable, req, res, transport);
             return;
         };
         // A WebSocket is long-lived and quiet stretches are normal: Salvo's idle and
@@ -527,23 +527,21 @@ impl<H: Hub> Handler for WsEndpoint<H> {
             ctrl.relax_timeouts();
         }
         upgrade::switching_protocols(res, key, channel);
-        let hub = Arc::clone(&self.hub);
         let settings = Arc::clone(&self.settings);
         let config = self.config();
         // If the client vanishes mid-upgrade, the upgrade fails (or the task is dropped with
-        // the runtime): either way the subscription leaves the hub and the admission frees
-        // the slot.
+        // the runtime): either way `attached` leaves the hub and frees the slot.
         tokio::spawn(
             async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let io = Progress::new(TokioIo::new(upgraded), settings.send_timeout);
                         let ws = Socket::from_raw_socket(io, Role::Server, Some(config)).await;
-                        pump::serve(ws, hub, admitted, sub, settings, channel).await;
+                        pump::serve(ws, attached, settings, channel).await;
                     }
                     Err(e) => {
                         tracing::info!(error = %e, "websocket upgrade failed after the join");
-                        hub.leave(&admitted.conn, sub).await;
+                        attached.finish("upgrade failed").await;
                     }
                 }
             }

@@ -19,7 +19,7 @@ use super::close::{CLOSE_WAIT, End, classify};
 use super::writer::{Socket, Unsent, frame, lone_data, lone_message, poll_write_rest, with_frame};
 use super::{Framing, RateLimit, RatePolicy, Settings, SlowConsumerPolicy};
 use crate::channel::dispatch::{Commands, Done};
-use crate::endpoint::{Admission, Admitted};
+use crate::endpoint::{Admission, Attached};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload};
 use crate::metrics::ConnMetrics;
@@ -69,33 +69,29 @@ enum Fast {
     End(End),
 }
 
-/// One connection's whole life after the upgrade.
+/// One connection's whole life after the upgrade, ending in the one teardown
+/// ([`Attached::finish`]).
 pub(super) async fn serve<H: Hub>(
     ws: Socket,
-    hub: Arc<H>,
-    admitted: Admitted,
-    sub: H::Subscription,
+    mut attached: Attached<H>,
     settings: Arc<Settings>,
     channel: bool,
 ) {
-    let mut sub = sub.fuse();
-    let started = Instant::now();
-    let Admitted {
-        conn,
-        mut admission,
-    } = admitted;
     tracing::info!(channel, "connected");
-    let mut pump = Pump::new(ws, &*hub, &conn, &settings, channel);
+    let (hub, conn, sub, admission) = attached.split();
+    let Some(sub) = sub else {
+        // Attached just now: the subscription is there (a guard, not a path).
+        return;
+    };
+    let mut pump = Pump::new(ws, hub, conn, &settings, channel);
     pump.metrics = admission.metrics.take();
-    let end = pump.run(&mut sub, &admission).await;
+    let end = pump.run(sub, admission).await;
     if let End::Close(code, _) = &end {
         pump.metrics.close_code(Some(*code));
     }
     pump.finish(&end).await;
-    hub.leave(&conn, sub.into_inner()).await;
-    drop(admission);
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    tracing::info!(reason = end.reason(), duration_ms, "disconnected");
+    drop(pump);
+    attached.finish(end.reason()).await;
 }
 
 /// Heartbeat and idle deadlines.
