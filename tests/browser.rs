@@ -37,8 +37,7 @@ use salvo::conn::{Acceptor, Listener};
 use salvo::prelude::*;
 use salvo_realtime::error::HubError;
 use salvo_realtime::{
-    Connection, ConnectionId, Delivery, Drain, Hub, MessageId, Payload, Position, PubSub,
-    Publication, Rooms, Topic,
+    Connection, ConnectionId, Delivery, Drain, Hub, PubSub, Publication, Rooms, Topic,
 };
 use serde_json::{Value, json};
 
@@ -374,57 +373,27 @@ impl<H> Spy<H> {
     }
 }
 
-impl<H: Hub> Hub for Spy<H> {
-    type Subscription = Killable<H::Subscription>;
+salvo_realtime::hub::delegate_hub! {
+    impl[H: Hub] Hub for Spy<H>, to hub {
+        type Subscription = Killable<H::Subscription>;
 
-    async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
-        let inner = self.hub.join(conn).await?;
-        let kill = Arc::new(Kill::default());
-        self.conns.lock().push((
-            conn.id(),
-            conn.user_id().map(str::to_owned),
-            Arc::clone(&kill),
-        ));
-        self.joins.fetch_add(1, Ordering::Relaxed);
-        Ok(Killable { inner, kill })
-    }
+        async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
+            let inner = self.hub.join(conn).await?;
+            let kill = Arc::new(Kill::default());
+            self.conns.lock().push((
+                conn.id(),
+                conn.user_id().map(str::to_owned),
+                Arc::clone(&kill),
+            ));
+            self.joins.fetch_add(1, Ordering::Relaxed);
+            Ok(Killable { inner, kill })
+        }
 
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-        self.hub.receive(conn, message).await
-    }
-
-    async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
-        self.conns.lock().retain(|(id, _, _)| *id != conn.id());
-        self.hub.leave(conn, subscription.inner).await;
-    }
-
-    // The channel protocol's commands go to the wrapped hub as they are.
-
-    async fn add_topic(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        from: Position,
-        data: Option<&Value>,
-    ) -> Result<(), HubError> {
-        self.hub.add_topic(conn, topic, from, data).await
-    }
-
-    async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
-        self.hub.remove_topic(conn, topic).await
-    }
-
-    async fn publish_from(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        publication: Publication,
-    ) -> Result<MessageId, HubError> {
-        self.hub.publish_from(conn, topic, publication).await
-    }
-
-    async fn call(&self, conn: &Connection, method: &str, data: Value) -> Result<Value, HubError> {
-        self.hub.call(conn, method, data).await
+        async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
+            self.conns.lock().retain(|(id, _, _)| *id != conn.id());
+            self.hub.leave(conn, subscription.inner).await;
+        }
+        // The rest (receive, the channel protocol's commands) goes to the wrapped hub as it is.
     }
 }
 

@@ -578,3 +578,73 @@ async fn a_replacement_log_is_freed_when_the_old_readers_drop_instead_of_moving(
         "the new log was freed with its last reader to come"
     );
 }
+
+/// A wrapper written with `delegate_hub!` passes on what it doesn't write, the channel
+/// protocol's `call` and `add_topic` included; one written by hand that forgot them answers
+/// `Unsupported`, the trap the macro closes.
+#[tokio::test]
+async fn a_delegated_wrapper_passes_on_every_method_it_does_not_write() {
+    use salvo_realtime::channel::Channels;
+    use salvo_realtime::error::Refused;
+    use salvo_realtime::hub::delegate_hub;
+    use salvo_realtime::{Identity, Rooms};
+
+    #[derive(Clone)]
+    struct Delegated<H> {
+        inner: H,
+    }
+    delegate_hub! {
+        impl[H: Hub] Hub for Delegated<H>, to inner {
+            type Subscription = H::Subscription;
+        }
+    }
+
+    /// Passes on the three required methods and forgets the rest.
+    struct Forgetful<H>(H);
+    impl<H: Hub> Hub for Forgetful<H> {
+        type Subscription = H::Subscription;
+        async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
+            self.0.join(conn).await
+        }
+        async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+            self.0.receive(conn, message).await
+        }
+        async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
+            self.0.leave(conn, subscription).await;
+        }
+    }
+
+    let channels = || {
+        Channels::new(Rooms::new())
+            .allow("news")
+            .on_call(
+                "double",
+                |_ctx, n: u64| async move { Ok::<_, Refused>(n * 2) },
+            )
+    };
+    let conn = Connection::new().authenticated(Identity::new("alice"));
+    let news = Topic::new("news").expect("topic");
+
+    let hub = Delegated { inner: channels() };
+    let sub = hub.join(&conn).await.expect("join");
+    let doubled = hub.call(&conn, "double", serde_json::json!(21)).await;
+    assert_eq!(doubled.expect("call passed on"), serde_json::json!(42));
+    hub.add_topic(&conn, &news, Position::Live, None)
+        .await
+        .expect("add_topic passed on");
+    assert!(
+        hub.remove_topic(&conn, &news)
+            .await
+            .expect("remove_topic passed on")
+    );
+    hub.leave(&conn, sub).await;
+
+    let hub = Forgetful(channels());
+    let sub = hub.join(&conn).await.expect("join");
+    let forgot = hub.call(&conn, "double", serde_json::json!(21)).await;
+    assert!(
+        matches!(forgot, Err(HubError::Unsupported(_))),
+        "{forgot:?}"
+    );
+    hub.leave(&conn, sub).await;
+}

@@ -3,7 +3,7 @@
 //! connect and disconnect hooks, and server-initiated sends, over one socket with any number
 //! of topics.
 //!
-//! [`Channels`] wraps a [`Rooms`] hub and is itself a [`Hub`], so both endpoints serve it:
+//! [`Channels`] wraps a [`Rooms`] hub and is itself a [`Hub`](crate::Hub), so both endpoints serve it:
 //! the WebSocket endpoint speaks the [channel protocol](crate::ws#the-channel-protocol) to clients
 //! that negotiate it (`Sec-WebSocket-Protocol: salvo-realtime.v1`), and the same authorization
 //! rules decide every topic a connection asks for, whichever way it asks: at connect time (the
@@ -115,8 +115,8 @@ use serde::de::DeserializeOwned;
 use crate::backend::{Backend, Local};
 use crate::error::{HubError, Refused};
 use crate::hub::{
-    CONNECTION_TOPIC, Connection, DIRECT_PREFIX, Hub, Identity, Message, Payload, Position,
-    Publication, Rooms, Subscription,
+    CONNECTION_TOPIC, Connection, DIRECT_PREFIX, Identity, Message, Payload, Position, Publication,
+    Rooms, Subscription,
 };
 use crate::ids::{ConnectionId, EventName, MessageId, Topic};
 
@@ -480,7 +480,7 @@ impl<B: Backend> Channels<B> {
     }
 
     /// Runs when a connection leaves (the endpoints always leave through
-    /// [`Hub::leave`]), before its rooms are left.
+    /// [`Hub::leave`](crate::Hub::leave)), before its rooms are left.
     #[must_use]
     pub fn on_disconnect<F, Fut>(self, handler: F) -> Self
     where
@@ -688,110 +688,112 @@ fn json_payload(value: &serde_json::Value) -> Result<Payload, HubError> {
     }
 }
 
-impl<B: Backend> Hub for Channels<B> {
-    type Subscription = Subscription;
+crate::__delegate_hub! {
+    impl[B: Backend] Hub for Channels<B>, to rooms {
+        type Subscription = Subscription;
 
-    async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
-        for (topic, _) in conn.topics() {
-            self.authorized(conn, topic, serde_json::Value::Null)
+        async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
+            for (topic, _) in conn.topics() {
+                self.authorized(conn, topic, serde_json::Value::Null)
+                    .await
+                    .map_err(HubError::Refused)?;
+            }
+            let sub = self.rooms.join(conn).await?;
+            if let Some(on_connect) = &self.handlers.on_connect {
+                let ctx = self.ctx(conn);
+                if let Err(refused) = guarded(self.handlers.timeout, move || on_connect(ctx)).await {
+                    self.rooms.leave(conn, sub).await;
+                    return Err(HubError::Refused(refused));
+                }
+            }
+            Ok(sub)
+        }
+
+        /// A frame of the plain envelope protocol: published to each of the connection's rooms,
+        /// through the same publish handlers as a `publish` command, all or nothing: every room's
+        /// handler runs first (rooms in name order), and if one refuses, the frame is published
+        /// nowhere and the sender gets that refusal. Then it is published room by room, in name
+        /// order; a hub error there (a backend failure) stops it: the rooms before it have the
+        /// message, the rest don't, and the sender is told the error.
+        async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+            let mut rooms = self.rooms.rooms_of(conn.id());
+            if rooms.is_empty() {
+                return Err(HubError::NotJoined(conn.id()));
+            }
+            rooms.sort_unstable();
+            let mut prepared = Vec::with_capacity(rooms.len());
+            for topic in rooms {
+                let publication = self
+                    .prepare(conn, &topic, Publication::new(message.clone()))
+                    .await?;
+                prepared.push((topic, publication));
+            }
+            for (topic, publication) in prepared {
+                self.rooms.publish_from(conn, &topic, publication).await?;
+            }
+            Ok(())
+        }
+
+        async fn leave(&self, conn: &Connection, subscription: Subscription) {
+            if let Some(on_disconnect) = &self.handlers.on_disconnect {
+                let ctx = self.ctx(conn);
+                let call = move || -> BoxFuture<Result<(), Refused>> {
+                    let fut = on_disconnect(ctx);
+                    Box::pin(async move {
+                        fut.await;
+                        Ok(())
+                    })
+                };
+                // Whatever the hook does (panics, hangs), the connection leaves its rooms below.
+                let _ = guarded(self.handlers.timeout, call).await;
+            }
+            self.rooms.leave(conn, subscription).await;
+        }
+
+        async fn add_topic(
+            &self,
+            conn: &Connection,
+            topic: &Topic,
+            from: Position,
+            data: Option<&serde_json::Value>,
+        ) -> Result<(), HubError> {
+            let data = data.cloned().unwrap_or(serde_json::Value::Null);
+            self.authorized(conn, topic, data)
                 .await
                 .map_err(HubError::Refused)?;
+            self.rooms.add_topic(conn, topic, from, None).await
         }
-        let sub = self.rooms.join(conn).await?;
-        if let Some(on_connect) = &self.handlers.on_connect {
-            let ctx = self.ctx(conn);
-            if let Err(refused) = guarded(self.handlers.timeout, move || on_connect(ctx)).await {
-                self.rooms.leave(conn, sub).await;
-                return Err(HubError::Refused(refused));
-            }
-        }
-        Ok(sub)
-    }
 
-    /// A frame of the plain envelope protocol: published to each of the connection's rooms,
-    /// through the same publish handlers as a `publish` command, all or nothing: every room's
-    /// handler runs first (rooms in name order), and if one refuses, the frame is published
-    /// nowhere and the sender gets that refusal. Then it is published room by room, in name
-    /// order; a hub error there (a backend failure) stops it: the rooms before it have the
-    /// message, the rest don't, and the sender is told the error.
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-        let mut rooms = self.rooms.rooms_of(conn.id());
-        if rooms.is_empty() {
-            return Err(HubError::NotJoined(conn.id()));
+        async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
+            self.rooms.remove_topic(conn, topic).await
         }
-        rooms.sort_unstable();
-        let mut prepared = Vec::with_capacity(rooms.len());
-        for topic in rooms {
-            let publication = self
-                .prepare(conn, &topic, Publication::new(message.clone()))
-                .await?;
-            prepared.push((topic, publication));
-        }
-        for (topic, publication) in prepared {
-            self.rooms.publish_from(conn, &topic, publication).await?;
-        }
-        Ok(())
-    }
 
-    async fn leave(&self, conn: &Connection, subscription: Subscription) {
-        if let Some(on_disconnect) = &self.handlers.on_disconnect {
-            let ctx = self.ctx(conn);
-            let call = move || -> BoxFuture<Result<(), Refused>> {
-                let fut = on_disconnect(ctx);
-                Box::pin(async move {
-                    fut.await;
-                    Ok(())
-                })
+        async fn publish_from(
+            &self,
+            conn: &Connection,
+            topic: &Topic,
+            publication: Publication,
+        ) -> Result<MessageId, HubError> {
+            let publication = self.prepare(conn, topic, publication).await?;
+            self.rooms.publish_from(conn, topic, publication).await
+        }
+
+        async fn call(
+            &self,
+            conn: &Connection,
+            method: &str,
+            data: serde_json::Value,
+        ) -> Result<serde_json::Value, HubError> {
+            let Some(handler) = self.handlers.methods.get(method).map(Arc::clone) else {
+                return Err(HubError::Refused(Refused::new(
+                    UNKNOWN_METHOD,
+                    format!("no method {method:?}"),
+                )));
             };
-            // Whatever the hook does (panics, hangs), the connection leaves its rooms below.
-            let _ = guarded(self.handlers.timeout, call).await;
+            let ctx = self.ctx(conn);
+            guarded(self.handlers.timeout, move || handler(ctx, data))
+                .await
+                .map_err(HubError::Refused)
         }
-        self.rooms.leave(conn, subscription).await;
-    }
-
-    async fn add_topic(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        from: Position,
-        data: Option<&serde_json::Value>,
-    ) -> Result<(), HubError> {
-        let data = data.cloned().unwrap_or(serde_json::Value::Null);
-        self.authorized(conn, topic, data)
-            .await
-            .map_err(HubError::Refused)?;
-        self.rooms.add_topic(conn, topic, from, None).await
-    }
-
-    async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
-        self.rooms.remove_topic(conn, topic).await
-    }
-
-    async fn publish_from(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        publication: Publication,
-    ) -> Result<MessageId, HubError> {
-        let publication = self.prepare(conn, topic, publication).await?;
-        self.rooms.publish_from(conn, topic, publication).await
-    }
-
-    async fn call(
-        &self,
-        conn: &Connection,
-        method: &str,
-        data: serde_json::Value,
-    ) -> Result<serde_json::Value, HubError> {
-        let Some(handler) = self.handlers.methods.get(method).map(Arc::clone) else {
-            return Err(HubError::Refused(Refused::new(
-                UNKNOWN_METHOD,
-                format!("no method {method:?}"),
-            )));
-        };
-        let ctx = self.ctx(conn);
-        guarded(self.handlers.timeout, move || handler(ctx, data))
-            .await
-            .map_err(HubError::Refused)
     }
 }

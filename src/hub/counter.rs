@@ -12,7 +12,7 @@ use futures_util::Stream;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{Connection, Delivery, Hub, Payload, Position, Publication};
+use super::{Connection, Delivery, Hub, Payload, Publication};
 use crate::error::HubError;
 use crate::ids::{MessageId, Topic};
 
@@ -167,79 +167,58 @@ impl<H: Hub> Counted<H> {
     }
 }
 
-impl<H: Hub> Hub for Counted<H> {
-    type Subscription = CountedSubscription<H::Subscription>;
+crate::__delegate_hub! {
+    impl[H: Hub] Hub for Counted<H>, to hub {
+        type Subscription = CountedSubscription<H::Subscription>;
 
-    async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
-        let inner = self.hub.join(conn).await?;
-        let topics: Vec<Topic> = conn.topics().iter().map(|(t, _)| t.clone()).collect();
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
-        self.stats.total.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut map = self.stats.topics.lock();
-            for topic in &topics {
-                let count = map.entry(topic.clone()).or_default();
-                count.open += 1;
-                count.total += 1;
+        async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
+            let inner = self.hub.join(conn).await?;
+            let topics: Vec<Topic> = conn.topics().iter().map(|(t, _)| t.clone()).collect();
+            self.stats.open.fetch_add(1, Ordering::Relaxed);
+            self.stats.total.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut map = self.stats.topics.lock();
+                for topic in &topics {
+                    let count = map.entry(topic.clone()).or_default();
+                    count.open += 1;
+                    count.total += 1;
+                }
             }
+            Ok(CountedSubscription {
+                inner,
+                guard: Guard {
+                    stats: Arc::clone(&self.stats),
+                    topics,
+                    delivered: 0,
+                },
+            })
         }
-        Ok(CountedSubscription {
-            inner,
-            guard: Guard {
-                stats: Arc::clone(&self.stats),
-                topics,
-                delivered: 0,
-            },
-        })
-    }
 
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.hub.receive(conn, message).await
-    }
+        async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+            self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+            self.hub.receive(conn, message).await
+        }
 
-    async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
-        let CountedSubscription { inner, guard } = subscription;
-        self.hub.leave(conn, inner).await;
-        drop(guard);
-    }
+        async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
+            let CountedSubscription { inner, guard } = subscription;
+            self.hub.leave(conn, inner).await;
+            drop(guard);
+        }
 
-    fn note_dropped(&self, conn: &Connection, count: u64) {
-        self.stats.dropped.fetch_add(count, Ordering::Relaxed);
-        self.hub.note_dropped(conn, count);
-    }
+        fn note_dropped(&self, conn: &Connection, count: u64) {
+            self.stats.dropped.fetch_add(count, Ordering::Relaxed);
+            self.hub.note_dropped(conn, count);
+        }
 
-    async fn add_topic(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        from: Position,
-        data: Option<&serde_json::Value>,
-    ) -> Result<(), HubError> {
-        self.hub.add_topic(conn, topic, from, data).await
-    }
-
-    async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
-        self.hub.remove_topic(conn, topic).await
-    }
-
-    async fn publish_from(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        publication: Publication,
-    ) -> Result<MessageId, HubError> {
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.hub.publish_from(conn, topic, publication).await
-    }
-
-    async fn call(
-        &self,
-        conn: &Connection,
-        method: &str,
-        data: serde_json::Value,
-    ) -> Result<serde_json::Value, HubError> {
-        self.hub.call(conn, method, data).await
+        async fn publish_from(
+            &self,
+            conn: &Connection,
+            topic: &Topic,
+            publication: Publication,
+        ) -> Result<MessageId, HubError> {
+            self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+            self.hub.publish_from(conn, topic, publication).await
+        }
     }
 }
 

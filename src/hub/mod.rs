@@ -21,6 +21,7 @@ pub(crate) mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod counter;
+mod delegate;
 pub(crate) mod inbound;
 pub(crate) mod local;
 pub(crate) mod log;
@@ -45,7 +46,12 @@ pub use rooms::{
 };
 pub use subscription::Subscription;
 
+#[doc(inline)]
+pub use crate::__delegate_hub as delegate_hub;
 pub use crate::ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
+/// For [`delegate_hub!`]'s expansion in crates that don't depend on `serde_json` themselves.
+#[doc(hidden)]
+pub use serde_json as __serde_json;
 
 use crate::error::HubError;
 
@@ -139,99 +145,15 @@ use crate::error::HubError;
 /// # Wrapping a hub
 ///
 /// To add behaviour around a hub (metrics, auditing, a policy of your own), wrap it in a type
-/// that implements `Hub` by passing each call on to the hub inside, as
-/// [`Counted`] does. Pass on *every* method, the provided ones too: a wrapper
+/// that implements `Hub` by passing each call on to the hub inside, as [`Counted`] does, and
+/// write that impl with [`delegate_hub!`]: it passes on every method the wrapper doesn't write
+/// itself. Written by hand, a wrapper must pass on *every* method, the provided ones too: one
 /// that leaves [`add_topic`](Hub::add_topic), [`remove_topic`](Hub::remove_topic),
 /// [`publish_from`](Hub::publish_from) or [`call`](Hub::call) to their defaults answers
 /// [`HubError::Unsupported`] for them, and the channel protocol stops working behind it. To
-/// count deliveries too, wrap the subscription stream as well (see
-/// [`CountedSubscription`]). Keep the wrapper's own state behind
-/// an `Arc`, so that clones share it like clones of the hub they wrap.
-///
-/// ```
-/// use std::sync::Arc;
-/// use std::sync::atomic::{AtomicU64, Ordering};
-///
-/// use salvo_realtime::error::HubError;
-/// use salvo_realtime::{
-///     Connection, Hub, Identity, MessageId, Payload, Position, Publication, Rooms, Topic,
-/// };
-///
-/// /// Counts the messages connections send, and passes everything on.
-/// #[derive(Clone)]
-/// struct Audited<H> {
-///     inner: H,
-///     received: Arc<AtomicU64>,
-/// }
-///
-/// impl<H: Hub> Hub for Audited<H> {
-///     type Subscription = H::Subscription;
-///
-///     async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
-///         self.inner.join(conn).await
-///     }
-///
-///     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
-///         self.received.fetch_add(1, Ordering::Relaxed);
-///         self.inner.receive(conn, message).await
-///     }
-///
-///     async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {
-///         self.inner.leave(conn, subscription).await;
-///     }
-///
-///     fn note_dropped(&self, conn: &Connection, count: u64) {
-///         self.inner.note_dropped(conn, count);
-///     }
-///
-///     async fn add_topic(
-///         &self,
-///         conn: &Connection,
-///         topic: &Topic,
-///         from: Position,
-///         data: Option<&serde_json::Value>,
-///     ) -> Result<(), HubError> {
-///         self.inner.add_topic(conn, topic, from, data).await
-///     }
-///
-///     async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
-///         self.inner.remove_topic(conn, topic).await
-///     }
-///
-///     async fn publish_from(
-///         &self,
-///         conn: &Connection,
-///         topic: &Topic,
-///         publication: Publication,
-///     ) -> Result<MessageId, HubError> {
-///         self.received.fetch_add(1, Ordering::Relaxed);
-///         self.inner.publish_from(conn, topic, publication).await
-///     }
-///
-///     async fn call(
-///         &self,
-///         conn: &Connection,
-///         method: &str,
-///         data: serde_json::Value,
-///     ) -> Result<serde_json::Value, HubError> {
-///         self.inner.call(conn, method, data).await
-///     }
-/// }
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let hub = Audited { inner: Rooms::new(), received: Arc::default() };
-/// let conn = Connection::new()
-///     .authenticated(Identity::new("alice"))
-///     .subscribe(Topic::new("lobby")?, Position::Live);
-/// let subscription = hub.join(&conn).await?;
-/// hub.receive(&conn, Payload::from("hi")).await?;
-/// hub.publish_from(&conn, &Topic::new("lobby")?, Publication::new("again")).await?;
-/// assert_eq!(hub.received.load(Ordering::Relaxed), 2);
-/// hub.leave(&conn, subscription).await;
-/// # Ok(())
-/// # }
-/// ```
+/// count deliveries too, wrap the subscription stream as well (see [`CountedSubscription`]).
+/// Keep the wrapper's own state behind an `Arc`, so that clones share it like clones of the hub
+/// they wrap.
 ///
 /// # Cloning and sharing
 ///
@@ -352,70 +274,9 @@ pub trait Hub: Send + Sync + 'static {
     }
 }
 
-impl<H: Hub> Hub for Arc<H> {
-    type Subscription = H::Subscription;
-
-    fn join(
-        &self,
-        conn: &Connection,
-    ) -> impl Future<Output = Result<Self::Subscription, HubError>> + Send {
-        (**self).join(conn)
-    }
-
-    fn receive(
-        &self,
-        conn: &Connection,
-        message: Payload,
-    ) -> impl Future<Output = Result<(), HubError>> + Send {
-        (**self).receive(conn, message)
-    }
-
-    fn leave(
-        &self,
-        conn: &Connection,
-        subscription: Self::Subscription,
-    ) -> impl Future<Output = ()> + Send {
-        (**self).leave(conn, subscription)
-    }
-
-    fn note_dropped(&self, conn: &Connection, count: u64) {
-        (**self).note_dropped(conn, count);
-    }
-
-    fn add_topic(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        from: Position,
-        data: Option<&serde_json::Value>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send {
-        (**self).add_topic(conn, topic, from, data)
-    }
-
-    fn remove_topic(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-    ) -> impl Future<Output = Result<bool, HubError>> + Send {
-        (**self).remove_topic(conn, topic)
-    }
-
-    fn publish_from(
-        &self,
-        conn: &Connection,
-        topic: &Topic,
-        publication: Publication,
-    ) -> impl Future<Output = Result<MessageId, HubError>> + Send {
-        (**self).publish_from(conn, topic, publication)
-    }
-
-    fn call(
-        &self,
-        conn: &Connection,
-        method: &str,
-        data: serde_json::Value,
-    ) -> impl Future<Output = Result<serde_json::Value, HubError>> + Send {
-        (**self).call(conn, method, data)
+crate::__delegate_hub! {
+    impl[H: Hub] Hub for Arc<H>, to deref {
+        type Subscription = H::Subscription;
     }
 }
 
