@@ -128,47 +128,18 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
         Topic::new(name).map_err(|e| invalid(r, "invalid_topic", e.to_string()))
     };
     let command = match kind {
-        "subscribe" => {
-            let from = match (frame.get("last"), frame.get("recent")) {
-                (Some(Value::String(last)), _) if !last.is_empty() => last
-                    .parse::<MessageId>()
-                    .map_or(Position::Invalid, Position::After),
-                (_, Some(n)) => match n.as_u64() {
-                    Some(n) => {
-                        Position::Recent(usize::try_from(n).unwrap_or(MAX_RECENT).min(MAX_RECENT))
-                    }
-                    None => return Err(invalid(r, "bad_frame", "`recent` must be a number")),
-                },
-                _ => Position::Live,
-            };
-            Command::Subscribe {
-                topic: topic()?,
-                from,
-                data: frame.get("data").cloned(),
-            }
-        }
+        "subscribe" => Command::Subscribe {
+            topic: topic()?,
+            from: start(&frame, r)?,
+            data: frame.get("data").cloned(),
+        },
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
-        "publish" => {
-            let event = match frame.get("event") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(name)) => Some(
-                    EventName::new(name).map_err(|e| invalid(r, "invalid_event", e.to_string()))?,
-                ),
-                Some(_) => return Err(invalid(r, "invalid_event", "`event` must be a string")),
-            };
-            let payload = match frame.get("data") {
-                None => return Err(invalid(r, "invalid_data", "`data` is missing")),
-                Some(Value::String(text)) => Payload::text(text.clone()),
-                Some(other) => Payload::text(other.to_string()),
-            };
-            let echo = frame.get("echo").and_then(Value::as_bool).unwrap_or(true);
-            Command::Publish {
-                topic: topic()?,
-                event,
-                payload,
-                echo,
-            }
-        }
+        "publish" => Command::Publish {
+            topic: topic()?,
+            event: event(&frame, r)?,
+            payload: data(&frame, r)?,
+            echo: frame.get("echo").and_then(Value::as_bool).unwrap_or(true),
+        },
         "call" => {
             let method = frame
                 .get("method")
@@ -190,6 +161,44 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
         }
     };
     Ok(Request { reference, command })
+}
+
+/// Where a `subscribe` starts: after `last` (an unreadable id is [`Position::Invalid`], reset
+/// later), else the `recent` last messages (at most [`MAX_RECENT`]), else live.
+fn start(frame: &serde_json::Map<String, Value>, r: Option<&Value>) -> Result<Position, Invalid> {
+    Ok(match (frame.get("last"), frame.get("recent")) {
+        (Some(Value::String(last)), _) if !last.is_empty() => last
+            .parse::<MessageId>()
+            .map_or(Position::Invalid, Position::After),
+        (_, Some(n)) => match n.as_u64() {
+            Some(n) => Position::Recent(usize::try_from(n).unwrap_or(MAX_RECENT).min(MAX_RECENT)),
+            None => return Err(invalid(r, "bad_frame", "`recent` must be a number")),
+        },
+        _ => Position::Live,
+    })
+}
+
+/// A `publish`'s event name: absent or `null` for none, else a valid name.
+fn event(
+    frame: &serde_json::Map<String, Value>,
+    r: Option<&Value>,
+) -> Result<Option<EventName>, Invalid> {
+    match frame.get("event") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => EventName::new(name)
+            .map(Some)
+            .map_err(|e| invalid(r, "invalid_event", e.to_string())),
+        Some(_) => Err(invalid(r, "invalid_event", "`event` must be a string")),
+    }
+}
+
+/// A `publish`'s data: a string as its text, any other JSON value as its JSON text.
+fn data(frame: &serde_json::Map<String, Value>, r: Option<&Value>) -> Result<Payload, Invalid> {
+    match frame.get("data") {
+        None => Err(invalid(r, "invalid_data", "`data` is missing")),
+        Some(Value::String(text)) => Ok(Payload::text(text.clone())),
+        Some(other) => Ok(Payload::text(other.to_string())),
+    }
 }
 
 /// `reference` if it is a valid `ref`: a string of at most 62 characters, or a number.

@@ -92,8 +92,9 @@ use serde::Serialize;
 
 use crate::endpoint::Refusal;
 use crate::error::HubError;
+use crate::hub::backend::Backend;
 use crate::hub::inbound::json_depth;
-use crate::hub::{Backend, Counted, Hub, MAX_JSON_DEPTH, Rooms};
+use crate::hub::{Counted, Hub, MAX_JSON_DEPTH, Rooms};
 use crate::ids::EventName;
 use crate::{MessageId, Payload, PubSub, Publication, Rejection, Topic};
 

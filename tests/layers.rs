@@ -269,3 +269,106 @@ fn the_root_exports_what_a_first_app_names() {
     .collect();
     assert_eq!(root_exports(), expected);
 }
+
+/// Every function of `src/` longer than `limit` lines that doesn't say why at its head (a
+/// comment starting "Long on purpose" in its first lines): `path:line name length`.
+fn long_functions(limit: usize) -> Vec<String> {
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    /// The line without string and char literals and trailing comments (braces in them
+    /// don't count).
+    fn braces_of(line: &str) -> String {
+        let mut out = String::new();
+        let mut chars = line.chars().peekable();
+        let mut in_string = false;
+        while let Some(c) = chars.next() {
+            match (in_string, c) {
+                (true, '\\') => {
+                    chars.next();
+                }
+                (true, '"') => in_string = false,
+                (true, _) => {}
+                (false, '"') => in_string = true,
+                (false, '\'') if chars.peek() == Some(&'{') || chars.peek() == Some(&'}') => {
+                    chars.next();
+                }
+                (false, '/') if chars.peek() == Some(&'/') => break,
+                (false, '{' | '}') => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    files(&root, &mut paths);
+    let mut long = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        for (start, line) in lines.iter().enumerate() {
+            let head = line.trim_start();
+            let head = head
+                .strip_prefix("pub(crate) ")
+                .or_else(|| head.strip_prefix("pub(super) "))
+                .or_else(|| head.strip_prefix("pub "))
+                .unwrap_or(head);
+            let head = head.strip_prefix("async ").unwrap_or(head);
+            let head = head.strip_prefix("const ").unwrap_or(head);
+            let Some(rest) = head.strip_prefix("fn ") else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let (mut depth, mut opened) = (0i64, false);
+            let mut end = None;
+            for (i, l) in lines.iter().enumerate().skip(start) {
+                let b = braces_of(l);
+                if !opened && !b.contains('{') && l.contains(';') {
+                    break; // a declaration without a body
+                }
+                for c in b.chars() {
+                    depth += if c == '{' { 1 } else { -1 };
+                    opened = true;
+                }
+                if opened && depth == 0 {
+                    end = Some(i);
+                    break;
+                }
+            }
+            let Some(end) = end else { continue };
+            let length = end - start + 1;
+            let explained = lines[start..=end.min(start + 6)]
+                .iter()
+                .any(|l| l.contains("Long on purpose"));
+            if length > limit && !explained {
+                let rel = path
+                    .strip_prefix(&root)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                long.push(format!("{rel}:{} {name} {length}", start + 1));
+            }
+        }
+    }
+    long
+}
+
+/// No function of `src/` is over 80 lines unless its head says why: long functions are where
+/// a newcomer gets lost.
+#[test]
+fn no_function_is_over_80_lines_without_a_reason() {
+    assert_eq!(long_functions(80), Vec::<String>::new());
+    // The scan sees functions at all: many are over 40 lines.
+    assert!(long_functions(40).len() > 2, "{:?}", long_functions(40));
+}

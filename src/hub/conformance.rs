@@ -305,6 +305,8 @@ where
     ///
     /// A [`Failure`] naming the position and what it delivered.
     pub async fn resume(&self) -> Result<(), Failure> {
+        // Long on purpose: one log, each resume position checked against it in turn, read top
+        // to bottom like the list above; split, the positions would lose their shared log.
         const CHECK: &str = "resume";
         let config = HubConfig::new().history(4);
         let hub = PubSub::with_backend(config.clone(), (self.new_node)().await);

@@ -187,6 +187,8 @@ fn settle(sub: &mut Subscription) -> Vec<Delivery> {
 
 /// The invariants in the module docs, for `rooms` and the subscriptions still held.
 fn check(rooms: &Hub_, subs: &mut [(ConnectionId, Option<Subscription>)]) {
+    // Long on purpose: one assertion block per invariant of the module docs, in their order,
+    // so a failing schedule names the invariant it broke.
     let memberships = rooms.memberships();
     let mut members: BTreeMap<Topic, BTreeSet<ConnectionId>> = BTreeMap::new();
     let mut users: HashMap<ConnectionId, Arc<str>> = HashMap::new();

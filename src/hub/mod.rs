@@ -33,11 +33,9 @@ pub(crate) mod subscription;
 #[cfg(all(test, salvo_realtime_shuttle))]
 mod interleavings;
 
-pub(crate) use backend::{Backend, MembersPage, Mirror, WeakMirror};
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
 pub use inbound::MAX_JSON_DEPTH;
-pub(crate) use log::Applied;
 pub(crate) use message::ENCODINGS;
 pub use message::{Message, Payload, Publication};
 pub use pubsub::PubSub;

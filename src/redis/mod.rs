@@ -152,7 +152,8 @@ use self::keys::Keys;
 use self::lua::Scripts;
 use self::wire::Stamp;
 use crate::error::HubError;
-use crate::hub::{Backend, Identity, MembersPage, Mirror, Payload, Publication, WeakMirror};
+use crate::hub::backend::{Backend, MembersPage, Mirror, WeakMirror};
+use crate::hub::{Identity, Payload, Publication};
 use crate::ids::{ConnectionId, Epoch, EventName, MessageId, Offset, Topic};
 
 /// Settings of a [`RedisBackend`].
@@ -631,42 +632,55 @@ impl Shared {
                  failed over to a replica that lagged); it starts a new epoch"
             );
         }
-        let mut page: Vec<Vec<u8>> = reply.into_iter().skip(3).collect();
+        let first: Vec<Vec<u8>> = reply.into_iter().skip(3).collect();
+        let history = self
+            .history_after(&keys.hist, epoch, first, &mut conn)
+            .await?;
+        Ok(task::Fetched {
+            epoch,
+            last,
+            history,
+        })
+    }
+
+    /// The history of `epoch` from its `first` page on, page by page, until a short page (the
+    /// end) or a message of another epoch (the topic started anew meanwhile: the next message
+    /// shows the gap).
+    async fn history_after(
+        &self,
+        hist: &str,
+        epoch: Epoch,
+        first: Vec<Vec<u8>>,
+        conn: &mut Conn,
+    ) -> Result<Vec<(crate::Message, Stamp)>, HubError> {
+        let mut page = first;
         let mut history = Vec::new();
-        // The rest of the history, page by page, until a short page (the end) or a message of
-        // another epoch (the topic started anew meanwhile: the next message shows the gap).
         loop {
             let full = page.len() >= lua::PAGE;
             let before = history.len();
             for w in &page {
                 match wire::decode(w, self.node) {
                     Some((m, s)) if m.id().epoch() == epoch => history.push((m, s)),
-                    Some(_) => {
-                        return Ok(task::Fetched {
-                            epoch,
-                            last,
-                            history,
-                        });
-                    }
+                    Some(_) => return Ok(history),
                     None => {}
                 }
             }
             let Some((newest, _)) = history.last() else {
-                break;
+                return Ok(history);
             };
             if !full || history.len() == before {
-                break;
+                return Ok(history);
             }
             let from = format!("(0-{}", newest.id().offset());
             let entries: Vec<HistoryEntry> = within(
                 self.config.timeout,
                 redis::cmd("XRANGE")
-                    .arg(&keys.hist)
+                    .arg(hist)
                     .arg(from)
                     .arg("+")
                     .arg("COUNT")
                     .arg(lua::PAGE)
-                    .query_async(&mut conn),
+                    .query_async(conn),
             )
             .await?;
             page = entries
@@ -674,11 +688,6 @@ impl Shared {
                 .filter_map(|(_, mut fields)| fields.pop().map(|(_, w)| w))
                 .collect();
         }
-        Ok(task::Fetched {
-            epoch,
-            last,
-            history,
-        })
     }
 
     fn mirror(&self, namespace: &str) -> Option<Mirror> {

@@ -80,7 +80,8 @@ use super::lua::MEMBERS_MAX;
 use super::wire::encode_body;
 use super::{Failure, Shared, millis, presence_publication, within};
 use crate::error::HubError;
-use crate::hub::{Identity, Member, Mirror, PRESENCE_JOIN, PRESENCE_LEAVE, Publication};
+use crate::hub::backend::Mirror;
+use crate::hub::{Identity, Member, PRESENCE_JOIN, PRESENCE_LEAVE, Publication};
 use crate::ids::{ConnectionId, Topic};
 
 /// Script calls a heartbeat runs at once (reconciles, evictions, renewals of idle topics).

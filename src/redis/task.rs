@@ -43,7 +43,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::wire::{Incoming, Stamp};
 use super::{Failure, Shared, within};
 use crate::error::HubError;
-use crate::hub::{Applied, Message};
+use crate::hub::Message;
+use crate::hub::log::Applied;
 use crate::ids::{Epoch, Offset, Topic};
 
 /// Longest pause between two reconnect attempts.
@@ -235,42 +236,19 @@ pub(super) async fn pubsub(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
-        if let Source::Single {
-            stream: stream @ None,
-            client,
-            sink,
-            generation,
-            backoff,
-        } = &mut source
+        match connect(
+            &mut task,
+            &mut source,
+            &mut commands,
+            &mut events,
+            timeout,
+            first,
+        )
+        .await
         {
-            match within(timeout, client.get_async_pubsub()).await {
-                Ok(pubsub) => {
-                    let (s, st) = pubsub.split();
-                    *stream = Some(st);
-                    *generation += 1;
-                    *backoff = Duration::from_millis(50);
-                    sink.send_replace(Some(s));
-                    task.connected = true;
-                    if !first {
-                        tracing::info!(
-                            channels = task.follows.len(),
-                            "redis pub/sub: reconnected; resubscribing"
-                        );
-                        crate::metrics::redis_reconnect();
-                    }
-                    task.resubscribe_all();
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "redis pub/sub: connect failed; retrying");
-                    crate::metrics::redis_error("pubsub_connect");
-                    if !task.wait(&mut commands, &mut events, *backoff).await {
-                        break;
-                    }
-                    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            }
-            first = false;
+            Connect::Ready => first = false,
+            Connect::Retry => continue,
+            Connect::Stop => break,
         }
         tokio::select! {
             command = commands.recv() => {
@@ -289,6 +267,110 @@ pub(super) async fn pubsub(
         }
     }
     worker.abort();
+}
+
+/// What [`connect`] left the pub/sub loop to do.
+enum Connect {
+    /// A connection is up (or Redis Cluster keeps its own): go on.
+    Ready,
+    /// Connecting failed and the back-off has passed: try again.
+    Retry,
+    /// The backend is gone.
+    Stop,
+}
+
+/// With a single Redis, (re)opens the pub/sub connection when there is none and resubscribes
+/// every followed channel; after a failure, waits the back-off (still serving commands and
+/// events) before the caller retries. Redis Cluster connections reconnect by themselves.
+async fn connect(
+    task: &mut Task,
+    source: &mut Source,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    timeout: Duration,
+    first: bool,
+) -> Connect {
+    let Source::Single {
+        stream: stream @ None,
+        client,
+        sink,
+        generation,
+        backoff,
+    } = source
+    else {
+        return Connect::Ready;
+    };
+    match within(timeout, client.get_async_pubsub()).await {
+        Ok(pubsub) => {
+            let (s, st) = pubsub.split();
+            *stream = Some(st);
+            *generation += 1;
+            *backoff = Duration::from_millis(50);
+            sink.send_replace(Some(s));
+            task.connected = true;
+            if !first {
+                tracing::info!(
+                    channels = task.follows.len(),
+                    "redis pub/sub: reconnected; resubscribing"
+                );
+                crate::metrics::redis_reconnect();
+            }
+            task.resubscribe_all();
+            Connect::Ready
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "redis pub/sub: connect failed; retrying");
+            crate::metrics::redis_error("pubsub_connect");
+            if !task.wait(commands, events, *backoff).await {
+                return Connect::Stop;
+            }
+            *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            Connect::Retry
+        }
+    }
+}
+
+/// Brings a followed topic's local log up to what Redis answered (`fetched`), then applies
+/// what pub/sub delivered meanwhile (`buffer`). `Ok(true)` when those show a gap or another
+/// epoch: the topic must be fetched again.
+fn catch_up(
+    shared: &Shared,
+    follow: &mut Follow,
+    fetched: &Fetched,
+    buffer: Vec<Incoming>,
+) -> Result<bool, HubError> {
+    let mirror = shared
+        .mirror(follow.namespace)
+        .ok_or(Failure::NotSubscribed)?;
+    let history: Vec<Message> = fetched.history.iter().map(|(m, _)| m.clone()).collect();
+    if mirror.sync(&follow.topic, fetched.epoch, fetched.last, &history)? {
+        follow.stamp = None;
+        if follow.namespace == super::keys::ROOMS {
+            // Redis lost the room's log: this node's presence there may be gone too.
+            shared.room_replaced(&follow.topic);
+        }
+    }
+    let position = mirror.position(&follow.topic);
+    if let Some((m, stamp)) = fetched
+        .history
+        .iter()
+        .rev()
+        .find(|(m, _)| Some(m.id()) == position)
+    {
+        follow.stamp = Some((m.id().offset(), *stamp));
+    }
+    let mut again = false;
+    for incoming in buffer {
+        match incoming {
+            Incoming::Message(message, stamp) => match mirror.apply(&message) {
+                Applied::Appended => follow.stamp = Some((message.id().offset(), stamp)),
+                Applied::Gap { .. } | Applied::OtherEpoch { .. } => again = true,
+                _ => {}
+            },
+            Incoming::Notice(p) => mirror.announce(&follow.topic, p),
+        }
+    }
+    Ok(again)
 }
 
 struct Task {
@@ -606,42 +688,13 @@ impl Task {
         }
         let fetch = follow.fetch.take().unwrap_or_default();
         let mut again = fetch.again;
-        let outcome = result.and_then(|fetched| {
-            let mirror = shared
-                .mirror(follow.namespace)
-                .ok_or(Failure::NotSubscribed)?;
-            let history: Vec<Message> = fetched.history.iter().map(|(m, _)| m.clone()).collect();
-            if mirror.sync(&follow.topic, fetched.epoch, fetched.last, &history)? {
-                follow.stamp = None;
-                if follow.namespace == super::keys::ROOMS {
-                    // Redis lost the room's log: this node's presence there may be gone too.
-                    shared.room_replaced(&follow.topic);
-                }
-            }
-            let position = mirror.position(&follow.topic);
-            if let Some((m, stamp)) = fetched
-                .history
-                .iter()
-                .rev()
-                .find(|(m, _)| Some(m.id()) == position)
-            {
-                follow.stamp = Some((m.id().offset(), *stamp));
-            }
-            for incoming in fetch.buffer {
-                match incoming {
-                    Incoming::Message(message, stamp) => match mirror.apply(&message) {
-                        Applied::Appended => follow.stamp = Some((message.id().offset(), stamp)),
-                        Applied::Gap { .. } | Applied::OtherEpoch { .. } => again = true,
-                        _ => {}
-                    },
-                    Incoming::Notice(p) => mirror.announce(&follow.topic, p),
-                }
-            }
-            Ok(())
-        });
+        let outcome = result.and_then(|fetched| catch_up(&shared, follow, &fetched, fetch.buffer));
+        if let Ok(true) = outcome {
+            again = true;
+        }
         let failed = outcome.is_err();
         match outcome {
-            Ok(()) => {
+            Ok(_) => {
                 let waited = !follow.waiters.is_empty();
                 let mut answered = false;
                 for waiter in follow.waiters.drain(..) {

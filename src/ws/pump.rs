@@ -291,43 +291,72 @@ impl<'a, H: Hub> Pump<'a, H> {
         }
         self.metrics.received();
         if !within_rate {
-            tracing::debug!("message dropped: rate limit");
-            self.hub.note_dropped(self.conn, 1);
-            self.metrics.dropped();
-            if self.settings.rate_policy == RatePolicy::Close {
-                return ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"));
-            }
-            let message = "message dropped: rate limit exceeded";
-            // A command still gets its one reply: its `ref` is read, and nothing more.
-            let reference = match &msg {
-                WsMessage::Text(text) if self.channel => protocol::reference(text.as_str()),
-                _ => None,
-            };
-            return self
-                .tell(sub, reference.as_ref(), "rate_limited", message, POLICY)
-                .await
-                .map_continue(|()| None);
+            return self.over_rate(&msg, sub).await;
         }
         if self.channel {
-            // Tungstenite checks UTF-8 as it reads: a text frame is valid here.
-            let parsed = match &msg {
-                WsMessage::Text(text) => protocol::parse(text.as_str()),
-                _ => Err(protocol::Invalid {
-                    reference: None,
-                    code: "bad_frame",
-                    message: "the channel protocol takes JSON text frames".to_owned(),
-                }),
-            };
-            return match parsed {
-                Ok(request) => ControlFlow::Continue(Some(request)),
-                Err(bad) => {
-                    let reference = bad.reference.as_ref();
-                    Box::pin(self.tell(sub, reference, bad.code, &bad.message, POLICY))
-                        .await
-                        .map_continue(|()| None)
-                }
-            };
+            return self.command(&msg, sub).await;
         }
+        self.receive_plain(msg, sub).await
+    }
+
+    /// A message over the rate limit: counted as dropped, then the connection closes
+    /// ([`RatePolicy::Close`]) or the client is told (a command still gets its one reply).
+    async fn over_rate(
+        &mut self,
+        msg: &WsMessage,
+        sub: &mut Deliveries<H>,
+    ) -> ControlFlow<End, Option<protocol::Request>> {
+        tracing::debug!("message dropped: rate limit");
+        self.hub.note_dropped(self.conn, 1);
+        self.metrics.dropped();
+        if self.settings.rate_policy == RatePolicy::Close {
+            return ControlFlow::Break(End::Close(POLICY, "rate limit exceeded"));
+        }
+        let message = "message dropped: rate limit exceeded";
+        // A command still gets its one reply: its `ref` is read, and nothing more.
+        let reference = match msg {
+            WsMessage::Text(text) if self.channel => protocol::reference(text.as_str()),
+            _ => None,
+        };
+        self.tell(sub, reference.as_ref(), "rate_limited", message, POLICY)
+            .await
+            .map_continue(|()| None)
+    }
+
+    /// A frame of the channel protocol: the command it carries (handled by the caller), or
+    /// the client told why it can't be read.
+    async fn command(
+        &mut self,
+        msg: &WsMessage,
+        sub: &mut Deliveries<H>,
+    ) -> ControlFlow<End, Option<protocol::Request>> {
+        // Tungstenite checks UTF-8 as it reads: a text frame is valid here.
+        let parsed = match msg {
+            WsMessage::Text(text) => protocol::parse(text.as_str()),
+            _ => Err(protocol::Invalid {
+                reference: None,
+                code: "bad_frame",
+                message: "the channel protocol takes JSON text frames".to_owned(),
+            }),
+        };
+        match parsed {
+            Ok(request) => ControlFlow::Continue(Some(request)),
+            Err(bad) => {
+                let reference = bad.reference.as_ref();
+                Box::pin(self.tell(sub, reference, bad.code, &bad.message, POLICY))
+                    .await
+                    .map_continue(|()| None)
+            }
+        }
+    }
+
+    /// A message of the plain protocol, handed to the hub; a refusal is told to the client
+    /// (an oversized one closes 1009).
+    async fn receive_plain(
+        &mut self,
+        msg: WsMessage,
+        sub: &mut Deliveries<H>,
+    ) -> ControlFlow<End, Option<protocol::Request>> {
         let payload = match msg {
             WsMessage::Text(text) => Payload::text(text.as_str()),
             other => Payload::binary(other.into_data()),
