@@ -21,11 +21,17 @@ use crate::wake::{LastWaker, TaskWaker};
 /// every topic it follows is closed, or when the hub disconnects the connection. Dropping it
 /// leaves the hub, as [`Hub::leave`](crate::Hub::leave) would.
 pub struct Subscription {
+    /// One stream per topic or room, polled in turn.
     streams: Vec<TopicStream>,
+    /// The stream to poll first next time (round robin: a busy topic can't starve the rest).
     next: usize,
+    /// The hub's handle on this subscription (rooms added, pushes, the end); `None` for a
+    /// [`PubSub`](crate::PubSub) subscription, which nothing changes from outside.
     control: Option<Arc<Control>>,
     /// The waker last registered in `control`.
     registered: LastWaker,
+    /// What leaving the hub means for this connection (a `Rooms` member leaves its rooms),
+    /// run once when the subscription is dropped.
     on_drop: Option<Box<dyn FnOnce() + Send>>,
 }
 

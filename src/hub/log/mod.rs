@@ -105,12 +105,21 @@ pub(crate) struct TopicLog {
     state: Mutex<LogState>,
 }
 
+/// A log's counts and contents, all under its one lock (see the module's invariants).
 pub(crate) struct LogState {
+    /// The offset the next message gets; `next - 1` is the last one's.
     next: Offset,
+    /// The newest messages, oldest first and contiguous, within the byte and age limits.
     history: VecDeque<Message>,
+    /// The payload bytes `history` holds, for the byte limit.
     history_bytes: usize,
+    /// The live channel; `None` once closed (a close or a replacement), after `closed` or
+    /// `successor` is set.
     sender: Option<broadcast::Sender<Message>>,
+    /// The streams on this log (each counts itself when opened here or moved here).
     subscribers: usize,
+    /// Since when nothing keeps the log (no subscriber, hold or inherited stream): the idle
+    /// TTL counts from here. `None` while something does.
     idle_since: Option<Instant>,
     /// This node's connections that are members of the log's room ([`Rooms`](crate::Rooms)):
     /// they keep the log even while none of their streams is open.
