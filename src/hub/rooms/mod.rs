@@ -1,6 +1,13 @@
 //! Rooms: membership, presence, broadcast, direct messages.
+//!
+//! This file holds the API ([`Rooms`], its queries and broadcasts, the [`Hub`] impl) and the
+//! state's invariants; [`membership`] how a connection enters and leaves a room, and
+//! [`cancel`] what undoes an entry cut short.
 
-use std::collections::{HashMap, VecDeque};
+mod cancel;
+mod membership;
+
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 
@@ -9,14 +16,12 @@ use serde_json::json;
 
 use super::backend::{Backend, MembersPage, Mirror};
 use super::backend::{open_stream, registry_for};
-use super::config::{HubConfig, InboundPolicy, PresenceMode};
+use super::config::{HubConfig, InboundPolicy};
 use super::inbound::{check_inbound, check_payload, inbound_publication};
 use super::local::Local;
-use super::log::{Limits, Membership, TopicStream};
+use super::log::{Limits, Membership};
 use super::subscription::{Control, Subscription};
-use super::{
-    Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Presence, Publication,
-};
+use super::{Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Publication};
 use crate::error::{HubError, InvalidTopic};
 use crate::ids::{ConnectionId, MessageId, Topic};
 
@@ -339,103 +344,6 @@ impl<B: Backend> Rooms<B> {
         self.join_room_with(conn, room, from, None).await
     }
 
-    /// [`join_room`](Self::join_room), delivering `prelude` before anything of the room.
-    pub(crate) async fn join_room_with(
-        &self,
-        conn: ConnectionId,
-        room: &str,
-        from: Position,
-        prelude: Option<Delivery>,
-    ) -> Result<(), HubError> {
-        let room = room_topic(room)?;
-        let _turn = self.inner.turn(conn).await?;
-        let (identity, control, member) = {
-            let conns = self.inner.conns.lock();
-            let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
-            let member = entry.rooms.contains_key(&room);
-            let limit = self.inner.config.max_subscriptions;
-            if !member && entry.rooms.len() >= limit {
-                return Err(HubError::TooManySubscriptions { limit });
-            }
-            (entry.identity.clone(), Arc::clone(&entry.control), member)
-        };
-        if member {
-            // Already in: nothing changes (and nothing is announced) unless the delivery is to
-            // restart somewhere.
-            return match from {
-                Position::Live => Ok(()),
-                from => self.reposition(conn, &room, from, prelude, &control).await,
-            };
-        }
-        let owner = identity.as_ref().map(|i| super::user_owner(i.user_id()));
-        let (mut stream, membership) = self
-            .enter(conn, identity.as_ref(), owner.as_ref(), &room, from)
-            .await?;
-        if let Some(prelude) = prelude {
-            stream.push_front(prelude);
-        }
-        let registered = match self.inner.conns.lock().get_mut(&conn) {
-            Some(entry) => {
-                // In turn, so nothing else added the room meanwhile.
-                entry.rooms.insert(room.clone(), Arc::clone(&membership));
-                true
-            }
-            None => false,
-        };
-        if registered {
-            control.add(stream);
-            Ok(())
-        } else {
-            // Disconnected by the server meanwhile: undo this membership.
-            drop(stream);
-            self.exit(conn, identity.as_ref(), &room, &membership, None);
-            Err(HubError::NotJoined(conn))
-        }
-    }
-
-    /// Restarts a member's delivery of `room` at `from` (after `prelude`, if any): its current
-    /// stream ends, a new one starts there; the membership (and presence) is untouched.
-    async fn reposition(
-        &self,
-        conn: ConnectionId,
-        room: &Topic,
-        from: Position,
-        prelude: Option<Delivery>,
-        control: &Control,
-    ) -> Result<(), HubError> {
-        let membership = Arc::new(Membership::default());
-        let (backend, mirror) = (&*self.inner.backend, &self.inner.rooms);
-        let mut stream = open_stream(
-            backend,
-            mirror,
-            room,
-            from,
-            conn,
-            None,
-            Some(&membership),
-            false,
-        )
-        .await?;
-        if let Some(prelude) = prelude {
-            stream.push_front(prelude);
-        }
-        let old = self.inner.conns.lock().get_mut(&conn).and_then(|entry| {
-            entry
-                .rooms
-                .get_mut(room)
-                .map(|current| std::mem::replace(current, membership))
-        });
-        match old {
-            Some(old) => {
-                old.end(None);
-                control.add(stream);
-                Ok(())
-            }
-            // Disconnected by the server meanwhile.
-            None => Err(HubError::NotJoined(conn)),
-        }
-    }
-
     /// Takes a connection out of `room`. Returns whether it was in it. When this returns, the
     /// connection receives nothing more from the room.
     ///
@@ -444,33 +352,6 @@ impl<B: Backend> Rooms<B> {
     /// [`HubError::NotJoined`] if the connection isn't joined, [`HubError::InvalidTopic`].
     pub async fn leave_room(&self, conn: ConnectionId, room: &str) -> Result<bool, HubError> {
         self.leave_room_with(conn, room, None).await
-    }
-
-    /// [`leave_room`](Self::leave_room), delivering `farewell` as the last thing of the room
-    /// (on the room's own stream, so it can't be lost to a full queue or overtaken).
-    pub(crate) async fn leave_room_with(
-        &self,
-        conn: ConnectionId,
-        room: &str,
-        farewell: Option<Delivery>,
-    ) -> Result<bool, HubError> {
-        let room = room_topic(room)?;
-        let _turn = self.inner.turn(conn).await?;
-        let (identity, membership, control) = {
-            let mut conns = self.inner.conns.lock();
-            let entry = conns.get_mut(&conn).ok_or(HubError::NotJoined(conn))?;
-            let Some(membership) = entry.rooms.remove(&room) else {
-                return Ok(false);
-            };
-            (
-                entry.identity.clone(),
-                membership,
-                Arc::clone(&entry.control),
-            )
-        };
-        self.exit(conn, identity.as_ref(), &room, &membership, farewell);
-        control.wake();
-        Ok(true)
     }
 
     /// Ends a connection's subscription from the server side (a kick); it leaves every room.
@@ -634,246 +515,6 @@ impl<B: Backend> Rooms<B> {
             .backend
             .publish(&self.inner.rooms, room, publication)
             .await
-    }
-
-    /// Adds a membership: subscribe to the room's log (holding it, so the log stays while the
-    /// connection is a member), then count the connection in the backend's presence, which
-    /// announces a first join, then read the snapshot. The snapshot is read after the join, so it
-    /// may already include a join or leave that also arrives as a notice after it; applied in
-    /// order, the notices leave the right set.
-    ///
-    /// Cancellation-safe: from the subscription on, an [`Entering`] guard owns the stream; if
-    /// this future is dropped (or fails) before it returns, the guard undoes the hold and has
-    /// the backend take the connection out of presence, which it does whether or not the add
-    /// reached it (see [`Backend`], "The contract").
-    async fn enter(
-        &self,
-        conn: ConnectionId,
-        identity: Option<&Identity>,
-        owner: Option<&Arc<str>>,
-        room: &Topic,
-        from: Position,
-    ) -> Result<(TopicStream, Arc<Membership>), HubError> {
-        let inner = &*self.inner;
-        let mode = inner.config.presence;
-        let membership = Arc::new(Membership::default());
-        let mut entering = Entering {
-            inner,
-            conn,
-            identity,
-            room,
-            membership: &membership,
-            stream: None,
-            done: false,
-        };
-        let stream = open_stream(
-            &*inner.backend,
-            &inner.rooms,
-            room,
-            from,
-            conn,
-            owner,
-            Some(&membership),
-            true,
-        )
-        .await?;
-        entering.stream = Some(stream);
-        if let (Some(identity), true) = (identity, mode != PresenceMode::Off) {
-            let announce =
-                (mode == PresenceMode::Full).then(|| presence_event(PRESENCE_JOIN, conn, identity));
-            inner
-                .backend
-                .presence_add(&inner.rooms, room, conn, identity, announce)
-                .await?;
-        }
-        let snapshot = match mode {
-            PresenceMode::Full => Some(snapshot(room, inner.snapshot_of(room).await?)),
-            PresenceMode::Count => {
-                let count = inner.backend.member_count(&inner.rooms, room).await?;
-                Some(VecDeque::from([Delivery::Presence(Presence {
-                    room: room.clone(),
-                    members: Vec::new(),
-                    more: false,
-                    count,
-                })]))
-            }
-            PresenceMode::Off => None,
-        };
-        if let (Some(snapshot), Some(stream)) = (snapshot, entering.stream.as_mut()) {
-            stream.set_after_replay(snapshot);
-        }
-        let stream = entering.stream.take();
-        entering.done = true;
-        drop(entering);
-        let stream = stream.ok_or_else(|| HubError::Backend("room stream lost".into()))?;
-        Ok((stream, membership))
-    }
-
-    fn exit(
-        &self,
-        conn: ConnectionId,
-        identity: Option<&Identity>,
-        room: &Topic,
-        membership: &Membership,
-        farewell: Option<Delivery>,
-    ) {
-        self.inner.exit(conn, identity, room, membership, farewell);
-    }
-}
-
-/// A remote join in progress. Dropped before it is `done` (the join was cut short or failed):
-/// if it holds the stream (the connection counts locally), it drops the stream and undoes the
-/// membership, locally and (in a spawned task) remotely; before that, it frees the room's log
-/// if attaching it created one that nobody follows.
-struct Entering<'a, B: Backend> {
-    inner: &'a Inner<B>,
-    conn: ConnectionId,
-    identity: Option<&'a Identity>,
-    room: &'a Topic,
-    membership: &'a Membership,
-    stream: Option<TopicStream>,
-    done: bool,
-}
-
-impl<B: Backend> Drop for Entering<'_, B> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        match self.stream.take() {
-            Some(stream) => {
-                // The stream first, so that the room's log can be freed by the exit.
-                drop(stream);
-                self.inner
-                    .exit(self.conn, self.identity, self.room, self.membership, None);
-            }
-            // Attaching may have created a log that nobody follows.
-            None => {
-                self.inner.rooms.release(self.room);
-            }
-        }
-    }
-}
-
-/// Runs a future from a drop path: polls it once here, so that a backend that needs no wait
-/// (the in-memory one) is done before the drop returns; if it has to wait, a spawned task
-/// finishes it. Without a runtime (a hub dropped after its runtime) the one poll happens inside
-/// a throwaway runtime, and whatever would wait is left undone.
-fn finish_in_drop_path(mut task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
-    let poll_once = |task: &mut std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        task.as_mut().poll(&mut cx).is_ready()
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            if !poll_once(&mut task) {
-                runtime.spawn(task);
-            }
-        }
-        Err(_) => {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _context = runtime.enter();
-                let _ = poll_once(&mut task);
-                drop(task);
-            }
-        }
-    }
-}
-
-/// A presence snapshot as deliveries of at most [`PRESENCE_PAGE`] members each; an empty room
-/// still gets one (empty) page.
-fn snapshot(room: &Topic, members: Vec<Member>) -> VecDeque<Delivery> {
-    let count = members.len();
-    let pages = count.div_ceil(PRESENCE_PAGE).max(1);
-    let mut members = members.into_iter();
-    (0..pages)
-        .map(|page| {
-            Delivery::Presence(Presence {
-                room: room.clone(),
-                members: members.by_ref().take(PRESENCE_PAGE).collect(),
-                more: page + 1 < pages,
-                count,
-            })
-        })
-        .collect()
-}
-
-impl<B: Backend> Inner<B> {
-    /// Every member of `room`, page by page from the backend.
-    async fn snapshot_of(&self, room: &Topic) -> Result<Vec<Member>, HubError> {
-        let mut members: Vec<Member> = Vec::new();
-        loop {
-            let after = members.last().map(|m| Arc::clone(&m.user));
-            let page = self
-                .backend
-                .members(&self.rooms, room, after.as_deref(), PRESENCE_PAGE)
-                .await?;
-            let more = page.more && !page.members.is_empty();
-            members.extend(page.members);
-            if !more {
-                return Ok(members);
-            }
-        }
-    }
-
-    /// Ends a membership: the connection's stream of the room stops delivering, the hold on the
-    /// room's log goes, and the backend takes the connection out of presence (announcing a last
-    /// leave). This runs in drop paths, so the backend's removal is polled once right here (the
-    /// in-memory backend finishes at once) and, if it has to wait, finished by a spawned task;
-    /// without a runtime it is left to expire with this node's heartbeat.
-    fn exit(
-        &self,
-        conn: ConnectionId,
-        identity: Option<&Identity>,
-        room: &Topic,
-        membership: &Membership,
-        farewell: Option<Delivery>,
-    ) {
-        membership.end(farewell);
-        self.rooms.registry().unhold(room);
-        let mode = self.config.presence;
-        let Some(identity) = identity.filter(|_| mode != PresenceMode::Off) else {
-            return;
-        };
-        let announce =
-            (mode == PresenceMode::Full).then(|| presence_event(PRESENCE_LEAVE, conn, identity));
-        let (backend, mirror) = (Arc::clone(&self.backend), self.rooms.clone());
-        let (room, identity) = (room.clone(), identity.clone());
-        let removal = Box::pin(async move {
-            if let Err(e) = backend
-                .presence_remove(&mirror, &room, conn, &identity, announce)
-                .await
-            {
-                tracing::warn!(room = %room, user = identity.user_id(), error = %e,
-                    "presence: could not record a leave; it expires with the node");
-            }
-        });
-        finish_in_drop_path(removal);
-    }
-
-    /// The turn of `conn` for a membership change (see [`ConnEntry`]).
-    async fn turn(&self, conn: ConnectionId) -> Result<tokio::sync::OwnedMutexGuard<()>, HubError> {
-        let changes = {
-            let conns = self.conns.lock();
-            let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
-            Arc::clone(&entry.changes)
-        };
-        Ok(changes.lock_owned().await)
-    }
-
-    /// Removes a connection and all its memberships; false if it was already gone.
-    fn forget(&self, conn: ConnectionId) -> bool {
-        let Some(entry) = self.conns.lock().remove(&conn) else {
-            return false;
-        };
-        for (room, membership) in &entry.rooms {
-            self.exit(conn, entry.identity.as_ref(), room, membership, None);
-        }
-        entry.control.close();
-        true
     }
 }
 
