@@ -89,7 +89,7 @@ fn graph(depth: usize) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let code = code(path);
-        // `super` of `hub::rooms` (hub/rooms.rs) and of `hub::log` (hub/log/mod.rs) alike.
+        // `super` of `hub::pubsub` (hub/pubsub.rs) and of `hub::log` (hub/log/mod.rs) alike.
         let mut parent: Vec<&str> = name.split("::").collect();
         parent.pop();
         let mut targets = Vec::new();
