@@ -140,7 +140,6 @@ pub mod error;
 pub mod hub;
 mod ids;
 mod metrics;
-mod protocol;
 pub mod publish;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -6,10 +6,10 @@ use std::task::{Context, Poll};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
+use super::protocol::{self, Command};
 use crate::endpoint::Transport;
 use crate::error::HubError;
 use crate::hub::{Connection, Hub, Publication};
-use crate::protocol::{self, Command};
 
 /// How many `call`s of one connection may run at once; past it, reading pauses.
 pub(crate) const MAX_CALLS: usize = 8;

@@ -99,6 +99,7 @@
 //! globals are needed.
 
 pub(crate) mod dispatch;
+pub(crate) mod protocol;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -19,11 +19,11 @@ use super::close::{CLOSE_WAIT, End, classify};
 use super::writer::{Socket, Unsent, frame, lone_data, lone_message, poll_write_rest, with_frame};
 use super::{Framing, RateLimit, RatePolicy, Settings, SlowConsumerPolicy};
 use crate::channel::dispatch::{Commands, Done};
+use crate::channel::protocol;
 use crate::endpoint::{Admission, Attached};
 use crate::error::HubError;
 use crate::hub::{Connection, Delivery, Hub, Payload};
 use crate::metrics::ConnMetrics;
-use crate::protocol;
 use crate::wake::Gates;
 
 /// A connection's subscription, fused: once it has ended it is never polled again (a hub's

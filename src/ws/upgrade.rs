@@ -8,7 +8,7 @@ use salvo::http::StatusCode;
 use salvo::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use salvo::http::headers::{self, HeaderMapExt, SecWebsocketAccept, SecWebsocketKey};
 
-use crate::protocol::SUBPROTOCOL;
+use crate::channel::protocol::SUBPROTOCOL;
 
 /// Whether the client offers the channel protocol in `Sec-WebSocket-Protocol`.
 pub(super) fn offers_channel_protocol(req: &Request) -> bool {

@@ -36,7 +36,7 @@ pub const DIRECT_PREFIX: &str = "@";
 pub const CONNECTION_TOPIC: &str = "$conn";
 /// Prefix reserved for the hub's own topics.
 const SYSTEM_PREFIX: &str = "$";
-/// Most members in one [`Presence`] delivery; a bigger room's snapshot comes in several pages.
+/// Most members in one [`Presence`](crate::hub::Presence) delivery; a bigger room's snapshot comes in several pages.
 pub const PRESENCE_PAGE: usize = 256;
 
 /// Rooms with membership and presence: the [`Hub`] for chats, games and collaborative pages.
@@ -47,7 +47,7 @@ pub const PRESENCE_PAGE: usize = 256;
 /// * Each room has a log like a [`PubSub`](crate::PubSub) topic: ids, history, resume.
 /// * **Presence is per user**, kept by the hub's [`Backend`] (a table in memory for [`Local`]),
 ///   and how much of it is told is [`HubConfig::presence_mode`]: the default,
-///   [`PresenceMode::Full`], is described here; [`PresenceMode::Count`] joins a room of any
+///   [`PresenceMode::Full`](crate::hub::PresenceMode::Full), is described here; [`PresenceMode::Count`](crate::hub::PresenceMode::Count) joins a room of any
 ///   size in O(1) and tells only the count. Several connections (tabs, devices) of one user
 ///   are one member.
 ///   When a user's first connection enters a room, the room's connections get a
