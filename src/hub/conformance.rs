@@ -17,7 +17,8 @@
 //! * [`presence_idempotent`](Suite::presence_idempotent): presence is counted per
 //!   (connection, room), adding twice or removing twice changes nothing, announcements come
 //!   on the first join and the last leave only, two connections of one user are one member
-//!   (also across two nodes, [`presence_across_nodes`](Suite::presence_across_nodes));
+//!   (also across two nodes, [`presence_across_nodes`](Suite::presence_across_nodes)), and
+//!   kept per namespace ([`presence_per_namespace`](Suite::presence_per_namespace));
 //! * [`cancellation`](Suite::cancellation): a `Rooms` join and a `presence_add` dropped at
 //!   each of their await points (every backend call made to return `Pending` once first,
 //!   so that every step is a place to stop) leave nothing behind once the hub has undone
@@ -183,6 +184,7 @@ where
         self.resume().await?;
         self.presence_idempotent().await?;
         self.presence_across_nodes().await?;
+        self.presence_per_namespace().await?;
         self.cancellation().await?;
         self.idle_expiry().await
     }
@@ -453,6 +455,37 @@ where
             &notices,
             &[("presence.join", "alice"), ("presence.leave", "alice")],
         )
+    }
+
+    /// Presence is kept per namespace, as the [`Backend`] contract says: a member of a room of
+    /// one namespace (a `Rooms` hub's `"rooms"`) is no member of the room of the same name in
+    /// another (`"direct"`), and removing it there changes nothing here.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] naming the step and what the backend answered or counted.
+    pub async fn presence_per_namespace(&self) -> Result<(), Failure> {
+        const CHECK: &str = "presence_per_namespace";
+        let rooms = Node::new((self.new_node)().await);
+        let direct = rooms.in_namespace("direct");
+        let room = topic(CHECK, &unique("presence"))?;
+        let alice = Identity::new("alice");
+        let conn = ConnectionId::next();
+        rooms
+            .add(CHECK, "a member of the room", &room, conn, &alice, true)
+            .await?;
+        direct
+            .expect_members(CHECK, "the same name in another namespace", &room, &[])
+            .await?;
+        direct
+            .remove(CHECK, "removing it there", &room, conn, &alice, false)
+            .await?;
+        rooms
+            .expect_members(CHECK, "after the removal elsewhere", &room, &[("alice", 1)])
+            .await?;
+        rooms
+            .remove(CHECK, "the member leaves", &room, conn, &alice, true)
+            .await
     }
 
     /// Two connections of one user on two nodes are one member: the first add (on one node)
@@ -849,6 +882,15 @@ impl<B: Backend> Node<B> {
         let backend = Arc::new(backend);
         let mirror = registry_for(Limits::topics(&HubConfig::new()), "rooms", &backend);
         Self { backend, mirror }
+    }
+
+    /// The same backend seen through a mirror of another namespace.
+    fn in_namespace(&self, namespace: &'static str) -> Self {
+        let mirror = registry_for(Limits::topics(&HubConfig::new()), namespace, &self.backend);
+        Self {
+            backend: Arc::clone(&self.backend),
+            mirror,
+        }
     }
 
     /// A live subscription to the room on this node, which receives its presence notices.

@@ -12,13 +12,16 @@
 //! | `{p:ns:topic}:ch` | channel | every message's wire form, and the room's live-only notices (`PUBLISH`, or `SPUBLISH` on a cluster) |
 //! | `{p:ns:topic}:dd` | hash | publish nonce -> the id it got, until the publish's deadline (a resent publish answers it) |
 //! | `{p:ns:topic}:dz` | sorted set | the nonces of `dd`, scored by deadline (Unix ms): the expired ones leave |
-//! | `{p:rooms:room}:pc` | hash | `node\|user` -> that node's connections of the user |
-//! | `{p:rooms:room}:pd` | hash | users announced present (first join / last leave) -> their data |
-//! | `{p:rooms:room}:pz` | sorted set | the users of `pd`, all scored 0: paged in user id order (`ZRANGE BYLEX`), counted by `ZCARD` |
-//! | `{p:rooms:room}:pu` | hash | user -> its connections in the room over all nodes (the sum of its `pc` fields) |
-//! | `{p:rooms:room}:pk` | hash | `node\|connection` -> `seq user`: the memberships counted in `pc`, once each, with the sequence number of their join on the node |
+//! | `{p:ns:room}:pc` | hash | `node\|user` -> that node's connections of the user |
+//! | `{p:ns:room}:pd` | hash | users announced present (first join / last leave) -> their data |
+//! | `{p:ns:room}:pz` | sorted set | the users of `pd`, all scored 0: paged in user id order (`ZRANGE BYLEX`), counted by `ZCARD` |
+//! | `{p:ns:room}:pu` | hash | user -> its connections in the room over all nodes (the sum of its `pc` fields) |
+//! | `{p:ns:room}:pk` | hash | `node\|connection` -> `seq user`: the memberships counted in `pc`, once each, with the sequence number of their join on the node |
 //! | `{p:nodes}:alive` | sorted set | node -> when its heartbeat expires (Unix ms, Redis clock) |
-//! | `{p:nodes}:rs:node` | hash | room -> generation: rooms where a node may have members (for the sweep) |
+//! | `{p:nodes}:rs:node` | hash | `ns:room` -> generation: rooms where a node may have members (for the sweep) |
+//!
+//! Presence is kept per namespace (`ns` is `rooms` for a [`Rooms`](crate::Rooms) hub's rooms),
+//! as the [`Backend`](crate::backend::Backend) contract asks of every backend.
 //!
 //! A node is named `<node>.<incarnation>` (hex, then decimal): a node that Redis lost (a
 //! restart, or swept as dead) comes back as its next incarnation.
@@ -27,10 +30,6 @@
 //! everything up to that brace). The prefix must not contain braces.
 
 use crate::ids::Topic;
-
-/// The namespace of the rooms' topics (a [`Rooms`](crate::Rooms) hub's mirror): their keys
-/// hold presence too.
-pub(super) const ROOMS: &str = "rooms";
 
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
@@ -94,10 +93,11 @@ impl Keys {
         }
     }
 
-    pub(super) fn room(&self, room: &Topic) -> RoomKeys {
-        let tag = self.tag(ROOMS, room);
+    /// The presence keys of `room` in `namespace`, beside its topic keys.
+    pub(super) fn room(&self, namespace: &str, room: &Topic) -> RoomKeys {
+        let tag = self.tag(namespace, room);
         RoomKeys {
-            topic: self.topic(ROOMS, room),
+            topic: self.topic(namespace, room),
             counts: format!("{tag}:pc"),
             present: format!("{tag}:pd"),
             conns: format!("{tag}:pk"),
@@ -135,7 +135,7 @@ mod tests {
         let keys = Keys::new("app");
         for name in ["lobby", "a}b", "x:meta", "{y}"] {
             let room = Topic::new(name).expect("valid");
-            let r = keys.room(&room);
+            let r = keys.room("rooms", &room);
             let tag = hashed(&r.counts);
             for key in [
                 &r.topic.meta,
@@ -156,5 +156,9 @@ mod tests {
         let a = keys.topic("topics", &Topic::new("a").expect("valid"));
         let b = keys.topic("rooms", &Topic::new("a").expect("valid"));
         assert_ne!(a, b);
+        // Presence too is kept per namespace.
+        let a = keys.room("rooms", &Topic::new("a").expect("valid"));
+        let b = keys.room("direct", &Topic::new("a").expect("valid"));
+        assert_ne!(a.counts, b.counts);
     }
 }

@@ -774,16 +774,18 @@ impl Backend for RedisBackend {
 
     async fn members(
         &self,
-        _mirror: &Mirror,
+        mirror: &Mirror,
         room: &Topic,
         after: Option<&str>,
         limit: usize,
     ) -> Result<MembersPage, HubError> {
-        let (members, more) = self.shared.members_page(room, after, limit).await?;
+        let place = presence::Place::new(mirror.namespace(), room);
+        let (members, more) = self.shared.members_page(&place, after, limit).await?;
         Ok(MembersPage::new(members, more))
     }
 
-    async fn member_count(&self, _mirror: &Mirror, room: &Topic) -> Result<usize, HubError> {
-        self.shared.member_count(room).await
+    async fn member_count(&self, mirror: &Mirror, room: &Topic) -> Result<usize, HubError> {
+        let place = presence::Place::new(mirror.namespace(), room);
+        self.shared.member_count(&place).await
     }
 }

@@ -94,11 +94,53 @@ pub(super) const DIRTY_MAX: usize = 10_000;
 /// other nodes' sweep (or to Redis having lost it).
 const RETIRED_MAX: usize = 64;
 
+/// The namespaces whose rooms a node's room set may name (those of the crate's hubs: a
+/// [`Mirror`] is only made by them).
+const NAMESPACES: [&str; 3] = ["rooms", "direct", "topics"];
+
+/// A room of one namespace: presence is kept per namespace, as the
+/// [`Backend`](crate::backend::Backend) contract asks (a `Rooms` hub's rooms are in `rooms`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Place {
+    pub(super) ns: &'static str,
+    pub(super) room: Topic,
+}
+
+impl Place {
+    pub(super) fn new(ns: &'static str, room: &Topic) -> Self {
+        Self {
+            ns,
+            room: room.clone(),
+        }
+    }
+
+    /// Its field in a node's room set: `<namespace>:<room>`.
+    fn field(&self) -> String {
+        format!("{}:{}", self.ns, self.room)
+    }
+
+    /// A room-set field read back; `None` for a namespace no hub of this crate has.
+    fn from_field(field: &str) -> Option<Self> {
+        let (ns, room) = field.split_once(':')?;
+        let ns = NAMESPACES.into_iter().find(|n| *n == ns)?;
+        Some(Self {
+            ns,
+            room: Topic::new(room).ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ns, self.room)
+    }
+}
+
 /// This node's memberships and what Redis may lack of them. See the module's invariants.
 #[derive(Default)]
 pub(super) struct Members {
     /// Room -> its memberships on this node.
-    rooms: HashMap<Topic, Room>,
+    rooms: HashMap<Place, Room>,
     /// The next sequence number.
     seq: u64,
     /// The current incarnation.
@@ -107,9 +149,9 @@ pub(super) struct Members {
     /// finds none: that is no loss).
     registered: bool,
     /// Rooms in this node's room set in Redis, or on their way there.
-    listed: HashMap<Topic, Listing>,
+    listed: HashMap<Place, Listing>,
     /// Rooms whose memberships in Redis may differ from `rooms`.
-    dirty: HashMap<Topic, Dirty>,
+    dirty: HashMap<Place, Dirty>,
     /// Reconcile every room (a new incarnation, or too many dirty ones) once this time has
     /// come; with `scan`, also the rooms of the node's room set in Redis.
     everything: Option<(Instant, bool)>,
@@ -126,7 +168,7 @@ struct Full {
     /// When it began: it covers the requests for a full reconcile made until then.
     began: Instant,
     /// The rooms still to reconcile (each leaves once reconciled).
-    rooms: HashSet<Topic>,
+    rooms: HashSet<Place>,
 }
 
 /// One room's memberships on this node.
@@ -174,7 +216,7 @@ impl Members {
     }
 
     /// The generation to list `room` with, unless a confirmed listing exists.
-    fn listing(&mut self, room: &Topic) -> Option<u64> {
+    fn listing(&mut self, room: &Place) -> Option<u64> {
         if let Some(listing) = self.listed.get_mut(room)
             && listing.confirmed
         {
@@ -193,7 +235,7 @@ impl Members {
         Some(generation)
     }
 
-    fn mark_dirty(&mut self, room: &Topic, announce: bool, wait: Duration) {
+    fn mark_dirty(&mut self, room: &Place, announce: bool, wait: Duration) {
         let not_before = Instant::now() + wait;
         if let Some((at, true)) = &mut self.everything {
             *at = (*at).max(not_before);
@@ -225,7 +267,7 @@ impl Members {
 /// may or may not have applied it.
 struct Unsure<'a> {
     shared: &'a Shared,
-    room: &'a Topic,
+    room: &'a Place,
     announce: bool,
     armed: bool,
 }
@@ -264,7 +306,7 @@ impl Shared {
     /// presence there too, and its listing of the room (a restore of an older snapshot, a
     /// failover to a replica that missed the last writes), while the node's liveness, and so
     /// its incarnation, survived. The next heartbeat lists the room again and reconciles it.
-    pub(super) fn room_replaced(&self, room: &Topic) {
+    pub(super) fn room_replaced(&self, room: &Place) {
         let mut members = self.members.lock();
         if let Some(listing) = members.listed.get_mut(room) {
             listing.confirmed = false;
@@ -279,12 +321,13 @@ impl Shared {
     pub(super) async fn join(
         &self,
         mirror: &Mirror,
-        room: &Topic,
+        name: &Topic,
         conn: ConnectionId,
         identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        debug_assert_eq!(mirror.namespace(), "rooms");
+        let place = Place::new(mirror.namespace(), name);
+        let room = &place;
         let data = identity
             .user_data()
             .map(ToString::to_string)
@@ -318,7 +361,7 @@ impl Shared {
         // List the room first, under the incarnation that counts the member: if the node dies
         // after joining, the sweep of that incarnation finds it there.
         let incarnation = self.list_under(room, incarnation, listing).await?;
-        let keys = self.keys.room(room);
+        let keys = self.keys.room(room.ns, &room.room);
         let mut inv = self.scripts.join.prepare_invoke();
         for key in keys.presence() {
             inv.key(key);
@@ -327,7 +370,7 @@ impl Shared {
             .arg(identity.user_id())
             .arg(&data)
             .arg(if announce.is_some() { "1" } else { "0" });
-        let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node, 0));
+        let body = announce.map_or_else(Vec::new, |p| encode_body(&room.room, &p, self.node, 0));
         inv.arg(body)
             .arg(&keys.topic.channel)
             .arg(conn.as_u64())
@@ -349,12 +392,13 @@ impl Shared {
     pub(super) async fn leave(
         &self,
         mirror: &Mirror,
-        room: &Topic,
+        name: &Topic,
         conn: ConnectionId,
         _identity: &Identity,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        debug_assert_eq!(mirror.namespace(), "rooms");
+        let place = Place::new(mirror.namespace(), name);
+        let room = &place;
         let (seq, incarnation) = {
             let mut members = self.members.lock();
             let Some(entry) = members.rooms.get_mut(room) else {
@@ -386,20 +430,20 @@ impl Shared {
     /// membership if it was numbered below `below`; returns whether the user became absent.
     async fn run_leave(
         &self,
-        room: &Topic,
+        room: &Place,
         incarnation: u64,
         conn: u64,
         below: u64,
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
-        let keys = self.keys.room(room);
+        let keys = self.keys.room(room.ns, &room.room);
         let mut inv = self.scripts.leave.prepare_invoke();
         for key in keys.presence() {
             inv.key(key);
         }
         inv.arg(self.id_of(incarnation))
             .arg(if announce.is_some() { "1" } else { "0" });
-        let body = announce.map_or_else(Vec::new, |p| encode_body(room, &p, self.node, 0));
+        let body = announce.map_or_else(Vec::new, |p| encode_body(&room.room, &p, self.node, 0));
         inv.arg(body).arg(&keys.topic.channel).arg(conn).arg(below);
         let mut redis = self.conn.clone();
         let left: i64 = within(self.config.timeout, inv.invoke_async(&mut redis)).await?;
@@ -412,7 +456,7 @@ impl Shared {
     /// when this returns: the one to count the room's memberships under.
     async fn list_under(
         &self,
-        room: &Topic,
+        room: &Place,
         mut incarnation: u64,
         mut listing: Option<u64>,
     ) -> Result<u64, HubError> {
@@ -435,13 +479,13 @@ impl Shared {
 
     /// Writes `room` with `generation` into the room set of this node's `incarnation`; once
     /// Redis answered, joins trust it (unless a newer listing replaced this one meanwhile).
-    async fn list(&self, incarnation: u64, room: &Topic, generation: u64) -> Result<(), HubError> {
+    async fn list(&self, incarnation: u64, room: &Place, generation: u64) -> Result<(), HubError> {
         let mut redis = self.conn.clone();
         within(
             self.config.timeout,
             redis::cmd("HSET")
                 .arg(self.keys.rooms_of(&self.id_of(incarnation)))
-                .arg(room.as_str())
+                .arg(room.field())
                 .arg(generation)
                 .exec_async(&mut redis),
         )
@@ -460,11 +504,11 @@ impl Shared {
     /// [`MEMBERS_MAX`](super::lua::MEMBERS_MAX) (each one consistent on its own).
     pub(super) async fn members_page(
         &self,
-        room: &Topic,
+        room: &Place,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Member>, bool), HubError> {
-        let keys = self.keys.room(room);
+        let keys = self.keys.room(room.ns, &room.room);
         let mut conn = self.conn.clone();
         let mut members: Vec<Member> = Vec::with_capacity(limit.min(MEMBERS_MAX));
         let mut after = after.map(str::to_owned);
@@ -495,8 +539,8 @@ impl Shared {
     }
 
     /// How many distinct users are in the room over all nodes: `ZCARD` of its users, O(1).
-    pub(super) async fn member_count(&self, room: &Topic) -> Result<usize, HubError> {
-        let keys = self.keys.room(room);
+    pub(super) async fn member_count(&self, room: &Place) -> Result<usize, HubError> {
+        let keys = self.keys.room(room.ns, &room.room);
         let mut conn = self.conn.clone();
         let n: usize = within(
             self.config.timeout,
@@ -605,7 +649,7 @@ impl Shared {
         // The round's rooms stay in it until reconciled: a pass cut short loses none.
         let (work, round) = {
             let members = self.members.lock();
-            let mut work: Vec<(Topic, bool)> = Vec::new();
+            let mut work: Vec<(Place, bool)> = Vec::new();
             let round = members.full.as_ref().map(|full| {
                 work.extend(full.rooms.iter().map(|room| (room.clone(), true)));
                 full.id
@@ -655,7 +699,7 @@ impl Shared {
 
     /// Takes `room` out of the full reconcile `round` (if still in progress); the round ends
     /// with its last room.
-    fn reconciled_in_round(&self, room: &Topic, round: Option<u64>) {
+    fn reconciled_in_round(&self, room: &Place, round: Option<u64>) {
         let mut members = self.members.lock();
         let Some(full) = members.full.as_mut() else {
             return;
@@ -695,7 +739,7 @@ impl Shared {
                     .query_async(&mut conn),
             )
             .await?;
-            found.extend(listed.iter().filter_map(|r| Topic::new(r).ok()));
+            found.extend(listed.iter().filter_map(|r| Place::from_field(r)));
         }
         let mut members = self.members.lock();
         let members = &mut *members;
@@ -703,7 +747,7 @@ impl Shared {
             // A new incarnation meanwhile: its round starts when due.
             return Ok(());
         }
-        let mut rooms: HashSet<Topic> = members
+        let mut rooms: HashSet<Place> = members
             .rooms
             .keys()
             .chain(members.dirty.keys())
@@ -725,7 +769,7 @@ impl Shared {
 
     /// Makes this node's memberships of `room` in Redis those of its table, announcing the
     /// users that so join or leave (see the module's invariants).
-    async fn reconcile(&self, room: &Topic) -> Result<(), HubError> {
+    async fn reconcile(&self, room: &Place) -> Result<(), HubError> {
         let (snapshot, listing, announce, incarnation) = {
             let mut members = self.members.lock();
             let current = members.rooms.get(room).cloned();
@@ -786,12 +830,12 @@ impl Shared {
     /// the room doesn't announce), built here as the leave script's are.
     async fn run_reconcile(
         &self,
-        room: &Topic,
+        room: &Place,
         snapshot: &Snapshot,
         announce: bool,
         incarnation: u64,
     ) -> Result<(), HubError> {
-        let keys = self.keys.room(room);
+        let keys = self.keys.room(room.ns, &room.room);
         let mut users: HashMap<&Arc<str>, (&str, Vec<String>)> = HashMap::new();
         for (conn, m) in &snapshot.room.conns {
             users
@@ -805,7 +849,7 @@ impl Shared {
             .map(|(user, (data, conns))| {
                 let body = if announce {
                     let p = presence_publication(PRESENCE_JOIN, user, data);
-                    encode_body(room, &p, self.node, 0)
+                    encode_body(&room.room, &p, self.node, 0)
                 } else {
                     Vec::new()
                 };
@@ -873,7 +917,7 @@ impl Shared {
         let mut inv = self.scripts.prune.prepare_invoke();
         inv.key(key);
         for (room, generation) in &stale {
-            inv.arg(room.as_str()).arg(*generation);
+            inv.arg(room.field()).arg(*generation);
         }
         // A failed prune leaves rooms listed for nothing: the sweep of this node visits them
         // in vain, and they go with the node.
@@ -964,7 +1008,7 @@ impl Shared {
             redis::cmd("HKEYS").arg(&rooms_key).query_async(&mut conn),
         )
         .await?;
-        let mut rooms = rooms.iter().filter_map(|r| Topic::new(r).ok());
+        let mut rooms = rooms.iter().filter_map(|r| Place::from_field(r));
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut result = Ok(());
         loop {
@@ -995,7 +1039,7 @@ impl Shared {
     /// (false).
     fn leaves_needed(
         &self,
-        room: &Topic,
+        room: &Place,
         reply: &[String],
         leaves: &mut Vec<(String, Vec<u8>)>,
         op: &'static str,
@@ -1007,7 +1051,7 @@ impl Shared {
                 for pair in reply[1..].chunks_exact(2) {
                     let body = if announce {
                         let p = presence_publication(PRESENCE_LEAVE, &pair[0], &pair[1]);
-                        encode_body(room, &p, self.node, 0)
+                        encode_body(&room.room, &p, self.node, 0)
                     } else {
                         Vec::new()
                     };
@@ -1020,8 +1064,8 @@ impl Shared {
     }
 
     /// Removes a dead node's counts from one room and announces the leaves, in one script.
-    async fn evict(&self, node: &str, room: &Topic) -> Result<(), HubError> {
-        let keys = self.keys.room(room);
+    async fn evict(&self, node: &str, room: &Place) -> Result<(), HubError> {
+        let keys = self.keys.room(room.ns, &room.room);
         let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
         let mut conn = self.conn.clone();
         // The first call names the leaves to announce; the second brings their announcements.

@@ -345,10 +345,11 @@ fn catch_up(
     let history: Vec<Message> = fetched.history.iter().map(|(m, _)| m.clone()).collect();
     if mirror.sync(&follow.topic, fetched.epoch, fetched.last, &history)? {
         follow.stamp = None;
-        if follow.namespace == super::keys::ROOMS {
-            // Redis lost the room's log: this node's presence there may be gone too.
-            shared.room_replaced(&follow.topic);
-        }
+        // Redis lost the log: this node's presence in the room (if any) may be gone too.
+        shared.room_replaced(&super::presence::Place::new(
+            follow.namespace,
+            &follow.topic,
+        ));
     }
     let position = mirror.position(&follow.topic);
     if let Some((m, stamp)) = fetched
