@@ -1,6 +1,7 @@
-//! The backend seam: one code path for every backend. These tests drive the hubs through a
-//! backend written in this file (a gate around `Local`, and a stub "remote"), so they pin what
-//! the hubs do at the seam, not what one backend happens to do.
+//! The backend seam: one code path for every backend. These tests drive the hubs through
+//! backends written for tests (a gate around `Local` here, and the stub "remote" of
+//! tests/common/remote.rs), so they pin what the hubs do at the seam, not what one backend
+//! happens to do.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::remote::Remote;
 use common::{messages, ready};
 use salvo_realtime::backend::{Backend, Local, MembersPage, Mirror};
 use salvo_realtime::error::HubError;
@@ -247,82 +249,6 @@ async fn a_big_room_snapshot_comes_in_ordered_pages_with_the_count() {
     assert_eq!(users.len(), 601);
 }
 
-/// A stub "remote" backend: logs kept here, ids assigned here, the mirror fed by `sync` and
-/// `apply` only, like a real remote backend.
-#[derive(Default)]
-struct Remote {
-    logs: parking_lot::Mutex<std::collections::HashMap<Topic, (salvo_realtime::hub::Epoch, u64)>>,
-    detached: AtomicUsize,
-    /// The mirror of the last attach, for tests that act as the backend would.
-    mirror: parking_lot::Mutex<Option<Mirror>>,
-}
-
-impl Backend for Remote {
-    async fn publish(&self, m: &Mirror, t: &Topic, p: Publication) -> Result<MessageId, HubError> {
-        let id = {
-            let mut logs = self.logs.lock();
-            let (epoch, last) = logs
-                .entry(t.clone())
-                .or_insert((salvo_realtime::hub::Epoch::random(), 0));
-            *last += 1;
-            MessageId::new(*epoch, *last)
-        };
-        let _ = m.apply(&salvo_realtime::Message::remote(t.clone(), id, p, 0));
-        Ok(id)
-    }
-
-    async fn attach(&self, m: &Mirror, t: &Topic) -> Result<(), HubError> {
-        let (epoch, last) = *self
-            .logs
-            .lock()
-            .entry(t.clone())
-            .or_insert((salvo_realtime::hub::Epoch::random(), 0));
-        m.sync(t, epoch, last, &[])?;
-        *self.mirror.lock() = Some(m.clone());
-        Ok(())
-    }
-
-    fn detach(&self, _: &Mirror, _: &Topic) {
-        self.detached.fetch_add(1, Ordering::SeqCst);
-    }
-
-    async fn presence_add(
-        &self,
-        _: &Mirror,
-        _: &Topic,
-        _: ConnectionId,
-        _: &Identity,
-        _: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        Ok(false)
-    }
-
-    async fn presence_remove(
-        &self,
-        _: &Mirror,
-        _: &Topic,
-        _: ConnectionId,
-        _: &Identity,
-        _: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        Ok(false)
-    }
-
-    async fn members(
-        &self,
-        _: &Mirror,
-        _: &Topic,
-        _: Option<&str>,
-        _: usize,
-    ) -> Result<MembersPage, HubError> {
-        Ok(MembersPage::default())
-    }
-
-    async fn member_count(&self, _: &Mirror, _: &Topic) -> Result<usize, HubError> {
-        Ok(0)
-    }
-}
-
 /// One client creating thousands of topics is capped on a remote backend too (the cap used
 /// to apply only to the in-memory hubs), and a refused topic leaves no log behind.
 #[tokio::test]
@@ -366,7 +292,7 @@ async fn idle_logs_follow_the_backends_idle_ttl() {
     remote.publish("news", "one").await.expect("publish");
     drop(sub);
     assert_eq!(remote.topic_count(), 0);
-    assert_eq!(remote.backend().detached.load(Ordering::SeqCst), 1);
+    assert_eq!(remote.backend().detached(), 1);
 
     let local = PubSub::new();
     let sub = local.subscribe("news", Position::Live).await.expect("sub");
@@ -381,7 +307,7 @@ async fn idle_logs_follow_the_backends_idle_ttl() {
 async fn a_backend_releases_a_log_it_synced_for_nobody() {
     let hub = PubSub::with_backend(HubConfig::new(), Remote::default());
     let sub = hub.subscribe("news", Position::Live).await.expect("sub");
-    let mirror = hub.backend().mirror.lock().clone().expect("attached");
+    let mirror = hub.backend().mirror("topics");
     let news = Topic::new("news").expect("topic");
     assert!(!mirror.release(&news), "followed: kept");
     let orphan = Topic::new("orphan").expect("topic");
