@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hooked;
 pub mod remote;
 
 use futures_util::{FutureExt, Stream, StreamExt};
