@@ -692,57 +692,24 @@ async fn identity_may_come_from_an_async_lookup() {
 
 /// Rooms whose every publish fails as a backend that is down would.
 #[derive(Clone)]
-struct Down(Rooms);
+struct Down {
+    inner: Rooms,
+}
 
-impl salvo_realtime::Hub for Down {
-    type Subscription = <Rooms as salvo_realtime::Hub>::Subscription;
+salvo_realtime::hub::delegate_hub! {
+    impl[] Hub for Down, to inner {
+        type Subscription = <Rooms as salvo_realtime::Hub>::Subscription;
 
-    async fn join(
-        &self,
-        conn: &salvo_realtime::Connection,
-    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
-        self.0.join(conn).await
-    }
-
-    async fn receive(
-        &self,
-        conn: &salvo_realtime::Connection,
-        message: salvo_realtime::Payload,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.0.receive(conn, message).await
-    }
-
-    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
-        self.0.leave(conn, subscription).await;
-    }
-
-    async fn add_topic(
-        &self,
-        conn: &salvo_realtime::Connection,
-        topic: &salvo_realtime::Topic,
-        from: Position,
-        data: Option<&Value>,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.0.add_topic(conn, topic, from, data).await
-    }
-
-    async fn remove_topic(
-        &self,
-        conn: &salvo_realtime::Connection,
-        topic: &salvo_realtime::Topic,
-    ) -> Result<bool, salvo_realtime::error::HubError> {
-        self.0.remove_topic(conn, topic).await
-    }
-
-    async fn publish_from(
-        &self,
-        _conn: &salvo_realtime::Connection,
-        _topic: &salvo_realtime::Topic,
-        _publication: salvo_realtime::Publication,
-    ) -> Result<salvo_realtime::MessageId, salvo_realtime::error::HubError> {
-        Err(salvo_realtime::error::HubError::Backend(
-            "redis://user:password@10.0.0.9 timed out".into(),
-        ))
+        async fn publish_from(
+            &self,
+            _conn: &salvo_realtime::Connection,
+            _topic: &salvo_realtime::Topic,
+            _publication: salvo_realtime::Publication,
+        ) -> Result<salvo_realtime::MessageId, salvo_realtime::error::HubError> {
+            Err(salvo_realtime::error::HubError::Backend(
+                "redis://user:password@10.0.0.9 timed out".into(),
+            ))
+        }
     }
 }
 
@@ -767,7 +734,9 @@ async fn the_remaining_error_codes() {
     let router = Router::new()
         .push(Router::with_path("ws").goal(endpoint(channels(rooms.clone()))))
         .push(Router::with_path("pubsub").goal(WsEndpoint::new(PubSub::new())))
-        .push(Router::with_path("down").goal(WsEndpoint::new(Down(Rooms::new()))))
+        .push(Router::with_path("down").goal(WsEndpoint::new(Down {
+            inner: Rooms::new(),
+        })))
         .push(
             Router::with_path("strict")
                 .goal(endpoint(channels(Rooms::new())).rate_limit(Some(RateLimit::new(0, 2)))),

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{Logs, Pace, Proxy, TestServer, eventually};
+use common::paced::{Pace, PacedProxy};
+use common::{Logs, TestServer, eventually};
 use futures_util::{SinkExt, Stream, StreamExt};
 use salvo::Router;
 use salvo_realtime::hub::InboundPolicy;
@@ -1020,33 +1021,26 @@ async fn direct_messages_resume_across_a_reconnect() {
 
 /// Rooms whose `receive` fails like a backend that is down for payloads starting with `fail`.
 #[derive(Clone)]
-struct Flaky(Hub);
+struct Flaky {
+    inner: Hub,
+}
 
-impl salvo_realtime::Hub for Flaky {
-    type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
+salvo_realtime::hub::delegate_hub! {
+    impl[] Hub for Flaky, to inner {
+        type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
 
-    async fn join(
-        &self,
-        conn: &salvo_realtime::Connection,
-    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
-        self.0.join(conn).await
-    }
-
-    async fn receive(
-        &self,
-        conn: &salvo_realtime::Connection,
-        message: salvo_realtime::Payload,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        if message.as_text().is_some_and(|t| t.starts_with("fail")) {
-            return Err(salvo_realtime::error::HubError::Backend(
-                "redis://user:password@10.0.0.1 timed out".into(),
-            ));
+        async fn receive(
+            &self,
+            conn: &salvo_realtime::Connection,
+            message: salvo_realtime::Payload,
+        ) -> Result<(), salvo_realtime::error::HubError> {
+            if message.as_text().is_some_and(|t| t.starts_with("fail")) {
+                return Err(salvo_realtime::error::HubError::Backend(
+                    "redis://user:password@10.0.0.1 timed out".into(),
+                ));
+            }
+            self.inner.receive(conn, message).await
         }
-        self.0.receive(conn, message).await
-    }
-
-    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
-        self.0.leave(conn, subscription).await;
     }
 }
 
@@ -1056,7 +1050,7 @@ impl salvo_realtime::Hub for Flaky {
 async fn a_failing_backend_gets_an_error_frame_and_the_socket_stays_up() {
     // The sender's echo is asked for: `Rooms` skips the sender by default.
     let hub = hub(HubConfig::new().inbound(InboundPolicy::Publish));
-    let ep = WsEndpoint::new(Flaky(hub.clone())).identify(|req, _| {
+    let ep = WsEndpoint::new(Flaky { inner: hub.clone() }).identify(|req, _| {
         Ok(req
             .query::<String>("user")
             .map(|u| Identity::new(u.as_str())))
@@ -1456,7 +1450,7 @@ async fn a_slow_steady_reader_takes_a_long_replay_and_stays_connected() {
             .expect("broadcast");
         ids.push(id.to_string());
     }
-    let proxy = Proxy::start(
+    let proxy = PacedProxy::start(
         server.addr,
         Pace::Rate {
             bytes: 16 * 1024,
@@ -1496,7 +1490,7 @@ async fn a_stuck_send_ends_with_close_1008_after_what_was_buffered() {
     let hub = hub(HubConfig::new().history(4096).channel_capacity(4096));
     let ep = endpoint(&hub).send_timeout(Duration::from_millis(200));
     let server = serve(ep.clone()).await;
-    let proxy = Proxy::start(server.addr, Pace::Free).await;
+    let proxy = PacedProxy::start(server.addr, Pace::Free).await;
     let mut ws = connect_url(proxy.ws("/ws/r?user=stuck")).await;
     assert_eq!(next_json(&mut ws).await["type"], "presence");
     proxy.pace(Pace::Stalled);
@@ -1677,37 +1671,20 @@ struct SlowSubscribe {
     gate: Arc<tokio::sync::Notify>,
 }
 
-impl salvo_realtime::Hub for SlowSubscribe {
-    type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
+salvo_realtime::hub::delegate_hub! {
+    impl[] Hub for SlowSubscribe, to inner {
+        type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
 
-    async fn join(
-        &self,
-        conn: &salvo_realtime::Connection,
-    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
-        self.inner.join(conn).await
-    }
-
-    async fn receive(
-        &self,
-        conn: &salvo_realtime::Connection,
-        message: salvo_realtime::Payload,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.inner.receive(conn, message).await
-    }
-
-    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
-        self.inner.leave(conn, subscription).await;
-    }
-
-    async fn add_topic(
-        &self,
-        conn: &salvo_realtime::Connection,
-        topic: &salvo_realtime::Topic,
-        from: salvo_realtime::Position,
-        data: Option<&Value>,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.gate.notified().await;
-        self.inner.add_topic(conn, topic, from, data).await
+        async fn add_topic(
+            &self,
+            conn: &salvo_realtime::Connection,
+            topic: &salvo_realtime::Topic,
+            from: salvo_realtime::Position,
+            data: Option<&Value>,
+        ) -> Result<(), salvo_realtime::error::HubError> {
+            self.gate.notified().await;
+            self.inner.add_topic(conn, topic, from, data).await
+        }
     }
 }
 
@@ -1988,9 +1965,11 @@ async fn raw_framing_closes_1008_on_a_refusal_and_1011_on_a_backend_failure() {
         .framing(Framing::Raw)
         .rate_limit(Some(RateLimit::new(0, 1)));
     let flaky = hub(HubConfig::new());
-    let failing = WsEndpoint::new(Flaky(flaky.clone()))
-        .framing(Framing::Raw)
-        .identify(identify);
+    let failing = WsEndpoint::new(Flaky {
+        inner: flaky.clone(),
+    })
+    .framing(Framing::Raw)
+    .identify(identify);
     let router = Router::new()
         .push(Router::with_path("refusing/{topic}").goal(ep.clone()))
         .push(Router::with_path("limited/{topic}").goal(limited.clone()))
