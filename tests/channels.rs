@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::ws_client::{
+    Client, WAIT, connect_channel, next_json, next_message, send_json as send,
+};
 use common::{TestServer, eventually};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use salvo::Router;
 use salvo_realtime::channel::{Channels, Inbound};
 use salvo_realtime::error::{HubError, Refused};
@@ -18,14 +21,8 @@ use salvo_realtime::ws::WsEndpoint;
 use salvo_realtime::{Connection, Hub, HubConfig, Identity, Position, Rooms, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 struct Said {
@@ -103,48 +100,9 @@ async fn serve(channels: Channels) -> TestServer {
     TestServer::start(router).await
 }
 
-/// A client that negotiates the channel protocol.
+/// A client that negotiates the channel protocol, on `/ws?` + `query`.
 async fn connect(server: &TestServer, query: &str) -> Client {
-    let mut req = server
-        .ws(&format!("/ws?{query}"))
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "salvo-realtime.v1".parse().expect("header"),
-    );
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.to_str().unwrap_or_default()),
-        Some("salvo-realtime.v1")
-    );
-    ws
-}
-
-async fn send(ws: &mut Client, frame: Value) {
-    ws.send(Message::text(frame.to_string()))
-        .await
-        .expect("send");
-}
-
-async fn next_json(ws: &mut Client) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("json"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
+    connect_channel(&server.ws(&format!("/ws?{query}"))).await
 }
 
 /// The reply to `reference`, collecting every other frame on the way.
@@ -165,11 +123,15 @@ async fn command(ws: &mut Client, frame: Value) -> Value {
     reply(ws, reference, &mut Vec::new()).await
 }
 
-/// The next chat message (skipping presence snapshots and notices).
-async fn next_message(ws: &mut Client) -> Value {
+/// A plain (envelope) client says "darn", which the moderated rooms refuse: the error frame
+/// that comes back, skipping everything before it.
+async fn say_darn(ws: &mut Client) -> Value {
+    ws.send(Message::text(r#"{"text":"darn"}"#))
+        .await
+        .expect("send");
     loop {
         let v = next_json(ws).await;
-        if v["type"] == "message" && v.get("event").is_none() {
+        if v["type"] == "error" {
             return v;
         }
     }
@@ -633,15 +595,7 @@ async fn plain_envelope_clients_go_through_the_same_handlers() {
         tokio_tungstenite::connect_async(server.ws("/ws?user=gail&topic=room:legacy"))
             .await
             .expect("connect without the channel protocol");
-    ws.send(Message::text(r#"{"text":"darn"}"#))
-        .await
-        .expect("send");
-    let v = loop {
-        let v = next_json(&mut ws).await;
-        if v["type"] == "error" {
-            break v;
-        }
-    };
+    let v = say_darn(&mut ws).await;
     assert_eq!(v["error"], "moderated", "the handler's own code");
     ws.send(Message::text(r#"{"text":"fine"}"#))
         .await
@@ -1186,15 +1140,7 @@ async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
     )
     .await
     .expect("connect without the channel protocol");
-    ws.send(Message::text(r#"{"text":"darn"}"#))
-        .await
-        .expect("send");
-    let v = loop {
-        let v = next_json(&mut ws).await;
-        if v["type"] == "error" {
-            break v;
-        }
-    };
+    let v = say_darn(&mut ws).await;
     assert_eq!(v["error"], "moderated");
     assert!(
         rooms.history("open:plain").is_empty(),

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::paced::{Pace, PacedProxy};
+use common::ws_client::{Client, WAIT, connect_channel, next_json, next_message, send_json};
 use common::{Logs, TestServer, eventually};
 use futures_util::{SinkExt, Stream, StreamExt};
 use salvo::Router;
@@ -24,17 +25,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Counts allocations, for the test that a partial write keeps its rest without a copy (run
 /// in a process of its own: see [`alone`]).
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Hub = Counted<Rooms>;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn hub(config: HubConfig) -> Hub {
     Counted::new(Rooms::with_config(config))
@@ -74,32 +71,6 @@ async fn refused(server: &TestServer, req: tungstenite::handshake::client::Reque
         Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Ok(_) => panic!("handshake unexpectedly accepted by {}", server.addr),
         Err(e) => panic!("unexpected error {e}"),
-    }
-}
-
-/// The next JSON envelope (skipping pings/pongs).
-async fn next_json(ws: &mut Client) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("json envelope"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-/// The next message envelope, skipping presence notices.
-async fn next_message(ws: &mut Client) -> Value {
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] == "message" && v.get("event").is_none() {
-            return v;
-        }
     }
 }
 
@@ -1389,32 +1360,6 @@ async fn connect_url(url: String) -> Client {
     ws
 }
 
-/// A client that speaks the channel protocol.
-async fn connect_channel(server: &TestServer, path: &str) -> Client {
-    let mut req = server.ws(path).into_client_request().expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "salvo-realtime.v1".parse().expect("header"),
-    );
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok()),
-        Some("salvo-realtime.v1")
-    );
-    ws
-}
-
-async fn send_json(ws: &mut Client, command: Value) {
-    ws.send(Message::text(command.to_string()))
-        .await
-        .expect("send");
-}
-
 /// The next `reply` (skipping deliveries).
 async fn next_reply(ws: &mut Client) -> Value {
     loop {
@@ -1520,7 +1465,7 @@ async fn a_rate_limited_command_gets_its_reply_with_its_ref() {
     let hub = hub(HubConfig::new());
     let ep = endpoint(&hub).rate_limit(Some(RateLimit::new(0, 2)));
     let server = serve(ep.clone()).await;
-    let mut ws = connect_channel(&server, "/ws/lobby?user=u").await;
+    let mut ws = connect_channel(&server.ws("/ws/lobby?user=u")).await;
     for i in 1..=5 {
         let topic = format!("t{i}");
         send_json(&mut ws, json!({"type":"subscribe","ref":i,"topic":topic})).await;
@@ -1702,7 +1647,7 @@ async fn a_slow_command_does_not_fail_the_heartbeat() {
     };
     let ep = WsEndpoint::new(slow).heartbeat(Duration::from_millis(50), Duration::from_millis(300));
     let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep.clone())).await;
-    let mut ws = connect_channel(&server, "/ws/lobby").await;
+    let mut ws = connect_channel(&server.ws("/ws/lobby")).await;
     send_json(&mut ws, json!({"type":"subscribe","ref":1,"topic":"later"})).await;
     // Reading answers every ping. A ping comes every 50 ms: past the 7th, the first one's pong
     // was due (300 ms) while the command still ran.
@@ -1736,7 +1681,7 @@ async fn a_slow_command_does_not_count_as_idle() {
         .heartbeat(Duration::from_millis(50), Duration::from_secs(5))
         .idle_timeout(Duration::from_millis(200));
     let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep.clone())).await;
-    let mut ws = connect_channel(&server, "/ws/lobby").await;
+    let mut ws = connect_channel(&server.ws("/ws/lobby")).await;
     send_json(&mut ws, json!({"type":"subscribe","ref":1,"topic":"later"})).await;
     // 8 pings: 400 ms, twice the idle timeout, with the command still running.
     read_pings(&mut ws, 8).await;
@@ -1868,7 +1813,7 @@ async fn too_large_is_a_close_1009_or_a_reply_on_a_channel_socket() {
         "plain, hub limit"
     );
 
-    let mut chan = connect_channel(&server, "/ws/r?user=c").await;
+    let mut chan = connect_channel(&server.ws("/ws/r?user=c")).await;
     let big = "x".repeat(2000);
     send_json(
         &mut chan,

@@ -4,6 +4,7 @@
 pub mod hooked;
 pub mod paced;
 pub mod remote;
+pub mod ws_client;
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use salvo_realtime::{Delivery, Message};
@@ -55,24 +56,15 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `router` until stopped (or the test's runtime ends).
     pub async fn start(router: salvo::Router) -> Self {
-        use salvo::conn::{Acceptor, Listener};
+        use salvo::conn::Listener;
         let acceptor = salvo::conn::TcpListener::new("127.0.0.1:0").bind().await;
-        let addr = acceptor
-            .holdings()
-            .first()
-            .and_then(|h| h.local_addr.clone().into_std())
-            .expect("bound address");
-        let server = salvo::Server::new(acceptor);
-        let handle = server.handle();
-        let task = tokio::spawn(async move { server.serve(router).await });
-        Self { addr, handle, task }
+        Self::serve(acceptor, router)
     }
 
     /// Like [`start`](Self::start), with every accepted socket's kernel send buffer fixed at
     /// about `bytes` (Linux doubles it; a set size also turns its autotuning off), so that a
     /// slow client holds the server's writes back instead of a few megabytes of kernel buffer.
     pub async fn start_with_send_buffer(router: salvo::Router, bytes: u32) -> Self {
-        use salvo::conn::Acceptor;
         use salvo::conn::tcp::TcpAcceptor;
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         // Accepted sockets inherit the listener's buffer size.
@@ -82,6 +74,12 @@ impl TestServer {
             .expect("bind");
         let listener = socket.listen(1024).expect("listen");
         let acceptor = TcpAcceptor::try_from(listener).expect("acceptor");
+        Self::serve(acceptor, router)
+    }
+
+    /// Serves `router` on `acceptor`'s (one) address.
+    fn serve(acceptor: salvo::conn::tcp::TcpAcceptor, router: salvo::Router) -> Self {
+        use salvo::conn::Acceptor;
         let addr = acceptor
             .holdings()
             .first()
