@@ -53,13 +53,9 @@ async fn serve(endpoint: WsEndpoint<Hub>) -> TestServer {
     TestServer::start(Router::with_path("ws/{topic}").goal(endpoint)).await
 }
 
+/// A client of `server`'s `path`, handshake checked.
 async fn connect(server: &TestServer, path: &str) -> Client {
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.ws(path)))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    assert_eq!(resp.status().as_u16(), 101);
-    ws
+    connect_url(server.ws(path)).await
 }
 
 /// The HTTP status a refused handshake got.
@@ -1616,6 +1612,18 @@ struct SlowSubscribe {
     gate: Arc<tokio::sync::Notify>,
 }
 
+impl SlowSubscribe {
+    /// `inner` behind a gate, and the gate (each `notify_one` lets one `subscribe` go on).
+    fn new(inner: Hub) -> (Self, Arc<tokio::sync::Notify>) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let slow = Self {
+            inner,
+            gate: Arc::clone(&gate),
+        };
+        (slow, gate)
+    }
+}
+
 salvo_realtime::hub::delegate_hub! {
     impl[] Hub for SlowSubscribe, to inner {
         type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
@@ -1640,11 +1648,7 @@ salvo_realtime::hub::delegate_hub! {
 #[tokio::test]
 async fn a_slow_command_does_not_fail_the_heartbeat() {
     let rooms = hub(HubConfig::new());
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let slow = SlowSubscribe {
-        inner: rooms.clone(),
-        gate: Arc::clone(&gate),
-    };
+    let (slow, gate) = SlowSubscribe::new(rooms.clone());
     let ep = WsEndpoint::new(slow).heartbeat(Duration::from_millis(50), Duration::from_millis(300));
     let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep.clone())).await;
     let mut ws = connect_channel(&server.ws("/ws/lobby")).await;
@@ -1672,11 +1676,7 @@ async fn a_slow_command_does_not_fail_the_heartbeat() {
 #[tokio::test]
 async fn a_slow_command_does_not_count_as_idle() {
     let rooms = hub(HubConfig::new());
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let slow = SlowSubscribe {
-        inner: rooms.clone(),
-        gate: Arc::clone(&gate),
-    };
+    let (slow, gate) = SlowSubscribe::new(rooms.clone());
     let ep = WsEndpoint::new(slow)
         .heartbeat(Duration::from_millis(50), Duration::from_secs(5))
         .idle_timeout(Duration::from_millis(200));
