@@ -21,8 +21,8 @@ use salvo_realtime::{
 
 use common::proxy::{Mode, Proxy};
 use common::redis_env::{
-    CrashingNode, RedisServer, logged_config, member, messages, next, next_event, publish_retrying,
-    pubsub_on, replayed_chat, rooms_on,
+    CrashingNode, RedisServer, event, events, listed, logged_config, member, messages, next,
+    next_event, publish_retrying, pubsub_on, replayed_chat, rooms_on, snapshot, users,
 };
 
 /// Settings for a node reaching Redis at `url`: short timings, so that faults heal within a
@@ -157,31 +157,20 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
         vec![("alice".into(), "x".into()), ("bob".into(), "x".into())],
     )
     .await;
-    let mut joined = vec![
-        next_event(&mut w, Duration::from_secs(5)).await,
-        next_event(&mut w, Duration::from_secs(5)).await,
-    ];
+    let mut joined = events(&mut w, 2).await;
     joined.sort();
     assert_eq!(
         joined,
-        [
-            (PRESENCE_JOIN.to_owned(), "alice".to_owned()),
-            (PRESENCE_JOIN.to_owned(), "bob".to_owned())
-        ]
+        [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
     );
 
     // alice opens a second tab on node a: not a first join.
     let alice_a = member("alice");
     let mut alice_sub = a.join(&alice_a).await.expect("join");
-    let Some(Delivery::Presence(p)) = next(&mut alice_sub, Duration::from_secs(5)).await else {
-        panic!("expected a presence snapshot");
-    };
-    let listed: Vec<_> = p
-        .members
-        .iter()
-        .map(|m| (&*m.user, m.connections))
-        .collect();
-    assert_eq!(listed, [("alice", 2), ("bob", 1), ("w", 1)]);
+    assert_eq!(
+        snapshot(&mut alice_sub).await,
+        users(&[("alice", 2), ("bob", 1), ("w", 1)])
+    );
 
     // Node b dies: bob leaves within the node TTL (600 ms) plus a heartbeat; alice stays.
     let died = Instant::now();
@@ -192,13 +181,7 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
     );
     let took = died.elapsed();
     assert!(took < Duration::from_secs(3), "bob left after {took:?}");
-    let present: Vec<_> = a
-        .presence("x")
-        .await
-        .iter()
-        .map(|m| (m.user.to_string(), m.connections))
-        .collect();
-    assert_eq!(present, [("alice".to_owned(), 1), ("w".to_owned(), 1)]);
+    assert_eq!(listed(&a, "x").await, users(&[("alice", 1), ("w", 1)]));
     println!("a dead node's member left after {took:?}");
 
     // alice's last tab closes: now she leaves.
@@ -908,15 +891,6 @@ fn room_key(room: &str, kind: &str) -> String {
     format!("{{salvo-realtime:rooms:{room}}}:{kind}")
 }
 
-/// The next `n` presence notices (event, user), skipping everything else.
-async fn events(sub: &mut Subscription, n: usize) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        out.push(next_event(sub, Duration::from_secs(5)).await);
-    }
-    out
-}
-
 // Issue 11: join and leave notices went through the remote log (an offset, an entry in the
 // history): they were replayed on resume and pushed chat messages out of a full history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1355,23 +1329,6 @@ async fn watcher(hub: &Rooms<RedisBackend>, room: &str) -> Subscription {
         Some(Delivery::Presence(_))
     ));
     w
-}
-
-/// `room`'s members as `hub` lists them: (user, connections).
-async fn listed(hub: &Rooms<RedisBackend>, room: &str) -> Vec<(String, usize)> {
-    hub.presence(room)
-        .await
-        .iter()
-        .map(|m| (m.user.to_string(), m.connections))
-        .collect()
-}
-
-fn users(list: &[(&str, usize)]) -> Vec<(String, usize)> {
-    list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
-}
-
-fn event(kind: &str, user: &str) -> (String, String) {
-    (kind.to_owned(), user.to_owned())
 }
 
 /// alice, then bob, join `room` on `hub`; the watcher `w` sees both joins. Returns alice's

@@ -23,8 +23,8 @@ use salvo_realtime::{
 
 use common::proxy::Mode;
 use common::redis_env::{
-    Cluster, CrashingNode, logged_config, member, messages, next, next_event, publish_retrying,
-    pubsub_on, redis_cli, replayed_chat, rooms_on,
+    Cluster, CrashingNode, event, events, listed, logged_config, member, messages, next,
+    next_event, publish_retrying, pubsub_on, redis_cli, replayed_chat, rooms_on, snapshot, users,
 };
 
 /// Settings for a node on `cluster`: timings that let a failover finish within a test.
@@ -167,31 +167,20 @@ async fn presence_spans_nodes_of_a_cluster_and_a_dead_nodes_members_leave() {
         .flat_map(|room| ["alice", "bob"].map(|user| (user.to_owned(), (*room).to_owned())));
     let node_b = CrashingNode::start(config(&cluster), HubConfig::new(), on_b.collect()).await;
     for w in &mut watchers {
-        let mut joined = vec![
-            next_event(w, Duration::from_secs(5)).await,
-            next_event(w, Duration::from_secs(5)).await,
-        ];
+        let mut joined = events(w, 2).await;
         joined.sort();
         assert_eq!(
             joined,
-            [
-                (PRESENCE_JOIN.to_owned(), "alice".to_owned()),
-                (PRESENCE_JOIN.to_owned(), "bob".to_owned())
-            ]
+            [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
         );
     }
     // alice also on node a in room x: two connections across nodes.
     let alice_a = member("alice", "x", Position::Live);
     let mut alice_sub = a.join(&alice_a).await.expect("join");
-    let Some(Delivery::Presence(p)) = next(&mut alice_sub, Duration::from_secs(5)).await else {
-        panic!("expected a presence snapshot");
-    };
-    let listed: Vec<_> = p
-        .members
-        .iter()
-        .map(|m| (&*m.user, m.connections))
-        .collect();
-    assert_eq!(listed, [("alice", 2), ("bob", 1), ("w", 1)]);
+    assert_eq!(
+        snapshot(&mut alice_sub).await,
+        users(&[("alice", 2), ("bob", 1), ("w", 1)])
+    );
 
     // Node b dies: its users leave every room within the node TTL (5 s), except alice in x.
     let died = Instant::now();
@@ -213,13 +202,7 @@ async fn presence_spans_nodes_of_a_cluster_and_a_dead_nodes_members_leave() {
         assert_eq!(left, expected, "room {room}");
     }
     println!("a dead node's members left after {:?}", died.elapsed());
-    let present: Vec<_> = a
-        .presence("x")
-        .await
-        .iter()
-        .map(|m| (m.user.to_string(), m.connections))
-        .collect();
-    assert_eq!(present, [("alice".to_owned(), 1), ("w".to_owned(), 1)]);
+    assert_eq!(listed(&a, "x").await, users(&[("alice", 1), ("w", 1)]));
     a.leave(&alice_a, alice_sub).await;
     assert_eq!(
         next_event(&mut watchers[0], Duration::from_secs(5)).await,

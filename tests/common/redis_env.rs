@@ -314,6 +314,46 @@ pub async fn next_event(sub: &mut Subscription, within: Duration) -> (String, St
     }
 }
 
+/// The next `n` presence notices (event, user), skipping everything else, each within 5 s.
+pub async fn events(sub: &mut Subscription, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next_event(sub, Duration::from_secs(5)).await);
+    }
+    out
+}
+
+/// A presence notice as [`next_event`] reads it: (event, user).
+pub fn event(kind: &str, user: &str) -> (String, String) {
+    (kind.to_owned(), user.to_owned())
+}
+
+/// The presence snapshot a join starts with (within 5 s; anything else first is a failure),
+/// as (user, connections).
+pub async fn snapshot(sub: &mut Subscription) -> Vec<(String, usize)> {
+    let Some(Delivery::Presence(p)) = next(sub, Duration::from_secs(5)).await else {
+        panic!("expected a presence snapshot");
+    };
+    p.members
+        .iter()
+        .map(|m| (m.user.to_string(), m.connections))
+        .collect()
+}
+
+/// `room`'s members as `hub` lists them: (user, connections).
+pub async fn listed(hub: &Rooms<RedisBackend>, room: &str) -> Vec<(String, usize)> {
+    hub.presence(room)
+        .await
+        .iter()
+        .map(|m| (m.user.to_string(), m.connections))
+        .collect()
+}
+
+/// (user, connections) pairs as [`listed`] and [`snapshot`] give them.
+pub fn users(list: &[(&str, usize)]) -> Vec<(String, usize)> {
+    list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
+}
+
 /// One `redis-server` of the cluster, maybe behind a proxy it announces as its address.
 struct Server {
     child: Option<Child>,
