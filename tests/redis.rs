@@ -22,7 +22,8 @@ use salvo_realtime::{
 use common::proxy::{Mode, Proxy};
 use common::redis_env::{
     CrashingNode, RedisServer, event, events, listed, logged_config, member, messages, next,
-    next_event, publish_retrying, pubsub_on, replayed_chat, rooms_on, snapshot, users,
+    next_event, nothing_within, publish_retrying, pubsub_on, replayed_chat, rooms_on, snapshot,
+    users,
 };
 
 /// Settings for a node reaching Redis at `url`: short timings, so that faults heal within a
@@ -279,11 +280,7 @@ async fn while_redis_is_down_publish_fails_fast_and_subscribers_stay() {
     let refused = hub.subscribe("other", Position::Live).await;
     assert!(matches!(refused, Err(HubError::Backend(_))), "{refused:?}");
     // The subscriber is still there, waiting.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err()
-    );
+    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
 }
 
 // Issue 9, defect 13: a publish reported as failed while Redis is stalled (SIGSTOP) is never
@@ -320,9 +317,7 @@ async fn a_publish_that_failed_during_a_stall_is_never_delivered_later() {
         "only `before` and `after` are in the history"
     );
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(300)).await,
         "nothing else arrives"
     );
 }
@@ -512,9 +507,7 @@ async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_firs
     node_b.crash();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), w.next())
-            .await
-            .is_err(),
+        nothing_within(&mut w, Duration::from_millis(100)).await,
         "nothing could be announced meanwhile"
     );
     assert_eq!(server.command(&["DEL", &meta]), ":1");
@@ -843,9 +836,7 @@ async fn a_leave_lost_while_redis_failed_is_announced_once_redis_works_again() {
     // Meanwhile every heartbeat's reconcile fails too: nothing is announced.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), w.next())
-            .await
-            .is_err(),
+        nothing_within(&mut w, Duration::from_millis(300)).await,
         "no leave was announced while Redis failed"
     );
     assert_eq!(server.command(&["DEL", &pk]), ":1");
@@ -1635,9 +1626,7 @@ async fn a_publish_whose_reply_is_lost_is_delivered_once() {
     assert_eq!(seen, [(1, "once"), (2, "after")], "delivered once, one id");
     assert_eq!(got[1].id(), after);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(300)).await,
         "no duplicate arrives"
     );
     assert_eq!(
@@ -2281,9 +2270,7 @@ async fn by_default_the_redis_history_keeps_the_last_1000_messages() {
     assert_eq!(got[0].id().offset(), 6);
     assert_eq!(got[999].payload().as_text(), Some("m1005"));
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(200)).await,
         "nothing more than the 1,000"
     );
 }

@@ -314,6 +314,12 @@ pub async fn next_event(sub: &mut Subscription, within: Duration) -> (String, St
     }
 }
 
+/// Whether nothing at all arrives on `sub` for `quiet` (a short wait, after what was due has
+/// arrived: for "no duplicate", "nothing more").
+pub async fn nothing_within(sub: &mut Subscription, quiet: Duration) -> bool {
+    tokio::time::timeout(quiet, sub.next()).await.is_err()
+}
+
 /// The next `n` presence notices (event, user), skipping everything else, each within 5 s.
 pub async fn events(sub: &mut Subscription, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(n);
