@@ -44,15 +44,19 @@ pub async fn send_json(ws: &mut Client, value: Value) {
         .expect("send");
 }
 
+/// The next frame, within `within` (a hang guard: a test fails rather than waits forever).
+pub async fn next_frame(ws: &mut Client, within: Duration) -> Message {
+    tokio::time::timeout(within, ws.next())
+        .await
+        .expect("a frame in time")
+        .expect("stream open")
+        .expect("frame")
+}
+
 /// The next JSON envelope, skipping pings and pongs (any other frame fails the test).
 pub async fn next_json(ws: &mut Client) -> Value {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
+        match next_frame(ws, WAIT).await {
             Message::Text(t) => return serde_json::from_str(&t).expect("json envelope"),
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected frame {other:?}"),
