@@ -65,6 +65,22 @@ function decodeBinary(msg) {
   return msg;
 }
 
+/**
+ * A WebSocket frame's envelope: the JSON value a text frame holds, a message's base64 payload
+ * decoded (`decodeBinary`); null for a binary frame or text that isn't JSON. A frame whose
+ * value has no type the caller knows is the caller's "raw" event.
+ */
+function envelope(data) {
+  if (typeof data !== "string") return null;
+  let msg;
+  try {
+    msg = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  return msg && msg.type === "message" ? decodeBinary(msg) : msg;
+}
+
 class Client extends Emitter {
   constructor(url, options) {
     super();
@@ -235,16 +251,10 @@ export class RealtimeSocket extends Client {
   }
 
   _frame(data) {
-    if (typeof data !== "string") return this._emit("raw", data);
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch {
-      return this._emit("raw", data);
-    }
+    const msg = envelope(data);
     switch (msg && msg.type) {
       case "message":
-        return this._message(decodeBinary(msg));
+        return this._message(msg);
       case "reset":
         return this._reset(msg);
       case "presence":
@@ -699,18 +709,11 @@ export class RealtimeChannels extends Client {
   }
 
   _frame(data) {
-    if (typeof data !== "string") return this._emit("raw", data);
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch {
-      return this._emit("raw", data);
-    }
+    const msg = envelope(data);
     switch (msg && msg.type) {
       case "reply":
         return this._reply(msg);
       case "message":
-        decodeBinary(msg);
         return msg.topic === CONNECTION_TOPIC ? this._direct(msg) : this._delivery(msg);
       case "reset":
         return this._resetOf(msg);

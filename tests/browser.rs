@@ -302,6 +302,16 @@ impl Running {
         Self { addr, handle, task }
     }
 
+    /// The chat example on a fresh `Rooms` hub, on any port.
+    async fn chat() -> Self {
+        Self::chat_on(chat::channels(Rooms::new())).await
+    }
+
+    /// The chat example's router on `hub`, on any port.
+    async fn chat_on(hub: impl Hub) -> Self {
+        Self::start(any_port(), chat::router(hub, Drain::new())).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -442,6 +452,15 @@ async fn wait_members(page: &Session, expected: &[&str]) {
         .await;
 }
 
+/// Waits until `page`'s chat shows its socket open.
+async fn wait_open(page: &Session) {
+    page.wait_for(
+        "the socket to be open",
+        "return document.getElementById('status').dataset.state === 'open'",
+    )
+    .await;
+}
+
 async fn texts(page: &Session) -> Vec<String> {
     serde_json::from_value(page.js(TEXTS).await).unwrap()
 }
@@ -449,6 +468,16 @@ async fn texts(page: &Session) -> Vec<String> {
 async fn wait_text(page: &Session, text: &str) {
     let script = format!("{TEXTS}.includes({text:?})");
     page.wait_for(&format!("message {text:?}"), &script).await;
+}
+
+/// alice and bob, a page each, logged into the chat's lobby on `server`; returns once alice's
+/// page lists both.
+async fn alice_and_bob_in_lobby(driver: &Driver, server: &Running) -> (Session, Session) {
+    let (alice, bob) = (driver.session().await, driver.session().await);
+    log_in(&alice, server, "alice", "lobby").await;
+    log_in(&bob, server, "bob", "lobby").await;
+    wait_members(&alice, &["alice", "bob"]).await;
+    (alice, bob)
 }
 
 fn any_port() -> SocketAddr {
@@ -461,11 +490,7 @@ fn any_port() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_two_pages_see_each_others_messages_and_presence() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(
-        any_port(),
-        chat::router(chat::channels(Rooms::new()), Drain::new()),
-    )
-    .await;
+    let server = Running::chat().await;
     let driver = Driver::start().await;
     let (alice, bob) = (driver.session().await, driver.session().await);
 
@@ -498,16 +523,9 @@ async fn chat_two_pages_see_each_others_messages_and_presence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_closing_a_page_shows_the_user_leaving() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(
-        any_port(),
-        chat::router(chat::channels(Rooms::new()), Drain::new()),
-    )
-    .await;
+    let server = Running::chat().await;
     let driver = Driver::start().await;
-    let (alice, bob) = (driver.session().await, driver.session().await);
-    log_in(&alice, &server, "alice", "lobby").await;
-    log_in(&bob, &server, "bob", "lobby").await;
-    wait_members(&alice, &["alice", "bob"]).await;
+    let (alice, bob) = alice_and_bob_in_lobby(&driver, &server).await;
 
     bob.quit().await; // closes the browser, and with it the socket
     wait_members(&alice, &["alice"]).await;
@@ -522,7 +540,7 @@ async fn chat_page_reconnects_after_its_socket_drops_and_shows_each_message_once
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::new();
     let spy = Spy::new(chat::channels(rooms.clone()));
-    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let server = Running::chat_on(spy.clone()).await;
     let driver = Driver::start().await;
     let alice = driver.session().await;
     log_in(&alice, &server, "alice", "lobby").await;
@@ -537,12 +555,7 @@ async fn chat_page_reconnects_after_its_socket_drops_and_shows_each_message_once
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     wait_text(&alice, "m59").await;
-    alice
-        .wait_for(
-            "the socket to be open",
-            "return document.getElementById('status').dataset.state === 'open'",
-        )
-        .await;
+    wait_open(&alice).await;
     assert_eq!(
         texts(&alice).await,
         expected,
@@ -588,7 +601,7 @@ async fn chat_page_resumes_into_a_busy_room_with_full_history() {
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::new();
     let spy = Spy::new(chat::channels(rooms.clone()));
-    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let server = Running::chat_on(spy.clone()).await;
     // More than the room's 256 messages of history before anyone is in it.
     for i in 0..300 {
         rooms
@@ -639,12 +652,7 @@ async fn chat_page_resumes_into_a_busy_room_with_full_history() {
         }
         wait_text(&alice, expected.last().unwrap()).await;
         wait_text(&alice, direct.last().unwrap()).await;
-        alice
-            .wait_for(
-                "the socket to be open",
-                "return document.getElementById('status').dataset.state === 'open'",
-            )
-            .await;
+        wait_open(&alice).await;
     }
 
     let shown = texts(&alice).await;
@@ -708,12 +716,7 @@ async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
         notice,
         json!("The server restarted: earlier messages are unavailable.")
     );
-    alice
-        .wait_for(
-            "the socket to be open",
-            "return document.getElementById('status').dataset.state === 'open'",
-        )
-        .await;
+    wait_open(&alice).await;
     say(&alice, "after the restart").await;
     wait_text(&alice, "after the restart").await;
     assert_eq!(
@@ -727,11 +730,7 @@ async fn chat_page_shows_a_reset_notice_after_a_server_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_refuses_empty_and_long_nicknames() {
-    let server = Running::start(
-        any_port(),
-        chat::router(chat::channels(Rooms::new()), Drain::new()),
-    )
-    .await;
+    let server = Running::chat().await;
     let http = reqwest::Client::new();
     // The handshake is checked before identity: a request must be an upgrade (offering the
     // channel protocol, as the page does: it names no room when it connects) to get as far as
@@ -815,7 +814,7 @@ async fn chat_one_socket_carries_two_rooms_and_resumes_both_after_drops() {
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::new();
     let spy = Spy::new(chat::channels(rooms.clone()));
-    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let server = Running::chat_on(spy.clone()).await;
     let driver = Driver::start().await;
     let alice = driver.session().await;
     log_in(&alice, &server, "alice", "lobby").await;
@@ -852,12 +851,7 @@ async fn chat_one_socket_carries_two_rooms_and_resumes_both_after_drops() {
              return has('lobby', 'lobby-39') && has('random', 'random-39')",
         )
         .await;
-    alice
-        .wait_for(
-            "the socket to be open",
-            "return document.getElementById('status').dataset.state === 'open'",
-        )
-        .await;
+    wait_open(&alice).await;
     assert_eq!(
         room_texts(&alice, "lobby").await,
         lobby,
@@ -889,7 +883,7 @@ async fn chat_staff_rooms_are_refused_to_all_but_boss() {
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::new();
     let spy = Spy::new(chat::channels(rooms.clone()));
-    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let server = Running::chat_on(spy.clone()).await;
     let driver = Driver::start().await;
     let (alice, boss) = (driver.session().await, driver.session().await);
     log_in(&alice, &server, "alice", "lobby").await;
@@ -944,16 +938,9 @@ async fn chat_staff_rooms_are_refused_to_all_but_boss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_moderation_refuses_a_message_and_the_server_stamps_the_rest() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(
-        any_port(),
-        chat::router(chat::channels(Rooms::new()), Drain::new()),
-    )
-    .await;
+    let server = Running::chat().await;
     let driver = Driver::start().await;
-    let (alice, bob) = (driver.session().await, driver.session().await);
-    log_in(&alice, &server, "alice", "lobby").await;
-    log_in(&bob, &server, "bob", "lobby").await;
-    wait_members(&alice, &["alice", "bob"]).await;
+    let (alice, bob) = alice_and_bob_in_lobby(&driver, &server).await;
     wait_members(&bob, &["alice", "bob"]).await;
 
     say(&alice, "well, darn it").await;
@@ -1286,7 +1273,7 @@ async fn client_rejects_pending_commands_disconnected_when_the_socket_drops() {
     let rooms = Rooms::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let spy = Spy::new(open_channels(rooms.clone(), Arc::clone(&calls)));
-    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let server = Running::chat_on(spy.clone()).await;
     let driver = Driver::start().await;
     let page = client_page(&driver, &server).await;
     page.js(
@@ -1346,11 +1333,7 @@ async fn client_rejects_pending_commands_disconnected_when_the_socket_drops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_reconnect_delays_grow_are_bounded_and_jittered() {
     let _serial = SERIAL.lock().await;
-    let server = Running::start(
-        any_port(),
-        chat::router(chat::channels(Rooms::new()), Drain::new()),
-    )
-    .await;
+    let server = Running::chat().await;
     // A port nothing listens on: every attempt fails at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = closed.local_addr().unwrap();
@@ -1409,7 +1392,7 @@ async fn client_paces_many_resubscriptions_under_the_default_rate_limit() {
     let _serial = SERIAL.lock().await;
     let rooms = Rooms::with_config(salvo_realtime::HubConfig::new().max_subscriptions(200));
     let spy = Spy::new(open_channels(rooms.clone(), Arc::default()));
-    let server = Running::start(any_port(), chat::router(spy.clone(), Drain::new())).await;
+    let server = Running::chat_on(spy.clone()).await;
     let driver = Driver::start().await;
     let page = client_page(&driver, &server).await;
     page.js("window.errors = []; window.subErrors = []; \

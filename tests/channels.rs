@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::ws_client::{
+    Client, WAIT, connect_channel, next_json, next_message, send_json as send,
+};
 use common::{TestServer, eventually};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use salvo::Router;
 use salvo_realtime::channel::{Channels, Inbound};
 use salvo_realtime::error::{HubError, Refused};
@@ -18,14 +21,8 @@ use salvo_realtime::ws::WsEndpoint;
 use salvo_realtime::{Connection, Hub, HubConfig, Identity, Position, Rooms, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 struct Said {
@@ -103,48 +100,9 @@ async fn serve(channels: Channels) -> TestServer {
     TestServer::start(router).await
 }
 
-/// A client that negotiates the channel protocol.
+/// A client that negotiates the channel protocol, on `/ws?` + `query`.
 async fn connect(server: &TestServer, query: &str) -> Client {
-    let mut req = server
-        .ws(&format!("/ws?{query}"))
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "salvo-realtime.v1".parse().expect("header"),
-    );
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.to_str().unwrap_or_default()),
-        Some("salvo-realtime.v1")
-    );
-    ws
-}
-
-async fn send(ws: &mut Client, frame: Value) {
-    ws.send(Message::text(frame.to_string()))
-        .await
-        .expect("send");
-}
-
-async fn next_json(ws: &mut Client) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("json"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
+    connect_channel(&server.ws(&format!("/ws?{query}"))).await
 }
 
 /// The reply to `reference`, collecting every other frame on the way.
@@ -165,11 +123,15 @@ async fn command(ws: &mut Client, frame: Value) -> Value {
     reply(ws, reference, &mut Vec::new()).await
 }
 
-/// The next chat message (skipping presence snapshots and notices).
-async fn next_message(ws: &mut Client) -> Value {
+/// A plain (envelope) client says "darn", which the moderated rooms refuse: the error frame
+/// that comes back, skipping everything before it.
+async fn say_darn(ws: &mut Client) -> Value {
+    ws.send(Message::text(r#"{"text":"darn"}"#))
+        .await
+        .expect("send");
     loop {
         let v = next_json(ws).await;
-        if v["type"] == "message" && v.get("event").is_none() {
+        if v["type"] == "error" {
             return v;
         }
     }
@@ -633,15 +595,7 @@ async fn plain_envelope_clients_go_through_the_same_handlers() {
         tokio_tungstenite::connect_async(server.ws("/ws?user=gail&topic=room:legacy"))
             .await
             .expect("connect without the channel protocol");
-    ws.send(Message::text(r#"{"text":"darn"}"#))
-        .await
-        .expect("send");
-    let v = loop {
-        let v = next_json(&mut ws).await;
-        if v["type"] == "error" {
-            break v;
-        }
-    };
+    let v = say_darn(&mut ws).await;
     assert_eq!(v["error"], "moderated", "the handler's own code");
     ws.send(Message::text(r#"{"text":"fine"}"#))
         .await
@@ -692,57 +646,24 @@ async fn identity_may_come_from_an_async_lookup() {
 
 /// Rooms whose every publish fails as a backend that is down would.
 #[derive(Clone)]
-struct Down(Rooms);
+struct Down {
+    inner: Rooms,
+}
 
-impl salvo_realtime::Hub for Down {
-    type Subscription = <Rooms as salvo_realtime::Hub>::Subscription;
+salvo_realtime::hub::delegate_hub! {
+    impl[] Hub for Down, to inner {
+        type Subscription = <Rooms as salvo_realtime::Hub>::Subscription;
 
-    async fn join(
-        &self,
-        conn: &salvo_realtime::Connection,
-    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
-        self.0.join(conn).await
-    }
-
-    async fn receive(
-        &self,
-        conn: &salvo_realtime::Connection,
-        message: salvo_realtime::Payload,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.0.receive(conn, message).await
-    }
-
-    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
-        self.0.leave(conn, subscription).await;
-    }
-
-    async fn add_topic(
-        &self,
-        conn: &salvo_realtime::Connection,
-        topic: &salvo_realtime::Topic,
-        from: Position,
-        data: Option<&Value>,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.0.add_topic(conn, topic, from, data).await
-    }
-
-    async fn remove_topic(
-        &self,
-        conn: &salvo_realtime::Connection,
-        topic: &salvo_realtime::Topic,
-    ) -> Result<bool, salvo_realtime::error::HubError> {
-        self.0.remove_topic(conn, topic).await
-    }
-
-    async fn publish_from(
-        &self,
-        _conn: &salvo_realtime::Connection,
-        _topic: &salvo_realtime::Topic,
-        _publication: salvo_realtime::Publication,
-    ) -> Result<salvo_realtime::MessageId, salvo_realtime::error::HubError> {
-        Err(salvo_realtime::error::HubError::Backend(
-            "redis://user:password@10.0.0.9 timed out".into(),
-        ))
+        async fn publish_from(
+            &self,
+            _conn: &salvo_realtime::Connection,
+            _topic: &salvo_realtime::Topic,
+            _publication: salvo_realtime::Publication,
+        ) -> Result<salvo_realtime::MessageId, salvo_realtime::error::HubError> {
+            Err(salvo_realtime::error::HubError::Backend(
+                "redis://user:password@10.0.0.9 timed out".into(),
+            ))
+        }
     }
 }
 
@@ -767,7 +688,9 @@ async fn the_remaining_error_codes() {
     let router = Router::new()
         .push(Router::with_path("ws").goal(endpoint(channels(rooms.clone()))))
         .push(Router::with_path("pubsub").goal(WsEndpoint::new(PubSub::new())))
-        .push(Router::with_path("down").goal(WsEndpoint::new(Down(Rooms::new()))))
+        .push(Router::with_path("down").goal(WsEndpoint::new(Down {
+            inner: Rooms::new(),
+        })))
         .push(
             Router::with_path("strict")
                 .goal(endpoint(channels(Rooms::new())).rate_limit(Some(RateLimit::new(0, 2)))),
@@ -1217,15 +1140,7 @@ async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
     )
     .await
     .expect("connect without the channel protocol");
-    ws.send(Message::text(r#"{"text":"darn"}"#))
-        .await
-        .expect("send");
-    let v = loop {
-        let v = next_json(&mut ws).await;
-        if v["type"] == "error" {
-            break v;
-        }
-    };
+    let v = say_darn(&mut ws).await;
     assert_eq!(v["error"], "moderated");
     assert!(
         rooms.history("open:plain").is_empty(),

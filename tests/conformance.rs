@@ -1,18 +1,22 @@
 //! The backend conformance suite (`salvo_realtime::backend::conformance`) against `Local`, and
 //! against backends broken on purpose: a suite that can't fail proves nothing, so each broken
 //! one must be caught by the check of the rule it breaks. (tests/redis.rs and
-//! tests/redis_cluster.rs run the suite against Redis and Redis Cluster.)
+//! tests/redis_cluster.rs run the suite against Redis and Redis Cluster.) The broken backends
+//! are `Local` with presence hooks (tests/common/hooked.rs).
+
+mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use common::hooked::{HookedLocal, PresenceHooks};
 use parking_lot::Mutex;
 use salvo_realtime::backend::conformance::Suite;
-use salvo_realtime::backend::{Backend, Local, MembersPage, Mirror};
+use salvo_realtime::backend::{Backend, Local, Mirror};
 use salvo_realtime::error::HubError;
-use salvo_realtime::{ConnectionId, Identity, MessageId, Publication, Topic};
+use salvo_realtime::{ConnectionId, Identity, Publication, Topic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_passes_every_check() {
@@ -24,105 +28,12 @@ async fn local_passes_every_check() {
         .expect("Local conforms");
 }
 
-/// What a broken backend changes about `Local`'s presence.
-trait Breakage: Default + Send + Sync + 'static {
-    fn add(
-        &self,
-        inner: &Local,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> impl Future<Output = Result<bool, HubError>> + Send;
-
-    fn remove(
-        &self,
-        inner: &Local,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> impl Future<Output = Result<bool, HubError>> + Send;
-}
-
-/// `Local` with its presence replaced by a broken one; everything else forwarded.
-#[derive(Default)]
-struct Broken<K> {
-    inner: Local,
-    breakage: K,
-}
-
-impl<K: Breakage> Backend for Broken<K> {
-    async fn publish(
-        &self,
-        mirror: &Mirror,
-        topic: &Topic,
-        publication: Publication,
-    ) -> Result<MessageId, HubError> {
-        self.inner.publish(mirror, topic, publication).await
-    }
-
-    async fn attach(&self, mirror: &Mirror, topic: &Topic) -> Result<(), HubError> {
-        self.inner.attach(mirror, topic).await
-    }
-
-    fn detach(&self, mirror: &Mirror, topic: &Topic) {
-        self.inner.detach(mirror, topic);
-    }
-
-    async fn presence_add(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        self.breakage
-            .add(&self.inner, mirror, room, conn, identity, announce)
-            .await
-    }
-
-    async fn presence_remove(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        conn: ConnectionId,
-        identity: &Identity,
-        announce: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        self.breakage
-            .remove(&self.inner, mirror, room, conn, identity, announce)
-            .await
-    }
-
-    async fn members(
-        &self,
-        mirror: &Mirror,
-        room: &Topic,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<MembersPage, HubError> {
-        self.inner.members(mirror, room, after, limit).await
-    }
-
-    async fn member_count(&self, mirror: &Mirror, room: &Topic) -> Result<usize, HubError> {
-        self.inner.member_count(mirror, room).await
-    }
-
-    fn idle_ttl(&self, configured: std::time::Duration) -> std::time::Duration {
-        self.inner.idle_ttl(configured)
-    }
-}
-
 /// Counts presence per call, as the Redis backend did before issue 18: each add is a new
 /// membership (under a fresh id), each remove takes the connection's oldest one.
 #[derive(Default)]
 struct PerCall(Mutex<HashMap<(ConnectionId, Topic), Vec<ConnectionId>>>);
 
-impl Breakage for PerCall {
+impl PresenceHooks for PerCall {
     async fn add(
         &self,
         inner: &Local,
@@ -177,7 +88,7 @@ impl Breakage for PerCall {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_counting_presence_per_call_is_caught() {
-    let suite = Suite::new(|| async { Broken::<PerCall>::default() }).single_node();
+    let suite = Suite::new(|| async { HookedLocal::<PerCall>::default() }).single_node();
     let failure = suite
         .presence_idempotent()
         .await
@@ -214,7 +125,7 @@ impl Future for Yield {
     }
 }
 
-impl Breakage for Torn {
+impl PresenceHooks for Torn {
     async fn add(
         &self,
         inner: &Local,
@@ -259,7 +170,7 @@ impl Breakage for Torn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_is_not_cancellation_safe_is_caught() {
-    let suite = Suite::new(|| async { Broken::<Torn>::default() })
+    let suite = Suite::new(|| async { HookedLocal::<Torn>::default() })
         .single_node()
         .patience(std::time::Duration::from_millis(500));
     // It keeps its other promises...

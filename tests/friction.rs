@@ -106,19 +106,36 @@ async fn topic_errors_in_a_topics_closure_answer_400() {
     });
     let server = TestServer::start(Router::with_path("events").goal(sse)).await;
     let client = reqwest::Client::new();
-    let status = |query: &'static str| {
-        let req = client.get(server.http(&format!("/events?{query}")));
-        async move {
-            let resp = tokio::time::timeout(WAIT, req.send())
-                .await
-                .expect("answer in time")
-                .expect("response");
-            resp.status().as_u16()
-        }
-    };
+    let status =
+        |query: &'static str| http_status(client.get(server.http(&format!("/events?{query}"))));
     assert_eq!(status("room=a%0Ab").await, 400);
     assert_eq!(status("room=ok").await, 200);
     server.stop().await;
+}
+
+/// The status `req` is answered with (within `WAIT`).
+async fn http_status(req: reqwest::RequestBuilder) -> u16 {
+    let resp = tokio::time::timeout(WAIT, req.send())
+        .await
+        .expect("answer in time")
+        .expect("response");
+    resp.status().as_u16()
+}
+
+/// The status a WebSocket handshake to `url` from `origin` is answered with: 101, or the
+/// refusal's (within `WAIT`).
+async fn handshake_status(url: String, origin: &str) -> u16 {
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut()
+        .insert("origin", origin.parse().expect("header"));
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("answer in time")
+    {
+        Ok((_, resp)) => resp.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
 }
 
 /// One function, the one list (README, "Origins and CORS: one list").
@@ -138,39 +155,17 @@ async fn one_origin_predicate_serves_both_endpoints() {
         .push(Router::with_path("events/{topic}").goal(sse));
     let server = TestServer::start(router).await;
 
-    let ws_status = |origin: &str| {
-        let mut req = server
-            .ws("/ws/lobby")
-            .into_client_request()
-            .expect("request");
-        req.headers_mut()
-            .insert("origin", origin.parse().expect("header"));
-        async move {
-            match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-                .await
-                .expect("answer in time")
-            {
-                Ok((_, resp)) => resp.status().as_u16(),
-                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-                Err(e) => panic!("unexpected error {e}"),
-            }
-        }
-    };
-    assert_eq!(ws_status("https://app.example").await, 101);
-    assert_eq!(ws_status("https://evil.example").await, 403);
+    let ws_from = |origin: &'static str| handshake_status(server.ws("/ws/lobby"), origin);
+    assert_eq!(ws_from("https://app.example").await, 101);
+    assert_eq!(ws_from("https://evil.example").await, 403);
 
     let client = reqwest::Client::new();
     let sse_status = |origin: &'static str| {
-        let req = client
-            .get(server.http("/events/lobby"))
-            .header("origin", origin);
-        async move {
-            let resp = tokio::time::timeout(WAIT, req.send())
-                .await
-                .expect("answer in time")
-                .expect("response");
-            resp.status().as_u16()
-        }
+        http_status(
+            client
+                .get(server.http("/events/lobby"))
+                .header("origin", origin),
+        )
     };
     assert_eq!(sse_status("https://app.example").await, 200);
     assert_eq!(sse_status("https://evil.example").await, 403);
@@ -228,20 +223,7 @@ async fn one_origin_list_decides_cors_and_both_endpoints_alike() {
             .await
             .expect("answer");
         assert_eq!(sse.status() == 200, trusted, "SSE for {origin}");
-        let mut req = server
-            .ws("/ws?topic=lobby")
-            .into_client_request()
-            .expect("request");
-        req.headers_mut()
-            .insert("origin", origin.parse().expect("header"));
-        let ws = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .expect("answer in time");
-        let ws_status = match ws {
-            Ok((_, resp)) => resp.status().as_u16(),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-            Err(e) => panic!("unexpected error {e}"),
-        };
+        let ws_status = handshake_status(server.ws("/ws?topic=lobby"), origin).await;
         assert_eq!(
             ws_status,
             if trusted { 101 } else { 403 },

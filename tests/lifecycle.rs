@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ws_client::{Client, next_frame};
 use common::{TestServer, eventually};
 use futures_util::stream::Empty;
 use salvo::Router;
@@ -467,19 +468,12 @@ async fn a_client_behind_a_trusted_proxy_cannot_pick_its_counted_address() {
 
 /// Frames of a WebSocket until `until` holds for one (included), as JSON.
 async fn frames_until(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: &mut Client,
     until: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
-    use futures_util::StreamExt;
     let mut out = Vec::new();
     loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("frame");
+        let frame = next_frame(ws, WAIT).await;
         if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
             let v: serde_json::Value = serde_json::from_str(&text).expect("json");
             let done = until(&v);
@@ -639,20 +633,10 @@ impl Hub for Leaves {
 }
 
 /// What a drained-or-not client sees next: `Some(code)` for a Close, `None` for a message.
-async fn closed_with(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Option<u16> {
-    use futures_util::StreamExt;
+async fn closed_with(ws: &mut Client) -> Option<u16> {
     use tokio_tungstenite::tungstenite::Message;
     loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("frame");
-        match frame {
+        match next_frame(ws, WAIT).await {
             Message::Close(frame) => return Some(frame.map_or(0, |f| u16::from(f.code))),
             Message::Text(_) => return None,
             _ => {}

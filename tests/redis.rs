@@ -20,50 +20,36 @@ use salvo_realtime::{
 };
 
 use common::proxy::{Mode, Proxy};
-use common::redis_env::{RedisServer, messages, next, next_event};
+use common::redis_env::{
+    CrashingNode, RedisServer, event, events, listed, logged_config, member, messages, next,
+    next_event, nothing_within, publish_retrying, pubsub_on, replayed_chat, rooms_on, snapshot,
+    users,
+};
 
-fn config(server: &RedisServer) -> RedisConfig {
-    // `RUST_LOG=salvo_realtime=debug` shows what the backend does.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    RedisConfig::new(server.url())
+/// Settings for a node reaching Redis at `url`: short timings, so that faults heal within a
+/// test.
+fn quick(url: String) -> RedisConfig {
+    logged_config(url)
         .timeout(Duration::from_millis(500))
         .heartbeat(Duration::from_millis(100))
         .node_ttl(Duration::from_millis(600))
 }
 
+/// Settings for a node on `server`.
+fn config(server: &RedisServer) -> RedisConfig {
+    quick(server.url())
+}
+
 async fn pubsub_node(server: &RedisServer) -> PubSub<RedisBackend> {
-    let backend = RedisBackend::connect(config(server))
-        .await
-        .expect("connect");
-    PubSub::with_backend(HubConfig::new().history(1_000), backend)
+    pubsub_on(config(server), HubConfig::new().history(1_000)).await
 }
 
 async fn rooms_node(server: &RedisServer) -> Rooms<RedisBackend> {
-    let backend = RedisBackend::connect(config(server))
-        .await
-        .expect("connect");
-    Rooms::with_backend(HubConfig::new(), backend)
+    rooms_on(config(server), HubConfig::new()).await
 }
 
 fn conn(topic: &str, from: Position) -> Connection {
     Connection::new().subscribe(Topic::new(topic).expect("valid"), from)
-}
-
-async fn publish_retrying(hub: &PubSub<RedisBackend>, topic: &str, text: &str) -> MessageId {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match hub.publish(topic, text).await {
-            Ok(id) => return id,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("publish kept failing: {e}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,79 +152,37 @@ async fn presence_spans_nodes_and_a_dead_nodes_members_expire() {
     ));
 
     // Node b runs in a runtime of its own, so that it can die without saying goodbye.
-    let url = config(&server);
-    let (to_b, b_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let node_b = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let held = rt.block_on(async move {
-            let b = Rooms::with_backend(
-                HubConfig::new(),
-                RedisBackend::connect(url).await.expect("connect"),
-            );
-            let mut subs = Vec::new();
-            for user in ["alice", "bob"] {
-                let c = Connection::new()
-                    .authenticated(Identity::new(user))
-                    .subscribe(Topic::new("x").expect("valid"), Position::Live);
-                subs.push(b.join(&c).await.expect("join b"));
-            }
-            (b, subs)
-        });
-        let _ = ready_tx.send(());
-        let _ = b_rx.recv();
-        rt.shutdown_background();
-        // A crash: nothing is cleaned up.
-        std::mem::forget(held);
-    });
-    ready.await.expect("node b up");
-    let mut joined = vec![
-        next_event(&mut w, Duration::from_secs(5)).await,
-        next_event(&mut w, Duration::from_secs(5)).await,
-    ];
+    let node_b = CrashingNode::start(
+        config(&server),
+        HubConfig::new(),
+        vec![("alice".into(), "x".into()), ("bob".into(), "x".into())],
+    )
+    .await;
+    let mut joined = events(&mut w, 2).await;
     joined.sort();
     assert_eq!(
         joined,
-        [
-            (PRESENCE_JOIN.to_owned(), "alice".to_owned()),
-            (PRESENCE_JOIN.to_owned(), "bob".to_owned())
-        ]
+        [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
     );
 
     // alice opens a second tab on node a: not a first join.
     let alice_a = member("alice");
     let mut alice_sub = a.join(&alice_a).await.expect("join");
-    let Some(Delivery::Presence(p)) = next(&mut alice_sub, Duration::from_secs(5)).await else {
-        panic!("expected a presence snapshot");
-    };
-    let listed: Vec<_> = p
-        .members
-        .iter()
-        .map(|m| (&*m.user, m.connections))
-        .collect();
-    assert_eq!(listed, [("alice", 2), ("bob", 1), ("w", 1)]);
+    assert_eq!(
+        snapshot(&mut alice_sub).await,
+        users(&[("alice", 2), ("bob", 1), ("w", 1)])
+    );
 
     // Node b dies: bob leaves within the node TTL (600 ms) plus a heartbeat; alice stays.
     let died = Instant::now();
-    to_b.send(()).expect("signal b");
-    node_b.join().expect("node b thread");
+    node_b.crash();
     assert_eq!(
         next_event(&mut w, Duration::from_secs(5)).await,
         (PRESENCE_LEAVE.to_owned(), "bob".to_owned())
     );
     let took = died.elapsed();
     assert!(took < Duration::from_secs(3), "bob left after {took:?}");
-    let present: Vec<_> = a
-        .presence("x")
-        .await
-        .iter()
-        .map(|m| (m.user.to_string(), m.connections))
-        .collect();
-    assert_eq!(present, [("alice".to_owned(), 1), ("w".to_owned(), 1)]);
+    assert_eq!(listed(&a, "x").await, users(&[("alice", 1), ("w", 1)]));
     println!("a dead node's member left after {took:?}");
 
     // alice's last tab closes: now she leaves.
@@ -336,11 +280,7 @@ async fn while_redis_is_down_publish_fails_fast_and_subscribers_stay() {
     let refused = hub.subscribe("other", Position::Live).await;
     assert!(matches!(refused, Err(HubError::Backend(_))), "{refused:?}");
     // The subscriber is still there, waiting.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err()
-    );
+    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
 }
 
 // Issue 9, defect 13: a publish reported as failed while Redis is stalled (SIGSTOP) is never
@@ -377,9 +317,7 @@ async fn a_publish_that_failed_during_a_stall_is_never_delivered_later() {
         "only `before` and `after` are in the history"
     );
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(300)).await,
         "nothing else arrives"
     );
 }
@@ -550,32 +488,12 @@ async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_firs
         Some(Delivery::Presence(_))
     ));
 
-    let url = config(&server);
-    let (to_b, b_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let node_b = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let held = rt.block_on(async move {
-            let b = Rooms::with_backend(
-                HubConfig::new(),
-                RedisBackend::connect(url).await.expect("connect"),
-            );
-            let c = Connection::new()
-                .authenticated(Identity::new("bob"))
-                .subscribe(Topic::new("x").expect("valid"), Position::Live);
-            let sub = b.join(&c).await.expect("join b");
-            (b, sub)
-        });
-        let _ = ready_tx.send(());
-        let _ = b_rx.recv();
-        rt.shutdown_background();
-        std::mem::forget(held);
-    });
-    ready.await.expect("node b up");
+    let node_b = CrashingNode::start(
+        config(&server),
+        HubConfig::new(),
+        vec![("bob".into(), "x".into())],
+    )
+    .await;
     assert_eq!(
         next_event(&mut w, Duration::from_secs(5)).await,
         (PRESENCE_JOIN.to_owned(), "bob".to_owned())
@@ -586,13 +504,10 @@ async fn a_dead_nodes_leaves_are_announced_even_if_publishing_them_fails_at_firs
     let saved = format!("{meta}-saved");
     assert_eq!(server.command(&["RENAME", &meta, &saved]), "+OK");
     assert_eq!(server.command(&["SET", &meta, "not a hash"]), "+OK");
-    to_b.send(()).expect("signal b");
-    node_b.join().expect("node b thread");
+    node_b.crash();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), w.next())
-            .await
-            .is_err(),
+        nothing_within(&mut w, Duration::from_millis(100)).await,
         "nothing could be announced meanwhile"
     );
     assert_eq!(server.command(&["DEL", &meta]), ":1");
@@ -921,9 +836,7 @@ async fn a_leave_lost_while_redis_failed_is_announced_once_redis_works_again() {
     // Meanwhile every heartbeat's reconcile fails too: nothing is announced.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), w.next())
-            .await
-            .is_err(),
+        nothing_within(&mut w, Duration::from_millis(300)).await,
         "no leave was announced while Redis failed"
     );
     assert_eq!(server.command(&["DEL", &pk]), ":1");
@@ -967,21 +880,6 @@ fn inspect(server: &RedisServer) -> redis::Connection {
 
 fn room_key(room: &str, kind: &str) -> String {
     format!("{{salvo-realtime:rooms:{room}}}:{kind}")
-}
-
-fn member(user: &str, room: &str, from: Position) -> Connection {
-    Connection::new()
-        .authenticated(Identity::new(user))
-        .subscribe(Topic::new(room).expect("valid"), from)
-}
-
-/// The next `n` presence notices (event, user), skipping everything else.
-async fn events(sub: &mut Subscription, n: usize) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        out.push(next_event(sub, Duration::from_secs(5)).await);
-    }
-    out
 }
 
 // Issue 11: join and leave notices went through the remote log (an offset, an entry in the
@@ -1058,14 +956,7 @@ async fn presence_notices_are_live_only_across_nodes() {
         tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), s.next()).await
     {
         if let Delivery::Message(m) = d {
-            if let Some(event) = m.event() {
-                // A notice may still arrive live (node b's copies of the leaves travel by
-                // pub/sub, apart from node a's watcher), but never out of the history.
-                let v: serde_json::Value = m.json().expect("presence payload");
-                assert!(m.is_ephemeral(), "a replayed notice: {event:?} {v}");
-            } else {
-                chat.push(m.payload().as_text().expect("text").to_owned());
-            }
+            chat.extend(replayed_chat(&m));
         }
     }
     let expected: Vec<String> = (1..50).map(|i| format!("chat{i}")).collect();
@@ -1221,39 +1112,18 @@ async fn a_big_rooms_members_come_in_ordered_pages_and_its_count_is_kept() {
 
     // A node dies with 50 users of its own and a second tab of u100: the sweep takes its
     // users out of the count and the pages, and u100's tab only.
-    let url = config(&server);
-    let (to_c, c_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let node_c = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let held = rt.block_on(async move {
-            let c = Rooms::with_backend(
-                HubConfig::new().presence_mode(PresenceMode::Count),
-                RedisBackend::connect(url).await.expect("connect"),
-            );
-            let mut subs = Vec::new();
-            for user in (0..50).map(|i| format!("c{i:02}")).chain(["u100".into()]) {
-                let conn = member(&user, "big", Position::Live);
-                subs.push(c.join(&conn).await.expect("join c"));
-            }
-            (c, subs)
-        });
-        let _ = ready_tx.send(());
-        let _ = c_rx.recv();
-        rt.shutdown_background();
-        std::mem::forget(held);
-    });
-    ready.await.expect("node c up");
+    let users = (0..50).map(|i| format!("c{i:02}")).chain(["u100".into()]);
+    let node_c = CrashingNode::start(
+        config(&server),
+        HubConfig::new().presence_mode(PresenceMode::Count),
+        users.map(|user| (user, "big".to_owned())).collect(),
+    )
+    .await;
     assert_eq!(a.member_count("big").await.expect("count"), 550);
     let (all, _) = pages(&a).await;
     assert_eq!(all.len(), 550);
     assert!(all.contains(&("u100".to_owned(), 2)));
-    to_c.send(()).expect("signal c");
-    node_c.join().expect("node c thread");
+    node_c.crash();
     count_becomes(&a, "big", 500).await;
     assert_eq!(pages(&b).await.0, expected(100));
     drop(held);
@@ -1433,15 +1303,11 @@ conformance!(
 
 /// Settings for a node reaching Redis through `proxy`.
 fn via(proxy: &Proxy) -> RedisConfig {
-    RedisConfig::new(proxy.url())
-        .timeout(Duration::from_millis(500))
-        .heartbeat(Duration::from_millis(100))
-        .node_ttl(Duration::from_millis(600))
+    quick(proxy.url())
 }
 
 async fn rooms_via(config: RedisConfig) -> Rooms<RedisBackend> {
-    let backend = RedisBackend::connect(config).await.expect("connect");
-    Rooms::with_backend(HubConfig::new(), backend)
+    rooms_on(config, HubConfig::new()).await
 }
 
 /// A watcher of `room` on `hub`, past its presence snapshot.
@@ -1457,21 +1323,87 @@ async fn watcher(hub: &Rooms<RedisBackend>, room: &str) -> Subscription {
     w
 }
 
-/// `room`'s members as `hub` lists them: (user, connections).
-async fn listed(hub: &Rooms<RedisBackend>, room: &str) -> Vec<(String, usize)> {
-    hub.presence(room)
-        .await
-        .iter()
-        .map(|m| (m.user.to_string(), m.connections))
-        .collect()
+/// alice, then bob, join `room` on `hub`; the watcher `w` sees both joins. Returns alice's
+/// connection and both subscriptions.
+async fn alice_and_bob_join(
+    hub: &Rooms<RedisBackend>,
+    w: &mut Subscription,
+    room: &str,
+) -> (Connection, Subscription, Subscription) {
+    let alice = member("alice", room, Position::Live);
+    let alice_sub = hub.join(&alice).await.expect("join alice");
+    let bob = member("bob", room, Position::Live);
+    let bob_sub = hub.join(&bob).await.expect("join bob");
+    assert_eq!(
+        events(w, 2).await,
+        [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
+    );
+    (alice, alice_sub, bob_sub)
 }
 
-fn users(list: &[(&str, usize)]) -> Vec<(String, usize)> {
-    list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
+/// alice leaves `room` on `hub` (which reaches Redis through `proxy`), and her leave is lost:
+/// its request reaches the proxy and goes with the connection, and from then on the proxy
+/// refuses new connections (an outage, until the test sets `Mode::Pass`).
+async fn lose_leave(
+    proxy: &Proxy,
+    hub: &Rooms<RedisBackend>,
+    room: &str,
+    alice: &Connection,
+    alice_sub: Subscription,
+) {
+    let stall = proxy.stall_on(&[room_key(room, "pk").as_bytes()]);
+    hub.leave(alice, alice_sub).await;
+    stall.hit().await;
+    proxy.set(Mode::Refuse);
+    stall.discard();
+    proxy.cut();
 }
 
-fn event(kind: &str, user: &str) -> (String, String) {
-    (kind.to_owned(), user.to_owned())
+/// zed joins `room` on `hub`: the watcher `w` sees that join next, and `hub` lists bob (still
+/// there), w and zed. Returns zed's subscription.
+async fn zed_joins_beside_bob(
+    hub: &Rooms<RedisBackend>,
+    w: &mut Subscription,
+    room: &str,
+) -> Subscription {
+    let zed = member("zed", room, Position::Live);
+    let zed_sub = hub.join(&zed).await.expect("join zed");
+    assert_eq!(
+        next_event(w, Duration::from_secs(5)).await,
+        event(PRESENCE_JOIN, "zed")
+    );
+    assert_eq!(
+        listed(hub, room).await,
+        users(&[("bob", 1), ("w", 1), ("zed", 1)])
+    );
+    zed_sub
+}
+
+/// An anonymous member (in no presence) keeps `room` attached on `hub`, and a message keeps the
+/// heartbeat from renewing the room's epoch. Returns the member's subscription.
+async fn hold_room(hub: &Rooms<RedisBackend>, room: &str) -> Subscription {
+    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
+    let holder_sub = hub.join(&holder).await.expect("join holder");
+    hub.broadcast(room, "hello").await.expect("broadcast");
+    holder_sub
+}
+
+/// The node behind `proxy` dies (cut off from Redis for good): node b's sweep must take alice
+/// out of `room` (the watcher `w` sees her leave), leaving only the watcher.
+async fn node_dies_and_alice_is_swept(
+    proxy: &Proxy,
+    w: &mut Subscription,
+    b: &Rooms<RedisBackend>,
+    room: &str,
+) {
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    assert_eq!(
+        next_event(w, Duration::from_secs(5)).await,
+        event(PRESENCE_LEAVE, "alice"),
+        "the dead node's member is swept"
+    );
+    assert_eq!(listed(b, room).await, users(&[("w", 1)]));
 }
 
 // Issue 18, defect 5: a leave whose script failed during a Redis outage shorter than the node
@@ -1485,23 +1417,11 @@ async fn a_leave_lost_in_an_outage_shorter_than_node_ttl_is_applied_once_redis_i
     let b = rooms_node(&server).await;
     let room = "outage-short";
     let mut w = watcher(&b, room).await;
-    let alice = member("alice", room, Position::Live);
-    let alice_sub = a.join(&alice).await.expect("join alice");
-    let bob = member("bob", room, Position::Live);
-    let bob_sub = a.join(&bob).await.expect("join bob");
-    assert_eq!(
-        events(&mut w, 2).await,
-        [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
-    );
+    let (alice, alice_sub, bob_sub) = alice_and_bob_join(&a, &mut w, room).await;
 
     // alice's leave reaches the proxy and is lost with the connection; Redis then stays
     // unreachable for 500 ms, well within the node TTL (3 s).
-    let stall = proxy.stall_on(&[room_key(room, "pk").as_bytes()]);
-    a.leave(&alice, alice_sub).await;
-    stall.hit().await;
-    proxy.set(Mode::Refuse);
-    stall.discard();
-    proxy.cut();
+    lose_leave(&proxy, &a, room, &alice, alice_sub).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the outage
     proxy.set(Mode::Pass);
 
@@ -1511,16 +1431,7 @@ async fn a_leave_lost_in_an_outage_shorter_than_node_ttl_is_applied_once_redis_i
         "the lost leave is applied once Redis is back"
     );
     // Node a was never declared dead: bob stays, and the next notice is a later join.
-    let zed = member("zed", room, Position::Live);
-    let zed_sub = b.join(&zed).await.expect("join zed");
-    assert_eq!(
-        next_event(&mut w, Duration::from_secs(5)).await,
-        event(PRESENCE_JOIN, "zed")
-    );
-    assert_eq!(
-        listed(&b, room).await,
-        users(&[("bob", 1), ("w", 1), ("zed", 1)])
-    );
+    let zed_sub = zed_joins_beside_bob(&b, &mut w, room).await;
     drop((bob_sub, zed_sub));
 }
 
@@ -1535,21 +1446,9 @@ async fn a_leave_lost_in_an_outage_longer_than_node_ttl_is_applied_and_the_rest_
     let b = rooms_node(&server).await;
     let room = "outage-long";
     let mut w = watcher(&b, room).await;
-    let alice = member("alice", room, Position::Live);
-    let alice_sub = a.join(&alice).await.expect("join alice");
-    let bob = member("bob", room, Position::Live);
-    let bob_sub = a.join(&bob).await.expect("join bob");
-    assert_eq!(
-        events(&mut w, 2).await,
-        [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
-    );
+    let (alice, alice_sub, bob_sub) = alice_and_bob_join(&a, &mut w, room).await;
 
-    let stall = proxy.stall_on(&[room_key(room, "pk").as_bytes()]);
-    a.leave(&alice, alice_sub).await;
-    stall.hit().await;
-    proxy.set(Mode::Refuse);
-    stall.discard();
-    proxy.cut();
+    lose_leave(&proxy, &a, room, &alice, alice_sub).await;
     // Node b declares node a dead after the node TTL (600 ms): both its users leave.
     let mut left = events(&mut w, 2).await;
     left.sort();
@@ -1563,16 +1462,7 @@ async fn a_leave_lost_in_an_outage_longer_than_node_ttl_is_applied_and_the_rest_
         next_event(&mut w, Duration::from_secs(5)).await,
         event(PRESENCE_JOIN, "bob")
     );
-    let zed = member("zed", room, Position::Live);
-    let zed_sub = b.join(&zed).await.expect("join zed");
-    assert_eq!(
-        next_event(&mut w, Duration::from_secs(5)).await,
-        event(PRESENCE_JOIN, "zed")
-    );
-    assert_eq!(
-        listed(&b, room).await,
-        users(&[("bob", 1), ("w", 1), ("zed", 1)])
-    );
+    let zed_sub = zed_joins_beside_bob(&b, &mut w, room).await;
     drop((bob_sub, zed_sub));
 }
 
@@ -1623,11 +1513,7 @@ async fn a_join_racing_the_prune_of_its_room_keeps_the_room_swept_when_the_node_
     let b = rooms_node(&server).await;
     let room = "prune-race";
     let mut w = watcher(&b, room).await;
-    // An anonymous member keeps the room attached on node a (and counts in no presence); a
-    // message keeps the heartbeat from renewing the room's epoch.
-    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
-    let holder_sub = a.join(&holder).await.expect("join holder");
-    a.broadcast(room, "hello").await.expect("broadcast");
+    let holder_sub = hold_room(&a, room).await;
     let alice = member("alice", room, Position::Live);
     let alice_sub = a.join(&alice).await.expect("join alice");
     a.leave(&alice, alice_sub).await;
@@ -1657,14 +1543,7 @@ async fn a_join_racing_the_prune_of_its_room_keeps_the_room_swept_when_the_node_
     );
 
     // Node a dies (cut off from Redis for good): node b's sweep must take alice out.
-    proxy.set(Mode::Refuse);
-    proxy.cut();
-    assert_eq!(
-        next_event(&mut w, Duration::from_secs(5)).await,
-        event(PRESENCE_LEAVE, "alice"),
-        "the dead node's member is swept"
-    );
-    assert_eq!(listed(&b, room).await, users(&[("w", 1)]));
+    node_dies_and_alice_is_swept(&proxy, &mut w, &b, room).await;
     drop((holder_sub, again_sub));
 }
 
@@ -1679,9 +1558,7 @@ async fn a_join_cancelled_before_its_room_was_listed_does_not_mark_it_listed() {
     let b = rooms_node(&server).await;
     let room = "cut-listing";
     let mut w = watcher(&b, room).await;
-    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
-    let holder_sub = a.join(&holder).await.expect("join holder");
-    a.broadcast(room, "hello").await.expect("broadcast");
+    let holder_sub = hold_room(&a, room).await;
 
     // alice's join is dropped while its request listing the room is held; that request is
     // then lost with its connection: it never reaches Redis.
@@ -1712,14 +1589,7 @@ async fn a_join_cancelled_before_its_room_was_listed_does_not_mark_it_listed() {
     );
 
     // Node a dies: node b's sweep must take alice out.
-    proxy.set(Mode::Refuse);
-    proxy.cut();
-    assert_eq!(
-        next_event(&mut w, Duration::from_secs(5)).await,
-        event(PRESENCE_LEAVE, "alice"),
-        "the dead node's member is swept"
-    );
-    assert_eq!(listed(&b, room).await, users(&[("w", 1)]));
+    node_dies_and_alice_is_swept(&proxy, &mut w, &b, room).await;
     drop((holder_sub, again_sub));
 }
 
@@ -1734,10 +1604,7 @@ async fn a_publish_whose_reply_is_lost_is_delivered_once() {
     let config = via(&proxy)
         .heartbeat(Duration::from_secs(30))
         .node_ttl(Duration::from_secs(90));
-    let a = PubSub::with_backend(
-        HubConfig::new(),
-        RedisBackend::connect(config).await.expect("connect"),
-    );
+    let a = pubsub_on(config, HubConfig::new()).await;
     let b = pubsub_node(&server).await;
     a.publish("warm", "load the scripts")
         .await
@@ -1760,9 +1627,7 @@ async fn a_publish_whose_reply_is_lost_is_delivered_once() {
     assert_eq!(seen, [(1, "once"), (2, "after")], "delivered once, one id");
     assert_eq!(got[1].id(), after);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(300)).await,
         "no duplicate arrives"
     );
     assert_eq!(
@@ -1916,9 +1781,7 @@ async fn a_member_who_leaves_and_comes_back_during_a_reconcile_stays_present() {
     let b = rooms_node(&server).await;
     let room = "reconciled";
     let _w = watcher(&b, room).await;
-    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
-    let holder_sub = a.join(&holder).await.expect("join holder");
-    a.broadcast(room, "hello").await.expect("broadcast");
+    let holder_sub = hold_room(&a, room).await;
     // bob comes and goes: the join and leave scripts are loaded (a script Redis doesn't have
     // yet is sent again after a round trip, which would reorder what follows).
     let bob = member("bob", room, Position::Live);
@@ -1976,10 +1839,7 @@ async fn a_member_who_leaves_and_comes_back_during_a_reconcile_stays_present() {
 async fn publishes_over_a_link_slower_than_the_timeout_fail_and_are_never_applied() {
     let server = RedisServer::start();
     let proxy = Proxy::start(server.addr()).await;
-    let a = PubSub::with_backend(
-        HubConfig::new(),
-        RedisBackend::connect(via(&proxy)).await.expect("connect"),
-    );
+    let a = pubsub_on(via(&proxy), HubConfig::new()).await;
     let b = pubsub_node(&server).await;
     let mut sub = b
         .subscribe("slow", Position::Live)
@@ -2204,10 +2064,7 @@ async fn a_publish_that_reaches_redis_just_before_its_timeout_is_not_reported_fa
         .timeout(Duration::from_secs(1))
         .heartbeat(Duration::from_secs(30))
         .node_ttl(Duration::from_secs(90));
-    let a = PubSub::with_backend(
-        HubConfig::new(),
-        RedisBackend::connect(config).await.expect("connect"),
-    );
+    let a = pubsub_on(config, HubConfig::new()).await;
     let b = pubsub_node(&server).await;
     a.publish("warm", "load the script").await.expect("publish");
     let mut sub = b
@@ -2265,9 +2122,7 @@ async fn a_join_spanning_an_incarnation_switch_is_swept_when_the_node_dies() {
     let b = rooms_node(&server).await;
     let room = "spanned";
     let mut w = watcher(&b, room).await;
-    let holder = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
-    let holder_sub = a.join(&holder).await.expect("join holder");
-    a.broadcast(room, "hello").await.expect("broadcast");
+    let holder_sub = hold_room(&a, room).await;
 
     // Node a's next heartbeat is held while Redis loses its liveness, and alice joins: the
     // request listing the room under the current incarnation queues behind the heartbeat.
@@ -2292,14 +2147,7 @@ async fn a_join_spanning_an_incarnation_switch_is_swept_when_the_node_dies() {
     );
 
     // Node a dies at once (before reconciling its rooms, a timeout after the switch).
-    proxy.set(Mode::Refuse);
-    proxy.cut();
-    assert_eq!(
-        next_event(&mut w, Duration::from_secs(5)).await,
-        event(PRESENCE_LEAVE, "alice"),
-        "the dead node's member is swept"
-    );
-    assert_eq!(listed(&b, room).await, users(&[("w", 1)]));
+    node_dies_and_alice_is_swept(&proxy, &mut w, &b, room).await;
     drop((holder_sub, alice_sub));
 }
 
@@ -2311,18 +2159,13 @@ async fn a_join_spanning_an_incarnation_switch_is_swept_when_the_node_dies() {
 
 /// `RedisConfig::new(url)` with every default.
 fn defaults(url: String) -> RedisConfig {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    RedisConfig::new(url)
+    logged_config(url)
 }
 
 /// A `PubSub` node with the default Redis settings; its own history (the hub's, not Redis's)
 /// is larger than Redis's default cap, so that what a new subscriber replays is Redis's.
 async fn default_node(url: String) -> PubSub<RedisBackend> {
-    let backend = RedisBackend::connect(defaults(url)).await.expect("connect");
-    PubSub::with_backend(HubConfig::new().history(5_000), backend)
+    pubsub_on(defaults(url), HubConfig::new().history(5_000)).await
 }
 
 /// Redis's clock, in Unix milliseconds.
@@ -2430,9 +2273,7 @@ async fn by_default_the_redis_history_keeps_the_last_1000_messages() {
     assert_eq!(got[0].id().offset(), 6);
     assert_eq!(got[999].payload().as_text(), Some("m1005"));
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(200)).await,
         "nothing more than the 1,000"
     );
 }

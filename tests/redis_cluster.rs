@@ -18,31 +18,28 @@ use salvo_realtime::error::HubError;
 use salvo_realtime::hub::{PRESENCE_JOIN, PRESENCE_LEAVE, ResetReason};
 use salvo_realtime::redis::{RedisBackend, RedisConfig};
 use salvo_realtime::{
-    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, Position, PubSub, Rooms,
-    Topic,
+    Connection, Delivery, Hub, HubConfig, Message, MessageId, Position, PubSub, Topic,
 };
 
 use common::proxy::Mode;
-use common::redis_env::{Cluster, messages, next, next_event, redis_cli};
+use common::redis_env::{
+    Cluster, CrashingNode, event, events, listed, logged_config, member, messages, next,
+    next_event, nothing_within, publish_retrying, pubsub_on, redis_cli, replayed_chat, rooms_on,
+    snapshot, users,
+};
 
+/// Settings for a node on `cluster`: timings that let a failover finish within a test.
 fn config(cluster: &Cluster) -> RedisConfig {
-    // `RUST_LOG=salvo_realtime=debug` shows what the backend does.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    RedisConfig::new(cluster.url())
+    logged_config(cluster.url())
         .timeout(Duration::from_secs(1))
         .heartbeat(Duration::from_millis(200))
         .node_ttl(Duration::from_secs(5))
 }
 
 async fn pubsub_node(cluster: &Cluster) -> PubSub<RedisBackend> {
-    let backend = RedisBackend::connect(config(cluster))
-        .await
-        .expect("connect");
-    assert!(backend.is_cluster());
-    PubSub::with_backend(HubConfig::new().history(1_000), backend)
+    let hub = pubsub_on(config(cluster), HubConfig::new().history(1_000)).await;
+    assert!(hub.backend().is_cluster());
+    hub
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,22 +147,15 @@ async fn a_client_resumes_on_the_other_node_of_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_spans_nodes_of_a_cluster_and_a_dead_nodes_members_leave() {
     let cluster = Cluster::start();
-    let a = Rooms::with_backend(
-        HubConfig::new(),
-        RedisBackend::connect(config(&cluster))
-            .await
-            .expect("connect"),
-    );
-    let member = |user: &str, room: &str| {
-        Connection::new()
-            .authenticated(Identity::new(user))
-            .subscribe(Topic::new(room).expect("valid"), Position::Live)
-    };
+    let a = rooms_on(config(&cluster), HubConfig::new()).await;
     // Rooms on different masters than the nodes' own liveness keys, and each other.
     let rooms = ["x", "y", "z"];
     let mut watchers = Vec::new();
     for room in rooms {
-        let mut w = a.join(&member("w", room)).await.expect("join");
+        let mut w = a
+            .join(&member("w", room, Position::Live))
+            .await
+            .expect("join");
         assert!(matches!(
             next(&mut w, Duration::from_secs(5)).await,
             Some(Delivery::Presence(_))
@@ -173,68 +163,29 @@ async fn presence_spans_nodes_of_a_cluster_and_a_dead_nodes_members_leave() {
         watchers.push(w);
     }
 
-    let url = config(&cluster);
-    let (to_b, b_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let node_b = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let held = rt.block_on(async move {
-            let b = Rooms::with_backend(
-                HubConfig::new(),
-                RedisBackend::connect(url).await.expect("connect"),
-            );
-            let mut subs = Vec::new();
-            for room in rooms {
-                for user in ["alice", "bob"] {
-                    let c = Connection::new()
-                        .authenticated(Identity::new(user))
-                        .subscribe(Topic::new(room).expect("valid"), Position::Live);
-                    subs.push(b.join(&c).await.expect("join b"));
-                }
-            }
-            (b, subs)
-        });
-        let _ = ready_tx.send(());
-        let _ = b_rx.recv();
-        rt.shutdown_background();
-        std::mem::forget(held);
-    });
-    ready.await.expect("node b up");
+    let on_b = rooms
+        .iter()
+        .flat_map(|room| ["alice", "bob"].map(|user| (user.to_owned(), (*room).to_owned())));
+    let node_b = CrashingNode::start(config(&cluster), HubConfig::new(), on_b.collect()).await;
     for w in &mut watchers {
-        let mut joined = vec![
-            next_event(w, Duration::from_secs(5)).await,
-            next_event(w, Duration::from_secs(5)).await,
-        ];
+        let mut joined = events(w, 2).await;
         joined.sort();
         assert_eq!(
             joined,
-            [
-                (PRESENCE_JOIN.to_owned(), "alice".to_owned()),
-                (PRESENCE_JOIN.to_owned(), "bob".to_owned())
-            ]
+            [event(PRESENCE_JOIN, "alice"), event(PRESENCE_JOIN, "bob")]
         );
     }
     // alice also on node a in room x: two connections across nodes.
-    let alice_a = member("alice", "x");
+    let alice_a = member("alice", "x", Position::Live);
     let mut alice_sub = a.join(&alice_a).await.expect("join");
-    let Some(Delivery::Presence(p)) = next(&mut alice_sub, Duration::from_secs(5)).await else {
-        panic!("expected a presence snapshot");
-    };
-    let listed: Vec<_> = p
-        .members
-        .iter()
-        .map(|m| (&*m.user, m.connections))
-        .collect();
-    assert_eq!(listed, [("alice", 2), ("bob", 1), ("w", 1)]);
+    assert_eq!(
+        snapshot(&mut alice_sub).await,
+        users(&[("alice", 2), ("bob", 1), ("w", 1)])
+    );
 
     // Node b dies: its users leave every room within the node TTL (5 s), except alice in x.
     let died = Instant::now();
-    to_b.send(()).expect("signal b");
-    node_b.join().expect("node b thread");
+    node_b.crash();
     for (room, w) in rooms.iter().zip(&mut watchers) {
         let mut left = vec![next_event(w, Duration::from_secs(10)).await];
         if *room != "x" {
@@ -252,13 +203,7 @@ async fn presence_spans_nodes_of_a_cluster_and_a_dead_nodes_members_leave() {
         assert_eq!(left, expected, "room {room}");
     }
     println!("a dead node's members left after {:?}", died.elapsed());
-    let present: Vec<_> = a
-        .presence("x")
-        .await
-        .iter()
-        .map(|m| (m.user.to_string(), m.connections))
-        .collect();
-    assert_eq!(present, [("alice".to_owned(), 1), ("w".to_owned(), 1)]);
+    assert_eq!(listed(&a, "x").await, users(&[("alice", 1), ("w", 1)]));
     a.leave(&alice_a, alice_sub).await;
     assert_eq!(
         next_event(&mut watchers[0], Duration::from_secs(5)).await,
@@ -436,17 +381,10 @@ async fn a_master_killed_mid_stream_fails_over_without_loss_or_with_a_reset() {
 async fn a_cluster_keeps_notices_live_only_pages_members_and_caps_history_in_bytes() {
     let cluster = Cluster::start();
     let node = async || {
-        let backend = RedisBackend::connect(config(&cluster).history_bytes(64 * 1024))
-            .await
-            .expect("connect");
-        Rooms::with_backend(HubConfig::new().channel_capacity(1_024), backend)
+        let config = config(&cluster).history_bytes(64 * 1024);
+        rooms_on(config, HubConfig::new().channel_capacity(1_024)).await
     };
     let (a, b) = (node().await, node().await);
-    let member = |user: &str, room: &str, from: Position| {
-        Connection::new()
-            .authenticated(Identity::new(user))
-            .subscribe(Topic::new(room).expect("valid"), from)
-    };
     let mut held = Vec::new();
     for room in ["x", "y", "z"] {
         let mut ids = Vec::new();
@@ -503,14 +441,7 @@ async fn a_cluster_keeps_notices_live_only_pages_members_and_caps_history_in_byt
         let mut chat = Vec::new();
         while chat.len() < 5 {
             match next(&mut late, Duration::from_secs(5)).await {
-                Some(Delivery::Message(m)) => {
-                    if let Some(event) = m.event() {
-                        let v: serde_json::Value = m.json().expect("presence payload");
-                        assert_eq!(v["user"], "late", "a replayed notice: {event:?} {v}");
-                    } else {
-                        chat.push(m.payload().as_text().expect("text").to_owned());
-                    }
-                }
+                Some(Delivery::Message(m)) => chat.extend(replayed_chat(&m)),
                 Some(_) => {}
                 None => panic!("stream ended"),
             }
@@ -568,10 +499,7 @@ async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
     let quiet = config(&cluster)
         .heartbeat(Duration::from_secs(30))
         .node_ttl(Duration::from_secs(90));
-    let a = PubSub::with_backend(
-        HubConfig::new(),
-        RedisBackend::connect(quiet).await.expect("connect"),
-    );
+    let a = pubsub_on(quiet, HubConfig::new()).await;
     let b = pubsub_node(&cluster).await;
     let topic = "lost-reply";
     let master = cluster.master_of("topics", topic);
@@ -585,15 +513,7 @@ async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
     proxy.lose_reply_to(format!("{{salvo-realtime:topics:{topic}}}:meta").as_bytes());
     let once = a.publish(topic, "once").await;
     assert!(!proxy.reply_loss_pending(), "the publish went through");
-    let after = loop {
-        match a.publish(topic, "after").await {
-            Ok(id) => break id,
-            Err(e) => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let after = publish_retrying(&a, topic, "after").await;
     let got = messages(&mut sub, 2, Duration::from_secs(10)).await;
     let seen: Vec<(u64, &str)> = got
         .iter()
@@ -609,9 +529,7 @@ async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
     }
     assert_eq!(got[1].id(), after);
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), sub.next())
-            .await
-            .is_err(),
+        nothing_within(&mut sub, Duration::from_millis(300)).await,
         "no duplicate arrives"
     );
 }
@@ -623,24 +541,12 @@ async fn a_publish_whose_reply_is_lost_is_applied_once_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_during_a_cluster_failover_loses_nothing_and_duplicates_nothing() {
     let cluster = Cluster::start_proxied().await;
-    let node = async || {
-        Rooms::with_backend(
-            HubConfig::new().history(1_000),
-            RedisBackend::connect(config(&cluster))
-                .await
-                .expect("connect"),
-        )
-    };
+    let node = async || rooms_on(config(&cluster), HubConfig::new().history(1_000)).await;
     let (a, b) = (node().await, node().await);
     let room = "stalled";
     let master = cluster.master_of("rooms", room);
     let replica = cluster.replica_of(master);
-    let member = |user: &str| {
-        Connection::new()
-            .authenticated(Identity::new(user))
-            .subscribe(Topic::new(room).expect("valid"), Position::Live)
-    };
-    let watcher = member("w");
+    let watcher = member("w", room, Position::Live);
     let mut w = b.join(&watcher).await.expect("join w");
     let reader = Connection::new().subscribe(Topic::new(room).expect("valid"), Position::Live);
     let mut reading = b.join(&reader).await.expect("join reader");
@@ -648,7 +554,7 @@ async fn a_stall_during_a_cluster_failover_loses_nothing_and_duplicates_nothing(
         next(&mut reading, Duration::from_secs(5)).await,
         Some(Delivery::Presence(_))
     ));
-    let alice = member("alice");
+    let alice = member("alice", room, Position::Live);
     let alice_sub = a.join(&alice).await.expect("join alice");
     loop {
         if next_event(&mut w, Duration::from_secs(5)).await

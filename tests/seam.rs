@@ -1,6 +1,7 @@
-//! The backend seam: one code path for every backend. These tests drive the hubs through a
-//! backend written in this file (a gate around `Local`, and a stub "remote"), so they pin what
-//! the hubs do at the seam, not what one backend happens to do.
+//! The backend seam: one code path for every backend. These tests drive the hubs through
+//! backends written for tests (`Local` with a gate on its presence, tests/common/hooked.rs, and
+//! the stub "remote" of tests/common/remote.rs), so they pin what the hubs do at the seam, not what one backend
+//! happens to do.
 
 mod common;
 
@@ -8,53 +9,42 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::hooked::{HookedLocal, PresenceHooks};
+use common::remote::Remote;
 use common::{messages, ready};
-use salvo_realtime::backend::{Backend, Local, MembersPage, Mirror};
+use salvo_realtime::backend::{Backend, Local, Mirror};
 use salvo_realtime::error::HubError;
 use salvo_realtime::hub::{PRESENCE_JOIN, PresenceMode};
 use salvo_realtime::{
-    Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, MessageId, Position, PubSub,
-    Publication, Rooms, Topic,
+    Connection, ConnectionId, Delivery, Hub, HubConfig, Identity, Position, PubSub, Publication,
+    Rooms, Topic,
 };
 use tokio::sync::Semaphore;
 
-/// `Local`, with a gate on `presence_add`: until a permit is given, the add waits, either
-/// before reaching `Local` (`before`) or after it (`!before`). Counts adds and removes.
-struct Gated {
-    local: Local,
+/// Presence hooks for `Local` with a gate on `presence_add`: until a permit is given, the add
+/// waits, either before reaching `Local` (`before`) or after it (`!before`). Counts adds and
+/// removes.
+struct Gate {
     gate: Arc<Semaphore>,
     before: bool,
     adds: AtomicUsize,
     removes: AtomicUsize,
 }
 
-impl Gated {
-    fn new(before: bool) -> Self {
-        Self {
-            local: Local::default(),
-            gate: Arc::new(Semaphore::new(0)),
-            before,
-            adds: AtomicUsize::new(0),
-            removes: AtomicUsize::new(0),
-        }
-    }
+/// `Local` behind a [`Gate`].
+fn gated(before: bool) -> HookedLocal<Gate> {
+    HookedLocal::new(Gate {
+        gate: Arc::new(Semaphore::new(0)),
+        before,
+        adds: AtomicUsize::new(0),
+        removes: AtomicUsize::new(0),
+    })
 }
 
-impl Backend for Gated {
-    async fn publish(&self, m: &Mirror, t: &Topic, p: Publication) -> Result<MessageId, HubError> {
-        self.local.publish(m, t, p).await
-    }
-
-    async fn attach(&self, m: &Mirror, t: &Topic) -> Result<(), HubError> {
-        self.local.attach(m, t).await
-    }
-
-    fn detach(&self, m: &Mirror, t: &Topic) {
-        self.local.detach(m, t);
-    }
-
-    async fn presence_add(
+impl PresenceHooks for Gate {
+    async fn add(
         &self,
+        local: &Local,
         m: &Mirror,
         room: &Topic,
         conn: ConnectionId,
@@ -67,8 +57,7 @@ impl Backend for Gated {
         {
             permit.forget();
         }
-        let first = self
-            .local
+        let first = local
             .presence_add(m, room, conn, identity, announce)
             .await?;
         if !self.before
@@ -79,8 +68,9 @@ impl Backend for Gated {
         Ok(first)
     }
 
-    async fn presence_remove(
+    async fn remove(
         &self,
+        local: &Local,
         m: &Mirror,
         room: &Topic,
         conn: ConnectionId,
@@ -88,27 +78,9 @@ impl Backend for Gated {
         announce: Option<Publication>,
     ) -> Result<bool, HubError> {
         self.removes.fetch_add(1, Ordering::SeqCst);
-        self.local
+        local
             .presence_remove(m, room, conn, identity, announce)
             .await
-    }
-
-    async fn members(
-        &self,
-        m: &Mirror,
-        room: &Topic,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<MembersPage, HubError> {
-        self.local.members(m, room, after, limit).await
-    }
-
-    async fn member_count(&self, m: &Mirror, room: &Topic) -> Result<usize, HubError> {
-        self.local.member_count(m, room).await
-    }
-
-    fn idle_ttl(&self, configured: Duration) -> Duration {
-        self.local.idle_ttl(configured)
     }
 }
 
@@ -123,9 +95,9 @@ fn member(user: &str, room: &str) -> Connection {
 #[tokio::test]
 async fn a_join_cut_short_at_the_seam_leaves_no_phantom_member() {
     for before in [true, false] {
-        let rooms = Rooms::with_backend(HubConfig::new(), Gated::new(before));
+        let rooms = Rooms::with_backend(HubConfig::new(), gated(before));
         let watcher = member("watcher", "hall");
-        rooms.backend().gate.add_permits(1); // let the watcher's own add through
+        rooms.backend().hooks.gate.add_permits(1); // let the watcher's own add through
         let mut watching = rooms.join(&watcher).await.expect("join");
         ready(&mut watching);
         for i in 0..20 {
@@ -145,8 +117,8 @@ async fn a_join_cut_short_at_the_seam_leaves_no_phantom_member() {
         assert_eq!(rooms.connection_count(), 1);
         assert_eq!(rooms.room_count(), 1);
         let backend = rooms.backend();
-        assert_eq!(backend.adds.load(Ordering::SeqCst), 21);
-        assert_eq!(backend.removes.load(Ordering::SeqCst), 20);
+        assert_eq!(backend.hooks.adds.load(Ordering::SeqCst), 21);
+        assert_eq!(backend.hooks.removes.load(Ordering::SeqCst), 20);
         // A ghost whose add went through (`!before`) had its join announced; its leave must
         // follow, so the watcher's view ends with the watcher alone as well.
         let mut present = std::collections::BTreeSet::new();
@@ -247,82 +219,6 @@ async fn a_big_room_snapshot_comes_in_ordered_pages_with_the_count() {
     assert_eq!(users.len(), 601);
 }
 
-/// A stub "remote" backend: logs kept here, ids assigned here, the mirror fed by `sync` and
-/// `apply` only, like a real remote backend.
-#[derive(Default)]
-struct Remote {
-    logs: parking_lot::Mutex<std::collections::HashMap<Topic, (salvo_realtime::hub::Epoch, u64)>>,
-    detached: AtomicUsize,
-    /// The mirror of the last attach, for tests that act as the backend would.
-    mirror: parking_lot::Mutex<Option<Mirror>>,
-}
-
-impl Backend for Remote {
-    async fn publish(&self, m: &Mirror, t: &Topic, p: Publication) -> Result<MessageId, HubError> {
-        let id = {
-            let mut logs = self.logs.lock();
-            let (epoch, last) = logs
-                .entry(t.clone())
-                .or_insert((salvo_realtime::hub::Epoch::random(), 0));
-            *last += 1;
-            MessageId::new(*epoch, *last)
-        };
-        let _ = m.apply(&salvo_realtime::Message::remote(t.clone(), id, p, 0));
-        Ok(id)
-    }
-
-    async fn attach(&self, m: &Mirror, t: &Topic) -> Result<(), HubError> {
-        let (epoch, last) = *self
-            .logs
-            .lock()
-            .entry(t.clone())
-            .or_insert((salvo_realtime::hub::Epoch::random(), 0));
-        m.sync(t, epoch, last, &[])?;
-        *self.mirror.lock() = Some(m.clone());
-        Ok(())
-    }
-
-    fn detach(&self, _: &Mirror, _: &Topic) {
-        self.detached.fetch_add(1, Ordering::SeqCst);
-    }
-
-    async fn presence_add(
-        &self,
-        _: &Mirror,
-        _: &Topic,
-        _: ConnectionId,
-        _: &Identity,
-        _: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        Ok(false)
-    }
-
-    async fn presence_remove(
-        &self,
-        _: &Mirror,
-        _: &Topic,
-        _: ConnectionId,
-        _: &Identity,
-        _: Option<Publication>,
-    ) -> Result<bool, HubError> {
-        Ok(false)
-    }
-
-    async fn members(
-        &self,
-        _: &Mirror,
-        _: &Topic,
-        _: Option<&str>,
-        _: usize,
-    ) -> Result<MembersPage, HubError> {
-        Ok(MembersPage::default())
-    }
-
-    async fn member_count(&self, _: &Mirror, _: &Topic) -> Result<usize, HubError> {
-        Ok(0)
-    }
-}
-
 /// One client creating thousands of topics is capped on a remote backend too (the cap used
 /// to apply only to the in-memory hubs), and a refused topic leaves no log behind.
 #[tokio::test]
@@ -366,7 +262,7 @@ async fn idle_logs_follow_the_backends_idle_ttl() {
     remote.publish("news", "one").await.expect("publish");
     drop(sub);
     assert_eq!(remote.topic_count(), 0);
-    assert_eq!(remote.backend().detached.load(Ordering::SeqCst), 1);
+    assert_eq!(remote.backend().detached(), 1);
 
     let local = PubSub::new();
     let sub = local.subscribe("news", Position::Live).await.expect("sub");
@@ -381,7 +277,7 @@ async fn idle_logs_follow_the_backends_idle_ttl() {
 async fn a_backend_releases_a_log_it_synced_for_nobody() {
     let hub = PubSub::with_backend(HubConfig::new(), Remote::default());
     let sub = hub.subscribe("news", Position::Live).await.expect("sub");
-    let mirror = hub.backend().mirror.lock().clone().expect("attached");
+    let mirror = hub.backend().mirror("topics");
     let news = Topic::new("news").expect("topic");
     assert!(!mirror.release(&news), "followed: kept");
     let orphan = Topic::new("orphan").expect("topic");

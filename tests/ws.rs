@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{Logs, Pace, Proxy, TestServer, eventually};
+use common::paced::{Pace, PacedProxy};
+use common::ws_client::{Client, WAIT, connect_channel, next_json, next_message, send_json};
+use common::{Logs, TestServer, eventually};
 use futures_util::{SinkExt, Stream, StreamExt};
 use salvo::Router;
 use salvo_realtime::hub::InboundPolicy;
@@ -23,17 +25,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Counts allocations, for the test that a partial write keeps its rest without a copy (run
 /// in a process of its own: see [`alone`]).
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Hub = Counted<Rooms>;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn hub(config: HubConfig) -> Hub {
     Counted::new(Rooms::with_config(config))
@@ -55,13 +53,9 @@ async fn serve(endpoint: WsEndpoint<Hub>) -> TestServer {
     TestServer::start(Router::with_path("ws/{topic}").goal(endpoint)).await
 }
 
+/// A client of `server`'s `path`, handshake checked.
 async fn connect(server: &TestServer, path: &str) -> Client {
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.ws(path)))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    assert_eq!(resp.status().as_u16(), 101);
-    ws
+    connect_url(server.ws(path)).await
 }
 
 /// The HTTP status a refused handshake got.
@@ -73,32 +67,6 @@ async fn refused(server: &TestServer, req: tungstenite::handshake::client::Reque
         Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Ok(_) => panic!("handshake unexpectedly accepted by {}", server.addr),
         Err(e) => panic!("unexpected error {e}"),
-    }
-}
-
-/// The next JSON envelope (skipping pings/pongs).
-async fn next_json(ws: &mut Client) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("json envelope"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-/// The next message envelope, skipping presence notices.
-async fn next_message(ws: &mut Client) -> Value {
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] == "message" && v.get("event").is_none() {
-            return v;
-        }
     }
 }
 
@@ -1020,33 +988,26 @@ async fn direct_messages_resume_across_a_reconnect() {
 
 /// Rooms whose `receive` fails like a backend that is down for payloads starting with `fail`.
 #[derive(Clone)]
-struct Flaky(Hub);
+struct Flaky {
+    inner: Hub,
+}
 
-impl salvo_realtime::Hub for Flaky {
-    type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
+salvo_realtime::hub::delegate_hub! {
+    impl[] Hub for Flaky, to inner {
+        type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
 
-    async fn join(
-        &self,
-        conn: &salvo_realtime::Connection,
-    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
-        self.0.join(conn).await
-    }
-
-    async fn receive(
-        &self,
-        conn: &salvo_realtime::Connection,
-        message: salvo_realtime::Payload,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        if message.as_text().is_some_and(|t| t.starts_with("fail")) {
-            return Err(salvo_realtime::error::HubError::Backend(
-                "redis://user:password@10.0.0.1 timed out".into(),
-            ));
+        async fn receive(
+            &self,
+            conn: &salvo_realtime::Connection,
+            message: salvo_realtime::Payload,
+        ) -> Result<(), salvo_realtime::error::HubError> {
+            if message.as_text().is_some_and(|t| t.starts_with("fail")) {
+                return Err(salvo_realtime::error::HubError::Backend(
+                    "redis://user:password@10.0.0.1 timed out".into(),
+                ));
+            }
+            self.inner.receive(conn, message).await
         }
-        self.0.receive(conn, message).await
-    }
-
-    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
-        self.0.leave(conn, subscription).await;
     }
 }
 
@@ -1056,7 +1017,7 @@ impl salvo_realtime::Hub for Flaky {
 async fn a_failing_backend_gets_an_error_frame_and_the_socket_stays_up() {
     // The sender's echo is asked for: `Rooms` skips the sender by default.
     let hub = hub(HubConfig::new().inbound(InboundPolicy::Publish));
-    let ep = WsEndpoint::new(Flaky(hub.clone())).identify(|req, _| {
+    let ep = WsEndpoint::new(Flaky { inner: hub.clone() }).identify(|req, _| {
         Ok(req
             .query::<String>("user")
             .map(|u| Identity::new(u.as_str())))
@@ -1395,32 +1356,6 @@ async fn connect_url(url: String) -> Client {
     ws
 }
 
-/// A client that speaks the channel protocol.
-async fn connect_channel(server: &TestServer, path: &str) -> Client {
-    let mut req = server.ws(path).into_client_request().expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "salvo-realtime.v1".parse().expect("header"),
-    );
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok()),
-        Some("salvo-realtime.v1")
-    );
-    ws
-}
-
-async fn send_json(ws: &mut Client, command: Value) {
-    ws.send(Message::text(command.to_string()))
-        .await
-        .expect("send");
-}
-
 /// The next `reply` (skipping deliveries).
 async fn next_reply(ws: &mut Client) -> Value {
     loop {
@@ -1456,7 +1391,7 @@ async fn a_slow_steady_reader_takes_a_long_replay_and_stays_connected() {
             .expect("broadcast");
         ids.push(id.to_string());
     }
-    let proxy = Proxy::start(
+    let proxy = PacedProxy::start(
         server.addr,
         Pace::Rate {
             bytes: 16 * 1024,
@@ -1496,7 +1431,7 @@ async fn a_stuck_send_ends_with_close_1008_after_what_was_buffered() {
     let hub = hub(HubConfig::new().history(4096).channel_capacity(4096));
     let ep = endpoint(&hub).send_timeout(Duration::from_millis(200));
     let server = serve(ep.clone()).await;
-    let proxy = Proxy::start(server.addr, Pace::Free).await;
+    let proxy = PacedProxy::start(server.addr, Pace::Free).await;
     let mut ws = connect_url(proxy.ws("/ws/r?user=stuck")).await;
     assert_eq!(next_json(&mut ws).await["type"], "presence");
     proxy.pace(Pace::Stalled);
@@ -1526,7 +1461,7 @@ async fn a_rate_limited_command_gets_its_reply_with_its_ref() {
     let hub = hub(HubConfig::new());
     let ep = endpoint(&hub).rate_limit(Some(RateLimit::new(0, 2)));
     let server = serve(ep.clone()).await;
-    let mut ws = connect_channel(&server, "/ws/lobby?user=u").await;
+    let mut ws = connect_channel(&server.ws("/ws/lobby?user=u")).await;
     for i in 1..=5 {
         let topic = format!("t{i}");
         send_json(&mut ws, json!({"type":"subscribe","ref":i,"topic":topic})).await;
@@ -1677,37 +1612,32 @@ struct SlowSubscribe {
     gate: Arc<tokio::sync::Notify>,
 }
 
-impl salvo_realtime::Hub for SlowSubscribe {
-    type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
-
-    async fn join(
-        &self,
-        conn: &salvo_realtime::Connection,
-    ) -> Result<Self::Subscription, salvo_realtime::error::HubError> {
-        self.inner.join(conn).await
+impl SlowSubscribe {
+    /// `inner` behind a gate, and the gate (each `notify_one` lets one `subscribe` go on).
+    fn new(inner: Hub) -> (Self, Arc<tokio::sync::Notify>) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let slow = Self {
+            inner,
+            gate: Arc::clone(&gate),
+        };
+        (slow, gate)
     }
+}
 
-    async fn receive(
-        &self,
-        conn: &salvo_realtime::Connection,
-        message: salvo_realtime::Payload,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.inner.receive(conn, message).await
-    }
+salvo_realtime::hub::delegate_hub! {
+    impl[] Hub for SlowSubscribe, to inner {
+        type Subscription = <Hub as salvo_realtime::Hub>::Subscription;
 
-    async fn leave(&self, conn: &salvo_realtime::Connection, subscription: Self::Subscription) {
-        self.inner.leave(conn, subscription).await;
-    }
-
-    async fn add_topic(
-        &self,
-        conn: &salvo_realtime::Connection,
-        topic: &salvo_realtime::Topic,
-        from: salvo_realtime::Position,
-        data: Option<&Value>,
-    ) -> Result<(), salvo_realtime::error::HubError> {
-        self.gate.notified().await;
-        self.inner.add_topic(conn, topic, from, data).await
+        async fn add_topic(
+            &self,
+            conn: &salvo_realtime::Connection,
+            topic: &salvo_realtime::Topic,
+            from: salvo_realtime::Position,
+            data: Option<&Value>,
+        ) -> Result<(), salvo_realtime::error::HubError> {
+            self.gate.notified().await;
+            self.inner.add_topic(conn, topic, from, data).await
+        }
     }
 }
 
@@ -1718,14 +1648,10 @@ impl salvo_realtime::Hub for SlowSubscribe {
 #[tokio::test]
 async fn a_slow_command_does_not_fail_the_heartbeat() {
     let rooms = hub(HubConfig::new());
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let slow = SlowSubscribe {
-        inner: rooms.clone(),
-        gate: Arc::clone(&gate),
-    };
+    let (slow, gate) = SlowSubscribe::new(rooms.clone());
     let ep = WsEndpoint::new(slow).heartbeat(Duration::from_millis(50), Duration::from_millis(300));
     let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep.clone())).await;
-    let mut ws = connect_channel(&server, "/ws/lobby").await;
+    let mut ws = connect_channel(&server.ws("/ws/lobby")).await;
     send_json(&mut ws, json!({"type":"subscribe","ref":1,"topic":"later"})).await;
     // Reading answers every ping. A ping comes every 50 ms: past the 7th, the first one's pong
     // was due (300 ms) while the command still ran.
@@ -1750,16 +1676,12 @@ async fn a_slow_command_does_not_fail_the_heartbeat() {
 #[tokio::test]
 async fn a_slow_command_does_not_count_as_idle() {
     let rooms = hub(HubConfig::new());
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let slow = SlowSubscribe {
-        inner: rooms.clone(),
-        gate: Arc::clone(&gate),
-    };
+    let (slow, gate) = SlowSubscribe::new(rooms.clone());
     let ep = WsEndpoint::new(slow)
         .heartbeat(Duration::from_millis(50), Duration::from_secs(5))
         .idle_timeout(Duration::from_millis(200));
     let server = TestServer::start(Router::with_path("ws/{topic}").goal(ep.clone())).await;
-    let mut ws = connect_channel(&server, "/ws/lobby").await;
+    let mut ws = connect_channel(&server.ws("/ws/lobby")).await;
     send_json(&mut ws, json!({"type":"subscribe","ref":1,"topic":"later"})).await;
     // 8 pings: 400 ms, twice the idle timeout, with the command still running.
     read_pings(&mut ws, 8).await;
@@ -1891,7 +1813,7 @@ async fn too_large_is_a_close_1009_or_a_reply_on_a_channel_socket() {
         "plain, hub limit"
     );
 
-    let mut chan = connect_channel(&server, "/ws/r?user=c").await;
+    let mut chan = connect_channel(&server.ws("/ws/r?user=c")).await;
     let big = "x".repeat(2000);
     send_json(
         &mut chan,
@@ -1988,9 +1910,11 @@ async fn raw_framing_closes_1008_on_a_refusal_and_1011_on_a_backend_failure() {
         .framing(Framing::Raw)
         .rate_limit(Some(RateLimit::new(0, 1)));
     let flaky = hub(HubConfig::new());
-    let failing = WsEndpoint::new(Flaky(flaky.clone()))
-        .framing(Framing::Raw)
-        .identify(identify);
+    let failing = WsEndpoint::new(Flaky {
+        inner: flaky.clone(),
+    })
+    .framing(Framing::Raw)
+    .identify(identify);
     let router = Router::new()
         .push(Router::with_path("refusing/{topic}").goal(ep.clone()))
         .push(Router::with_path("limited/{topic}").goal(limited.clone()))

@@ -10,6 +10,8 @@
 //! is cut (then it is lost, as after a real partition that outlived TCP's patience). A stall
 //! keeps the chunks it holds apart (a client's requests sent at different moments arrive as
 //! different chunks), so it can let the first ones through and hold the rest.
+//!
+//! (A WebSocket client that reads slowly or not at all is tests/common/paced.rs's.)
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use salvo_realtime::hub::Subscription;
-use salvo_realtime::{Delivery, Message};
+use salvo_realtime::redis::{RedisBackend, RedisConfig};
+use salvo_realtime::{
+    Connection, Delivery, Hub, HubConfig, Identity, Message, MessageId, Position, PubSub, Rooms,
+    Topic,
+};
 
 use super::proxy::Proxy;
 
@@ -163,7 +167,111 @@ impl RedisServer {
     }
 }
 
-// Issue 11: merely subscribing to names nobody publishes to must not leave keys behind (it
+/// `RedisConfig::new(url)` with every default, after installing (once per process) the test
+/// tracing subscriber: `RUST_LOG=salvo_realtime=debug` shows what the backend does.
+pub fn logged_config(url: String) -> RedisConfig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    RedisConfig::new(url)
+}
+
+/// A `PubSub` node with `hub` settings on a backend connected with `config`.
+pub async fn pubsub_on(config: RedisConfig, hub: HubConfig) -> PubSub<RedisBackend> {
+    let backend = RedisBackend::connect(config).await.expect("connect");
+    PubSub::with_backend(hub, backend)
+}
+
+/// A `Rooms` node with `hub` settings on a backend connected with `config`.
+pub async fn rooms_on(config: RedisConfig, hub: HubConfig) -> Rooms<RedisBackend> {
+    let backend = RedisBackend::connect(config).await.expect("connect");
+    Rooms::with_backend(hub, backend)
+}
+
+/// `user`'s connection to `room`, from `from`.
+pub fn member(user: &str, room: &str, from: Position) -> Connection {
+    Connection::new()
+        .authenticated(Identity::new(user))
+        .subscribe(Topic::new(room).expect("valid"), from)
+}
+
+/// Publishes `text` until it succeeds (10 s at most: a hang guard, then a panic).
+pub async fn publish_retrying(hub: &PubSub<RedisBackend>, topic: &str, text: &str) -> MessageId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match hub.publish(topic, text).await {
+            Ok(id) => return id,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish kept failing: {e}"),
+        }
+    }
+}
+
+/// A `Rooms` node in a runtime and thread of its own, with live members joined, that can die
+/// without saying goodbye (a crashed process: no leave, no cleanup).
+pub struct CrashingNode {
+    crash: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CrashingNode {
+    /// Starts the node on `config` with `hub` settings and joins each `(user, room)` in order
+    /// (live); returns once all are joined.
+    pub async fn start(
+        config: RedisConfig,
+        hub: HubConfig,
+        members: Vec<(String, String)>,
+    ) -> Self {
+        let (crash, crashed) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let held = rt.block_on(async move {
+                let node = rooms_on(config, hub).await;
+                let mut subs = Vec::new();
+                for (user, room) in &members {
+                    let c = member(user, room, Position::Live);
+                    subs.push(node.join(&c).await.expect("join on the crashing node"));
+                }
+                (node, subs)
+            });
+            let _ = ready_tx.send(());
+            let _ = crashed.recv();
+            rt.shutdown_background();
+            // A crash: nothing is cleaned up.
+            std::mem::forget(held);
+        });
+        ready.await.expect("the crashing node is up");
+        Self { crash, thread }
+    }
+
+    /// Crashes the node now and waits until its runtime is gone.
+    pub fn crash(self) {
+        self.crash.send(()).expect("signal the crashing node");
+        self.thread.join().expect("the crashing node's thread");
+    }
+}
+
+/// The text of a chat message a resume replays. A presence notice may still arrive live (the
+/// node's copies of earlier notices travel by pub/sub, apart from any watcher elsewhere), but
+/// never out of the history: it must be ephemeral.
+pub fn replayed_chat(m: &Message) -> Option<String> {
+    if let Some(event) = m.event() {
+        let v: serde_json::Value = m.json().expect("presence payload");
+        assert!(m.is_ephemeral(), "a replayed notice: {event:?} {v}");
+        None
+    } else {
+        Some(m.payload().as_text().expect("text").to_owned())
+    }
+}
 
 /// The next delivery, or a panic after `within`.
 pub async fn next<S: futures_util::Stream<Item = Delivery> + Unpin>(
@@ -205,6 +313,52 @@ pub async fn next_event(sub: &mut Subscription, within: Duration) -> (String, St
             None => panic!("stream ended"),
         }
     }
+}
+
+/// Whether nothing at all arrives on `sub` for `quiet` (a short wait, after what was due has
+/// arrived: for "no duplicate", "nothing more").
+pub async fn nothing_within(sub: &mut Subscription, quiet: Duration) -> bool {
+    tokio::time::timeout(quiet, sub.next()).await.is_err()
+}
+
+/// The next `n` presence notices (event, user), skipping everything else, each within 5 s.
+pub async fn events(sub: &mut Subscription, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next_event(sub, Duration::from_secs(5)).await);
+    }
+    out
+}
+
+/// A presence notice as [`next_event`] reads it: (event, user).
+pub fn event(kind: &str, user: &str) -> (String, String) {
+    (kind.to_owned(), user.to_owned())
+}
+
+/// The presence snapshot a join starts with (within 5 s; anything else first is a failure),
+/// as (user, connections).
+pub async fn snapshot(sub: &mut Subscription) -> Vec<(String, usize)> {
+    let Some(Delivery::Presence(p)) = next(sub, Duration::from_secs(5)).await else {
+        panic!("expected a presence snapshot");
+    };
+    p.members
+        .iter()
+        .map(|m| (m.user.to_string(), m.connections))
+        .collect()
+}
+
+/// `room`'s members as `hub` lists them: (user, connections).
+pub async fn listed(hub: &Rooms<RedisBackend>, room: &str) -> Vec<(String, usize)> {
+    hub.presence(room)
+        .await
+        .iter()
+        .map(|m| (m.user.to_string(), m.connections))
+        .collect()
+}
+
+/// (user, connections) pairs as [`listed`] and [`snapshot`] give them.
+pub fn users(list: &[(&str, usize)]) -> Vec<(String, usize)> {
+    list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
 }
 
 /// One `redis-server` of the cluster, maybe behind a proxy it announces as its address.

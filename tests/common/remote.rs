@@ -1,6 +1,8 @@
-//! A "remote" backend kept in memory, for hub tests that need a log to be lost.
+//! A "remote" backend kept in memory, for hub tests that drive the seam as a remote backend
+//! does (and need a log to be lost, or a log freed once nobody here follows it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use salvo_realtime::backend::{Backend, MembersPage, Mirror};
@@ -11,16 +13,34 @@ use salvo_realtime::{ConnectionId, Identity, Message, MessageId, Publication, To
 /// Each remote log by (namespace, topic): its epoch and its messages.
 type Logs = HashMap<(&'static str, Topic), (Epoch, Vec<Message>)>;
 
-/// Hands every message to the mirror at once, and lets a test replace a topic's remote log with
-/// one of a new epoch (a Redis that lost its data). No presence: every presence call is a
-/// no-op.
+/// Logs kept here, ids assigned here, the mirror fed by `sync` and `apply` only, like a real
+/// remote backend: hands every message to the mirror at once, and lets a test replace a
+/// topic's remote log with one of a new epoch (a Redis that lost its data). No presence: every
+/// presence call is a no-op.
 #[derive(Default)]
 pub struct Remote {
     logs: Mutex<Logs>,
+    /// The mirror of the last attach in each namespace, for tests that act as the backend would.
     mirrors: Mutex<HashMap<&'static str, Mirror>>,
+    detached: AtomicUsize,
 }
 
 impl Remote {
+    /// How many times the hub told this backend it stopped following a topic.
+    pub fn detached(&self) -> usize {
+        self.detached.load(Ordering::SeqCst)
+    }
+
+    /// The mirror of the last attach in `namespace` (`"topics"` for `PubSub`, `"rooms"` for
+    /// `Rooms`).
+    pub fn mirror(&self, namespace: &str) -> Mirror {
+        self.mirrors
+            .lock()
+            .get(namespace)
+            .cloned()
+            .expect("attached")
+    }
+
     /// The remote log of `topic` in `namespace` is lost and starts anew (a new epoch); the
     /// node's mirror learns of it as a backend would after a reconnect.
     pub fn lose(&self, namespace: &'static str, topic: &str) {
@@ -29,13 +49,9 @@ impl Remote {
         self.logs
             .lock()
             .insert((namespace, topic.clone()), (epoch, Vec::new()));
-        let mirror = self
-            .mirrors
-            .lock()
-            .get(namespace)
-            .cloned()
-            .expect("attached");
-        mirror.sync(&topic, epoch, 0, &[]).expect("synced");
+        self.mirror(namespace)
+            .sync(&topic, epoch, 0, &[])
+            .expect("synced");
     }
 }
 
@@ -75,7 +91,9 @@ impl Backend for Remote {
         Ok(())
     }
 
-    fn detach(&self, _mirror: &Mirror, _topic: &Topic) {}
+    fn detach(&self, _mirror: &Mirror, _topic: &Topic) {
+        self.detached.fetch_add(1, Ordering::SeqCst);
+    }
 
     async fn presence_add(
         &self,
