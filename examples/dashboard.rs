@@ -77,9 +77,9 @@ pub(crate) fn router(drain: Drain) -> Router {
     let publisher = stats.clone();
     tokio::spawn(async move {
         while let Some(snapshot) = snapshots.next().await {
-            if let Ok(p) = Publication::json(&snapshot) {
-                let _ = publisher.publish("stats", p).await;
-            }
+            let _ = publisher
+                .publish("stats", Publication::json(&snapshot))
+                .await;
         }
     });
     let stats = SseEndpoint::new(stats)

@@ -114,7 +114,7 @@ async fn update(
         game.clone()
     };
     ctx.channels()
-        .broadcast(&topic, Publication::json(&game)?)
+        .broadcast(&topic, Publication::json(&game))
         .await?;
     Ok(game)
 }

@@ -72,8 +72,9 @@ export interface LaggedEvent {
 /** A message or frame the server couldn't take; the connection stays open. */
 export interface ErrorNotice {
   type: "error";
-  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`... */
-  error: string;
+  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`, or a publish handler's own code (`moderated`)... */
+  code: string;
+  /** What went wrong, for people: the code is not repeated in it. */
   message: string;
 }
 

@@ -3,6 +3,12 @@
 // publish and call over one socket). One plain ES module, no build step; served by
 // `salvo_realtime::client::ClientScript`. API: see the docs of `salvo_realtime::client`.
 
+/** An `error` frame as listeners get it: `{type: "error", code, message}`. */
+function errorNotice(frame) {
+  const error = frame.error ?? {};
+  return { type: "error", code: error.code ?? "error", message: error.message ?? "" };
+}
+
 /** Splits an id `"<epoch hex>-<offset>"`; null if it isn't one. */
 export function parseId(id) {
   const i = typeof id === "string" ? id.lastIndexOf("-") : -1;
@@ -260,8 +266,9 @@ export class RealtimeSocket extends Client {
       case "presence":
         return this._presence(msg);
       case "lagged":
-      case "error":
         return this._emit(msg.type, msg);
+      case "error":
+        return this._emit("error", errorNotice(msg));
       default:
         return this._emit("raw", data);
     }
@@ -516,7 +523,7 @@ export class RealtimeChannels extends Client {
     let openedAt = 0;
     ws.onopen = () => {
       if (ws.protocol !== PROTOCOL) {
-        this._emit("error", { type: "error", error: "unsupported", message: `the server doesn't speak ${PROTOCOL}` });
+        this._emit("error", { type: "error", code: "unsupported", message: `the server doesn't speak ${PROTOCOL}` });
         return this.close();
       }
       openedAt = Date.now();
@@ -722,7 +729,7 @@ export class RealtimeChannels extends Client {
       case "lagged":
         return this._target(msg.topic)?._emit("lagged", msg);
       case "error":
-        return this._emit("error", msg);
+        return this._emit("error", errorNotice(msg));
       default:
         return this._emit("raw", data);
     }

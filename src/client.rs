@@ -43,7 +43,7 @@
 //! chat.on("message", (m) => show(m.from, m.data));        // {type, topic, id, event, from, ts, data}
 //! chat.on("presence", (p) => setMembers(p.members));       // snapshot after (re)joining
 //! chat.on("reset", (r) => notice("earlier messages are unavailable: " + r.reason));
-//! chat.on("error", (e) => e.error === "unavailable" && retryLater());
+//! chat.on("error", (e) => e.code === "unavailable" && retryLater());
 //! chat.on("status", (s) => setStatus(s.state));           // connecting | open | reconnecting | closed
 //! chat.send({ text: "hi" });                               // strings and binary as is, else JSON
 //! chat.close();
@@ -76,7 +76,7 @@
 //! | `presence` | `{type: "presence", topic, members: [{user, connections, data}]}`, once per (re)join: the complete member list (a big room's snapshot arrives in pages, which the client joins into one event) |
 //! | `reset` | `{topic, requested, epoch, replay_after, reason}`: the resume position was lost; earlier messages are unavailable, what history holds follows. `reason`: `epoch_changed` (server restart), `expired` (history moved past it), `ahead` (the log is behind the id), `invalid` (the id sent couldn't be read; `requested` is `null`) |
 //! | `lagged` | `{topic, missed}`: this client fell behind and lost `missed` messages |
-//! | `error` | `{type: "error", error, message}`: a message this socket sent was not delivered (WebSocket only; codes below) |
+//! | `error` | `{type: "error", code, message}`: a message this socket sent was not delivered (WebSocket only; codes below) |
 //! | `status` | `{state, ...}`: `connecting` (`attempt`), `open` (`resumed`), `reconnecting` (`attempt`, `delay` in ms, WebSocket close `code`/`reason`), `closed` |
 //! | `raw` | a WebSocket frame that isn't an envelope ([`Framing::Raw`](crate::ws::Framing::Raw)) |
 //!
@@ -173,7 +173,7 @@
 //! | `direct` | a message on `$conn`, sent to this connection alone ([`Channels::send_to_connection`](crate::channel::Channels::send_to_connection)) |
 //! | `subscribed` | `{topic, subscription}`: the server put this connection in `topic` ([`Channels::subscribe`](crate::channel::Channels::subscribe)); the subscription object is new, attach handlers to it |
 //! | `unsubscribed` | `{topic, subscription}`: the server took it out; the subscription has ended |
-//! | `error` | `{type: "error", error, message}`: a frame the server couldn't take (`rate_limited`, `bad_frame`), or `unsupported` when the server didn't accept `salvo-realtime.v1` (the client then closes) |
+//! | `error` | `{type: "error", code, message}`: a frame the server couldn't take (`rate_limited`, `bad_frame`), or `unsupported` when the server didn't accept `salvo-realtime.v1` (the client then closes) |
 //! | `status`, `raw` | as above |
 //!
 //! Refs are an incrementing counter, never reused. On every reconnect the client first

@@ -420,7 +420,7 @@ pub(crate) mod tests {
         let mut envelope: BTreeSet<String> =
             hub.iter().filter(|c| *c != "too_large").cloned().collect();
         envelope.extend(set(&[crate::channel::RECEIVE_CODES, &["rate_limited"]]));
-        let table = table_codes(ws, "//! | `error` | meaning |");
+        let table = table_codes(ws, "//! | `code` | meaning |");
         assert_eq!(
             table, envelope,
             "the ws docs' table of envelope `error` codes"
@@ -428,11 +428,11 @@ pub(crate) mod tests {
         let readme = include_str!("../README.md");
         let row = readme
             .lines()
-            .find(|l| l.starts_with("| `error` | `error` ("))
+            .find(|l| l.starts_with("| `error` | `error`: "))
             .expect("the README's envelope `error` row");
         let listed = row
-            .split_once("`error` (")
-            .and_then(|(_, rest)| rest.split_once("), `message`"))
+            .split_once("(code ")
+            .and_then(|(_, rest)| rest.split_once(", or the own code"))
             .map_or("", |(list, _)| list);
         assert_eq!(
             codes_in(listed),

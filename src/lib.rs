@@ -145,6 +145,7 @@ pub mod publish;
 pub mod redis;
 pub mod sse;
 mod sync;
+pub mod testing;
 mod wake;
 mod wire;
 pub mod ws;

@@ -569,6 +569,14 @@ impl<H> fmt::Debug for Publish<H> {
     }
 }
 
+/// `hub.publish("prices", Json(&tick))`: a value of your own type, encoded as JSON (see
+/// [`Publication::json`](crate::Publication::json)).
+impl<T: serde::Serialize> From<salvo::writing::Json<T>> for crate::Publication {
+    fn from(json: salvo::writing::Json<T>) -> Self {
+        crate::Publication::json(&json.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,7 +282,7 @@ impl<H: Hub> Handler for SseEndpoint<H> {
 /// let hub = PubSub::new();
 /// let mut sub = hub.subscribe("news", salvo_realtime::Position::Live).await?;
 /// let id = hub
-///     .publish("news", Publication::new("line one\nline two").event("headline")?)
+///     .publish("news", Publication::new("line one\nline two").event("headline"))
 ///     .await?;
 ///
 /// let delivery = sub.next().await.ok_or("no delivery")?;

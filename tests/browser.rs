@@ -1397,7 +1397,7 @@ async fn client_paces_many_resubscriptions_under_the_default_rate_limit() {
     let page = client_page(&driver, &server).await;
     page.js("window.errors = []; window.subErrors = []; \
          window.rt = m.channels('/ws?name=many', { minDelay: 200, maxDelay: 400 }); \
-         rt.on('error', (e) => window.errors.push(e.error)); \
+         rt.on('error', (e) => window.errors.push(e.code)); \
          window.subs = []; \
          for (let i = 0; i < 150; i++) { \
            const sub = rt.subscribe('t' + i); \

@@ -451,13 +451,13 @@ async fn bad_commands_each_get_one_coded_answer() {
     send(&mut ws, json!("not an object")).await;
     let v = next_json(&mut ws).await;
     assert_eq!(
-        (v["type"].as_str(), v["error"].as_str()),
+        (v["type"].as_str(), v["error"]["code"].as_str()),
         (Some("error"), Some("bad_frame"))
     );
     ws.send(Message::text("{oops")).await.expect("send");
-    assert_eq!(next_json(&mut ws).await["error"], "bad_frame");
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "bad_frame");
     send(&mut ws, json!({"type":"call","method":"add","data":[1,2]})).await;
-    assert_eq!(next_json(&mut ws).await["error"], "missing_ref");
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "missing_ref");
     let r = command(&mut ws, json!({"type":"teleport","ref":1})).await;
     assert_eq!(code(&r), "unknown_command");
     let r = command(
@@ -469,7 +469,7 @@ async fn bad_commands_each_get_one_coded_answer() {
     ws.send(Message::binary(vec![1u8, 2, 3]))
         .await
         .expect("send");
-    assert_eq!(next_json(&mut ws).await["error"], "bad_frame");
+    assert_eq!(next_json(&mut ws).await["error"]["code"], "bad_frame");
     // Two calls in flight with one ref: the second is refused, the first still answers.
     send(
         &mut ws,
@@ -591,17 +591,85 @@ async fn the_server_sends_to_one_connection_a_user_a_topic_and_moves_connections
 async fn plain_envelope_clients_go_through_the_same_handlers() {
     let rooms = Rooms::new();
     let server = serve(channels(rooms.clone())).await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(server.ws("/ws?user=gail&topic=room:legacy"))
-            .await
-            .expect("connect without the channel protocol");
-    let v = say_darn(&mut ws).await;
-    assert_eq!(v["error"], "moderated", "the handler's own code");
-    ws.send(Message::text(r#"{"text":"fine"}"#))
+    let plain = |user: &str| {
+        let url = server.ws(&format!("/ws?user={user}&topic=room:legacy"));
+        async move {
+            let (ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect without the channel protocol");
+            ws
+        }
+    };
+    let mut gail = plain("gail").await;
+    let mut hal = plain("hal").await;
+    assert_eq!(rooms.connection_count(), 2, "joined before the 101");
+    let v = say_darn(&mut gail).await;
+    assert_eq!(
+        (&v["error"]["code"], &v["error"]["message"]),
+        (&json!("moderated"), &json!("keep it civil")),
+        "the handler's own code, in the reply's shape, the message without the code"
+    );
+    gail.send(Message::text(r#"{"text":"fine"}"#))
         .await
         .expect("send");
-    let m = next_message(&mut ws).await;
-    assert_eq!(m["data"]["stamped"], true);
+    let m = next_message(&mut hal).await;
+    assert_eq!(
+        (m["data"]["stamped"].clone(), m["from"].clone()),
+        (json!(true), json!("gail"))
+    );
+    // Rooms' default inbound policy holds under Channels too: no echo to the sender. The error
+    // for a later refused frame comes after every delivery that was ready, so an echo of
+    // "fine" would be read before it.
+    let v = say_darn(&mut gail).await;
+    assert_eq!(v["error"]["code"], "moderated");
+    drop((gail, hal));
+    server.stop().await;
+}
+
+/// `HubConfig::inbound` on the wrapped `Rooms` decides echo for plain frames under `Channels`.
+#[tokio::test]
+async fn the_wrapped_rooms_inbound_policy_decides_plain_echo() {
+    use salvo_realtime::hub::InboundPolicy;
+    for (policy, echoed) in [
+        (InboundPolicy::Publish, true),
+        (InboundPolicy::PublishExceptSender, false),
+    ] {
+        let rooms = Rooms::with_config(HubConfig::new().inbound(policy));
+        let server = serve(channels(rooms.clone())).await;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(server.ws("/ws?user=gail&topic=room:echo"))
+                .await
+                .expect("connect");
+        // The error for "darn" comes after every delivery that was ready, so an echo of
+        // "fine" is the first frame if there is one.
+        ws.send(Message::text(r#"{"text":"fine"}"#))
+            .await
+            .expect("send");
+        ws.send(Message::text(r#"{"text":"darn"}"#))
+            .await
+            .expect("send");
+        let mut first = next_json(&mut ws).await;
+        while first["type"] == "presence" {
+            first = next_json(&mut ws).await;
+        }
+        assert_eq!(
+            first["type"] == "message",
+            echoed,
+            "{policy:?}: first frame {first}"
+        );
+        if echoed {
+            assert_eq!(next_json(&mut ws).await["error"]["code"], "moderated");
+        }
+        drop(ws);
+        server.stop().await;
+    }
+    let rooms = Rooms::with_config(HubConfig::new().inbound(InboundPolicy::Reject));
+    let server = serve(channels(rooms)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws("/ws?user=gail&topic=room:echo"))
+        .await
+        .expect("connect");
+    let v = say_darn(&mut ws).await;
+    assert_eq!(v["error"]["code"], "refused");
     drop(ws);
     server.stop().await;
 }
@@ -659,7 +727,7 @@ salvo_realtime::hub::delegate_hub! {
             _conn: &salvo_realtime::Connection,
             _topic: &salvo_realtime::Topic,
             _publication: salvo_realtime::Publication,
-        ) -> Result<salvo_realtime::MessageId, salvo_realtime::error::HubError> {
+        ) -> Result<salvo_realtime::hub::Published, salvo_realtime::error::HubError> {
             Err(salvo_realtime::error::HubError::Backend(
                 "redis://user:password@10.0.0.9 timed out".into(),
             ))
@@ -725,7 +793,7 @@ async fn the_remaining_error_codes() {
     .await;
     let v = next_json(&mut ws).await;
     assert_eq!(
-        (v["type"].as_str(), v["error"].as_str()),
+        (v["type"].as_str(), v["error"]["code"].as_str()),
         (Some("error"), Some("json_too_deep"))
     );
     // open:a was the first topic ivy created; one more is allowed, then her own 429-like cap.
@@ -825,7 +893,7 @@ async fn the_readme_game_move_is_server_authoritative() {
                     board.clone()
                 };
                 ctx.channels()
-                    .broadcast(&format!("game:{}", m.game), Publication::json(&board)?)
+                    .broadcast(&format!("game:{}", m.game), Publication::json(&board))
                     .await?;
                 Ok(board)
             }
@@ -929,7 +997,9 @@ fn sync_panic<T>(what: &str) -> std::future::Ready<T> {
 fn panicking(rooms: Rooms) -> Channels {
     Channels::new(rooms)
         .allow("open:*")
-        .authorize("sync:*", |_ctx, _req| sync_panic("a rule"))
+        .authorize("sync:*", |_ctx, _req| {
+            sync_panic::<Result<(), Refused>>("a rule")
+        })
         .authorize("async:*", |_ctx, _req| async {
             if true {
                 panic!("a rule's future panicked");
@@ -1141,7 +1211,7 @@ async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
     .await
     .expect("connect without the channel protocol");
     let v = say_darn(&mut ws).await;
-    assert_eq!(v["error"], "moderated");
+    assert_eq!(v["error"]["code"], "moderated");
     assert!(
         rooms.history("open:plain").is_empty(),
         "the open room didn't get what the moderated one refused"

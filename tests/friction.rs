@@ -58,14 +58,37 @@ async fn json_values_and_serialize_types_publish_directly() {
 
     let hub = PubSub::new();
     let mut prices = hub.subscribe("prices", Position::Live).await.expect("sub");
-    let publication = Publication::json(&Price { eur: 1.08 }).expect("encodes");
-    hub.publish("prices", publication.event_static("tick"))
+    // Salvo's own `Json`, as in a handler's response; and an event name in the same call.
+    hub.publish("prices", salvo::prelude::Json(&Price { eur: 1.08 }))
         .await
         .expect("publish");
+    hub.publish(
+        "prices",
+        Publication::json(&Price { eur: 1.09 }).event("tick"),
+    )
+    .await
+    .expect("publish");
     let got = messages(&ready(&mut prices));
-    assert_eq!(got.len(), 1);
+    assert_eq!(got.len(), 2);
     assert_eq!(got[0].payload().as_text(), Some(r#"{"eur":1.08}"#));
-    assert_eq!(got[0].event().map(EventName::as_str), Some("tick"));
+    assert_eq!(got[0].event(), None);
+    assert_eq!(got[1].payload().as_text(), Some(r#"{"eur":1.09}"#));
+    assert_eq!(got[1].event().map(EventName::as_str), Some("tick"));
+    // A value that can't be encoded, or a bad event name, fails the publish: nothing is sent.
+    let unencodable = std::collections::HashMap::from([((1, 2), 3)]);
+    assert!(matches!(
+        hub.publish("prices", salvo::prelude::Json(&unencodable))
+            .await,
+        Err(salvo_realtime::error::HubError::Json(_))
+    ));
+    assert!(matches!(
+        hub.publish("prices", Publication::json(&1).event("")).await,
+        Err(salvo_realtime::error::HubError::InvalidEvent(_))
+    ));
+    assert!(
+        ready(&mut prices).is_empty(),
+        "nothing of a failed publish is sent"
+    );
 }
 
 /// `Identity::new` takes a borrowed `String` (a session field) as well as `&str` and `String`.
@@ -76,10 +99,11 @@ fn identity_takes_a_borrowed_string() {
     assert_eq!(Identity::new(user.as_str()), Identity::new(user.clone()));
 }
 
-/// A literal event name needs no `Result`; an invalid literal is a panic naming it.
+/// An event name needs no `Result` on a publication (a bad one fails the publish); an invalid
+/// literal `EventName` is a panic naming it.
 #[test]
 fn literal_event_names_are_infallible() {
-    let p = Publication::new("x").event_static("presence.custom");
+    let p = Publication::new("x").event("presence.custom");
     assert_eq!(
         p.event_name().map(EventName::as_str),
         Some("presence.custom")

@@ -38,7 +38,7 @@ async fn live_subscriber_gets_messages_in_order_with_event_names() {
     let c = conn("t", Position::Live);
     let mut sub = hub.join(&c).await.expect("join");
     hub.publish("t", "one").await.expect("publish");
-    hub.publish("t", Publication::new("two").event("alert").expect("event"))
+    hub.publish("t", Publication::new("two").event("alert"))
         .await
         .expect("publish");
     let got = ready(&mut sub);
@@ -246,7 +246,11 @@ async fn bad_input_is_a_typed_error() {
         hub.publish("t", "123456789").await,
         Err(HubError::PayloadTooLarge { size: 9, limit: 8 })
     ));
-    assert!(Publication::new("x").event("bad\nname").is_err());
+    assert!(matches!(
+        hub.publish("t", Publication::new("x").event("bad\nname"))
+            .await,
+        Err(HubError::InvalidEvent(_))
+    ));
     hub.publish("a", "x").await.expect("first topic");
     hub.publish("b", "x").await.expect("second topic");
     assert!(matches!(

@@ -61,7 +61,7 @@ chat.on("reset", (r: ResetEvent) => {
   show(r.topic, r.requested, r.epoch, r.replay_after, reason);
 });
 chat.on("lagged", (l: LaggedEvent) => show(l.topic, l.missed));
-chat.on("error", (e: ErrorNotice) => show(e.error === "unavailable", e.message));
+chat.on("error", (e: ErrorNotice) => show(e.code === "unavailable", e.message));
 chat.on("raw", (frame: string | ArrayBuffer) => show(frame));
 chat.on("status", (s: StatusEvent) => {
   switch (s.state) {
@@ -147,7 +147,7 @@ void lobby.publish({ text: "hi" }, { event: "chat", echo: false }).then(({ id })
 rt.on("subscribed", ({ topic, subscription }) => show(topic, subscription.state));
 rt.on("unsubscribed", ({ topic, subscription }) => show(topic, subscription.topic));
 rt.on("direct", (m) => show(m.topic === "$conn", m.data));
-rt.on("error", (e) => show(e.error));
+rt.on("error", (e) => show(e.code));
 rt.on("message", (m) => show(m.topic));
 rt.on("status", (s) => show(s.state));
 rt.on("raw", (frame) => show(frame));

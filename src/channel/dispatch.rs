@@ -33,7 +33,7 @@ pub(crate) fn handle<'a, H: Hub>(
                 if let Err(HubError::Refused(_)) = &subscribed {
                     crate::metrics::refused(Transport::Channels.label(), "subscribe");
                 }
-                subscribed.map(|()| serde_json::json!({ "topic": topic }))
+                subscribed.map(|reply| protocol::subscribed(&topic, reply))
             }
             Command::Unsubscribe { topic } => hub
                 .remove_topic(conn, &topic)
@@ -51,7 +51,7 @@ pub(crate) fn handle<'a, H: Hub>(
                 }
                 hub.publish_from(conn, &topic, publication)
                     .await
-                    .map(|id| serde_json::json!({ "id": id }))
+                    .map(protocol::published)
             }
             Command::Call { method, data } => hub.call(conn, &method, data).await,
         };

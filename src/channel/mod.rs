@@ -98,7 +98,10 @@
 //! mutex, another hub) by cloning it in, and reach this hub through [`Ctx::channels`]. No
 //! globals are needed.
 
+mod ctx;
+mod data;
 pub(crate) mod dispatch;
+mod outcome;
 pub(crate) mod protocol;
 
 use std::collections::HashMap;
@@ -112,26 +115,32 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+pub use self::ctx::Ctx;
+pub use self::data::{Inbound, SubscribeRequest};
+pub use self::outcome::{IntoOutcome, Outcome};
+pub use crate::hub::Assigns;
+
+use self::outcome::Plan;
+use crate::Hub;
 use crate::backend::{Backend, Local};
 use crate::error::{HubError, Refused};
+use crate::hub::inbound::{check_inbound, check_payload};
 use crate::hub::{
-    CONNECTION_TOPIC, Connection, DIRECT_PREFIX, Identity, Message, Payload, Position, Publication,
-    Rooms, Subscription,
+    CONNECTION_TOPIC, Connection, DIRECT_PREFIX, InboundPolicy, Message, Payload, Position,
+    Publication, Published, Rooms, Subscription,
 };
 use crate::ids::{ConnectionId, EventName, MessageId, Topic};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type AuthorizeFn<B> =
-    dyn Fn(Ctx<B>, SubscribeRequest) -> BoxFuture<Result<(), Refused>> + Send + Sync;
-type PublishFn<B> = dyn Fn(Ctx<B>, Inbound<serde_json::Value>) -> BoxFuture<Result<serde_json::Value, Refused>>
-    + Send
-    + Sync;
-type CallFn<B> = dyn Fn(Ctx<B>, serde_json::Value) -> BoxFuture<Result<serde_json::Value, Refused>>
-    + Send
-    + Sync;
-type ConnectFn<B> = dyn Fn(Ctx<B>) -> BoxFuture<Result<(), Refused>> + Send + Sync;
-type DisconnectFn<B> = dyn Fn(Ctx<B>) -> BoxFuture<()> + Send + Sync;
+type AuthorizeFn<B, S> =
+    dyn Fn(Ctx<B, S>, SubscribeRequest) -> BoxFuture<Result<Value, Refused>> + Send + Sync;
+type PublishFn<B, S> =
+    dyn Fn(Ctx<B, S>, Inbound<Payload>) -> BoxFuture<Result<Outcome, Refused>> + Send + Sync;
+type CallFn<B, S> = dyn Fn(Ctx<B, S>, Value) -> BoxFuture<Result<Value, Refused>> + Send + Sync;
+type ConnectFn<B, S> = dyn Fn(Ctx<B, S>) -> BoxFuture<Result<(), Refused>> + Send + Sync;
+type DisconnectFn<B, S> = dyn Fn(Ctx<B, S>) -> BoxFuture<()> + Send + Sync;
 
 /// A topic pattern: `"room:*"` matches every topic starting with `room:`, `"*"` every topic,
 /// anything else exactly that topic.
@@ -158,118 +167,43 @@ impl Pattern {
     }
 }
 
-/// What an [`authorize`](Channels::authorize) rule decides on: the topic and what the client
-/// sent with its request.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SubscribeRequest {
-    /// The topic asked for.
-    pub topic: Topic,
-    /// The part of the topic the pattern's `*` matched (`"42"` for `room:42` under
-    /// `room:*`); empty for an exact pattern.
-    pub wildcard: String,
-    /// The `data` of the client's `subscribe` command (`Null` if none, and for topics asked
-    /// for at connect time).
-    pub data: serde_json::Value,
+/// A publish handler: for the topics its pattern matches, and one event name or all.
+struct Publisher<B: Backend, S> {
+    pattern: Pattern,
+    event: Option<EventName>,
+    handler: Arc<PublishFn<B, S>>,
 }
 
-/// A message a connection publishes, as an [`on_publish`](Channels::on_publish) handler sees
-/// it: `data` typed as the handler asks (a client sending data that doesn't fit gets
-/// `invalid_data`).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Inbound<T> {
-    /// The topic it goes to.
-    pub topic: Topic,
-    /// Its event name, if the client gave one (kept on what is published).
-    pub event: Option<EventName>,
-    /// Its data.
-    pub data: T,
-}
-
-/// What a handler knows about the connection it acts for, and a handle to the hub.
-pub struct Ctx<B: Backend = Local> {
-    conn: Connection,
-    channels: Channels<B>,
-}
-
-impl<B: Backend> Clone for Ctx<B> {
+impl<B: Backend, S> Clone for Publisher<B, S> {
     fn clone(&self) -> Self {
         Self {
-            conn: self.conn.clone(),
-            channels: self.channels.clone(),
+            pattern: self.pattern.clone(),
+            event: self.event.clone(),
+            handler: Arc::clone(&self.handler),
         }
     }
 }
 
-impl<B: Backend> fmt::Debug for Ctx<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ctx")
-            .field("connection", &self.conn.id())
-            .field("user", &self.conn.user_id())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B: Backend> Ctx<B> {
-    /// The connection's id (for [`Channels::send_to_connection`] and friends).
-    #[must_use]
-    pub fn connection_id(&self) -> ConnectionId {
-        self.conn.id()
-    }
-
-    /// The connection as the hub sees it.
-    #[must_use]
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-
-    /// The identity the endpoint's `identify` established, if any.
-    #[must_use]
-    pub fn identity(&self) -> Option<&Identity> {
-        self.conn.identity()
-    }
-
-    /// The user id, if the connection is authenticated.
-    #[must_use]
-    pub fn user_id(&self) -> Option<&str> {
-        self.conn.user_id()
-    }
-
-    /// The identity's data, if any.
-    #[must_use]
-    pub fn user_data(&self) -> Option<&serde_json::Value> {
-        self.conn.identity().and_then(Identity::user_data)
-    }
-
-    /// The hub, for server-initiated sends from a handler.
-    #[must_use]
-    pub fn channels(&self) -> &Channels<B> {
-        &self.channels
-    }
-
-    /// Puts this connection in `topic` on its behalf (no authorization rule runs: the server
-    /// decides), delivering from `from`.
-    ///
-    /// # Errors
-    ///
-    /// As [`Channels::subscribe`].
-    pub async fn subscribe(&self, topic: &str, from: Position) -> Result<(), HubError> {
-        self.channels.subscribe(self.conn.id(), topic, from).await
-    }
+/// Which publish handler a message goes to.
+enum Route<B: Backend, S> {
+    /// No handler covers the topic: published as sent.
+    Unhandled,
+    /// The topic has handlers, none for this event: refused `unknown_event`.
+    UnknownEvent,
+    Handler(Arc<PublishFn<B, S>>),
 }
 
 /// The handlers, shared by clones of a [`Channels`] until one of them changes.
-struct Handlers<B: Backend> {
-    rules: Vec<(Pattern, Arc<AuthorizeFn<B>>)>,
-    publishers: Vec<(Pattern, Arc<PublishFn<B>>)>,
-    methods: HashMap<String, Arc<CallFn<B>>>,
-    on_connect: Option<Arc<ConnectFn<B>>>,
-    on_disconnect: Option<Arc<DisconnectFn<B>>>,
+struct Handlers<B: Backend, S> {
+    rules: Vec<(Pattern, Arc<AuthorizeFn<B, S>>)>,
+    publishers: Vec<Publisher<B, S>>,
+    methods: HashMap<String, Arc<CallFn<B, S>>>,
+    on_connect: Option<Arc<ConnectFn<B, S>>>,
+    on_disconnect: Option<Arc<DisconnectFn<B, S>>>,
     timeout: Duration,
 }
 
-impl<B: Backend> Clone for Handlers<B> {
+impl<B: Backend, S> Clone for Handlers<B, S> {
     fn clone(&self) -> Self {
         Self {
             rules: self.rules.clone(),
@@ -282,25 +216,49 @@ impl<B: Backend> Clone for Handlers<B> {
     }
 }
 
-/// A [`Rooms`] hub with server-side handlers; see the [module docs](self).
-///
-/// Cloning is cheap and every clone drives the same rooms; a clone's handlers are its own (a
-/// builder call on a clone doesn't change the original).
-pub struct Channels<B: Backend = Local> {
-    rooms: Rooms<B>,
-    handlers: Arc<Handlers<B>>,
-}
-
-impl<B: Backend> Clone for Channels<B> {
-    fn clone(&self) -> Self {
-        Self {
-            rooms: self.rooms.clone(),
-            handlers: Arc::clone(&self.handlers),
+impl<B: Backend, S> Handlers<B, S> {
+    /// The first handler for `event` on `topic` (one of that event, or one for all events).
+    fn route(&self, topic: &Topic, event: Option<&EventName>) -> Route<B, S> {
+        let mut covered = false;
+        for p in &self.publishers {
+            if p.pattern.matches(topic.as_str()).is_none() {
+                continue;
+            }
+            covered = true;
+            if p.event.is_none() || p.event.as_ref() == event {
+                return Route::Handler(Arc::clone(&p.handler));
+            }
+        }
+        if covered {
+            Route::UnknownEvent
+        } else {
+            Route::Unhandled
         }
     }
 }
 
-impl<B: Backend> fmt::Debug for Channels<B> {
+/// A [`Rooms`] hub with server-side handlers; see the [module docs](self).
+///
+/// `S` is the application's state ([`with_state`](Self::with_state)), which every handler
+/// reads through [`Ctx::state`]. Cloning is cheap and every clone drives the same rooms; a
+/// clone's handlers are its own (a builder call on a clone doesn't change the original).
+pub struct Channels<B: Backend = Local, S = ()> {
+    rooms: Rooms<B>,
+    handlers: Arc<Handlers<B, S>>,
+    state: Arc<S>,
+}
+
+impl<B: Backend, S> Clone for Channels<B, S> {
+    fn clone(&self) -> Self {
+        Self {
+            rooms: self.rooms.clone(),
+            handlers: Arc::clone(&self.handlers),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<B: Backend, S> fmt::Debug for Channels<B, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channels")
             .field("rooms", &self.rooms)
@@ -318,6 +276,7 @@ const HANDLER_FAILED: &str = "handler_failed";
 const TIMEOUT: &str = "timeout";
 const INVALID_DATA: &str = "invalid_data";
 const UNKNOWN_METHOD: &str = "unknown_method";
+const UNKNOWN_EVENT: &str = "unknown_event";
 
 /// Every code of this module: with the hub's and the protocol's, the one list the `ws` module
 /// docs' table of codes is checked against (`error::tests`).
@@ -328,11 +287,12 @@ pub(crate) const CODES: &[&str] = &[
     TIMEOUT,
     INVALID_DATA,
     UNKNOWN_METHOD,
+    UNKNOWN_EVENT,
 ];
 
 /// The codes of this module a plain client's frame can be refused with (its publish handlers').
 #[cfg(test)]
-pub(crate) const RECEIVE_CODES: &[&str] = &[HANDLER_FAILED, TIMEOUT, INVALID_DATA];
+pub(crate) const RECEIVE_CODES: &[&str] = &[HANDLER_FAILED, TIMEOUT, INVALID_DATA, UNKNOWN_EVENT];
 
 fn handler_failed(message: &str) -> Refused {
     Refused::new(HANDLER_FAILED, message.to_owned())
@@ -359,22 +319,50 @@ async fn guarded<T>(
     }
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, Refused> {
+fn to_json<T: Serialize>(value: &T) -> Result<Value, Refused> {
     serde_json::to_value(value).map_err(|e| {
         tracing::error!(error = %e, "a channel handler's result could not be encoded");
         handler_failed("the server failed to encode its answer")
     })
 }
 
-fn invalid_data(e: &serde_json::Error) -> Refused {
-    Refused::new(INVALID_DATA, format!("data doesn't fit: {e}"))
-}
-
 impl<B: Backend> Channels<B> {
-    /// Channels over `rooms`, with no rules yet (every topic refused), no handlers, and a
-    /// handler timeout of 5 s.
+    /// Channels over `rooms`, with no application state, no rules yet (every topic refused),
+    /// no handlers, and a handler timeout of 5 s.
     #[must_use]
     pub fn new(rooms: Rooms<B>) -> Self {
+        Self::with_state(rooms, ())
+    }
+}
+
+impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
+    /// Channels over `rooms` whose handlers share `state` (read with [`Ctx::state`]): the way
+    /// to give handlers a database pool or a session store without cloning it into each
+    /// closure. Otherwise as [`new`](Channels::new).
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use std::sync::Mutex;
+    ///
+    /// use salvo_realtime::channel::Channels;
+    /// use salvo_realtime::error::Refused;
+    /// use salvo_realtime::Rooms;
+    ///
+    /// struct App { banned: Mutex<HashSet<String>> }
+    ///
+    /// let app = App { banned: Mutex::new(HashSet::from(["mallory".to_owned()])) };
+    /// let channels = Channels::with_state(Rooms::new(), app)
+    ///     .authorize("room:*", |ctx, _req| async move {
+    ///         let user = ctx.user_id().unwrap_or_default();
+    ///         match ctx.state().banned.lock() {
+    ///             Ok(banned) if !banned.contains(user) => Ok(()),
+    ///             _ => Err(Refused::forbidden("banned")),
+    ///         }
+    ///     });
+    /// # drop(channels);
+    /// ```
+    #[must_use]
+    pub fn with_state(rooms: Rooms<B>, state: S) -> Self {
         Self {
             rooms,
             handlers: Arc::new(Handlers {
@@ -385,25 +373,35 @@ impl<B: Backend> Channels<B> {
                 on_disconnect: None,
                 timeout: Duration::from_secs(5),
             }),
+            state: Arc::new(state),
         }
     }
 
-    fn with(mut self, f: impl FnOnce(&mut Handlers<B>)) -> Self {
+    fn with(mut self, f: impl FnOnce(&mut Handlers<B, S>)) -> Self {
         f(Arc::make_mut(&mut self.handlers));
         self
     }
 
     /// Adds an authorization rule for the topics `pattern` matches (`"room:*"`, `"*"`, or an
-    /// exact name). The first matching rule decides; `Ok(())` allows, a [`Refused`] refuses
-    /// with its code. Runs for `subscribe` commands and for the topics a connection asks for
-    /// when it connects, on both endpoints.
+    /// exact name). The first matching rule decides: `Err(Refused)` refuses with its code,
+    /// `Ok(reply)` allows, and a `reply` that isn't `()` (or `null`) is the join reply: the
+    /// `subscribe` command's `ok` reply carries it (Phoenix's `{:ok, reply, socket}`), and a
+    /// topic asked for at connect time gets it as a `joined` message on
+    /// [`CONNECTION_TOPIC`]. Runs for `subscribe` commands and for the topics a connection
+    /// asks for when it connects, on both endpoints. A reply over the hub's payload limit
+    /// refuses the subscription (`too_large`).
     #[must_use]
-    pub fn authorize<F, Fut>(self, pattern: &str, rule: F) -> Self
+    pub fn authorize<R, F, Fut>(self, pattern: &str, rule: F) -> Self
     where
-        F: Fn(Ctx<B>, SubscribeRequest) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Refused>> + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx<B, S>, SubscribeRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Refused>> + Send + 'static,
     {
-        let rule: Arc<AuthorizeFn<B>> = Arc::new(move |ctx, req| Box::pin(rule(ctx, req)));
+        let rule = Arc::new(rule);
+        let rule: Arc<AuthorizeFn<B, S>> = Arc::new(move |ctx, req| {
+            let fut = rule(ctx, req);
+            Box::pin(async move { to_json(&fut.await?) })
+        });
         let pattern = Pattern::new(pattern);
         self.with(|h| h.rules.push((pattern, rule)))
     }
@@ -415,32 +413,72 @@ impl<B: Backend> Channels<B> {
         self.authorize(pattern, |_, _| std::future::ready(Ok(())))
     }
 
-    /// Handles what connections publish to the topics `pattern` matches: the handler gets the
-    /// data as `T` and returns what is published instead (as JSON, with the same event name),
-    /// or a [`Refused`]. The first matching handler runs.
+    /// Handles what connections publish to the topics `pattern` matches, whatever the event
+    /// name: the handler gets the data as `T` (see [`Inbound`]) and returns what becomes of
+    /// it ([`Outcome`]; a plain `Serialize` value is published instead of what was sent), or a
+    /// [`Refused`]. Handlers are tried in the order added, with those of
+    /// [`on_event`](Self::on_event): the first whose pattern and event match runs.
     #[must_use]
-    pub fn on_publish<T, U, F, Fut>(self, pattern: &str, handler: F) -> Self
+    pub fn on_publish<T, O, F, Fut>(self, pattern: &str, handler: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
-        U: Serialize + Send + 'static,
-        F: Fn(Ctx<B>, Inbound<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<U, Refused>> + Send + 'static,
+        O: IntoOutcome + Send + 'static,
+        F: Fn(Ctx<B, S>, Inbound<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Refused>> + Send + 'static,
+    {
+        self.add_publisher(pattern, None, handler)
+    }
+
+    /// Handles what connections publish under the event name `event` to the topics `pattern`
+    /// matches (Phoenix's `handle_in(event, ..)`, socket.io's `socket.on(event, ..)`); as
+    /// [`on_publish`](Self::on_publish) otherwise. A message whose topic has handlers, none of
+    /// them for its event (and no `on_publish` catch-all), is refused `unknown_event`.
+    ///
+    /// # Panics
+    ///
+    /// If `event` is not a valid event name (a mistake in the program, not in its input).
+    #[must_use]
+    #[track_caller]
+    pub fn on_event<T, O, F, Fut>(self, pattern: &str, event: &str, handler: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        O: IntoOutcome + Send + 'static,
+        F: Fn(Ctx<B, S>, Inbound<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Refused>> + Send + 'static,
+    {
+        let event = match EventName::new(event) {
+            Ok(event) => event,
+            Err(e) => panic!("on_event({pattern:?}, {event:?}): {e}"),
+        };
+        self.add_publisher(pattern, Some(event), handler)
+    }
+
+    fn add_publisher<T, O, F, Fut>(
+        self,
+        pattern: &str,
+        event: Option<EventName>,
+        handler: F,
+    ) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        O: IntoOutcome + Send + 'static,
+        F: Fn(Ctx<B, S>, Inbound<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Refused>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let erased: Arc<PublishFn<B>> = Arc::new(move |ctx, msg: Inbound<serde_json::Value>| {
+        let erased: Arc<PublishFn<B, S>> = Arc::new(move |ctx, msg: Inbound<Payload>| {
             let handler = Arc::clone(&handler);
             Box::pin(async move {
-                let data = T::deserialize(msg.data).map_err(|e| invalid_data(&e))?;
-                let typed = Inbound {
-                    topic: msg.topic,
-                    event: msg.event,
-                    data,
-                };
-                to_json(&handler(ctx, typed).await?)
+                let data = data::decode::<T>(&msg.data)?;
+                Ok(handler(ctx, msg.map(data)).await?.into_outcome())
             })
         });
-        let pattern = Pattern::new(pattern);
-        self.with(|h| h.publishers.push((pattern, erased)))
+        let publisher = Publisher {
+            pattern: Pattern::new(pattern),
+            event,
+            handler: erased,
+        };
+        self.with(|h| h.publishers.push(publisher))
     }
 
     /// Handles `call`s of `method`: the handler gets the data as `T` and returns a result
@@ -451,14 +489,14 @@ impl<B: Backend> Channels<B> {
     where
         T: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
-        F: Fn(Ctx<B>, T) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<B, S>, T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, Refused>> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let erased: Arc<CallFn<B>> = Arc::new(move |ctx, data: serde_json::Value| {
+        let erased: Arc<CallFn<B, S>> = Arc::new(move |ctx, data: Value| {
             let handler = Arc::clone(&handler);
             Box::pin(async move {
-                let data = T::deserialize(data).map_err(|e| invalid_data(&e))?;
+                let data = data::from_value::<T>(data)?;
                 to_json(&handler(ctx, data).await?)
             })
         });
@@ -468,15 +506,16 @@ impl<B: Backend> Channels<B> {
         })
     }
 
-    /// Runs when a connection has joined; may put it in rooms ([`Ctx::subscribe`]) or refuse
-    /// it (the endpoint answers 403 and nothing stays joined).
+    /// Runs when a connection has joined; may set its [`assigns`](Ctx::assigns), put it in
+    /// rooms ([`Ctx::subscribe`]) or refuse it (the endpoint answers 403 and nothing stays
+    /// joined).
     #[must_use]
     pub fn on_connect<F, Fut>(self, handler: F) -> Self
     where
-        F: Fn(Ctx<B>) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<B, S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Refused>> + Send + 'static,
     {
-        let handler: Arc<ConnectFn<B>> = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        let handler: Arc<ConnectFn<B, S>> = Arc::new(move |ctx| Box::pin(handler(ctx)));
         self.with(|h| h.on_connect = Some(handler))
     }
 
@@ -485,10 +524,10 @@ impl<B: Backend> Channels<B> {
     #[must_use]
     pub fn on_disconnect<F, Fut>(self, handler: F) -> Self
     where
-        F: Fn(Ctx<B>) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<B, S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let handler: Arc<DisconnectFn<B>> = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        let handler: Arc<DisconnectFn<B, S>> = Arc::new(move |ctx| Box::pin(handler(ctx)));
         self.with(|h| h.on_disconnect = Some(handler))
     }
 
@@ -504,24 +543,31 @@ impl<B: Backend> Channels<B> {
         &self.rooms
     }
 
-    fn ctx(&self, conn: &Connection) -> Ctx<B> {
+    /// The application's state (see [`with_state`](Self::with_state)).
+    #[must_use]
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    fn ctx(&self, conn: &Connection) -> Ctx<B, S> {
         Ctx {
             conn: conn.clone(),
             channels: self.clone(),
         }
     }
 
-    /// Whether `conn` may follow `topic`, by the first matching rule.
+    /// Whether `conn` may follow `topic`, by the first matching rule, and the rule's join
+    /// reply if it has one.
     async fn authorized(
         &self,
         conn: &Connection,
         topic: &Topic,
-        data: serde_json::Value,
-    ) -> Result<(), Refused> {
+        data: Value,
+    ) -> Result<Option<Value>, HubError> {
         if let Some(user) = conn.user_id()
             && topic.as_str().strip_prefix(DIRECT_PREFIX) == Some(user)
         {
-            return Ok(());
+            return Ok(None);
         }
         let rule = self
             .handlers
@@ -529,10 +575,10 @@ impl<B: Backend> Channels<B> {
             .iter()
             .find_map(|(p, rule)| p.matches(topic.as_str()).map(|w| (w.to_owned(), rule)));
         let Some((wildcard, rule)) = rule else {
-            return Err(Refused::new(
+            return Err(HubError::Refused(Refused::new(
                 FORBIDDEN,
                 format!("no rule allows topic {topic}"),
-            ));
+            )));
         };
         let req = SubscribeRequest {
             topic: topic.clone(),
@@ -540,45 +586,78 @@ impl<B: Backend> Channels<B> {
             data,
         };
         let ctx = self.ctx(conn);
-        guarded(self.handlers.timeout, move || rule(ctx, req)).await
+        let reply = guarded(self.handlers.timeout, move || rule(ctx, req))
+            .await
+            .map_err(HubError::Refused)?;
+        if reply.is_null() {
+            return Ok(None);
+        }
+        // The reply travels in one frame: over the payload limit, the join is refused.
+        check_payload(&Payload::json(&reply)?, self.rooms.max_payload())?;
+        Ok(Some(reply))
     }
 
-    /// What `conn` publishing `publication` to `topic` becomes: checked for membership, then
-    /// passed through the topic's publish handler (refused, or rewritten), not yet published.
+    /// What `conn` sending `sent` to `topic` becomes: checked for membership, then passed
+    /// through the topic's publish handler, not yet done.
     async fn prepare(
         &self,
         conn: &Connection,
         topic: &Topic,
-        publication: Publication,
-    ) -> Result<Publication, HubError> {
+        sent: Publication,
+    ) -> Result<Plan, HubError> {
         if !self.rooms.rooms_of(conn.id()).contains(topic) {
             return Err(HubError::NotSubscribed(topic.clone()));
         }
-        let handler = self
-            .handlers
-            .publishers
-            .iter()
-            .find(|(p, _)| p.matches(topic.as_str()).is_some())
-            .map(|(_, h)| Arc::clone(h));
-        let Some(handler) = handler else {
-            return Ok(publication);
+        let handler = match self.handlers.route(topic, sent.event_name()) {
+            Route::Unhandled => return Ok(Plan::as_sent(topic, sent)),
+            Route::UnknownEvent => {
+                let event = sent.event_name().map_or("", EventName::as_str);
+                return Err(HubError::Refused(Refused::new(
+                    UNKNOWN_EVENT,
+                    format!("no handler for event {event:?} on {topic}"),
+                )));
+            }
+            Route::Handler(handler) => handler,
         };
-        crate::hub::inbound::check_inbound(publication.payload(), usize::MAX)?;
+        sent.check()?;
+        check_inbound(sent.payload(), usize::MAX)?;
         let msg = Inbound {
             topic: topic.clone(),
-            event: publication.event_name().cloned(),
-            data: payload_json(publication.payload())?,
+            event: sent.event_name().cloned(),
+            data: sent.payload().clone(),
         };
         let ctx = self.ctx(conn);
-        let out = guarded(self.handlers.timeout, move || handler(ctx, msg))
+        let outcome = guarded(self.handlers.timeout, move || handler(ctx, msg))
             .await
             .map_err(HubError::Refused)?;
-        let mut replaced =
-            Publication::new(json_payload(&out)?).skip_origin(publication.skips_origin());
-        if let Some(event) = publication.event_name() {
-            replaced = replaced.event_name_checked(event.clone());
+        let plan = outcome.resolve(sent, topic).map_err(HubError::Refused)?;
+        if let Some(reply) = &plan.reply {
+            check_payload(&Payload::json(reply)?, self.rooms.max_payload())?;
         }
-        Ok(replaced)
+        Ok(plan)
+    }
+
+    /// Carries out a prepared plan for `conn`, which sent to `topic`.
+    async fn commit(
+        &self,
+        conn: &Connection,
+        topic: &Topic,
+        plan: Plan,
+    ) -> Result<Published, HubError> {
+        let mut done = Published::nothing();
+        if let Some((to, publication)) = plan.publish {
+            if to == *topic {
+                done = Hub::publish_from(&self.rooms, conn, topic, publication).await?;
+            } else {
+                let mut publication = publication.origin(conn.id());
+                if let Some(user) = conn.user_id() {
+                    publication = publication.sender(user);
+                }
+                self.rooms.broadcast(to.as_str(), publication).await?;
+            }
+        }
+        done.reply = plan.reply;
+        Ok(done)
     }
 
     /// Sends to one connection alone (live-only); see [`Rooms::send_to_connection`].
@@ -633,13 +712,7 @@ impl<B: Backend> Channels<B> {
         topic: &str,
         from: Position,
     ) -> Result<(), HubError> {
-        let notice = Publication::json(&serde_json::json!({ "topic": topic }))?
-            .event_name_checked(EventName::from_static("subscribed"));
-        let notice = Message::notice(
-            Topic::new(CONNECTION_TOPIC)?,
-            MessageId::new(crate::hub::Epoch::random(), 0),
-            notice,
-        );
+        let notice = connection_notice("subscribed", serde_json::json!({ "topic": topic }))?;
         // The notice travels first on the room's own stream: nothing of the room overtakes it.
         self.rooms
             .join_room_with(conn, topic, from, Some(crate::Delivery::Message(notice)))
@@ -653,51 +726,48 @@ impl<B: Backend> Channels<B> {
     ///
     /// As [`Rooms::leave_room`].
     pub async fn unsubscribe(&self, conn: ConnectionId, topic: &str) -> Result<bool, HubError> {
-        let notice = Publication::json(&serde_json::json!({ "topic": topic }))?
-            .event_name_checked(EventName::from_static("unsubscribed"));
-        let notice = Message::notice(
-            Topic::new(CONNECTION_TOPIC)?,
-            MessageId::new(crate::hub::Epoch::random(), 0),
-            notice,
-        );
+        let notice = connection_notice("unsubscribed", serde_json::json!({ "topic": topic }))?;
         // The notice is the room stream's last delivery: it can't be lost to a full queue, and
         // nothing of the room comes after it.
         self.rooms
             .leave_room_with(conn, topic, Some(crate::Delivery::Message(notice)))
             .await
     }
-}
 
-/// The data a client's payload carries, as JSON: JSON text as itself, other text as a string.
-fn payload_json(payload: &Payload) -> Result<serde_json::Value, HubError> {
-    match payload.as_text() {
-        Some(text) => Ok(serde_json::from_str(text)
-            .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))),
-        None => Err(HubError::Refused(Refused::new(
-            INVALID_DATA,
-            "a publish handler takes JSON, not binary",
-        ))),
+    /// Tells `conn` alone, on [`CONNECTION_TOPIC`] with `event`, what a handler answered it
+    /// where no command reply can carry it (a topic joined at connect time, a plain frame).
+    /// A connection that can't take it (gone, its queue full) isn't there to be told.
+    fn tell(&self, conn: &Connection, event: &'static str, topic: &Topic, reply: &Value) {
+        let data = serde_json::json!({ "topic": topic, "reply": reply });
+        let p =
+            Publication::new(Payload::from(data)).event_name_checked(EventName::from_static(event));
+        if let Err(e) = self.rooms.send_to_connection(conn.id(), p) {
+            tracing::debug!(error = %e, connection = %conn.id(), "a handler's answer was not sent");
+        }
     }
 }
 
-/// What a handler returned, as the payload to publish: a JSON string as its text, anything
-/// else as JSON text.
-fn json_payload(value: &serde_json::Value) -> Result<Payload, HubError> {
-    match value {
-        serde_json::Value::String(s) => Ok(Payload::text(s.clone())),
-        other => Payload::json(other),
-    }
+/// A server notice for one connection, on [`CONNECTION_TOPIC`].
+fn connection_notice(event: &'static str, data: Value) -> Result<Message, HubError> {
+    let notice =
+        Publication::new(Payload::from(data)).event_name_checked(EventName::from_static(event));
+    Ok(Message::notice(
+        Topic::new(CONNECTION_TOPIC)?,
+        MessageId::new(crate::hub::Epoch::random(), 0),
+        notice,
+    ))
 }
 
 crate::__delegate_hub! {
-    impl[B: Backend] Hub for Channels<B>, to rooms {
+    impl[B: Backend, S: Send + Sync + 'static] Hub for Channels<B, S>, to rooms {
         type Subscription = Subscription;
 
         async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
+            let mut replies = Vec::new();
             for (topic, _) in conn.topics() {
-                self.authorized(conn, topic, serde_json::Value::Null)
-                    .await
-                    .map_err(HubError::Refused)?;
+                if let Some(reply) = self.authorized(conn, topic, Value::Null).await? {
+                    replies.push((topic.clone(), reply));
+                }
             }
             let sub = self.rooms.join(conn).await?;
             if let Some(on_connect) = &self.handlers.on_connect {
@@ -707,30 +777,42 @@ crate::__delegate_hub! {
                     return Err(HubError::Refused(refused));
                 }
             }
+            for (topic, reply) in replies {
+                self.tell(conn, "joined", &topic, &reply);
+            }
             Ok(sub)
         }
 
-        /// A frame of the plain envelope protocol: published to each of the connection's rooms,
-        /// through the same publish handlers as a `publish` command, all or nothing: every room's
-        /// handler runs first (rooms in name order), and if one refuses, the frame is published
-        /// nowhere and the sender gets that refusal. Then it is published room by room, in name
-        /// order; a hub error there (a backend failure) stops it: the rooms before it have the
-        /// message, the rest don't, and the sender is told the error.
+        /// A frame of the plain envelope protocol: published to each of the connection's rooms
+        /// under the wrapped [`Rooms`]' [`InboundPolicy`], through the same publish handlers as
+        /// a `publish` command, all or nothing: every room's handler runs first (rooms in name
+        /// order), and if one refuses, the frame is published nowhere and the sender gets that
+        /// refusal. Then it is published room by room, in name order; a hub error there (a
+        /// backend failure) stops it: the rooms before it have the message, the rest don't,
+        /// and the sender is told the error. What handlers answer the sender comes to it as
+        /// `reply` messages on [`CONNECTION_TOPIC`].
         async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+            let policy = self.rooms.inbound_policy();
+            if policy == InboundPolicy::Reject {
+                return Err(HubError::InboundRejected);
+            }
+            check_inbound(&message, self.rooms.max_payload())?;
             let mut rooms = self.rooms.rooms_of(conn.id());
             if rooms.is_empty() {
                 return Err(HubError::NotJoined(conn.id()));
             }
             rooms.sort_unstable();
+            let skip = policy == InboundPolicy::PublishExceptSender;
             let mut prepared = Vec::with_capacity(rooms.len());
             for topic in rooms {
-                let publication = self
-                    .prepare(conn, &topic, Publication::new(message.clone()))
-                    .await?;
-                prepared.push((topic, publication));
+                let sent = Publication::new(message.clone()).skip_origin(skip);
+                let plan = self.prepare(conn, &topic, sent).await?;
+                prepared.push((topic, plan));
             }
-            for (topic, publication) in prepared {
-                self.rooms.publish_from(conn, &topic, publication).await?;
+            for (topic, plan) in prepared {
+                if let Some(reply) = self.commit(conn, &topic, plan).await?.reply {
+                    self.tell(conn, "reply", &topic, &reply);
+                }
             }
             Ok(())
         }
@@ -756,13 +838,12 @@ crate::__delegate_hub! {
             conn: &Connection,
             topic: &Topic,
             from: Position,
-            data: Option<&serde_json::Value>,
-        ) -> Result<(), HubError> {
-            let data = data.cloned().unwrap_or(serde_json::Value::Null);
-            self.authorized(conn, topic, data)
-                .await
-                .map_err(HubError::Refused)?;
-            self.rooms.add_topic(conn, topic, from, None).await
+            data: Option<&Value>,
+        ) -> Result<Option<Value>, HubError> {
+            let data = data.cloned().unwrap_or(Value::Null);
+            let reply = self.authorized(conn, topic, data).await?;
+            self.rooms.add_topic(conn, topic, from, None).await?;
+            Ok(reply)
         }
 
         async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
@@ -774,17 +855,17 @@ crate::__delegate_hub! {
             conn: &Connection,
             topic: &Topic,
             publication: Publication,
-        ) -> Result<MessageId, HubError> {
-            let publication = self.prepare(conn, topic, publication).await?;
-            self.rooms.publish_from(conn, topic, publication).await
+        ) -> Result<Published, HubError> {
+            let plan = self.prepare(conn, topic, publication).await?;
+            self.commit(conn, topic, plan).await
         }
 
         async fn call(
             &self,
             conn: &Connection,
             method: &str,
-            data: serde_json::Value,
-        ) -> Result<serde_json::Value, HubError> {
+            data: Value,
+        ) -> Result<Value, HubError> {
             let Some(handler) = self.handlers.methods.get(method).map(Arc::clone) else {
                 return Err(HubError::Refused(Refused::new(
                     UNKNOWN_METHOD,

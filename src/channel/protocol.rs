@@ -238,7 +238,8 @@ pub(crate) fn ok(reference: &Value, data: &Value) -> String {
 }
 
 /// `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}`, or an
-/// `error` frame when there is no `ref` to answer.
+/// `error` frame with the same `error` object, `{"type":"error","error":{"code":..,"message":..}}`,
+/// when there is no `ref` to answer.
 pub(crate) fn error(reference: Option<&Value>, code: &str, message: &str) -> String {
     match reference {
         Some(reference) => json!({
@@ -248,8 +249,33 @@ pub(crate) fn error(reference: Option<&Value>, code: &str, message: &str) -> Str
             "error": { "code": code, "message": message },
         })
         .to_string(),
-        None => json!({ "type": "error", "error": code, "message": message }).to_string(),
+        None => {
+            json!({ "type": "error", "error": { "code": code, "message": message } }).to_string()
+        }
     }
+}
+
+/// The `data` of a `subscribe`'s `ok` reply: `{"topic":..}`, with the join reply as `reply`
+/// when the authorization rule gave one.
+pub(crate) fn subscribed(topic: &Topic, reply: Option<Value>) -> Value {
+    let mut data = json!({ "topic": topic });
+    if let Some(reply) = reply {
+        data["reply"] = reply;
+    }
+    data
+}
+
+/// The `data` of a `publish`'s `ok` reply: `{"id":..}` when it was published to its topic,
+/// `"reply"` when a handler answered; `{}` when neither (a handler's `noreply`).
+pub(crate) fn published(done: crate::hub::Published) -> Value {
+    let mut data = json!({});
+    if let Some(id) = done.id {
+        data["id"] = json!(id);
+    }
+    if let Some(reply) = done.reply {
+        data["reply"] = reply;
+    }
+    data
 }
 
 /// The code and message a command's hub error is answered with; a backend's own text stays in

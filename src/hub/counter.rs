@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{Connection, Delivery, Hub, Payload, Publication};
 use crate::error::HubError;
-use crate::ids::{MessageId, Topic};
+use crate::ids::Topic;
 
 /// Wraps any [`Hub`] and counts what passes through it; itself a [`Hub`].
 ///
@@ -215,7 +215,7 @@ crate::__delegate_hub! {
             conn: &Connection,
             topic: &Topic,
             publication: Publication,
-        ) -> Result<MessageId, HubError> {
+        ) -> Result<crate::hub::Published, HubError> {
             self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
             self.hub.publish_from(conn, topic, publication).await
         }

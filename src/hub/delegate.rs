@@ -39,7 +39,7 @@
 ///             conn: &Connection,
 ///             topic: &Topic,
 ///             publication: Publication,
-///         ) -> Result<salvo_realtime::MessageId, HubError> {
+///         ) -> Result<salvo_realtime::hub::Published, HubError> {
 ///             self.received.fetch_add(1, Ordering::Relaxed);
 ///             self.inner.publish_from(conn, topic, publication).await
 ///         }
@@ -184,8 +184,12 @@ macro_rules! __delegate_hub {
             topic: &$crate::Topic,
             from: $crate::Position,
             data: ::core::option::Option<&$crate::hub::__serde_json::Value>,
-        ) -> impl ::core::future::Future<Output = ::core::result::Result<(), $crate::error::HubError>>
-        + Send {
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                ::core::option::Option<$crate::hub::__serde_json::Value>,
+                $crate::error::HubError,
+            >,
+        > + Send {
             $crate::__delegate_hub!(@inner self $to).add_topic(conn, topic, from, data)
         }
     };
@@ -211,7 +215,7 @@ macro_rules! __delegate_hub {
             topic: &$crate::Topic,
             publication: $crate::Publication,
         ) -> impl ::core::future::Future<
-            Output = ::core::result::Result<$crate::MessageId, $crate::error::HubError>,
+            Output = ::core::result::Result<$crate::hub::Published, $crate::error::HubError>,
         > + Send {
             $crate::__delegate_hub!(@inner self $to).publish_from(conn, topic, publication)
         }

@@ -27,6 +27,13 @@ pub(crate) fn check_payload(payload: &Payload, limit: usize) -> Result<(), HubEr
     }
 }
 
+/// Refuses a publication that was built wrong (see [`Publication::check`]) or whose payload is
+/// over `limit` bytes.
+pub(crate) fn check_publication(publication: &Publication, limit: usize) -> Result<(), HubError> {
+    publication.check()?;
+    check_payload(publication.payload(), limit)
+}
+
 /// [`check_payload`] for what a connection sends, which also may not be JSON nested deeper
 /// than [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH).
 pub(crate) fn check_inbound(payload: &Payload, limit: usize) -> Result<(), HubError> {

@@ -190,22 +190,13 @@ impl From<&serde_json::Value> for Payload {
 /// What to publish: a payload, an optional event name and who sent it.
 ///
 /// Anything that converts into a [`Payload`] converts into a `Publication` too, so
-/// `hub.publish("topic", "text")` and `hub.publish("topic", json!({..}))` work; use the
-/// builder for the rest.
+/// `hub.publish("topic", "text")` and `hub.publish("topic", json!({..}))` work; a value of
+/// your own type goes in as Salvo's `Json(&value)` (or [`Publication::json`]), and the builder
+/// does the rest. Building never fails: a value that doesn't encode or a bad event name makes
+/// the publish fail instead ([`check`](Self::check)), and nothing is sent.
 ///
 /// ```
-/// use salvo_realtime::Publication;
-///
-/// let p = Publication::new("disk almost full").event("alert")?;
-/// assert_eq!(p.event_name().map(|e| e.as_str()), Some("alert"));
-/// # Ok::<(), salvo_realtime::error::InvalidEvent>(())
-/// ```
-///
-/// A value of your own type goes through [`Publication::json`] (or [`Payload::json`]): there
-/// is no `From<&T>` for every `T: Serialize`, because encoding can fail and a `From` can't
-/// say so, and because it would collide with `From<&str>`.
-///
-/// ```
+/// use salvo::prelude::Json;
 /// use salvo_realtime::{PubSub, Publication};
 ///
 /// #[derive(serde::Serialize)]
@@ -216,8 +207,10 @@ impl From<&serde_json::Value> for Payload {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), salvo_realtime::error::HubError> {
 /// let hub = PubSub::new();
-/// hub.publish("prices", Publication::json(&Price { eur: 1.08 })?.event_static("tick"))
-///     .await?;
+/// hub.publish("prices", Json(&Price { eur: 1.08 })).await?;
+/// // With an event name, in one call.
+/// hub.publish("prices", Publication::json(&Price { eur: 1.09 }).event("tick")).await?;
+/// hub.publish("alerts", Publication::new("disk almost full").event("alert")).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -228,6 +221,16 @@ pub struct Publication {
     pub(crate) sender: Option<Arc<str>>,
     pub(crate) origin: Option<ConnectionId>,
     pub(crate) skip_origin: bool,
+    /// A mistake made while building it (a value that wouldn't encode, a bad event name),
+    /// reported when it is published: builders stay chainable, and nothing invalid is sent.
+    invalid: Option<Invalid>,
+}
+
+/// Why a [`Publication`] can't be published.
+#[derive(Debug, Clone)]
+enum Invalid {
+    Json(Arc<str>),
+    Event(InvalidEvent),
 }
 
 impl Publication {
@@ -240,40 +243,39 @@ impl Publication {
             sender: None,
             origin: None,
             skip_origin: false,
+            invalid: None,
         }
     }
 
-    /// A publication of `value` encoded as a JSON text payload.
-    ///
-    /// # Errors
-    ///
-    /// [`HubError::Json`] if `value` can't be encoded.
-    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, HubError> {
-        Ok(Self::new(Payload::json(value)?))
-    }
-
-    /// Names the event (SSE `event:`; the `event` field of the WebSocket envelope). Default: none.
-    /// For a name written into the program, [`event_static`](Self::event_static) needs no
-    /// `Result`.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidEvent`] if the name is empty, too long or holds control characters.
-    pub fn event(mut self, name: &str) -> Result<Self, InvalidEvent> {
-        self.event = Some(EventName::new(name)?);
-        Ok(self)
-    }
-
-    /// Names the event with a name written into the program, with no `Result` to handle; see
-    /// [`EventName::from_static`]. Default: none.
-    ///
-    /// # Panics
-    ///
-    /// If `name` is not a valid event name: a mistake in the program, not in its input.
+    /// A publication of `value` encoded as a JSON text payload (what `Json(value)` converts
+    /// into). A value that can't be encoded (a map with non-string keys, a `Serialize` impl
+    /// that fails) makes the publish fail with [`HubError::Json`]; nothing is sent.
     #[must_use]
-    #[track_caller]
-    pub fn event_static(self, name: &'static str) -> Self {
-        self.event_name_checked(EventName::from_static(name))
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Self {
+        match Payload::json(value) {
+            Ok(payload) => Self::new(payload),
+            Err(e) => Self::invalid(Invalid::Json(e.to_string().into())),
+        }
+    }
+
+    fn invalid(invalid: Invalid) -> Self {
+        let mut p = Self::new(Payload::text(""));
+        p.invalid = Some(invalid);
+        p
+    }
+
+    /// Names the event (SSE `event:`; the `event` field of the WebSocket envelope). Default:
+    /// none. A name that is empty, longer than 64 bytes or holds control characters makes the
+    /// publish fail with [`HubError::InvalidEvent`]; nothing is sent.
+    #[must_use]
+    pub fn event(mut self, name: &str) -> Self {
+        match EventName::new(name) {
+            Ok(name) => self.event = Some(name),
+            Err(e) => {
+                self.invalid.get_or_insert(Invalid::Event(e));
+            }
+        }
+        self
     }
 
     /// Sets an already validated event name. Default: none.
@@ -334,6 +336,20 @@ impl Publication {
     #[must_use]
     pub fn skips_origin(&self) -> bool {
         self.skip_origin
+    }
+
+    /// The mistake made while building it, if any: what publishing it fails with.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Json`] for a value that didn't encode, [`HubError::InvalidEvent`] for a bad
+    /// event name.
+    pub fn check(&self) -> Result<(), HubError> {
+        match &self.invalid {
+            None => Ok(()),
+            Some(Invalid::Json(e)) => Err(HubError::Json(serde::ser::Error::custom(e))),
+            Some(Invalid::Event(e)) => Err(HubError::InvalidEvent(e.clone())),
+        }
     }
 }
 

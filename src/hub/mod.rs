@@ -16,6 +16,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use serde::Serialize;
 
+pub(crate) mod assigns;
 pub(crate) mod backend;
 pub(crate) mod config;
 #[cfg(feature = "conformance")]
@@ -33,6 +34,7 @@ pub(crate) mod subscription;
 #[cfg(all(test, salvo_realtime_shuttle))]
 mod interleavings;
 
+pub use assigns::Assigns;
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
 pub use inbound::MAX_JSON_DEPTH;
@@ -200,6 +202,8 @@ pub trait Hub: Send + Sync + 'static {
     /// Adds `topic` to a joined connection's subscription, delivering from `from` (the channel
     /// protocol's `subscribe`). `data` is what the client sent with the request, for an
     /// authorization rule to read. Deliveries of the topic arrive on the same subscription.
+    /// Resolves to the join reply, if the hub has one for the client (Channels' authorization
+    /// rules may return data: a game's board, a room's settings).
     /// The default: [`HubError::Unsupported`]. [`Rooms`] and
     /// [`Channels`](crate::channel::Channels) implement it.
     ///
@@ -214,7 +218,7 @@ pub trait Hub: Send + Sync + 'static {
         topic: &Topic,
         from: Position,
         data: Option<&serde_json::Value>,
-    ) -> impl Future<Output = Result<(), HubError>> + Send {
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, HubError>> + Send {
         let _ = (conn, topic, from, data);
         std::future::ready(Err(HubError::Unsupported("adding topics to a connection")))
     }
@@ -238,7 +242,8 @@ pub trait Hub: Send + Sync + 'static {
     }
 
     /// Publishes what a connection sent to one of its topics (the channel protocol's
-    /// `publish`) and resolves to the message's id. The default: [`HubError::Unsupported`].
+    /// `publish`) and resolves to what was done: the message's id, and what a handler answered
+    /// the sender ([`Published`]). The default: [`HubError::Unsupported`].
     ///
     /// # Errors
     ///
@@ -250,7 +255,7 @@ pub trait Hub: Send + Sync + 'static {
         conn: &Connection,
         topic: &Topic,
         publication: Publication,
-    ) -> impl Future<Output = Result<MessageId, HubError>> + Send {
+    ) -> impl Future<Output = Result<Published, HubError>> + Send {
         let _ = (conn, topic, publication);
         std::future::ready(Err(HubError::Unsupported("publishing to one topic")))
     }
@@ -365,6 +370,52 @@ pub enum Position {
     Invalid,
 }
 
+/// What a connection's publish did: the channel protocol's reply to a `publish` command
+/// carries it (`{"id":..,"reply":..}`, each field only when present).
+///
+/// ```
+/// use salvo_realtime::hub::Published;
+/// use salvo_realtime::MessageId;
+///
+/// let id: MessageId = "3f9a0c1de2b47781-7".parse()?;
+/// let published = Published::from(id);
+/// assert_eq!((published.id, published.reply), (Some(id), None));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Published {
+    /// The id of the message published to the topic the client named, if one was (a handler
+    /// may publish elsewhere, or nothing).
+    pub id: Option<MessageId>,
+    /// What a handler answered the sender alone, if anything.
+    pub reply: Option<serde_json::Value>,
+}
+
+impl Published {
+    /// Nothing published and no answer (a handler's `noreply`).
+    #[must_use]
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// Adds the answer for the sender.
+    #[must_use]
+    pub fn with_reply(mut self, reply: serde_json::Value) -> Self {
+        self.reply = Some(reply);
+        self
+    }
+}
+
+impl From<MessageId> for Published {
+    fn from(id: MessageId) -> Self {
+        Self {
+            id: Some(id),
+            reply: None,
+        }
+    }
+}
+
 /// A connection as a hub sees it: who it is and what it asks for.
 ///
 /// ```
@@ -383,6 +434,7 @@ pub struct Connection {
     identity: Option<Identity>,
     topics: Vec<(Topic, Position)>,
     remote_addr: Option<SocketAddr>,
+    assigns: Assigns,
 }
 
 impl Default for Connection {
@@ -406,6 +458,7 @@ impl Connection {
             identity: None,
             topics: Vec::new(),
             remote_addr: None,
+            assigns: Assigns::default(),
         }
     }
 
@@ -466,6 +519,12 @@ impl Connection {
     #[must_use]
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote_addr
+    }
+
+    /// The connection's own values, shared by every clone of it (see [`Assigns`]).
+    #[must_use]
+    pub fn assigns(&self) -> &Assigns {
+        &self.assigns
     }
 
     /// Who is charged for the topics this connection creates

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::backend::{Backend, Mirror};
 use super::backend::{open_stream, registry_for};
 use super::config::{HubConfig, InboundPolicy};
-use super::inbound::{check_inbound, check_payload, inbound_publication};
+use super::inbound::{check_inbound, check_publication, inbound_publication};
 use super::local::Local;
 use super::log::Limits;
 use super::subscription::Subscription;
@@ -140,7 +140,7 @@ impl<B: Backend> PubSub<B> {
         topic: &Topic,
         publication: Publication,
     ) -> Result<MessageId, HubError> {
-        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        check_publication(&publication, self.inner.config.max_payload)?;
         self.inner
             .backend
             .publish(&self.inner.mirror, topic, publication)

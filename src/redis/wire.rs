@@ -202,7 +202,6 @@ mod tests {
         let conn = ConnectionId::next();
         let p = Publication::new("héllo")
             .event("chat")
-            .expect("valid")
             .sender("alice")
             .origin(conn)
             .skip_origin(true);
@@ -250,9 +249,7 @@ mod tests {
     #[test]
     fn a_notice_has_no_id_and_decodes_apart_from_messages() {
         let topic = Topic::new("room").expect("valid");
-        let p = Publication::new("{}")
-            .event("presence.join")
-            .expect("valid");
+        let p = Publication::new("{}").event("presence.join");
         let body = encode_body(&topic, &p, 1, 7);
         let Some(Incoming::Notice(n)) = decode_incoming(&wire("~", &body), 2) else {
             panic!("a notice");

@@ -74,7 +74,7 @@
 //! {"type":"presence","topic":"lobby","members":[{"user":"alice","connections":2}],"more":false}
 //! {"type":"reset","topic":"lobby","requested":"..","epoch":"..","replay_after":"..","reason":"epoch_changed"}
 //! {"type":"lagged","topic":"lobby","missed":12}
-//! {"type":"error","error":"rate_limited","message":".."}
+//! {"type":"error","error":{"code":"rate_limited","message":".."}}
 //! ```
 //!
 //! Presence notices (`presence.join`, `presence.leave`) have no `id`: they are live-only and
@@ -82,9 +82,11 @@
 //! `"more":false` completes it. A binary payload travels as base64 with `"binary":true`. A
 //! reset's `requested` is `null` when the id sent couldn't be read (reason `invalid`).
 //!
-//! `error` frames tell the sender about a message of its own that was not delivered:
+//! `error` frames (`{"type":"error","error":{"code":..,"message":..}}`, the same `error`
+//! object as a channel-protocol reply's) tell the sender about a message of its own that was
+//! not delivered:
 //!
-//! | `error` | meaning |
+//! | `code` | meaning |
 //! |---|---|
 //! | `rate_limited` | over the inbound rate limit ([`RatePolicy::Reject`]); dropped |
 //! | `unavailable` | the hub's backend failed or timed out, or the hub is full: not delivered to the room that failed (a connection in several rooms gets it published room by room, so rooms before that one have it); safe to retry |
@@ -94,6 +96,7 @@
 //! | `not_subscribed` | the connection left a room while the message was on its way to it |
 //! | `invalid_data` | a [`Channels`](crate::channel::Channels) room's publish handler can't take the data (binary, or not the type it reads) |
 //! | `handler_failed`, `timeout` | a publish handler panicked, or took longer than its timeout |
+//! | `unknown_event` | the room has publish handlers for named events only ([`on_event`](crate::channel::Channels::on_event)), and a plain frame has no event name |
 //! | `invalid_topic`, `invalid_event`, `too_many_subscriptions`, `too_many_created`, `unsupported`, `internal` | another hub's `receive` refused with the [`HubError`](crate::error::HubError) of that [`code`](crate::error::HubError::code) |
 //! | any other code | a publish handler's own [`Refused`](crate::error::Refused) code (say `moderated`) |
 //!
@@ -130,16 +133,16 @@
 //!
 //! | client sends | fields | `data` of an `ok` reply |
 //! |---|---|---|
-//! | `{"type":"subscribe",..}` | `ref`, `topic`, `last`? (the topic's last id) or `recent`? (n, at most 1,000), `data`? (for the authorization rule) | `{"topic":..}`; the topic's deliveries follow on the socket: a `reset` first if `last` can't be honoured (reason `invalid` if it can't be read), what was missed, the presence snapshot |
+//! | `{"type":"subscribe",..}` | `ref`, `topic`, `last`? (the topic's last id) or `recent`? (n, at most 1,000), `data`? (for the authorization rule) | `{"topic":..}`, and `"reply":..` when the authorization rule returned a join reply; the topic's deliveries follow on the socket: a `reset` first if `last` can't be honoured (reason `invalid` if it can't be read), what was missed, the presence snapshot |
 //! | `{"type":"unsubscribe",..}` | `ref`, `topic` | `{"topic":..,"was_subscribed":bool}`; nothing more of the topic is delivered |
-//! | `{"type":"publish",..}` | `ref`, `topic` (one the socket is subscribed to), `data` (any JSON; a string is sent as text), `event`?, `echo`? (default `true`: the publisher gets its own message) | `{"id":..}`: the message's id |
+//! | `{"type":"publish",..}` | `ref`, `topic` (one the socket is subscribed to), `data` (any JSON; a string is sent as text), `event`?, `echo`? (default `true`: the publisher gets its own message) | `{"id":..}`: the message's id, when it was published to `topic`; `"reply":..` when a publish handler answered the sender; `{}` when the handler published nothing and answered nothing |
 //! | `{"type":"call",..}` | `ref`, `method`, `data`? | the method's result |
 //!
 //! | server sends | when |
 //! |---|---|
 //! | `{"type":"reply","ref":..,"status":"ok","data":..}` | a command succeeded |
 //! | `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}` | a command failed; nothing of it took effect |
-//! | `{"type":"error","error":..,"message":..}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`; `rate_limited` when the rate limit dropped it) |
+//! | `{"type":"error","error":{"code":..,"message":..}}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`; `rate_limited` when the rate limit dropped it) |
 //! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it |
 //!
 //! Error codes (a handler's own [`Refused`](crate::error::Refused) codes come on top):
@@ -157,6 +160,7 @@
 //! | `too_many_subscriptions` | past [`HubConfig::max_subscriptions`](crate::HubConfig::max_subscriptions) |
 //! | `too_many_created` | past [`HubConfig::max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) |
 //! | `unknown_method` | no handler for the `call`'s method |
+//! | `unknown_event` | the topic has publish handlers ([`on_event`](crate::channel::Channels::on_event)), none for the message's event name |
 //! | `handler_failed`, `timeout` | the handler panicked (while called, or in its future), or took longer than its timeout |
 //! | `too_large`, `json_too_deep` | the data is over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload)), or nested too deep; a frame over the endpoint's [`max_message_size`](WsEndpoint::max_message_size) closes 1009 instead |
 //! | `unavailable` | the backend failed or the hub is full: not done, safe to retry |
@@ -255,7 +259,7 @@ pub enum SlowConsumerPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RatePolicy {
-    /// Drop the message and send an `error` frame with `"error":"rate_limited"` (under
+    /// Drop the message and send an `error` frame with code `rate_limited` (under
     /// [`Framing::Raw`]: close 1008).
     #[default]
     Reject,

@@ -377,7 +377,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                     }
                     other => {
                         tracing::debug!(error = %other, "message refused by the hub");
-                        (other.to_string(), POLICY)
+                        (other.public_message(), POLICY)
                     }
                 };
                 self.tell(sub, None, e.code(), &message, raw_close)

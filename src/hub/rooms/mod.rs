@@ -17,11 +17,13 @@ use serde_json::json;
 use super::backend::{Backend, MembersPage, Mirror};
 use super::backend::{open_stream, registry_for};
 use super::config::{HubConfig, InboundPolicy};
-use super::inbound::{check_inbound, check_payload, inbound_publication};
+use super::inbound::{check_inbound, check_publication, inbound_publication};
 use super::local::Local;
 use super::log::{Limits, Membership};
 use super::subscription::{Control, Subscription};
-use super::{Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Publication};
+use super::{
+    Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Publication, Published,
+};
 use crate::error::{HubError, InvalidTopic};
 use crate::ids::{ConnectionId, MessageId, Topic};
 
@@ -282,7 +284,7 @@ impl<B: Backend> Rooms<B> {
         publication: impl Into<Publication>,
     ) -> Result<MessageId, HubError> {
         let publication = publication.into();
-        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        check_publication(&publication, self.inner.config.max_payload)?;
         let topic = direct_topic(user)?;
         self.inner
             .backend
@@ -306,7 +308,7 @@ impl<B: Backend> Rooms<B> {
         publication: impl Into<Publication>,
     ) -> Result<(), HubError> {
         let publication = publication.into();
-        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        check_publication(&publication, self.inner.config.max_payload)?;
         let control = {
             let conns = self.inner.conns.lock();
             let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
@@ -499,6 +501,17 @@ impl<B: Backend> Rooms<B> {
         room_topic(room).map_or_else(|_| Vec::new(), |t| self.inner.rooms.registry().history(&t))
     }
 
+    /// The largest payload the hub takes ([`HubConfig::max_payload`]).
+    pub(crate) fn max_payload(&self) -> usize {
+        self.inner.config.max_payload
+    }
+
+    /// What becomes of a plain frame a connection sends: the configured policy, by default
+    /// [`InboundPolicy::PublishExceptSender`] (a member isn't sent its own words back).
+    pub(crate) fn inbound_policy(&self) -> InboundPolicy {
+        (self.inner.config.inbound).unwrap_or(InboundPolicy::PublishExceptSender)
+    }
+
     /// Frees idle rooms and direct logs now instead of at the next periodic check.
     pub fn sweep(&self) {
         self.inner.rooms.registry().sweep();
@@ -510,7 +523,7 @@ impl<B: Backend> Rooms<B> {
         room: &Topic,
         publication: Publication,
     ) -> Result<MessageId, HubError> {
-        check_payload(publication.payload(), self.inner.config.max_payload)?;
+        check_publication(&publication, self.inner.config.max_payload)?;
         self.inner
             .backend
             .publish(&self.inner.rooms, room, publication)
@@ -601,7 +614,7 @@ impl<B: Backend> Hub for Rooms<B> {
 
     async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
         // The default a chat expects: a member isn't sent its own words back.
-        let policy = (self.inner.config.inbound).unwrap_or(InboundPolicy::PublishExceptSender);
+        let policy = self.inbound_policy();
         check_inbound(&message, self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         let rooms = self.rooms_of(conn.id());
@@ -625,8 +638,9 @@ impl<B: Backend> Hub for Rooms<B> {
         topic: &Topic,
         from: Position,
         _data: Option<&serde_json::Value>,
-    ) -> Result<(), HubError> {
-        self.join_room(conn.id(), topic.as_str(), from).await
+    ) -> Result<Option<serde_json::Value>, HubError> {
+        self.join_room(conn.id(), topic.as_str(), from).await?;
+        Ok(None)
     }
 
     async fn remove_topic(&self, conn: &Connection, topic: &Topic) -> Result<bool, HubError> {
@@ -638,7 +652,8 @@ impl<B: Backend> Hub for Rooms<B> {
         conn: &Connection,
         topic: &Topic,
         publication: Publication,
-    ) -> Result<MessageId, HubError> {
+    ) -> Result<Published, HubError> {
+        publication.check()?;
         check_inbound(publication.payload(), self.inner.config.max_payload)?;
         let member = self
             .inner
@@ -654,7 +669,9 @@ impl<B: Backend> Hub for Rooms<B> {
         if let Some(identity) = conn.identity() {
             publication = publication.sender(Arc::clone(identity.user_arc()));
         }
-        self.publish_room(topic, publication).await
+        self.publish_room(topic, publication)
+            .await
+            .map(Published::from)
     }
 }
 
