@@ -521,6 +521,32 @@ async fn the_per_ip_and_total_caps_answer_429_and_503() {
     server2.stop().await;
 }
 
+/// The per-user cap counts an identified user's connections whatever their address; other
+/// users and the freed slots are unaffected.
+#[tokio::test]
+async fn the_per_user_cap_answers_429_and_frees_on_close() {
+    let hub = hub(HubConfig::new());
+    let ep = endpoint(&hub).max_connections_per_user(2);
+    let server = serve(ep.clone()).await;
+    let a1 = connect(&server, "/ws/r?user=ann").await;
+    let a2 = connect(&server, "/ws/r?user=ann").await;
+    let req = server
+        .ws("/ws/r?user=ann")
+        .into_client_request()
+        .expect("request");
+    assert_eq!(refused(&server, req).await, 429);
+    let b = connect(&server, "/ws/r?user=ben").await;
+    drop(a1);
+    assert!(
+        eventually(|| ep.open_connections() == 2).await,
+        "ann's closed connection gives its slot back"
+    );
+    let a3 = connect(&server, "/ws/r?user=ann").await;
+    drop((a2, a3, b));
+    back_to_baseline(&hub, &ep).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn graceful_drain_closes_every_socket_with_1001() {
     let hub = hub(HubConfig::new());

@@ -79,10 +79,24 @@ macro_rules! common_builders {
         /// Most connections open at once from one client address (IPv6: one /64); past it,
         /// 429 with `Retry-After`. Behind a reverse proxy, set
         /// [`trusted_proxies`](Self::trusted_proxies) so that this counts clients, not the
-        /// proxy. Default: 64.
+        /// proxy. Default: 1,024: mobile carriers put thousands of subscribers behind one IPv4
+        /// address (carrier-grade NAT), so a tight cap locks out real users; this one still
+        /// keeps a single host to a tenth of the default [`max_connections`](Self::max_connections).
+        /// Identified users are capped one by one with
+        /// [`max_connections_per_user`](Self::max_connections_per_user).
         #[must_use]
         pub fn max_connections_per_ip(mut self, n: usize) -> Self {
             self.common.caps.set_max_per_ip(n);
+            self
+        }
+
+        /// Most connections open at once for one user (the identity `identify` establishes;
+        /// anonymous connections aren't counted here); past it, 429 with `Retry-After`.
+        /// Default: 100, far above the tabs and devices of one person, low enough that a token
+        /// holder can't take the endpoint's slots.
+        #[must_use]
+        pub fn max_connections_per_user(mut self, n: usize) -> Self {
+            self.common.caps.set_max_per_user(n);
             self
         }
 

@@ -1,4 +1,11 @@
-//! Caps on open connections, in total and per client address.
+//! Caps on open connections: in total, per client address and per identified user.
+//!
+//! # Invariants
+//!
+//! * A [`Slot`] holds one unit of each count it took (the total, its address's, its user's)
+//!   and gives every one back when it drops, on every path, a refused acquire included.
+//! * One lock (the tallies) guards both maps; it is never held across an `.await` (nothing
+//!   here is async) and no other lock is taken under it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,19 +30,46 @@ pub(crate) fn cap_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Caps on open connections, in total and per client address. The limits are settings (a
-/// clone has its own); the counts are shared by clones.
+/// Caps on open connections, in total, per client address and per user. The limits are
+/// settings (a clone has its own); the counts are shared by clones.
 #[derive(Clone)]
 pub(crate) struct Caps {
     max_total: usize,
     max_per_ip: usize,
+    max_per_user: usize,
     retry_after: Duration,
     counts: Arc<Counts>,
 }
 
 struct Counts {
     open: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    tallies: Mutex<Tallies>,
+}
+
+#[derive(Default)]
+struct Tallies {
+    per_ip: HashMap<IpAddr, usize>,
+    per_user: HashMap<Arc<str>, usize>,
+}
+
+/// Takes one unit of `key` in `map` if it holds fewer than `max` (and changes nothing if
+/// not).
+fn take<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, max: usize) -> bool {
+    if map.get(&key).copied().unwrap_or(0) >= max {
+        return false;
+    }
+    *map.entry(key).or_insert(0) += 1;
+    true
+}
+
+/// Gives one unit of `key` back to `map`, forgetting keys that reach zero.
+fn give<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = map.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// Which cap refused a connection.
@@ -43,19 +77,25 @@ struct Counts {
 pub(crate) enum CapExceeded {
     Total,
     PerIp,
+    PerUser,
 }
 
 impl Caps {
-    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize, max_per_user: usize) -> Self {
         Self {
             max_total,
             max_per_ip,
+            max_per_user,
             retry_after: Duration::from_secs(5),
             counts: Arc::new(Counts {
                 open: AtomicUsize::new(0),
-                per_ip: Mutex::new(HashMap::new()),
+                tallies: Mutex::new(Tallies::default()),
             }),
         }
+    }
+
+    pub(crate) fn set_max_per_user(&mut self, n: usize) {
+        self.max_per_user = n;
     }
 
     pub(crate) fn set_max_total(&mut self, n: usize) {
@@ -79,9 +119,13 @@ impl Caps {
         self.counts.open.load(Ordering::Relaxed)
     }
 
-    /// Takes a slot for a connection from `ip` (already grouped by [`cap_key`]), or says which
-    /// cap is full.
-    pub(crate) fn acquire(&self, ip: Option<IpAddr>) -> Result<Slot, CapExceeded> {
+    /// Takes a slot for a connection from `ip` (already grouped by [`cap_key`]) of `user`, or
+    /// says which cap is full.
+    pub(crate) fn acquire(
+        &self,
+        ip: Option<IpAddr>,
+        user: Option<&Arc<str>>,
+    ) -> Result<Slot, CapExceeded> {
         let counts = &self.counts;
         let max_total = self.max_total;
         if counts
@@ -93,24 +137,28 @@ impl Caps {
         {
             return Err(CapExceeded::Total);
         }
+        // From here on, a refusal drops `slot`, which gives back what it took.
         let mut slot = Slot {
             counts: Arc::clone(&self.counts),
             ip: None,
+            user: None,
         };
+        let mut tallies = counts.tallies.lock();
         if let Some(ip) = ip {
-            let mut map = counts.per_ip.lock();
-            let count = map.entry(ip).or_insert(0);
-            if *count >= self.max_per_ip {
-                if *count == 0 {
-                    map.remove(&ip);
-                }
-                drop(map);
-                return Err(CapExceeded::PerIp); // `slot` drops and gives the total back
+            if !take(&mut tallies.per_ip, ip, self.max_per_ip) {
+                drop(tallies);
+                return Err(CapExceeded::PerIp);
             }
-            *count += 1;
-            drop(map);
             slot.ip = Some(ip);
         }
+        if let Some(user) = user {
+            if !take(&mut tallies.per_user, Arc::clone(user), self.max_per_user) {
+                drop(tallies); // before `slot` drops and takes the lock to give its address back
+                return Err(CapExceeded::PerUser);
+            }
+            slot.user = Some(Arc::clone(user));
+        }
+        drop(tallies);
         Ok(slot)
     }
 }
@@ -121,6 +169,7 @@ impl fmt::Debug for Caps {
             .field("open", &self.open())
             .field("max_total", &self.max_total)
             .field("max_per_ip", &self.max_per_ip)
+            .field("max_per_user", &self.max_per_user)
             .finish()
     }
 }
@@ -129,17 +178,18 @@ impl fmt::Debug for Caps {
 pub(crate) struct Slot {
     counts: Arc<Counts>,
     ip: Option<IpAddr>,
+    user: Option<Arc<str>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
-            let mut map = self.counts.per_ip.lock();
-            if let Some(count) = map.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    map.remove(&ip);
-                }
+        if self.ip.is_some() || self.user.is_some() {
+            let mut tallies = self.counts.tallies.lock();
+            if let Some(ip) = &self.ip {
+                give(&mut tallies.per_ip, ip);
+            }
+            if let Some(user) = &self.user {
+                give(&mut tallies.per_user, user);
             }
         }
         self.counts.open.fetch_sub(1, Ordering::AcqRel);

@@ -124,7 +124,7 @@ impl Common {
             name: Arc::from("default"),
             topics: None,
             identify: None,
-            caps: Caps::new(10_000, 64),
+            caps: Caps::new(10_000, 1_024, 100),
             drain: Drain::new(),
             origins: OriginPolicy::default(),
             proxies: ProxyTrust::default(),
@@ -270,7 +270,11 @@ impl Common {
         for (topic, from) in positions(&topics, own_direct.as_ref(), base, &resume) {
             conn = conn.subscribe(topic, from);
         }
-        let slot = self.caps.acquire(ip.map(cap_key)).map_err(Refusal::Cap)?;
+        let user = conn.identity().map(|i| i.user_arc());
+        let slot = self
+            .caps
+            .acquire(ip.map(cap_key), user)
+            .map_err(Refusal::Cap)?;
         let drain = self.drain.register(conn.id()).ok_or(Refusal::Draining)?;
         Ok(Admitted {
             conn,

@@ -150,7 +150,7 @@ impl Refusal {
             Self::Rejected(r) => r.status(),
             Self::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Cap(CapExceeded::Total) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Cap(CapExceeded::PerIp) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Cap(CapExceeded::PerIp | CapExceeded::PerUser) => StatusCode::TOO_MANY_REQUESTS,
             Self::Hub(e) => match e {
                 HubError::InvalidTopic(_)
                 | HubError::InvalidEvent(_)
@@ -187,6 +187,7 @@ impl Refusal {
             Self::Panicked(_) => "internal error".into(),
             Self::Cap(CapExceeded::Total) => "too many connections".into(),
             Self::Cap(CapExceeded::PerIp) => "too many connections from this address".into(),
+            Self::Cap(CapExceeded::PerUser) => "too many connections for this user".into(),
             Self::Hub(HubError::Backend(_)) => "service unavailable, try again later".into(),
             Self::Hub(HubError::TooManyTopics { .. }) => "the server is full".into(),
             Self::Hub(HubError::InboundRejected) => "this hub refused the connection".into(),

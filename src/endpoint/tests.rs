@@ -182,24 +182,65 @@ fn the_readme_status_map_is_the_codes_own() {
     assert_eq!(listed.len(), count, "a name the README lists is no variant");
 }
 
-// The defaults the README states: 10,000 connections per endpoint (503), 64 per client
-// address (429), both answered with `Retry-After: 5`.
+// The defaults the README states: 10,000 connections per endpoint (503), 1,024 per client
+// address and 100 per identified user (429), all answered with `Retry-After: 5`.
 #[test]
-fn the_default_caps_are_10000_in_all_and_64_per_address() {
+fn the_default_caps_are_10000_in_all_1024_per_address_and_100_per_user() {
     let caps = super::Common::new().caps;
     let held: Vec<_> = (0..10_000)
-        .map(|_| caps.acquire(None).expect("within the cap"))
+        .map(|_| caps.acquire(None, None).expect("within the cap"))
         .collect();
-    assert_eq!(caps.acquire(None).err(), Some(CapExceeded::Total));
+    assert_eq!(caps.acquire(None, None).err(), Some(CapExceeded::Total));
     drop(held);
     let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-    let held: Vec<_> = (0..64)
-        .map(|_| caps.acquire(Some(ip)).expect("within the cap"))
+    // 200 well-behaved clients behind one carrier-grade NAT address all get in.
+    let held: Vec<_> = (0..1_024)
+        .map(|_| caps.acquire(Some(ip), None).expect("within the cap"))
         .collect();
-    assert_eq!(caps.acquire(Some(ip)).err(), Some(CapExceeded::PerIp));
-    assert!(caps.acquire(Some("192.0.2.2".parse().expect("ip"))).is_ok());
+    assert_eq!(caps.acquire(Some(ip), None).err(), Some(CapExceeded::PerIp));
+    assert!(
+        caps.acquire(Some("192.0.2.2".parse().expect("ip")), None)
+            .is_ok()
+    );
     drop(held);
-    for (which, status) in [(CapExceeded::Total, 503), (CapExceeded::PerIp, 429)] {
+    let alice: std::sync::Arc<str> = "alice".into();
+    let held: Vec<_> = (0..100)
+        .map(|i| {
+            let ip = IpAddr::from([198, 51, 100, u8::try_from(i % 250).expect("small")]);
+            caps.acquire(Some(ip), Some(&alice))
+                .expect("within the cap")
+        })
+        .collect();
+    let other_ip = Some("203.0.113.9".parse().expect("ip"));
+    assert_eq!(
+        caps.acquire(other_ip, Some(&alice)).err(),
+        Some(CapExceeded::PerUser),
+        "per user, whatever the address"
+    );
+    assert!(
+        caps.acquire(other_ip, Some(&"bob".into())).is_ok(),
+        "another user"
+    );
+    assert!(
+        caps.acquire(other_ip, None).is_ok(),
+        "anonymous isn't counted per user"
+    );
+    drop(held);
+    // Every refusal gave back what it took: the counts are whole again.
+    let again: Vec<_> = (0..100)
+        .map(|_| {
+            caps.acquire(other_ip, Some(&alice))
+                .expect("all given back")
+        })
+        .collect();
+    assert_eq!(caps.open(), 100);
+    drop(again);
+    assert_eq!(caps.open(), 0);
+    for (which, status) in [
+        (CapExceeded::Total, 503),
+        (CapExceeded::PerIp, 429),
+        (CapExceeded::PerUser, 429),
+    ] {
         let mut res = salvo::Response::new();
         Refusal::Cap(which).respond(&mut res, caps.retry_after());
         let retry = res
