@@ -68,6 +68,10 @@ pub enum HubError {
     /// An event name was refused.
     #[error("invalid event: {0}")]
     InvalidEvent(#[from] InvalidEvent),
+
+    /// A publication's tag is not valid (see [`Publication::tag`](crate::Publication::tag)).
+    #[error("invalid tag: {0}")]
+    InvalidTag(crate::hub::InvalidFilter),
     /// A payload is larger than the hub's configured limit.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -145,6 +149,7 @@ impl HubError {
         "unavailable",
         "invalid_topic",
         "invalid_event",
+        "invalid_tag",
         "too_large",
         "too_many_subscriptions",
         "too_many_created",
@@ -173,6 +178,7 @@ impl HubError {
             Self::Backend(_) | Self::TooManyTopics { .. } | Self::QueueFull { .. } => "unavailable",
             Self::InvalidTopic(_) => "invalid_topic",
             Self::InvalidEvent(_) => "invalid_event",
+            Self::InvalidTag(_) => "invalid_tag",
             Self::PayloadTooLarge { .. } => "too_large",
             Self::TooManySubscriptions { .. } => "too_many_subscriptions",
             Self::TooManyCreated { .. } => "too_many_created",
@@ -193,6 +199,7 @@ impl HubError {
         match self {
             Self::InvalidTopic(_) => "InvalidTopic",
             Self::InvalidEvent(_) => "InvalidEvent",
+            Self::InvalidTag(_) => "InvalidTag",
             Self::PayloadTooLarge { .. } => "PayloadTooLarge",
             Self::TooManyTopics { .. } => "TooManyTopics",
             Self::TooManyCreated { .. } => "TooManyCreated",
@@ -248,6 +255,11 @@ pub(crate) mod tests {
         let mut all = vec![
             HubError::InvalidTopic(InvalidTopic::Empty),
             HubError::InvalidEvent(InvalidEvent::Empty),
+            HubError::InvalidTag(
+                crate::hub::Filter::new()
+                    .tag("", [""])
+                    .expect_err("an empty key"),
+            ),
             HubError::PayloadTooLarge { size: 2, limit: 1 },
             HubError::TooManyTopics { limit: 1 },
             HubError::TooManyCreated { limit: 1 },
@@ -272,7 +284,7 @@ pub(crate) mod tests {
         let mut names: Vec<_> = all.iter().map(HubError::variant_name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 16, "one of each variant: {names:?}");
+        assert_eq!(names.len(), 17, "one of each variant: {names:?}");
         for e in &all {
             if !matches!(e, HubError::Refused(_)) {
                 assert!(HubError::CODES.contains(&e.code()), "{e:?}: {}", e.code());

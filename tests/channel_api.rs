@@ -456,3 +456,262 @@ async fn server_moves_are_seen_through_the_kit() {
     channels.broadcast("room", "late").await.expect("broadcast");
     c.assert_no_message().await;
 }
+
+/// A ticker: each tick tagged with its symbol; subscribers pass a filter of the symbols they
+/// watch, and change it by subscribing again.
+#[tokio::test(start_paused = true)]
+async fn subscribers_receive_only_what_their_filter_passes() {
+    let channels = Channels::new(Rooms::new()).allow("prices");
+    let mut watcher = TestClient::connect(&channels).await.expect("watcher");
+    let mut everything = TestClient::connect(&channels).await.expect("everything");
+    watcher
+        .command(json!({
+            "type": "subscribe",
+            "topic": "prices",
+            "filter": {"tags": {"ticker": ["AAPL", "MSFT"]}},
+        }))
+        .await
+        .expect("subscribe with a filter");
+    everything.subscribe("prices").await.expect("subscribe");
+    let tick = |symbol: &str, price: f64| {
+        Publication::json(&json!({"symbol": symbol, "price": price})).tag("ticker", symbol)
+    };
+    for (symbol, price) in [("AAPL", 1.0), ("GOOG", 2.0), ("MSFT", 3.0), ("TSLA", 4.0)] {
+        channels
+            .broadcast("prices", tick(symbol, price))
+            .await
+            .expect("tick");
+    }
+    channels
+        .broadcast("prices", "untagged")
+        .await
+        .expect("untagged");
+    let symbols = |ms: Vec<salvo_realtime::Message>| -> Vec<String> {
+        ms.iter()
+            .map(|m| m.tag("ticker").unwrap_or("-").to_owned())
+            .collect()
+    };
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(watcher.recv_message().await);
+    }
+    assert_eq!(symbols(got), ["AAPL", "MSFT"]);
+    watcher.assert_no_message().await;
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        all.push(everything.recv_message().await);
+    }
+    assert_eq!(symbols(all), ["AAPL", "GOOG", "MSFT", "TSLA", "-"]);
+
+    // Subscribing again with another filter changes what comes next.
+    watcher
+        .command(json!({
+            "type": "subscribe",
+            "topic": "prices",
+            "filter": {"tags": {"ticker": ["TSLA"]}},
+        }))
+        .await
+        .expect("change the filter");
+    for symbol in ["AAPL", "TSLA"] {
+        channels
+            .broadcast("prices", tick(symbol, 5.0))
+            .await
+            .expect("tick");
+    }
+    assert_eq!(watcher.recv_message().await.tag("ticker"), Some("TSLA"));
+    watcher.assert_no_message().await;
+}
+
+/// A resumed subscriber with a filter gets the missed messages its filter passes.
+#[tokio::test(start_paused = true)]
+async fn a_filter_applies_to_replayed_history_too() {
+    let rooms = Rooms::new();
+    let channels = Channels::new(rooms).allow("prices");
+    for symbol in ["AAPL", "GOOG", "MSFT"] {
+        channels
+            .broadcast("prices", Publication::new(symbol).tag("ticker", symbol))
+            .await
+            .expect("tick");
+    }
+    let mut late = TestClient::connect(&channels).await.expect("late");
+    late.command(json!({
+        "type": "subscribe",
+        "topic": "prices",
+        "recent": 10,
+        "filter": {"tags": {"ticker": ["GOOG"]}},
+    }))
+    .await
+    .expect("subscribe");
+    assert_eq!(late.recv_message().await.payload().as_text(), Some("GOOG"));
+    late.assert_no_message().await;
+}
+
+/// Filters asked for at connect time apply to every topic of the request, on `Rooms` and
+/// `PubSub` alike.
+#[tokio::test(start_paused = true)]
+async fn a_connect_time_filter_applies_to_the_requested_topics() {
+    let filter = salvo_realtime::hub::Filter::new()
+        .tag("kind", ["alert"])
+        .expect("valid");
+    let pubsub = salvo_realtime::PubSub::new();
+    let conn = Connection::new()
+        .subscribe(Topic::new("feed").expect("valid"), Position::Live)
+        .with_filter(filter.clone());
+    let mut c = TestClient::connect_with(&pubsub, conn)
+        .await
+        .expect("joins");
+    pubsub
+        .publish("feed", Publication::new("note").tag("kind", "note"))
+        .await
+        .expect("publish");
+    pubsub
+        .publish("feed", Publication::new("fire").tag("kind", "alert"))
+        .await
+        .expect("publish");
+    assert_eq!(c.recv_message().await.payload().as_text(), Some("fire"));
+    c.assert_no_message().await;
+
+    let rooms = Rooms::new();
+    let conn = Connection::new()
+        .subscribe(Topic::new("feed").expect("valid"), Position::Live)
+        .with_filter(filter);
+    let mut c = TestClient::connect_with(&rooms, conn).await.expect("joins");
+    rooms
+        .broadcast("feed", Publication::new("note").tag("kind", "note"))
+        .await
+        .expect("publish");
+    rooms
+        .broadcast("feed", Publication::new("fire").tag("kind", "alert"))
+        .await
+        .expect("publish");
+    assert_eq!(c.recv_message().await.payload().as_text(), Some("fire"));
+    c.assert_no_message().await;
+}
+
+/// A filter that can't be read or is too large is refused `invalid_filter`, and the topic
+/// isn't subscribed; a bad tag on a publication fails the publish.
+#[tokio::test(start_paused = true)]
+async fn bad_filters_and_tags_are_refused() {
+    let channels = Channels::new(Rooms::new()).allow("prices");
+    let mut c = TestClient::connect(&channels).await.expect("c");
+    let huge: Vec<String> = (0..300).map(|i| format!("S{i}")).collect();
+    for filter in [
+        json!("AAPL"),
+        json!({"tags": {"ticker": "AAPL"}}),
+        json!({"tags": {"bad key": ["x"]}}),
+        json!({"tags": {"ticker": huge}}),
+        json!({"nope": 1}),
+    ] {
+        let refused = c
+            .command(json!({"type": "subscribe", "topic": "prices", "filter": filter}))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), "invalid_filter", "{filter}");
+    }
+    assert!(channels.rooms().rooms_of(c.connection().id()).is_empty());
+    let e = channels
+        .broadcast("prices", Publication::new("x").tag("bad key", "v"))
+        .await
+        .expect_err("a bad tag");
+    assert_eq!(e.code(), "invalid_tag");
+}
+
+#[derive(Clone)]
+struct Muted(Vec<String>);
+
+/// Outgoing hooks: drop per subscriber (a mute list in assigns), rewrite per subscriber
+/// (redaction), a panicking hook drops only that delivery, and a message that passes is the
+/// same shared frame for every subscriber.
+#[tokio::test(start_paused = true)]
+async fn outgoing_hooks_pass_drop_or_rewrite_per_subscriber() {
+    use salvo_realtime::channel::Outgoing;
+    let channels = Channels::new(Rooms::new())
+        .allow("room")
+        .allow("secret")
+        .on_outgoing("room", |ctx, m| {
+            let muted = ctx.assigns().get::<Muted>();
+            match (muted, m.sender()) {
+                (Some(Muted(users)), Some(from)) if users.iter().any(|u| u == from) => {
+                    Outgoing::Drop
+                }
+                _ if m.payload().as_text() == Some("boom") => panic!("a hook bug"),
+                _ => Outgoing::Pass,
+            }
+        })
+        .on_outgoing("secret", |ctx, _m| {
+            if ctx.user_id() == Some("staff") {
+                Outgoing::Pass
+            } else {
+                Outgoing::Replace(Publication::new("[redacted]").event("redacted"))
+            }
+        });
+    let mut staff = TestClient::connect_as(&channels, Identity::new("staff"))
+        .await
+        .expect("staff");
+    let mut ann = TestClient::connect_as(&channels, Identity::new("ann"))
+        .await
+        .expect("ann");
+    let mut troll = TestClient::connect_as(&channels, Identity::new("troll"))
+        .await
+        .expect("troll");
+    for c in [&mut staff, &mut ann, &mut troll] {
+        c.subscribe("room").await.expect("room");
+        c.subscribe("secret").await.expect("secret");
+    }
+    ann.connection()
+        .assigns()
+        .insert(Muted(vec!["troll".into()]));
+
+    troll
+        .publish("room", json!("spam"))
+        .await
+        .expect("published");
+    staff
+        .publish("room", json!("hello"))
+        .await
+        .expect("published");
+    assert_eq!(
+        ann.recv_message().await.payload().as_text(),
+        Some("hello"),
+        "spam muted"
+    );
+    let from_staff = staff.recv_message().await; // its own echo of spam came first
+    assert_eq!(from_staff.payload().as_text(), Some("spam"));
+    let hello_staff = staff.recv_message().await;
+    let hello_troll = {
+        assert_eq!(troll.recv_message().await.payload().as_text(), Some("spam"));
+        troll.recv_message().await
+    };
+    assert_eq!(
+        hello_staff.envelope_json().as_ptr(),
+        hello_troll.envelope_json().as_ptr(),
+        "a passed message is the one shared frame"
+    );
+
+    staff
+        .publish("secret", json!("the code is 42"))
+        .await
+        .expect("published");
+    let seen = staff.recv_message().await;
+    assert_eq!(seen.payload().as_text(), Some("the code is 42"));
+    let redacted = ann.recv_message().await;
+    assert_eq!(
+        (
+            redacted.payload().as_text(),
+            redacted.event().map(|e| e.as_str())
+        ),
+        (Some("[redacted]"), Some("redacted"))
+    );
+    assert_eq!(redacted.id(), seen.id(), "same id: resume works the same");
+
+    // A hook that panics drops that delivery only; the connection goes on.
+    staff
+        .publish("room", json!("boom"))
+        .await
+        .expect("published");
+    staff
+        .publish("room", json!("after"))
+        .await
+        .expect("published");
+    assert_eq!(ann.recv_message().await.payload().as_text(), Some("after"));
+}

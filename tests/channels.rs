@@ -1083,7 +1083,7 @@ async fn a_handler_panicking_in_its_call_or_its_future_is_handler_failed() {
     let sub = hub.join(&conn).await.expect("joins");
     for name in ["sync:y", "async:y"] {
         let added = hub
-            .add_topic(&conn, &topic(name), Position::Live, None)
+            .add_topic(&conn, salvo_realtime::hub::TopicRequest::new(topic(name)))
             .await;
         assert_eq!(refused_code(added), "handler_failed", "{name}");
     }

@@ -633,7 +633,7 @@ async fn a_delegated_wrapper_passes_on_every_method_it_does_not_write() {
     let sub = hub.join(&conn).await.expect("join");
     let doubled = hub.call(&conn, "double", serde_json::json!(21)).await;
     assert_eq!(doubled.expect("call passed on"), serde_json::json!(42));
-    hub.add_topic(&conn, &news, Position::Live, None)
+    hub.add_topic(&conn, salvo_realtime::hub::TopicRequest::new(news.clone()))
         .await
         .expect("add_topic passed on");
     assert!(

@@ -871,3 +871,53 @@ async fn keep_alive_never_leaves_more_than_one_period_of_silence() {
         "silent since {last:?}: {chunks:?}"
     );
 }
+
+/// A ticker over SSE with a per-subscriber filter in the query: only the watched symbols
+/// arrive; a filter that can't be read is 400 and holds nothing.
+#[tokio::test]
+async fn a_filter_in_the_query_passes_only_the_watched_tags() {
+    let hub = counted();
+    let server = serve(endpoint(hub.clone())).await;
+    let filter = r#"{"tags":{"ticker":["AAPL","MSFT"]}}"#;
+    let url = format!(
+        "{}?filter={}",
+        server.http("/events/prices"),
+        url_encode(filter)
+    );
+    let mut client = Client::new(get(&url, &[]).await);
+    assert!(eventually(|| hub.snapshot().open == 1).await);
+    let inner = hub.inner();
+    let mut ids = Vec::new();
+    for symbol in ["AAPL", "GOOG", "MSFT", "TSLA"] {
+        let tick =
+            Publication::json(&serde_json::json!({ "symbol": symbol })).tag("ticker", symbol);
+        ids.push(publish(inner, "prices", tick).await);
+    }
+    assert_eq!(
+        client.take(2).await,
+        vec![
+            message("message", r#"{"symbol":"AAPL"}"#, ids[0]),
+            message("message", r#"{"symbol":"MSFT"}"#, ids[2]),
+        ]
+    );
+    drop(client);
+    settled(&hub).await;
+
+    let bad = format!(
+        "{}?filter={}",
+        server.http("/events/prices"),
+        url_encode("[1]")
+    );
+    assert_eq!(get(&bad, &[]).await.status(), 400);
+    settled(&hub).await;
+    server.stop().await;
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

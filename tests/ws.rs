@@ -1657,12 +1657,10 @@ salvo_realtime::hub::delegate_hub! {
         async fn add_topic(
             &self,
             conn: &salvo_realtime::Connection,
-            topic: &salvo_realtime::Topic,
-            from: salvo_realtime::Position,
-            data: Option<&Value>,
+            request: salvo_realtime::hub::TopicRequest,
         ) -> Result<Option<serde_json::Value>, salvo_realtime::error::HubError> {
             self.gate.notified().await;
-            self.inner.add_topic(conn, topic, from, data).await
+            self.inner.add_topic(conn, request).await
         }
     }
 }

@@ -9,7 +9,7 @@ use futures_util::stream::FuturesUnordered;
 use super::protocol::{self, Command};
 use crate::endpoint::Transport;
 use crate::error::HubError;
-use crate::hub::{Connection, Hub, Publication};
+use crate::hub::{Connection, Hub, Publication, TopicRequest};
 
 /// How many `call`s of one connection may run at once; past it, reading pauses.
 pub(crate) const MAX_CALLS: usize = 8;
@@ -28,8 +28,18 @@ pub(crate) fn handle<'a, H: Hub>(
     let reference = request.reference;
     Box::pin(async move {
         let result = match request.command {
-            Command::Subscribe { topic, from, data } => {
-                let subscribed = hub.add_topic(conn, &topic, from, data.as_ref()).await;
+            Command::Subscribe {
+                topic,
+                from,
+                data,
+                filter,
+            } => {
+                let mut request = TopicRequest::new(topic.clone()).starting(from);
+                request.data = data;
+                if let Some(filter) = filter {
+                    request = request.filter(filter);
+                }
+                let subscribed = hub.add_topic(conn, request).await;
                 if let Err(HubError::Refused(_)) = &subscribed {
                     crate::metrics::refused(Transport::Channels.label(), "subscribe");
                 }

@@ -102,6 +102,7 @@ mod ctx;
 mod data;
 pub(crate) mod dispatch;
 mod outcome;
+mod outgoing;
 pub(crate) mod protocol;
 
 use std::collections::HashMap;
@@ -120,16 +121,18 @@ use serde_json::Value;
 pub use self::ctx::Ctx;
 pub use self::data::{Inbound, SubscribeRequest};
 pub use self::outcome::{IntoOutcome, Outcome};
+pub use self::outgoing::{ChannelSubscription, Outgoing};
 pub use crate::hub::Assigns;
 
 use self::outcome::Plan;
+use self::outgoing::{HookList, OutgoingFn};
 use crate::Hub;
 use crate::backend::{Backend, Local};
 use crate::error::{HubError, Refused};
 use crate::hub::inbound::{check_inbound, check_payload};
 use crate::hub::{
     CONNECTION_TOPIC, Connection, DIRECT_PREFIX, InboundPolicy, Message, Payload, Position,
-    Publication, Published, Rooms, Subscription,
+    Publication, Published, Rooms, TopicRequest,
 };
 use crate::ids::{ConnectionId, EventName, MessageId, Topic};
 
@@ -200,6 +203,7 @@ struct Handlers<B: Backend, S> {
     methods: HashMap<String, Arc<CallFn<B, S>>>,
     on_connect: Option<Arc<ConnectFn<B, S>>>,
     on_disconnect: Option<Arc<DisconnectFn<B, S>>>,
+    outgoing: HookList<B, S>,
     timeout: Duration,
 }
 
@@ -211,6 +215,7 @@ impl<B: Backend, S> Clone for Handlers<B, S> {
             methods: self.methods.clone(),
             on_connect: self.on_connect.clone(),
             on_disconnect: self.on_disconnect.clone(),
+            outgoing: Arc::clone(&self.outgoing),
             timeout: self.timeout,
         }
     }
@@ -371,6 +376,7 @@ impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
                 methods: HashMap::new(),
                 on_connect: None,
                 on_disconnect: None,
+                outgoing: Arc::new([]),
                 timeout: Duration::from_secs(5),
             }),
             state: Arc::new(state),
@@ -529,6 +535,46 @@ impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
     {
         let handler: Arc<DisconnectFn<B, S>> = Arc::new(move |ctx| Box::pin(handler(ctx)));
         self.with(|h| h.on_disconnect = Some(handler))
+    }
+
+    /// Looks at each message of the topics `pattern` matches on its way to each subscriber
+    /// (Phoenix's `handle_out`): the hook passes it, drops it for that subscriber, or sends that
+    /// subscriber a rewritten copy ([`Outgoing`]). It runs on the subscriber's connection task,
+    /// once per message per subscriber, so keep it quick and synchronous; read the
+    /// subscriber's [`assigns`](Ctx::assigns) to decide. Messages that pass are not re-encoded;
+    /// a rewritten copy is, for its one subscriber. Presence notices and messages on
+    /// [`CONNECTION_TOPIC`] don't go through hooks. The first matching hook decides; one that
+    /// panics drops the message for that subscriber.
+    ///
+    /// ```
+    /// use salvo_realtime::channel::{Channels, Outgoing};
+    /// use salvo_realtime::Rooms;
+    ///
+    /// #[derive(Clone)]
+    /// struct Muted(Vec<String>);
+    ///
+    /// // A subscriber doesn't see what the users it muted say.
+    /// let channels = Channels::new(Rooms::new()).allow("room:*").on_outgoing("room:*", |ctx, m| {
+    ///     let muted = ctx.assigns().get::<Muted>();
+    ///     match (muted, m.sender()) {
+    ///         (Some(Muted(users)), Some(from)) if users.iter().any(|u| u == from) => Outgoing::Drop,
+    ///         _ => Outgoing::Pass,
+    ///     }
+    /// });
+    /// # drop(channels);
+    /// ```
+    #[must_use]
+    pub fn on_outgoing<F>(self, pattern: &str, hook: F) -> Self
+    where
+        F: Fn(&Ctx<B, S>, &Message) -> Outgoing + Send + Sync + 'static,
+    {
+        let hook: Arc<OutgoingFn<B, S>> = Arc::new(hook);
+        let pattern = Pattern::new(pattern);
+        self.with(|h| {
+            let mut all = h.outgoing.to_vec();
+            all.push((pattern, hook));
+            h.outgoing = all.into();
+        })
     }
 
     /// How long one handler may take before its command is answered `timeout`. Default: 5 s.
@@ -715,7 +761,13 @@ impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
         let notice = connection_notice("subscribed", serde_json::json!({ "topic": topic }))?;
         // The notice travels first on the room's own stream: nothing of the room overtakes it.
         self.rooms
-            .join_room_with(conn, topic, from, Some(crate::Delivery::Message(notice)))
+            .join_room_with(
+                conn,
+                topic,
+                from,
+                Some(crate::Delivery::Message(notice)),
+                None,
+            )
             .await
     }
 
@@ -760,9 +812,9 @@ fn connection_notice(event: &'static str, data: Value) -> Result<Message, HubErr
 
 crate::__delegate_hub! {
     impl[B: Backend, S: Send + Sync + 'static] Hub for Channels<B, S>, to rooms {
-        type Subscription = Subscription;
+        type Subscription = ChannelSubscription<B, S>;
 
-        async fn join(&self, conn: &Connection) -> Result<Subscription, HubError> {
+        async fn join(&self, conn: &Connection) -> Result<ChannelSubscription<B, S>, HubError> {
             let mut replies = Vec::new();
             for (topic, _) in conn.topics() {
                 if let Some(reply) = self.authorized(conn, topic, Value::Null).await? {
@@ -780,7 +832,7 @@ crate::__delegate_hub! {
             for (topic, reply) in replies {
                 self.tell(conn, "joined", &topic, &reply);
             }
-            Ok(sub)
+            Ok(ChannelSubscription::new(sub, || self.ctx(conn), &self.handlers.outgoing))
         }
 
         /// A frame of the plain envelope protocol: published to each of the connection's rooms
@@ -817,7 +869,7 @@ crate::__delegate_hub! {
             Ok(())
         }
 
-        async fn leave(&self, conn: &Connection, subscription: Subscription) {
+        async fn leave(&self, conn: &Connection, subscription: ChannelSubscription<B, S>) {
             if let Some(on_disconnect) = &self.handlers.on_disconnect {
                 let ctx = self.ctx(conn);
                 let call = move || -> BoxFuture<Result<(), Refused>> {
@@ -830,19 +882,17 @@ crate::__delegate_hub! {
                 // Whatever the hook does (panics, hangs), the connection leaves its rooms below.
                 let _ = guarded(self.handlers.timeout, call).await;
             }
-            self.rooms.leave(conn, subscription).await;
+            self.rooms.leave(conn, subscription.into_inner()).await;
         }
 
         async fn add_topic(
             &self,
             conn: &Connection,
-            topic: &Topic,
-            from: Position,
-            data: Option<&Value>,
+            mut request: TopicRequest,
         ) -> Result<Option<Value>, HubError> {
-            let data = data.cloned().unwrap_or(Value::Null);
-            let reply = self.authorized(conn, topic, data).await?;
-            self.rooms.add_topic(conn, topic, from, None).await?;
+            let data = request.data.take().unwrap_or(Value::Null);
+            let reply = self.authorized(conn, &request.topic, data).await?;
+            self.rooms.add_topic(conn, request).await?;
             Ok(reply)
         }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::error::HubError;
 use crate::hub::inbound::{MAX_JSON_DEPTH, json_depth};
-use crate::hub::{Payload, Position};
+use crate::hub::{Filter, Payload, Position};
 use crate::ids::{EventName, MessageId, Topic};
 
 /// The `Sec-WebSocket-Protocol` name of version 1.
@@ -32,6 +32,7 @@ pub(crate) const CODES: &[&str] = &[
     "invalid_topic",
     "invalid_event",
     "invalid_data",
+    "invalid_filter",
     "unknown_method",
     "duplicate_ref",
     "rate_limited",
@@ -57,6 +58,7 @@ pub(crate) enum Command {
         topic: Topic,
         from: Position,
         data: Option<Value>,
+        filter: Option<Filter>,
     },
     Unsubscribe {
         topic: Topic,
@@ -132,6 +134,13 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
             topic: topic()?,
             from: start(&frame, r)?,
             data: frame.get("data").cloned(),
+            filter: match frame.get("filter") {
+                None | Some(Value::Null) => None,
+                Some(f) => Some(
+                    Filter::from_json(f)
+                        .map_err(|e| invalid(r, "invalid_filter", e.to_string()))?,
+                ),
+            },
         },
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => Command::Publish {

@@ -242,6 +242,13 @@ impl Common {
             ),
             None => Position::Live,
         };
+        let filter = match req.query::<String>("filter") {
+            Some(text) => Some(
+                crate::hub::Filter::parse(&text)
+                    .map_err(|e| Rejection::bad_request(format!("`filter`: {e}")))?,
+            ),
+            None => None,
+        };
         // A panic in the closure or in its future is the app's bug: 500, not a reset.
         let identity = match &self.identify {
             Some(f) => {
@@ -261,6 +268,9 @@ impl Common {
             .and_then(|i| Topic::new(&format!("{DIRECT_PREFIX}{}", i.user_id())).ok());
         if let Some(identity) = identity {
             conn = conn.authenticated(identity);
+        }
+        if let Some(filter) = filter {
+            conn = conn.with_filter(filter);
         }
         let ip = client_ip(req, &self.proxies);
         if let Some(ip) = ip {

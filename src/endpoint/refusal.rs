@@ -154,6 +154,7 @@ impl Refusal {
             Self::Hub(e) => match e {
                 HubError::InvalidTopic(_)
                 | HubError::InvalidEvent(_)
+                | HubError::InvalidTag(_)
                 | HubError::PayloadTooLarge { .. }
                 | HubError::TooManySubscriptions { .. }
                 | HubError::JsonTooDeep { .. }

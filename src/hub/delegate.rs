@@ -15,7 +15,7 @@
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// use salvo_realtime::error::HubError;
-/// use salvo_realtime::hub::delegate_hub;
+/// use salvo_realtime::hub::{delegate_hub, TopicRequest};
 /// use salvo_realtime::{Connection, Hub, Identity, Payload, Position, Publication, Rooms, Topic};
 ///
 /// /// Counts the messages connections send; everything else goes to the hub inside.
@@ -56,7 +56,7 @@
 /// hub.receive(&conn, Payload::from("hi")).await?;
 /// hub.publish_from(&conn, &Topic::new("lobby")?, Publication::new("again")).await?;
 /// // Not written above, passed on all the same.
-/// hub.add_topic(&conn, &Topic::new("news")?, Position::Live, None).await?;
+/// hub.add_topic(&conn, TopicRequest::new(Topic::new("news")?)).await?;
 /// assert_eq!(hub.received.load(Ordering::Relaxed), 2);
 /// hub.leave(&conn, subscription).await;
 /// # Ok(())
@@ -181,16 +181,14 @@ macro_rules! __delegate_hub {
         fn add_topic(
             &self,
             conn: &$crate::Connection,
-            topic: &$crate::Topic,
-            from: $crate::Position,
-            data: ::core::option::Option<&$crate::hub::__serde_json::Value>,
+            request: $crate::hub::TopicRequest,
         ) -> impl ::core::future::Future<
             Output = ::core::result::Result<
                 ::core::option::Option<$crate::hub::__serde_json::Value>,
                 $crate::error::HubError,
             >,
         > + Send {
-            $crate::__delegate_hub!(@inner self $to).add_topic(conn, topic, from, data)
+            $crate::__delegate_hub!(@inner self $to).add_topic(conn, request)
         }
     };
     (@remove_topic $to:tt [remove_topic $($rest:ident)*]) => {};

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::filter::{InvalidFilter, Tags};
 use crate::error::{HubError, InvalidEvent};
 use crate::ids::{ConnectionId, EventName, MessageId, Topic};
 
@@ -221,6 +222,7 @@ pub struct Publication {
     pub(crate) sender: Option<Arc<str>>,
     pub(crate) origin: Option<ConnectionId>,
     pub(crate) skip_origin: bool,
+    pub(crate) tags: Tags,
     /// A mistake made while building it (a value that wouldn't encode, a bad event name),
     /// reported when it is published: builders stay chainable, and nothing invalid is sent.
     invalid: Option<Invalid>,
@@ -231,6 +233,7 @@ pub struct Publication {
 enum Invalid {
     Json(Arc<str>),
     Event(InvalidEvent),
+    Tag(InvalidFilter),
 }
 
 impl Publication {
@@ -243,6 +246,7 @@ impl Publication {
             sender: None,
             origin: None,
             skip_origin: false,
+            tags: Tags::default(),
             invalid: None,
         }
     }
@@ -282,6 +286,26 @@ impl Publication {
     #[must_use]
     pub fn event_name_checked(mut self, name: EventName) -> Self {
         self.event = Some(name);
+        self
+    }
+
+    /// Tags the message: `key` (1 to 32 of `a-z A-Z 0-9 _ - .`) set to `value` (at most 128
+    /// bytes), at most 8 tags. Subscribers may pass a [`Filter`](super::Filter) to receive
+    /// only the messages whose tags it lists (a ticker's symbols); the WebSocket envelope
+    /// carries them as `"tags":{..}`. Default: none. A bad tag makes the publish fail with
+    /// [`HubError::InvalidTag`]; nothing is sent.
+    ///
+    /// ```
+    /// use salvo_realtime::Publication;
+    ///
+    /// let p = Publication::json(&serde_json::json!({"price": 189.5})).tag("ticker", "AAPL");
+    /// assert!(p.check().is_ok());
+    /// ```
+    #[must_use]
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        if let Err(e) = self.tags.set(key, value) {
+            self.invalid.get_or_insert(Invalid::Tag(e));
+        }
         self
     }
 
@@ -349,6 +373,7 @@ impl Publication {
             None => Ok(()),
             Some(Invalid::Json(e)) => Err(HubError::Json(serde::ser::Error::custom(e))),
             Some(Invalid::Event(e)) => Err(HubError::InvalidEvent(e.clone())),
+            Some(Invalid::Tag(e)) => Err(HubError::InvalidTag(e.clone())),
         }
     }
 }
@@ -373,6 +398,7 @@ struct MessageInner {
     sender: Option<Arc<str>>,
     origin: Option<ConnectionId>,
     skip_origin: bool,
+    tags: Tags,
     timestamp_ms: u64,
     logged_at: Instant,
     /// A live-only notice (presence change): not in history, no offset of its own.
@@ -408,6 +434,7 @@ impl Message {
             sender: p.sender,
             origin: p.origin,
             skip_origin: p.skip_origin,
+            tags: p.tags,
             timestamp_ms,
             logged_at: Instant::now(),
             ephemeral,
@@ -436,6 +463,26 @@ impl Message {
         Self::build(topic, id, publication, timestamp_ms, false)
     }
 
+    /// This message with `p`'s payload, event name and tags (and sender, if `p` names one):
+    /// the same topic, id and time, encoded anew. For one subscriber's copy (an outgoing hook).
+    pub(crate) fn rewritten(&self, p: Publication) -> Self {
+        let inner = &self.0;
+        Self(Arc::new(MessageInner {
+            topic: inner.topic.clone(),
+            id: inner.id,
+            event: p.event,
+            payload: p.payload,
+            sender: p.sender.or_else(|| inner.sender.clone()),
+            origin: inner.origin,
+            skip_origin: inner.skip_origin,
+            tags: p.tags,
+            timestamp_ms: inner.timestamp_ms,
+            logged_at: inner.logged_at,
+            ephemeral: inner.ephemeral,
+            encodings: std::array::from_fn(|_| OnceLock::new()),
+        }))
+    }
+
     /// The topic or room it was published to.
     #[must_use]
     pub fn topic(&self) -> &Topic {
@@ -462,6 +509,21 @@ impl Message {
     #[must_use]
     pub fn event(&self) -> Option<&EventName> {
         self.0.event.as_ref()
+    }
+
+    /// The value of its tag `key`, if it has one (see [`Publication::tag`]).
+    #[must_use]
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.0.tags.get(key)
+    }
+
+    /// Its tags, as `(key, value)` pairs in the order they were set.
+    pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.tags.iter()
+    }
+
+    pub(crate) fn tag_set(&self) -> &Tags {
+        &self.0.tags
     }
 
     /// Its payload.

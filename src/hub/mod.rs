@@ -23,6 +23,7 @@ pub(crate) mod config;
 pub mod conformance;
 pub(crate) mod counter;
 mod delegate;
+pub(crate) mod filter;
 pub(crate) mod inbound;
 pub(crate) mod local;
 pub(crate) mod log;
@@ -37,6 +38,7 @@ mod interleavings;
 pub use assigns::Assigns;
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
+pub use filter::{Filter, InvalidFilter};
 pub use inbound::MAX_JSON_DEPTH;
 pub(crate) use message::ENCODINGS;
 pub use message::{Message, Payload, Publication};
@@ -199,9 +201,11 @@ pub trait Hub: Send + Sync + 'static {
         let _ = (conn, count);
     }
 
-    /// Adds `topic` to a joined connection's subscription, delivering from `from` (the channel
-    /// protocol's `subscribe`). `data` is what the client sent with the request, for an
-    /// authorization rule to read. Deliveries of the topic arrive on the same subscription.
+    /// Adds a topic to a joined connection's subscription (the channel protocol's
+    /// `subscribe`), as [`TopicRequest`] says: where delivery starts, what the client sent for
+    /// an authorization rule to read, which messages it wants. Deliveries of the topic arrive
+    /// on the same subscription. Asking again for a topic it already follows changes nothing,
+    /// unless the request names a start (delivery restarts there) or another filter.
     /// Resolves to the join reply, if the hub has one for the client (Channels' authorization
     /// rules may return data: a game's board, a room's settings).
     /// The default: [`HubError::Unsupported`]. [`Rooms`] and
@@ -215,11 +219,9 @@ pub trait Hub: Send + Sync + 'static {
     fn add_topic(
         &self,
         conn: &Connection,
-        topic: &Topic,
-        from: Position,
-        data: Option<&serde_json::Value>,
+        request: TopicRequest,
     ) -> impl Future<Output = Result<Option<serde_json::Value>, HubError>> + Send {
-        let _ = (conn, topic, from, data);
+        let _ = (conn, request);
         std::future::ready(Err(HubError::Unsupported("adding topics to a connection")))
     }
 
@@ -370,6 +372,65 @@ pub enum Position {
     Invalid,
 }
 
+/// A connection's request for one more topic ([`Hub::add_topic`]).
+///
+/// ```
+/// use salvo_realtime::hub::{Filter, TopicRequest};
+/// use salvo_realtime::{Position, Topic};
+///
+/// let request = TopicRequest::new(Topic::new("prices")?)
+///     .starting(Position::Recent(1))
+///     .filter(Filter::new().tag("ticker", ["AAPL"])?);
+/// assert_eq!(request.from, Position::Recent(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TopicRequest {
+    /// The topic asked for.
+    pub topic: Topic,
+    /// Where its delivery starts. Default: [`Position::Live`].
+    pub from: Position,
+    /// What the client sent with the request, for an authorization rule. Default: none.
+    pub data: Option<serde_json::Value>,
+    /// Which of the topic's messages the client wants. Default: all.
+    pub filter: Option<Filter>,
+}
+
+impl TopicRequest {
+    /// A request for `topic`, live, with no data and no filter.
+    #[must_use]
+    pub fn new(topic: Topic) -> Self {
+        Self {
+            topic,
+            from: Position::Live,
+            data: None,
+            filter: None,
+        }
+    }
+
+    /// Starts delivery at `from`. Default: live.
+    #[must_use]
+    pub fn starting(mut self, from: Position) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// Attaches the client's data for an authorization rule. Default: none.
+    #[must_use]
+    pub fn data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// Delivers only the messages `filter` passes (an empty filter passes all). Default: all.
+    #[must_use]
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = (!filter.is_empty()).then_some(filter);
+        self
+    }
+}
+
 /// What a connection's publish did: the channel protocol's reply to a `publish` command
 /// carries it (`{"id":..,"reply":..}`, each field only when present).
 ///
@@ -435,6 +496,7 @@ pub struct Connection {
     topics: Vec<(Topic, Position)>,
     remote_addr: Option<SocketAddr>,
     assigns: Assigns,
+    filter: filter::SharedFilter,
 }
 
 impl Default for Connection {
@@ -459,6 +521,7 @@ impl Connection {
             topics: Vec::new(),
             remote_addr: None,
             assigns: Assigns::default(),
+            filter: None,
         }
     }
 
@@ -519,6 +582,25 @@ impl Connection {
     #[must_use]
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote_addr
+    }
+
+    /// Delivers, of the topics asked for with [`subscribe`](Self::subscribe), only the
+    /// messages `filter` passes (the endpoints' `filter=` query parameter). Default: all. An
+    /// empty filter is none.
+    #[must_use]
+    pub fn with_filter(mut self, filter: Filter) -> Self {
+        self.filter = (!filter.is_empty()).then(|| Arc::new(filter));
+        self
+    }
+
+    /// The filter of the topics asked for at connect time, if any.
+    #[must_use]
+    pub fn filter(&self) -> Option<&Filter> {
+        self.filter.as_deref()
+    }
+
+    pub(crate) fn shared_filter(&self) -> filter::SharedFilter {
+        self.filter.clone()
     }
 
     /// The connection's own values, shared by every clone of it (see [`Assigns`]).

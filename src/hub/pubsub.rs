@@ -218,6 +218,8 @@ impl<B: Backend> Hub for PubSub<B> {
                 false,
             )
             .await?;
+            let mut stream = stream;
+            stream.set_filter(conn.shared_filter());
             streams.push(stream);
         }
         Ok(Subscription::new(streams, None, None))

@@ -9,7 +9,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 1 | version (2) |
-//! | 1 | flags: 1 text, 2 skip origin, 4 origin, 8 sender, 16 event |
+//! | 1 | flags: 1 text, 2 skip origin, 4 origin, 8 sender, 16 event, 32 tags |
 //! | 8 | stamp: random, tells two messages that got the same id apart (a rewound Redis) |
 //! | 8 | publishing node (big-endian) |
 //! | 8 | origin connection on that node (0 if none) |
@@ -17,6 +17,7 @@
 //! | 2 + n | topic |
 //! | 2 + n | sender, if flagged (cut to 65,535 bytes, at a character boundary) |
 //! | 1 + n | event, if flagged |
+//! | 1 + tags | tags, if flagged: their count, then each as 1 + n key and 1 + n value |
 //! | rest | payload |
 //!
 //! The stamp sits at a fixed place (bytes 3 to 10 of the body) so that the `STATE` script can
@@ -33,6 +34,7 @@ const SKIP_ORIGIN: u8 = 2;
 const ORIGIN: u8 = 4;
 const SENDER: u8 = 8;
 const EVENT: u8 = 16;
+const TAGS: u8 = 32;
 
 /// A message's stamp: random per publish, so that a message that got an id already used (Redis
 /// rewound to an older snapshot) is told apart from the one the nodes hold.
@@ -51,6 +53,7 @@ pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64, ts: u64) ->
         (p.origin_id().is_some(), ORIGIN),
         (sender.is_some(), SENDER),
         (event.is_some(), EVENT),
+        (!p.tags.is_empty(), TAGS),
     ] {
         if set {
             flags |= flag;
@@ -74,6 +77,18 @@ pub(crate) fn encode_body(topic: &Topic, p: &Publication, node: u64, ts: u64) ->
         let event = cut(event, usize::from(u8::MAX));
         out.push(u8::try_from(event.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(event.as_bytes());
+    }
+    if !p.tags.is_empty() {
+        // At most 8 tags, keys of at most 32 bytes and values of at most 128: one byte each.
+        let tags: Vec<_> = p.tags.iter().collect();
+        out.push(u8::try_from(tags.len()).unwrap_or(u8::MAX));
+        for (key, value) in tags {
+            for text in [key, value] {
+                let text = cut(text, usize::from(u8::MAX));
+                out.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
     }
     out.extend_from_slice(payload.as_bytes());
     out
@@ -140,6 +155,14 @@ fn decode_body(body: &[u8], this_node: u64) -> Option<(Topic, Publication, u64, 
     } else {
         None
     };
+    let mut tags = Vec::new();
+    if flags & TAGS != 0 {
+        for _ in 0..r.take(1)?[0] {
+            let key = std::str::from_utf8(r.sized(1)?).ok()?;
+            let value = std::str::from_utf8(r.sized(1)?).ok()?;
+            tags.push((key, value));
+        }
+    }
     let bytes = Bytes::copy_from_slice(r.0);
     let payload = if flags & TEXT != 0 {
         Payload::text_from_bytes(bytes).ok()?
@@ -153,6 +176,11 @@ fn decode_body(body: &[u8], this_node: u64) -> Option<(Topic, Publication, u64, 
     if let Some(sender) = sender {
         p = p.sender(sender);
     }
+    for (key, value) in tags {
+        p = p.tag(key, value);
+    }
+    // A tag another node wrote that this one can't take: the message doesn't decode.
+    p.check().ok()?;
     if node == this_node && flags & ORIGIN != 0 {
         p = p
             .origin(ConnectionId::from_u64(origin))
@@ -202,6 +230,8 @@ mod tests {
         let conn = ConnectionId::next();
         let p = Publication::new("héllo")
             .event("chat")
+            .tag("ticker", "AAPL")
+            .tag("venue", "X")
             .sender("alice")
             .origin(conn)
             .skip_origin(true);
@@ -213,6 +243,8 @@ mod tests {
         assert_eq!(m.topic(), &topic);
         assert_eq!(m.payload().as_text(), Some("héllo"));
         assert_eq!(m.event().map(EventName::as_str), Some("chat"));
+        let tags: Vec<_> = m.tags().collect();
+        assert_eq!(tags, [("ticker", "AAPL"), ("venue", "X")]);
         assert_eq!(m.sender(), Some("alice"));
         assert_eq!(m.origin(), Some(conn));
         assert!(!m.is_for(conn));

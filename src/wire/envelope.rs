@@ -129,9 +129,23 @@ fn encode_envelope(m: &Message) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         from: Option<&'a str>,
         ts: u64,
+        #[serde(skip_serializing_if = "Tagged::is_empty")]
+        tags: Tagged<'a>,
         data: Data<'a>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         binary: bool,
+    }
+    /// The tags as a JSON object, in the order they were set.
+    struct Tagged<'a>(&'a crate::hub::filter::Tags);
+    impl Tagged<'_> {
+        fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+    impl Serialize for Tagged<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter())
+        }
     }
     enum Data<'a> {
         Raw(&'a serde_json::value::RawValue),
@@ -162,6 +176,7 @@ fn encode_envelope(m: &Message) -> Vec<u8> {
         event: m.event().map(EventName::as_str),
         from: m.sender(),
         ts: m.timestamp_ms(),
+        tags: Tagged(m.tag_set()),
         binary: matches!(data, Data::Binary(_)),
         data,
     };
@@ -207,5 +222,21 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&m.envelope_json()).expect("json");
         assert_eq!(v["data"], "a \"quote\"");
+        assert!(v.get("tags").is_none(), "no tags, no field");
+    }
+
+    #[test]
+    fn tags_travel_in_the_envelope() {
+        let topic = Topic::new("prices").expect("valid");
+        let epoch = Epoch::from_u64(0xab).expect("nonzero");
+        let p = Publication::new("1")
+            .tag("ticker", "AAPL")
+            .tag("venue", "X");
+        let m = Message::new(topic, MessageId::new(epoch, 1), p);
+        let v: serde_json::Value = serde_json::from_slice(&m.envelope_json()).expect("json");
+        assert_eq!(
+            v["tags"],
+            serde_json::json!({"ticker": "AAPL", "venue": "X"})
+        );
     }
 }

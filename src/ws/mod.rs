@@ -97,7 +97,7 @@
 //! | `invalid_data` | a [`Channels`](crate::channel::Channels) room's publish handler can't take the data (binary, or not the type it reads) |
 //! | `handler_failed`, `timeout` | a publish handler panicked, or took longer than its timeout |
 //! | `unknown_event` | the room has publish handlers for named events only ([`on_event`](crate::channel::Channels::on_event)), and a plain frame has no event name |
-//! | `invalid_topic`, `invalid_event`, `too_many_subscriptions`, `too_many_created`, `unsupported`, `internal` | another hub's `receive` refused with the [`HubError`](crate::error::HubError) of that [`code`](crate::error::HubError::code) |
+//! | `invalid_topic`, `invalid_event`, `invalid_tag`, `too_many_subscriptions`, `too_many_created`, `unsupported`, `internal` | another hub's `receive` refused with the [`HubError`](crate::error::HubError) of that [`code`](crate::error::HubError::code) |
 //! | any other code | a publish handler's own [`Refused`](crate::error::Refused) code (say `moderated`) |
 //!
 //! A message over the size limit is no `error` frame: it closes the connection 1009.
@@ -133,7 +133,7 @@
 //!
 //! | client sends | fields | `data` of an `ok` reply |
 //! |---|---|---|
-//! | `{"type":"subscribe",..}` | `ref`, `topic`, `last`? (the topic's last id) or `recent`? (n, at most 1,000), `data`? (for the authorization rule) | `{"topic":..}`, and `"reply":..` when the authorization rule returned a join reply; the topic's deliveries follow on the socket: a `reset` first if `last` can't be honoured (reason `invalid` if it can't be read), what was missed, the presence snapshot |
+//! | `{"type":"subscribe",..}` | `ref`, `topic`, `last`? (the topic's last id) or `recent`? (n, at most 1,000), `data`? (for the authorization rule), `filter`? (`{"tags":{"<key>":["<value>",..]}}`: only the messages whose tags match, see [`Filter`](crate::hub::Filter); subscribing again with another filter changes it) | `{"topic":..}`, and `"reply":..` when the authorization rule returned a join reply; the topic's deliveries follow on the socket: a `reset` first if `last` can't be honoured (reason `invalid` if it can't be read), what was missed, the presence snapshot |
 //! | `{"type":"unsubscribe",..}` | `ref`, `topic` | `{"topic":..,"was_subscribed":bool}`; nothing more of the topic is delivered |
 //! | `{"type":"publish",..}` | `ref`, `topic` (one the socket is subscribed to), `data` (any JSON; a string is sent as text), `event`?, `echo`? (default `true`: the publisher gets its own message) | `{"id":..}`: the message's id, when it was published to `topic`; `"reply":..` when a publish handler answered the sender; `{}` when the handler published nothing and answered nothing |
 //! | `{"type":"call",..}` | `ref`, `method`, `data`? | the method's result |
@@ -154,6 +154,8 @@
 //! | `duplicate_ref` | a command with the same `ref` is still in flight |
 //! | `unknown_command` | `type` is none of the four |
 //! | `invalid_topic`, `invalid_event`, `invalid_data` | a bad name, or `data` missing or not what the handler takes |
+//! | `invalid_filter` | a `subscribe`'s `filter` can't be read, or is over its limits (4 KiB of JSON, 8 tags, 256 values) |
+//! | `invalid_tag` | a tag the server set on a publication isn't valid (a mistake of the server's) |
 //! | `forbidden` | no authorization rule allows the topic (or the rule's own code) |
 //! | `not_subscribed` | publish or unsubscribe on a topic the socket isn't subscribed to |
 //! | `not_joined` | the connection is no longer joined (the server ended it while the command ran) |

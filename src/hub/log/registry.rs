@@ -419,6 +419,7 @@ impl Registry {
                 held: None,
                 after_replay: None,
                 left,
+                filter: None,
             }
         }
     }

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::ReusableBoxFuture;
 
+use crate::hub::filter::SharedFilter;
 use crate::hub::{Delivery, Message, Reset, ResetReason};
 use crate::ids::{ConnectionId, MessageId, Offset, Topic};
 use crate::sync::{AtomicBool, Mutex};
@@ -47,6 +48,8 @@ pub(crate) struct TopicStream {
     /// The room membership this stream delivers for: once it ends, the stream delivers its
     /// farewell (if any) and ends, whatever else it holds.
     pub(super) left: Option<Arc<Membership>>,
+    /// Which of the topic's messages this subscriber wants (see [`Filter`]); `None`: all.
+    pub(super) filter: SharedFilter,
 }
 
 /// One room membership's end, shared by the hub, which ends it, and the member's stream of the
@@ -58,9 +61,28 @@ pub(crate) struct Membership {
     ended: AtomicBool,
     /// Delivered once by the stream after the end.
     farewell: Mutex<Option<Delivery>>,
+    /// The filter the member's stream applies, set when the membership starts.
+    filter: SharedFilter,
 }
 
 impl Membership {
+    /// A membership whose stream delivers what `filter` passes.
+    pub(crate) fn filtered(filter: SharedFilter) -> Self {
+        Self {
+            filter,
+            ..Self::default()
+        }
+    }
+
+    /// Whether its stream applies `filter` (compared by value).
+    pub(crate) fn filters_as(&self, filter: &SharedFilter) -> bool {
+        self.filter.as_deref() == filter.as_deref()
+    }
+
+    pub(crate) fn filter(&self) -> &SharedFilter {
+        &self.filter
+    }
+
     /// Ends the membership; the stream delivers `farewell` (if any) and ends.
     pub(crate) fn end(&self, farewell: Option<Delivery>) {
         if farewell.is_some() {
@@ -79,6 +101,17 @@ impl Membership {
 }
 
 impl TopicStream {
+    /// Whether this subscriber gets logged message `m`: not its own message when it asked to
+    /// be skipped, and one its filter passes. (Live-only notices aren't filtered.)
+    fn wants(&self, m: &Message) -> bool {
+        m.is_for(self.conn) && self.filter.as_ref().is_none_or(|f| f.passes(m.tag_set()))
+    }
+
+    /// Delivers only the messages `filter` passes.
+    pub(crate) fn set_filter(&mut self, filter: SharedFilter) {
+        self.filter = filter;
+    }
+
     pub(crate) fn topic(&self) -> &Topic {
         &self.log.topic
     }
@@ -207,7 +240,7 @@ impl Stream for TopicStream {
             }
             if let Some(m) = this.buf.as_mut().and_then(|b| b.pop_front()) {
                 this.last = m.id().offset();
-                if m.is_for(this.conn) {
+                if this.wants(&m) {
                     return Poll::Ready(Some(Delivery::Message(m)));
                 }
                 continue;
@@ -221,7 +254,7 @@ impl Stream for TopicStream {
             }
             if let Some(m) = this.held.take() {
                 this.last = m.id().offset();
-                if m.is_for(this.conn) {
+                if this.wants(&m) {
                     return Poll::Ready(Some(Delivery::Message(m)));
                 }
                 continue;
@@ -246,7 +279,7 @@ impl Stream for TopicStream {
                         continue;
                     }
                     this.last = offset;
-                    if m.is_for(this.conn) && !this.has_left() {
+                    if this.wants(&m) && !this.has_left() {
                         return Poll::Ready(Some(Delivery::Message(m)));
                     }
                 }

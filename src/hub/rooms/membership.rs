@@ -13,6 +13,7 @@ use super::{
 use crate::error::HubError;
 use crate::hub::backend::{Backend, open_stream};
 use crate::hub::config::PresenceMode;
+use crate::hub::filter::SharedFilter;
 use crate::hub::log::{Membership, TopicStream};
 use crate::hub::subscription::Control;
 use crate::hub::{Delivery, Identity, Member, Position, Presence};
@@ -26,32 +27,43 @@ impl<B: Backend> Rooms<B> {
         room: &str,
         from: Position,
         prelude: Option<Delivery>,
+        filter: SharedFilter,
     ) -> Result<(), HubError> {
         let room = room_topic(room)?;
         let _turn = self.inner.turn(conn).await?;
-        let (identity, control, member) = {
+        let (identity, control, member, same_filter) = {
             let conns = self.inner.conns.lock();
             let entry = conns.get(&conn).ok_or(HubError::NotJoined(conn))?;
-            let member = entry.rooms.contains_key(&room);
+            let current = entry.rooms.get(&room);
+            let member = current.is_some();
+            let same_filter = current.is_some_and(|m| m.filters_as(&filter));
             let limit = self.inner.config.max_subscriptions;
             if !member && entry.rooms.len() >= limit {
                 return Err(HubError::TooManySubscriptions { limit });
             }
-            (entry.identity.clone(), Arc::clone(&entry.control), member)
+            (
+                entry.identity.clone(),
+                Arc::clone(&entry.control),
+                member,
+                same_filter,
+            )
         };
         if member {
             // Already in: nothing changes (and nothing is announced) unless the delivery is to
-            // restart somewhere.
+            // restart somewhere, or with another filter.
             return match from {
-                Position::Live => Ok(()),
-                from => self.reposition(conn, &room, from, prelude, &control).await,
+                Position::Live if same_filter => Ok(()),
+                from => {
+                    self.reposition(conn, &room, from, prelude, &control, filter)
+                        .await
+                }
             };
         }
         let owner = identity
             .as_ref()
             .map(|i| crate::hub::user_owner(i.user_id()));
         let (mut stream, membership) = self
-            .enter(conn, identity.as_ref(), owner.as_ref(), &room, from)
+            .enter(conn, identity.as_ref(), owner.as_ref(), &room, from, filter)
             .await?;
         if let Some(prelude) = prelude {
             stream.push_front(prelude);
@@ -84,8 +96,9 @@ impl<B: Backend> Rooms<B> {
         from: Position,
         prelude: Option<Delivery>,
         control: &Control,
+        filter: SharedFilter,
     ) -> Result<(), HubError> {
-        let membership = Arc::new(Membership::default());
+        let membership = Arc::new(Membership::filtered(filter.clone()));
         let (backend, mirror) = (&*self.inner.backend, &self.inner.rooms);
         let mut stream = open_stream(
             backend,
@@ -98,6 +111,7 @@ impl<B: Backend> Rooms<B> {
             false,
         )
         .await?;
+        stream.set_filter(filter);
         if let Some(prelude) = prelude {
             stream.push_front(prelude);
         }
@@ -162,10 +176,11 @@ impl<B: Backend> Rooms<B> {
         owner: Option<&Arc<str>>,
         room: &Topic,
         from: Position,
+        filter: SharedFilter,
     ) -> Result<(TopicStream, Arc<Membership>), HubError> {
         let inner = &*self.inner;
         let mode = inner.config.presence;
-        let membership = Arc::new(Membership::default());
+        let membership = Arc::new(Membership::filtered(filter));
         let mut entering = Entering {
             inner,
             conn,
@@ -186,6 +201,8 @@ impl<B: Backend> Rooms<B> {
             true,
         )
         .await?;
+        let mut stream = stream;
+        stream.set_filter(membership.filter().clone());
         entering.stream = Some(stream);
         if let (Some(identity), true) = (identity, mode != PresenceMode::Off) {
             let announce =

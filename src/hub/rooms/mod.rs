@@ -22,7 +22,8 @@ use super::local::Local;
 use super::log::{Limits, Membership};
 use super::subscription::{Control, Subscription};
 use super::{
-    Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Publication, Published,
+    Connection, Delivery, Hub, Identity, Member, Message, Payload, Position, Publication,
+    Published, TopicRequest,
 };
 use crate::error::{HubError, InvalidTopic};
 use crate::ids::{ConnectionId, MessageId, Topic};
@@ -343,7 +344,7 @@ impl<B: Backend> Rooms<B> {
         room: &str,
         from: Position,
     ) -> Result<(), HubError> {
-        self.join_room_with(conn, room, from, None).await
+        self.join_room_with(conn, room, from, None, None).await
     }
 
     /// Takes a connection out of `room`. Returns whether it was in it. When this returns, the
@@ -583,7 +584,14 @@ impl<B: Backend> Hub for Rooms<B> {
         let owner = conn.owner();
         for (room, from) in rooms {
             let (stream, membership) = self
-                .enter(id, conn.identity(), owner.as_ref(), room, from)
+                .enter(
+                    id,
+                    conn.identity(),
+                    owner.as_ref(),
+                    room,
+                    from,
+                    conn.shared_filter(),
+                )
                 .await?;
             let registered = match self.inner.conns.lock().get_mut(&id) {
                 Some(entry) => {
@@ -635,11 +643,12 @@ impl<B: Backend> Hub for Rooms<B> {
     async fn add_topic(
         &self,
         conn: &Connection,
-        topic: &Topic,
-        from: Position,
-        _data: Option<&serde_json::Value>,
+        request: TopicRequest,
     ) -> Result<Option<serde_json::Value>, HubError> {
-        self.join_room(conn.id(), topic.as_str(), from).await?;
+        let filter = request.filter.map(Arc::new);
+        let (topic, from) = (request.topic, request.from);
+        self.join_room_with(conn.id(), topic.as_str(), from, None, filter)
+            .await?;
         Ok(None)
     }
 
