@@ -3,7 +3,7 @@
 //! every room resumed after a reconnect. Run `cargo run --example chat` and open the printed
 //! URL in two tabs (`BIND=host:port` to listen elsewhere; Ctrl-C drains). The page is
 //! `examples/chat.html`; it uses the client script at `/realtime.js`.
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
@@ -30,11 +30,9 @@ pub(crate) fn channels<B: Backend>(rooms: Rooms<B>) -> Channels<B> {
         })
         .allow("*")
         .on_publish("*", |ctx, msg: Inbound<Said>| async move {
-            if msg.data.text.to_lowercase().contains("darn") {
-                return Err(Refused::new("moderated", "keep it civil"));
-            }
-            let since = SystemTime::UNIX_EPOCH.elapsed();
-            let at = since.map_or(0, |d| d.as_millis() as u64);
+            let civil = !msg.data.text.to_lowercase().contains("darn");
+            Refused::ensure(civil, "moderated", "keep it civil")?;
+            let at = msg.received_ms;
             Ok(json!({ "text": msg.data.text, "from": ctx.user_id(), "at": at }))
         })
 }

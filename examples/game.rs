@@ -4,12 +4,12 @@
 //! `cargo run --example game` and open the printed URL in two tabs (`BIND=host:port` to listen
 //! elsewhere; Ctrl-C drains). The page is `examples/game.html`.
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use salvo::conn::Acceptor;
 use salvo::prelude::*;
+use salvo_realtime::backend::Local;
 use salvo_realtime::channel::{Channels, Ctx, Inbound};
 use salvo_realtime::error::Refused;
 use salvo_realtime::{Drain, Hub, Identity, Publication, Rejection, Rooms};
@@ -92,13 +92,13 @@ struct Restart {
     game: String,
 }
 
-type Games = Arc<Mutex<HashMap<String, Game>>>;
+/// Every game, by id: the handlers' shared state (`Channels::with_state`).
+type Games = Mutex<HashMap<String, Game>>;
 
 /// Changes game `id` with `change` (under the lock, never held across an await), then tells
 /// its room. Only players in the room may act.
 async fn update(
-    ctx: &Ctx,
-    games: &Games,
+    ctx: &Ctx<Local, Games>,
     id: &str,
     change: impl FnOnce(&mut Game) -> Result<(), Refused>,
 ) -> Result<Game, Refused> {
@@ -108,7 +108,7 @@ async fn update(
         return Err(Refused::new("not_subscribed", "join the game's room first"));
     }
     let game = {
-        let mut games = games.lock();
+        let mut games = ctx.state().lock();
         let game = games.entry(id.to_owned()).or_default();
         change(game)?;
         game.clone()
@@ -120,38 +120,30 @@ async fn update(
 }
 
 /// Game rooms for everyone; only the server writes to them.
-pub(crate) fn channels(rooms: Rooms) -> Channels {
-    let games: Games = Arc::default();
-    let again = Arc::clone(&games);
-    Channels::new(rooms)
+pub(crate) fn channels(rooms: Rooms) -> Channels<Local, Games> {
+    Channels::with_state(rooms, Games::default())
         .allow("game:*")
         .on_publish("game:*", |_, _: Inbound<serde_json::Value>| async {
             Err::<(), _>(Refused::new("read_only", "moves go through call(\"move\")"))
         })
-        .on_call("move", move |ctx, m: Move| {
-            let games = Arc::clone(&games);
-            async move {
-                let user = ctx.user_id().unwrap_or_default().to_owned();
-                update(&ctx, &games, &m.game, |game| game.play(&user, m.cell)).await
-            }
+        .on_call("move", |ctx, m: Move| async move {
+            let user = ctx.user_id().unwrap_or_default().to_owned();
+            update(&ctx, &m.game, |game| game.play(&user, m.cell)).await
         })
-        .on_call("restart", move |ctx, r: Restart| {
-            let games = Arc::clone(&again);
-            async move {
-                update(&ctx, &games, &r.game, |game| match game.result {
-                    Some(_) => {
-                        let (players, version) = (game.players.clone(), game.version + 1);
-                        *game = Game {
-                            players,
-                            version,
-                            ..Game::default()
-                        };
-                        Ok(())
-                    }
-                    None => Err(Refused::new("not_over", "finish this game first")),
-                })
-                .await
-            }
+        .on_call("restart", |ctx, r: Restart| async move {
+            update(&ctx, &r.game, |game| match game.result {
+                Some(_) => {
+                    let (players, version) = (game.players.clone(), game.version + 1);
+                    *game = Game {
+                        players,
+                        version,
+                        ..Game::default()
+                    };
+                    Ok(())
+                }
+                None => Err(Refused::new("not_over", "finish this game first")),
+            })
+            .await
         })
 }
 

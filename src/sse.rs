@@ -244,12 +244,14 @@ impl<H: Hub> Handler for SseEndpoint<H> {
         let keep_alive = self.keep_alive.register();
         // The `retry:` hint goes out now.
         let quiet_since = keep_alive.seen;
+        let expires = admitted.conn.identity().and_then(|i| i.remaining());
         let live = Live {
             attached: Attached::new(Arc::clone(&self.hub), admitted, subscription),
             span,
             keep_alive,
             sent: false,
             quiet_since,
+            expires: expires.map(|left| Box::pin(tokio::time::sleep(left))),
         };
         res.stream(events(live, self.retry));
         let headers = res.headers_mut();
@@ -383,6 +385,9 @@ struct Live<H: Hub> {
     /// The tick count at or before which the stream last sent something: a comment goes out
     /// at the second tick after it (a full period, at most, after whatever went out).
     quiet_since: u32,
+    /// When the connection's identity expires: the stream ends then (an event stream can't
+    /// refresh it; the client reconnects with fresh credentials). Boxed: most never expire.
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<H: Hub> Drop for Live<H> {
@@ -471,6 +476,11 @@ impl<H: Hub> Live<H> {
             };
             if admission.drain.poll_requested(cx).is_ready() {
                 return Poll::Ready(Err("drained"));
+            }
+            if let Some(expires) = self.expires.as_mut()
+                && expires.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Err("identity expired"));
             }
             match Pin::new(subscription).poll_next(cx) {
                 Poll::Ready(Some(delivery)) => {

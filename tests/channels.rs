@@ -1249,3 +1249,157 @@ async fn a_server_side_unsubscribe_is_told_even_when_the_queue_is_full() {
     assert_eq!(told, [r#"{"topic":"r"}"#], "{got:?}");
     assert_eq!(got.len(), 65, "the 64 pushes and the notice");
 }
+
+/// An endpoint whose identities expire after `?ttl=<ms>` (as a token's `exp` would), with a
+/// refresh check that accepts `renew:<user>:<ttl ms>` for the same user.
+fn expiring(channels: Channels) -> WsEndpoint<Channels> {
+    WsEndpoint::new(channels)
+        .identify(|req, _| {
+            let ttl = req.query::<u64>("ttl").unwrap_or(60_000);
+            Ok(req
+                .query::<String>("user")
+                .map(|u| Identity::new(u.as_str()).expires_in(Duration::from_millis(ttl))))
+        })
+        .refresh(|token, _current| async move {
+            let mut parts = token.split(':');
+            match (
+                parts.next(),
+                parts.next(),
+                parts.next().map(str::parse::<u64>),
+            ) {
+                (Some("renew"), Some(user), Some(Ok(ttl))) => {
+                    Ok(Identity::new(user).expires_in(Duration::from_millis(ttl)))
+                }
+                (Some("boom"), ..) => panic!("a bug in the check"),
+                _ => Err(salvo_realtime::Rejection::unauthorized("bad token")),
+            }
+        })
+}
+
+/// The close code the server sends, reading past everything else.
+async fn closed_with(ws: &mut Client) -> Option<u16> {
+    let read = async {
+        while let Some(msg) = futures_util::StreamExt::next(ws).await {
+            match msg {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("closed in time")
+}
+
+/// An identity that expires unrefreshed closes the socket with 4001; the client was told when
+/// at once (a `session` message on `$conn`).
+#[tokio::test]
+async fn an_expired_identity_closes_the_socket_with_4001() {
+    let rooms = Rooms::new();
+    let server =
+        TestServer::start(Router::with_path("ws").goal(expiring(channels(rooms.clone())))).await;
+    let mut ws = connect_channel(&server.ws("/ws?user=ann&ttl=300")).await;
+    let first = next_json(&mut ws).await;
+    assert_eq!(
+        (&first["topic"], &first["event"]),
+        (&json!("$conn"), &json!("session"))
+    );
+    let left = first["data"]["expires_in_ms"].as_u64().expect("a number");
+    assert!(left <= 300, "{first}");
+    assert_eq!(closed_with(&mut ws).await, Some(4001));
+    assert!(eventually(|| rooms.connection_count() == 0).await);
+    // An identity that has already expired is refused at the door.
+    let mut req = server
+        .ws("/ws?user=ann&ttl=0")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "salvo-realtime.v1".parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// A refresh with a good token moves the expiry: the socket outlives the first one. Bad tokens,
+/// another user's, a check that panics: each refused with its code, the old expiry still holds.
+#[tokio::test]
+async fn a_refresh_renews_the_identity_without_reconnecting() {
+    let server =
+        TestServer::start(Router::with_path("ws").goal(expiring(channels(Rooms::new())))).await;
+    let mut ws = connect_channel(&server.ws("/ws?user=ann&ttl=1500")).await;
+    let refresh = |r: &str, token: &str| json!({"type": "refresh", "ref": r, "token": token});
+    for (r, token, code) in [
+        ("r1", "nonsense", "unauthorized"),
+        ("r2", "renew:bob:60000", "forbidden"),
+        ("r3", "boom", "handler_failed"),
+    ] {
+        send(&mut ws, refresh(r, token)).await;
+        assert_eq!(code_of(&reply_to(&mut ws, r).await), code, "{token}");
+    }
+    send(&mut ws, json!({"type": "refresh", "ref": "r4"})).await;
+    assert_eq!(code_of(&reply_to(&mut ws, "r4").await), "invalid_data");
+    send(&mut ws, refresh("r5", "renew:ann:60000")).await;
+    let renewed = reply_to(&mut ws, "r5").await;
+    let left = renewed["data"]["expires_in_ms"].as_u64().expect("a number");
+    assert!(left > 50_000, "{renewed}");
+    // Past the first expiry, the socket still answers.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "ref": "s", "topic": "room:a"}),
+    )
+    .await;
+    assert_eq!(code_of(&reply_to(&mut ws, "s").await), "<ok>");
+    server.stop().await;
+}
+
+/// Without a refresh check the command is `unsupported`; an endpoint's SSE stream ends when
+/// its identity expires.
+#[tokio::test]
+async fn refresh_is_unsupported_without_a_check_and_sse_ends_at_expiry() {
+    let hub = channels(Rooms::new());
+    let ws = WsEndpoint::new(hub.clone())
+        .identify(|req, _| Ok(req.query::<String>("user").map(Identity::new)));
+    let sse = SseEndpoint::new(hub).identify(|req, _| {
+        Ok(req
+            .query::<String>("user")
+            .map(|u| Identity::new(u).expires_in(Duration::from_millis(300))))
+    });
+    let router = Router::new()
+        .push(Router::with_path("ws").goal(ws))
+        .push(Router::with_path("sse").get(sse));
+    let server = TestServer::start(router).await;
+    let mut ws = connect_channel(&server.ws("/ws?user=ann")).await;
+    send(&mut ws, json!({"type": "refresh", "ref": 1, "token": "t"})).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(code_of(&reply), "unsupported", "{reply}");
+    let resp = reqwest::get(server.http("/sse?user=ann&topic=room:a"))
+        .await
+        .expect("stream");
+    let body = tokio::time::timeout(WAIT, resp.text())
+        .await
+        .expect("the stream ends by itself");
+    assert!(body.expect("body").starts_with("retry:"));
+    server.stop().await;
+}
+
+async fn reply_to(ws: &mut Client, reference: &str) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == "reply" && v["ref"] == reference {
+            return v;
+        }
+    }
+}
+
+fn code_of(reply: &Value) -> &str {
+    code(reply)
+}

@@ -551,7 +551,7 @@ async fn an_unreadable_id_for_one_of_several_topics_resets_that_topic() {
     server.stop().await;
 }
 
-// The default caps: 64 connections per client address (then 429), 10,000 per endpoint (then
+// The default caps: 1,024 connections per client address (then 429), 10,000 per endpoint (then
 // 503; its default is unit-tested in src/endpoint.rs, 10,000 sockets being past a test's file
 // descriptors), both with `Retry-After` (default 5 s); a closed connection frees its slot.
 #[tokio::test]
@@ -565,7 +565,7 @@ async fn the_default_caps_answer_429_and_503_with_retry_after() {
     let server = TestServer::start(router).await;
     let client = reqwest::Client::new();
     let mut open = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..1_024 {
         let res = client
             .get(server.http("/sse/t"))
             .send()
@@ -579,13 +579,13 @@ async fn the_default_caps_answer_429_and_503_with_retry_after() {
         .send()
         .await
         .expect("answer");
-    assert_eq!(full.status(), 429, "the 65th from one address");
+    assert_eq!(full.status(), 429, "the 1,025th from one address");
     assert_eq!(
         full.headers().get("retry-after").map(|v| v.as_bytes()),
         Some(&b"5"[..])
     );
     drop(open.pop());
-    assert!(eventually(|| sse.open_connections() == 63).await);
+    assert!(eventually(|| sse.open_connections() == 1_023).await);
     let again = client
         .get(server.http("/sse/t"))
         .send()

@@ -52,6 +52,9 @@ pub struct Inbound<T> {
     pub event: Option<EventName>,
     /// Its data.
     pub data: T,
+    /// When the server received it, in ms since the Unix epoch (the server's clock: stamp
+    /// messages with it, not with a time the client sent).
+    pub received_ms: u64,
 }
 
 impl<T> Inbound<T> {
@@ -60,6 +63,7 @@ impl<T> Inbound<T> {
             topic: self.topic,
             event: self.event,
             data,
+            received_ms: self.received_ms,
         }
     }
 }

@@ -64,6 +64,8 @@ pub(crate) fn handle<'a, H: Hub>(
                     .map(protocol::published)
             }
             Command::Call { method, data } => hub.call(conn, &method, data).await,
+            // The endpoint answers a refresh itself; one that reaches a hub has no endpoint.
+            Command::Refresh { .. } => Err(HubError::Unsupported("refreshing an identity")),
         };
         (reference, result)
     })

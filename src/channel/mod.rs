@@ -671,6 +671,7 @@ impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
             topic: topic.clone(),
             event: sent.event_name().cloned(),
             data: sent.payload().clone(),
+            received_ms: crate::hub::message::now_ms(),
         };
         let ctx = self.ctx(conn);
         let outcome = guarded(self.handlers.timeout, move || handler(ctx, msg))

@@ -17,6 +17,8 @@ pub(crate) const SUBPROTOCOL: &str = "salvo-realtime.v1";
 const MAX_REF: usize = 64;
 /// Most messages a `recent` may ask for.
 const MAX_RECENT: usize = 1_000;
+/// Longest `token` a `refresh` may carry.
+const MAX_TOKEN: usize = 8 * 1024;
 
 /// Every code the channel protocol's own layer answers with: [`parse`] refusing a frame, and
 /// the `ws` endpoint refusing a binary frame (`bad_frame`), a `ref` still in flight
@@ -36,6 +38,7 @@ pub(crate) const CODES: &[&str] = &[
     "unknown_method",
     "duplicate_ref",
     "rate_limited",
+    "unauthorized",
 ];
 
 /// A client command with the `ref` its reply echoes.
@@ -72,6 +75,10 @@ pub(crate) enum Command {
     Call {
         method: String,
         data: Value,
+    },
+    /// Renews the connection's identity with a fresh token (handled by the endpoint).
+    Refresh {
+        token: String,
     },
 }
 
@@ -159,6 +166,22 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
             Command::Call {
                 method,
                 data: frame.remove("data").unwrap_or(Value::Null),
+            }
+        }
+        "refresh" => {
+            let token = frame
+                .get("token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+                .ok_or_else(|| {
+                    invalid(
+                        r,
+                        "invalid_data",
+                        "`token` must be a string of 1 to 8,192 bytes",
+                    )
+                })?;
+            Command::Refresh {
+                token: token.to_owned(),
             }
         }
         other => {

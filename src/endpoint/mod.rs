@@ -267,6 +267,9 @@ impl Common {
             .as_ref()
             .and_then(|i| Topic::new(&format!("{DIRECT_PREFIX}{}", i.user_id())).ok());
         if let Some(identity) = identity {
+            if identity.remaining().is_some_and(|left| left.is_zero()) {
+                return Err(Rejection::unauthorized("the identity has expired").into());
+            }
             conn = conn.authenticated(identity);
         }
         if let Some(filter) = filter {

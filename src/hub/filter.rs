@@ -19,13 +19,10 @@ pub(crate) const MAX_FILTER_BYTES: usize = 4096;
 /// Most values one filter lists, over all its keys.
 const MAX_FILTER_VALUES: usize = 256;
 
-/// Why a tag or a filter was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidFilter(String);
+use crate::error::InvalidFilter;
 
 fn invalid(message: impl Into<String>) -> InvalidFilter {
-    InvalidFilter(message.into())
+    InvalidFilter::new(message)
 }
 
 /// A tag key: 1 to 32 bytes of ASCII letters, digits, `_`, `-` and `.`.
@@ -115,7 +112,7 @@ impl Tags {
 ///
 /// let f = Filter::parse(r#"{"tags":{"ticker":["AAPL","MSFT"]}}"#)?;
 /// assert_eq!(f, Filter::new().tag("ticker", ["AAPL", "MSFT"])?);
-/// # Ok::<(), salvo_realtime::hub::InvalidFilter>(())
+/// # Ok::<(), salvo_realtime::error::InvalidFilter>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::filter::{InvalidFilter, Tags};
-use crate::error::{HubError, InvalidEvent};
+use super::filter::Tags;
+use crate::error::{HubError, InvalidEvent, InvalidFilter};
 use crate::ids::{ConnectionId, EventName, MessageId, Topic};
 
 /// The body of a message: UTF-8 text or binary, in one shared allocation.
@@ -581,7 +581,8 @@ impl Message {
 /// How many encodings a message caches ([`crate::wire`] numbers them).
 pub(crate) const ENCODINGS: usize = 2;
 
-fn now_ms() -> u64 {
+/// The server's clock: ms since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

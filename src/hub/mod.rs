@@ -38,7 +38,7 @@ mod interleavings;
 pub use assigns::Assigns;
 pub use config::{HubConfig, InboundPolicy, PresenceMode};
 pub use counter::{Counted, CountedSubscription, Snapshot, TopicCount};
-pub use filter::{Filter, InvalidFilter};
+pub use filter::Filter;
 pub use inbound::MAX_JSON_DEPTH;
 pub(crate) use message::ENCODINGS;
 pub use message::{Message, Payload, Publication};
@@ -297,6 +297,7 @@ crate::__delegate_hub! {
 pub struct Identity {
     user_id: Arc<str>,
     data: Option<Arc<serde_json::Value>>,
+    expires: Option<std::time::SystemTime>,
 }
 
 impl Identity {
@@ -317,6 +318,7 @@ impl Identity {
         Self {
             user_id: Arc::from(user_id.as_ref()),
             data: None,
+            expires: None,
         }
     }
 
@@ -331,6 +333,48 @@ impl Identity {
     #[must_use]
     pub fn user_id(&self) -> &str {
         &self.user_id
+    }
+
+    /// The identity stops being valid at `at` (a token's `exp`). The endpoints refuse an
+    /// identity that has already expired (401), and end a connection whose identity expires
+    /// while it is open: the WebSocket endpoint closes it with 4001 unless the client refreshed
+    /// it first (a channel-protocol `refresh` command, see
+    /// [`WsEndpoint::refresh`](crate::ws::WsEndpoint::refresh)), the SSE endpoint ends the
+    /// stream (the client reconnects with a fresh token). Default: never.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use salvo_realtime::Identity;
+    ///
+    /// let who = Identity::new("ann").expires_in(Duration::from_secs(15 * 60));
+    /// assert!(who.expiry().is_some());
+    /// ```
+    #[must_use]
+    pub fn expires_at(mut self, at: std::time::SystemTime) -> Self {
+        self.expires = Some(at);
+        self
+    }
+
+    /// [`expires_at`](Self::expires_at) `now + lifetime`.
+    #[must_use]
+    pub fn expires_in(self, lifetime: std::time::Duration) -> Self {
+        self.expires_at(std::time::SystemTime::now() + lifetime)
+    }
+
+    /// When the identity stops being valid, if it does.
+    #[must_use]
+    pub fn expiry(&self) -> Option<std::time::SystemTime> {
+        self.expires
+    }
+
+    /// How long the identity stays valid from now: `None` if it never expires, zero if it
+    /// already has.
+    pub(crate) fn remaining(&self) -> Option<std::time::Duration> {
+        let at = self.expires?;
+        Some(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
     }
 
     /// The attached data, if any.

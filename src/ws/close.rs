@@ -24,6 +24,9 @@ pub mod close_code {
     /// The hub failed (under [`Framing::Raw`](crate::ws::Framing::Raw) only: with envelopes a
     /// failed send is an `error` frame and the connection stays up).
     pub const INTERNAL: u16 = 1011;
+    /// The connection's identity expired ([`Identity::expires_at`](crate::Identity::expires_at))
+    /// and was not refreshed: reconnect with fresh credentials.
+    pub const IDENTITY_EXPIRED: u16 = 4001;
 }
 
 use close_code::{INVALID_DATA, PROTOCOL_ERROR, TOO_BIG};

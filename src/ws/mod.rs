@@ -137,13 +137,14 @@
 //! | `{"type":"unsubscribe",..}` | `ref`, `topic` | `{"topic":..,"was_subscribed":bool}`; nothing more of the topic is delivered |
 //! | `{"type":"publish",..}` | `ref`, `topic` (one the socket is subscribed to), `data` (any JSON; a string is sent as text), `event`?, `echo`? (default `true`: the publisher gets its own message) | `{"id":..}`: the message's id, when it was published to `topic`; `"reply":..` when a publish handler answered the sender; `{}` when the handler published nothing and answered nothing |
 //! | `{"type":"call",..}` | `ref`, `method`, `data`? | the method's result |
+//! | `{"type":"refresh",..}` | `ref`, `token` (1 to 8,192 bytes) | `{"expires_in_ms":..}`: the identity's new lifetime (`{}` if it no longer expires); see [`refresh`](WsEndpoint::refresh) |
 //!
 //! | server sends | when |
 //! |---|---|
 //! | `{"type":"reply","ref":..,"status":"ok","data":..}` | a command succeeded |
 //! | `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}` | a command failed; nothing of it took effect |
 //! | `{"type":"error","error":{"code":..,"message":..}}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`; `rate_limited` when the rate limit dropped it) |
-//! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it |
+//! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it, `joined` with `{"topic":..,"reply":..}` (a connect-time topic's join reply), `session` with `{"expires_in_ms":..}` (first, when the identity expires: refresh before then) |
 //!
 //! Error codes (a handler's own [`Refused`](crate::error::Refused) codes come on top):
 //!
@@ -162,6 +163,7 @@
 //! | `too_many_subscriptions` | past [`HubConfig::max_subscriptions`](crate::HubConfig::max_subscriptions) |
 //! | `too_many_created` | past [`HubConfig::max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) |
 //! | `unknown_method` | no handler for the `call`'s method |
+//! | `unauthorized` | a `refresh` token was rejected (or the connection is anonymous): the old expiry still holds |
 //! | `unknown_event` | the topic has publish handlers ([`on_event`](crate::channel::Channels::on_event)), none for the message's event name |
 //! | `handler_failed`, `timeout` | the handler panicked (while called, or in its future), or took longer than its timeout |
 //! | `too_large`, `json_too_deep` | the data is over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload)), or nested too deep; a frame over the endpoint's [`max_message_size`](WsEndpoint::max_message_size) closes 1009 instead |
@@ -196,6 +198,7 @@
 //! | slow consumer: lost messages | | [`SlowConsumerPolicy::Disconnect`]: close 1008; [`SlowConsumerPolicy::SkipAhead`]: `lagged` frame, continue |
 //! | slow consumer: a send stuck (the client took no byte for the [`send_timeout`](WsEndpoint::send_timeout)) | 10 s | close 1008: the Close goes after what was already buffered, and the client gets the close wait (2 s) to take it, else TCP closes without it. A client that reads slowly but steadily is never cut: the timeout restarts whenever the socket takes bytes |
 //! | graceful drain | | close 1001 |
+//! | identity expiry ([`Identity::expires_at`](crate::Identity::expires_at)) | never | close 4001, unless a channel-protocol client refreshed it ([`refresh`](WsEndpoint::refresh)) |
 //! | backend down when the client sends | | `error` frame `unavailable`; the connection stays up |
 //!
 //! # Closing
@@ -320,7 +323,28 @@ struct Settings {
     slow: SlowConsumerPolicy,
     framing: Framing,
     max_batch: usize,
+    refresh: Option<Refresh>,
 }
+
+/// The [`WsEndpoint::refresh`] check.
+#[derive(Clone)]
+struct Refresh(Arc<RefreshFn>);
+
+impl fmt::Debug for Refresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Refresh(..)")
+    }
+}
+
+/// What [`WsEndpoint::refresh`] stores: the token and the current identity in, the renewed
+/// identity (or a refusal) out.
+type RefreshFn = dyn Fn(
+        String,
+        crate::Identity,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<crate::Identity, crate::Rejection>> + Send>,
+    > + Send
+    + Sync;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -338,6 +362,7 @@ impl Default for Settings {
             slow: SlowConsumerPolicy::Disconnect,
             framing: Framing::Envelope,
             max_batch: 512,
+            refresh: None,
         }
     }
 }
@@ -461,6 +486,50 @@ impl<H: Hub> WsEndpoint<H> {
     #[must_use]
     pub fn slow_consumer(self, policy: SlowConsumerPolicy) -> Self {
         self.set(|s| s.slow = policy)
+    }
+
+    /// Lets channel-protocol clients renew an expiring identity
+    /// ([`Identity::expires_at`](crate::Identity::expires_at)) without reconnecting
+    /// (`{"type":"refresh","ref":..,"token":".."}`): `check` gets the token and the connection's
+    /// current identity, and returns the renewed identity (its new expiry) or a rejection. The
+    /// renewed identity must be the same user's (else the refresh is refused `forbidden`);
+    /// only its expiry is taken, the identity handlers see is the one the connection opened
+    /// with. A rejection answers the command `unauthorized` (401), `forbidden` (403) or
+    /// `invalid_data` (400) and leaves the connection as it was: it still closes with 4001
+    /// when the old expiry passes. A connection whose identity expires is told at once, with
+    /// a `session` message on `$conn` (`{"expires_in_ms":..}`), so the client knows when to
+    /// refresh. Default: none (`refresh` is answered `unsupported`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use salvo_realtime::{Identity, Rejection, Rooms, ws::WsEndpoint};
+    ///
+    /// let ws = WsEndpoint::new(Rooms::new())
+    ///     .identify(|req, _| {
+    ///         // A real app verifies a signed token and reads its `exp`.
+    ///         let user = req.query::<String>("user");
+    ///         Ok(user.map(|u| Identity::new(u).expires_in(Duration::from_secs(600))))
+    ///     })
+    ///     .refresh(|token, current| async move {
+    ///         match token.strip_prefix("renewed-for-") {
+    ///             Some(user) if user == current.user_id() => {
+    ///                 Ok(Identity::new(user).expires_in(Duration::from_secs(600)))
+    ///             }
+    ///             _ => Err(Rejection::unauthorized("bad token")),
+    ///         }
+    ///     });
+    /// # drop(ws);
+    /// ```
+    #[must_use]
+    pub fn refresh<F, Fut>(self, check: F) -> Self
+    where
+        F: Fn(String, crate::Identity) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<crate::Identity, crate::Rejection>>
+            + Send
+            + 'static,
+    {
+        let check: Arc<RefreshFn> = Arc::new(move |token, current| Box::pin(check(token, current)));
+        self.set(|s| s.refresh = Some(Refresh(check)))
     }
 
     /// How deliveries become frames. Default: [`Framing::Envelope`].

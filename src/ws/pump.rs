@@ -14,14 +14,14 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
-use super::close::close_code::{GOING_AWAY, INTERNAL, NORMAL, POLICY, TOO_BIG};
+use super::close::close_code::{GOING_AWAY, IDENTITY_EXPIRED, INTERNAL, NORMAL, POLICY, TOO_BIG};
 use super::close::{CLOSE_WAIT, End, classify};
 use super::writer::{Socket, Unsent, frame, lone_data, lone_message, poll_write_rest, with_frame};
 use super::{Framing, RateLimit, RatePolicy, Settings, SlowConsumerPolicy};
 use crate::channel::dispatch::{Commands, Done};
 use crate::channel::protocol;
 use crate::endpoint::{Admission, Attached};
-use crate::error::HubError;
+use crate::error::{HubError, Refused};
 use crate::hub::{Connection, Delivery, Hub, Payload};
 use crate::metrics::ConnMetrics;
 use crate::wake::Gates;
@@ -94,20 +94,27 @@ pub(super) async fn serve<H: Hub>(
     attached.finish(end.reason()).await;
 }
 
-/// Heartbeat and idle deadlines.
+/// Heartbeat, idle and identity deadlines.
 struct Clock {
     next_ping: Instant,
     pong_due: Option<Instant>,
     idle_due: Option<Instant>,
+    /// When the connection's identity expires, unless refreshed.
+    expires: Option<Instant>,
 }
 
 impl Clock {
     fn next(&self) -> Instant {
-        [Some(self.next_ping), self.pong_due, self.idle_due]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.next_ping)
+        [
+            Some(self.next_ping),
+            self.pong_due,
+            self.idle_due,
+            self.expires,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next_ping)
     }
 }
 
@@ -163,6 +170,7 @@ impl<'a, H: Hub> Pump<'a, H> {
                 next_ping: now + settings.ping_interval,
                 pong_due: None,
                 idle_due: settings.idle_timeout.map(|t| now + t),
+                expires: conn.identity().and_then(|i| i.remaining()).map(|d| now + d),
             },
         }
     }
@@ -177,6 +185,13 @@ impl<'a, H: Hub> Pump<'a, H> {
         tokio::pin!(timer);
         let gates = Gates::<3>::new();
         let mut commands = Commands::new();
+        if let (true, Some(expires)) = (self.channel, self.clock.expires) {
+            // The client learns when to refresh before anything else.
+            let notice = Box::pin(self.send_now(WsMessage::text(session_notice(expires))));
+            if let ControlFlow::Break(end) = notice.await {
+                return end;
+            }
+        }
         loop {
             let reading = commands.accepting();
             let step = tokio::select! {
@@ -340,6 +355,12 @@ impl<'a, H: Hub> Pump<'a, H> {
             }),
         };
         match parsed {
+            Ok(protocol::Request {
+                reference,
+                command: protocol::Command::Refresh { token },
+            }) => Box::pin(self.refresh(reference, token, sub))
+                .await
+                .map_continue(|()| None),
             Ok(request) => ControlFlow::Continue(Some(request)),
             Err(bad) => {
                 let reference = bad.reference.as_ref();
@@ -348,6 +369,65 @@ impl<'a, H: Hub> Pump<'a, H> {
                     .map_continue(|()| None)
             }
         }
+    }
+
+    /// A `refresh` command: the endpoint's check renews the identity's expiry, and the reply
+    /// says when it now expires. Run here, not as a hub command: it changes the connection, not
+    /// the hub. A refusal leaves the old expiry in force.
+    async fn refresh(
+        &mut self,
+        reference: serde_json::Value,
+        token: String,
+        sub: &mut Deliveries<H>,
+    ) -> ControlFlow<End> {
+        let answer = match (&self.settings.refresh, self.conn.identity()) {
+            (None, _) => Err(Refused::new(
+                "unsupported",
+                "this endpoint doesn't refresh identities",
+            )),
+            (_, None) => Err(Refused::new(
+                "unauthorized",
+                "an anonymous connection has no identity",
+            )),
+            (Some(check), Some(current)) => {
+                let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (check.0)(token, current.clone())
+                }));
+                let renewed = match call {
+                    Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await.ok(),
+                    Err(_) => None,
+                };
+                match renewed {
+                    None => {
+                        tracing::error!("the refresh check panicked");
+                        Err(Refused::new(
+                            "handler_failed",
+                            "the server failed to check the token",
+                        ))
+                    }
+                    Some(Err(rejection)) => Err(rejection_code(&rejection)),
+                    Some(Ok(renewed)) if renewed.user_id() != current.user_id() => {
+                        Err(Refused::new("forbidden", "the token is another user's"))
+                    }
+                    Some(Ok(renewed)) => {
+                        let left = renewed.remaining();
+                        self.clock.expires = left.map(|d| Instant::now() + d);
+                        Ok(left.map_or_else(
+                            || serde_json::json!({}),
+                            |d| serde_json::json!({ "expires_in_ms": millis(d) }),
+                        ))
+                    }
+                }
+            }
+        };
+        let text = match answer {
+            Ok(data) => protocol::ok(&reference, &data),
+            Err(refused) => protocol::error(Some(&reference), refused.code(), refused.message()),
+        };
+        if let ControlFlow::Break(end) = self.flush_ready(sub).await {
+            return ControlFlow::Break(end);
+        }
+        self.send_now(WsMessage::text(text)).await
     }
 
     /// A message of the plain protocol, handed to the hub; a refusal is told to the client
@@ -617,6 +697,10 @@ impl<'a, H: Hub> Pump<'a, H> {
     async fn tick(&mut self, reading: bool) -> ControlFlow<End> {
         self.metrics.flush();
         let now = Instant::now();
+        if self.clock.expires.is_some_and(|due| now >= due) {
+            tracing::info!("the connection's identity expired");
+            return ControlFlow::Break(End::Close(IDENTITY_EXPIRED, "identity expired"));
+        }
         if self.clock.pong_due.is_some_and(|due| now >= due) {
             if !reading {
                 // The pong may be waiting in TCP behind a command frame not read yet: time the
@@ -760,4 +844,32 @@ impl<'a, H: Hub> Pump<'a, H> {
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
     }
+}
+
+/// The code a refresh refused by the endpoint's check is answered with, by its status.
+fn rejection_code(rejection: &crate::Rejection) -> Refused {
+    let code = match rejection.status().as_u16() {
+        401 => "unauthorized",
+        403 => "forbidden",
+        _ => "invalid_data",
+    };
+    Refused::new(code, rejection.reason().to_owned())
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `{"type":"message","topic":"$conn","event":"session",..,"data":{"expires_in_ms":..}}`: when
+/// the connection's identity expires, sent first to a channel-protocol client.
+fn session_notice(expires: Instant) -> String {
+    let left = expires.saturating_duration_since(Instant::now());
+    serde_json::json!({
+        "type": "message",
+        "topic": crate::hub::CONNECTION_TOPIC,
+        "event": "session",
+        "ts": crate::hub::message::now_ms(),
+        "data": { "expires_in_ms": millis(left) },
+    })
+    .to_string()
 }

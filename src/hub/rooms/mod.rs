@@ -502,6 +502,45 @@ impl<B: Backend> Rooms<B> {
         room_topic(room).map_or_else(|_| Vec::new(), |t| self.inner.rooms.registry().history(&t))
     }
 
+    /// One room a connection asked for when it joined: entered, registered, its stream added
+    /// to the connection's subscription; undone if the server disconnected it meanwhile.
+    async fn join_at_connect(
+        &self,
+        conn: &Connection,
+        control: &Control,
+        room: &Topic,
+        from: Position,
+    ) -> Result<(), HubError> {
+        let id = conn.id();
+        let owner = conn.owner();
+        let (stream, membership) = self
+            .enter(
+                id,
+                conn.identity(),
+                owner.as_ref(),
+                room,
+                from,
+                conn.shared_filter(),
+            )
+            .await?;
+        let registered = match self.inner.conns.lock().get_mut(&id) {
+            Some(entry) => {
+                entry.rooms.insert(room.clone(), Arc::clone(&membership));
+                true
+            }
+            None => false,
+        };
+        if !registered {
+            // Disconnected by the server while joining (a ban racing a reconnect): the
+            // membership just added has no entry to be undone through, so undo it here.
+            drop(stream);
+            self.exit(id, conn.identity(), room, &membership, None);
+            return Err(HubError::NotJoined(id));
+        }
+        control.add(stream);
+        Ok(())
+    }
+
     /// The largest payload the hub takes ([`HubConfig::max_payload`]).
     pub(crate) fn max_payload(&self) -> usize {
         self.inner.config.max_payload
@@ -581,33 +620,8 @@ impl<B: Backend> Hub for Rooms<B> {
         // From here on, dropping `subscription` undoes everything done so far.
         let mut subscription =
             Subscription::new(Vec::new(), Some(Arc::clone(&control)), Some(on_drop));
-        let owner = conn.owner();
         for (room, from) in rooms {
-            let (stream, membership) = self
-                .enter(
-                    id,
-                    conn.identity(),
-                    owner.as_ref(),
-                    room,
-                    from,
-                    conn.shared_filter(),
-                )
-                .await?;
-            let registered = match self.inner.conns.lock().get_mut(&id) {
-                Some(entry) => {
-                    entry.rooms.insert(room.clone(), Arc::clone(&membership));
-                    true
-                }
-                None => false,
-            };
-            if !registered {
-                // Disconnected by the server while joining (a ban racing a reconnect): the
-                // membership just added has no entry to be undone through, so undo it here.
-                drop(stream);
-                self.exit(id, conn.identity(), room, &membership, None);
-                return Err(HubError::NotJoined(id));
-            }
-            control.add(stream);
+            self.join_at_connect(conn, &control, room, from).await?;
         }
         if let Some(direct) = own_direct {
             let (backend, mirror) = (&*self.inner.backend, &self.inner.direct);
