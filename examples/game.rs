@@ -31,7 +31,7 @@ const MARKS: [char; 2] = ['X', 'O'];
 /// One game as the server keeps it, and as the room sees it after every change (`version`
 /// grows with each, so a page can ignore a board older than the one it shows).
 #[derive(Clone, Default, Serialize)]
-struct Game {
+pub(crate) struct Game {
     board: [Option<char>; 9],
     /// Who plays X and O: the first two players to move.
     players: [Option<String>; 2],
@@ -93,7 +93,7 @@ struct Restart {
 }
 
 /// Every game, by id: the handlers' shared state (`Channels::with_state`).
-type Games = Mutex<HashMap<String, Game>>;
+pub(crate) type Games = Mutex<HashMap<String, Game>>;
 
 /// Changes game `id` with `change` (under the lock, never held across an await), then tells
 /// its room. Only players in the room may act.
