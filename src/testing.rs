@@ -53,7 +53,7 @@ use serde_json::{Value, json};
 
 use crate::channel::{dispatch, protocol};
 use crate::error::{HubError, Refused};
-use crate::hub::{Connection, Delivery, Hub, Identity, Message, Payload};
+use crate::hub::{Connection, Delivery, Hub, Identity, Message, Publication};
 
 /// How long [`TestClient::recv`] waits for a delivery.
 const WAIT: Duration = Duration::from_secs(5);
@@ -225,7 +225,7 @@ impl<H: Hub + Clone> TestClient<H> {
     /// # Errors
     ///
     /// The refusal the endpoint would send as an `error` frame.
-    pub async fn send(&mut self, payload: impl Into<Payload>) -> Result<(), Refused> {
+    pub async fn send(&mut self, payload: impl Into<Publication>) -> Result<(), Refused> {
         self.hub
             .receive(&self.conn, payload.into())
             .await

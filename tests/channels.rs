@@ -1163,7 +1163,7 @@ async fn panicking_handlers_answer_as_documented_over_the_wire() {
 // came before the refusing one in HashMap order, while the sender was told it failed).
 #[tokio::test]
 async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
-    use salvo_realtime::{Connection, Hub, Payload, Topic};
+    use salvo_realtime::{Connection, Hub, Topic};
     let rooms = Rooms::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
@@ -1185,7 +1185,9 @@ async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
         .subscribe(Topic::new("p:a").expect("topic"), Position::Live)
         .subscribe(Topic::new("p:b").expect("topic"), Position::Live);
     let sub = hub.join(&conn).await.expect("joins");
-    let result = hub.receive(&conn, Payload::text("hello")).await;
+    let result = hub
+        .receive(&conn, salvo_realtime::Publication::new("hello"))
+        .await;
     assert_eq!(refused_code(result), "second_refuses");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "both handlers ran");
     assert!(
@@ -1194,7 +1196,7 @@ async fn a_plain_frame_is_published_to_all_its_rooms_or_to_none() {
     );
     // Accepted everywhere: published to both.
     calls.store(2, Ordering::SeqCst);
-    hub.receive(&conn, Payload::text("again"))
+    hub.receive(&conn, salvo_realtime::Publication::new("again"))
         .await
         .expect("accepted by both handlers");
     assert_eq!(
@@ -1402,4 +1404,69 @@ async fn reply_to(ws: &mut Client, reference: &str) -> Value {
 
 fn code_of(reply: &Value) -> &str {
     code(reply)
+}
+
+/// With `event_frames`, a plain client's `{"event":..,"data":..}` frame is routed by its event
+/// name like a channel-protocol publish; without it, the same frame is just text.
+#[tokio::test]
+async fn plain_event_frames_route_to_event_handlers_when_enabled() {
+    use salvo_realtime::channel::Outcome;
+    let game = || {
+        Channels::new(Rooms::new())
+            .allow("game:*")
+            .on_event("game:*", "move", |_ctx, m: Inbound<Vec<i32>>| async move {
+                Ok(Outcome::publish(m.data).event("moved"))
+            })
+            .on_publish("game:*", |_ctx, m: Inbound<String>| async move {
+                Ok(format!("said: {}", m.data))
+            })
+    };
+    let user =
+        |req: &salvo::Request, _: &salvo::Depot| Ok(req.query::<String>("user").map(Identity::new));
+    let on = WsEndpoint::new(game()).identify(user).event_frames(true);
+    let off = WsEndpoint::new(game()).identify(user);
+    let router = Router::new()
+        .push(Router::with_path("on").goal(on))
+        .push(Router::with_path("off").goal(off));
+    let server = TestServer::start(router).await;
+    let frame = r#"{"event":"move","data":[1,0]}"#;
+    for (path, event, data) in [
+        ("/on", json!("moved"), json!([1, 0])),
+        ("/off", Value::Null, json!(format!("said: {frame}"))),
+    ] {
+        let url = server.ws(&format!("{path}?user=ann&topic=game:1"));
+        let (mut ann, _) = tokio_tungstenite::connect_async(&url).await.expect("ann");
+        let (mut ben, _) = tokio_tungstenite::connect_async(url.replace("ann", "ben"))
+            .await
+            .expect("ben");
+        ann.send(Message::text(frame)).await.expect("send");
+        let m = loop {
+            let v = next_json(&mut ben).await;
+            let presence = v["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("presence."));
+            if v["type"] == "message" && !presence {
+                break v;
+            }
+        };
+        assert_eq!(
+            (m["event"].clone(), m["data"].clone()),
+            (event, data),
+            "{path}"
+        );
+        // A bad event name in an event frame is refused, not passed as text.
+        if path == "/on" {
+            ann.send(Message::text(r#"{"event":"","data":1}"#))
+                .await
+                .expect("send");
+            let error = loop {
+                let v = next_json(&mut ann).await;
+                if v["type"] == "error" {
+                    break v;
+                }
+            };
+            assert_eq!(error["error"]["code"], "invalid_event");
+        }
+    }
+    server.stop().await;
 }

@@ -8,7 +8,7 @@ use common::ready;
 use futures_util::StreamExt;
 use salvo_realtime::hub::InboundPolicy;
 use salvo_realtime::{
-    Connection, Counted, Hub, HubConfig, Identity, Payload, Position, PubSub, Rooms, Topic,
+    Connection, Counted, Hub, HubConfig, Identity, Position, PubSub, Rooms, Topic,
 };
 
 fn conn(topics: &[&str]) -> Connection {
@@ -79,7 +79,9 @@ async fn counts_per_topic_and_messages_in_out_lagged_dropped() {
     let per_topic: Vec<_> = s.topics.iter().map(|(t, c)| (t.as_str(), c.open)).collect();
     assert_eq!(per_topic, [("x", 2), ("y", 1)]);
 
-    hub.receive(&b, Payload::from("hi")).await.expect("receive");
+    hub.receive(&b, salvo_realtime::Publication::new("hi"))
+        .await
+        .expect("receive");
     assert_eq!(ready(&mut sa).len(), 1);
     assert_eq!(ready(&mut sb).len(), 1);
     for i in 0..10 {

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use salvo_realtime::error::{HubError, InvalidTopic};
 use salvo_realtime::hub::{Epoch, InboundPolicy, ResetReason};
 use salvo_realtime::{
-    Connection, Delivery, Hub, HubConfig, MessageId, Payload, Position, PubSub, Publication, Topic,
+    Connection, Delivery, Hub, HubConfig, MessageId, Position, PubSub, Publication, Topic,
 };
 
 fn conn(topic: &str, from: Position) -> Connection {
@@ -366,7 +366,7 @@ async fn inbound_policies() {
     let c = conn("t", Position::Live);
     let _sub = hub.join(&c).await.expect("join");
     assert!(matches!(
-        hub.receive(&c, Payload::from("x")).await,
+        hub.receive(&c, salvo_realtime::Publication::new("x")).await,
         Err(HubError::InboundRejected)
     ));
 
@@ -375,7 +375,7 @@ async fn inbound_policies() {
     let other = conn("t", Position::Live);
     let mut sender_sub = hub.join(&sender).await.expect("join");
     let mut other_sub = hub.join(&other).await.expect("join");
-    hub.receive(&sender, Payload::from("hello"))
+    hub.receive(&sender, salvo_realtime::Publication::new("hello"))
         .await
         .expect("receive");
     assert!(ready(&mut sender_sub).is_empty());
@@ -610,7 +610,11 @@ async fn a_delegated_wrapper_passes_on_every_method_it_does_not_write() {
         async fn join(&self, conn: &Connection) -> Result<Self::Subscription, HubError> {
             self.0.join(conn).await
         }
-        async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+        async fn receive(
+            &self,
+            conn: &Connection,
+            message: salvo_realtime::Publication,
+        ) -> Result<(), HubError> {
             self.0.receive(conn, message).await
         }
         async fn leave(&self, conn: &Connection, subscription: Self::Subscription) {

@@ -14,9 +14,7 @@ use salvo_realtime::endpoint::ForwardedHeader;
 use salvo_realtime::error::{HubError, InvalidTopic};
 use salvo_realtime::sse::SseEndpoint;
 use salvo_realtime::ws::WsEndpoint;
-use salvo_realtime::{
-    Connection, Counted, Delivery, Hub, HubConfig, Identity, Payload, PubSub, Rooms,
-};
+use salvo_realtime::{Connection, Counted, Delivery, Hub, HubConfig, Identity, PubSub, Rooms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -158,7 +156,11 @@ impl Hub for Refuses {
         Err((self.0)())
     }
 
-    async fn receive(&self, _conn: &Connection, _message: Payload) -> Result<(), HubError> {
+    async fn receive(
+        &self,
+        _conn: &Connection,
+        _message: salvo_realtime::Publication,
+    ) -> Result<(), HubError> {
         Err(HubError::InboundRejected)
     }
 
@@ -622,7 +624,11 @@ impl Hub for Leaves {
         self.hub.join(conn).await
     }
 
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+    async fn receive(
+        &self,
+        conn: &Connection,
+        message: salvo_realtime::Publication,
+    ) -> Result<(), HubError> {
         self.hub.receive(conn, message).await
     }
 

@@ -8,9 +8,7 @@ use common::{messages, ready, texts};
 use futures_util::StreamExt;
 use salvo_realtime::error::{HubError, InvalidTopic};
 use salvo_realtime::hub::{InboundPolicy, PRESENCE_JOIN, PRESENCE_LEAVE, Subscription};
-use salvo_realtime::{
-    Connection, Delivery, Hub, HubConfig, Identity, Payload, Position, Rooms, Topic,
-};
+use salvo_realtime::{Connection, Delivery, Hub, HubConfig, Identity, Position, Rooms, Topic};
 
 fn member(user: &str, rooms: &[&str]) -> Connection {
     rooms.iter().fold(
@@ -80,7 +78,7 @@ async fn broadcast_except_and_inbound_skip_the_sender() {
         .await
         .expect("broadcast");
     rooms
-        .receive(&a, Payload::from("from a"))
+        .receive(&a, salvo_realtime::Publication::new("from a"))
         .await
         .expect("receive");
     assert!(ready(&mut sa).is_empty());

@@ -67,7 +67,11 @@ impl Hub for Leaves {
         self.hub.join(conn).await
     }
 
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+    async fn receive(
+        &self,
+        conn: &Connection,
+        message: salvo_realtime::Publication,
+    ) -> Result<(), HubError> {
         self.hub.receive(conn, message).await
     }
 

@@ -1025,9 +1025,9 @@ salvo_realtime::hub::delegate_hub! {
         async fn receive(
             &self,
             conn: &salvo_realtime::Connection,
-            message: salvo_realtime::Payload,
+            message: salvo_realtime::Publication,
         ) -> Result<(), salvo_realtime::error::HubError> {
-            if message.as_text().is_some_and(|t| t.starts_with("fail")) {
+            if message.payload().as_text().is_some_and(|t| t.starts_with("fail")) {
                 return Err(salvo_realtime::error::HubError::Backend(
                     "redis://user:password@10.0.0.1 timed out".into(),
                 ));
@@ -1566,7 +1566,7 @@ impl salvo_realtime::Hub for Ending {
     async fn receive(
         &self,
         _conn: &salvo_realtime::Connection,
-        _message: salvo_realtime::Payload,
+        _message: salvo_realtime::Publication,
     ) -> Result<(), salvo_realtime::error::HubError> {
         Ok(())
     }

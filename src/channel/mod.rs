@@ -844,12 +844,13 @@ crate::__delegate_hub! {
         /// backend failure) stops it: the rooms before it have the message, the rest don't,
         /// and the sender is told the error. What handlers answer the sender comes to it as
         /// `reply` messages on [`CONNECTION_TOPIC`].
-        async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+        async fn receive(&self, conn: &Connection, message: Publication) -> Result<(), HubError> {
             let policy = self.rooms.inbound_policy();
             if policy == InboundPolicy::Reject {
                 return Err(HubError::InboundRejected);
             }
-            check_inbound(&message, self.rooms.max_payload())?;
+            message.check()?;
+            check_inbound(message.payload(), self.rooms.max_payload())?;
             let mut rooms = self.rooms.rooms_of(conn.id());
             if rooms.is_empty() {
                 return Err(HubError::NotJoined(conn.id()));
@@ -858,7 +859,7 @@ crate::__delegate_hub! {
             let skip = policy == InboundPolicy::PublishExceptSender;
             let mut prepared = Vec::with_capacity(rooms.len());
             for topic in rooms {
-                let sent = Publication::new(message.clone()).skip_origin(skip);
+                let sent = message.clone().skip_origin(skip);
                 let plan = self.prepare(conn, &topic, sent).await?;
                 prepared.push((topic, plan));
             }

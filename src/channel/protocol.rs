@@ -233,6 +233,28 @@ fn data(frame: &serde_json::Map<String, Value>, r: Option<&Value>) -> Result<Pay
     }
 }
 
+/// A plain client's event frame, `{"event":"<name>","data":<JSON>}` (exactly those fields,
+/// `event` a string), as the message it stands for; `None` for any other text. A bad event
+/// name is kept on the publication, which refuses it when published (`invalid_event`).
+pub(crate) fn event_frame(text: &str) -> Option<crate::hub::Publication> {
+    if !text.trim_start().starts_with('{') || json_depth(text) > MAX_JSON_DEPTH {
+        return None;
+    }
+    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    let (Some(Value::String(event)), Some(data), 2) =
+        (frame.get("event"), frame.get("data"), frame.len())
+    else {
+        return None;
+    };
+    let payload = match data {
+        Value::String(text) => Payload::text(text.clone()),
+        other => Payload::text(other.to_string()),
+    };
+    Some(crate::hub::Publication::new(payload).event(event))
+}
+
 /// `reference` if it is a valid `ref`: a string of at most 62 characters, or a number.
 fn valid_ref(reference: Value) -> Option<Value> {
     match &reference {

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{Connection, Delivery, Hub, Payload, Publication};
+use super::{Connection, Delivery, Hub, Publication};
 use crate::error::HubError;
 use crate::ids::Topic;
 
@@ -194,7 +194,7 @@ crate::__delegate_hub! {
             })
         }
 
-        async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+        async fn receive(&self, conn: &Connection, message: Publication) -> Result<(), HubError> {
             self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
             self.hub.receive(conn, message).await
         }

@@ -29,7 +29,7 @@
 ///     impl[H: Hub] Hub for Audited<H>, to inner {
 ///         type Subscription = H::Subscription;
 ///
-///         async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+///         async fn receive(&self, conn: &Connection, message: Publication) -> Result<(), HubError> {
 ///             self.received.fetch_add(1, Ordering::Relaxed);
 ///             self.inner.receive(conn, message).await
 ///         }
@@ -53,7 +53,7 @@
 ///     .authenticated(Identity::new("alice"))
 ///     .subscribe(Topic::new("lobby")?, Position::Live);
 /// let subscription = hub.join(&conn).await?;
-/// hub.receive(&conn, Payload::from("hi")).await?;
+/// hub.receive(&conn, Publication::new("hi")).await?;
 /// hub.publish_from(&conn, &Topic::new("lobby")?, Publication::new("again")).await?;
 /// // Not written above, passed on all the same.
 /// hub.add_topic(&conn, TopicRequest::new(Topic::new("news")?)).await?;
@@ -151,7 +151,7 @@ macro_rules! __delegate_hub {
         fn receive(
             &self,
             conn: &$crate::Connection,
-            message: $crate::Payload,
+            message: $crate::Publication,
         ) -> impl ::core::future::Future<Output = ::core::result::Result<(), $crate::error::HubError>>
         + Send {
             $crate::__delegate_hub!(@inner self $to).receive(conn, message)

@@ -48,10 +48,11 @@ pub(crate) fn check_inbound(payload: &Payload, limit: usize) -> Result<(), HubEr
 
 pub(crate) fn inbound_publication(
     conn: &Connection,
-    payload: Payload,
+    message: Publication,
     policy: InboundPolicy,
 ) -> Result<Publication, HubError> {
-    let mut p = Publication::new(payload).origin(conn.id());
+    message.check()?;
+    let mut p = message.origin(conn.id());
     if let Some(identity) = conn.identity() {
         p = p.sender(Arc::clone(identity.user_arc()));
     }

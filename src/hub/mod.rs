@@ -135,7 +135,7 @@ use crate::error::HubError;
 ///         Ok(stream::empty())
 ///     }
 ///
-///     async fn receive(&self, _conn: &Connection, _msg: Payload) -> Result<(), HubError> {
+///     async fn receive(&self, _conn: &Connection, _msg: Publication) -> Result<(), HubError> {
 ///         Err(HubError::InboundRejected)
 ///     }
 ///
@@ -177,7 +177,8 @@ pub trait Hub: Send + Sync + 'static {
         conn: &Connection,
     ) -> impl Future<Output = Result<Self::Subscription, HubError>> + Send;
 
-    /// Handles a message the connection sent.
+    /// Handles a message the connection sent as a plain frame: its payload, and its event name
+    /// when the endpoint reads event frames ([`WsEndpoint::event_frames`](crate::ws::WsEndpoint::event_frames)).
     ///
     /// # Errors
     ///
@@ -185,7 +186,7 @@ pub trait Hub: Send + Sync + 'static {
     fn receive(
         &self,
         conn: &Connection,
-        message: Payload,
+        message: Publication,
     ) -> impl Future<Output = Result<(), HubError>> + Send;
 
     /// Detaches a connection, taking back its subscription.

@@ -10,7 +10,7 @@ use super::inbound::{check_inbound, check_publication, inbound_publication};
 use super::local::Local;
 use super::log::Limits;
 use super::subscription::Subscription;
-use super::{Connection, Hub, Message, Payload, Position, Publication};
+use super::{Connection, Hub, Message, Position, Publication};
 use crate::error::HubError;
 use crate::ids::{MessageId, Topic};
 
@@ -225,9 +225,9 @@ impl<B: Backend> Hub for PubSub<B> {
         Ok(Subscription::new(streams, None, None))
     }
 
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+    async fn receive(&self, conn: &Connection, message: Publication) -> Result<(), HubError> {
         let policy = self.inner.config.inbound.unwrap_or(InboundPolicy::Reject);
-        check_inbound(&message, self.inner.config.max_payload)?;
+        check_inbound(message.payload(), self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         for (topic, _) in conn.topics() {
             self.publish_to(topic, publication.clone()).await?;

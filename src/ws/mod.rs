@@ -108,7 +108,9 @@
 //! a later one. With a remote backend, deliveries travel
 //! through it and may come after.
 //!
-//! Client frames (text or binary) go to the hub as they are. With [`Framing::Raw`] messages
+//! Client frames (text or binary) go to the hub as they are; with
+//! [`event_frames`](WsEndpoint::event_frames), a text frame `{"event":"<name>","data":..}`
+//! goes as a message with that event name. With [`Framing::Raw`] messages
 //! travel as bare payloads (text as text frames, binary as binary frames), without ids, and
 //! the connection carries nothing else, so a member's text can never pass for a server notice:
 //! no presence, reset or `error` frames. What those would tell becomes a close: lost messages
@@ -324,6 +326,7 @@ struct Settings {
     framing: Framing,
     max_batch: usize,
     refresh: Option<Refresh>,
+    event_frames: bool,
 }
 
 /// The [`WsEndpoint::refresh`] check.
@@ -363,6 +366,7 @@ impl Default for Settings {
             framing: Framing::Envelope,
             max_batch: 512,
             refresh: None,
+            event_frames: false,
         }
     }
 }
@@ -530,6 +534,24 @@ impl<H: Hub> WsEndpoint<H> {
     {
         let check: Arc<RefreshFn> = Arc::new(move |token, current| Box::pin(check(token, current)));
         self.set(|s| s.refresh = Some(Refresh(check)))
+    }
+
+    /// Reads a plain (non-channel) client's text frames of the form
+    /// `{"event":"<name>","data":<any JSON>}` (exactly those two fields) as a message with that
+    /// event name and that data (a JSON string as its text), so that [`on_event`](crate::channel::Channels::on_event)
+    /// handlers route plain clients' messages too. Other frames stay what they are; an event
+    /// name that isn't valid is refused (`invalid_event`). Default: off, every frame is its
+    /// payload whatever it looks like (chat text that happens to be such an object included).
+    ///
+    /// ```
+    /// use salvo_realtime::{channel::Channels, ws::WsEndpoint, Rooms};
+    ///
+    /// let ws = WsEndpoint::new(Channels::new(Rooms::new()).allow("game:*")).event_frames(true);
+    /// # drop(ws);
+    /// ```
+    #[must_use]
+    pub fn event_frames(self, on: bool) -> Self {
+        self.set(|s| s.event_frames = on)
     }
 
     /// How deliveries become frames. Default: [`Framing::Envelope`].

@@ -22,7 +22,7 @@ use crate::channel::dispatch::{Commands, Done};
 use crate::channel::protocol;
 use crate::endpoint::{Admission, Attached};
 use crate::error::{HubError, Refused};
-use crate::hub::{Connection, Delivery, Hub, Payload};
+use crate::hub::{Connection, Delivery, Hub, Payload, Publication};
 use crate::metrics::ConnMetrics;
 use crate::wake::Gates;
 
@@ -437,11 +437,15 @@ impl<'a, H: Hub> Pump<'a, H> {
         msg: WsMessage,
         sub: &mut Deliveries<H>,
     ) -> ControlFlow<End, Option<protocol::Request>> {
-        let payload = match msg {
-            WsMessage::Text(text) => Payload::text(text.as_str()),
-            other => Payload::binary(other.into_data()),
+        let message = match msg {
+            WsMessage::Text(text) if self.settings.event_frames => {
+                protocol::event_frame(text.as_str())
+                    .unwrap_or_else(|| Publication::new(Payload::text(text.as_str())))
+            }
+            WsMessage::Text(text) => Publication::new(Payload::text(text.as_str())),
+            other => Publication::new(Payload::binary(other.into_data())),
         };
-        match self.hub.receive(self.conn, payload).await {
+        match self.hub.receive(self.conn, message).await {
             Ok(()) => ControlFlow::Continue(None),
             Err(HubError::PayloadTooLarge { .. }) => {
                 ControlFlow::Break(End::Close(TOO_BIG, "message too big"))

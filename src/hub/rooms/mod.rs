@@ -634,10 +634,10 @@ impl<B: Backend> Hub for Rooms<B> {
         Ok(subscription)
     }
 
-    async fn receive(&self, conn: &Connection, message: Payload) -> Result<(), HubError> {
+    async fn receive(&self, conn: &Connection, message: Publication) -> Result<(), HubError> {
         // The default a chat expects: a member isn't sent its own words back.
         let policy = self.inbound_policy();
-        check_inbound(&message, self.inner.config.max_payload)?;
+        check_inbound(message.payload(), self.inner.config.max_payload)?;
         let publication = inbound_publication(conn, message, policy)?;
         let rooms = self.rooms_of(conn.id());
         if rooms.is_empty() && !self.inner.conns.lock().contains_key(&conn.id()) {
