@@ -1492,11 +1492,13 @@ fn tick(n: u32, ticker: Option<&str>) -> Publication {
 // `subscription.ready` resolves to `{topic, reply}` with the authorization rule's join reply
 // (`reply` undefined when there is none); a resubscription after the server drops the socket
 // emits its new reply as `joined`. A connect-time topic's `$conn` `joined` notice goes to the
-// topic's subscription when there is one, else to `direct`.
+// topic's subscription when there is one, else to `direct`. A subscribe's `last` starts after
+// that id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_join_reply_through_subscribe_and_joined_after_a_reconnect() {
     let _serial = SERIAL.lock().await;
-    let spy = Spy::new(routed_channels(Rooms::new()));
+    let rooms = Rooms::new();
+    let spy = Spy::new(routed_channels(rooms.clone()));
     let server = Running::chat_on(spy.clone()).await;
     let driver = Driver::start().await;
     let page = client_page(&driver, &server).await;
@@ -1575,6 +1577,24 @@ async fn client_join_reply_through_subscribe_and_joined_after_a_reconnect() {
         json!([]),
         "the notice went to the subscription, not `direct`"
     );
+    // `last`: a position kept from an earlier visit; only what came after it (not `recent`).
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(rooms.broadcast("hist", tick(n, None)).await.unwrap());
+    }
+    page.js(&format!(
+        "window.hist = []; \
+         rt.subscribe('hist', {{ last: '{}', recent: 50 }}).on('message', (msg) => window.hist.push(msg.data.n));",
+        ids[0]
+    ))
+    .await;
+    let hist = page
+        .wait_for(
+            "the messages after `last`",
+            "return window.hist.length >= 2 && window.hist",
+        )
+        .await;
+    assert_eq!(hist, json!([2, 3]));
     page.js("window.rt.close(); window.bob.close(); window.cat.close()")
         .await;
     page.quit().await;
