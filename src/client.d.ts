@@ -31,6 +31,30 @@ export interface RealtimeMessage<T = unknown> {
   data: T;
   /** Set on a binary payload. */
   binary?: boolean;
+  /** The tags the server set on the message (`key: value`), if any (WebSocket only). */
+  tags?: Record<string, string>;
+}
+
+/** Which of a topic's messages a subscriber receives: those whose tag `key` is one of the
+ * values listed, for every key named (at most 8 keys, 256 values, 4 KiB of JSON). */
+export interface Filter {
+  tags?: Record<string, readonly string[]>;
+}
+
+/** A handler's answer to this connection alone: `joined` (the join reply of `topic`) or
+ * `reply` (what a publish handler answered a frame sent to `topic`). `R` is not checked. */
+export interface HandlerAnswer<R = unknown> {
+  /** The topic it is about; `null` if the server named none. */
+  topic: string | null;
+  /** The handler's data; `undefined` when it gave none. */
+  reply: R | undefined;
+}
+
+/** The server's answer to a subscribe: `reply` is the join reply of the authorization rule,
+ * `undefined` when it gave none. `R` is not checked. */
+export interface Joined<R = unknown> {
+  topic: string;
+  reply: R | undefined;
 }
 
 /** One user present in a room. */
@@ -72,7 +96,7 @@ export interface LaggedEvent {
 /** A message or frame the server couldn't take; the connection stays open. */
 export interface ErrorNotice {
   type: "error";
-  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`, or a publish handler's own code (`moderated`)... */
+  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`, `unknown_event`, `invalid_data`, or a publish handler's own code (`moderated`)... */
   code: string;
   /** What went wrong, for people: the code is not repeated in it. */
   message: string;
@@ -148,13 +172,18 @@ export interface ClientEvents<T> {
 /** The events of a `RealtimeSocket`. */
 export interface SocketEvents<T> extends ClientEvents<T> {
   error: ErrorNotice;
+  /** The join reply of a topic this socket joined when it connected (`$conn` event `joined`). */
+  joined: HandlerAnswer;
+  /** What a publish handler answered a frame this socket sent (`$conn` event `reply`). */
+  reply: HandlerAnswer;
   /** A frame that isn't an envelope (`Framing::Raw`). */
   raw: string | ArrayBuffer;
 }
 
 /** The events of a `RealtimeChannels`. */
 export interface ChannelsEvents<T> extends ClientEvents<T> {
-  /** A message on `$conn`, sent to this connection alone. */
+  /** A message on `$conn`, sent to this connection alone (a connect-time topic's `joined`
+   * notice too, when the topic has no subscription object). */
   direct: RealtimeMessage;
   /** The server put this connection in `topic`: attach handlers to the new subscription. */
   subscribed: { topic: string; subscription: Subscription };
@@ -165,11 +194,14 @@ export interface ChannelsEvents<T> extends ClientEvents<T> {
 }
 
 /** The events of one subscription of a `RealtimeChannels`. */
-export interface SubscriptionEvents<T> {
+export interface SubscriptionEvents<T, J = unknown> {
   message: RealtimeMessage<T>;
   presence: PresenceEvent;
   reset: ResetEvent;
   lagged: LaggedEvent;
+  /** The topic was joined again (after a reconnect, or a retry), or its join reply came for a
+   * topic asked for at connect time; `reply` is the join reply. */
+  joined: Joined<J>;
   /** A resubscription after a reconnect was refused. */
   error: RealtimeError;
   /** The server took the connection out of the topic. */
@@ -229,6 +261,8 @@ export type RealtimeErrorCode =
   | "unavailable"
   | "not_subscribed"
   | "invalid_topic"
+  | "invalid_filter"
+  | "unknown_event"
   | "too_large"
   | (string & {});
 
@@ -253,21 +287,49 @@ export interface PublishOptions {
   echo?: boolean;
 }
 
-/** The answer to a publish. */
-export interface Published {
-  id: MessageId;
+/** The answer to a publish: `id` when the message was published to its topic, `reply` when
+ * a publish handler answered the sender (`R` is not checked); `{}` when neither. */
+export interface Published<R = unknown> {
+  id?: MessageId;
+  reply?: R;
 }
 
-/** One topic of a `RealtimeChannels` socket. Not a class `client.js` exports. */
-export interface Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
+/** Options of `RealtimeChannels.subscribe`. */
+export interface SubscribeOptions {
+  /** The last `recent` messages, on first subscribing without a known id. */
+  recent?: number;
+  /** Start after this id (one kept from an earlier visit) while none was seen here. */
+  last?: MessageId;
+  /** For the server's authorization rule. */
+  data?: unknown;
+  /** Only the messages whose tags it lists; sent again on every resubscription. */
+  filter?: Filter | null;
+}
+
+/** One topic of a `RealtimeChannels` socket. Not a class `client.js` exports. `T`: the data
+ * of its messages, `J`: its join reply (neither is checked). */
+export interface Subscription<T = unknown, J = unknown> extends Emitter<SubscriptionEvents<T, J>> {
   readonly topic: string;
   readonly state: SubscriptionState;
   /** The last id seen on the topic, or `null`. */
   readonly lastId: MessageId | null;
-  /** Settled by the server's first answer; once it rejects, the subscription has ended. */
-  readonly ready: Promise<{ topic: string }>;
-  /** Publishes to this topic; resolves to `{ id }`, the message's id. */
-  publish(data: unknown, options?: PublishOptions): Promise<Published>;
+  /** The filter it asks the server for, or `null`. */
+  readonly filter: Filter | null;
+  /** Settled by the server's first answer, with the join reply; once it rejects, the
+   * subscription has ended. */
+  readonly ready: Promise<Joined<J>>;
+  /** Publishes to this topic; resolves to `{ id?, reply? }`. */
+  publish<R = unknown>(data: unknown, options?: PublishOptions): Promise<Published<R>>;
+  /** Publishes `data` under the event name `event` (Phoenix's `channel.push`); resolves to
+   * the handler's answer, `undefined` if it gave none (`R` is not checked). */
+  push<R = unknown>(event: string, data: unknown, options?: { echo?: boolean }): Promise<R | undefined>;
+  /** Calls `fn(data, message)` for each message of the event name `event` (socket.io's
+   * `socket.on(event)`); returns a function that unsubscribes. `D` is not checked. */
+  onEvent<D = unknown>(event: string, fn: (data: D, message: RealtimeMessage<D>) => void): () => void;
+  /** Changes the filter (`null`: every message) from the last id seen, so nothing is lost;
+   * resolves once the server applied it. Refused (`invalid_filter`...), the previous filter
+   * stays. */
+  setFilter(filter: Filter | null): Promise<Joined<J>>;
   /** Leaves the topic; nothing more of it is emitted once called. */
   unsubscribe(): Promise<{ topic: string; was_subscribed: boolean }>;
 }
@@ -278,14 +340,13 @@ export interface Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>
  */
 export class RealtimeChannels<T = unknown> extends Client<ChannelsEvents<T>> {
   constructor(url: string | URL, options?: ChannelsOptions);
-  /** Subscribes to `topic`, or returns the subscription it already has. `recent`: the last n
-   * messages on first subscribing; `data`: for the server's authorization rule. */
-  subscribe<U = T>(topic: string, options?: { recent?: number; data?: unknown }): Subscription<U>;
+  /** Subscribes to `topic`, or returns the subscription it already has (options ignored). */
+  subscribe<U = T, J = unknown>(topic: string, options?: SubscribeOptions): Subscription<U, J>;
   /** The subscription to `topic`, or `null`. */
   subscription(topic: string): Subscription<T> | null;
   /** Publishes `data` (any JSON; a string goes as text) to a subscribed topic; resolves to
-   * `{ id }`, the message's id. */
-  publish(topic: string, data: unknown, options?: PublishOptions): Promise<Published>;
+   * `{ id?, reply? }`: the message's id, the handler's answer. */
+  publish<R = unknown>(topic: string, data: unknown, options?: PublishOptions): Promise<Published<R>>;
   /** Calls a server method; resolves to its result (`R` is not checked). */
   call<R = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<R>;
 }

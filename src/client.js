@@ -3,6 +3,15 @@
 // publish and call over one socket). One plain ES module, no build step; served by
 // `salvo_realtime::client::ClientScript`. API: see the docs of `salvo_realtime::client`.
 
+/** The topic of messages the server sends to one connection alone. */
+const CONNECTION_TOPIC = "$conn";
+
+/** A `$conn` notice of a handler's answer (`joined`, `reply`) as listeners get it. */
+function answerNotice(msg) {
+  const data = msg.data ?? {};
+  return { topic: typeof data.topic === "string" ? data.topic : null, reply: data.reply };
+}
+
 /** An `error` frame as listeners get it: `{type: "error", code, message}`. */
 function errorNotice(frame) {
   const error = frame.error ?? {};
@@ -195,7 +204,8 @@ class Client extends Emitter {
  * A WebSocket to a `WsEndpoint` that reconnects with backoff and resumes every topic it has
  * seen (rooms and the user's `@user` direct log) with one `?last=<topic>:<id>` each.
  * Options: `recent` (ask for the last N messages of topics without a known id), `minDelay`,
- * `maxDelay`, `stableAfter`, `queueLimit`.
+ * `maxDelay`, `stableAfter`, `queueLimit`. A handler's answers to this socket alone come as
+ * `joined` (a topic's join reply) and `reply` (to a frame it sent) events, `{topic, reply}`.
  */
 export class RealtimeSocket extends Client {
   constructor(url, options = {}) {
@@ -260,6 +270,11 @@ export class RealtimeSocket extends Client {
     const msg = envelope(data);
     switch (msg && msg.type) {
       case "message":
+        // A handler's answer to this socket alone: a connect-time topic's join reply, or
+        // what a publish handler answered one of its frames.
+        if (msg.topic === CONNECTION_TOPIC && (msg.event === "joined" || msg.event === "reply")) {
+          return this._emit(msg.event, answerNotice(msg));
+        }
         return this._message(msg);
       case "reset":
         return this._reset(msg);
@@ -381,15 +396,14 @@ export class RealtimeError extends Error {
 
 /** The WebSocket subprotocol of the channel protocol. */
 export const PROTOCOL = "salvo-realtime.v1";
-/** The topic of messages the server sends to one connection alone. */
-const CONNECTION_TOPIC = "$conn";
 /** Codes after which a refused resubscription is tried again (the rest end it). */
 const RETRYABLE = new Set(["unavailable", "timeout"]);
 
 /**
  * One topic of a `RealtimeChannels` socket, from `channels.subscribe(topic)` or from the
- * server (a `subscribed` notice). Events: `message`, `presence`, `reset`, `lagged`, `error`
- * (a resubscription was refused), `unsubscribed` (by the server).
+ * server (a `subscribed` notice). Events: `message`, `presence`, `reset`, `lagged`, `joined`
+ * (`{topic, reply}`: joined again after a reconnect, or a connect-time topic's join reply),
+ * `error` (a resubscription was refused), `unsubscribed` (by the server).
  */
 class Subscription extends Emitter {
   constructor(channels, topic, options) {
@@ -399,6 +413,9 @@ class Subscription extends Emitter {
     this.state = "subscribing";
     this._channels = channels;
     this._options = options;
+    this._confirmed = options.filter; // the filter of the server's last `ok`: kept if a change is refused
+    this._live = false; // the server holds the topic for the current socket
+    this._waiters = []; // setFilter promises: {resolve, reject, sent: ref of the subscribe carrying it, or 0}
     this._settled = false;
     this._retries = 0;
     this._timer = null;
@@ -414,9 +431,34 @@ class Subscription extends Emitter {
     return this._channels.lastId(this.topic);
   }
 
-  /** `channels.publish(this.topic, data, options)`. */
+  /** The filter this subscription asks the server for, or null. */
+  get filter() {
+    return this._options.filter ?? null;
+  }
+
+  /** `channels.publish(this.topic, data, options)`: resolves to `{id?, reply?}`. */
   publish(data, options) {
     return this._channels.publish(this.topic, data, options);
+  }
+
+  /** Publishes `data` under the event name `event`; resolves to the handler's answer (its
+   * `reply`), `undefined` if it gave none. */
+  push(event, data, options = {}) {
+    return this.publish(data, { ...options, event }).then((answer) => answer?.reply);
+  }
+
+  /** Calls `fn(data, message)` for each message of the event name `event`; returns a function
+   * that unsubscribes. */
+  onEvent(event, fn) {
+    return this.on("message", (msg) => {
+      if (msg.event === event) fn(msg.data, msg);
+    });
+  }
+
+  /** Asks the server for only the messages `filter` passes (null: all), from the last id seen;
+   * resolves to `{topic, reply}` once the server applied it. Refused, the previous filter stays. */
+  setFilter(filter) {
+    return this._channels._setFilter(this, filter);
   }
 
   /** Leaves the topic; resolves to `{topic, was_subscribed}` once nothing more of it comes. */
@@ -424,13 +466,26 @@ class Subscription extends Emitter {
     return this._channels._unsubscribe(this);
   }
 
-  /** Settles `ready` (rejects with `error` if given); whether this was its first answer. */
-  _settle(error) {
+  /** Settles `ready` (rejects with `error` if given, else resolves to `joined`); whether this
+   * was its first answer. */
+  _settle(error, joined) {
     if (this._settled) return false;
     this._settled = true;
     if (error) this._reject(error);
-    else this._resolve({ topic: this.topic });
+    else this._resolve(joined ?? { topic: this.topic, reply: undefined });
     return true;
+  }
+
+  /** The setFilter promises the subscribe `ref` carried, taken out. */
+  _answered(ref) {
+    const mine = this._waiters.filter((w) => w.sent === ref);
+    this._waiters = this._waiters.filter((w) => w.sent !== ref);
+    return mine;
+  }
+
+  /** Ended: every setFilter promise still waiting rejects with `error`. */
+  _ended(error) {
+    for (const w of this._waiters.splice(0)) w.reject(error);
   }
 }
 
@@ -465,13 +520,14 @@ export class RealtimeChannels extends Client {
 
   /**
    * Subscribes to `topic` (or returns the subscription it already has). `recent`: the last n
-   * messages on first subscribing; `data`: for the server's authorization rule. Await
-   * `subscription.ready` for the server's answer.
+   * messages on first subscribing; `last`: start after this id instead; `data`: for the
+   * server's authorization rule; `filter`: only the messages whose tags it lists. Await
+   * `subscription.ready` for the server's answer, `{topic, reply}` (the join reply).
    */
-  subscribe(topic, { recent, data } = {}) {
+  subscribe(topic, { recent, last, data, filter } = {}) {
     const known = this._subs.get(topic);
     if (known) return known;
-    const sub = new Subscription(this, topic, { recent, data });
+    const sub = new Subscription(this, topic, { recent, last, data, filter: filter ?? undefined });
     if (this._closed) {
       sub.state = "refused";
       sub._settle(new RealtimeError("closed", "this client was closed"));
@@ -487,7 +543,8 @@ export class RealtimeChannels extends Client {
     return this._subs.get(topic) ?? null;
   }
 
-  /** Publishes `data` (any JSON) to a subscribed topic; resolves to `{id}`. */
+  /** Publishes `data` (any JSON) to a subscribed topic; resolves to `{id?, reply?}` (the id when
+   * it was published to `topic`, the handler's answer when it gave one). */
   publish(topic, data, { event, echo } = {}) {
     const frame = { type: "publish", topic, data: data === undefined ? null : data };
     if (event != null) frame.event = event;
@@ -558,6 +615,7 @@ export class RealtimeChannels extends Client {
     for (const sub of this._subs.values()) {
       clearTimeout(sub._timer);
       sub._settle(closed());
+      sub._ended(closed());
     }
   }
 
@@ -572,6 +630,11 @@ export class RealtimeChannels extends Client {
     const pending = [...this._pending.values(), ...unsent.filter((entry) => entry.kind !== "publish")];
     this._pending.clear();
     this._leaving.clear();
+    // The server forgot every topic: setFilter promises go with the resubscriptions.
+    for (const sub of this._subs.values()) {
+      sub._live = false;
+      for (const w of sub._waiters) w.sent = 0;
+    }
     for (const entry of pending) {
       clearTimeout(entry.timer);
       if (entry.kind === "unsubscribe") entry.resolve({ topic: entry.frame.topic, was_subscribed: true });
@@ -637,32 +700,57 @@ export class RealtimeChannels extends Client {
     this._ws.send(JSON.stringify(entry.frame));
   }
 
-  /** Asks for `sub`'s topic from its last id (or its `recent` if it has none yet). */
+  /** Asks for `sub`'s topic from its last id (or its `last` option, or its `recent` if it has
+   * none yet), with its filter; carries the setFilter promises waiting. */
   _sendSubscribe(sub) {
     clearTimeout(sub._timer);
     sub._timer = null;
+    const { recent, data, filter } = sub._options;
     const frame = { type: "subscribe", topic: sub.topic };
-    const last = this._lastIds.get(sub.topic);
+    const last = this._lastIds.get(sub.topic) ?? sub._options.last;
     if (last) frame.last = last;
-    else if (sub._options.recent) frame.recent = sub._options.recent;
-    if (sub._options.data !== undefined) frame.data = sub._options.data;
+    else if (recent) frame.recent = recent;
+    if (data !== undefined) frame.data = data;
+    if (filter != null) frame.filter = filter;
     this._ref += 1;
+    const ref = this._ref;
+    for (const w of sub._waiters) if (!w.sent) w.sent = ref;
     this._send({
       kind: "subscribe",
-      frame: { ...frame, ref: this._ref },
-      resolve: () => {
-        if (this._subs.get(sub.topic) !== sub) return;
-        sub._retries = 0;
-        sub.state = "subscribed";
-        sub._settle(null);
-      },
-      reject: (error) => this._refused(sub, error),
+      frame: { ...frame, ref },
+      resolve: (answer) => this._joined(sub, ref, filter, answer),
+      reject: (error) => this._refused(sub, ref, filter, error),
     });
   }
 
-  /** The server refused `sub` (authorization re-runs on every resubscribe). */
-  _refused(sub, error) {
+  /** The server took `sub` (with `filter`): `ready` the first time, `joined` when it joined
+   * again (after a reconnect or a retry), setFilter's promise when it changed the filter. */
+  _joined(sub, ref, filter, answer) {
     if (this._subs.get(sub.topic) !== sub) return;
+    const rejoined = !sub._live;
+    const joined = { topic: sub.topic, reply: answer?.reply };
+    sub._retries = 0;
+    sub._live = true;
+    sub._confirmed = filter;
+    sub.state = "subscribed";
+    const waiters = sub._answered(ref);
+    if (!sub._settle(null, joined) && rejoined) sub._emit("joined", joined);
+    for (const w of waiters) w.resolve(joined);
+  }
+
+  /** The server refused a subscribe of `sub` (authorization re-runs on every one). */
+  _refused(sub, ref, filter, error) {
+    if (this._subs.get(sub.topic) !== sub) return;
+    const waiters = sub._answered(ref);
+    if (waiters.length > 0) {
+      // A filter change refused: nothing of it took effect, the previous filter stays.
+      if (sub._options.filter === filter) sub._options = { ...sub._options, filter: sub._confirmed };
+      for (const w of waiters) w.reject(error);
+      if (sub._live) return; // the server still holds the topic as it was
+      // A resubscription that carried the change: ask again as it was before (after a
+      // backoff below if the refusal is worth retrying).
+      if (sub._settled && this._open() && !RETRYABLE.has(error.code)) return this._sendSubscribe(sub);
+    }
     const first = sub._settle(error);
     if (!first && RETRYABLE.has(error.code)) {
       // Not done, safe to retry: keep it and ask again after a backoff.
@@ -675,7 +763,22 @@ export class RealtimeChannels extends Client {
     this._subs.delete(sub.topic);
     this._forget(sub.topic);
     sub.state = "refused";
+    sub._ended(error);
     if (!first) sub._emit("error", error);
+  }
+
+  /** `sub.setFilter(filter)`: subscribes again with the new filter from the last id seen (now,
+   * or with the resubscription when the socket reopens). */
+  _setFilter(sub, filter) {
+    if (this._subs.get(sub.topic) !== sub) {
+      const code = this._closed ? "closed" : "unsubscribed";
+      return Promise.reject(new RealtimeError(code, "the subscription has ended"));
+    }
+    return new Promise((resolve, reject) => {
+      sub._options = { ...sub._options, filter: filter ?? undefined };
+      sub._waiters.push({ resolve, reject, sent: 0 });
+      if (this._open()) this._sendSubscribe(sub);
+    });
   }
 
   _unsubscribe(sub) {
@@ -685,7 +788,9 @@ export class RealtimeChannels extends Client {
     clearTimeout(sub._timer);
     this._forget(topic);
     sub.state = "unsubscribed";
-    sub._settle(new RealtimeError("unsubscribed", "unsubscribed before the server answered"));
+    const left = () => new RealtimeError("unsubscribed", "unsubscribed before the server answered");
+    sub._settle(left());
+    sub._ended(left());
     if (!this._open()) return Promise.resolve({ topic, was_subscribed: false });
     this._leaving.set(topic, (this._leaving.get(topic) ?? 0) + 1);
     const done = () => {
@@ -786,13 +891,15 @@ export class RealtimeChannels extends Client {
     target?._emit("presence", snapshot);
   }
 
-  /** A message on `$conn`: the server moved this connection, or wrote to it alone. */
+  /** A message on `$conn`: the server moved this connection, told it a connect-time topic's
+   * join reply, or wrote to it alone. */
   _direct(msg) {
     const topic = msg.data && typeof msg.data.topic === "string" ? msg.data.topic : null;
     if (msg.event === "subscribed" && topic) {
       if (this._subs.has(topic)) return;
       const sub = new Subscription(this, topic, {});
       sub.state = "subscribed";
+      sub._live = true;
       sub._settle(null);
       this._subs.set(topic, sub);
       this._emit("subscribed", { topic, subscription: sub });
@@ -809,9 +916,13 @@ export class RealtimeChannels extends Client {
       clearTimeout(sub._timer);
       this._forget(topic);
       sub.state = "unsubscribed";
+      sub._ended(new RealtimeError("unsubscribed", "the server took the connection out of the topic"));
       sub._emit("unsubscribed", { topic });
       this._emit("unsubscribed", { topic, subscription: sub });
       return;
+    }
+    if (msg.event === "joined" && topic && this._subs.has(topic)) {
+      return this._subs.get(topic)._emit("joined", answerNotice(msg));
     }
     this._emit("direct", msg);
   }

@@ -44,6 +44,7 @@
 //! chat.on("presence", (p) => setMembers(p.members));       // snapshot after (re)joining
 //! chat.on("reset", (r) => notice("earlier messages are unavailable: " + r.reason));
 //! chat.on("error", (e) => e.code === "unavailable" && retryLater());
+//! chat.on("reply", (r) => show(r.topic, r.reply));         // a publish handler answered a frame
 //! chat.on("status", (s) => setStatus(s.state));           // connecting | open | reconnecting | closed
 //! chat.send({ text: "hi" });                               // strings and binary as is, else JSON
 //! chat.close();
@@ -72,11 +73,13 @@
 //!
 //! | type | detail |
 //! |---|---|
-//! | `message` | a message: `{type: "message", topic, id, event, from, ts, data}`; a binary payload (sent as base64 with `binary: true`) arrives as a `Uint8Array` in `data`, with `binary: true`. Presence notices (`event` `presence.join` / `presence.leave`, `data` `{user, data}`) have no `id`. SSE: `topic` is the `topic` option, no `from`/`ts`, binary stays base64 text |
+//! | `message` | a message: `{type: "message", topic, id, event, from, ts, data, tags}`; a binary payload (sent as base64 with `binary: true`) arrives as a `Uint8Array` in `data`, with `binary: true`; `tags` (`{key: value}`) only when the server tagged it ([`Publication::tag`](crate::Publication::tag)). Presence notices (`event` `presence.join` / `presence.leave`, `data` `{user, data}`) have no `id`. SSE: `topic` is the `topic` option, no `from`/`ts`/`tags`, binary stays base64 text |
 //! | `presence` | `{type: "presence", topic, members: [{user, connections, data}]}`, once per (re)join: the complete member list (a big room's snapshot arrives in pages, which the client joins into one event) |
 //! | `reset` | `{topic, requested, epoch, replay_after, reason}`: the resume position was lost; earlier messages are unavailable, what history holds follows. `reason`: `epoch_changed` (server restart), `expired` (history moved past it), `ahead` (the log is behind the id), `invalid` (the id sent couldn't be read; `requested` is `null`) |
 //! | `lagged` | `{topic, missed}`: this client fell behind and lost `missed` messages |
 //! | `error` | `{type: "error", code, message}`: a message this socket sent was not delivered (WebSocket only; codes below) |
+//! | `reply` | `{topic, reply}`: what a [`Channels`](crate::channel::Channels) publish handler answered a frame this socket sent to `topic` ([`Outcome::reply`](crate::channel::Outcome::reply); WebSocket only, never a `message`) |
+//! | `joined` | `{topic, reply}`: the join reply of a topic this socket asked for when it connected (an [`authorize`](crate::channel::Channels::authorize) rule's data; WebSocket only, never a `message`) |
 //! | `status` | `{state, ...}`: `connecting` (`attempt`), `open` (`resumed`), `reconnecting` (`attempt`, `delay` in ms, WebSocket close `code`/`reason`), `closed` |
 //! | `raw` | a WebSocket frame that isn't an envelope ([`Framing::Raw`](crate::ws::Framing::Raw)) |
 //!
@@ -88,6 +91,10 @@
 //! | `unavailable` | the hub's backend is down or timed out; the message was **not** delivered and is safe to send again |
 //! | `json_too_deep` | JSON nested deeper than [`MAX_JSON_DEPTH`](crate::hub::MAX_JSON_DEPTH); dropped |
 //! | `refused` | the hub refused the message (for example [`InboundPolicy::Reject`](crate::hub::InboundPolicy::Reject)) |
+//! | `unknown_event` | a [`Channels`](crate::channel::Channels) room takes named events only ([`on_event`](crate::channel::Channels::on_event)), and a plain frame has none |
+//!
+//! and a publish handler's own codes (the [`ws`](crate::ws#wire-format) module docs list
+//! them all).
 //!
 //! Options (all optional): `minDelay` (500 ms) and `maxDelay` (15 s) bound the reconnect delay,
 //! which doubles per failed attempt with random jitter (half to all of it) and starts over once
@@ -122,6 +129,18 @@
 //! }
 //! const board = await rt.call("move", { game: "7", cell: 4 }, { timeout: 5000 });
 //!
+//! // Join replies, event routing (Phoenix's channel.on / channel.push).
+//! const game = rt.subscribe("game:7");
+//! const { reply: initial } = await game.ready;             // the authorization rule's reply
+//! game.on("joined", ({ reply }) => redraw(reply));         // joined again after a reconnect
+//! game.onEvent("moved", (data, m) => place(m.from, data)); // only messages of event "moved"
+//! const at = await game.push("move", { dx: 1 });           // the handler's answer
+//!
+//! // Filters: only the messages tagged ticker AAPL or MSFT, kept across reconnects.
+//! const prices = rt.subscribe("prices", { filter: { tags: { ticker: ["AAPL", "MSFT"] } } });
+//! prices.on("message", (m) => quote(m.tags.ticker, m.data));
+//! await prices.setFilter({ tags: { ticker: ["GOOG"] } }); // from the last id seen
+//!
 //! rt.on("subscribed", ({ topic, subscription }) => addTab(topic, subscription)); // by the server
 //! rt.on("direct", (m) => toast(m.data));                   // sent to this connection alone
 //! await lobby.unsubscribe();
@@ -129,9 +148,9 @@
 //!
 //! | member | what it does |
 //! |---|---|
-//! | `subscribe(topic, {recent, data})` | a subscription (the same object again for a topic already subscribed); sent now, or when the socket opens |
+//! | `subscribe(topic, {recent, last, data, filter})` | a subscription (the same object again for a topic already subscribed, its options unchanged); sent now, or when the socket opens. `recent`: the last *n* messages; `last`: start after this id (one kept from an earlier visit) while none was seen here; `data`: for the authorization rule; `filter`: `{tags: {key: [values]}}`, only the messages tagged with one of the values for every key (see [`Filter`](crate::hub::Filter)) |
 //! | `subscription(topic)` | the subscription to `topic`, or `null` |
-//! | `publish(topic, data, {event, echo})` | a `Promise` of `{id}`; `data` is any JSON (a string goes as text); `echo: false` leaves the publisher out |
+//! | `publish(topic, data, {event, echo})` | a `Promise` of `{id, reply}`: `id` when the message was published to `topic`, `reply` when a publish handler answered (each absent otherwise, `{}` for neither); `data` is any JSON (a string goes as text); `echo: false` leaves the publisher out |
 //! | `call(method, data, {timeout})` | a `Promise` of the method's result; `timeout` in ms (default the `callTimeout` option, 10 s) |
 //! | `on`, `close`, `lastId`, `state`, `duplicates` | as above (`duplicates` counts every topic) |
 //!
@@ -142,15 +161,25 @@
 //! client with many topics resubscribing, or a burst of publishes, is paced rather than refused
 //! `rate_limited`. Raise both with the endpoint's [`rate_limit`](crate::ws::WsEndpoint::rate_limit).
 //!
-//! A subscription has `topic`, `state` (`"subscribing"`, `"subscribed"`, `"unsubscribed"`,
-//! `"refused"`), `lastId` (the last id seen on the topic, or `null`), `ready` (a `Promise`
-//! settled by the server's first answer; once it rejects the subscription has ended, and
-//! `subscribe` asks again), `on(type, fn)`, `publish(data, options)` and
-//! `unsubscribe()` (a `Promise` of `{topic, was_subscribed}`; nothing more of the topic is
-//! emitted once it is called).
+//! A subscription has:
+//!
+//! | member | what it does |
+//! |---|---|
+//! | `topic` | its topic |
+//! | `state` | `"subscribing"`, `"subscribed"`, `"unsubscribed"` or `"refused"` |
+//! | `lastId` | the last id seen on the topic, or `null` |
+//! | `filter` | the filter it asks the server for, or `null` |
+//! | `ready` | a `Promise` settled by the server's first answer: `{topic, reply}`, `reply` the authorization rule's join reply (`undefined` without one); once it rejects the subscription has ended, and `subscribe` asks again |
+//! | `on(type, fn)` | its events, below |
+//! | `onEvent(event, fn)` | calls `fn(data, message)` for each message of the event name `event` only; returns a function that unsubscribes |
+//! | `publish(data, {event, echo})` | `rt.publish(topic, data, options)` |
+//! | `push(event, data, {echo})` | publishes under the event name `event`; a `Promise` of the handler's answer (the reply's `reply`, `undefined` without one) |
+//! | `setFilter(filter)` | subscribes again with `filter` (`null`: every message) from the last id seen, so no message the new filter passes is lost; a `Promise` of `{topic, reply}` once the server applied it (while the socket is away, with the resubscription). Refused (`invalid_filter`), it rejects and the previous filter stays |
+//! | `unsubscribe()` | a `Promise` of `{topic, was_subscribed}`; nothing more of the topic is emitted once it is called |
 //!
 //! Every promise rejects with a `RealtimeError` (exported): an `Error` with `code` and
-//! `message`, the server's (the codes of the channel protocol, and a handler's own, such as
+//! `message`, the server's (the codes of the channel protocol, such as `unknown_event` for an
+//! event name the topic has no handler for or `invalid_filter`, and a handler's own, such as
 //! `moderated`), or the client's own:
 //!
 //! | `code` | meaning |
@@ -159,25 +188,29 @@
 //! | `disconnected` | the socket dropped before the reply (a publish may or may not have been published), or a call was made while it was not open |
 //! | `queue_full` | more than `queueLimit` (100) commands wait for the socket, or for their turn to be sent |
 //! | `closed` | `close()` was called |
-//! | `unsubscribed` | (`ready`) the subscription was left before the server answered |
+//! | `unsubscribed` | (`ready`, `setFilter`) the subscription was left, or the server took the connection out, before the server answered |
 //!
 //! Events of a subscription: `message`, `presence`, `reset`, `lagged` (details as in the
-//! table above, for its topic), `error` (a `RealtimeError`: the server refused the topic when
-//! it was resubscribed after a reconnect; the subscription ends, except after `unavailable` or
-//! `timeout`, when it is asked for again after a backoff), `unsubscribed` (the server took the
-//! connection out). Events of the `RealtimeChannels` object:
+//! table above, for its topic), `joined` (`{topic, reply}`: the topic was joined again, after
+//! a reconnect or a retry, with the join reply of that time; or the join reply of a topic the
+//! URL asked for at connect time, sent as a `joined` message on `$conn`), `error` (a
+//! `RealtimeError`: the server refused the topic when it was resubscribed after a reconnect;
+//! the subscription ends, except after `unavailable` or `timeout`, when it is asked for again
+//! after a backoff), `unsubscribed` (the server took the connection out). Events of the
+//! `RealtimeChannels` object:
 //!
 //! | type | detail |
 //! |---|---|
 //! | `message`, `presence`, `reset`, `lagged` | deliveries of a topic without a subscription object: the user's direct-message log `@<user>`, or a topic the server added before its `subscribed` notice came |
-//! | `direct` | a message on `$conn`, sent to this connection alone ([`Channels::send_to_connection`](crate::channel::Channels::send_to_connection)) |
+//! | `direct` | a message on `$conn`, sent to this connection alone ([`Channels::send_to_connection`](crate::channel::Channels::send_to_connection)); a connect-time topic's `joined` notice too when that topic has no subscription object |
 //! | `subscribed` | `{topic, subscription}`: the server put this connection in `topic` ([`Channels::subscribe`](crate::channel::Channels::subscribe)); the subscription object is new, attach handlers to it |
 //! | `unsubscribed` | `{topic, subscription}`: the server took it out; the subscription has ended |
 //! | `error` | `{type: "error", code, message}`: a frame the server couldn't take (`rate_limited`, `bad_frame`), or `unsupported` when the server didn't accept `salvo-realtime.v1` (the client then closes) |
 //! | `status`, `raw` | as above |
 //!
 //! Refs are an incrementing counter, never reused. On every reconnect the client first
-//! resubscribes every topic with its own `last` id (or `recent` if it has seen none yet), so
+//! resubscribes every topic with its own `last` id (or `recent` if it has seen none yet) and
+//! its filter, so
 //! the server's authorization rules run again and each topic gets exactly what it missed; then
 //! it sends the publishes queued while it was away, in order (the server runs a connection's
 //! commands in order, so they come after the resubscriptions), all paced by the bucket above.

@@ -1449,3 +1449,437 @@ async fn client_paces_many_resubscriptions_under_the_default_rate_limit() {
     page.quit().await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The channel protocol's join replies, filters and event routing, through the client
+
+/// Channels for the client's join replies, filters and event routing: `game:*` topics answer
+/// a subscribe with `{board, join}` (`join` counts the rule's runs) and take only `move`
+/// (published as `moved`, its `x` answered to the mover) and `chat` (published as sent);
+/// `plain` answers a plain frame with what it got and publishes nothing; the rest is open.
+fn routed_channels(rooms: Rooms) -> salvo_realtime::channel::Channels {
+    use salvo_realtime::channel::{Channels, Inbound, Outcome};
+    let joins = Arc::new(AtomicUsize::new(0));
+    Channels::new(rooms)
+        .authorize("game:*", move |_ctx, req| {
+            let join = joins.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok(json!({ "board": req.wildcard, "join": join })) }
+        })
+        .allow("*")
+        .on_event("game:*", "move", |_ctx, msg: Inbound<Value>| async move {
+            let x = msg.data["dx"].as_i64().unwrap_or(0);
+            Ok(Outcome::publish(json!({ "x": x }))
+                .event("moved")
+                .with_reply(json!({ "x": x })))
+        })
+        .on_event("game:*", "chat", |_ctx, _msg: Inbound<Value>| async move {
+            Ok(Outcome::pass())
+        })
+        .on_publish("plain", |_ctx, msg: Inbound<Value>| async move {
+            Ok(Outcome::reply(json!({ "echoed": msg.data })))
+        })
+}
+
+/// A `prices` message `{n}`, tagged `ticker` unless `ticker` is `None`.
+fn tick(n: u32, ticker: Option<&str>) -> Publication {
+    let p = Publication::new(json!({ "n": n }).to_string());
+    match ticker {
+        Some(t) => p.tag("ticker", t),
+        None => p,
+    }
+}
+
+// `subscription.ready` resolves to `{topic, reply}` with the authorization rule's join reply
+// (`reply` undefined when there is none); a resubscription after the server drops the socket
+// emits its new reply as `joined`. A connect-time topic's `$conn` `joined` notice goes to the
+// topic's subscription when there is one, else to `direct`. A subscribe's `last` starts after
+// that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_join_reply_through_subscribe_and_joined_after_a_reconnect() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(routed_channels(rooms.clone()));
+    let server = Running::chat_on(spy.clone()).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(
+        "window.joined = []; \
+         window.rt = m.channels('/ws?name=ann', { minDelay: 50, maxDelay: 100 }); \
+         window.game = rt.subscribe('game:7'); \
+         game.on('joined', (j) => window.joined.push(j)); \
+         game.ready.then((j) => { window.ready = j; }); \
+         rt.subscribe('lobby').ready.then((j) => { window.plain = ['reply' in j, j.reply === undefined, j.topic]; });",
+    )
+    .await;
+    let ready = page.wait_for("the join reply", "return window.ready").await;
+    assert_eq!(
+        ready,
+        json!({ "topic": "game:7", "reply": { "board": "7", "join": 1 } })
+    );
+    let plain = page
+        .wait_for("a subscribe without a join reply", "return window.plain")
+        .await;
+    assert_eq!(plain, json!([true, true, "lobby"]));
+    assert_eq!(
+        page.js("return window.joined").await,
+        json!([]),
+        "the first answer is `ready`'s alone"
+    );
+
+    wait_connection(&spy, "ann", 1).await;
+    assert_eq!(spy.kill(Some("ann")), 1);
+    let report = "return [window.joined, window.rt.state]";
+    wait_or_report(
+        &page,
+        "the resubscription's `joined`",
+        "return window.joined.length === 1",
+        report,
+    )
+    .await;
+    assert_eq!(
+        page.js("return window.joined").await,
+        json!([{ "topic": "game:7", "reply": { "board": "7", "join": 2 } }])
+    );
+
+    // Connect-time topics: with a subscription object its `joined` event, without one `direct`.
+    page.js(
+        "window.direct = []; window.subJoined = []; \
+         window.bob = m.channels('/ws?name=bob&topic=game:9'); \
+         bob.on('direct', (msg) => window.direct.push([msg.event, msg.data])); \
+         window.cat = m.channels('/ws?name=cat&topic=game:5'); \
+         window.catDirect = []; cat.on('direct', (msg) => window.catDirect.push(msg.event)); \
+         cat.subscribe('game:5').on('joined', (j) => window.subJoined.push([j.topic, j.reply.board]));",
+    )
+    .await;
+    let direct = page
+        .wait_for(
+            "bob's `direct` joined notice",
+            "return window.direct.length && window.direct",
+        )
+        .await;
+    assert_eq!(direct[0][0], json!("joined"), "{direct}");
+    assert_eq!(direct[0][1]["topic"], json!("game:9"));
+    assert_eq!(direct[0][1]["reply"]["board"], json!("9"));
+    let sub_joined = page
+        .wait_for(
+            "cat's subscription's `joined`",
+            "return window.subJoined.length && window.subJoined",
+        )
+        .await;
+    assert_eq!(sub_joined, json!([["game:5", "5"]]));
+    page.wait_for(
+        "cat's subscription",
+        "return window.cat.subscription('game:5').state === 'subscribed'",
+    )
+    .await;
+    assert_eq!(
+        page.js("return window.catDirect").await,
+        json!([]),
+        "the notice went to the subscription, not `direct`"
+    );
+    // `last`: a position kept from an earlier visit; only what came after it (not `recent`).
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(rooms.broadcast("hist", tick(n, None)).await.unwrap());
+    }
+    page.js(&format!(
+        "window.hist = []; \
+         rt.subscribe('hist', {{ last: '{}', recent: 50 }}).on('message', (msg) => window.hist.push(msg.data.n));",
+        ids[0]
+    ))
+    .await;
+    let hist = page
+        .wait_for(
+            "the messages after `last`",
+            "return window.hist.length >= 2 && window.hist",
+        )
+        .await;
+    assert_eq!(hist, json!([2, 3]));
+    page.js("window.rt.close(); window.bob.close(); window.cat.close()")
+        .await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// A subscribe's `filter` lets only the messages with those tags through (each message shows
+// its `tags`), and it is sent again when the client resubscribes after the server dropped the
+// socket. `setFilter` subscribes again from the last id seen, so a message the new filter
+// passes, published before the change, still comes; a filter the server refuses rejects with
+// `invalid_filter` and leaves the previous one in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_filter_passes_tagged_messages_survives_a_reconnect_and_changes_with_set_filter() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(routed_channels(rooms.clone()));
+    let server = Running::chat_on(spy.clone()).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js("window.got = []; window.rejoined = 0; \
+         window.rt = m.channels('/ws?name=ann', { minDelay: 50, maxDelay: 100 }); \
+         window.prices = rt.subscribe('prices', { filter: { tags: { ticker: ['AAPL'] } } }); \
+         prices.on('message', (msg) => window.got.push([msg.data.n, msg.tags?.ticker ?? null])); \
+         prices.on('joined', () => { window.rejoined += 1; });")
+        .await;
+    page.wait_for(
+        "the subscription",
+        "return window.prices.state === 'subscribed'",
+    )
+    .await;
+    let got = async |n: u32| -> Value {
+        page.wait_for(
+            &format!("message {n}"),
+            &format!("return window.got.some(([k]) => k === {n}) && window.got"),
+        )
+        .await
+    };
+    for (n, ticker) in [
+        (1, Some("AAPL")),
+        (2, Some("MSFT")),
+        (3, None),
+        (4, Some("AAPL")),
+    ] {
+        rooms.broadcast("prices", tick(n, ticker)).await.unwrap();
+    }
+    assert_eq!(got(4).await, json!([[1, "AAPL"], [4, "AAPL"]]));
+
+    wait_connection(&spy, "ann", 1).await;
+    assert_eq!(spy.kill(Some("ann")), 1);
+    page.wait_for("the resubscription", "return window.rejoined === 1")
+        .await;
+    for (n, ticker) in [(5, Some("MSFT")), (6, Some("AAPL"))] {
+        rooms.broadcast("prices", tick(n, ticker)).await.unwrap();
+    }
+    assert_eq!(
+        got(6).await,
+        json!([[1, "AAPL"], [4, "AAPL"], [6, "AAPL"]]),
+        "the filter came back with the resubscription"
+    );
+
+    // Published before the change, passed by the new filter: comes with it (from `last`).
+    rooms
+        .broadcast("prices", tick(7, Some("MSFT")))
+        .await
+        .unwrap();
+    page.js("prices.setFilter({ tags: { ticker: ['MSFT'] } }) \
+           .then((j) => { window.changed = [j.topic, j.reply === undefined, prices.filter]; });")
+        .await;
+    let changed = page
+        .wait_for("setFilter's answer", "return window.changed")
+        .await;
+    assert_eq!(
+        changed,
+        json!(["prices", true, { "tags": { "ticker": ["MSFT"] } }]),
+        "no join reply here"
+    );
+    for (n, ticker) in [(8, Some("AAPL")), (9, Some("MSFT"))] {
+        rooms.broadcast("prices", tick(n, ticker)).await.unwrap();
+    }
+    assert_eq!(
+        got(9).await,
+        json!([
+            [1, "AAPL"],
+            [4, "AAPL"],
+            [6, "AAPL"],
+            [7, "MSFT"],
+            [9, "MSFT"]
+        ])
+    );
+
+    page.js(
+        "prices.setFilter({ tags: { 'no spaces': ['x'] } }) \
+           .then(() => { window.bad = 'resolved'; }, (e) => { window.bad = [e instanceof m.RealtimeError, e.code, prices.filter]; });",
+    )
+    .await;
+    let bad = page
+        .wait_for("the refused filter", "return window.bad")
+        .await;
+    assert_eq!(
+        bad,
+        json!([true, "invalid_filter", { "tags": { "ticker": ["MSFT"] } }])
+    );
+    for (n, ticker) in [(10, Some("AAPL")), (11, Some("MSFT"))] {
+        rooms.broadcast("prices", tick(n, ticker)).await.unwrap();
+    }
+    let all = got(11).await;
+    assert_eq!(
+        all.as_array().unwrap()[5..],
+        [json!([11, "MSFT"])],
+        "the previous filter stayed"
+    );
+    assert_eq!(
+        page.js("return window.prices.state").await,
+        json!("subscribed")
+    );
+
+    // Changed while the socket is away: the change goes with the resubscription.
+    page.js("rt.on('status', (s) => { \
+           if (s.state !== 'reconnecting' || window.offline) return; \
+           window.offline = rt.state; \
+           prices.setFilter({ tags: { ticker: ['AAPL'] } }) \
+             .then((j) => { window.changedOffline = [j.topic, rt.state, window.rejoined]; }); \
+         });")
+        .await;
+    wait_connection(&spy, "ann", 2).await;
+    assert_eq!(spy.kill(Some("ann")), 1);
+    let offline = page
+        .wait_for("the change made while away", "return window.changedOffline")
+        .await;
+    assert_eq!(
+        offline,
+        json!(["prices", "open", 2]),
+        "answered by the resubscription"
+    );
+    assert_eq!(
+        page.js("return window.offline").await,
+        json!("reconnecting")
+    );
+    for (n, ticker) in [(12, Some("MSFT")), (13, Some("AAPL"))] {
+        rooms.broadcast("prices", tick(n, ticker)).await.unwrap();
+    }
+    let all = got(13).await;
+    assert_eq!(all.as_array().unwrap()[6..], [json!([13, "AAPL"])]);
+    assert_eq!(page.js("return window.rt.duplicates").await, json!(0));
+    page.js("window.rt.close()").await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// `onEvent(name, fn)` calls `fn(data, message)` for that event name only, and stops after its
+// unsubscribe function is called; `push(event, data)` resolves to the handler's answer alone
+// (`undefined` without one) while `publish` resolves to the whole `{id, reply}`; an event the
+// topic has no handler for rejects with a `RealtimeError` of code `unknown_event`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_on_event_routes_by_name_and_push_resolves_with_the_reply() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let server = Running::chat_on(routed_channels(rooms.clone())).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(
+        "window.moved = []; window.chats = []; window.offCalls = 0; window.events = []; \
+         window.rt = m.channels('/ws?name=ann'); \
+         window.game = rt.subscribe('game:1'); \
+         game.onEvent('moved', (data, msg) => window.moved.push([data, msg.event, msg.topic])); \
+         game.onEvent('chat', (data) => window.chats.push(data)); \
+         const off = game.onEvent('moved', () => { window.offCalls += 1; }); \
+         window.offResult = typeof off === 'function' && off(); \
+         game.on('message', (msg) => window.events.push(msg.event ?? null)); \
+         game.ready.then(async () => { \
+           window.pushed = await game.push('move', { dx: 3 }); \
+           window.chatPushed = ['answered', await game.push('chat', { text: 'hi' })]; \
+           window.published = await game.publish({ dx: 1 }, { event: 'move' }); \
+           try { await game.push('fly', {}); window.fly = 'resolved'; } \
+           catch (e) { window.fly = [e instanceof m.RealtimeError, e.name, e.code, e.message.length > 0]; } \
+         });",
+    )
+    .await;
+    let fly = page
+        .wait_for("the refused event", "return window.fly")
+        .await;
+    assert_eq!(fly, json!([true, "RealtimeError", "unknown_event", true]));
+    assert_eq!(page.js("return window.pushed").await, json!({ "x": 3 }));
+    assert_eq!(
+        page.js("return window.chatPushed.length === 2 && window.chatPushed[1] === undefined")
+            .await,
+        json!(true),
+        "a handler without an answer: undefined"
+    );
+    let published = page.js("return window.published").await;
+    assert_eq!(published["reply"], json!({ "x": 1 }), "{published}");
+    let id = published["id"].as_str().expect("the id too");
+    assert_eq!(rooms.history("game:1").last().unwrap().id().to_string(), id);
+    page.wait_for("the three messages", "return window.events.length === 3")
+        .await;
+    assert_eq!(
+        page.js("return window.moved").await,
+        json!([[{ "x": 3 }, "moved", "game:1"], [{ "x": 1 }, "moved", "game:1"]])
+    );
+    assert_eq!(
+        page.js("return window.chats").await,
+        json!([{ "text": "hi" }])
+    );
+    assert_eq!(
+        page.js("return window.events").await,
+        json!(["moved", "chat", "moved"]),
+        "every message, in order, for `on('message')`"
+    );
+    assert_eq!(page.js("return window.offCalls").await, json!(0));
+    page.js("window.rt.close()").await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// A plain `RealtimeSocket` to a `Channels` hub: a publish handler's answer to its frame comes
+// as a `reply` event `{topic, reply}` (not as a message), a connect-time topic's join reply as
+// `joined`, a refused frame as an `error` event `{type, code, message}`, and tagged messages
+// show their `tags`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_plain_socket_gets_handler_replies_join_replies_and_tags() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let server = Running::chat_on(routed_channels(rooms.clone())).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(
+        "window.replies = []; window.topics = []; window.joinedA = []; \
+         window.a = new m.RealtimeSocket('/ws?name=ann&topic=plain'); \
+         a.on('reply', (r) => window.replies.push(r)); \
+         a.on('joined', (j) => window.joinedA.push(j)); \
+         a.on('message', (msg) => window.topics.push([msg.topic, msg.tags ?? null])); \
+         a.on('status', (s) => s.state === 'open' && a.send({ a: 1 })); \
+         window.joined = []; window.errors = []; \
+         window.b = new m.RealtimeSocket('/ws?name=bob&topic=game:4'); \
+         b.on('joined', (j) => window.joined.push(j)); \
+         b.on('error', (e) => window.errors.push(e)); \
+         b.on('status', (s) => s.state === 'open' && b.send({ dx: 1 }));",
+    )
+    .await;
+    let replies = page
+        .wait_for(
+            "the handler's reply",
+            "return window.replies.length && window.replies",
+        )
+        .await;
+    assert_eq!(
+        replies,
+        json!([{ "topic": "plain", "reply": { "echoed": { "a": 1 } } }])
+    );
+    let joined = page
+        .wait_for(
+            "bob's join reply",
+            "return window.joined.length && window.joined",
+        )
+        .await;
+    assert_eq!(joined[0]["topic"], json!("game:4"), "{joined}");
+    assert_eq!(joined[0]["reply"]["board"], json!("4"));
+    let errors = page
+        .wait_for(
+            "bob's refused frame",
+            "return window.errors.length && window.errors",
+        )
+        .await;
+    assert_eq!(errors[0]["type"], json!("error"));
+    assert_eq!(errors[0]["code"], json!("unknown_event"), "{errors}");
+    assert!(errors[0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+    rooms
+        .broadcast("plain", tick(1, Some("AAPL")))
+        .await
+        .unwrap();
+    rooms.broadcast("plain", tick(2, None)).await.unwrap();
+    let topics = page
+        .wait_for(
+            "two messages",
+            "return window.topics.length >= 2 && window.topics",
+        )
+        .await;
+    assert_eq!(
+        topics,
+        json!([["plain", { "ticker": "AAPL" }], ["plain", null]]),
+        "no `$conn` message: the reply came as its own event"
+    );
+    assert_eq!(page.js("return window.joinedA").await, json!([]));
+    page.js("window.a.close(); window.b.close()").await;
+    page.quit().await;
+    server.stop().await;
+}

@@ -17,15 +17,20 @@ import {
 import type {
   ConnectionState,
   ErrorNotice,
+  Filter,
+  HandlerAnswer,
+  Joined,
   LaggedEvent,
   Member,
   MessageId,
   PresenceEvent,
+  Published,
   RealtimeErrorCode,
   RealtimeMessage,
   ResetEvent,
   ResetReason,
   StatusEvent,
+  SubscribeOptions,
   Subscription,
   SubscriptionState,
 } from "/realtime.js";
@@ -49,7 +54,8 @@ const off: () => void = chat.on("message", (m: RealtimeMessage<Chat>) => {
   const text: string = m.data.text;
   const topic: string | null = m.topic;
   const id: MessageId | null | undefined = m.id;
-  show(text, topic, id, m.event, m.from, m.ts, m.binary, m.type === "message");
+  const tags: Record<string, string> | undefined = m.tags;
+  show(text, topic, id, m.event, m.from, m.ts, m.binary, m.type === "message", tags?.["ticker"]);
 });
 off();
 chat.on("presence", (p: PresenceEvent) => {
@@ -63,6 +69,8 @@ chat.on("reset", (r: ResetEvent) => {
 chat.on("lagged", (l: LaggedEvent) => show(l.topic, l.missed));
 chat.on("error", (e: ErrorNotice) => show(e.code === "unavailable", e.message));
 chat.on("raw", (frame: string | ArrayBuffer) => show(frame));
+chat.on("reply", ({ topic, reply }: HandlerAnswer) => show(topic?.length, reply));
+chat.on("joined", (j: HandlerAnswer) => show(j.topic, j.reply));
 chat.on("status", (s: StatusEvent) => {
   switch (s.state) {
     case "connecting":
@@ -113,6 +121,8 @@ feed.close();
 feed.send("x");
 // @ts-expect-error: SSE emits no `error` notices
 feed.on("error", () => {});
+// @ts-expect-error: SSE carries no handler answers
+feed.on("reply", () => {});
 // @ts-expect-error: `events` is a list of names
 new RealtimeEvents("/events", { events: "alert" });
 
@@ -141,7 +151,7 @@ lobby.on("reset", (r) => show(r.replay_after));
 lobby.on("lagged", (l) => show(l.missed));
 lobby.on("error", (e: RealtimeError) => show(e.code));
 lobby.on("unsubscribed", ({ topic }) => show(topic));
-lobby.ready.then(({ topic }) => show(topic)).catch((e: RealtimeError) => show(e.code));
+lobby.ready.then(({ topic, reply }) => show(topic, reply)).catch((e: RealtimeError) => show(e.code));
 void lobby.publish({ text: "hi" }, { event: "chat", echo: false }).then(({ id }) => show(id));
 
 rt.on("subscribed", ({ topic, subscription }) => show(topic, subscription.state));
@@ -153,6 +163,63 @@ rt.on("status", (s) => show(s.state));
 rt.on("raw", (frame) => show(frame));
 const found: Subscription | null = rt.subscription("lobby");
 show(found, rt.lastId("lobby"), rt.duplicates, rt.state);
+
+// Join replies, filters, event routing.
+interface Tick {
+  price: number;
+}
+interface Board {
+  cells: number[];
+}
+const aaplOnly: Filter = { tags: { ticker: ["AAPL", "MSFT"] } };
+const options: SubscribeOptions = { recent: 5, last: "1f-3", data: { pass: 1 }, filter: aaplOnly };
+const prices: Subscription<Tick, Board> = rt.subscribe<Tick, Board>("prices", options);
+prices.ready.then(({ topic, reply }: Joined<Board>) => show(topic, reply?.cells.length));
+prices.on("joined", ({ topic, reply }) => show(topic, reply?.cells));
+prices.on("message", (m) => show(m.tags?.["ticker"], m.data.price));
+const offMoved: () => void = prices.onEvent<{ x: number }>("moved", (data, message) => {
+  show(data.x, message.event, message.tags, message.id);
+});
+offMoved();
+const current: Filter | null = prices.filter;
+show(current?.tags?.["ticker"]?.length);
+rt.subscribe("all", { filter: null });
+
+async function routed(): Promise<void> {
+  const changed: Joined<Board> = await prices.setFilter({ tags: { ticker: ["AAPL"] } });
+  show(changed.topic, changed.reply?.cells);
+  await prices.setFilter(null);
+  const position = await prices.push<{ x: number; y: number }>("move", { dx: 1 }, { echo: false });
+  show(position?.x, position?.y);
+  const answered: Published<string> = await prices.publish<string>({ price: 1 }, { event: "tick" });
+  const reply: string | undefined = answered.reply;
+  const id: MessageId | undefined = answered.id;
+  const viaRt: Published = await rt.publish("prices", 1);
+  show(reply, id, viaRt.reply);
+  try {
+    await prices.push("fly", {});
+  } catch (e) {
+    if (e instanceof RealtimeError && e.code === "unknown_event") show(e.message);
+  }
+}
+void routed;
+
+// @ts-expect-error: a filter lists values, not one value
+void prices.setFilter({ tags: { ticker: "AAPL" } });
+// @ts-expect-error: a filter names its tags under `tags`
+rt.subscribe("prices", { filter: { ticker: ["AAPL"] } });
+// @ts-expect-error: an event name is a string
+prices.onEvent(5, () => {});
+// @ts-expect-error: `push` needs an event name
+void prices.push({ dx: 1 });
+// @ts-expect-error: a subscription emits no `reply` events
+prices.on("reply", () => {});
+async function pushAnswerMayBeAbsent(): Promise<void> {
+  // @ts-expect-error: the handler may give no answer
+  const answer: { x: number } = await prices.push<{ x: number }>("move", {});
+  show(answer);
+}
+void pushAnswerMayBeAbsent;
 
 async function commands(): Promise<void> {
   try {
