@@ -146,7 +146,7 @@
 //! | `{"type":"reply","ref":..,"status":"ok","data":..}` | a command succeeded |
 //! | `{"type":"reply","ref":..,"status":"error","error":{"code":..,"message":..}}` | a command failed; nothing of it took effect |
 //! | `{"type":"error","error":{"code":..,"message":..}}` | a frame whose `ref` couldn't be read (`bad_frame`, `missing_ref`, `json_too_deep`; `rate_limited` when the rate limit dropped it) |
-//! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it, `joined` with `{"topic":..,"reply":..}` (a connect-time topic's join reply), `session` with `{"expires_in_ms":..}` (first, when the identity expires: refresh before then) |
+//! | `{"type":"message","topic":"$conn",..}` | a message the server sent to this connection alone; `event` `subscribed` / `unsubscribed` with `{"topic":..}` when the server moved it, `joined` with `{"topic":..,"reply":..}` (a connect-time topic's join reply), `reply` with `{"topic":..,"reply":..}` (a publish handler's answer to a plain frame), `session` with `{"expires_in_ms":..}` (first, when the identity expires: refresh before then) |
 //!
 //! Error codes (a handler's own [`Refused`](crate::error::Refused) codes come on top):
 //!
