@@ -3,7 +3,7 @@
 //! connect and disconnect hooks, and server-initiated sends, over one socket with any number
 //! of topics.
 //!
-//! [`Channels`] wraps a [`Rooms`] hub and is itself a [`Hub`](crate::Hub), so both endpoints serve it:
+//! [`Channels`] wraps a [`Rooms`] hub and is itself a [`Hub`], so both endpoints serve it:
 //! the WebSocket endpoint speaks the [channel protocol](crate::ws#the-channel-protocol) to clients
 //! that negotiate it (`Sec-WebSocket-Protocol: salvo-realtime.v1`), and the same authorization
 //! rules decide every topic a connection asks for, whichever way it asks: at connect time (the
@@ -104,6 +104,8 @@ pub(crate) mod dispatch;
 mod outcome;
 mod outgoing;
 pub(crate) mod protocol;
+#[doc = include_str!("guide.md")]
+pub mod guide {}
 
 use std::collections::HashMap;
 use std::fmt;
@@ -526,7 +528,7 @@ impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
     }
 
     /// Runs when a connection leaves (the endpoints always leave through
-    /// [`Hub::leave`](crate::Hub::leave)), before its rooms are left.
+    /// [`Hub::leave`]), before its rooms are left.
     #[must_use]
     pub fn on_disconnect<F, Fut>(self, handler: F) -> Self
     where
