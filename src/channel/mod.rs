@@ -104,6 +104,8 @@ pub(crate) mod dispatch;
 mod outcome;
 mod outgoing;
 pub(crate) mod protocol;
+#[doc = include_str!("guide.md")]
+pub mod guide {}
 
 use std::collections::HashMap;
 use std::fmt;

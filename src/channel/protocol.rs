@@ -1,5 +1,6 @@
-//! The channel protocol's frames: parsing client commands, encoding replies. The table of
-//! frames and error codes is in the `ws` module docs ("The channel protocol").
+//! The channel protocol's frames: parsing client commands, encoding replies. The protocol's
+//! specification, for client authors, is `PROTOCOL.md` at the repository root (its tables are
+//! checked against this code by the tests below); the `ws` module docs summarize it.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -24,7 +25,7 @@ const MAX_TOKEN: usize = 8 * 1024;
 /// the `ws` endpoint refusing a binary frame (`bad_frame`), a `ref` still in flight
 /// (`duplicate_ref`) or a frame over the rate limit (`rate_limited`). With the hub's codes
 /// (`HubError::CODES`) and `Channels`' (`channel::CODES`), the one list the `ws` module docs'
-/// table of codes is checked against (`error::tests`).
+/// table of codes (`error::tests`) and PROTOCOL.md's (`tests` below) are checked against.
 #[cfg(test)]
 pub(crate) const CODES: &[&str] = &[
     "bad_frame",
@@ -340,9 +341,13 @@ pub(crate) fn hub_error(e: &HubError) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use proptest::prelude::*;
 
     use super::*;
+    use crate::hub::{Delivery, Member, Message, Presence, Publication, Reset, ResetReason};
+    use crate::ids::Epoch;
 
     #[test]
     fn commands_parse_with_their_fields() {
@@ -461,5 +466,222 @@ mod tests {
                 Err(e) => prop_assert_eq!(e.reference, reference.map(Value::from)),
             }
         }
+    }
+
+    /// The specification client authors implement from (repository root).
+    const SPEC: &str = include_str!("../../PROTOCOL.md");
+
+    /// The backticked names in the first column of PROTOCOL.md's table whose header row is
+    /// `header`.
+    fn first_column(header: &str) -> BTreeSet<String> {
+        let rows: Vec<&str> = SPEC
+            .lines()
+            .skip_while(|l| l.trim() != header)
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert!(!rows.is_empty(), "PROTOCOL.md has no table {header:?}");
+        rows.iter()
+            .filter_map(|row| row.split('|').nth(1))
+            .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+            .filter(|w| {
+                !w.is_empty()
+                    && w.bytes()
+                        .all(|b| b.is_ascii_lowercase() || matches!(b, b'_' | b'.' | b'$'))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The row of PROTOCOL.md whose first cell is `first`.
+    fn row(first: &str) -> &'static str {
+        let start = format!("| {first} |");
+        SPEC.lines()
+            .find(|l| l.starts_with(&start))
+            .unwrap_or_else(|| panic!("PROTOCOL.md has no row {start:?}"))
+    }
+
+    /// The string literals `source` passes right after each `marker`.
+    fn literals_after(source: &str, marker: &str) -> BTreeSet<String> {
+        source
+            .match_indices(marker)
+            .filter_map(|(at, _)| {
+                let rest = source[at + marker.len()..].strip_prefix('"')?;
+                rest.split_once('"').map(|(lit, _)| lit.to_owned())
+            })
+            .collect()
+    }
+
+    fn owned(lists: &[&[&str]]) -> BTreeSet<String> {
+        lists
+            .iter()
+            .flat_map(|l| l.iter().map(|c| (*c).to_owned()))
+            .collect()
+    }
+
+    // Every code the server can answer (the protocol's, `Channels`', the hub's: the lists
+    // `error::tests` checks the producing calls against) has a row in PROTOCOL.md's table of
+    // codes, and every row is a code the server can answer.
+    #[test]
+    fn protocol_md_lists_exactly_the_error_codes() {
+        let emitted = owned(&[CODES, crate::channel::CODES, HubError::CODES]);
+        let documented = first_column("| code | when | what a client should do |");
+        assert_eq!(documented, emitted, "PROTOCOL.md's table of error codes");
+    }
+
+    // The command types `parse` accepts, read from its `match`, are the rows of PROTOCOL.md's
+    // table of commands; each documented type parses, and an undocumented one doesn't.
+    #[test]
+    fn protocol_md_documents_every_command_the_parser_accepts() {
+        let source = include_str!("protocol.rs");
+        let body = source
+            .split("pub(crate) fn parse(")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .expect("the source of `parse`");
+        let accepted: BTreeSet<String> = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('"')?.split_once("\" =>"))
+            .map(|(kind, _)| kind.to_owned())
+            .collect();
+        let documented = first_column("| command | fields | the `ok` reply's `data` |");
+        assert_eq!(documented, accepted, "PROTOCOL.md's table of commands");
+        for kind in documented.iter().map(String::as_str).chain(["teleport"]) {
+            let frame = json!({"type": kind, "ref": 1}).to_string();
+            let unknown = matches!(parse(&frame), Err(e) if e.code == "unknown_command");
+            assert_eq!(unknown, kind == "teleport", "{frame}");
+        }
+    }
+
+    /// One delivery of each kind; a new kind doesn't build until it is added here.
+    fn every_delivery() -> Vec<Delivery> {
+        let topic = Topic::new("t").expect("valid");
+        let epoch = Epoch::from_u64(0xab).expect("nonzero");
+        let all = vec![
+            Delivery::Message(Message::new(
+                topic.clone(),
+                MessageId::new(epoch, 1),
+                Publication::new("x"),
+            )),
+            Delivery::Lagged {
+                topic: topic.clone(),
+                missed: 1,
+            },
+            Delivery::Reset(Reset {
+                topic: topic.clone(),
+                requested: None,
+                epoch,
+                replay_after: MessageId::new(epoch, 0),
+                reason: ResetReason::Invalid,
+            }),
+            Delivery::Presence(Presence {
+                room: topic,
+                members: Vec::<Member>::new(),
+                more: false,
+                count: 0,
+            }),
+        ];
+        for d in &all {
+            match d {
+                Delivery::Message(_)
+                | Delivery::Lagged { .. }
+                | Delivery::Reset(_)
+                | Delivery::Presence(_) => {}
+            }
+        }
+        all
+    }
+
+    // Every frame type the server sends (replies, `error` frames, each kind of delivery) has a
+    // row in PROTOCOL.md's table of server frames, and nothing else does.
+    #[test]
+    fn protocol_md_documents_every_server_frame() {
+        let type_of = |frame: &[u8]| -> String {
+            let v: Value = serde_json::from_slice(frame).expect("a JSON frame");
+            v["type"].as_str().expect("a type").to_owned()
+        };
+        let mut sent: BTreeSet<String> = every_delivery()
+            .iter()
+            .map(|d| type_of(&d.envelope_json()))
+            .collect();
+        sent.insert(type_of(ok(&json!(1), &Value::Null).as_bytes()));
+        sent.insert(type_of(error(None, "bad_frame", "m").as_bytes()));
+        let documented = first_column("| `type` | shape | sent when |");
+        assert_eq!(documented, sent, "PROTOCOL.md's table of server frames");
+    }
+
+    // Every reset reason, as it is serialized, has a row in PROTOCOL.md, and nothing else does.
+    #[test]
+    fn protocol_md_documents_every_reset_reason() {
+        let reasons = [
+            ResetReason::EpochChanged,
+            ResetReason::Expired,
+            ResetReason::Ahead,
+            ResetReason::Invalid,
+        ];
+        for r in reasons {
+            // A new reason doesn't build until it is listed above.
+            match r {
+                ResetReason::EpochChanged
+                | ResetReason::Expired
+                | ResetReason::Ahead
+                | ResetReason::Invalid => {}
+            }
+        }
+        let serialized: BTreeSet<String> = reasons
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok()?.as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(serialized.len(), reasons.len());
+        let documented = first_column("| `reason` | meaning |");
+        assert_eq!(
+            documented, serialized,
+            "PROTOCOL.md's table of reset reasons"
+        );
+    }
+
+    // The events the server sends on `$conn` (read from `channel/mod.rs`'s notices) are the
+    // rows of PROTOCOL.md's `$conn` table.
+    #[test]
+    fn protocol_md_documents_every_connection_notice() {
+        let source = include_str!("mod.rs");
+        let mut sent = literals_after(source, "connection_notice(");
+        sent.extend(literals_after(source, "self.tell(conn, "));
+        assert!(sent.len() >= 4, "notices found: {sent:?}");
+        let documented = first_column("| `event` | `data` | meaning |");
+        assert_eq!(documented, sent, "PROTOCOL.md's table of `$conn` events");
+    }
+
+    // The close codes the endpoint sends (`ws::close_code`) are PROTOCOL.md's rows, but 1011,
+    // which a channel-protocol connection never gets (raw framing only), and the text says so.
+    #[test]
+    fn protocol_md_documents_the_close_codes_and_limits() {
+        let constants: BTreeSet<u16> = include_str!("../ws/close.rs")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const ")?.split_once(": u16 = "))
+            .filter_map(|(_, value)| value.trim_end_matches(';').parse().ok())
+            .collect();
+        assert!(constants.contains(&crate::ws::close_code::INTERNAL));
+        let table: BTreeSet<u16> = SPEC
+            .lines()
+            .skip_while(|l| l.trim() != "| code | meaning | what a client should do |")
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('|').nth(1)?.trim().parse().ok())
+            .collect();
+        let expected: BTreeSet<u16> = constants
+            .into_iter()
+            .filter(|c| *c != crate::ws::close_code::INTERNAL)
+            .collect();
+        assert_eq!(table, expected, "PROTOCOL.md's table of close codes");
+        assert!(SPEC.contains("1011 is never sent on a channel-protocol connection"));
+
+        assert!(SPEC.starts_with(&format!("# The channel protocol, `{SUBPROTOCOL}`")));
+        assert!(row("`ref`").contains(&format!("{MAX_REF} bytes")));
+        assert!(MAX_RECENT == 1_000 && row("`recent`").contains("1,000"));
+        let calls = row("calls in flight");
+        assert!(calls.contains(&format!("| {} |", crate::channel::dispatch::MAX_CALLS)));
+        assert!(row("topic name").contains(&format!("{} bytes", Topic::MAX_LEN)));
+        assert!(row("event name").contains(&format!("{} bytes", EventName::MAX_LEN)));
     }
 }
