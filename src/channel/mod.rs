@@ -48,14 +48,22 @@
 //! # What happens to each command
 //!
 //! * **subscribe** `topic`: the first [`authorize`](Channels::authorize) rule whose pattern
-//!   matches decides, with the connection's identity and the request's `data`. A topic no rule
-//!   matches is refused (`forbidden`): channels are closed by default. The connection's own
-//!   direct-message log (`@<user>`) needs no rule.
+//!   matches decides, with the connection's identity and the request's `data`; a rule may
+//!   return a join reply for the subscriber. A topic no rule matches is refused (`forbidden`):
+//!   channels are closed by default. The connection's own direct-message log (`@<user>`) needs
+//!   no rule when asked for at connect time (a `subscribe` command can't name it: `@` topics
+//!   are reserved, `invalid_topic`). A `filter` restricts the topic to the messages whose tags
+//!   it lists ([`Filter`](crate::hub::Filter)).
 //! * **publish** to a topic: only to a topic the connection is subscribed to (else
-//!   `not_subscribed`); the first matching [`on_publish`](Channels::on_publish) handler gets the
-//!   data, typed, and refuses it, or returns what is published instead (pass it on unchanged by
-//!   returning it). Without a handler the data is published as sent. The publisher receives
-//!   its own message too, unless the command says `"echo": false`; the reply carries the id.
+//!   `not_subscribed`); the first handler whose pattern matches and whose event name matches
+//!   ([`on_event`](Channels::on_event), or [`on_publish`](Channels::on_publish) for any event)
+//!   gets the data, typed ([`Inbound`]), and refuses it or says what becomes of it
+//!   ([`Outcome`]: publish it, something else, elsewhere, to all but the sender, nothing;
+//!   answer the sender). A topic with handlers, none for the message's event, refuses it
+//!   (`unknown_event`); a topic without handlers publishes it as sent. The publisher receives
+//!   its own message too, unless the command says `"echo": false`; the reply carries the id
+//!   and the handler's answer. Event names starting with `presence.` are the server's
+//!   (`invalid_event`).
 //! * **call** `method`: the [`on_call`](Channels::on_call) handler of that name returns a typed
 //!   result, or refuses; an unknown method is `unknown_method`.
 //! * **a plain client's frame** (a socket without the channel protocol): published to every
@@ -94,9 +102,18 @@
 //!
 //! # State
 //!
-//! Handlers are closures: capture what they need (a database pool, a game's state behind a
-//! mutex, another hub) by cloning it in, and reach this hub through [`Ctx::channels`]. No
-//! globals are needed.
+//! Two kinds, both reached through the handler's [`Ctx`], so a handler is
+//! `|ctx, msg| async move { .. }` with nothing cloned into the closure:
+//!
+//! * the application's, shared by every handler: [`Channels::with_state`] and
+//!   [`Ctx::state`] (a database pool, a session store, a game's world behind a mutex);
+//! * each connection's own: [`Ctx::assigns`] (a player's position, a mute list), set in
+//!   [`on_connect`](Channels::on_connect) or a rule, read and changed by every later handler
+//!   of that connection.
+//!
+//! Outgoing hooks ([`on_outgoing`](Channels::on_outgoing)) see each message on its way to
+//! each subscriber. The [`guide`] maps Phoenix Channels' and socket.io's terms onto all of
+//! this, and the crate's `PROTOCOL.md` specifies the wire protocol for client authors.
 
 mod ctx;
 mod data;

@@ -122,9 +122,14 @@ impl Outcome {
 
     /// Publish `data` instead of what was sent, under the same event name (change it with
     /// [`event`](Self::event)), to the same topic (or [`to`](Self::to) another). A JSON string
-    /// is published as its text.
+    /// is published as its text; `data` that encodes as `null` (`()`) publishes what was sent,
+    /// so `broadcast_from(())` is "what was sent, to all but the sender".
     pub fn publish(data: impl Serialize) -> Self {
-        Self::new(Publish::Data(encode(&data).map(json_payload)))
+        match encode(&data) {
+            // `null` (as `()` encodes) stands for what was sent, as a returned `()` does.
+            Ok(Value::Null) => Self::pass(),
+            other => Self::new(Publish::Data(other.map(json_payload))),
+        }
     }
 
     /// [`publish`](Self::publish) to every subscriber but the sending connection (Phoenix's

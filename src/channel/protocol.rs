@@ -110,7 +110,13 @@ fn invalid(reference: Option<&Value>, code: &'static str, message: impl Into<Str
 /// Parses one text frame as a command.
 pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
     if json_depth(text) > MAX_JSON_DEPTH {
-        return Err(invalid(None, "json_too_deep", "the frame nests too deep"));
+        // Its `ref` is still answered when it can be read (serde reads 128 levels).
+        let reference = reference(text);
+        return Err(invalid(
+            reference.as_ref(),
+            "json_too_deep",
+            "the frame nests too deep",
+        ));
     }
     let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
         return Err(invalid(None, "bad_frame", "a command is a JSON object"));
@@ -142,13 +148,7 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
             topic: topic()?,
             from: start(&frame, r)?,
             data: frame.get("data").cloned(),
-            filter: match frame.get("filter") {
-                None | Some(Value::Null) => None,
-                Some(f) => Some(
-                    Filter::from_json(f)
-                        .map_err(|e| invalid(r, "invalid_filter", e.to_string()))?,
-                ),
-            },
+            filter: filter(&frame, r)?,
         },
         "unsubscribe" => Command::Unsubscribe { topic: topic()? },
         "publish" => Command::Publish {
@@ -157,34 +157,8 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
             payload: data(&frame, r)?,
             echo: frame.get("echo").and_then(Value::as_bool).unwrap_or(true),
         },
-        "call" => {
-            let method = frame
-                .get("method")
-                .and_then(Value::as_str)
-                .filter(|m| !m.is_empty() && m.len() <= 128)
-                .ok_or_else(|| invalid(r, "unknown_method", "`method` is missing"))?
-                .to_owned();
-            Command::Call {
-                method,
-                data: frame.remove("data").unwrap_or(Value::Null),
-            }
-        }
-        "refresh" => {
-            let token = frame
-                .get("token")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
-                .ok_or_else(|| {
-                    invalid(
-                        r,
-                        "invalid_data",
-                        "`token` must be a string of 1 to 8,192 bytes",
-                    )
-                })?;
-            Command::Refresh {
-                token: token.to_owned(),
-            }
-        }
+        "call" => call(&mut frame, r)?,
+        "refresh" => refresh(&frame, r)?,
         other => {
             return Err(invalid(
                 r,
@@ -194,6 +168,51 @@ pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
         }
     };
     Ok(Request { reference, command })
+}
+
+/// A `subscribe`'s `filter`: absent or `null` for none.
+fn filter(
+    frame: &serde_json::Map<String, Value>,
+    r: Option<&Value>,
+) -> Result<Option<Filter>, Invalid> {
+    match frame.get("filter") {
+        None | Some(Value::Null) => Ok(None),
+        Some(f) => Filter::from_json(f)
+            .map(Some)
+            .map_err(|e| invalid(r, "invalid_filter", e.to_string())),
+    }
+}
+
+/// A `call`: its method (1 to 128 bytes) and data (`null` if none).
+fn call(frame: &mut serde_json::Map<String, Value>, r: Option<&Value>) -> Result<Command, Invalid> {
+    let method = frame
+        .get("method")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty() && m.len() <= 128)
+        .ok_or_else(|| invalid(r, "unknown_method", "`method` is missing"))?
+        .to_owned();
+    Ok(Command::Call {
+        method,
+        data: frame.remove("data").unwrap_or(Value::Null),
+    })
+}
+
+/// A `refresh`: its token, 1 to [`MAX_TOKEN`] bytes.
+fn refresh(frame: &serde_json::Map<String, Value>, r: Option<&Value>) -> Result<Command, Invalid> {
+    let token = frame
+        .get("token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+        .ok_or_else(|| {
+            invalid(
+                r,
+                "invalid_data",
+                "`token` must be a string of 1 to 8,192 bytes",
+            )
+        })?;
+    Ok(Command::Refresh {
+        token: token.to_owned(),
+    })
 }
 
 /// Where a `subscribe` starts: after `last` (an unreadable id is [`Position::Invalid`], reset
@@ -218,11 +237,22 @@ fn event(
 ) -> Result<Option<EventName>, Invalid> {
     match frame.get("event") {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) if is_reserved(name) => Err(invalid(
+            r,
+            "invalid_event",
+            "`presence.` event names are the server's",
+        )),
         Some(Value::String(name)) => EventName::new(name)
             .map(Some)
             .map_err(|e| invalid(r, "invalid_event", e.to_string())),
         Some(_) => Err(invalid(r, "invalid_event", "`event` must be a string")),
     }
+}
+
+/// Event names only the server sends (presence notices): a client's message can't pass for
+/// one.
+fn is_reserved(event: &str) -> bool {
+    event.starts_with("presence.")
 }
 
 /// A `publish`'s data: a string as its text, any other JSON value as its JSON text.
@@ -253,6 +283,8 @@ pub(crate) fn event_frame(text: &str) -> Option<crate::hub::Publication> {
         Value::String(text) => Payload::text(text.clone()),
         other => Payload::text(other.to_string()),
     };
+    // A reserved name is made invalid, so the publish refuses it (`invalid_event`).
+    let event = if is_reserved(event) { "" } else { event };
     Some(crate::hub::Publication::new(payload).event(event))
 }
 
@@ -400,6 +432,34 @@ mod tests {
                 "{frame}"
             );
         }
+    }
+
+    #[test]
+    fn clients_cant_use_presence_event_names_and_deep_frames_keep_their_ref() {
+        let spoof = r#"{"type":"publish","ref":1,"topic":"t","event":"presence.join","data":{}}"#;
+        let e = parse(spoof).map(|_| ()).expect_err("reserved");
+        assert_eq!(
+            (e.code, e.reference),
+            ("invalid_event", Some(Value::from(1)))
+        );
+        let frame = event_frame(r#"{"event":"presence.leave","data":1}"#).expect("an event frame");
+        assert!(frame.check().is_err(), "refused when published");
+        assert!(event_frame(r#"{"event":"move","data":[1,0]}"#).is_some_and(|p| p.check().is_ok()));
+        assert!(
+            event_frame(r#"{"event":"move","data":1,"x":2}"#).is_none(),
+            "exactly two fields"
+        );
+        assert!(event_frame("plain words").is_none());
+        let deep = format!(
+            r#"{{"type":"publish","ref":"d","topic":"t","data":{}1{}}}"#,
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        let e = parse(&deep).map(|_| ()).expect_err("too deep");
+        assert_eq!(
+            (e.code, e.reference),
+            ("json_too_deep", Some(Value::from("d")))
+        );
     }
 
     #[test]
@@ -640,13 +700,15 @@ mod tests {
         );
     }
 
-    // The events the server sends on `$conn` (read from `channel/mod.rs`'s notices) are the
-    // rows of PROTOCOL.md's `$conn` table.
+    // The events the server sends on `$conn` (read from `channel/mod.rs`'s notices and the
+    // WebSocket pump's `session` notice) are the rows of PROTOCOL.md's `$conn` table.
     #[test]
     fn protocol_md_documents_every_connection_notice() {
         let source = include_str!("mod.rs");
         let mut sent = literals_after(source, "connection_notice(");
         sent.extend(literals_after(source, "self.tell(conn, "));
+        let pump = include_str!("../ws/pump.rs");
+        sent.extend(literals_after(pump, "\"event\": "));
         assert!(sent.len() >= 4, "notices found: {sent:?}");
         let documented = first_column("| `event` | `data` | meaning |");
         assert_eq!(documented, sent, "PROTOCOL.md's table of `$conn` events");

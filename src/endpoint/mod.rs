@@ -212,6 +212,29 @@ impl Common {
             && req.queries().get_vec(&*self.topic_param).is_none()
     }
 
+    /// Where the request's topics start (`recent=`) and what it filters (`filter=`).
+    fn start_and_filter(
+        &self,
+        req: &Request,
+    ) -> Result<(Position, Option<crate::hub::Filter>), Rejection> {
+        let base = match req.query::<String>("recent") {
+            Some(n) => Position::Recent(
+                n.parse::<usize>()
+                    .map_err(|_| Rejection::bad_request("`recent` must be a number"))?
+                    .min(self.max_recent),
+            ),
+            None => Position::Live,
+        };
+        let filter = match req.query::<String>("filter") {
+            Some(text) => Some(
+                crate::hub::Filter::parse(&text)
+                    .map_err(|e| Rejection::bad_request(format!("`filter`: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok((base, filter))
+    }
+
     /// The whole lifecycle up to the join: handshake, origin, topics, resume positions,
     /// identity, caps. Either every check passes and the connection holds its slot and drain
     /// registration, or one [`Refusal`] says why and nothing is held or joined.
@@ -234,21 +257,7 @@ impl Common {
             Err(_) if transport == Transport::Channels && self.no_topic_asked(req) => Vec::new(),
             other => other?,
         };
-        let base = match req.query::<String>("recent") {
-            Some(n) => Position::Recent(
-                n.parse::<usize>()
-                    .map_err(|_| Rejection::bad_request("`recent` must be a number"))?
-                    .min(self.max_recent),
-            ),
-            None => Position::Live,
-        };
-        let filter = match req.query::<String>("filter") {
-            Some(text) => Some(
-                crate::hub::Filter::parse(&text)
-                    .map_err(|e| Rejection::bad_request(format!("`filter`: {e}")))?,
-            ),
-            None => None,
-        };
+        let (base, filter) = self.start_and_filter(req)?;
         // A panic in the closure or in its future is the app's bug: 500, not a reset.
         let identity = match &self.identify {
             Some(f) => {

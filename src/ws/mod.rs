@@ -71,7 +71,7 @@
 //! {"type":"message","topic":"lobby","id":"3f9a0c1de2b47781-7","event":"chat","from":"alice","ts":1764277200000,"data":"hi"}
 //! {"type":"message","topic":"lobby","event":"presence.join","from":"bob","ts":1764277200000,"data":{"user":"bob","data":null}}
 //! {"type":"message","topic":"files","id":"3f9a0c1de2b47781-8","ts":1764277200000,"data":"AAEC","binary":true}
-//! {"type":"presence","topic":"lobby","members":[{"user":"alice","connections":2}],"more":false}
+//! {"type":"presence","topic":"lobby","members":[{"user":"alice","connections":2}],"more":false,"count":1}
 //! {"type":"reset","topic":"lobby","requested":"..","epoch":"..","replay_after":"..","reason":"epoch_changed"}
 //! {"type":"lagged","topic":"lobby","missed":12}
 //! {"type":"error","error":{"code":"rate_limited","message":".."}}
@@ -122,8 +122,8 @@
 //!
 //! A client that offers `Sec-WebSocket-Protocol: salvo-realtime.v1` (and gets it back in the
 //! `101`) speaks version 1 of the channel protocol instead of plain frames: every text frame
-//! it sends is one JSON command with a client-chosen `ref` (a string of at most 62 characters,
-//! or a number), and the server answers each command with exactly one `reply` carrying that
+//! it sends is one JSON command with a client-chosen `ref` (a string of at most 64 bytes as
+//! JSON text, quotes and escapes included, or a number), and the server answers each command with exactly one `reply` carrying that
 //! `ref`. Deliveries (`message`, `presence`, `reset`, `lagged`) are the envelopes above, each
 //! with its `topic`. Clients that don't offer the protocol keep the plain envelope framing.
 //! A channel connection may name no topic when it connects; it subscribes with commands.
@@ -152,7 +152,7 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | `bad_frame` | not a JSON object, or a binary frame |
+//! | `bad_frame` | not a JSON object, a binary frame, or a `subscribe`'s `recent` that isn't a non-negative integer |
 //! | `missing_ref` | no `ref`, or one that is neither a short string nor a number |
 //! | `duplicate_ref` | a command with the same `ref` is still in flight |
 //! | `unknown_command` | `type` is none of the four |
@@ -160,18 +160,18 @@
 //! | `invalid_filter` | a `subscribe`'s `filter` can't be read, or is over its limits (4 KiB of JSON, 8 tags, 256 values) |
 //! | `invalid_tag` | a tag the server set on a publication isn't valid (a mistake of the server's) |
 //! | `forbidden` | no authorization rule allows the topic (or the rule's own code) |
-//! | `not_subscribed` | publish or unsubscribe on a topic the socket isn't subscribed to |
+//! | `not_subscribed` | publish to a topic the socket isn't subscribed to (an `unsubscribe` of one answers `ok` with `"was_subscribed":false`) |
 //! | `not_joined` | the connection is no longer joined (the server ended it while the command ran) |
 //! | `too_many_subscriptions` | past [`HubConfig::max_subscriptions`](crate::HubConfig::max_subscriptions) |
 //! | `too_many_created` | past [`HubConfig::max_topics_per_owner`](crate::HubConfig::max_topics_per_owner) |
-//! | `unknown_method` | no handler for the `call`'s method |
+//! | `unknown_method` | no handler for the `call`'s method, or `method` missing, empty or over 128 bytes |
 //! | `unauthorized` | a `refresh` token was rejected (or the connection is anonymous): the old expiry still holds |
 //! | `unknown_event` | the topic has publish handlers ([`on_event`](crate::channel::Channels::on_event)), none for the message's event name |
 //! | `handler_failed`, `timeout` | the handler panicked (while called, or in its future), or took longer than its timeout |
 //! | `too_large`, `json_too_deep` | the data is over the hub's payload limit ([`HubConfig::max_payload`](crate::HubConfig::max_payload)), or nested too deep; a frame over the endpoint's [`max_message_size`](WsEndpoint::max_message_size) closes 1009 instead |
 //! | `unavailable` | the backend failed or the hub is full: not done, safe to retry |
 //! | `unsupported` | this hub has no such operation |
-//! | `refused` | the hub takes no messages from connections ([`InboundPolicy::Reject`](crate::hub::InboundPolicy::Reject)) |
+//! | `refused` | a plain frame the hub takes no messages from connections for ([`InboundPolicy::Reject`](crate::hub::InboundPolicy::Reject)); the crate's hubs never answer a command with it |
 //! | `internal` | a bug of the server's (a connection joined twice); the detail is in its log |
 //! | `rate_limited` | over the inbound rate limit: the command was not run (a client should pace its commands, say a reconnect's resubscriptions, within the burst, and may retry later) |
 //!
@@ -180,8 +180,10 @@
 //! While a command runs, reading pauses (the client's frames wait in TCP), deliveries go on;
 //! the heartbeat doesn't count that time against the client (its pong may be waiting behind a
 //! command). Every command, a rate-limited one too, gets exactly one reply.
-//! A reply is sent after every delivery that was ready when its command finished, so a
-//! publisher sees its own message before the reply, and a subscriber the start of the replay.
+//! A reply is sent after the deliveries that were ready when its command finished (up to one
+//! burst, 512 of them), so a publisher sees its own message before the reply, and a subscriber
+//! the start of the replay (a long replay goes on after it). The full specification, for
+//! client authors, is the crate's `PROTOCOL.md`.
 //!
 //! # Limits and close codes
 //!
