@@ -73,3 +73,52 @@ async fn main() {
     });
     server.serve(router(channels(Rooms::new()), drain)).await;
 }
+
+/// The rules above, tested in memory with the crate's test kit (`cargo test --example chat`;
+/// CI runs them with `cargo test`).
+#[cfg(test)]
+mod tests {
+    use salvo_realtime::testing::TestClient;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_banned_word_is_refused_and_the_rest_stamped_by_the_server() {
+        let chat = channels(Rooms::new());
+        let mut ann = TestClient::connect_as(&chat, Identity::new("ann"))
+            .await
+            .expect("ann");
+        let mut ben = TestClient::connect_as(&chat, Identity::new("ben"))
+            .await
+            .expect("ben");
+        for c in [&mut ann, &mut ben] {
+            c.subscribe("lobby").await.expect("lobby");
+        }
+        let refused = ann.publish("lobby", json!({"text": "oh DARN"})).await;
+        assert_eq!(refused.expect_err("moderated").code(), "moderated");
+        ann.publish("lobby", json!({"text": "hi", "from": "mallory"}))
+            .await
+            .expect("sent");
+        let said: Value = ben.recv_message().await.json().expect("json");
+        assert_eq!(
+            (&said["text"], &said["from"]),
+            (&json!("hi"), &json!("ann"))
+        );
+        assert!(said["at"].as_u64().is_some(), "the server's time: {said}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn staff_rooms_are_for_boss_only() {
+        let chat = channels(Rooms::new());
+        let mut boss = TestClient::connect_as(&chat, Identity::new("boss"))
+            .await
+            .expect("boss");
+        let mut ann = TestClient::connect_as(&chat, Identity::new("ann"))
+            .await
+            .expect("ann");
+        boss.subscribe("staff-room").await.expect("boss is staff");
+        let refused = ann.subscribe("staff-room").await.expect_err("not staff");
+        assert_eq!(refused.code(), "forbidden");
+    }
+}

@@ -183,3 +183,43 @@ async fn main() {
     });
     server.serve(router(channels(Rooms::new()), drain)).await;
 }
+
+/// The game's rules through its channels, in memory with the crate's test kit (`cargo test
+/// --example game`; CI runs them with `cargo test`).
+#[cfg(test)]
+mod tests {
+    use salvo_realtime::testing::TestClient;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn moves_take_turns_and_every_board_reaches_the_room() {
+        let games = channels(Rooms::new());
+        let mut x = TestClient::connect_as(&games, Identity::new("x"))
+            .await
+            .expect("x");
+        let mut o = TestClient::connect_as(&games, Identity::new("o"))
+            .await
+            .expect("o");
+        for c in [&mut x, &mut o] {
+            c.subscribe("game:1").await.expect("room");
+        }
+        let board = x
+            .call("move", json!({"game": "1", "cell": 4}))
+            .await
+            .expect("x plays");
+        assert_eq!(board["board"][4], "X");
+        let refused = x.call("move", json!({"game": "1", "cell": 0})).await;
+        assert_eq!(refused.expect_err("o's turn").code(), "not_your_turn");
+        let refused = o.call("move", json!({"game": "1", "cell": 4})).await;
+        assert_eq!(refused.expect_err("taken").code(), "cell_taken");
+        let seen: Value = o.recv_message().await.json().expect("json");
+        assert_eq!(
+            (seen["board"][4].clone(), seen["version"].clone()),
+            (json!("X"), json!(1))
+        );
+        let refused = o.publish("game:1", json!("cheat")).await;
+        assert_eq!(refused.expect_err("read only").code(), "read_only");
+    }
+}

@@ -793,6 +793,23 @@ async fn the_remaining_error_codes() {
     .await;
     let v = next_json(&mut ws).await;
     assert_eq!(
+        (
+            v["type"].as_str(),
+            v["ref"].as_i64(),
+            v["error"]["code"].as_str()
+        ),
+        (Some("reply"), Some(3), Some("json_too_deep")),
+        "a readable ref gets its one reply"
+    );
+    // Without a readable ref, a ref-less error frame.
+    let deeper = format!(
+        r#"{{"type":"publish","topic":"open:a","data":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    ws.send(Message::text(deeper)).await.expect("send");
+    let v = next_json(&mut ws).await;
+    assert_eq!(
         (v["type"].as_str(), v["error"]["code"].as_str()),
         (Some("error"), Some("json_too_deep"))
     );

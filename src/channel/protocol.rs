@@ -110,7 +110,7 @@ fn invalid(reference: Option<&Value>, code: &'static str, message: impl Into<Str
 /// Parses one text frame as a command.
 pub(crate) fn parse(text: &str) -> Result<Request, Invalid> {
     if json_depth(text) > MAX_JSON_DEPTH {
-        // Its `ref` is still answered when it can be read (serde reads 128 levels).
+        // Its `ref` is still answered when it can be read (only the `ref` is built).
         let reference = reference(text);
         return Err(invalid(
             reference.as_ref(),

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-type Map = HashMap<TypeId, Box<dyn Any + Send>>;
+/// The values; boxed, and only once one is set: every connection has an `Assigns`, most never
+/// set a value, and an empty one costs one 32-byte allocation.
+type Map = Option<Box<HashMap<TypeId, Box<dyn Any + Send>>>>;
 
 /// A connection's own values, one per type: set in `on_connect` or an authorization rule, read
 /// and changed in every handler of that connection (see
@@ -40,7 +42,7 @@ pub struct Assigns(Arc<Mutex<Map>>);
 impl fmt::Debug for Assigns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Assigns")
-            .field("values", &self.lock().len())
+            .field("values", &self.lock().as_ref().map_or(0, |m| m.len()))
             .finish()
     }
 }
@@ -56,7 +58,10 @@ impl Assigns {
 
     /// Sets the value of type `T`, returning the one it replaces.
     pub fn insert<T: Send + 'static>(&self, value: T) -> Option<T> {
-        let old = self.lock().insert(TypeId::of::<T>(), Box::new(value));
+        let mut map = self.lock();
+        let old = map
+            .get_or_insert_with(Box::default)
+            .insert(TypeId::of::<T>(), Box::new(value));
         old.and_then(|b| b.downcast::<T>().ok()).map(|b| *b)
     }
 
@@ -64,6 +69,7 @@ impl Assigns {
     #[must_use]
     pub fn get<T: Clone + Send + 'static>(&self) -> Option<T> {
         self.lock()
+            .as_ref()?
             .get(&TypeId::of::<T>())
             .and_then(|b| b.downcast_ref::<T>())
             .cloned()
@@ -72,7 +78,9 @@ impl Assigns {
     /// Whether a value of type `T` is set.
     #[must_use]
     pub fn contains<T: Send + 'static>(&self) -> bool {
-        self.lock().contains_key(&TypeId::of::<T>())
+        self.lock()
+            .as_ref()
+            .is_some_and(|m| m.contains_key(&TypeId::of::<T>()))
     }
 
     /// Changes the value of type `T` in place and returns what `change` returns; `None` (and
@@ -81,7 +89,8 @@ impl Assigns {
     /// and don't call this connection's `Assigns` from inside it (that deadlocks). If `change`
     /// panics, the value is removed rather than left half-changed.
     pub fn update<T: Send + 'static, R>(&self, change: impl FnOnce(&mut T) -> R) -> Option<R> {
-        let mut map = self.lock();
+        let mut guard = self.lock();
+        let map = guard.as_mut()?;
         let mut value = map.remove(&TypeId::of::<T>())?;
         // Taken out while it changes: a panic in `change` drops it instead of putting back a
         // value half-way through a change.
@@ -93,7 +102,7 @@ impl Assigns {
     /// Removes the value of type `T` and returns it.
     #[allow(clippy::must_use_candidate)] // removing is the point; the value may be dropped
     pub fn remove<T: Send + 'static>(&self) -> Option<T> {
-        let old = self.lock().remove(&TypeId::of::<T>());
+        let old = self.lock().as_mut()?.remove(&TypeId::of::<T>());
         old.and_then(|b| b.downcast::<T>().ok()).map(|b| *b)
     }
 }
@@ -101,6 +110,13 @@ impl Assigns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unused_assigns_is_small() {
+        // The Arc's counts and an empty mutex around a null box: one 32-byte allocation.
+        assert!(std::mem::size_of::<Mutex<Map>>() <= 16);
+        assert_eq!(std::mem::size_of::<Assigns>(), 8);
+    }
 
     #[test]
     fn values_are_kept_per_type_and_shared_by_clones() {

@@ -16,7 +16,7 @@
 ///
 /// use salvo_realtime::error::HubError;
 /// use salvo_realtime::hub::{delegate_hub, TopicRequest};
-/// use salvo_realtime::{Connection, Hub, Identity, Payload, Position, Publication, Rooms, Topic};
+/// use salvo_realtime::{Connection, Hub, Identity, Position, Publication, Rooms, Topic};
 ///
 /// /// Counts the messages connections send; everything else goes to the hub inside.
 /// #[derive(Clone)]

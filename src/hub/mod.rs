@@ -123,7 +123,7 @@ use crate::error::HubError;
 ///
 /// ```
 /// use futures_util::stream::{self, Empty};
-/// use salvo_realtime::{Connection, Delivery, Hub, Payload, error::HubError};
+/// use salvo_realtime::{Connection, Delivery, Hub, Publication, error::HubError};
 ///
 /// /// A hub that accepts everyone and never delivers anything.
 /// struct Silent;
