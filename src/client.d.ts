@@ -7,6 +7,10 @@
 /** A message id, `"<epoch hex>-<offset>"`. */
 export type MessageId = string;
 
+/** Where a client connects: a URL, or a function returning one (or a promise of one), called
+ * on every connect and reconnect, so each can carry a fresh token. */
+export type UrlSource = string | URL | (() => string | URL | PromiseLike<string | URL>);
+
 /** Where a client's connection is. */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
@@ -96,10 +100,21 @@ export interface LaggedEvent {
 /** A message or frame the server couldn't take; the connection stays open. */
 export interface ErrorNotice {
   type: "error";
-  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`, `unknown_event`, `invalid_data`, or a publish handler's own code (`moderated`)... */
+  /** `rate_limited`, `unavailable`, `json_too_deep`, `refused`, `bad_frame`, `unsupported`, `unknown_event`, `invalid_data`, or a publish handler's own code (`moderated`)...; for a failed automatic refresh, its refusal (`unauthorized`, `forbidden`...), `timeout`, or `refresh_failed` (the `refresh` function threw) */
   code: string;
   /** What went wrong, for people: the code is not repeated in it. */
   message: string;
+}
+
+/** The server's `session` notice: this connection's identity expires in `expiresIn` ms, unless
+ * refreshed (`RealtimeChannels.refresh`, or the `refresh` option) before then. */
+export interface SessionEvent {
+  expiresIn: number;
+}
+
+/** The answer to a refresh: the identity now expires in `expiresIn` ms (`null`: never). */
+export interface Refreshed {
+  expiresIn: number | null;
 }
 
 /** A change of connection state. */
@@ -111,7 +126,7 @@ export type StatusEvent =
       attempt: number;
       /** The wait before the next attempt, ms (absent while the browser retries an SSE stream). */
       delay?: number;
-      /** The WebSocket close code. */
+      /** The WebSocket close code (4001: the identity expired unrefreshed). */
       code?: number;
       /** The WebSocket close reason. */
       reason?: string;
@@ -158,6 +173,11 @@ export interface ChannelsOptions extends ReconnectOptions {
   sendBurst?: number;
   /** Frames sent per second once paced. Default 40 (the endpoint allows 50). */
   sendRate?: number;
+  /** Returns a token (or a promise of one) for the endpoint's refresh check: with it, the
+   * client renews an expiring identity by itself before the `session` notice's deadline (at
+   * 80% of the time left, or 5 s before the end if sooner, never before half of it). A refusal
+   * or a throw is an `error` event, tried once more while time remains. Default: none. */
+  refresh?: () => string | PromiseLike<string>;
 }
 
 /** The events every client emits. */
@@ -189,6 +209,10 @@ export interface ChannelsEvents<T> extends ClientEvents<T> {
   subscribed: { topic: string; subscription: Subscription };
   /** The server took this connection out of `topic`. */
   unsubscribed: { topic: string; subscription: Subscription };
+  /** The server's `session` notice (first, when the identity expires): refresh before then.
+   * Never a `direct` message. */
+  session: SessionEvent;
+  /** A frame the server couldn't take, or an automatic refresh that failed (its code). */
   error: ErrorNotice;
   raw: string | ArrayBuffer;
 }
@@ -216,8 +240,9 @@ declare class Emitter<E> {
 
 /** What a WebSocket or SSE client shares. Not exported by `client.js`. */
 declare class Client<E> extends Emitter<E> {
-  /** The URL it connects to (resume parameters are added to it on each connect). */
-  readonly url: string | URL;
+  /** The URL it connects to, or the function giving it, as passed (resume parameters are
+   * added to it on each connect). */
+  readonly url: UrlSource;
   /** Where the connection is. */
   readonly state: ConnectionState;
   /** How many messages the dedup safety net dropped (0 when resume is exact). */
@@ -236,10 +261,13 @@ export function parseId(id: unknown): { epoch: string; offset: number } | null;
  * seen with one `?last=<topic>:<id>` each.
  */
 export class RealtimeSocket<T = unknown> extends Client<SocketEvents<T>> {
-  constructor(url: string | URL, options?: SocketOptions);
+  constructor(url: UrlSource, options?: SocketOptions);
   /** Strings, `Blob`s and buffers go as they are, other values as JSON; queued while
    * reconnecting. `false` when the queue is full or the socket is closed. */
   send(data: unknown): boolean;
+  /** Sends `{"event": event, "data": data}` (`data` absent: `null`), a message with that event
+   * name for an endpoint with `event_frames(true)` (elsewhere just a JSON frame); as `send`. */
+  sendEvent(event: string, data?: unknown): boolean;
 }
 
 /**
@@ -247,7 +275,7 @@ export class RealtimeSocket<T = unknown> extends Client<SocketEvents<T>> {
  * this backs off and reopens with `?lastEventId=`.
  */
 export class RealtimeEvents<T = unknown> extends Client<ClientEvents<T>> {
-  constructor(url: string | URL, options?: EventsOptions);
+  constructor(url: UrlSource, options?: EventsOptions);
 }
 
 /** Codes a `RealtimeError` carries: the client's own, the server's, or a handler's. */
@@ -264,6 +292,8 @@ export type RealtimeErrorCode =
   | "invalid_filter"
   | "unknown_event"
   | "too_large"
+  | "unauthorized"
+  | "refresh_failed"
   | (string & {});
 
 /** Why a command failed. */
@@ -339,7 +369,7 @@ export interface Subscription<T = unknown, J = unknown> extends Emitter<Subscrip
  * socket, publishes and calls with replies.
  */
 export class RealtimeChannels<T = unknown> extends Client<ChannelsEvents<T>> {
-  constructor(url: string | URL, options?: ChannelsOptions);
+  constructor(url: UrlSource, options?: ChannelsOptions);
   /** Subscribes to `topic`, or returns the subscription it already has (options ignored). */
   subscribe<U = T, J = unknown>(topic: string, options?: SubscribeOptions): Subscription<U, J>;
   /** The subscription to `topic`, or `null`. */
@@ -349,21 +379,26 @@ export class RealtimeChannels<T = unknown> extends Client<ChannelsEvents<T>> {
   publish<R = unknown>(topic: string, data: unknown, options?: PublishOptions): Promise<Published<R>>;
   /** Calls a server method; resolves to its result (`R` is not checked). */
   call<R = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<R>;
+  /** Renews this connection's identity with `token` (1 to 8,192 bytes, for the endpoint's
+   * refresh check) without reconnecting; resolves to when it now expires. Rejects like a call
+   * (`unauthorized`, `forbidden`, `invalid_data`, `handler_failed`, `unsupported`, `timeout`,
+   * `disconnected`); refused, the old expiry still holds. */
+  refresh(token: string): Promise<Refreshed>;
 }
 
 /** `new RealtimeSocket(url, options)`. */
 export const connect: <T = unknown>(
-  url: string | URL,
+  url: UrlSource,
   options?: SocketOptions,
 ) => RealtimeSocket<T>;
 /** `new RealtimeEvents(url, options)`. */
 export const subscribe: <T = unknown>(
-  url: string | URL,
+  url: UrlSource,
   options?: EventsOptions,
 ) => RealtimeEvents<T>;
 /** `new RealtimeChannels(url, options)`: the channel protocol over one WebSocket. */
 export function channels<T = unknown>(
-  url: string | URL,
+  url: UrlSource,
   options?: ChannelsOptions,
 ): RealtimeChannels<T>;
 

@@ -120,6 +120,37 @@ class Client extends Emitter {
     return this._lastAny;
   }
 
+  /**
+   * Connects: to the URL given, or to the one the URL function returns now (called on every
+   * connect, so a reconnect can carry a fresh token; it may return a promise).
+   */
+  _connect() {
+    this._status("connecting", { attempt: this._attempt });
+    let target;
+    try {
+      target = typeof this.url === "function" ? this.url() : this.url;
+    } catch (e) {
+      return this._noUrl(e);
+    }
+    if (typeof target?.then !== "function") return this._dialTo(target);
+    Promise.resolve(target).then(
+      (url) => this._closed || this._dialTo(url),
+      (e) => this._closed || this._noUrl(e),
+    );
+  }
+
+  /** Dials `target`, unless the URL function gave nothing. */
+  _dialTo(target) {
+    if (target == null) return this._noUrl(new TypeError("the url function returned no URL"));
+    this._dial(target);
+  }
+
+  /** The URL function failed: tried again after a backoff, like a failed connection. */
+  _noUrl(error) {
+    console.error("salvo-realtime: the url function failed", error);
+    this._scheduleReconnect({});
+  }
+
   /** Stops for good: closes the connection, cancels any reconnect. */
   close() {
     if (this._closed) return;
@@ -202,7 +233,8 @@ class Client extends Emitter {
 
 /**
  * A WebSocket to a `WsEndpoint` that reconnects with backoff and resumes every topic it has
- * seen (rooms and the user's `@user` direct log) with one `?last=<topic>:<id>` each.
+ * seen (rooms and the user's `@user` direct log) with one `?last=<topic>:<id>` each. `url` is a
+ * URL, or a function returning one (or a promise of one), called on every connect.
  * Options: `recent` (ask for the last N messages of topics without a known id), `minDelay`,
  * `maxDelay`, `stableAfter`, `queueLimit`. A handler's answers to this socket alone come as
  * `joined` (a topic's join reply) and `reply` (to a frame it sent) events, `{topic, reply}`.
@@ -214,6 +246,12 @@ export class RealtimeSocket extends Client {
     this._ws = null;
     this._state = "connecting";
     this._connect();
+  }
+
+  /** Sends `{"event": event, "data": data}`: a message with that event name, for an endpoint
+   * with `event_frames(true)` (elsewhere it is just a JSON frame). Queued like `send`. */
+  sendEvent(event, data) {
+    return this.send({ event, data: data === undefined ? null : data });
   }
 
   /** Sends text, binary, or any other value as JSON; queued while reconnecting. */
@@ -231,8 +269,8 @@ export class RealtimeSocket extends Client {
     return true;
   }
 
-  _connect() {
-    const url = new URL(this.url, location.href);
+  _dial(target) {
+    const url = new URL(target, location.href);
     url.protocol = url.protocol.replace(/^http/, "ws");
     // One `last=<topic>:<id>` per topic seen (the server splits at the last `:`); `recent`
     // applies to the topics without one.
@@ -240,7 +278,6 @@ export class RealtimeSocket extends Client {
     for (const [topic, id] of this._lastIds) url.searchParams.append("last", `${topic}:${id}`);
     if (this.options.recent) url.searchParams.set("recent", String(this.options.recent));
     const resumed = this._lastIds.size > 0;
-    this._status("connecting", { attempt: this._attempt });
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this._ws = ws;
@@ -293,6 +330,8 @@ export class RealtimeSocket extends Client {
 /**
  * An EventSource to an `SseEndpoint`. The browser reconnects once by itself (sending
  * Last-Event-ID); if that fails, this backs off with jitter and reopens with `?lastEventId=`.
+ * `url` may be a function (as for `RealtimeSocket`): then a dropped stream is reopened by this,
+ * with the URL the function gives then, never by the browser with the old one.
  * Options: `events` (message event names to listen for besides `message`; default the presence
  * events), `topic` (set as `msg.topic`, which SSE doesn't carry), `withCredentials`,
  * `minDelay`, `maxDelay`, `stableAfter`.
@@ -310,10 +349,9 @@ export class RealtimeEvents extends Client {
     return this._lastEventId ?? super.lastId(topic);
   }
 
-  _connect() {
-    const url = new URL(this.url, location.href);
+  _dial(target) {
+    const url = new URL(target, location.href);
     if (this._lastEventId) url.searchParams.set("lastEventId", this._lastEventId);
-    this._status("connecting", { attempt: this._attempt });
     const es = new EventSource(url, { withCredentials: Boolean(this.options.withCredentials) });
     this._es = es;
     let openedAt = 0;
@@ -326,8 +364,9 @@ export class RealtimeEvents extends Client {
       if (this._es !== es) return;
       const stable = openedAt && Date.now() - openedAt >= this.options.stableAfter;
       if (stable) this._attempt = 0;
-      if (openedAt && es.readyState === EventSource.CONNECTING) {
-        // The stream dropped after working: let the browser retry once, with Last-Event-ID.
+      // The stream dropped after working: let the browser retry once, with Last-Event-ID;
+      // not with a URL function, which must be asked for the URL (a fresh token) again.
+      if (openedAt && es.readyState === EventSource.CONNECTING && typeof this.url !== "function") {
         openedAt = 0;
         this._status("reconnecting", { attempt: this._attempt, browser: true });
         return;
@@ -497,7 +536,9 @@ class Subscription extends Emitter {
  * second), so a client with many topics resubscribing, or a burst of publishes, stays under
  * the endpoint's inbound rate limit (default 50/s, burst 100) instead of being refused.
  * Options: `callTimeout` (ms, default 10000, counted from when the call is sent), `queueLimit`
- * (100), `sendBurst` (80), `sendRate` (40 per second), `minDelay`, `maxDelay`, `stableAfter`.
+ * (100), `sendBurst` (80), `sendRate` (40 per second), `minDelay`, `maxDelay`, `stableAfter`,
+ * `refresh` (a function returning a token, or a promise of one: the client renews an expiring
+ * identity with it before the server's `session` notice says it ends).
  */
 export class RealtimeChannels extends Client {
   constructor(url, options = {}) {
@@ -512,6 +553,7 @@ export class RealtimeChannels extends Client {
     this._pacer = null; // the timer that sends the outbox on when a token is due
     this._orphans = new Map(); // topic -> presence snapshot that came before its `subscribed`
     this._seen = new Map(); // topic -> (epoch -> highest offset seen)
+    this._refreshTimer = null; // the automatic refresh planned for the current socket
     this._ref = 0;
     this._ws = null;
     this._state = "connecting";
@@ -560,12 +602,69 @@ export class RealtimeChannels extends Client {
     return this._command("call", frame, { timeout });
   }
 
+  /** Renews this connection's identity with `token` (the endpoint's refresh check reads it);
+   * resolves to `{expiresIn}`, ms until it now expires (`null`: it no longer does). */
+  refresh(token) {
+    const ws = this._ws;
+    const frame = { type: "refresh", token };
+    return this._command("refresh", frame, { timeout: this.options.callTimeout }).then((data) => {
+      const expiresIn = typeof data?.expires_in_ms === "number" ? data.expires_in_ms : null;
+      if (this.options.refresh && this._ws === ws) this._planRefresh(expiresIn);
+      return { expiresIn };
+    });
+  }
+
   _open() {
     return this._ws !== null && this._ws.readyState === WebSocket.OPEN;
   }
 
-  _connect() {
-    const url = new URL(this.url, location.href);
+  /** The server's `session` notice: the identity expires in `expiresIn` ms. */
+  _session(expiresIn) {
+    if (this.options.refresh) this._planRefresh(expiresIn);
+    this._emit("session", { expiresIn });
+  }
+
+  /**
+   * Plans the automatic refresh of an identity expiring in `expiresIn` ms (`null`: never): at
+   * 80% of that, or 5 s before it if sooner, but not before half of it, so a short lifetime
+   * isn't refreshed in a loop.
+   */
+  _planRefresh(expiresIn) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (expiresIn === null) return;
+    const deadline = Date.now() + expiresIn;
+    const due = Math.max(expiresIn / 2, Math.min(expiresIn * 0.8, expiresIn - 5000));
+    const ws = this._ws;
+    // setTimeout fires at once past 2^31 - 1 ms (24.8 days): a long lifetime is refreshed early.
+    const delay = Math.min(due, 0x7fffffff);
+    this._refreshTimer = setTimeout(() => this._autoRefresh(ws, deadline, false), delay);
+  }
+
+  /** Refreshes with the token of the `refresh` option; a failure is an `error` event, and is
+   * tried once more (halfway to the deadline, at most 5 s later) while time remains. */
+  async _autoRefresh(ws, deadline, retried) {
+    this._refreshTimer = null;
+    if (this._ws !== ws || !this._open()) return;
+    try {
+      const token = await this.options.refresh();
+      // A new socket gets its own `session` notice, and plans its own refresh.
+      if (this._ws === ws) await this.refresh(token);
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      const error = e instanceof RealtimeError ? e : new RealtimeError("refresh_failed", message);
+      if (this._ws !== ws || error.code === "disconnected" || error.code === "closed") return;
+      this._emit("error", { type: "error", code: error.code, message: error.message });
+      const left = deadline - Date.now();
+      if (!retried && error.code !== "unsupported" && left > 200) {
+        const later = () => this._autoRefresh(ws, deadline, true);
+        this._refreshTimer = setTimeout(later, Math.min(left / 2, 5000));
+      }
+    }
+  }
+
+  _dial(target) {
+    const url = new URL(target, location.href);
     url.protocol = url.protocol.replace(/^http/, "ws");
     // Topics that come without a subscribe (the user's `@user` direct log, topics the URL names)
     // resume through the URL; the server ignores an id for a topic the request doesn't cover.
@@ -574,7 +673,6 @@ export class RealtimeChannels extends Client {
       if (!this._subs.has(topic)) url.searchParams.append("last", `${topic}:${id}`);
     }
     const resumed = this._lastIds.size > 0;
-    this._status("connecting", { attempt: this._attempt });
     const ws = new WebSocket(url, PROTOCOL);
     this._ws = ws;
     let openedAt = 0;
@@ -623,8 +721,10 @@ export class RealtimeChannels extends Client {
   _dropped() {
     clearTimeout(this._pacer);
     this._pacer = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     // Never sent: a publish waits for the next socket (in order, ahead of later ones); a
-    // subscribe is sent again from `_subs`; a call fails (it was never made).
+    // subscribe is sent again from `_subs`; a call or refresh fails (it was never made).
     const unsent = this._outbox.splice(0);
     this._queue.unshift(...unsent.filter((entry) => entry.kind === "publish"));
     const pending = [...this._pending.values(), ...unsent.filter((entry) => entry.kind !== "publish")];
@@ -655,7 +755,8 @@ export class RealtimeChannels extends Client {
         const waiting = this._outbox.filter((e) => e.kind !== "subscribe").length;
         return waiting >= this.options.queueLimit ? full() : this._send(entry);
       }
-      if (kind === "call") return reject(new RealtimeError("disconnected", "not connected"));
+      const now = kind === "call" || kind === "refresh"; // never queued: made for this socket
+      if (now) return reject(new RealtimeError("disconnected", "not connected"));
       if (this._queue.length >= this.options.queueLimit) return full();
       this._queue.push(entry);
     });
@@ -892,8 +993,11 @@ export class RealtimeChannels extends Client {
   }
 
   /** A message on `$conn`: the server moved this connection, told it a connect-time topic's
-   * join reply, or wrote to it alone. */
+   * join reply or when its identity expires, or wrote to it alone. */
   _direct(msg) {
+    if (msg.event === "session" && typeof msg.data?.expires_in_ms === "number") {
+      return this._session(msg.data.expires_in_ms);
+    }
     const topic = msg.data && typeof msg.data.topic === "string" ? msg.data.topic : null;
     if (msg.event === "subscribed" && topic) {
       if (this._subs.has(topic)) return;

@@ -47,7 +47,11 @@
 //! chat.on("reply", (r) => show(r.topic, r.reply));         // a publish handler answered a frame
 //! chat.on("status", (s) => setStatus(s.state));           // connecting | open | reconnecting | closed
 //! chat.send({ text: "hi" });                               // strings and binary as is, else JSON
+//! chat.sendEvent("move", { dx: 1 });                       // {"event":"move","data":{..}}: event_frames(true)
 //! chat.close();
+//!
+//! // The URL as a function: called on every (re)connect, so each can carry a fresh token.
+//! const game = new RealtimeSocket(async () => `/ws?topic=game:1&token=${await fetchToken()}`);
 //!
 //! // Server-Sent Events (SseEndpoint): named message events must be listed.
 //! const feed = new RealtimeEvents("/events", { events: ["alert"] });
@@ -62,12 +66,24 @@
 //! | `on(type, fn)` | calls `fn(detail)` on each event of `type`; returns a function that unsubscribes |
 //! | `close()` | closes the connection and cancels reconnecting, for good |
 //! | `lastId(topic?)` | the last message id seen on `topic` (a room, or a `@user` direct log), or on any topic; `null` if none |
+//! | `url` | the URL, or the URL function, as given |
 //! | `state` | `"connecting"`, `"open"`, `"reconnecting"` or `"closed"` |
 //! | `duplicates` | how many messages the dedup safety net dropped (0 when resume is exact) |
 //!
+//! Each constructor (and factory) takes the URL as a string or a `URL`, or as a function
+//! returning one (or a promise of one). The function is called on every connect and
+//! reconnect, so each can carry a fresh token in its query; if it throws (or its promise
+//! rejects) the client tries again after the next backoff delay. See
+//! [identity expiry](#identity-expiry-and-refresh).
+//!
 //! `RealtimeSocket` adds `send(data)`: strings, `Blob`s and buffers go as they are, other values
 //! as JSON; while reconnecting, up to `queueLimit` frames are queued and sent on reopening
-//! (returns `false` when the queue is full or the socket is closed).
+//! (returns `false` when the queue is full or the socket is closed). And
+//! `sendEvent(event, data)`: sends `{"event": event, "data": data}` (`data` absent: `null`), as
+//! `send` does; to an endpoint with [`event_frames(true)`](crate::ws::WsEndpoint::event_frames)
+//! that is a message with the event name `event`, routed to the topic's
+//! [`on_event`](crate::channel::Channels::on_event) handler (elsewhere it is just a JSON
+//! frame).
 //!
 //! Events:
 //!
@@ -80,7 +96,7 @@
 //! | `error` | `{type: "error", code, message}`: a message this socket sent was not delivered (WebSocket only; codes below) |
 //! | `reply` | `{topic, reply}`: what a [`Channels`](crate::channel::Channels) publish handler answered a frame this socket sent to `topic` ([`Outcome::reply`](crate::channel::Outcome::reply); WebSocket only, never a `message`) |
 //! | `joined` | `{topic, reply}`: the join reply of a topic this socket asked for when it connected (an [`authorize`](crate::channel::Channels::authorize) rule's data; WebSocket only, never a `message`) |
-//! | `status` | `{state, ...}`: `connecting` (`attempt`), `open` (`resumed`), `reconnecting` (`attempt`, `delay` in ms, WebSocket close `code`/`reason`), `closed` |
+//! | `status` | `{state, ...}`: `connecting` (`attempt`), `open` (`resumed`), `reconnecting` (`attempt`, `delay` in ms, WebSocket close `code`/`reason`: 4001 when the identity expired), `closed` |
 //! | `raw` | a WebSocket frame that isn't an envelope ([`Framing::Raw`](crate::ws::Framing::Raw)) |
 //!
 //! `error` codes (the connection stays open):
@@ -144,6 +160,10 @@
 //! rt.on("subscribed", ({ topic, subscription }) => addTab(topic, subscription)); // by the server
 //! rt.on("direct", (m) => toast(m.data));                   // sent to this connection alone
 //! await lobby.unsubscribe();
+//!
+//! // An expiring identity, renewed over the socket (and a fresh URL if it expired anyway).
+//! const live = channels(async () => `/ws?token=${await fetchToken()}`, { refresh: fetchToken });
+//! live.on("error", (e) => e.code === "unauthorized" && showLogin());
 //! ```
 //!
 //! | member | what it does |
@@ -152,10 +172,13 @@
 //! | `subscription(topic)` | the subscription to `topic`, or `null` |
 //! | `publish(topic, data, {event, echo})` | a `Promise` of `{id, reply}`: `id` when the message was published to `topic`, `reply` when a publish handler answered (each absent otherwise, `{}` for neither); `data` is any JSON (a string goes as text); `echo: false` leaves the publisher out |
 //! | `call(method, data, {timeout})` | a `Promise` of the method's result; `timeout` in ms (default the `callTimeout` option, 10 s) |
+//! | `refresh(token)` | renews this connection's identity without reconnecting ([`WsEndpoint::refresh`](crate::ws::WsEndpoint::refresh) checks `token`, a string of 1 to 8,192 bytes); a `Promise` of `{expiresIn}`, ms until it now expires (`null`: it no longer does). Rejects like a call: the server's `unauthorized`, `forbidden`, `invalid_data`, `handler_failed` or `unsupported` (the old expiry still holds), or `timeout`, `disconnected` |
 //! | `on`, `close`, `lastId`, `state`, `duplicates` | as above (`duplicates` counts every topic) |
 //!
 //! Options (all optional): `callTimeout` (10 s, from when the call is sent), `queueLimit` (100
-//! commands waiting), `sendBurst` (80) and `sendRate` (40 a second), and `minDelay`, `maxDelay`,
+//! commands waiting), `sendBurst` (80) and `sendRate` (40 a second), `refresh` (a function
+//! returning a token, or a promise of one: the client renews an expiring identity with it, see
+//! [below](#identity-expiry-and-refresh); default none), and `minDelay`, `maxDelay`,
 //! `stableAfter` as above. Every command leaves through a token bucket of `sendBurst` frames,
 //! refilled at `sendRate`: under the endpoint's default inbound limit (50/s, burst 100), so a
 //! client with many topics resubscribing, or a burst of publishes, is paced rather than refused
@@ -189,6 +212,7 @@
 //! | `queue_full` | more than `queueLimit` (100) commands wait for the socket, or for their turn to be sent |
 //! | `closed` | `close()` was called |
 //! | `unsubscribed` | (`ready`, `setFilter`) the subscription was left, or the server took the connection out, before the server answered |
+//! | `refresh_failed` | (`error` event only) the `refresh` option's function threw, or its promise rejected |
 //!
 //! Events of a subscription: `message`, `presence`, `reset`, `lagged` (details as in the
 //! table above, for its topic), `joined` (`{topic, reply}`: the topic was joined again, after
@@ -202,10 +226,11 @@
 //! | type | detail |
 //! |---|---|
 //! | `message`, `presence`, `reset`, `lagged` | deliveries of a topic without a subscription object: the user's direct-message log `@<user>`, or a topic the server added before its `subscribed` notice came |
-//! | `direct` | a message on `$conn`, sent to this connection alone ([`Channels::send_to_connection`](crate::channel::Channels::send_to_connection)); a connect-time topic's `joined` notice too when that topic has no subscription object |
+//! | `direct` | a message on `$conn`, sent to this connection alone ([`Channels::send_to_connection`](crate::channel::Channels::send_to_connection)); a connect-time topic's `joined` notice too when that topic has no subscription object (never the `session` notice) |
+//! | `session` | `{expiresIn}`: the server's `session` notice, first on a connection whose identity expires: it ends in `expiresIn` ms unless refreshed. With the `refresh` option the client has already planned its refresh; without it, call `refresh(token)` before then |
 //! | `subscribed` | `{topic, subscription}`: the server put this connection in `topic` ([`Channels::subscribe`](crate::channel::Channels::subscribe)); the subscription object is new, attach handlers to it |
 //! | `unsubscribed` | `{topic, subscription}`: the server took it out; the subscription has ended |
-//! | `error` | `{type: "error", code, message}`: a frame the server couldn't take (`rate_limited`, `bad_frame`), or `unsupported` when the server didn't accept `salvo-realtime.v1` (the client then closes) |
+//! | `error` | `{type: "error", code, message}`: a frame the server couldn't take (`rate_limited`, `bad_frame`), `unsupported` when the server didn't accept `salvo-realtime.v1` (the client then closes), or an automatic refresh that failed: the server's refusal (`unauthorized`, `forbidden`...), `timeout`, or `refresh_failed` |
 //! | `status`, `raw` | as above |
 //!
 //! Refs are an incrementing counter, never reused. On every reconnect the client first
@@ -221,6 +246,40 @@
 //! `last=<topic>:<id>`. Dedup is per topic, by id; messages without an id (presence notices,
 //! `$conn` messages) are never dropped. Unsubscribing forgets the topic's position, so
 //! subscribing again starts afresh (with `recent`).
+//!
+//! # Identity expiry and refresh
+//!
+//! An endpoint may give a connection an identity that expires
+//! ([`Identity::expires_at`](crate::Identity::expires_at)). Then:
+//!
+//! - A `RealtimeChannels` connection is told first, with a `session` notice on `$conn`
+//!   (`{"expires_in_ms":..}`), which the client turns into the `session` event (never a `direct`
+//!   message). With the `refresh` option, the client renews the identity itself: at 80% of the
+//!   time left, or 5 s before the end if that is sooner, but never before half of it (so a short
+//!   lifetime isn't refreshed in a loop), it calls the function and sends its token in a
+//!   `refresh` command; the reply's new lifetime plans the next one. A refusal (or a function
+//!   that throws) is an `error` event with its code, and is tried once more, halfway to the
+//!   deadline (at most 5 s later), while time remains. Without the option, the app calls
+//!   `refresh(token)` itself on the `session` event. The socket, its subscriptions and its
+//!   position stay as they are.
+//! - Unrefreshed, the server closes the socket with code 4001 when the identity expires (a
+//!   `RealtimeSocket` has no refresh command, so always), and the client reconnects as after any
+//!   drop (`status` `reconnecting` with `code: 4001`). An SSE stream just ends; a
+//!   `RealtimeEvents` reconnects too.
+//! - The reconnect needs a valid identity: an expired one is refused with 401 at the upgrade,
+//!   which the browser reports like any failed connection, so the client keeps retrying with
+//!   backoff. **A fixed URL carrying the expired token is refused every time**: give the URL as
+//!   a function (`channels(() => "/ws?token=" + currentToken())`, or an `async` one that fetches
+//!   a fresh token), called on every reconnect; a `RealtimeEvents` with a URL function reopens a
+//!   dropped stream itself with the function's URL, rather than letting the browser retry the
+//!   old one. Cookie-based identities need nothing of this: the browser sends the current cookie.
+//!
+//! ```text
+//! // By hand: the session event says when; refresh(token) renews.
+//! rt.on("session", ({ expiresIn }) => setTimeout(async () => {
+//!   const { expiresIn: next } = await rt.refresh(await fetchToken()); // RealtimeError if refused
+//! }, expiresIn * 0.8));
+//! ```
 //!
 //! # Resume and dedup
 //!
@@ -241,7 +300,8 @@
 //! other text as a string; SSE decodes the same way, so one page handles both transports.
 //! A WebSocket refused before the upgrade (401, 403, 429, 503) looks to the browser like any
 //! failed connection: the client keeps retrying with backoff, so validate input before
-//! connecting.
+//! connecting (and see [identity expiry](#identity-expiry-and-refresh) for 401s after a token
+//! expired).
 
 use salvo::http::StatusCode;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};

@@ -1883,3 +1883,365 @@ async fn client_plain_socket_gets_handler_replies_join_replies_and_tags() {
     page.quit().await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Identity expiry and refresh, event frames, URL functions, through the client
+
+/// A token `<user>.<expiry in ms since the Unix epoch>` (`<user>.never`: no expiry), as a real
+/// app's signed token carries its `exp`; `None` if it can't be read.
+fn identity_of(token: &str) -> Option<salvo_realtime::Identity> {
+    let (user, exp) = token.split_once('.')?;
+    if user.is_empty() {
+        return None;
+    }
+    let who = salvo_realtime::Identity::new(user);
+    if exp == "never" {
+        return Some(who);
+    }
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(exp.parse().ok()?);
+    Some(who.expires_at(at))
+}
+
+/// The client script, a socket at `/ws?token=..` and a stream at `/events?token=..&topic=..`
+/// over `hub`, whose identities expire when their token says (an expired one is refused 401 at
+/// the door); the socket's refresh check reads the same tokens and counts its runs in
+/// `refreshes`.
+fn expiring_router(hub: impl Hub + Clone, refreshes: Arc<AtomicUsize>) -> Router {
+    use salvo_realtime::Rejection;
+    let identify = |req: &salvo::Request, _: &salvo::Depot| {
+        let token = req.query::<String>("token").unwrap_or_default();
+        identity_of(&token)
+            .map(Some)
+            .ok_or_else(|| Rejection::unauthorized("bad token"))
+    };
+    let ws = salvo_realtime::ws::WsEndpoint::new(hub.clone())
+        .identify(identify)
+        .refresh(move |token, _current| {
+            refreshes.fetch_add(1, Ordering::SeqCst);
+            async move { identity_of(&token).ok_or_else(|| Rejection::unauthorized("bad token")) }
+        });
+    let events = salvo_realtime::sse::SseEndpoint::new(hub).identify(identify);
+    Router::new()
+        .push(Router::with_path("realtime.js").get(salvo_realtime::client::ClientScript))
+        .push(Router::with_path("ws").goal(ws))
+        .push(Router::with_path("events").get(events))
+}
+
+/// The page's `token(ms)`: a token of ann's expiring `ms` from now.
+const TOKEN_FN: &str = "window.token = (ms) => 'ann.' + (Date.now() + ms);";
+
+// With the `refresh` option the client renews its identity before the `session` notice's
+// deadline, over the socket: a refused token is an `error` event and is tried once more, the
+// good one keeps the socket, and its subscription, past the first expiry without a reconnect
+// (the fixed URL's token has expired by then: a reconnect would be refused). The notice is
+// the `session` event, never a `direct` message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refresh_keeps_the_socket_past_the_first_expiry() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(salvo_realtime::channel::Channels::new(rooms.clone()).allow("*"));
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let router = expiring_router(spy.clone(), Arc::clone(&refreshes));
+    let server = Running::start(any_port(), router).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    // 8 s: the refresh is due at half of it, its retry halfway to the end; seconds to spare.
+    page.js(&format!(
+        "{TOKEN_FN} window.log = []; window.got = []; window.tokens = 0; \
+         window.rt = m.channels('/ws?token=' + token(8000), {{ minDelay: 50, maxDelay: 100, \
+           refresh: async () => (++window.tokens === 1 ? 'nonsense' : token(60000)) }}); \
+         rt.on('status', (s) => window.log.push(['status', s.state, s.code ?? null])); \
+         rt.on('session', (s) => {{ window.log.push(['session']); \
+           window.expiresIn = s.expiresIn; window.expiresAt = Date.now() + s.expiresIn; }}); \
+         rt.on('direct', (msg) => window.log.push(['direct', msg.event])); \
+         rt.on('error', (e) => window.log.push(['error', e.type, e.code, e.message.length > 0])); \
+         rt.subscribe('room').on('message', (msg) => window.got.push(msg.data));"
+    ))
+    .await;
+    let expires_in = page
+        .wait_for("the session event", "return window.expiresIn")
+        .await;
+    let expires_in = expires_in.as_f64().expect("a number of ms");
+    assert!(expires_in > 0.0 && expires_in <= 8000.0, "{expires_in}");
+    wait_or_report(
+        &page,
+        "the refresh and its retry",
+        "return window.tokens === 2 && window.log.some((e) => e[0] === 'error')",
+        "return [window.tokens, window.log]",
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while refreshes.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the retry reached the server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the first expiry (with a second to spare), the socket is the one it opened.
+    wait_or_report(
+        &page,
+        "the first expiry to pass",
+        "return Date.now() > window.expiresAt + 1000",
+        "return window.log",
+    )
+    .await;
+    rooms
+        .broadcast("room", Publication::new(json!({ "n": 1 }).to_string()))
+        .await
+        .unwrap();
+    wait_or_report(
+        &page,
+        "a message after the first expiry",
+        "return window.got.length === 1",
+        "return [window.got, window.log]",
+    )
+    .await;
+    assert_eq!(page.js("return window.got").await, json!([{ "n": 1 }]));
+    assert_eq!(
+        page.js("return window.log").await,
+        json!([
+            ["status", "open", null],
+            ["session"],
+            ["error", "error", "unauthorized", true],
+        ]),
+        "one socket, the refused token told, no `direct` session message"
+    );
+    assert_eq!(spy.joins(), 1, "never reconnected");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 2);
+    page.js("window.rt.close()").await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// Without `refresh`: the `session` event says when the identity expires, the server closes the
+// socket 4001 then, and the client reconnects to the URL its (async) URL function gives then:
+// a fresh token (the first one would be refused 401), the subscription resumed. By hand,
+// `refresh(token)` resolves to `{expiresIn}` (`null`: no longer expires) and rejects with the
+// server's code, without an `error` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_without_refresh_hears_session_and_reconnects_after_4001_through_its_url_function() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(salvo_realtime::channel::Channels::new(rooms.clone()).allow("*"));
+    let router = expiring_router(spy.clone(), Arc::new(AtomicUsize::new(0)));
+    let server = Running::start(any_port(), router).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(&format!(
+        "{TOKEN_FN} window.log = []; window.got = []; window.urls = []; \
+         window.rt = m.channels(async () => {{ \
+           const url = '/ws?token=' + token(window.urls.length === 0 ? 4000 : 600000); \
+           window.urls.push(url); return url; }}, {{ minDelay: 50, maxDelay: 100 }}); \
+         rt.on('status', (s) => window.log.push(['status', s.state, s.code ?? null])); \
+         rt.on('session', (s) => window.log.push(['session', s.expiresIn])); \
+         rt.on('direct', (msg) => window.log.push(['direct', msg.event])); \
+         rt.on('error', (e) => window.log.push(['error', e.code])); \
+         window.room = rt.subscribe('room'); \
+         room.on('message', (msg) => window.got.push(msg.data));"
+    ))
+    .await;
+    wait_or_report(
+        &page,
+        "the second socket's session",
+        "return window.log.filter((e) => e[0] === 'session').length === 2",
+        "return window.log",
+    )
+    .await;
+    let log: Vec<Value> = serde_json::from_value(page.js("return window.log").await).unwrap();
+    let shape: Vec<Value> = log
+        .iter()
+        .map(|e| match e[0].as_str() {
+            Some("session") => json!("session"),
+            _ => e.clone(),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            json!(["status", "open", null]),
+            json!("session"),
+            json!(["status", "reconnecting", 4001]),
+            json!(["status", "connecting", null]),
+            json!(["status", "open", null]),
+            json!("session"),
+        ],
+        "{log:?}"
+    );
+    let first = log[1][1].as_f64().expect("ms");
+    assert!(first > 0.0 && first <= 4000.0, "{log:?}");
+    let second = log[5][1].as_f64().expect("ms");
+    assert!(second > 4000.0 && second <= 600_000.0, "{log:?}");
+    let urls: Vec<String> = serde_json::from_value(page.js("return window.urls").await).unwrap();
+    assert_eq!(urls.len(), 2, "called on each connect");
+    assert_ne!(urls[0], urls[1]);
+    assert_eq!(spy.joins(), 2);
+    page.wait_for(
+        "the resubscription",
+        "return window.room.state === 'subscribed' && window.rt.state === 'open'",
+    )
+    .await;
+    rooms
+        .broadcast("room", Publication::new(json!({ "n": 2 }).to_string()))
+        .await
+        .unwrap();
+    page.wait_for(
+        "a message on the new socket",
+        "return window.got.length === 1",
+    )
+    .await;
+
+    // By hand.
+    page.js("const outcome = (p) => p.then((r) => ['ok', r], \
+           (e) => ['refused', e instanceof m.RealtimeError, e.code]); \
+         (async () => { window.manual = [ \
+           await outcome(rt.refresh('bob.' + (Date.now() + 60000))), \
+           await outcome(rt.refresh('nonsense')), \
+           await outcome(rt.refresh(token(120000))), \
+           await outcome(rt.refresh('ann.never')), \
+         ]; })();")
+        .await;
+    let manual = page
+        .wait_for("the manual refreshes", "return window.manual")
+        .await;
+    assert_eq!(manual[0], json!(["refused", true, "forbidden"]));
+    assert_eq!(manual[1], json!(["refused", true, "unauthorized"]));
+    assert_eq!(manual[2][0], json!("ok"), "{manual}");
+    let renewed = manual[2][1]["expiresIn"].as_f64().expect("ms");
+    assert!(renewed > 60_000.0 && renewed <= 120_000.0, "{manual}");
+    assert_eq!(manual[3], json!(["ok", { "expiresIn": null }]));
+    assert_eq!(
+        page.js("return window.log.length").await,
+        json!(6),
+        "no `error` or `session` event for a refresh by hand"
+    );
+    page.js("window.rt.close()").await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// An SSE stream ends when its identity expires; with a URL function the client reopens it
+// itself, at once, with the URL the function gives then (never letting the browser retry the
+// old one, refused 401), resuming from the last event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reopen_an_expired_stream_through_the_url_function() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let spy = Spy::new(salvo_realtime::channel::Channels::new(rooms.clone()).allow("*"));
+    let router = expiring_router(spy.clone(), Arc::new(AtomicUsize::new(0)));
+    let server = Running::start(any_port(), router).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(&format!(
+        "{TOKEN_FN} window.log = []; window.got = []; window.urls = []; \
+         window.feed = new m.RealtimeEvents(() => {{ \
+           const url = '/events?topic=news&token=' + token(window.urls.length === 0 ? 4000 : 600000); \
+           window.urls.push(url); return url; }}, {{ topic: 'news', minDelay: 50, maxDelay: 100 }}); \
+         feed.on('status', (s) => window.log.push([s.state, s.browser ?? false])); \
+         feed.on('message', (msg) => window.got.push(msg.data.n));"
+    ))
+    .await;
+    wait_or_report(
+        &page,
+        "the stream",
+        "return window.feed.state === 'open'",
+        "return window.log",
+    )
+    .await;
+    rooms
+        .broadcast("news", Publication::new(json!({ "n": 1 }).to_string()))
+        .await
+        .unwrap();
+    wait_or_report(
+        &page,
+        "the stream reopened",
+        "return window.log.filter((e) => e[0] === 'open').length === 2",
+        "return window.log",
+    )
+    .await;
+    rooms
+        .broadcast("news", Publication::new(json!({ "n": 2 }).to_string()))
+        .await
+        .unwrap();
+    page.wait_for("both messages", "return window.got.length === 2")
+        .await;
+    assert_eq!(page.js("return window.got").await, json!([1, 2]));
+    assert_eq!(
+        page.js("return window.log").await,
+        json!([
+            ["open", false],
+            ["reconnecting", false],
+            ["connecting", false],
+            ["open", false],
+        ])
+    );
+    assert_eq!(page.js("return window.urls.length").await, json!(2));
+    assert_eq!(spy.joins(), 2);
+    page.js("window.feed.close()").await;
+    page.quit().await;
+    server.stop().await;
+}
+
+// `sendEvent(event, data)` sends `{"event":..,"data":..}`: through an endpoint with
+// `event_frames(true)` an `on_event` handler takes it (`data` absent: `null`), its broadcast
+// reaching another socket of the topic and its answer the sender; queued while connecting,
+// like `send`. The URL may be a function; one that throws is asked again after a backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_send_event_reaches_an_on_event_handler_through_event_frames() {
+    let _serial = SERIAL.lock().await;
+    let rooms = Rooms::new();
+    let ws = salvo_realtime::ws::WsEndpoint::new(routed_channels(rooms.clone()))
+        .identify(|req, _| {
+            Ok(req
+                .query::<String>("name")
+                .map(salvo_realtime::Identity::new))
+        })
+        .event_frames(true);
+    let router = Router::new()
+        .push(Router::with_path("realtime.js").get(salvo_realtime::client::ClientScript))
+        .push(Router::with_path("ws").goal(ws));
+    let server = Running::start(any_port(), router).await;
+    let driver = Driver::start().await;
+    let page = client_page(&driver, &server).await;
+    page.js(
+        "window.moved = []; window.replies = []; window.errors = []; window.urlCalls = 0; \
+         window.b = new m.RealtimeSocket('/ws?name=bob&topic=game:1'); \
+         b.on('message', (msg) => msg.event === 'moved' && window.moved.push([msg.data, msg.from])); \
+         b.on('status', (s) => { if (s.state !== 'open' || window.a) return; \
+           window.a = new m.RealtimeSocket(() => { \
+             if (++window.urlCalls === 1) throw new Error('no token yet'); \
+             return '/ws?name=ann&topic=game:1'; }, { minDelay: 50, maxDelay: 100 }); \
+           a.on('reply', (r) => window.replies.push(r)); \
+           a.on('error', (e) => window.errors.push(e.code)); \
+           window.sent = [a.sendEvent('move', { dx: 2 }), a.sendEvent('move')]; });",
+    )
+    .await;
+    wait_or_report(
+        &page,
+        "both moves",
+        "return window.moved.length === 2 && window.replies.length === 2",
+        "return [window.moved, window.replies, window.errors]",
+    )
+    .await;
+    assert_eq!(page.js("return window.sent").await, json!([true, true]));
+    assert_eq!(
+        page.js("return window.moved").await,
+        json!([[{ "x": 2 }, "ann"], [{ "x": 0 }, "ann"]])
+    );
+    assert_eq!(
+        page.js("return window.replies").await,
+        json!([
+            { "topic": "game:1", "reply": { "x": 2 } },
+            { "topic": "game:1", "reply": { "x": 0 } },
+        ])
+    );
+    assert_eq!(page.js("return window.errors").await, json!([]));
+    assert_eq!(
+        page.js("return window.urlCalls").await,
+        json!(2),
+        "a URL function that throws is asked again after a backoff"
+    );
+    let last = rooms.history("game:1");
+    let event = last.last().and_then(|m| m.event()).map(ToString::to_string);
+    assert_eq!(event.as_deref(), Some("moved"));
+    page.js("window.a.close(); window.b.close()").await;
+    page.quit().await;
+    server.stop().await;
+}

@@ -27,12 +27,15 @@ import type {
   Published,
   RealtimeErrorCode,
   RealtimeMessage,
+  Refreshed,
   ResetEvent,
   ResetReason,
+  SessionEvent,
   StatusEvent,
   SubscribeOptions,
   Subscription,
   SubscriptionState,
+  UrlSource,
 } from "/realtime.js";
 
 declare function show(...values: unknown[]): void;
@@ -93,8 +96,30 @@ const dropped: number = chat.duplicates;
 show(sent, state, last, dropped, chat.url);
 chat.close();
 
+// Event frames (an endpoint with `event_frames(true)`), and a URL function called on every
+// (re)connect, so a reconnect after close 4001 carries a fresh token.
+declare function currentToken(): string;
+declare function fetchToken(): Promise<string>;
+const game = new RealtimeSocket(() => `/ws?topic=game:1&token=${currentToken()}`);
+const queued: boolean = game.sendEvent("move", { dx: 1 });
+game.sendEvent("ping");
+game.on("status", (s) => s.state === "reconnecting" && s.code === 4001 && show("expired"));
+const fromPromise = new RealtimeSocket(async () => new URL(`/ws?token=${await fetchToken()}`, location.href));
+const source: UrlSource = fromPromise.url;
+show(queued, source);
+game.close();
+fromPromise.close();
+
 // @ts-expect-error: an event the socket never emits
 chat.on("subscribed", () => {});
+// @ts-expect-error: an event name is a string
+chat.sendEvent(5, {});
+// @ts-expect-error: a plain socket gets no `session` notice (only the channel protocol does)
+chat.on("session", () => {});
+// @ts-expect-error: the URL function returns a URL, not a number
+new RealtimeSocket(() => 8080);
+// @ts-expect-error: a plain socket has no refresh command
+void chat.refresh("token");
 // @ts-expect-error: `recent` is a number
 new RealtimeSocket("/ws", { recent: "50" });
 // @ts-expect-error: not an option of a socket
@@ -130,6 +155,8 @@ new RealtimeEvents("/events", { events: "alert" });
 
 const socket: RealtimeSocket<Chat> = connect<Chat>("/ws");
 const events: RealtimeEvents = subscribe(new URL("/events", "http://localhost"), { topic: "t" });
+const tokenFeed = subscribe(() => `/events?token=${currentToken()}`);
+tokenFeed.close();
 const rt: RealtimeChannels = channels("/ws?name=alice", {
   callTimeout: 5000,
   queueLimit: 20,
@@ -259,3 +286,46 @@ channels("/ws", { recent: 5 });
 channels("/ws", { sendRate: "40/s" });
 // @ts-expect-error: the channel client has no raw `send`
 rt.send("x");
+// @ts-expect-error: nor `sendEvent` (its `publish` takes an event name)
+rt.sendEvent("move", {});
+
+// ---- identity expiry and refresh ---------------------------------------------------------------
+
+// The client refreshes by itself with the token `refresh` gives (sync or async), and reconnects
+// through the URL function (a fresh token) if the server closed the socket 4001 anyway.
+const renewing = channels(async () => `/ws?token=${await fetchToken()}`, { refresh: fetchToken });
+renewing.on("session", ({ expiresIn }: SessionEvent) => show(expiresIn + 1));
+renewing.on("error", (e) => e.code === "unauthorized" && show(e.message));
+const syncRefresh = new RealtimeChannels(`/ws?token=${currentToken()}`, { refresh: () => currentToken() });
+syncRefresh.close();
+renewing.close();
+
+// By hand: the `session` event says when, `refresh(token)` renews.
+const manual = channels("/ws?token=t");
+manual.on("session", ({ expiresIn }) => {
+  setTimeout(async () => {
+    try {
+      const renewed: Refreshed = await manual.refresh(await fetchToken());
+      const left: number | null = renewed.expiresIn;
+      show(left === null ? "never expires" : left);
+    } catch (e) {
+      if (e instanceof RealtimeError && e.code === "unauthorized") show("log in again");
+    }
+  }, expiresIn * 0.8);
+});
+manual.close();
+
+// @ts-expect-error: `refresh` is a function returning the token, not the token
+channels("/ws", { refresh: "token" });
+// @ts-expect-error: the token is a string
+channels("/ws", { refresh: async () => 42 });
+// @ts-expect-error: `refresh(token)` takes the token
+void manual.refresh();
+async function expiryMayBeNull(): Promise<void> {
+  // @ts-expect-error: an identity refreshed to never expire answers `null`
+  const left: number = (await manual.refresh("t")).expiresIn;
+  show(left);
+}
+void expiryMayBeNull;
+// @ts-expect-error: `expiresIn` of a session is a number of ms, not a date
+manual.on("session", ({ expiresIn }: { expiresIn: Date }) => show(expiresIn));
