@@ -615,6 +615,8 @@ impl<B: Backend, S: Send + Sync + 'static> Channels<B, S> {
     }
 
     fn ctx(&self, conn: &Connection) -> Ctx<B, S> {
+        // Made on the endpoint's connection before it is cloned, so every handler shares them.
+        let _ = conn.assigns();
         Ctx {
             conn: conn.clone(),
             channels: self.clone(),

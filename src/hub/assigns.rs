@@ -24,6 +24,9 @@ type Map = Option<Box<HashMap<TypeId, Box<dyn Any + Send>>>>;
 /// and changed in every handler of that connection (see
 /// [`Ctx::assigns`](crate::channel::Ctx::assigns)). Cloning shares them.
 ///
+/// An `Assigns` is one 32-byte allocation until a value is set; a [`Connection`](super::Connection)
+/// makes its own only when first asked for it.
+///
 /// ```
 /// use salvo_realtime::Connection;
 ///

@@ -297,6 +297,13 @@ crate::__delegate_hub! {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     user_id: Arc<str>,
+    /// Data and expiry, in one allocation made only when one is set: every connection holds
+    /// an `Option<Identity>`, so its size is paid by each, anonymous ones included.
+    extra: Option<Arc<IdentityExtra>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct IdentityExtra {
     data: Option<Arc<serde_json::Value>>,
     expires: Option<std::time::SystemTime>,
 }
@@ -318,16 +325,19 @@ impl Identity {
     pub fn new(user_id: impl AsRef<str>) -> Self {
         Self {
             user_id: Arc::from(user_id.as_ref()),
-            data: None,
-            expires: None,
+            extra: None,
         }
     }
 
     /// Attaches data the hub may use or share (rooms show it in presence). Default: none.
     #[must_use]
     pub fn data(mut self, data: serde_json::Value) -> Self {
-        self.data = Some(Arc::new(data));
+        self.extra_mut().data = Some(Arc::new(data));
         self
+    }
+
+    fn extra_mut(&mut self) -> &mut IdentityExtra {
+        Arc::make_mut(self.extra.get_or_insert_with(Arc::default))
     }
 
     /// The user id.
@@ -352,7 +362,7 @@ impl Identity {
     /// ```
     #[must_use]
     pub fn expires_at(mut self, at: std::time::SystemTime) -> Self {
-        self.expires = Some(at);
+        self.extra_mut().expires = Some(at);
         self
     }
 
@@ -365,13 +375,13 @@ impl Identity {
     /// When the identity stops being valid, if it does.
     #[must_use]
     pub fn expiry(&self) -> Option<std::time::SystemTime> {
-        self.expires
+        self.extra.as_ref()?.expires
     }
 
     /// How long the identity stays valid from now: `None` if it never expires, zero if it
     /// already has.
     pub(crate) fn remaining(&self) -> Option<std::time::Duration> {
-        let at = self.expires?;
+        let at = self.expiry()?;
         Some(
             at.duration_since(std::time::SystemTime::now())
                 .unwrap_or_default(),
@@ -381,7 +391,7 @@ impl Identity {
     /// The attached data, if any.
     #[must_use]
     pub fn user_data(&self) -> Option<&serde_json::Value> {
-        self.data.as_deref()
+        self.data_arc().map(|d| &**d)
     }
 
     pub(crate) fn user_arc(&self) -> &Arc<str> {
@@ -389,7 +399,7 @@ impl Identity {
     }
 
     pub(crate) fn data_arc(&self) -> Option<&Arc<serde_json::Value>> {
-        self.data.as_ref()
+        self.extra.as_ref()?.data.as_ref()
     }
 }
 
@@ -540,7 +550,8 @@ pub struct Connection {
     identity: Option<Identity>,
     topics: Vec<(Topic, Position)>,
     remote_addr: Option<SocketAddr>,
-    assigns: Assigns,
+    /// Made on first use (most connections' hubs never use it): clones made after that share it.
+    assigns: std::sync::OnceLock<Assigns>,
     filter: filter::SharedFilter,
 }
 
@@ -565,7 +576,7 @@ impl Connection {
             identity: None,
             topics: Vec::new(),
             remote_addr: None,
-            assigns: Assigns::default(),
+            assigns: std::sync::OnceLock::new(),
             filter: None,
         }
     }
@@ -648,10 +659,13 @@ impl Connection {
         self.filter.clone()
     }
 
-    /// The connection's own values, shared by every clone of it (see [`Assigns`]).
+    /// The connection's own values (see [`Assigns`]). They are made on first use, and every
+    /// clone of the connection made after that shares them; the handlers of
+    /// [`Channels`](crate::channel::Channels) always share the endpoint's connection's. A
+    /// connection that never uses them costs nothing for them.
     #[must_use]
     pub fn assigns(&self) -> &Assigns {
-        &self.assigns
+        self.assigns.get_or_init(Assigns::default)
     }
 
     /// Who is charged for the topics this connection creates
