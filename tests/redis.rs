@@ -2472,3 +2472,41 @@ async fn by_default_nodes_beat_every_5_seconds_and_a_lost_ones_members_leave_aft
     );
     drop(a);
 }
+
+/// Tags travel through Redis: a subscriber on node b with a filter gets only the tagged
+/// messages it asked for, live and replayed, whichever node published them.
+#[tokio::test]
+async fn a_filter_on_one_node_applies_to_what_another_node_published() {
+    let server = RedisServer::start();
+    let (a, b) = (pubsub_node(&server).await, pubsub_node(&server).await);
+    let tick =
+        |symbol: &str| salvo_realtime::Publication::new(symbol.to_owned()).tag("ticker", symbol);
+    a.publish("prices", tick("GOOG")).await.expect("publish");
+    a.publish("prices", tick("AAPL")).await.expect("publish");
+    let filter = salvo_realtime::hub::Filter::new()
+        .tag("ticker", ["AAPL"])
+        .expect("valid");
+    let c = conn("prices", Position::Recent(10)).with_filter(filter);
+    let mut on_b = b.join(&c).await.expect("join b");
+    for symbol in ["MSFT", "AAPL"] {
+        a.publish("prices", tick(symbol)).await.expect("publish");
+    }
+    let got = messages(&mut on_b, 2, Duration::from_secs(5)).await;
+    let seen: Vec<_> = got
+        .iter()
+        .map(|m| {
+            (
+                m.payload().as_text().unwrap_or_default().to_owned(),
+                m.tag("ticker").map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("AAPL".to_owned(), Some("AAPL".to_owned())),
+            ("AAPL".to_owned(), Some("AAPL".to_owned()))
+        ]
+    );
+    assert!(nothing_within(&mut on_b, Duration::from_millis(200)).await);
+}
